@@ -1,0 +1,1 @@
+"""crackd trainer (host side): datasets, models, training, INT8 export, evaluation."""

@@ -1,0 +1,162 @@
+"""Assemble training / validation / held-out sets from dataset folders and synthetic data.
+
+Every real folder is split deterministically by seed into train / val / test
+(`test` is never seen in training and is what the report's "held out" numbers
+use). Which files went where is written to `splits.json` so evaluation and the
+bundle's provenance can name them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge import synth
+from edge.preprocess import model_input, resize_mask
+from trainer.datasets import (
+    ClassificationSet,
+    DatasetError,
+    LoadReport,
+    SegmentationSet,
+    load_classification,
+    load_segmentation,
+    patches_from_segmentation,
+    split_indices,
+)
+
+
+def dataset_kind(root: str | Path) -> str:
+    """'segmentation' when the folder has images/ and masks/, else 'classification'."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    return "segmentation" if (root / "images").is_dir() and (root / "masks").is_dir() else "classification"
+
+
+@dataclass
+class Splits:
+    train: list = field(default_factory=list)  # list of (images, labels-or-masks) chunks
+    val: list = field(default_factory=list)
+    test: dict = field(default_factory=dict)  # name -> (images, labels-or-masks)
+    files: dict = field(default_factory=dict)  # name -> {"train": [...], "val": [...], "test": [...]}
+    reports: list[LoadReport] = field(default_factory=list)
+
+    def stacked(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        chunks = getattr(self, part)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps({"files": self.files, "loaded": [r.summary() for r in self.reports]}, indent=1))
+
+
+def _three_way(n: int, val_fraction: float, test_fraction: float, seed: int):
+    rest, test = split_indices(n, test_fraction, seed)
+    tr, va = split_indices(len(rest), val_fraction / (1 - test_fraction), seed + 1)
+    return rest[tr], rest[va], test
+
+
+def _synth_set(n: int, size: int, seed: int, crack_probability: float) -> SegmentationSet:
+    rng = np.random.default_rng(seed)
+    imgs, masks = [], []
+    for _ in range(n):
+        s = synth.generate(rng, size, size, crack_probability)
+        imgs.append(s.image)
+        masks.append((s.mask > 0).astype(np.uint8))
+    return SegmentationSet(np.stack(imgs), np.stack(masks), [f"synth:{seed}:{i}" for i in range(n)], LoadReport("synthetic", loaded=n))
+
+
+def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.1,
+                      limit_per_class: int | None = None, holdout: list[str] = (), progress=None) -> Splits:
+    """Classification sets; segmentation folders contribute crack/no-crack patches.
+
+    Folders named in `holdout` are kept entirely out of training (cross-surface test).
+    """
+    sp = Splits()
+    for root in data:
+        name = Path(root).name
+        if dataset_kind(root) == "segmentation":
+            seg = load_segmentation(root, 448, progress=progress)
+            cs = patches_from_segmentation(seg, patch=128, out_size=size, seed=seed, per_image=8)
+            sp.reports.append(seg.report)
+        else:
+            cs = load_classification(root, size, limit_per_class=limit_per_class, seed=seed, progress=progress)
+            sp.reports.append(cs.report)
+        if root in holdout or name in holdout:
+            sp.test[name] = (cs.images, cs.labels)
+            sp.files[name] = {"test": cs.paths}
+            continue
+        tr, va, te = _three_way(len(cs.labels), val_fraction, test_fraction, seed)
+        sp.train.append((cs.images[tr], cs.labels[tr]))
+        sp.val.append((cs.images[va], cs.labels[va]))
+        sp.test[name] = (cs.images[te], cs.labels[te])
+        sp.files[name] = {part: [cs.paths[i] for i in idx] for part, idx in (("train", tr), ("val", va), ("test", te))}
+    if n_synth:
+        s = _synth_set(n_synth, size, seed + 1000, crack_probability=0.5)
+        labels = (s.masks.reshape(len(s.masks), -1).max(axis=1) > 0).astype(np.int32)
+        tr, va = split_indices(n_synth, val_fraction, seed)
+        sp.train.append((s.images[tr], labels[tr]))
+        sp.val.append((s.images[va], labels[va]))
+        sp.reports.append(s.report)
+    if not sp.train:
+        raise DatasetError("no training data: give at least one --data folder that is not held out, or --synth N")
+    return sp
+
+
+def segmenter_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.15,
+                     negatives_per_set: int = 200, progress=None) -> Splits:
+    """Segmentation sets; a classification folder contributes its crack-free images as empty masks."""
+    sp = Splits()
+    for root in data:
+        name = Path(root).name
+        if dataset_kind(root) == "segmentation":
+            seg = load_segmentation(root, size, progress=progress)
+            images, masks, paths = seg.images, seg.masks, seg.paths
+            sp.reports.append(seg.report)
+        else:
+            cs = load_classification(root, size, limit_per_class=negatives_per_set, seed=seed, progress=progress)
+            keep = cs.labels == 0
+            images = cs.images[keep]
+            masks = np.zeros(images.shape[:3], np.uint8)
+            paths = [p for p, k in zip(cs.paths, keep) if k]
+            sp.reports.append(cs.report)
+        tr, va, te = _three_way(len(images), val_fraction, test_fraction, seed)
+        sp.train.append((images[tr], masks[tr]))
+        sp.val.append((images[va], masks[va]))
+        sp.test[name] = (images[te], masks[te])
+        sp.files[name] = {part: [paths[i] for i in idx] for part, idx in (("train", tr), ("val", va), ("test", te))}
+    if n_synth:
+        s = _synth_set(n_synth, size, seed + 2000, crack_probability=0.8)
+        tr, va = split_indices(n_synth, val_fraction, seed)
+        sp.train.append((s.images[tr], s.masks[tr]))
+        sp.val.append((s.images[va], s.masks[va]))
+        sp.reports.append(s.report)
+    if not sp.train:
+        raise DatasetError("no training data: give at least one --data folder or --synth N")
+    return sp
+
+
+def save_arrays(path: Path, splits: Splits) -> None:
+    """Keep the held-out arrays beside a run so export/evaluate reuse exactly those images."""
+    arrays = {}
+    for name, (x, y) in splits.test.items():
+        arrays[f"test__{name}__x"] = x
+        arrays[f"test__{name}__y"] = y
+    x, y = splits.stacked("val")
+    arrays["val__x"], arrays["val__y"] = x, y
+    np.savez_compressed(path, **arrays)
+
+
+def load_arrays(path: Path) -> tuple[dict, tuple]:
+    z = np.load(path)
+    tests = {}
+    for key in z.files:
+        if key.startswith("test__") and key.endswith("__x"):
+            name = key[len("test__") : -3]
+            tests[name] = (z[key], z[f"test__{name}__y"])
+    return tests, (z["val__x"], z["val__y"])
+
+
+__all__ = ["Splits", "classifier_splits", "segmenter_splits", "dataset_kind", "save_arrays", "load_arrays", "model_input", "resize_mask", "ClassificationSet"]

@@ -1,0 +1,108 @@
+"""Keras model builders: a MobileNetV2 classifier and a small U-Net segmenter.
+
+Both take raw uint8 RGB pixels (as float) and normalise inside the graph, so the
+device feeds camera bytes straight into the INT8 input tensor. Every layer here
+has a full-integer TFLite kernel (no float fallback): ReLU6, depthwise/regular
+convolutions, batch norm (folded at export), resize-bilinear, concatenation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+from keras import layers
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    alpha: float = 0.35
+    size: int = 96
+    weights: str = "none"  # none | imagenet | path to a .keras/.weights.h5 file
+    dropout: float = 0.2
+
+    def as_dict(self) -> dict:
+        return {"architecture": "MobileNetV2", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    size: int = 224
+    base: int = 8  # filters of the first stage; doubles each stage down
+    depth: int = 4  # number of stride-2 stages in the encoder
+
+    def as_dict(self) -> dict:
+        return {"architecture": "U-Net (separable convs, full-resolution skip)", **asdict(self)}
+
+
+# The U-Net sizes of the model-selection sweep (INT8, one core here: about 3, 4.3 and 5.2 ms).
+SEGMENTER_SIZES = {"tiny": SegmenterSpec(base=8), "small": SegmenterSpec(base=12), "medium": SegmenterSpec(base=16)}
+
+
+def build_classifier(spec: ClassifierSpec) -> keras.Model:
+    """MobileNetV2 backbone + global pooling + one sigmoid unit: P(crack)."""
+    weights = spec.weights
+    if weights not in ("none", "imagenet") and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights!r}: no such file; use none, imagenet or a path to a weights file")
+    inputs = keras.Input((spec.size, spec.size, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(spec.size, spec.size, 3),
+        alpha=spec.alpha,
+        include_top=False,
+        weights="imagenet" if weights == "imagenet" else None,
+        pooling="avg",
+    )
+    x = backbone(x)
+    x = layers.Dropout(spec.dropout)(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="crack_probability")(x)
+    model = keras.Model(inputs, outputs, name=f"classifier_a{spec.alpha}_{spec.size}")
+    if weights not in ("none", "imagenet"):
+        model.load_weights(weights)
+    return model
+
+
+def _conv_bn(x, filters: int, stride: int = 1, separable: bool = True, name: str = ""):
+    if separable:
+        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+        x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+        x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+        x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
+    else:
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(6.0, name=f"{name}_relu")(x)
+
+
+def build_segmenter(spec: SegmenterSpec) -> keras.Model:
+    """A light U-Net for thin cracks.
+
+    Cracks are 1-5 px wide, so the decoder ends with a full-resolution skip from a
+    cheap 3x3 stem; the encoder uses depthwise-separable stages to stay within a
+    few milliseconds in INT8. Output: per-pixel P(crack) at the input size.
+    """
+    inputs = keras.Input((spec.size, spec.size, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
+    stem = _conv_bn(x, spec.base, separable=False, name="stem")  # full resolution
+    skips = [stem]
+    x = stem
+    for level in range(spec.depth):
+        filters = spec.base * 2 ** (level + 1)
+        x = _conv_bn(x, filters, stride=2, separable=level > 0, name=f"down{level}_a")
+        x = _conv_bn(x, filters, name=f"down{level}_b")
+        skips.append(x)
+    x = skips.pop()
+    for level in reversed(range(spec.depth)):
+        skip = skips.pop()
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_resize")(x)
+        x = layers.Concatenate(name=f"up{level}_concat")([x, skip])
+        if level == 0:
+            # Full resolution: a pointwise mix only; the 3x3 context comes from the coarser levels.
+            x = layers.Conv2D(spec.base, 1, use_bias=False, name="up0_pw")(x)
+            x = layers.BatchNormalization(name="up0_bn")(x)
+            x = layers.ReLU(6.0, name="up0_relu")(x)
+        else:
+            x = _conv_bn(x, spec.base * 2**level, name=f"up{level}_conv")
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="crack_mask")(x)
+    return keras.Model(inputs, outputs, name=f"unet_b{spec.base}_d{spec.depth}_{spec.size}")

@@ -1,0 +1,167 @@
+"""Training loops for the classifier and the segmenter (Keras `fit` with the usual safety nets).
+
+Each run directory holds: `best.keras` (best validation checkpoint), `last.keras`,
+`backup/` (resume state: an interrupted run continues from its last finished
+epoch when started again with the same run directory), `log.csv`, `tensorboard/`
+and `history.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    patience: int = 5  # early stopping on the validation loss
+    seed: int = 0
+    steps_per_epoch: int | None = None  # None: one pass over the training set
+    verbose: int = 1  # Keras progress bar
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Photometric augmentation on float pixels in [0, 255]."""
+    s = tf.random.experimental.stateless_split(seed, 2)
+    image = tf.image.stateless_random_brightness(image, 30.0, s[0])
+    image = tf.image.stateless_random_contrast(image, 0.7, 1.3, s[1])
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _geometric(image: tf.Tensor, mask: tf.Tensor | None, seed: tf.Tensor):
+    """The same random flip / 90-degree rotation for an image and (optionally) its mask."""
+    s = tf.random.experimental.stateless_split(seed, 3)
+    k = tf.random.stateless_uniform([], s[0], 0, 4, dtype=tf.int32)
+    flip = tf.random.stateless_uniform([], s[1], 0, 2, dtype=tf.int32)
+    image = tf.image.rot90(image, k)
+    image = tf.cond(flip > 0, lambda: tf.image.flip_left_right(image), lambda: image)
+    if mask is not None:
+        mask = tf.image.rot90(mask, k)
+        mask = tf.cond(flip > 0, lambda: tf.image.flip_left_right(mask), lambda: mask)
+    return image, mask, s[2]
+
+
+def classifier_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int, training: bool) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)[:, None]))
+    if training:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), seed]))
+        ds = tf.data.Dataset.zip((ds, counter))
+
+        def aug(pair, sd):
+            img, lab = pair
+            img, _, sd2 = _geometric(tf.cast(img, tf.float32), None, sd)
+            return _augment_image(img, sd2), lab
+
+        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda i, l: (tf.cast(i, tf.float32), l))
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def segmenter_dataset(images: np.ndarray, masks: np.ndarray, batch: int, seed: int, training: bool) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((images, masks[..., None]))
+    if training:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), seed]))
+        ds = tf.data.Dataset.zip((ds, counter))
+
+        def aug(pair, sd):
+            img, m = pair
+            img, m, sd2 = _geometric(tf.cast(img, tf.float32), tf.cast(m, tf.float32), sd)
+            return _augment_image(img, sd2), m
+
+        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda i, m: (tf.cast(i, tf.float32), tf.cast(m, tf.float32)))
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+@keras.saving.register_keras_serializable(package="crackd")
+def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
+    y_true = tf.reshape(y_true, [tf.shape(y_true)[0], -1])
+    y_pred = tf.reshape(y_pred, [tf.shape(y_pred)[0], -1])
+    inter = tf.reduce_sum(y_true * y_pred, axis=1)
+    return tf.reduce_mean((2.0 * inter + smooth) / (tf.reduce_sum(y_true, 1) + tf.reduce_sum(y_pred, 1) + smooth))
+
+
+@keras.saving.register_keras_serializable(package="crackd")
+def bce_dice_loss(y_true, y_pred):
+    """Binary cross-entropy (pixel-wise calibration) + soft Dice (robust to 1-5 % crack pixels)."""
+    bce = keras.losses.binary_crossentropy(y_true, y_pred)
+    return tf.reduce_mean(bce) + (1.0 - dice_coefficient(y_true, y_pred))
+
+
+def _callbacks(run_dir: Path, cfg: TrainConfig, monitor: str, mode: str) -> list:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode, save_best_only=True),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "last.keras")),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience, restore_best_weights=False),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0),
+    ]
+
+
+def _schedule(cfg: TrainConfig, steps_per_epoch: int):
+    return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02)
+
+
+def _fit(model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, steps: int, monitor: str, mode: str, extra_callbacks=()):
+    history = model.fit(
+        train_ds.repeat() if cfg.steps_per_epoch else train_ds,
+        validation_data=val_ds,
+        epochs=cfg.epochs,
+        steps_per_epoch=cfg.steps_per_epoch,
+        callbacks=_callbacks(run_dir, cfg, monitor, mode) + list(extra_callbacks),
+        verbose=cfg.verbose,
+    )
+    best = run_dir / "best.keras"
+    if best.exists():
+        model = keras.models.load_model(best, compile=False)
+    (run_dir / "history.json").write_text(json.dumps({k: [float(v) for v in vals] for k, vals in history.history.items()}, indent=1))
+    return model
+
+
+def train_classifier(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                     cfg: TrainConfig, run_dir: Path, extra_callbacks=()) -> keras.Model:
+    """Train P(crack); classes are balanced with weights inverse to their frequency."""
+    keras.utils.set_random_seed(cfg.seed)
+    x, y = train
+    steps = cfg.steps_per_epoch or int(np.ceil(len(x) / cfg.batch_size))
+    pos = max(1, int(y.sum())); neg = max(1, len(y) - pos)
+    model.compile(
+        optimizer=keras.optimizers.Adam(_schedule(cfg, steps)),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+    )
+    train_ds = classifier_dataset(x, y, cfg.batch_size, cfg.seed, training=True)
+    val_ds = classifier_dataset(*val, cfg.batch_size, cfg.seed, training=False)
+    # Keras `class_weight` does not combine with repeated datasets of unknown length, so weight via the loss:
+    weights = {0: len(y) / (2.0 * neg), 1: len(y) / (2.0 * pos)}
+    train_ds = train_ds.map(lambda img, lab: (img, lab, tf.where(lab[:, 0] > 0.5, weights[1], weights[0])))
+    return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_loss", "min", extra_callbacks)
+
+
+def train_segmenter(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                    cfg: TrainConfig, run_dir: Path, extra_callbacks=()) -> keras.Model:
+    """Train the per-pixel crack probability with BCE + Dice."""
+    keras.utils.set_random_seed(cfg.seed)
+    x, m = train
+    steps = cfg.steps_per_epoch or int(np.ceil(len(x) / cfg.batch_size))
+    model.compile(optimizer=keras.optimizers.Adam(_schedule(cfg, steps)), loss=bce_dice_loss, metrics=[dice_coefficient])
+    train_ds = segmenter_dataset(x, m, cfg.batch_size, cfg.seed, training=True)
+    val_ds = segmenter_dataset(*val, cfg.batch_size, cfg.seed, training=False)
+    return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_dice_coefficient", "max", extra_callbacks)

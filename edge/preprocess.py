@@ -32,14 +32,30 @@ def ensure_rgb_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
 
 
+def _interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    return cv2.INTER_AREA if dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1] else cv2.INTER_LINEAR
+
+
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize with the interpolation of the preprocessing contract; no-op when already that size."""
-    h, w = image.shape[:2]
-    if (h, w) == (height, width):
+    if image.shape[:2] == (height, width):
         return image
-    shrinking = height * width < h * w
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+    out = np.empty((height, width, *image.shape[2:]), image.dtype)
+    return resize_into(image, out)
+
+
+def resize_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Resize `image` into the preallocated `out` (e.g. a model's input tensor view): no extra copy.
+
+    This is the single place where the contract's resize happens, for the device and the trainer alike.
+    """
+    if image.shape[:2] == out.shape[:2]:
+        np.copyto(out, image)
+        return out
+    result = cv2.resize(image, (out.shape[1], out.shape[0]), dst=out, interpolation=_interpolation(image.shape[:2], out.shape[:2]))
+    if result is not out and not np.shares_memory(result, out):  # OpenCV allocated anyway (non-contiguous view)
+        np.copyto(out, result.reshape(out.shape))
+    return out
 
 
 def model_input(rgb: np.ndarray, height: int, width: int) -> np.ndarray:

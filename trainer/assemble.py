@@ -69,7 +69,8 @@ def _synth_set(n: int, size: int, seed: int, crack_probability: float) -> Segmen
 
 
 def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.1,
-                      limit_per_class: int | None = None, holdout: list[str] = (), progress=None) -> Splits:
+                      limit_per_class: int | None = None, holdout: list[str] = (), patches_per_image: int = 8,
+                      progress=None) -> Splits:
     """Classification sets; segmentation folders contribute crack/no-crack patches.
 
     Folders named in `holdout` are kept entirely out of training (cross-surface test).
@@ -79,7 +80,7 @@ def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_f
         name = Path(root).name
         if dataset_kind(root) == "segmentation":
             seg = load_segmentation(root, 448, progress=progress)
-            cs = patches_from_segmentation(seg, patch=128, out_size=size, seed=seed, per_image=8)
+            cs = patches_from_segmentation(seg, patch=128, out_size=size, seed=seed, per_image=patches_per_image)
             sp.reports.append(seg.report)
         else:
             cs = load_classification(root, size, limit_per_class=limit_per_class, seed=seed, progress=progress)

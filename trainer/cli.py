@@ -60,7 +60,7 @@ def cmd_classifier(args) -> int:
     spec = ClassifierSpec(alpha=args.alpha, size=args.size, weights=args.weights)
     cfg = _train_config(args)
     splits = classifier_splits(args.data, args.size, args.synth, args.seed, limit_per_class=args.limit_per_class,
-                               holdout=args.holdout, progress=_progress)
+                               holdout=args.holdout, patches_per_image=args.patches_per_image, progress=_progress)
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "classifier", spec, cfg, splits, args)
     model = build_classifier(spec)
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="none", help="none (default, offline) | imagenet | PATH")
     p.add_argument("--holdout", nargs="*", default=[], metavar="NAME", help="data folders kept out of training (cross-surface test)")
     p.add_argument("--limit-per-class", type=int, default=None, help="read at most N images per class per folder")
+    p.add_argument("--patches-per-image", type=int, default=8, help="patches cut from each segmentation image (half crack, half clean)")
     p.set_defaults(func=cmd_classifier)
 
     p = sub.add_parser("segmenter", help="train the U-Net crack segmenter")

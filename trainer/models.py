@@ -54,6 +54,11 @@ def build_classifier(spec: ClassifierSpec) -> keras.Model:
         weights="imagenet" if weights == "imagenet" else None,
         pooling="avg",
     )
+    # Trained from scratch, the default BN momentum (0.99) lags the weights for thousands of steps and the
+    # moving statistics (used at validation and export) make the model output a constant. 0.9 tracks them.
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 0.9
     x = backbone(x)
     x = layers.Dropout(spec.dropout)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="crack_probability")(x)
@@ -63,15 +68,18 @@ def build_classifier(spec: ClassifierSpec) -> keras.Model:
     return model
 
 
+BN_MOMENTUM = 0.9
+
+
 def _conv_bn(x, filters: int, stride: int = 1, separable: bool = True, name: str = ""):
     if separable:
         x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
-        x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
         x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
         x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
     else:
         x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_relu")(x)
 
 
@@ -100,7 +108,7 @@ def build_segmenter(spec: SegmenterSpec) -> keras.Model:
         if level == 0:
             # Full resolution: a pointwise mix only; the 3x3 context comes from the coarser levels.
             x = layers.Conv2D(spec.base, 1, use_bias=False, name="up0_pw")(x)
-            x = layers.BatchNormalization(name="up0_bn")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="up0_bn")(x)
             x = layers.ReLU(6.0, name="up0_relu")(x)
         else:
             x = _conv_bn(x, spec.base * 2**level, name=f"up{level}_conv")

@@ -1,0 +1,496 @@
+"""The daemon's configuration: one YAML file in, typed frozen dataclasses out.
+
+Validation is strict because the daemon runs unattended: an unknown key (a
+typo), a wrong type or an out-of-range value stops the start with ONE line that
+names the key path and the YAML line (`crackd.yaml:12: mqtt.port: expected an
+integer from 1 to 65535, got 'abc'`). Every key and its default is documented in
+`config/crackd.example.yaml`; the dataclasses below are the single source of
+the defaults. Secrets (the MQTT password) never sit in the YAML: they come from
+an environment variable (`password_env`) or a file (`password_file`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+# The bundle shipped in the repository / package, used when nothing is installed in STATE/models/current.
+SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; str() is one line naming the file, line and key."""
+
+
+def _opt(default, doc: str, **checks):
+    """A field with a default, a doc line, and optional checks (min, max, gt, min_len, max_len)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **checks})
+    return field(default=default, metadata={"doc": doc, **checks})
+
+
+def _section(cls, doc: str):
+    return field(default_factory=cls, metadata={"doc": doc})
+
+
+# --------------------------------------------------------------------------- source
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    width: int = _opt(320, "frame width in pixels", min=16, max=4096)
+    height: int = _opt(240, "frame height in pixels", min=16, max=4096)
+    fps: float = _opt(10.0, "frames per second; 0 = as fast as the pipeline takes them (no frame skipped)", min=0, max=1000)
+    crack_probability: float = _opt(0.3, "probability that a new scene holds cracks", min=0, max=1)
+    hold_frames: int = _opt(5, "frames each generated scene stays in view (a crack passing the camera), jittered", min=1, max=10000)
+    seed: Optional[int] = _opt(None, "random seed (null = different scenes every run)")
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    path: Optional[str] = _opt(None, "directory of image files (jpg, png, bmp, tif, webp), read in sorted name order")
+    fps: float = _opt(10.0, "replay rate; 0 = as fast as the pipeline takes them (no frame skipped, for bench runs)", min=0, max=10000)
+    loop: bool = _opt(True, "start again at the first file after the last (false: the daemon stops when done)")
+
+
+@dataclass(frozen=True)
+class OpenCVOptions:
+    url: Optional[str] = _opt(None, "RTSP/HTTP URL, video file or device path (/dev/video0); or leave null and set index")
+    index: Optional[int] = _opt(None, "V4L2 device index (0 = /dev/video0)", min=0, max=63)
+    width: Optional[int] = _opt(None, "requested capture width (devices only; null = device default)", min=16, max=8192)
+    height: Optional[int] = _opt(None, "requested capture height (devices only)", min=16, max=8192)
+    fps: float = _opt(0.0, "replay rate for video files (0 = as fast as the pipeline takes them, no frame skipped); live sources are never paced", min=0, max=1000)
+    loop: bool = _opt(False, "video files: start again at the end")
+    open_timeout_s: float = _opt(10.0, "how long opening a stream may take", gt=0, max=600)
+
+
+@dataclass(frozen=True)
+class Picamera2Options:
+    camera: int = _opt(0, "camera number (Picamera2(camera))", min=0, max=16)
+    main: tuple[int, int] = _opt((1280, 960), "main stream size [width, height]; used for snapshots", min=16, max=8192)
+    lores: tuple[int, int] = _opt((320, 240), "lores stream size [width, height] fed to the models", min=16, max=4096)
+    lores_format: Literal["YUV420", "RGB888"] = _opt("YUV420", "YUV420 (Pi 4 and older: converted to RGB with OpenCV) or RGB888 (Pi 5)")
+    fps: float = _opt(10.0, "sensor frame rate", gt=0, max=240)
+    snapshot_from_main: bool = _opt(True, "take event snapshots from the full-size main stream")
+    still: bool = _opt(False, "use create_still_configuration instead of create_video_configuration (slow, high resolution rigs)")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    type: Literal["synthetic", "folder", "opencv", "picamera2"] = _opt("synthetic", "which adapter produces frames")
+    read_timeout_s: float = _opt(5.0, "a capture taking longer than this counts as a stall and is retried", gt=0, max=600)
+    retry_initial_s: float = _opt(0.5, "first wait before reconnecting a failed source (doubles each failure)", gt=0, max=600)
+    retry_max_s: float = _opt(30.0, "longest wait between reconnect attempts", gt=0, max=3600)
+    synthetic: SyntheticOptions = _section(SyntheticOptions, "options for type: synthetic")
+    folder: FolderOptions = _section(FolderOptions, "options for type: folder")
+    opencv: OpenCVOptions = _section(OpenCVOptions, "options for type: opencv")
+    picamera2: Picamera2Options = _section(Picamera2Options, "options for type: picamera2")
+
+
+# --------------------------------------------------------------------------- model, decision
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    enabled: bool = _opt(False, "run the segmenter over overlapping tiles (large frames, thin cracks)")
+    tile: int = _opt(256, "tile size in pixels (square)", min=32, max=4096)
+    overlap: float = _opt(0.25, "tile overlap as a fraction of the tile size", min=0, max=0.9)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    bundle: Optional[str] = _opt(None, "bundle directory; null = STATE/models/current if installed, else the shipped models/default")
+    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = _opt("auto", "TFLite runtime")
+    threads: int = _opt(1, "interpreter threads per model", min=1, max=16)
+    segment: Literal["on-crack", "never", "always"] = _opt("on-crack", "when to run the segmenter")
+    tiling: TilingOptions = _section(TilingOptions, "segmenter tiling")
+    mm_per_pixel: Optional[float] = _opt(None, "scale of the camera view; when set, measurements also carry *_mm", gt=0)
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    threshold: Optional[float] = _opt(None, "score at or above which a frame counts as a crack (null = the bundle's classifier threshold)", min=0, max=1)
+    hysteresis: float = _opt(0.1, "while an event is open a frame still counts as a crack down to threshold - hysteresis", min=0, max=1)
+    start_k: int = _opt(2, "an event starts when k of the last n frames are cracks ...", min=1, max=1000)
+    start_n: int = _opt(3, "... (n = window length)", min=1, max=1000)
+    end_m: int = _opt(5, "an event ends after m consecutive clear frames", min=1, max=100000)
+    update_interval_s: float = _opt(2.0, "an improved peak is published as an `update` at most this often", min=0, max=3600)
+
+
+# --------------------------------------------------------------------------- storage, mqtt, logging
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    state_dir: str = _opt("/var/lib/crackd", "state directory: journal, snapshots, status.json, pid, installed models")
+    db: Optional[str] = _opt(None, "journal path (null = STATE/crackd.db)")
+    record_frames: Literal["all", "cracks", "none"] = _opt("cracks", "which per-frame results go to the journal")
+    retention_days: float = _opt(30.0, "frames and published events older than this are deleted (labelled events are kept)", gt=0)
+    max_db_mb: float = _opt(512.0, "journal size budget; oldest frames, then oldest published events, are deleted beyond it", min=1)
+    snapshots: bool = _opt(True, "write a frame + overlay JPEG per event")
+    snapshot_budget_mb: float = _opt(512.0, "disk budget of STATE/snapshots; oldest deleted first", min=0)
+    snapshot_quality: int = _opt(85, "JPEG quality", min=10, max=100)
+    outbox_warn_levels: list[float] = _opt([0.5, 0.8, 0.95], "warn loudly when undelivered MQTT messages fill these fractions of max_db_mb", min=0, max=1)
+    on_corrupt_db: Literal["move-aside", "stop"] = _opt("move-aside", "journal fails its integrity check: rename it and start a new one, or refuse to start")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    enabled: bool = _opt(False, "connect with TLS")
+    ca: Optional[str] = _opt(None, "CA certificate file (null = system CAs)")
+    cert: Optional[str] = _opt(None, "client certificate file (mutual TLS)")
+    key: Optional[str] = _opt(None, "client private key file")
+    insecure: bool = _opt(False, "skip the broker hostname check (test rigs only)")
+
+
+@dataclass(frozen=True)
+class MQTTConfig:
+    enabled: bool = _opt(True, "publish to a broker; false = events stay in the journal only")
+    host: str = _opt("localhost", "broker host")
+    port: int = _opt(1883, "broker port (8883 is usual with TLS)", min=1, max=65535)
+    tls: TLSConfig = _section(TLSConfig, "TLS")
+    username: Optional[str] = _opt(None, "user name")
+    password_env: Optional[str] = _opt(None, "name of the environment variable holding the password")
+    password_file: Optional[str] = _opt(None, "file holding the password (first line; e.g. a systemd credential)")
+    client_id: Optional[str] = _opt(None, "MQTT client id (null = crackd-<device_id>)")
+    keepalive: int = _opt(30, "keepalive seconds; the broker sends the last will after 1.5x this without traffic", min=5, max=3600)
+    topic_prefix: str = _opt("crackd", "topics are <prefix>/<device_id>/{status,camera,event,stats,frame}")
+    qos: Literal[0, 1, 2] = _opt(1, "QoS of event messages (1 = at least once, acknowledged by the broker)")
+    reconnect_min_s: float = _opt(1.0, "first reconnect delay (doubles up to reconnect_max_s)", gt=0, max=600)
+    reconnect_max_s: float = _opt(60.0, "longest reconnect delay", gt=0, max=3600)
+    max_inflight: int = _opt(20, "outbox messages sent ahead of their acknowledgement", min=1, max=1000)
+    publish_frames: bool = _opt(False, "also publish per-frame results (QoS 0, rate-limited)")
+    frame_rate: float = _opt(1.0, "at most this many frame messages per second", gt=0, max=1000)
+    flush_timeout_s: float = _opt(5.0, "on shutdown, wait this long for the outbox to drain", min=0, max=600)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = _opt("info", "log level")
+    journald: bool = _opt(True, "log to journald with structured fields when running under systemd")
+
+
+@dataclass(frozen=True)
+class Config:
+    device_id: str = _opt("crackd-1", "this device's id: part of every MQTT topic and event", min_len=1, max_len=64)
+    source: SourceConfig = _section(SourceConfig, "where frames come from")
+    model: ModelConfig = _section(ModelConfig, "the model bundle and how to run it")
+    decision: DecisionConfig = _section(DecisionConfig, "debounce per-frame results into events")
+    storage: StorageConfig = _section(StorageConfig, "the journal and snapshots")
+    mqtt: MQTTConfig = _section(MQTTConfig, "the broker")
+    logging: LoggingConfig = _section(LoggingConfig, "logging")
+    max_fps: Optional[float] = _opt(None, "process at most this many frames per second (null = as fast as possible)", gt=0)
+    stats_interval_s: float = _opt(30.0, "how often stats are published on MQTT", min=1, max=86400)
+    source_file: Optional[str] = field(default=None, compare=False, metadata={"internal": True})
+
+    # Derived paths -----------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.storage.state_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.storage.db) if self.storage.db else self.state_dir / "crackd.db"
+
+    def bundle_dir(self) -> Path:
+        """The bundle to serve: the configured one, else the installed current, else the shipped default."""
+        if self.model.bundle:
+            return Path(self.model.bundle)
+        current = self.state_dir / "models" / "current"
+        if current.exists():
+            return current
+        return SHIPPED_BUNDLE
+
+    def mqtt_password(self) -> Optional[str]:
+        """Read the MQTT password from the environment or its file (raises ConfigError when configured but absent)."""
+        m = self.mqtt
+        if m.password_env:
+            value = os.environ.get(m.password_env)
+            if value is None:
+                raise ConfigError(f"mqtt.password_env: environment variable {m.password_env} is not set")
+            return value
+        if m.password_file:
+            try:
+                return Path(m.password_file).read_text().splitlines()[0] if Path(m.password_file).stat().st_size else ""
+            except OSError as exc:
+                raise ConfigError(f"mqtt.password_file: cannot read {m.password_file} ({exc.strerror})") from None
+        return None
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"crackd-{self.device_id}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.mqtt.topic_prefix}/{self.device_id}/{name}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, filename: str = "<config>") -> Config:
+    """Validate YAML text; errors name `filename:line: key.path`."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+    if node is None:
+        node = yaml.MappingNode("tag:yaml.org,2002:map", [])
+    cfg = _build(Config, node, "", filename)
+    cfg = dataclasses.replace(cfg, source_file=filename)
+    _cross_checks(cfg, node, filename)
+    return cfg
+
+
+def config_from_dict(data: dict, filename: str = "<dict>") -> Config:
+    """Validate a plain dict (as the demo and tests build them) through the same rules."""
+    return parse_config(yaml.safe_dump(data, sort_keys=False), filename)
+
+
+def _line(node) -> int:
+    return node.start_mark.line + 1
+
+
+def _fail(filename: str, node, path: str, message: str) -> None:
+    line = f":{_line(node)}" if node is not None else ""
+    raise ConfigError(f"{filename}{line}: {path or '<top>'}: {message}")
+
+
+def _scalar(node, path, filename):
+    """Python value of a scalar/sequence node using YAML 1.1 safe tags."""
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        _fail(filename, node, path, f"cannot read value ({exc})")
+    finally:
+        loader.dispose()
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} integers"
+    if origin is list:
+        return "a list of numbers"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _range_text(meta: dict) -> str:
+    lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("gt")
+    if lo is not None and hi is not None:
+        return f" from {lo:g} to {hi:g}"
+    if gt is not None and hi is not None:
+        return f" above {gt:g} and at most {hi:g}"
+    if lo is not None:
+        return f" >= {lo:g}"
+    if gt is not None:
+        return f" > {gt:g}"
+    if hi is not None:
+        return f" <= {hi:g}"
+    return ""
+
+
+def _check_range(value, meta, node, path, filename, expected):
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        bad = (meta.get("min") is not None and v < meta["min"]) or (meta.get("max") is not None and v > meta["max"]) or (
+            meta.get("gt") is not None and v <= meta["gt"]
+        )
+        if bad:
+            _fail(filename, node, path, f"expected {expected}{_range_text(meta)}, got {_describe(value)}")
+    if isinstance(value, str):
+        if meta.get("min_len") and len(value) < meta["min_len"]:
+            _fail(filename, node, path, f"expected a non-empty string")
+        if meta.get("max_len") and len(value) > meta["max_len"]:
+            _fail(filename, node, path, f"expected at most {meta['max_len']} characters, got {len(value)}")
+
+
+def _convert(tp, node, path, filename, meta):
+    """Convert a node to type `tp` or fail with the key path and line."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, node, path, filename, meta)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, node, path, filename)
+    expected = _type_name(tp)
+    if origin in (tuple, list):
+        if not isinstance(node, yaml.SequenceNode):
+            _fail(filename, node, path, f"expected {expected}, got {_describe(_scalar(node, path, filename)) if isinstance(node, yaml.ScalarNode) else 'a mapping'}")
+        item_tp = args[0]
+        items = [_convert(item_tp, child, f"{path}[{i}]", filename, {}) for i, child in enumerate(node.value)]
+        if origin is tuple and len(items) != len(args):
+            _fail(filename, node, path, f"expected {expected}, got {len(items)} items")
+        _check_range(items, meta, node, path, filename, expected)
+        return tuple(items) if origin is tuple else items
+    if not isinstance(node, yaml.ScalarNode):
+        _fail(filename, node, path, f"expected {expected}, got a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+    value = _scalar(node, path, filename)
+    if origin is Literal:
+        if value not in args or isinstance(value, bool):
+            _fail(filename, node, path, f"expected {expected}, got {_describe(value)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(filename, node, path, f"expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(filename, node, path, f"expected an integer{_range_text(meta)}, got {_describe(value)}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(filename, node, path, f"expected a number{_range_text(meta)}, got {_describe(value)}")
+        value = float(value)
+    elif tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and node.style is None and path.endswith("device_id"):
+            value = str(value)  # device ids like 42 are fine as strings
+        if not isinstance(value, str):
+            _fail(filename, node, path, f"expected a string, got {_describe(value)}")
+    _check_range(value, meta, node, path, filename, expected)
+    return value
+
+
+def _build(cls, node, prefix: str, filename: str):
+    """Build dataclass `cls` from a mapping node, rejecting unknown and duplicate keys."""
+    if not isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return cls()
+        _fail(filename, node, prefix, "expected a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values = {}
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = _close_match(str(key), fields)
+            hint = f" (did you mean {close!r}?)" if close else f"; known keys: {', '.join(fields)}"
+            _fail(filename, key_node, path, f"unknown key{hint}")
+        if key in seen:
+            _fail(filename, key_node, path, f"duplicate key (first set on line {seen[key]})")
+        seen[key] = _line(key_node)
+        values[key] = _convert(hints[key], value_node, path, filename, dict(fields[key].metadata))
+    return cls(**values)
+
+
+def _close_match(key: str, known) -> Optional[str]:
+    import difflib
+
+    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
+    return matches[0] if matches else None
+
+
+def _node_at(root, path: str):
+    """The value node at a dotted path (for line numbers of cross-field errors); falls back to the parent."""
+    node = root
+    for part in path.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return node
+        found = None
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == part:
+                found = v
+        if found is None:
+            return node if node.value else None
+        node = found
+    return node
+
+
+def _cross_checks(cfg: Config, root, filename: str) -> None:
+    """Rules that involve more than one key."""
+
+    def fail(path, message):
+        _fail(filename, _node_at(root, path), path, message)
+
+    s = cfg.source
+    if s.type == "folder" and not s.folder.path:
+        fail("source.folder.path", "required when source.type is folder")
+    if s.type == "opencv" and (s.opencv.url is None) == (s.opencv.index is None):
+        fail("source.opencv", "set exactly one of url or index when source.type is opencv")
+    if s.retry_max_s < s.retry_initial_s:
+        fail("source.retry_max_s", f"must be >= source.retry_initial_s ({s.retry_initial_s:g})")
+    d = cfg.decision
+    if d.start_k > d.start_n:
+        fail("decision.start_k", f"k ({d.start_k}) cannot exceed n ({d.start_n})")
+    m = cfg.mqtt
+    if m.password_env and m.password_file:
+        fail("mqtt.password_file", "set only one of password_env and password_file")
+    if (m.password_env or m.password_file) and not m.username:
+        fail("mqtt.username", "a password is configured but no username")
+    if m.tls.cert and not m.tls.key:
+        fail("mqtt.tls.key", "a client certificate needs its key")
+    for key in ("ca", "cert", "key"):
+        value = getattr(m.tls, key)
+        if m.enabled and m.tls.enabled and value and not Path(value).is_file():
+            fail(f"mqtt.tls.{key}", f"file not found: {value}")
+    if m.enabled and m.password_file and not Path(m.password_file).is_file():
+        fail("mqtt.password_file", f"file not found: {m.password_file}")
+    if m.reconnect_max_s < m.reconnect_min_s:
+        fail("mqtt.reconnect_max_s", f"must be >= mqtt.reconnect_min_s ({m.reconnect_min_s:g})")
+    for part in (cfg.device_id, m.topic_prefix):
+        if any(c in part for c in "+#") or part.startswith("/") or part.endswith("/"):
+            fail("device_id" if part is cfg.device_id else "mqtt.topic_prefix", f"{part!r} must not contain + or # or start/end with /")
+    levels = list(cfg.storage.outbox_warn_levels)
+    if levels != sorted(levels):
+        fail("storage.outbox_warn_levels", "levels must be in increasing order")
+
+
+def describe_defaults(cls=Config, prefix: str = "") -> list[tuple[str, object, str]]:
+    """(key path, default, doc) for every key: used to check the example config documents them all."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.append((path, None, f.metadata.get("doc", "")))
+            out.extend(describe_defaults(tp, path))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append((path, default, f.metadata.get("doc", "")))
+    return out

@@ -1,0 +1,550 @@
+"""The journal: one SQLite file holding what the daemon saw and what it still owes the broker.
+
+- WAL mode, ONE writer connection shared under a lock, `busy_timeout` for the
+  CLI's short writes (labels, deletes) that may run beside the daemon.
+- The schema is versioned (`PRAGMA user_version`) and migrated forward at open;
+  the file is backed up (SQLite online backup) before any migration.
+- `PRAGMA quick_check` runs at open; a damaged file is moved aside (or the start
+  is refused, per config) with a message saying how to recover its rows.
+- A detection (event row, frame row) and its outbox message are written in ONE
+  transaction, so an event is never recorded without being queued for MQTT nor
+  queued without being recorded. Event transactions use `synchronous=FULL`
+  (survive power loss); frame-only ones `NORMAL` (survive a crash).
+- Retention by age and by database size; the outbox is never pruned: it is
+  bounded only by the disk budget, and its fill level is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class JournalError(Exception):
+    """The journal cannot be used; the message says why and what to do."""
+
+
+class JournalCorrupt(JournalError):
+    pass
+
+
+# Each entry migrates from version i to i+1 (index 0: empty file -> 1).
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE frames (
+            id INTEGER PRIMARY KEY,
+            t REAL NOT NULL,
+            seq INTEGER NOT NULL,
+            ref TEXT,
+            crack INTEGER NOT NULL,
+            score REAL NOT NULL,
+            segmented INTEGER NOT NULL,
+            measurements TEXT,
+            latency_ms REAL,
+            bundle_version TEXT,
+            event_uuid TEXT)""",
+        "CREATE INDEX frames_t ON frames(t)",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            uuid TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL CHECK (state IN ('open', 'ended')),
+            started_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            ended_at REAL,
+            end_reason TEXT,
+            revision INTEGER NOT NULL DEFAULT 0,
+            frames INTEGER NOT NULL,
+            peak_score REAL NOT NULL,
+            peak_measurements TEXT,
+            peak_frame_seq INTEGER,
+            first_frame_seq INTEGER,
+            last_frame_seq INTEGER,
+            bundle_version TEXT,
+            bundle_sha256 TEXT,
+            device_id TEXT,
+            snapshot TEXT,
+            overlay TEXT)""",
+        "CREATE INDEX events_started ON events(started_at)",
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            topic TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            qos INTEGER NOT NULL,
+            retain INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            event_uuid TEXT)""",
+    ],
+    [
+        """CREATE TABLE labels (
+            event_uuid TEXT PRIMARY KEY,
+            label TEXT NOT NULL CHECK (label IN ('crack', 'no-crack')),
+            note TEXT,
+            labelled_at REAL NOT NULL)""",
+        "CREATE INDEX outbox_event ON outbox(event_uuid)",
+        "CREATE INDEX frames_event ON frames(event_uuid)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+LABELS = ("crack", "no-crack")
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    t: float
+    seq: int
+    crack: bool
+    score: float
+    segmented: bool
+    measurements: Optional[dict] = None
+    latency_ms: Optional[float] = None
+    bundle_version: Optional[str] = None
+    event_uuid: Optional[str] = None
+    ref: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """An EventRecord (edge.decision) plus what the journal stores beside it."""
+
+    record: object  # edge.decision.EventRecord
+    bundle_version: str
+    bundle_sha256: str
+    device_id: str
+    snapshot: Optional[str] = None
+    overlay: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    topic: str
+    payload: dict
+    qos: int = 1
+    retain: bool = False
+    event_uuid: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    topic: str
+    payload: str
+    qos: int
+    retain: bool
+    created_at: float
+    event_uuid: Optional[str]
+
+
+@dataclass
+class PruneReport:
+    frames: int = 0
+    events: int = 0
+    files: list = None  # snapshot paths (relative to the state dir) whose events were deleted
+    used_mb: float = 0.0
+    over_budget: bool = False
+
+    def __post_init__(self):
+        self.files = self.files or []
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _recovery_hint(path: Path) -> str:
+    return (
+        f"stop crackd, move the file aside (mv {path} {path}.corrupt) and start again for a new journal; "
+        f"rows can often be saved with: sqlite3 {path}.corrupt .recover | sqlite3 {path.parent / 'recovered.db'}"
+    )
+
+
+def integrity_check(path: Path) -> Optional[str]:
+    """None when `PRAGMA quick_check` passes, else the problem as one line."""
+    try:
+        conn = _connect(path)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    problems = [r[0] for r in rows if r[0] != "ok"]
+    return "; ".join(problems[:3]) if problems else None
+
+
+class Journal:
+    """The daemon's SQLite journal (thread-safe: one connection, one lock)."""
+
+    def __init__(self, path: str | Path, on_corrupt: str = "stop"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self.moved_aside: Optional[Path] = None
+        if self.path.exists() and self.path.stat().st_size > 0:
+            problem = integrity_check(self.path)
+            if problem:
+                if on_corrupt != "move-aside":
+                    raise JournalCorrupt(f"{self.path}: integrity check failed ({problem}); {_recovery_hint(self.path)}")
+                self.moved_aside = self._move_aside(problem)
+        self._conn = _connect(self.path)
+        try:
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise JournalCorrupt(f"{self.path}: cannot open journal ({exc}); {_recovery_hint(self.path)}") from None
+        if mode.lower() != "wal":
+            log.warning("journal %s: WAL mode not available (%s); continuing", self.path, mode)
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # ------------------------------------------------------------------ open / migrate
+
+    def _move_aside(self, problem: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(target) + suffix))
+        log.error(
+            "journal %s failed its integrity check (%s): moved it to %s and started a new journal; "
+            "to save its rows: sqlite3 %s .recover | sqlite3 recovered.db",
+            self.path, problem, target, target,
+        )
+        return target
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            current = self.schema_version
+            if current > SCHEMA_VERSION:
+                raise JournalError(
+                    f"{self.path}: journal schema {current} was written by a newer crackd (this one reads <= {SCHEMA_VERSION}); "
+                    "upgrade crackd or point storage.db at a new file"
+                )
+            if current == SCHEMA_VERSION:
+                return
+            if current == 0:
+                # A new file: auto_vacuum must be chosen before the first table exists.
+                self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            else:
+                backup = self.path.with_name(f"{self.path.name}.v{current}.bak")
+                dest = sqlite3.connect(str(backup))
+                try:
+                    self._conn.backup(dest)
+                finally:
+                    dest.close()
+                log.info("journal %s: backed up to %s before migrating schema %d -> %d", self.path, backup, current, SCHEMA_VERSION)
+            for version in range(current, SCHEMA_VERSION):
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in MIGRATIONS[version]:
+                        self._conn.execute(statement)
+                    self._conn.execute(f"PRAGMA user_version={version + 1}")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.DatabaseError:
+                    pass
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ the write path
+
+    def record(
+        self,
+        frame: Optional[FrameRow] = None,
+        events: Iterable[EventWrite] = (),
+        messages: Iterable[OutboxMessage] = (),
+    ) -> list[int]:
+        """Write a frame result, event changes and their outbox messages in ONE transaction; returns outbox ids."""
+        events, messages = list(events), list(messages)
+        if frame is None and not events and not messages:
+            return []
+        durable = bool(events or messages)
+        ids: list[int] = []
+        with self._lock:
+            c = self._conn
+            if durable:
+                c.execute("PRAGMA synchronous=FULL")
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    if frame is not None:
+                        c.execute(
+                            "INSERT INTO frames (t, seq, ref, crack, score, segmented, measurements, latency_ms, bundle_version, event_uuid)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (frame.t, frame.seq, frame.ref, int(frame.crack), frame.score, int(frame.segmented),
+                             _json(frame.measurements), frame.latency_ms, frame.bundle_version, frame.event_uuid),
+                        )
+                    for ev in events:
+                        self._write_event(c, ev)
+                    now = time.time()
+                    for m in messages:
+                        cur = c.execute(
+                            "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid) VALUES (?,?,?,?,?,?)",
+                            (m.topic, json.dumps(m.payload, separators=(",", ":")), m.qos, int(m.retain), now, m.event_uuid),
+                        )
+                        ids.append(cur.lastrowid)
+                    c.execute("COMMIT")
+                except BaseException:
+                    c.execute("ROLLBACK")
+                    raise
+            finally:
+                if durable:
+                    c.execute("PRAGMA synchronous=NORMAL")
+        return ids
+
+    @staticmethod
+    def _write_event(c: sqlite3.Connection, ev: EventWrite) -> None:
+        r = ev.record
+        values = dict(
+            uuid=r.uuid, state=r.state, started_at=r.started_at, updated_at=r.t, ended_at=r.ended_at,
+            end_reason=r.end_reason, revision=r.revision, frames=r.frames, peak_score=r.peak_score,
+            peak_measurements=_json(r.peak_measurements), peak_frame_seq=r.peak_frame_seq,
+            first_frame_seq=r.first_frame_seq, last_frame_seq=r.last_frame_seq,
+            bundle_version=ev.bundle_version, bundle_sha256=ev.bundle_sha256, device_id=ev.device_id,
+            snapshot=ev.snapshot, overlay=ev.overlay,
+        )
+        cols = ", ".join(values)
+        marks = ", ".join(f":{k}" for k in values)
+        # Snapshot paths persist across records unless a new one is given; bundle/device are fixed at the start.
+        updates = ", ".join(
+            f"{k}=COALESCE(excluded.{k}, {k})" if k in ("snapshot", "overlay") else f"{k}=excluded.{k}"
+            for k in values
+            if k not in ("uuid", "started_at", "bundle_version", "bundle_sha256", "device_id")
+        )
+        c.execute(f"INSERT INTO events ({cols}) VALUES ({marks}) ON CONFLICT(uuid) DO UPDATE SET {updates}", values)
+
+    # ------------------------------------------------------------------ outbox
+
+    def outbox_fetch(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, topic, payload, qos, retain, created_at, event_uuid FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [OutboxRow(r["id"], r["topic"], r["payload"], r["qos"], bool(r["retain"]), r["created_at"], r["event_uuid"]) for r in rows]
+
+    def outbox_ack(self, ids: Iterable[int]) -> int:
+        """Delete acknowledged outbox rows; returns how many were deleted."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                n = 0
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    n += c.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk).rowcount
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return n
+
+    def outbox_depth(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def outbox_bytes(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + 64), 0) FROM outbox").fetchone()[0])
+
+    # ------------------------------------------------------------------ size and retention
+
+    def used_bytes(self) -> int:
+        """Bytes in use (pages minus free pages), WAL not included."""
+        with self._lock:
+            c = self._conn
+            page_size = c.execute("PRAGMA page_size").fetchone()[0]
+            pages = c.execute("PRAGMA page_count").fetchone()[0]
+            free = c.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def prune(self, retention_days: float, max_db_mb: float, now: Optional[float] = None) -> PruneReport:
+        """Delete by age, then by size (oldest frames first, then oldest delivered unlabelled events)."""
+        now = time.time() if now is None else now
+        cutoff = now - retention_days * 86400
+        report = PruneReport()
+        deletable = (
+            "state='ended' AND uuid NOT IN (SELECT event_uuid FROM labels)"
+            " AND uuid NOT IN (SELECT event_uuid FROM outbox WHERE event_uuid IS NOT NULL)"
+        )
+        with self._lock:
+            c = self._conn
+            report.frames += c.execute("DELETE FROM frames WHERE t < ?", (cutoff,)).rowcount
+            report.events += self._delete_events_where(c, f"{deletable} AND COALESCE(ended_at, updated_at) < ?", (cutoff,), report)
+            budget = max_db_mb * 1024 * 1024
+            while self.used_bytes() > budget:
+                n = c.execute("DELETE FROM frames WHERE id IN (SELECT id FROM frames ORDER BY id LIMIT 2000)").rowcount
+                if n == 0:
+                    n = self._delete_events_where(
+                        c, f"id IN (SELECT id FROM events WHERE {deletable} ORDER BY id LIMIT 200)", (), report
+                    )
+                    report.events += n
+                else:
+                    report.frames += n
+                if n == 0:
+                    report.over_budget = True
+                    break
+            if report.frames or report.events:
+                c.execute("PRAGMA incremental_vacuum")
+            report.used_mb = self.used_bytes() / 1024 / 1024
+        return report
+
+    @staticmethod
+    def _delete_events_where(c, where: str, params: tuple, report: PruneReport) -> int:
+        for r in c.execute(f"SELECT snapshot, overlay FROM events WHERE {where}", params).fetchall():
+            report.files.extend(p for p in (r["snapshot"], r["overlay"]) if p)
+        return c.execute(f"DELETE FROM events WHERE {where}", params).rowcount
+
+    def forget_snapshot(self, relpath: str) -> None:
+        """A snapshot file was deleted for the disk budget: clear the event's reference."""
+        with self._lock:
+            self._conn.execute("UPDATE events SET snapshot=NULL WHERE snapshot=?", (relpath,))
+            self._conn.execute("UPDATE events SET overlay=NULL WHERE overlay=?", (relpath,))
+
+    def snapshot_order(self) -> list[str]:
+        """Snapshot paths in the order they may be deleted: unlabelled before labelled, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT e.snapshot, e.overlay FROM events e LEFT JOIN labels l ON l.event_uuid = e.uuid "
+                "WHERE e.snapshot IS NOT NULL OR e.overlay IS NOT NULL ORDER BY (l.label IS NOT NULL), e.started_at"
+            ).fetchall()
+        return [p for r in rows for p in (r["overlay"], r["snapshot"]) if p]
+
+    # ------------------------------------------------------------------ records (CLI)
+
+    def list_events(
+        self,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        state: Optional[str] = None,
+        min_score: Optional[float] = None,
+        label: Optional[str] = None,
+        limit: Optional[int] = None,
+        newest_first: bool = True,
+    ) -> list[dict]:
+        where, params = [], []
+        if since is not None:
+            where.append("e.started_at >= ?"); params.append(since)
+        if until is not None:
+            where.append("e.started_at < ?"); params.append(until)
+        if state:
+            where.append("e.state = ?"); params.append(state)
+        if min_score is not None:
+            where.append("e.peak_score >= ?"); params.append(min_score)
+        if label == "none":
+            where.append("l.label IS NULL")
+        elif label:
+            where.append("l.label = ?"); params.append(label)
+        sql = (
+            "SELECT e.*, l.label AS label, l.note AS label_note, l.labelled_at AS labelled_at FROM events e "
+            "LEFT JOIN labels l ON l.event_uuid = e.uuid"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY e.id {'DESC' if newest_first else 'ASC'}"
+            + (f" LIMIT {int(limit)}" if limit else "")
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_event_dict(r) for r in rows]
+
+    def find_event(self, ref: str) -> Optional[dict]:
+        """An event by numeric id, full uuid, or a unique uuid prefix (>= 4 characters)."""
+        with self._lock:
+            c = self._conn
+            sql = "SELECT e.*, l.label AS label, l.note AS label_note, l.labelled_at AS labelled_at FROM events e LEFT JOIN labels l ON l.event_uuid = e.uuid "
+            if ref.isdigit():
+                rows = c.execute(sql + "WHERE e.id = ?", (int(ref),)).fetchall()
+            else:
+                rows = c.execute(sql + "WHERE e.uuid = ?", (ref,)).fetchall()
+                if not rows and len(ref) >= 4:
+                    rows = c.execute(sql + "WHERE e.uuid LIKE ? LIMIT 2", (ref.replace("%", "") + "%",)).fetchall()
+                    if len(rows) > 1:
+                        raise JournalError(f"event {ref!r} is ambiguous; give more of the uuid")
+        return _event_dict(rows[0]) if rows else None
+
+    def event_frames(self, uuid: str) -> list[dict]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM frames WHERE event_uuid = ? ORDER BY id", (uuid,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def set_label(self, uuid: str, label: str, note: Optional[str] = None) -> None:
+        if label not in LABELS:
+            raise JournalError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO labels (event_uuid, label, note, labelled_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(event_uuid) DO UPDATE SET label=excluded.label, note=excluded.note, labelled_at=excluded.labelled_at",
+                (uuid, label, note, time.time()),
+            )
+
+    def delete_event(self, uuid: str) -> list[str]:
+        """Delete an event with its frames and label; returns its snapshot paths (the caller removes the files)."""
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT snapshot, overlay FROM events WHERE uuid = ?", (uuid,)).fetchone()
+                c.execute("DELETE FROM frames WHERE event_uuid = ?", (uuid,))
+                c.execute("DELETE FROM labels WHERE event_uuid = ?", (uuid,))
+                c.execute("DELETE FROM events WHERE uuid = ?", (uuid,))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return [p for p in (row or (None, None)) if p]
+
+    def counts(self) -> dict:
+        with self._lock:
+            c = self._conn
+            return {
+                "frames": c.execute("SELECT COUNT(*) FROM frames").fetchone()[0],
+                "events": c.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+                "outbox": c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0],
+                "labels": c.execute("SELECT COUNT(*) FROM labels").fetchone()[0],
+            }
+
+
+def _json(value) -> Optional[str]:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _event_dict(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    if d.get("peak_measurements"):
+        d["peak_measurements"] = json.loads(d["peak_measurements"])
+    return d

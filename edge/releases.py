@@ -1,0 +1,595 @@
+"""Model releases on the device: stage, activate, roll back, with a history and a lock.
+
+Layout under the state directory (shared with the daemon):
+
+    STATE/models/releases/<version>/    installed bundles, each verified when staged
+    STATE/models/releases/<v>.staging/  a copy being verified (never served)
+    STATE/models/current  -> releases/<version>   what the daemon serves
+    STATE/models/previous -> releases/<version>   what `rollback` returns to
+    STATE/models/deployments.jsonl      one JSON line per stage/activate/rollback/confirm
+    STATE/models/.lock                  flock: one stage/activate/rollback/deploy at a time
+    STATE/models/.lock.holder           who holds the lock (JSON), for the "busy" message
+
+A bundle only becomes `releases/<version>` after the full check of `stage`
+(checksums, signature, both models loaded with this device's runtime, golden
+samples reproduced, latency measured), and `current` only ever points at such a
+release. Switching is a symlink created beside `current` and renamed onto it
+(rename is atomic), then the daemon gets SIGHUP and reloads, verifying the
+bundle again before it swaps. The same idea as RAUC/Mender, at the size of two
+model files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edge.bundle import BundleError, load_bundle, manifest_sha256, read_manifest, verify_files
+from edge.selftest import measure_latency, run_golden
+from edge.signing import DEFAULT_ALLOWED_SIGNERS, SIGNATURE, SignatureError, verify_bundle_signature
+
+log = logging.getLogger(__name__)
+
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+STAGING_SUFFIX = ".staging"
+# status.json is rewritten about every second; older than this means the daemon is not reporting.
+STATUS_FRESH_S = 10.0
+
+
+class ReleaseError(Exception):
+    """A release operation that cannot be done; the message says why and what to do."""
+
+
+class InvalidVersion(ReleaseError):
+    pass
+
+
+class VersionConflict(ReleaseError):
+    pass
+
+
+class ReleaseNotFound(ReleaseError):
+    pass
+
+
+class NothingToRollBack(ReleaseError):
+    pass
+
+
+class LatencyTooHigh(BundleError):
+    pass
+
+
+class DeviceBusy(ReleaseError):
+    """Another stage/activate/rollback/deploy holds the device lock."""
+
+
+class LockTokenMismatch(ReleaseError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelsLayout:
+    """Paths of the model area of a state directory."""
+
+    state_dir: Path
+
+    @property
+    def models(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def releases(self) -> Path:
+        return self.models / "releases"
+
+    @property
+    def current(self) -> Path:
+        return self.models / "current"
+
+    @property
+    def previous(self) -> Path:
+        return self.models / "previous"
+
+    @property
+    def history(self) -> Path:
+        return self.models / "deployments.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.models / ".lock"
+
+    @property
+    def lock_holder(self) -> Path:
+        return self.models / ".lock.holder"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "crackd.pid"
+
+    @property
+    def status_file(self) -> Path:
+        return self.state_dir / "status.json"
+
+    def release(self, version: str) -> Path:
+        return self.releases / version
+
+
+@dataclass(frozen=True)
+class ReleasePolicy:
+    """How strict staging is on this device (from the daemon config's `releases` section or CLI flags)."""
+
+    require_signature: bool = True
+    allowed_signers: Path = DEFAULT_ALLOWED_SIGNERS
+    keep: int = 3  # releases kept besides the current one (the previous is always among them)
+    runtime: str = "auto"
+    threads: int = 1
+    max_latency_ms: float | None = None  # None: measure and report only
+    latency_runs: int = 5
+
+
+@dataclass
+class StageReport:
+    version: str
+    path: str
+    sha256: str
+    signer: dict | None
+    golden: dict
+    latency_ms: dict
+    already_staged: bool = False
+    runtime: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SwitchResult:
+    action: str  # activate | rollback
+    version: str
+    from_version: str | None
+    daemon: dict = field(default_factory=dict)  # {pid, signalled, message}
+    removed: list[str] = field(default_factory=list)  # releases pruned
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def default_who() -> str:
+    """Who is acting: the sudo/login user, and the SSH client address when remote."""
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+    ssh = os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT")
+    where = ssh.split()[0] if ssh else socket.gethostname()
+    return f"{user}@{where}"
+
+
+def check_version(version: str) -> str:
+    """A bundle_version becomes a directory name: letters, digits and . _ + - only."""
+    if not VERSION_PATTERN.match(version or "") or version.endswith(STAGING_SUFFIX) or ".." in version:
+        raise InvalidVersion(f"bundle_version {version!r} cannot name a release directory (expected letters, digits and . _ + -, at most 64 characters)")
+    return version
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _point(link: Path, target: str) -> None:
+    """Make `link` a symlink to `target` atomically: a new symlink renamed over the old one."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def _link_version(link: Path) -> str | None:
+    """The release version a `current`/`previous` link names, or None when absent."""
+    try:
+        target = os.readlink(link)
+    except (FileNotFoundError, OSError):
+        return None
+    return Path(target).name
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _parse_iso(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _looks_like_crackd(pid: int) -> bool:
+    """Guard against a stale pid file naming an unrelated process (Linux: check its command line)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # hidden by hidepid= etc.: trust the pid file
+    return b"crackd" in cmdline or b"edge.cli" in cmdline
+
+
+class DeviceLock:
+    """Exclusive flock on STATE/models/.lock, with a holder record for clear "busy" messages.
+
+    A lock may be held for a whole deployment by `crackd models lock` (the
+    deploy tool keeps it open over SSH); commands run inside that deployment
+    pass the holder's token instead of taking the lock again.
+    """
+
+    def __init__(self, layout: ModelsLayout, who: str, action: str):
+        self.layout = layout
+        self.who = who
+        self.action = action
+        self.token = secrets.token_hex(8)
+        self._fd: int | None = None
+
+    def holder(self) -> dict | None:
+        try:
+            return json.loads(self.layout.lock_holder.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def is_held(self) -> bool:
+        """True when some process holds the lock (tested without taking it for long)."""
+        self.layout.models.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def busy_message(self) -> str:
+        h = self.holder() or {}
+        if not h:
+            return f"{self.layout.models}: device is busy (another crackd models command holds {self.layout.lock.name})"
+        return f"{self.layout.models}: device is busy: {h.get('action', '?')} by {h.get('who', '?')} since {h.get('since', '?')} (pid {h.get('pid', '?')}); try again when it has finished"
+
+    def acquire(self, wait_s: float = 0.0) -> None:
+        self.layout.models.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise DeviceBusy(self.busy_message()) from None
+                time.sleep(0.2)
+        self._fd = fd
+        _write_json_atomic(self.layout.lock_holder, {"who": self.who, "action": self.action, "pid": os.getpid(), "since": now_iso(), "token": self.token})
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        h = self.holder()
+        if h and h.get("token") == self.token:
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.lock_holder.unlink()
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    @contextlib.contextmanager
+    def held(self, wait_s: float = 0.0, token: str | None = None):
+        """Hold the lock for a block; with `token`, join a lock already held by that deployment session."""
+        if token:
+            h = self.holder()
+            if not (h and h.get("token") == token and self.is_held()):
+                raise LockTokenMismatch(f"{self.layout.lock}: the lock token given does not match a held deployment lock (the deploy session ended?)")
+            yield self
+            return
+        self.acquire(wait_s)
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+class Releases:
+    """The model releases of one device state directory."""
+
+    def __init__(self, state_dir: str | Path, policy: ReleasePolicy | None = None):
+        self.layout = ModelsLayout(Path(state_dir))
+        self.policy = policy or ReleasePolicy()
+
+    # ------------------------------------------------------------------ queries
+
+    def current_version(self) -> str | None:
+        return _link_version(self.layout.current)
+
+    def previous_version(self) -> str | None:
+        return _link_version(self.layout.previous)
+
+    def list(self) -> list[dict]:
+        """Installed releases, newest first, with which is current/previous."""
+        if not self.layout.releases.is_dir():
+            return []
+        current, previous = self.current_version(), self.previous_version()
+        out = []
+        for path in self.layout.releases.iterdir():
+            if not path.is_dir() or path.name.endswith(STAGING_SUFFIX):
+                continue
+            entry = {"version": path.name, "current": path.name == current, "previous": path.name == previous, "installed_at": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
+            try:
+                manifest = read_manifest(path)
+                entry.update(created=manifest.created, sha256=manifest_sha256(path), signed=(path / SIGNATURE).is_file())
+            except BundleError as exc:
+                entry.update(error=str(exc))
+            out.append(entry)
+        out.sort(key=lambda e: (e["installed_at"], e["version"]), reverse=True)
+        return out
+
+    def history(self, limit: int | None = None) -> list[dict]:
+        try:
+            lines = self.layout.history.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines[-limit:] if limit else lines:
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
+
+    def daemon_status(self) -> dict | None:
+        """STATE/status.json as the daemon last wrote it, plus `status_age_s` and whether its pid is alive."""
+        try:
+            status = json.loads(self.layout.status_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        updated = _parse_iso(status.get("updated_at"))
+        status["status_age_s"] = round(time.time() - updated, 2) if updated else None
+        pid = status.get("pid")
+        status["pid_alive"] = bool(pid) and _pid_alive(int(pid))
+        return status
+
+    def status(self) -> dict:
+        """Everything the deploy tool needs to decide whether the current release is serving and healthy."""
+        current = self.current_version()
+        daemon = self.daemon_status()
+        serving = bool(
+            daemon
+            and daemon.get("pid_alive")
+            and daemon.get("status_age_s") is not None
+            and daemon["status_age_s"] <= STATUS_FRESH_S
+            and daemon.get("bundle_version") == current
+            and daemon.get("healthy") is True
+        )
+        lock = DeviceLock(self.layout, "", "")
+        history = self.history(limit=5)
+        return {
+            "state_dir": str(self.layout.state_dir),
+            "current": current,
+            "previous": self.previous_version(),
+            "releases": [r["version"] for r in self.list()],
+            "daemon": daemon,
+            "serving_current": serving,
+            "busy": (lock.holder() or {"who": "?"}) if lock.is_held() else None,
+            "last": history[-1] if history else None,
+        }
+
+    # ------------------------------------------------------------------ history
+
+    def record(self, action: str, version: str | None, outcome: str, who: str, **extra) -> dict:
+        """Append one line to deployments.jsonl (time, action, version, who, outcome, ...)."""
+        entry = {"time": now_iso(), "action": action, "version": version, "who": who, "outcome": outcome}
+        entry.update({k: v for k, v in extra.items() if v is not None})
+        self.layout.models.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.history, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return entry
+
+    # ------------------------------------------------------------------ operations
+
+    def lock(self, who: str, action: str) -> DeviceLock:
+        return DeviceLock(self.layout, who, action)
+
+    def stage(self, source: str | Path, who: str | None = None, origin: str | None = None, wait_s: float = 0.0, token: str | None = None) -> StageReport:
+        """Copy bundle `source` in as releases/<version> after checking everything; raises on any failure (nothing is installed)."""
+        who = who or default_who()
+        source = Path(source)
+        try:
+            version = check_version(read_manifest(source).bundle_version)
+        except (BundleError, ReleaseError) as exc:
+            self.record("stage", None, "rejected", who, source=origin or str(source), error=str(exc))
+            raise
+        with self.lock(who, f"stage {version}").held(wait_s, token):
+            try:
+                report = self._stage_locked(source, version)
+            except (BundleError, ReleaseError, OSError) as exc:
+                self.record("stage", version, "rejected", who, source=origin or str(source), error=str(exc))
+                raise
+            self.record("stage", version, "already staged" if report.already_staged else "staged", who, source=origin or str(source), sha256=report.sha256,
+                        signer=(report.signer or {}).get("principal"), latency_ms=report.latency_ms.get("total_ms_p50"))
+            return report
+
+    def _stage_locked(self, source: Path, version: str) -> StageReport:
+        target = self.layout.release(version)
+        if target.exists():
+            if manifest_sha256(target) != manifest_sha256(source):
+                raise VersionConflict(
+                    f"release {version} is already installed with different content (manifest sha256 {manifest_sha256(target)[:12]}... vs {manifest_sha256(source)[:12]}...); give the new bundle a new bundle_version"
+                )
+            verify_files(read_manifest(target))
+            signer = self._check_signature(target)
+            return StageReport(version, str(target), manifest_sha256(target), signer.as_dict() if signer else None, {}, {}, already_staged=True)
+        self.layout.releases.mkdir(parents=True, exist_ok=True)
+        staging = self.layout.releases / f"{version}{STAGING_SUFFIX}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        try:
+            shutil.copytree(source, staging, symlinks=False)
+            report = self._verify(staging, version)
+            os.rename(staging, target)
+            _fsync_dir(self.layout.releases)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._adopt(target)
+        report.path = str(target)
+        log.info("staged release %s (%s)", version, report.sha256[:12])
+        return report
+
+    def _check_signature(self, bundle_dir: Path):
+        """Verify the signature when required, or when one is present and this device has trusted signers."""
+        p = self.policy
+        has_sig = (bundle_dir / SIGNATURE).is_file()
+        if p.require_signature or (has_sig and Path(p.allowed_signers).is_file()):
+            return verify_bundle_signature(bundle_dir, p.allowed_signers)
+        return None
+
+    def _verify(self, staging: Path, version: str) -> StageReport:
+        manifest = read_manifest(staging)
+        if manifest.bundle_version != version:
+            raise InvalidVersion(f"{staging}: bundle_version changed during the copy ({version} -> {manifest.bundle_version})")
+        verify_files(manifest)
+        signer = self._check_signature(staging)
+        loaded = load_bundle(staging, runtime=self.policy.runtime, threads=self.policy.threads)
+        golden = run_golden(loaded)
+        golden.raise_for_failures()
+        latency = measure_latency(loaded, runs=self.policy.latency_runs)
+        limit = self.policy.max_latency_ms
+        if limit is not None and latency.total_ms_p50 > limit:
+            raise LatencyTooHigh(f"bundle {version}: classifier + segmenter take {latency.total_ms_p50:.1f} ms per frame on this device (median of {latency.runs}), above the limit of {limit:g} ms")
+        return StageReport(version, str(staging), loaded.sha256, signer.as_dict() if signer else None, golden.as_dict(), latency.as_dict(), runtime=loaded.classifier.runtime)
+
+    def _adopt(self, path: Path) -> None:
+        """When run as root (sudo over SSH), give new files to the state directory's owner, the daemon's user."""
+        if os.geteuid() != 0:
+            return
+        st = self.layout.state_dir.stat()
+        if st.st_uid == 0 and st.st_gid == 0:
+            return
+        for root, dirs, files in os.walk(path):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(name, st.st_uid, st.st_gid)
+
+    def activate(self, version: str, who: str | None = None, wait_s: float = 0.0, token: str | None = None, reason: str | None = None) -> SwitchResult:
+        """Point `current` at staged release `version` (atomically) and tell the daemon to reload."""
+        who = who or default_who()
+        check_version(version)
+        with self.lock(who, f"activate {version}").held(wait_s, token):
+            target = self.layout.release(version)
+            if not target.is_dir():
+                staged = ", ".join(r["version"] for r in self.list()) or "none"
+                raise ReleaseNotFound(f"release {version} is not staged on this device (staged: {staged}); run `crackd models stage BUNDLE_DIR` first")
+            try:  # cheap re-check: corruption since staging, or a trust change
+                verify_files(read_manifest(target))
+                self._check_signature(target)
+            except BundleError as exc:
+                self.record("activate", version, "rejected", who, error=str(exc))
+                raise
+            old = self.current_version()
+            result = self._switch("activate", version, old, who, reason)
+            result.removed = self.prune()
+            return result
+
+    def rollback(self, who: str | None = None, wait_s: float = 0.0, token: str | None = None, reason: str | None = None) -> SwitchResult:
+        """Serve the previous release again (current and previous swap)."""
+        who = who or default_who()
+        with self.lock(who, "rollback").held(wait_s, token):
+            old, prev = self.current_version(), self.previous_version()
+            if not prev or not self.layout.release(prev).is_dir():
+                raise NothingToRollBack(f"{self.layout.models}: no previous release to roll back to (current: {old or 'none'})")
+            return self._switch("rollback", prev, old, who, reason)
+
+    def confirm(self, version: str, who: str | None = None, token: str | None = None, message: str | None = None) -> dict:
+        """Record that `version` was seen serving and healthy after a deployment."""
+        who = who or default_who()
+        with self.lock(who, f"confirm {version}").held(0.0, token):
+            return self.record("confirm", version, "healthy", who, message=message)
+
+    def _switch(self, action: str, version: str, old: str | None, who: str, reason: str | None) -> SwitchResult:
+        if old == version:
+            daemon = {"signalled": False, "message": f"{version} is already current"}
+        else:
+            _point(self.layout.current, f"releases/{version}")
+            if old and self.layout.release(old).is_dir():
+                _point(self.layout.previous, f"releases/{old}")
+            log.info("%s: current -> %s (was %s)", action, version, old)
+            daemon = self.signal_daemon()
+        outcome = "activated" if action == "activate" else "rolled back"
+        self.record(action, version, outcome, who, from_version=old, reason=reason, daemon=daemon.get("message"))
+        return SwitchResult(action, version, old, daemon)
+
+    def signal_daemon(self) -> dict:
+        """SIGHUP the daemon named by STATE/crackd.pid so it reloads; says what happened instead of failing."""
+        try:
+            pid = int(self.layout.pid_file.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return {"pid": None, "signalled": False, "message": "daemon not running (no crackd.pid); it serves the new release when it starts"}
+        if not _pid_alive(pid) or not _looks_like_crackd(pid):
+            return {"pid": pid, "signalled": False, "message": f"daemon not running (stale crackd.pid {pid}); it serves the new release when it starts"}
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except PermissionError:
+            return {"pid": pid, "signalled": False, "message": f"no permission to signal daemon pid {pid}; run as root or the crackd user, or `systemctl reload crackd`"}
+        except ProcessLookupError:
+            return {"pid": pid, "signalled": False, "message": f"daemon pid {pid} exited; it serves the new release when it starts"}
+        return {"pid": pid, "signalled": True, "message": f"sent SIGHUP to daemon pid {pid}"}
+
+    def prune(self) -> list[str]:
+        """Delete releases beyond `keep` besides current (previous always kept), and stale staging copies. Call with the lock held."""
+        if not self.layout.releases.is_dir():
+            return []
+        current, previous = self.current_version(), self.previous_version()
+        removed = []
+        for path in self.layout.releases.glob(f"*{STAGING_SUFFIX}"):
+            shutil.rmtree(path, ignore_errors=True)
+        others = [p for p in self.layout.releases.iterdir() if p.is_dir() and p.name not in (current, previous) and not p.name.endswith(STAGING_SUFFIX)]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        budget = max(0, self.policy.keep - (1 if previous and previous != current else 0))
+        for path in others[budget:]:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+            log.info("pruned release %s (keeping %d besides current)", path.name, self.policy.keep)
+        return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    return True

@@ -1,0 +1,118 @@
+"""One loader for the TFLite runtimes a device may have, and a thin model wrapper.
+
+Preference (`auto`): LiteRT (`ai_edge_litert`), then `tflite_runtime`, then
+`tensorflow.lite` (host convenience only; the device never needs TensorFlow).
+The interpreter is built once per model, with XNNPACK, and reused every frame.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+RUNTIMES = {
+    "ai-edge-litert": "ai_edge_litert.interpreter",
+    "tflite-runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow.lite",
+}
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
+
+
+class RuntimeUnavailable(RuntimeError):
+    """No usable TFLite runtime; the message says what to install."""
+
+
+def load_interpreter_class(preference: str = "auto") -> tuple[str, type]:
+    """Return (runtime name, Interpreter class) for `preference` (`auto` or one of RUNTIMES)."""
+    preference = os.environ.get("CRACKD_RUNTIME", preference) if preference == "auto" else preference
+    if preference not in RUNTIME_CHOICES:
+        raise RuntimeUnavailable(f"unknown runtime {preference!r}; expected one of {', '.join(RUNTIME_CHOICES)}")
+    names = list(RUNTIMES) if preference == "auto" else [preference]
+    errors = []
+    for name in names:
+        try:
+            module = importlib.import_module(RUNTIMES[name])
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        return name, module.Interpreter
+    hint = "pip install ai-edge-litert (or tflite-runtime on Raspberry Pi OS Bookworm with numpy<2)"
+    raise RuntimeUnavailable(f"no TFLite runtime could be imported ({'; '.join(errors)}); {hint}")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+
+class TFLiteModel:
+    """A loaded model with one input and one output tensor, run in place.
+
+    `input_view()` gives a writable numpy view of the input tensor so
+    preprocessing can resize straight into it (no intermediate copy). The view
+    must be released (dropped) before `invoke()`, as the runtimes require.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, content: bytes | None = None, runtime: str = "auto", threads: int = 1):
+        self.runtime, interpreter_cls = load_interpreter_class(runtime)
+        self.threads = threads
+        kwargs = {"num_threads": threads}
+        if content is not None:
+            self._interpreter = interpreter_cls(model_content=content, **kwargs)
+        else:
+            self._interpreter = interpreter_cls(model_path=str(path), **kwargs)
+        self._interpreter.allocate_tensors()
+        (inp,) = self._interpreter.get_input_details()
+        (out,) = self._interpreter.get_output_details()
+        self.input = _tensor_info(inp)
+        self.output = _tensor_info(out)
+        self._input_tensor = self._interpreter.tensor(self.input.index)
+        self._output_tensor = self._interpreter.tensor(self.output.index)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return int(self.input.shape[1]), int(self.input.shape[2])
+
+    def input_view(self) -> np.ndarray:
+        """Writable HxWxC view of the input tensor (batch axis dropped)."""
+        return self._input_tensor()[0]
+
+    def invoke(self) -> np.ndarray:
+        """Run the model on what was written into the input view; returns a copy of the raw output (batch axis dropped)."""
+        self._interpreter.invoke()
+        return self._output_tensor()[0].copy()
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        """Copy `tensor` (HxWxC, input dtype) in and run."""
+        view = self.input_view()
+        np.copyto(view, tensor, casting="no")
+        del view
+        return self.invoke()
+
+    def tensor_details(self) -> list[dict]:
+        return self._interpreter.get_tensor_details()
+
+    def op_names(self) -> list[str]:
+        """Builtin operator names of the graph (for the full-integer check)."""
+        try:
+            return [op["op_name"] for op in self._interpreter._get_ops_details()]
+        except AttributeError:  # older runtimes lack the op listing; tensor dtypes still get checked
+            return []
+
+
+def _tensor_info(d: dict) -> TensorInfo:
+    scale, zero_point = d.get("quantization", (0.0, 0))
+    return TensorInfo(int(d["index"]), tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]), float(scale), int(zero_point))
+
+
+def float_tensors(model: TFLiteModel) -> list[str]:
+    """Names of float32 tensors that carry activations (a full-integer model has none)."""
+    return [t["name"] for t in model.tensor_details() if np.dtype(t["dtype"]) == np.float32]

@@ -1,0 +1,150 @@
+"""Bundle signatures: ed25519 via OpenSSH's `ssh-keygen -Y sign/verify`.
+
+The signature covers `manifest.json`, which pins the sha256 of every model file,
+so one signature vouches for the whole bundle. OpenSSH signatures reuse the
+keys technicians already have (and their ssh-agent or hardware keys), and the
+device trusts signers through an `allowed_signers` file (see ssh-keygen(1),
+ALLOWED SIGNERS), one line per trusted key:
+
+    alice@factory namespaces="crackd-bundle" ssh-ed25519 AAAAC3Nza...
+
+The namespace `crackd-bundle` keeps a signature made for a bundle from being
+valid for anything else (and the other way round).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.bundle import MANIFEST, SIGNATURE, BundleError
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "crackd-bundle"
+DEFAULT_ALLOWED_SIGNERS = Path("/etc/crackd/allowed_signers")
+# Key types accepted for bundle signatures: ed25519, in software or on a FIDO token.
+ACCEPTED_KEY_TYPES = ("ED25519", "ED25519-SK")
+_GOOD = re.compile(r'Good "(?P<ns>[^"]+)" signature for (?P<principal>.+) with (?P<type>\S+) key (?P<fp>\S+)')
+SSH_KEYGEN_TIMEOUT_S = 60
+
+
+class SignatureError(BundleError):
+    """A bundle signature that is missing, invalid or from a signer the device does not trust."""
+
+
+class SignatureMissing(SignatureError):
+    pass
+
+
+class SignatureInvalid(SignatureError):
+    pass
+
+
+class UnknownSigner(SignatureError):
+    pass
+
+
+class SigningUnavailable(SignatureError):
+    """ssh-keygen is not installed or too old for `-Y` signatures (OpenSSH >= 8.2 is needed)."""
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    principal: str  # the identity from allowed_signers that the key belongs to
+    key_type: str  # e.g. ED25519
+    fingerprint: str  # SHA256:...
+
+    def as_dict(self) -> dict:
+        return {"principal": self.principal, "key_type": self.key_type, "fingerprint": self.fingerprint}
+
+
+def _ssh_keygen() -> str:
+    path = shutil.which("ssh-keygen")
+    if path is None:
+        raise SigningUnavailable("ssh-keygen not found; install openssh-client (OpenSSH >= 8.2) to sign or verify bundles")
+    return path
+
+
+def _run(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(args, input=stdin if stdin is not None else b"", capture_output=True, timeout=SSH_KEYGEN_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise SignatureError(f"{' '.join(args[:3])}: no answer after {SSH_KEYGEN_TIMEOUT_S} s (waiting for a passphrase or a security key touch?)") from None
+
+
+def _first_line(data: bytes) -> str:
+    lines = [ln.strip() for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def sign_bundle(bundle_dir: str | Path, key_path: str | Path) -> Path:
+    """Sign `bundle_dir/manifest.json` with the OpenSSH key at `key_path`; returns the written `manifest.json.sig`.
+
+    `key_path` is a private key, or a public key whose private half is in the
+    ssh-agent. The signature is written to a temporary file and renamed into
+    place, so a bundle never has a half-written signature.
+    """
+    bundle_dir = Path(bundle_dir)
+    key_path = Path(key_path).expanduser()
+    manifest = bundle_dir / MANIFEST
+    if not manifest.is_file():
+        raise SignatureError(f"{bundle_dir}: no {MANIFEST} to sign; is this a model bundle directory?")
+    if not key_path.is_file():
+        raise SignatureError(f"{key_path}: signing key not found")
+    # Sign stdin so ssh-keygen writes the signature to stdout (signing a file
+    # would stop at an "Overwrite (y/n)?" prompt when a signature exists).
+    result = _run([_ssh_keygen(), "-q", "-Y", "sign", "-f", str(key_path), "-n", NAMESPACE], stdin=manifest.read_bytes())
+    if result.returncode != 0 or b"BEGIN SSH SIGNATURE" not in result.stdout:
+        raise SignatureError(f"{key_path}: ssh-keygen could not sign {manifest} ({_first_line(result.stderr)})")
+    target = bundle_dir / SIGNATURE
+    fd, tmp = tempfile.mkstemp(prefix=".sig-", dir=bundle_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(result.stdout)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("signed %s with %s -> %s", manifest, key_path, target)
+    return target
+
+
+def verify_bundle_signature(bundle_dir: str | Path, allowed_signers: str | Path) -> SignatureInfo:
+    """Check `manifest.json.sig` against `allowed_signers`; returns who signed, or raises SignatureError naming why not."""
+    bundle_dir = Path(bundle_dir)
+    allowed_signers = Path(allowed_signers)
+    manifest = bundle_dir / MANIFEST
+    signature = bundle_dir / SIGNATURE
+    if not signature.is_file():
+        raise SignatureMissing(f"{bundle_dir}: bundle is not signed (no {SIGNATURE}) and this device requires signed bundles; sign it with `crack-deploy sign BUNDLE --key KEY`")
+    if not allowed_signers.is_file():
+        raise UnknownSigner(f"{allowed_signers}: allowed_signers file not found; the device trusts no signer (add lines 'NAME namespaces=\"{NAMESPACE}\" ssh-ed25519 AAAA...')")
+    keygen = _ssh_keygen()
+    found = _run([keygen, "-Y", "find-principals", "-s", str(signature), "-f", str(allowed_signers)])
+    principals = [p.strip() for p in found.stdout.decode(errors="replace").splitlines() if p.strip()]
+    if found.returncode != 0 or not principals:
+        if b"signature" in found.stderr.lower() and b"principal" not in found.stderr.lower():
+            raise SignatureInvalid(f"{signature}: not a readable OpenSSH signature ({_first_line(found.stderr)})")
+        raise UnknownSigner(f"{signature}: signed by a key that is not in {allowed_signers} (or not for namespace {NAMESPACE!r})")
+    errors = []
+    for principal in principals:
+        result = _run([keygen, "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(signature)], stdin=manifest.read_bytes())
+        if result.returncode == 0:
+            match = _GOOD.search((result.stdout + result.stderr).decode(errors="replace"))
+            if match is None:
+                raise SignatureInvalid(f"{signature}: ssh-keygen accepted it but its report was not understood: {_first_line(result.stdout + result.stderr)}")
+            info = SignatureInfo(principal=match["principal"], key_type=match["type"], fingerprint=match["fp"])
+            if info.key_type.upper() not in ACCEPTED_KEY_TYPES:
+                raise SignatureInvalid(f"{signature}: signed with a {info.key_type} key by {info.principal}; crackd accepts ed25519 keys only")
+            log.info("bundle %s signed by %s (%s %s)", bundle_dir, info.principal, info.key_type, info.fingerprint)
+            return info
+        errors.append(_first_line(result.stderr))
+    raise SignatureInvalid(f"{signature}: signature does not match {MANIFEST} (altered after signing?): {errors[-1]}")

@@ -1,0 +1,5 @@
+"""Placeholder for evaluate/sweep subcommands."""
+
+
+def register(sub) -> None:
+    pass

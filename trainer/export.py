@@ -1,0 +1,235 @@
+"""Export trained Keras models to a verified full-integer INT8 TFLite bundle.
+
+Calibration images come from the real training files, read and resized by the
+device's own preprocessing (`edge.preprocess`). Each model is converted twice:
+INT8 (uint8 in/out, int8 inside, TFLITE_BUILTINS_INT8 only, so an op without an
+integer kernel fails the conversion instead of silently falling back to float)
+and FP32 (kept in `reference/` for comparison). The INT8 model must agree with
+the FP32 one on the validation split within a tolerance, or export fails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge import __version__
+from edge.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file
+from edge.preprocess import PREPROCESSING, model_input
+from edge.runtime import TFLiteModel, float_tensors
+from trainer.datasets import read_rgb
+from trainer.metrics import binary_metrics, pixel_metrics
+
+GOLDEN_TOLERANCE = {"classifier": 3, "segmenter_mean_abs": 1.5, "segmenter_max_fraction_off": 0.02}
+
+
+class ExportError(RuntimeError):
+    """The models cannot be exported as a servable full-integer bundle; the message says why."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    calibration_images: int = 200
+    tolerance: float = 0.01  # largest INT8 drop allowed vs FP32 on F1 / Dice (0.01 = one point)
+    golden_samples: int = 4
+    seed: int = 0
+
+
+def convert_int8(model, calibration: np.ndarray) -> bytes:
+    """Full-integer INT8 conversion with uint8 input/output; raises ExportError on float-only ops."""
+    import tensorflow as tf
+
+    def representative():
+        for image in calibration:
+            yield [image[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+    try:
+        content = converter.convert()
+    except Exception as exc:  # the converter raises ConverterError / RuntimeError / ValueError with long MLIR text
+        first = next((line for line in str(exc).splitlines() if "error" in line.lower()), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ExportError(f"{model.name}: cannot be converted to full-integer INT8 (an op has no integer kernel?): {first.strip()}") from None
+    floats = float_tensors(TFLiteModel(content=content))
+    if floats:
+        raise ExportError(f"{model.name}: INT8 model still has {len(floats)} float tensors (e.g. {floats[0]}); not full-integer")
+    return content
+
+
+def convert_fp32(model) -> bytes:
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def tflite_predict(model: TFLiteModel, images: np.ndarray) -> np.ndarray:
+    """Run a TFLite model on uint8 images (already at its input size) and return dequantized float outputs."""
+    outs = []
+    for image in images:
+        tensor = image if model.input.dtype == np.uint8 else image.astype(model.input.dtype)
+        raw = model.run(tensor)
+        if model.output.dtype == np.float32:
+            outs.append(raw.astype(np.float32))
+        else:
+            outs.append((raw.astype(np.float32) - model.output.zero_point) * model.output.scale)
+    return np.stack(outs)
+
+
+def calibration_set(run_dir: Path, size: int, n: int, seed: int) -> np.ndarray:
+    """`n` real training images (from the run's splits.json) through the device preprocessing."""
+    files = json.loads((run_dir / "splits.json").read_text())["files"]
+    paths = [p for parts in files.values() for p in parts.get("train", []) if "@" not in p and not p.startswith("synth:")]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(paths)
+    images = []
+    for p in paths:
+        rgb = read_rgb(Path(p))
+        if rgb is not None:
+            images.append(model_input(rgb, size, size))
+        if len(images) >= n:
+            break
+    if not images:
+        raise ExportError(f"{run_dir}: no real training images found for calibration (splits.json lists none that are readable)")
+    # Pin the input range to the full 0..255 so the uint8 input quantization is the identity (scale 1, zero point 0).
+    images.append(np.full((size, size, 3), 255, np.uint8))
+    images.append(np.zeros((size, size, 3), np.uint8))
+    return np.stack(images)
+
+
+def _tensor_dict(info) -> dict:
+    return {"shape": list(info.shape), "dtype": info.dtype.name, "scale": info.scale, "zero_point": info.zero_point}
+
+
+def _data_provenance(run_dirs: list[Path]) -> dict:
+    sources, seen = [], set()
+    for run_dir in run_dirs:
+        meta = json.loads((run_dir / "run.json").read_text())
+        for d in meta["data"]:
+            if d in seen:
+                continue
+            seen.add(d)
+            source_txt = Path(d) / "SOURCE.txt"
+            entry = {"folder": Path(d).name}
+            if source_txt.is_file():
+                for line in source_txt.read_text(errors="replace").splitlines():
+                    for key in ("DATASET", "LICENCE", "CONTENT"):
+                        if line.startswith(key + ":"):
+                            entry[key.lower()] = line.split(":", 1)[1].strip()
+            sources.append(entry)
+    return {"sources": sources, "runs": {Path(r).name: json.loads((Path(r) / "run.json").read_text()) for r in run_dirs}}
+
+
+def export_bundle(classifier_run: Path, segmenter_run: Path, out_dir: Path, version: str, cfg: ExportConfig = ExportConfig(),
+                  progress=print) -> Path:
+    """Convert, validate and write a bundle; returns its directory."""
+    import keras
+
+    from trainer.assemble import load_arrays
+    from trainer.train import bce_dice_loss, dice_coefficient  # noqa: F401  (registers custom objects)
+
+    classifier_run, segmenter_run, out_dir = Path(classifier_run), Path(segmenter_run), Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "reference").mkdir(parents=True)
+    (tmp / "golden").mkdir()
+    entries, quantization, val_sets, int8_models = {}, {}, {}, {}
+    for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
+        model = keras.models.load_model(run_dir / "best.keras", compile=False)
+        size = int(model.input_shape[1])
+        progress(f"{role}: calibrating on real training images ({run_dir})")
+        calib = calibration_set(run_dir, size, cfg.calibration_images, cfg.seed)
+        progress(f"{role}: converting to full-integer INT8 and FP32")
+        int8 = convert_int8(model, calib)
+        fp32 = convert_fp32(model)
+        (tmp / f"{role}.tflite").write_bytes(int8)
+        (tmp / "reference" / f"{role}.fp32.tflite").write_bytes(fp32)
+        _, (val_x, val_y) = load_arrays(run_dir / "heldout.npz")
+        m8, m32 = TFLiteModel(content=int8), TFLiteModel(content=fp32)
+        progress(f"{role}: INT8 vs FP32 on {len(val_x)} validation images")
+        p8, p32 = tflite_predict(m8, val_x), tflite_predict(m32, val_x)
+        if role == "classifier":
+            s8, s32 = p8.reshape(-1), p32.reshape(-1)
+            met8, met32 = binary_metrics(val_y, s8), binary_metrics(val_y, s32)
+            agreement = {"decision_agreement": float(np.mean((s8 >= 0.5) == (s32 >= 0.5))),
+                         "mean_abs_score_diff": float(np.mean(np.abs(s8 - s32))), "f1_int8": met8["f1"], "f1_fp32": met32["f1"]}
+            drop = met32["f1"] - met8["f1"]
+            key = "f1"
+        else:
+            met8, met32 = pixel_metrics(val_y, p8[..., 0] >= 0.5), pixel_metrics(val_y, p32[..., 0] >= 0.5)
+            agreement = {"pixel_agreement": float(np.mean((p8 >= 0.5) == (p32 >= 0.5))),
+                         "mean_abs_prob_diff": float(np.mean(np.abs(p8 - p32))), "dice_int8": met8["dice"], "dice_fp32": met32["dice"]}
+            drop = met32["dice"] - met8["dice"]
+            key = "dice"
+        agreement["tolerance"] = cfg.tolerance
+        quantization[role] = agreement
+        if drop > cfg.tolerance:
+            raise ExportError(f"{role}: INT8 {key} {met8[key]:.4f} is {drop:.4f} below FP32 {met32[key]:.4f} (tolerance {cfg.tolerance}); "
+                              "check the calibration data or raise --tolerance")
+        meta = json.loads((run_dir / "run.json").read_text())
+        entries[role] = {
+            "file": f"{role}.tflite",
+            "sha256": sha256_file(tmp / f"{role}.tflite"),
+            "bytes": len(int8),
+            "architecture": meta["spec"],
+            "input": _tensor_dict(m8.input),
+            "output": {**_tensor_dict(m8.output),
+                       "meaning": "P(crack) for the whole image" if role == "classifier" else "per-pixel P(crack) at the input size"},
+            "preprocessing": PREPROCESSING,
+            "labels": ["no_crack", "crack"],
+            "threshold": 0.5,
+            "metrics": {"validation_int8": met8, "validation_fp32": met32, "validation_images": int(len(val_x))},
+            "reference": {"file": f"reference/{role}.fp32.tflite", "sha256": sha256_file(tmp / "reference" / f"{role}.fp32.tflite")},
+        }
+        val_sets[role] = (val_x, val_y)
+        int8_models[role] = m8
+    golden = _write_golden(tmp, segmenter_run, int8_models, cfg)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "bundle_version": version,
+        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "min_crackd_version": __version__,
+        "created_by": f"crack-train {__version__}",
+        "models": entries,
+        "quantization": quantization,
+        "golden": golden,
+        "data": _data_provenance([classifier_run, segmenter_run]),
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    load_bundle(tmp)  # the device's own check, before anything is published
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    progress(f"bundle {version} written to {out_dir}")
+    return out_dir
+
+
+def _write_golden(bundle_dir: Path, segmenter_run: Path, models: dict, cfg: ExportConfig) -> dict:
+    """Store a few held-out images and the raw INT8 outputs they gave, for on-device self-tests."""
+    from trainer.assemble import load_arrays
+
+    tests, (val_x, val_y) = load_arrays(segmenter_run / "heldout.npz")
+    has_crack = val_y.reshape(len(val_y), -1).max(axis=1) > 0
+    order = list(np.flatnonzero(has_crack)[: cfg.golden_samples // 2 + cfg.golden_samples % 2]) + list(np.flatnonzero(~has_crack)[: cfg.golden_samples // 2])
+    samples = []
+    for k, i in enumerate(order):
+        image = val_x[i]
+        name = f"golden/{k:02d}.png"
+        cv2.imwrite(str(bundle_dir / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cls, seg = models["classifier"], models["segmenter"]
+        cls_out = cls.run(model_input(image, *cls.input_hw))
+        seg_out = seg.run(model_input(image, *seg.input_hw))[..., 0]
+        seg_name = f"golden/{k:02d}.segmenter.png"
+        cv2.imwrite(str(bundle_dir / seg_name), seg_out)
+        samples.append({"image": name, "sha256": sha256_file(bundle_dir / name), "classifier_output": int(cls_out.reshape(-1)[0]),
+                        "segmenter_output": seg_name})
+    return {"tolerance": GOLDEN_TOLERANCE, "samples": samples}

@@ -1,0 +1,58 @@
+"""Quality metrics shared by export validation, evaluation and the sweep (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
+    """Accuracy, precision, recall, F1 and ROC-AUC of scores against 0/1 labels."""
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    p = s >= threshold
+    tp, fp = int(np.sum(p & y)), int(np.sum(p & ~y))
+    fn, tn = int(np.sum(~p & y)), int(np.sum(~p & ~y))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / max(1, len(y)), "precision": precision, "recall": recall, "f1": f1,
+            "roc_auc": roc_auc(y, s), "tp": tp, "fp": fp, "fn": fn, "tn": tn, "threshold": threshold}
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank statistic (ties get half credit); nan with one class only."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def pixel_metrics(true_masks: np.ndarray, pred_masks: np.ndarray) -> dict:
+    """Pixel precision, recall, F1 (= Dice) and IoU pooled over all images."""
+    t = np.asarray(true_masks).astype(bool)
+    p = np.asarray(pred_masks).astype(bool)
+    tp = int(np.sum(t & p)); fp = int(np.sum(~t & p)); fn = int(np.sum(t & ~p))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+    return {"precision": precision, "recall": recall, "dice": dice, "f1": dice, "iou": iou}
+
+
+def precision_recall_curve(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | None = None) -> dict:
+    thresholds = np.linspace(0.0, 1.0, 101) if thresholds is None else thresholds
+    rows = [binary_metrics(labels, scores, float(t)) for t in thresholds]
+    return {"threshold": thresholds.tolist(), "precision": [r["precision"] for r in rows],
+            "recall": [r["recall"] for r in rows], "f1": [r["f1"] for r in rows]}

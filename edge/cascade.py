@@ -55,11 +55,21 @@ class FrameResult:
     crack: bool
     score: float  # classifier P(crack), 0-1 (max over tiles in tiling mode)
     segmented: bool
-    mask: np.ndarray | None = None  # uint8 0/255 at frame size when segmented
     measurements: CrackMeasurements | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     tiles: int = 1
     crack_tiles: int = 0
+    # The full-frame mask is built only when someone asks (overlays, snapshots, --mask-dir): most frames never need it.
+    _mask_builder: object = field(default=None, repr=False)
+    _mask: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """uint8 0/255 crack mask at frame size, or None when the segmenter did not run."""
+        if self._mask is None and self._mask_builder is not None:
+            self._mask = self._mask_builder()
+            self._mask_builder = None
+        return self._mask
 
     def to_dict(self) -> dict:
         d = {"crack": self.crack, "score": round(self.score, 4), "segmented": self.segmented,
@@ -73,7 +83,7 @@ class Cascade:
     """Runs a loaded bundle on RGB frames. One instance per bundle; not thread-safe (one inference thread)."""
 
     def __init__(self, bundle: LoadedBundle, segment: str = "on-crack", threshold: float | None = None,
-                 mm_per_pixel: float | None = None, tiling: TilingConfig | None = None, min_area_px: int = 12):
+                 mm_per_pixel: float | None = None, tiling: TilingConfig | None = None, min_area_px: int = 4):
         if segment not in SEGMENT_MODES:
             raise ValueError(f"segment mode {segment!r}: expected one of {', '.join(SEGMENT_MODES)}")
         self.bundle = bundle
@@ -141,13 +151,15 @@ class Cascade:
             t3 = time.perf_counter()
             prob_q = seg.invoke()[..., 0]
             t4 = time.perf_counter()
-            mask = self._prob_to_mask(prob_q, *rgb.shape[:2])
-            result.measurements = measure_mask(mask, self.mm_per_pixel, self.min_area_px)
+            h, w = rgb.shape[:2]
+            small = (prob_q >= self._seg_q_threshold).view(np.uint8)
+            result.measurements = measure_mask(small, self.mm_per_pixel, self.min_area_px, frame_size=(w, h))
             t5 = time.perf_counter()
             timings["preprocess"] += (t3 - t2) * 1000.0
             timings["segment"] = (t4 - t3) * 1000.0
             timings["measure"] = (t5 - t4) * 1000.0
-            result.segmented, result.mask = True, mask
+            result.segmented = True
+            result._mask_builder = lambda: self._prob_to_mask(prob_q, h, w)
         return result
 
     def _process_tiled(self, rgb: np.ndarray, t0: float) -> FrameResult:
@@ -173,7 +185,7 @@ class Cascade:
                              tiles=len(tiles), crack_tiles=crack_tiles)
         if segmented:
             t3 = time.perf_counter()
-            result.mask = np.where(prob >= self._seg_q_threshold, np.uint8(255), np.uint8(0))
-            result.measurements = measure_mask(result.mask, self.mm_per_pixel, self.min_area_px)
+            result._mask = np.where(prob >= self._seg_q_threshold, np.uint8(255), np.uint8(0))
+            result.measurements = measure_mask(result._mask, self.mm_per_pixel, self.min_area_px)
             timings["measure"] = (time.perf_counter() - t3) * 1000.0
         return result

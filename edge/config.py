@@ -178,6 +178,16 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ReleasesConfig:
+    """Policy of `crackd models stage/activate` (edge.releases) on this device."""
+
+    require_signature: bool = _opt(True, "stage only bundles whose manifest.json.sig verifies against allowed_signers")
+    allowed_signers: str = _opt("/etc/crackd/allowed_signers", "ssh-keygen allowed_signers file of trusted bundle signers")
+    keep: int = _opt(3, "releases kept besides the current one (the previous one is always kept)", min=1, max=100)
+    max_latency_ms: Optional[float] = _opt(None, "refuse bundles slower than this per frame on this device (null = report only)", gt=0)
+
+
+@dataclass(frozen=True)
 class Config:
     device_id: str = _opt("crackd-1", "this device's id: part of every MQTT topic and event", min_len=1, max_len=64)
     source: SourceConfig = _section(SourceConfig, "where frames come from")
@@ -186,6 +196,7 @@ class Config:
     storage: StorageConfig = _section(StorageConfig, "the journal and snapshots")
     mqtt: MQTTConfig = _section(MQTTConfig, "the broker")
     logging: LoggingConfig = _section(LoggingConfig, "logging")
+    releases: ReleasesConfig = _section(ReleasesConfig, "model release policy (crackd models ...)")
     max_fps: Optional[float] = _opt(None, "process at most this many frames per second (null = as fast as possible)", gt=0)
     stats_interval_s: float = _opt(30.0, "how often stats are published on MQTT", min=1, max=86400)
     source_file: Optional[str] = field(default=None, compare=False, metadata={"internal": True})

@@ -4,8 +4,8 @@ Per connected component and in total: pixel area and area fraction, bounding
 box, centroid, skeleton length, mean and maximum width, orientation; in
 millimetres too when a `mm_per_pixel` scale is known.
 
-Length is measured on a one-pixel skeleton (Zhang-Suen thinning): orthogonal
-links count 1, diagonal links sqrt(2), and each free end is extended by the
+Length is measured on a one-pixel skeleton (Zhang-Suen thinning) split into
+chains, each simplified to a polyline, and each free end is extended by the
 local half-width the thinning ate. Width comes from the Euclidean distance
 transform: max width = 2*d - 1 at the skeleton (d = distance to the nearest
 background pixel centre); mean width = area / length.
@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-SQRT2 = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
@@ -100,18 +99,71 @@ def thin(mask01: np.ndarray) -> np.ndarray:
             return core.copy()
 
 
-def skeleton_length(skeleton: np.ndarray) -> tuple[float, np.ndarray]:
-    """Length of a one-pixel skeleton in pixels, and the (row, col) of its free ends."""
-    s = skeleton.astype(bool)
-    orth = np.count_nonzero(s[:, :-1] & s[:, 1:]) + np.count_nonzero(s[:-1, :] & s[1:, :])
-    # A diagonal link that also has an orthogonal path through a shared neighbour is a corner, not a step.
-    d1 = s[:-1, :-1] & s[1:, 1:] & ~(s[:-1, 1:] | s[1:, :-1])
-    d2 = s[:-1, 1:] & s[1:, :-1] & ~(s[:-1, :-1] | s[1:, 1:])
-    length = orth + SQRT2 * (np.count_nonzero(d1) + np.count_nonzero(d2))
-    padded = np.pad(s.astype(np.uint8), 1)
-    neighbours = cv2.filter2D(padded, cv2.CV_16S, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT)[1:-1, 1:-1] - s
-    ends = np.argwhere(s & (neighbours == 1))
-    return float(length), ends
+_OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+
+
+def skeleton_chains(skeleton: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Split a one-pixel skeleton into chains of (row, col) between free ends and junctions (cycles included)."""
+    pixels = {(int(r), int(c)) for r, c in np.argwhere(skeleton)}
+
+    def neighbours(p):
+        # m-adjacency: a diagonal neighbour counts only when no orthogonal pixel already links the two,
+        # so the small triangles thinning leaves are not walked twice.
+        r, c = p
+        out = []
+        for dy, dx in _OFFSETS:
+            q = (r + dy, c + dx)
+            if q in pixels and (dy == 0 or dx == 0 or ((r + dy, c) not in pixels and (r, c + dx) not in pixels)):
+                out.append(q)
+        return out
+
+    nodes = {p for p in pixels if len(neighbours(p)) != 2}
+    used: set[frozenset] = set()
+
+    def walk(start, nxt):
+        chain, prev, cur = [start, nxt], start, nxt
+        used.add(frozenset((start, nxt)))
+        while cur not in nodes:
+            step = next((q for q in neighbours(cur) if q != prev and frozenset((cur, q)) not in used), None)
+            if step is None:
+                break
+            used.add(frozenset((cur, step)))
+            prev, cur = cur, step
+            chain.append(cur)
+        return chain
+
+    chains = [walk(n, q) for n in sorted(nodes) for q in neighbours(n) if frozenset((n, q)) not in used]
+    chains += [[n] for n in nodes if not neighbours(n)]
+    remaining = pixels - {p for ch in chains for p in ch}
+    while remaining:  # closed loops have no end or junction
+        p = min(remaining)
+        nbrs = neighbours(p)
+        chain = walk(p, nbrs[0]) if nbrs else [p]
+        chains.append(chain)
+        remaining -= set(chain)
+    return chains
+
+
+def skeleton_length(skeleton: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[float, np.ndarray]:
+    """Length of a one-pixel skeleton and the (row, col) of its free ends.
+
+    Each chain is simplified to a polyline (Douglas-Peucker, 1 px) before summing: counting pixel steps
+    instead overestimates slanted cracks by up to 8 % (the staircase and the thinning's zig-zags).
+    `scale` = (sx, sy) frame pixels per mask pixel.
+    """
+    sx, sy = scale
+    length = 0.0
+    degree_one = []
+    for chain in skeleton_chains(skeleton):
+        pts = np.array([(c * sx, r * sy) for r, c in chain], np.float32).reshape(-1, 1, 2)
+        if len(pts) > 2:
+            pts = cv2.approxPolyDP(pts, 1.0 * math.sqrt(sx * sy), closed=False)
+        xy = pts.reshape(-1, 2)
+        length += float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) if len(xy) > 1 else 0.0
+    s = skeleton.astype(np.uint8)
+    degree = cv2.filter2D(s, cv2.CV_16S, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - s
+    degree_one = np.argwhere((s > 0) & (degree == 1))
+    return length, degree_one
 
 
 def _orientation(moments: dict) -> float:
@@ -119,38 +171,53 @@ def _orientation(moments: dict) -> float:
     return float((-angle) % 180.0)  # image y points down; report counter-clockwise on screen
 
 
-def measure_component(component01: np.ndarray, offset: tuple[int, int] = (0, 0)) -> CrackComponent:
-    """Measure one connected crack given as a 0/1 crop; `offset` = (x, y) of the crop in the frame."""
-    area = int(np.count_nonzero(component01))
+def measure_component(component01: np.ndarray, offset: tuple[int, int] = (0, 0), scale: tuple[float, float] = (1.0, 1.0)) -> CrackComponent:
+    """Measure one connected crack given as a 0/1 crop; `offset` = (x, y) of the crop in the mask.
+
+    `scale` = (sx, sy) frame pixels per mask pixel: the cascade measures on the model-resolution mask
+    (the full-frame mask is only its upsampling, so no detail is lost) and reports frame pixels.
+    """
+    sx, sy = scale
+    iso = math.sqrt(sx * sy)
+    area = int(round(np.count_nonzero(component01) * sx * sy))
     dist = cv2.distanceTransform(np.pad(component01.astype(np.uint8), 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     skeleton = thin(component01)
     if not skeleton.any():
         skeleton = (dist == dist.max()).astype(np.uint8)
-    length, ends = skeleton_length(skeleton)
+    length, ends = skeleton_length(skeleton, scale)
     # Thinning shortens each free end by about the local half-width: add it back.
-    length += float(sum(max(0.0, dist[r, c] - 0.5) for r, c in ends))
-    length = max(length, 1.0)
-    max_width = float(max(1.0, 2.0 * dist[skeleton > 0].max() - 1.0))
+    length += iso * float(sum(max(0.0, dist[r, c] - 0.5) for r, c in ends))
+    length = max(length, iso)
+    max_width = iso * float(max(1.0, 2.0 * dist[skeleton > 0].max() - 1.0))
     m = cv2.moments(component01.astype(np.uint8), binaryImage=True)
     ys, xs = np.nonzero(component01)
     x0, y0 = offset
-    bbox = (int(xs.min()) + x0, int(ys.min()) + y0, int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
-    centroid = (float(m["m10"] / m["m00"]) + x0, float(m["m01"] / m["m00"]) + y0)
+    bx, by = int(xs.min()) + x0, int(ys.min()) + y0
+    bbox = (int(bx * sx), int(by * sy), int(round((xs.max() - xs.min() + 1) * sx)), int(round((ys.max() - ys.min() + 1) * sy)))
+    centroid = ((float(m["m10"] / m["m00"]) + x0 + 0.5) * sx - 0.5, (float(m["m01"] / m["m00"]) + y0 + 0.5) * sy - 0.5)
     return CrackComponent(area, bbox, centroid, length, max_width, min(max_width, area / length), _orientation(m))
 
 
-def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_px: int = 12) -> CrackMeasurements:
-    """Measure every crack (8-connected component of >= `min_area_px` pixels) of a binary mask (any non-zero = crack)."""
+def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_px: int = 12,
+                 frame_size: tuple[int, int] | None = None) -> CrackMeasurements:
+    """Measure every crack (8-connected component of >= `min_area_px` mask pixels) of a binary mask (non-zero = crack).
+
+    With `frame_size` = (width, height) the mask is taken as a scaled-down view of that frame and all
+    results are in frame pixels.
+    """
     binary = (mask > 0).astype(np.uint8)
-    h, w = binary.shape[:2]
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    mh, mw = binary.shape[:2]
+    w, h = frame_size or (mw, mh)
+    scale = (w / mw, h / mh)
+    # Grana's block-based labelling: ~10x faster than OpenCV's default when statistics are requested.
+    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(binary, 8, cv2.CV_32S, cv2.CCL_GRANA)
     components = []
     for label in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[label])
         if area < min_area_px:
             continue
         crop = (labels[y : y + bh, x : x + bw] == label).astype(np.uint8)
-        components.append(measure_component(crop, (x, y)))
+        components.append(measure_component(crop, (x, y), scale))
     components.sort(key=lambda c: c.area_px, reverse=True)
     if not components:
         return CrackMeasurements((w, h), 0, 0.0, 0.0, 0.0, 0.0, None, None, [], mm_per_pixel)

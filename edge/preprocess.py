@@ -14,9 +14,10 @@ import numpy as np
 
 # Colour order of every array that crosses a module boundary in crackd.
 COLOR_ORDER = "RGB"
-# Interpolation is part of the contract: INTER_AREA averages pixels on downscale
-# (no aliasing of thin cracks), INTER_LINEAR is used when enlarging.
-PREPROCESSING = {"color": COLOR_ORDER, "resize": "cv2.INTER_AREA down / cv2.INTER_LINEAR up", "dtype": "uint8", "range": [0, 255]}
+# Interpolation is part of the contract. Downscaling first box-averages by the largest whole factor
+# (cv2.INTER_AREA on an integer ratio: anti-aliased, so thin cracks survive, and fast), then finishes
+# with cv2.INTER_LINEAR (less than 2x left). A plain INTER_AREA to an arbitrary size costs ~10x more.
+PREPROCESSING = {"color": COLOR_ORDER, "resize": "integer-factor cv2.INTER_AREA, then cv2.INTER_LINEAR", "dtype": "uint8", "range": [0, 255]}
 
 
 def ensure_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -32,10 +33,6 @@ def ensure_rgb_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
 
 
-def _interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
-    return cv2.INTER_AREA if dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1] else cv2.INTER_LINEAR
-
-
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize with the interpolation of the preprocessing contract; no-op when already that size."""
     if image.shape[:2] == (height, width):
@@ -49,10 +46,18 @@ def resize_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
 
     This is the single place where the contract's resize happens, for the device and the trainer alike.
     """
-    if image.shape[:2] == out.shape[:2]:
+    h, w = image.shape[:2]
+    out_h, out_w = out.shape[:2]
+    if (h, w) == (out_h, out_w):
         np.copyto(out, image)
         return out
-    result = cv2.resize(image, (out.shape[1], out.shape[0]), dst=out, interpolation=_interpolation(image.shape[:2], out.shape[:2]))
+    factor = min(h // out_h, w // out_w)
+    if factor >= 2:
+        image = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+        if image.shape[:2] == (out_h, out_w):
+            np.copyto(out, image.reshape(out.shape))
+            return out
+    result = cv2.resize(image, (out_w, out_h), dst=out, interpolation=cv2.INTER_LINEAR)
     if result is not out and not np.shares_memory(result, out):  # OpenCV allocated anyway (non-contiguous view)
         np.copyto(out, result.reshape(out.shape))
     return out

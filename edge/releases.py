@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -38,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.bundle import BundleError, load_bundle, manifest_sha256, read_manifest, verify_files
-from edge.selftest import measure_latency, run_golden
+from edge.selftest import measure_latency, run_cascade, run_golden
 from edge.signing import DEFAULT_ALLOWED_SIGNERS, SIGNATURE, SignatureError, verify_bundle_signature
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class SwitchResult:
     action: str  # activate | rollback
     version: str
     from_version: str | None
+    at: str = ""  # device clock, ISO 8601 UTC: a daemon reload after this belongs to this switch
     daemon: dict = field(default_factory=dict)  # {pid, signalled, message}
     removed: list[str] = field(default_factory=list)  # releases pruned
 
@@ -173,7 +175,12 @@ def now_iso() -> str:
 
 def default_who() -> str:
     """Who is acting: the sudo/login user, and the SSH client address when remote."""
-    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME")
+    if not user:
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = str(os.getuid())
     ssh = os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT")
     where = ssh.split()[0] if ssh else socket.gethostname()
     return f"{user}@{where}"
@@ -459,6 +466,10 @@ class Releases:
             report = self._verify(staging, version)
             os.rename(staging, target)
             _fsync_dir(self.layout.releases)
+        except (BundleError, ReleaseError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            # Name the bundle, not the private staging copy, in what the technician reads.
+            raise type(exc)(str(exc).replace(str(staging), f"bundle {version}")) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -484,6 +495,7 @@ class Releases:
         loaded = load_bundle(staging, runtime=self.policy.runtime, threads=self.policy.threads)
         golden = run_golden(loaded)
         golden.raise_for_failures()
+        run_cascade(loaded)
         latency = measure_latency(loaded, runs=self.policy.latency_runs)
         limit = self.policy.max_latency_ms
         if limit is not None and latency.total_ms_p50 > limit:
@@ -537,6 +549,7 @@ class Releases:
             return self.record("confirm", version, "healthy", who, message=message)
 
     def _switch(self, action: str, version: str, old: str | None, who: str, reason: str | None) -> SwitchResult:
+        at = now_iso()
         if old == version:
             daemon = {"signalled": False, "message": f"{version} is already current"}
         else:
@@ -547,7 +560,7 @@ class Releases:
             daemon = self.signal_daemon()
         outcome = "activated" if action == "activate" else "rolled back"
         self.record(action, version, outcome, who, from_version=old, reason=reason, daemon=daemon.get("message"))
-        return SwitchResult(action, version, old, daemon)
+        return SwitchResult(action, version, old, at, daemon)
 
     def signal_daemon(self) -> dict:
         """SIGHUP the daemon named by STATE/crackd.pid so it reloads; says what happened instead of failing."""

@@ -229,3 +229,27 @@ def measure_latency(bundle: LoadedBundle, runs: int = 5) -> Latency:
         seg_ms.append((t2 - t1) * 1000)
     total = np.add(cls_ms, seg_ms)
     return Latency(float(np.median(cls_ms)), float(np.median(seg_ms)), float(np.median(total)), float(total.max()), len(cls_ms))
+
+
+def run_cascade(bundle: LoadedBundle) -> None:
+    """Run the daemon's whole per-frame path (edge.cascade, segmenter always on) on the first golden image.
+
+    The golden comparison checks the raw model outputs; this checks that the
+    cascade the daemon builds from the bundle (thresholds, output shapes,
+    measurement) also works, so a bundle that would fail on every frame after
+    activation is refused before it.
+    """
+    from edge.cascade import Cascade
+
+    samples = (bundle.manifest.golden or {}).get("samples") or []
+    try:
+        cascade = Cascade(bundle, segment="always")
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        raise GoldenError(f"bundle {bundle.version}: the cascade cannot be built from this bundle ({type(exc).__name__}: {exc})") from None
+    for sample in samples[:1]:  # structure, not accuracy: one image finds it, and measuring a noisy mask is slow
+        try:
+            cascade.process(_read_rgb(bundle.manifest.path / sample["image"]))
+        except GoldenError:
+            raise
+        except Exception as exc:  # any failure here would be a failure on every camera frame
+            raise GoldenError(f"bundle {bundle.version}: golden sample {sample['image']}: the cascade failed ({type(exc).__name__}: {exc})") from None

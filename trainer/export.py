@@ -129,70 +129,103 @@ def _data_provenance(run_dirs: list[Path]) -> dict:
     return {"sources": sources, "runs": {Path(r).name: json.loads((Path(r) / "run.json").read_text()) for r in run_dirs}}
 
 
+@dataclass
+class RoleExport:
+    """One converted model, ready to go into a bundle."""
+
+    int8: bytes
+    fp32: bytes
+    architecture: dict
+    metrics: dict
+    quantization: dict
+    threshold: float = 0.5
+
+
+def validate_role(role: str, int8: bytes, fp32: bytes, val_x: np.ndarray, val_y: np.ndarray, tolerance: float) -> tuple[dict, dict]:
+    """INT8 vs FP32 on the validation split: (metrics, agreement); raises ExportError past the tolerance."""
+    m8, m32 = TFLiteModel(content=int8), TFLiteModel(content=fp32)
+    p8, p32 = tflite_predict(m8, val_x), tflite_predict(m32, val_x)
+    if role == "classifier":
+        s8, s32 = p8.reshape(-1), p32.reshape(-1)
+        met8, met32 = binary_metrics(val_y, s8), binary_metrics(val_y, s32)
+        agreement = {"decision_agreement": float(np.mean((s8 >= 0.5) == (s32 >= 0.5))), "mean_abs_score_diff": float(np.mean(np.abs(s8 - s32)))}
+        key = "f1"
+    else:
+        met8, met32 = pixel_metrics(val_y, p8[..., 0] >= 0.5), pixel_metrics(val_y, p32[..., 0] >= 0.5)
+        agreement = {"pixel_agreement": float(np.mean((p8 >= 0.5) == (p32 >= 0.5))), "mean_abs_prob_diff": float(np.mean(np.abs(p8 - p32)))}
+        key = "dice"
+    drop = met32[key] - met8[key]
+    agreement.update({f"{key}_int8": met8[key], f"{key}_fp32": met32[key], "tolerance": tolerance})
+    if drop > tolerance:
+        raise ExportError(f"{role}: INT8 {key} {met8[key]:.4f} is {drop:.4f} below FP32 {met32[key]:.4f} (tolerance {tolerance}); "
+                          "check the calibration data or raise --tolerance")
+    metrics = {"validation_int8": met8, "validation_fp32": met32, "validation_images": int(len(val_x))}
+    return metrics, agreement
+
+
 def export_bundle(classifier_run: Path, segmenter_run: Path, out_dir: Path, version: str, cfg: ExportConfig = ExportConfig(),
                   progress=print) -> Path:
-    """Convert, validate and write a bundle; returns its directory."""
+    """Convert both trained runs, validate INT8 against FP32, and write a verified bundle."""
     import keras
 
     from trainer.assemble import load_arrays
     from trainer.train import bce_dice_loss, dice_coefficient  # noqa: F401  (registers custom objects)
 
-    classifier_run, segmenter_run, out_dir = Path(classifier_run), Path(segmenter_run), Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "reference").mkdir(parents=True)
-    (tmp / "golden").mkdir()
-    entries, quantization, val_sets, int8_models = {}, {}, {}, {}
-    for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
+    roles = {}
+    for role, run_dir in (("classifier", Path(classifier_run)), ("segmenter", Path(segmenter_run))):
         model = keras.models.load_model(run_dir / "best.keras", compile=False)
         size = int(model.input_shape[1])
         progress(f"{role}: calibrating on real training images ({run_dir})")
         calib = calibration_set(run_dir, size, cfg.calibration_images, cfg.seed)
         progress(f"{role}: converting to full-integer INT8 and FP32")
-        int8 = convert_int8(model, calib)
-        fp32 = convert_fp32(model)
-        (tmp / f"{role}.tflite").write_bytes(int8)
-        (tmp / "reference" / f"{role}.fp32.tflite").write_bytes(fp32)
+        int8, fp32 = convert_int8(model, calib), convert_fp32(model)
         _, (val_x, val_y) = load_arrays(run_dir / "heldout.npz")
-        m8, m32 = TFLiteModel(content=int8), TFLiteModel(content=fp32)
         progress(f"{role}: INT8 vs FP32 on {len(val_x)} validation images")
-        p8, p32 = tflite_predict(m8, val_x), tflite_predict(m32, val_x)
-        if role == "classifier":
-            s8, s32 = p8.reshape(-1), p32.reshape(-1)
-            met8, met32 = binary_metrics(val_y, s8), binary_metrics(val_y, s32)
-            agreement = {"decision_agreement": float(np.mean((s8 >= 0.5) == (s32 >= 0.5))),
-                         "mean_abs_score_diff": float(np.mean(np.abs(s8 - s32))), "f1_int8": met8["f1"], "f1_fp32": met32["f1"]}
-            drop = met32["f1"] - met8["f1"]
-            key = "f1"
-        else:
-            met8, met32 = pixel_metrics(val_y, p8[..., 0] >= 0.5), pixel_metrics(val_y, p32[..., 0] >= 0.5)
-            agreement = {"pixel_agreement": float(np.mean((p8 >= 0.5) == (p32 >= 0.5))),
-                         "mean_abs_prob_diff": float(np.mean(np.abs(p8 - p32))), "dice_int8": met8["dice"], "dice_fp32": met32["dice"]}
-            drop = met32["dice"] - met8["dice"]
-            key = "dice"
-        agreement["tolerance"] = cfg.tolerance
-        quantization[role] = agreement
-        if drop > cfg.tolerance:
-            raise ExportError(f"{role}: INT8 {key} {met8[key]:.4f} is {drop:.4f} below FP32 {met32[key]:.4f} (tolerance {cfg.tolerance}); "
-                              "check the calibration data or raise --tolerance")
+        metrics, agreement = validate_role(role, int8, fp32, val_x, val_y, cfg.tolerance)
         meta = json.loads((run_dir / "run.json").read_text())
+        roles[role] = RoleExport(int8, fp32, meta["spec"], metrics, agreement)
+    _, (seg_x, seg_y) = load_arrays(Path(segmenter_run) / "heldout.npz")
+    golden = golden_choice(seg_x, seg_y, cfg.golden_samples)
+    out = write_bundle(Path(out_dir), version, roles, golden, _data_provenance([Path(classifier_run), Path(segmenter_run)]))
+    progress(f"bundle {version} written to {out}")
+    return out
+
+
+def golden_choice(images: np.ndarray, masks: np.ndarray, n: int) -> np.ndarray:
+    """Pick `n` images for the golden self-test: half with cracks, half without (where available)."""
+    has_crack = masks.reshape(len(masks), -1).max(axis=1) > 0
+    with_crack, without = list(np.flatnonzero(has_crack)), list(np.flatnonzero(~has_crack))
+    chosen = with_crack[: n - min(n // 2, len(without))]
+    chosen += without[: n - len(chosen)]
+    return images[chosen]
+
+
+def write_bundle(out_dir: Path, version: str, roles: dict[str, RoleExport], golden_images: np.ndarray, provenance: dict) -> Path:
+    """Write model files, golden samples and manifest into `out_dir`, verified by the device's own loader first."""
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "reference").mkdir(parents=True)
+    (tmp / "golden").mkdir()
+    entries, int8_models = {}, {}
+    for role, r in roles.items():
+        (tmp / f"{role}.tflite").write_bytes(r.int8)
+        (tmp / "reference" / f"{role}.fp32.tflite").write_bytes(r.fp32)
+        m8 = TFLiteModel(content=r.int8)
+        int8_models[role] = m8
         entries[role] = {
             "file": f"{role}.tflite",
             "sha256": sha256_file(tmp / f"{role}.tflite"),
-            "bytes": len(int8),
-            "architecture": meta["spec"],
+            "bytes": len(r.int8),
+            "architecture": r.architecture,
             "input": _tensor_dict(m8.input),
             "output": {**_tensor_dict(m8.output),
                        "meaning": "P(crack) for the whole image" if role == "classifier" else "per-pixel P(crack) at the input size"},
             "preprocessing": PREPROCESSING,
             "labels": ["no_crack", "crack"],
-            "threshold": 0.5,
-            "metrics": {"validation_int8": met8, "validation_fp32": met32, "validation_images": int(len(val_x))},
+            "threshold": r.threshold,
+            "metrics": r.metrics,
             "reference": {"file": f"reference/{role}.fp32.tflite", "sha256": sha256_file(tmp / "reference" / f"{role}.fp32.tflite")},
         }
-        val_sets[role] = (val_x, val_y)
-        int8_models[role] = m8
-    golden = _write_golden(tmp, segmenter_run, int8_models, cfg)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "bundle_version": version,
@@ -200,36 +233,27 @@ def export_bundle(classifier_run: Path, segmenter_run: Path, out_dir: Path, vers
         "min_crackd_version": __version__,
         "created_by": f"crack-train {__version__}",
         "models": entries,
-        "quantization": quantization,
-        "golden": golden,
-        "data": _data_provenance([classifier_run, segmenter_run]),
+        "quantization": {role: r.quantization for role, r in roles.items()},
+        "golden": _write_golden(tmp, golden_images, int8_models),
+        "data": provenance,
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     load_bundle(tmp)  # the device's own check, before anything is published
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
-    progress(f"bundle {version} written to {out_dir}")
     return out_dir
 
 
-def _write_golden(bundle_dir: Path, segmenter_run: Path, models: dict, cfg: ExportConfig) -> dict:
-    """Store a few held-out images and the raw INT8 outputs they gave, for on-device self-tests."""
-    from trainer.assemble import load_arrays
-
-    tests, (val_x, val_y) = load_arrays(segmenter_run / "heldout.npz")
-    has_crack = val_y.reshape(len(val_y), -1).max(axis=1) > 0
-    order = list(np.flatnonzero(has_crack)[: cfg.golden_samples // 2 + cfg.golden_samples % 2]) + list(np.flatnonzero(~has_crack)[: cfg.golden_samples // 2])
+def _write_golden(bundle_dir: Path, images: np.ndarray, models: dict) -> dict:
+    """Store a few images and the raw INT8 outputs they gave, for on-device self-tests."""
     samples = []
-    for k, i in enumerate(order):
-        image = val_x[i]
-        name = f"golden/{k:02d}.png"
+    for k, image in enumerate(images):
+        name, seg_name = f"golden/{k:02d}.png", f"golden/{k:02d}.segmenter.png"
         cv2.imwrite(str(bundle_dir / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cls, seg = models["classifier"], models["segmenter"]
         cls_out = cls.run(model_input(image, *cls.input_hw))
-        seg_out = seg.run(model_input(image, *seg.input_hw))[..., 0]
-        seg_name = f"golden/{k:02d}.segmenter.png"
-        cv2.imwrite(str(bundle_dir / seg_name), seg_out)
+        cv2.imwrite(str(bundle_dir / seg_name), seg.run(model_input(image, *seg.input_hw))[..., 0])
         samples.append({"image": name, "sha256": sha256_file(bundle_dir / name), "classifier_output": int(cls_out.reshape(-1)[0]),
                         "segmenter_output": seg_name})
     return {"tolerance": GOLDEN_TOLERANCE, "samples": samples}

@@ -1,0 +1,326 @@
+"""`crack-deploy`: install crackd on Raspberry Pis and roll model bundles out to them over SSH.
+
+    crack-deploy install pi@cam-01                       # once per device (runs deploy/install.sh there)
+    crack-deploy sign models/2024-06-01 --key ~/.ssh/id_ed25519
+    crack-deploy push models/2024-06-01 cam-01 cam-02 cam-03 --canary 1
+    crack-deploy status cam-01 cam-02
+    crack-deploy rollback cam-02
+
+Hosts are anything ssh accepts (aliases from ~/.ssh/config, user@host,
+ssh://user@host:port). Exit code 0 only when every host succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from deploy.push import (
+    FAILED,
+    INSTALLED,
+    RESTORED,
+    UNREACHABLE,
+    DeviceSettings,
+    HostResult,
+    LocalBundleInvalid,
+    PushOptions,
+    check_local_bundle,
+    describe_daemon,
+    format_table,
+    is_signed,
+    make_progress,
+    read_hosts_file,
+    rollout,
+    summary_table,
+    wait_until_serving,
+)
+from deploy.ssh import Remote, RemoteError, SSHOptions, SSHUnreachable, remote_join
+
+log = logging.getLogger("crack-deploy")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# What `install` copies to the device (the package source, the default bundle, config example, unit, installer).
+INSTALL_PAYLOAD = ("pyproject.toml", "README.md", "edge", "deploy", "systemd", "config", "models/default")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
+    if hosts:
+        p.add_argument("hosts", nargs="*", metavar="HOST", help="devices: ssh aliases, user@host or ssh://user@host:port")
+        p.add_argument("--hosts-file", type=Path, help="more hosts, one per line (# comments allowed)")
+        p.add_argument("--parallel", type=int, default=4, metavar="N", help="devices handled at once (default 4)")
+    p.add_argument("-F", "--ssh-config", type=Path, help="ssh config file (default: ~/.ssh/config as ssh itself reads it)")
+    p.add_argument("-o", "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh option, repeatable (e.g. -o Port=2222)")
+    p.add_argument("--connect-timeout", type=int, default=10, metavar="S", help="ssh connect timeout (default 10)")
+    p.add_argument("--remote-crackd", default="/opt/crackd/venv/bin/crackd", metavar="CMD",
+                   help="crackd command on the device, used verbatim as a shell prefix (e.g. 'sudo -n /opt/crackd/venv/bin/crackd')")
+    p.add_argument("--remote-state-dir", default="/var/lib/crackd", metavar="DIR", help="state directory on the device (default /var/lib/crackd)")
+    p.add_argument("--remote-config", metavar="FILE", help="daemon config on the device; when given, its state_dir and release policy are used")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ssh command lines)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crack-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("push", help="deploy a bundle: verify, copy, stage, activate, confirm health or roll back")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle directory (manifest.json, models, golden samples)")
+    _common(p)
+    p.add_argument("--canary", type=int, default=0, metavar="N", help="deploy to the first N hosts first; stop if any of them fails")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds for the daemon to serve the new bundle healthily (default 60)")
+    p.add_argument("--settle", type=float, default=3.0, metavar="S", help="it must stay healthy, frames counting up, this long (default 3)")
+    p.add_argument("--stage-timeout", type=float, default=600.0, metavar="S", help="seconds allowed for the device-side checks (default 600)")
+    p.add_argument("--lock-wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for another deployment on a device (default: fail at once)")
+    p.add_argument("--device-option", action="append", default=[], metavar="FLAG",
+                   help="extra flag for the device's `crackd models stage/activate`, repeatable (e.g. --device-option=--max-latency-ms=80)")
+    p.add_argument("--remote-tmp", default="/tmp", metavar="DIR", help="upload directory on the device (default /tmp)")
+    p.add_argument("--who", help="name for the device history (default user@this-host)")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("status", help="what each device serves, and whether it is healthy")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rollback", help="serve the previous release again, and wait until it is healthy")
+    _common(p)
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds for the previous release to serve healthily (default 60)")
+    p.add_argument("--reason", default="manual rollback (crack-deploy)", help="why, for the device history")
+    p.add_argument("--who", help="name for the device history")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("install", help="install or upgrade crackd on devices (copies this source tree and runs deploy/install.sh as root)")
+    _common(p)
+    p.add_argument("--sudo", default="sudo -n", metavar="CMD", help="how to become root on the device (default 'sudo -n'; '' when logging in as root)")
+    p.add_argument("--install-option", action="append", default=[], metavar="FLAG", help="extra flag for install.sh, repeatable (e.g. --install-option=--purge)")
+    p.add_argument("--source", type=Path, default=REPO_ROOT, help="crackd source tree to install (default: this one)")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="seconds allowed for the install (pip on a Pi is slow; default 1800)")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("sign", help="sign a bundle's manifest with an OpenSSH ed25519 key (ssh-keygen -Y sign)")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("--key", type=Path, required=True, help="private key, or public key whose private half is in ssh-agent")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_sign)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"crack-deploy {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"crack-deploy {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _hosts(args) -> list[str]:
+    hosts = list(args.hosts)
+    if args.hosts_file:
+        try:
+            hosts += read_hosts_file(args.hosts_file)
+        except OSError as exc:
+            raise UsageError(f"{args.hosts_file}: cannot read hosts file ({exc.strerror})") from None
+    seen = set()
+    hosts = [h for h in hosts if not (h in seen or seen.add(h))]
+    if not hosts:
+        raise UsageError("no hosts given (HOST arguments or --hosts-file)")
+    if args.parallel < 1:
+        raise UsageError(f"--parallel: expected at least 1, got {args.parallel}")
+    return hosts
+
+
+def _ssh(args) -> SSHOptions:
+    if args.ssh_config is not None and not args.ssh_config.is_file():
+        raise UsageError(f"{args.ssh_config}: ssh config file not found")
+    return SSHOptions(config_file=args.ssh_config, options=tuple(args.ssh_option), connect_timeout_s=args.connect_timeout)
+
+
+def _device(args) -> DeviceSettings:
+    return DeviceSettings(crackd=args.remote_crackd, state_dir=args.remote_state_dir, config=args.remote_config,
+                          device_options=tuple(getattr(args, "device_option", ()) or ()), tmp_dir=getattr(args, "remote_tmp", "/tmp"))
+
+
+def _who(args) -> str:
+    return getattr(args, "who", None) or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _finish(results: list[HostResult], args, table: str) -> int:
+    if args.json:
+        print(json.dumps({"ok": all(r.ok for r in results), "hosts": [r.as_dict() for r in results]}, indent=1))
+    else:
+        print(table)
+        ok = sum(r.ok for r in results)
+        print(f"\n{ok}/{len(results)} host(s) succeeded")
+    return 0 if all(r.ok for r in results) else 1
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def cmd_push(args) -> int:
+    hosts = _hosts(args)
+    if args.canary < 0:
+        raise UsageError(f"--canary: expected 0 or more, got {args.canary}")
+    progress = make_progress(sys.stderr)
+    try:
+        manifest = check_local_bundle(args.bundle)
+    except LocalBundleInvalid as exc:
+        print(f"crack-deploy push: {exc}", file=sys.stderr)
+        return 1
+    signed = is_signed(args.bundle)
+    progress("*", f"bundle {manifest.bundle_version} from {args.bundle}: manifest and checksums ok, {'signed' if signed else 'UNSIGNED (devices that require signatures will refuse it)'}")
+    opts = PushOptions(
+        who=_who(args),
+        source=f"{socket.gethostname()}:{args.bundle.resolve()}",
+        health_timeout_s=args.timeout,
+        settle_s=args.settle,
+        stage_timeout_s=args.stage_timeout,
+        lock_wait_s=args.lock_wait,
+        command_timeout_s=max(30.0, args.connect_timeout + 30.0),
+    )
+    ssh = _ssh(args)
+    results = rollout(hosts, args.bundle, manifest, _device(args), opts, lambda h: Remote(h, ssh), progress, canary=args.canary, parallel=args.parallel)
+    return _finish(results, args, summary_table(results))
+
+
+def _status_one(host: str, ssh: SSHOptions, dev: DeviceSettings) -> tuple[str, dict | None, str]:
+    try:
+        return host, Remote(host, ssh).run_json(dev.models("status"), 60), ""
+    except RemoteError as exc:
+        return host, None, str(exc)
+
+
+def cmd_status(args) -> int:
+    hosts = _hosts(args)
+    ssh, dev = _ssh(args), _device(args)
+    with ThreadPoolExecutor(max_workers=min(args.parallel, len(hosts))) as pool:
+        answers = list(pool.map(lambda h: _status_one(h, ssh, dev), hosts))
+    rows, payload, all_ok = [], [], True
+    for host, st, err in answers:
+        if st is None:
+            all_ok = False
+            rows.append([host, "-", "-", "-", "-", "unreachable", err])
+            payload.append({"host": host, "ok": False, "error": err})
+            continue
+        d = st.get("daemon") or {}
+        ok = bool(st.get("serving_current"))
+        all_ok &= ok
+        last = st.get("last") or {}
+        last_txt = f"{last.get('time', '')} {last.get('action', '')} {last.get('version', '')} {last.get('outcome', '')}".strip()
+        state = "healthy" if ok else describe_daemon(st, st.get("current") or "")
+        rows.append([host, st.get("current") or "-", st.get("previous") or "-", d.get("bundle_version") or "-", f"{d.get('fps', 0) or 0:.1f}", state, last_txt])
+        payload.append({"host": host, "ok": ok, "status": st})
+    if args.json:
+        print(json.dumps({"ok": all_ok, "hosts": payload}, indent=1, default=str))
+    else:
+        print(format_table(rows, ["HOST", "CURRENT", "PREVIOUS", "SERVING", "FPS", "STATE", "LAST DEPLOYMENT"]))
+    return 0 if all_ok else 1
+
+
+def _rollback_one(host: str, ssh: SSHOptions, dev: DeviceSettings, args, progress) -> HostResult:
+    t0 = time.monotonic()
+    remote = Remote(host, ssh)
+    result = HostResult(host, FAILED)
+    try:
+        back = remote.run_json(dev.models("rollback", "--who", _who(args), "--reason", args.reason), 60)
+        result.old_version, result.new_version = back.get("from_version"), back.get("version")
+        progress(host, f"rolled back {result.old_version} -> {result.new_version}; waiting for it to serve")
+        ok, why, _ = wait_until_serving(remote, dev, back["version"], back.get("at", ""), PushOptions(who=_who(args), health_timeout_s=args.timeout))
+        if ok:
+            result.outcome, result.message = RESTORED, f"previous release {back['version']} serving again: {why}"
+        else:
+            result.message = why
+    except SSHUnreachable as exc:
+        result.outcome, result.message = UNREACHABLE, str(exc)
+    except RemoteError as exc:
+        result.message = str(exc.payload.get("error") or exc)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def cmd_rollback(args) -> int:
+    hosts = _hosts(args)
+    ssh, dev, progress = _ssh(args), _device(args), make_progress(sys.stderr)
+    with ThreadPoolExecutor(max_workers=min(args.parallel, len(hosts))) as pool:
+        results = list(pool.map(lambda h: _rollback_one(h, ssh, dev, args, progress), hosts))
+    rows = [[r.host, r.old_version or "-", r.new_version or "-", r.outcome, f"{r.seconds:.1f}", r.message] for r in results]
+    return _finish(results, args, format_table(rows, ["HOST", "FROM", "TO", "OUTCOME", "SECONDS", "MESSAGE"]))
+
+
+def cmd_install(args) -> int:
+    hosts = _hosts(args)
+    ssh, progress = _ssh(args), make_progress(sys.stderr)
+    source = args.source.resolve()
+    missing = [p for p in INSTALL_PAYLOAD if not (source / p).exists() and p != "README.md"]
+    if missing:
+        raise UsageError(f"{source}: not a crackd source tree (missing {', '.join(missing)})")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="crackd-install-") as tmp:
+        payload = Path(tmp) / "crackd"
+        for rel in INSTALL_PAYLOAD:
+            src = source / rel
+            if src.is_dir():
+                shutil.copytree(src, payload / rel, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "reference"))
+            elif src.is_file():
+                (payload / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, payload / rel)
+        for host in hosts:  # one at a time: the installer's output streams to this terminal
+            t0 = time.monotonic()
+            result = HostResult(host, FAILED)
+            remote = Remote(host, ssh)
+            try:
+                upload = remote.run("mktemp -d /tmp/crackd-install.XXXXXX", 60).stdout.strip()
+                progress(host, f"copying crackd source to {upload}")
+                remote.upload_dir(payload, upload, args.timeout)
+                cmd = f"{args.sudo} bash {shlex.quote(upload + '/deploy/install.sh')} --source {shlex.quote(upload)} {shlex.join(args.install_option)}".strip()
+                progress(host, f"running: {cmd}")
+                rc = subprocess.run(remote.command(cmd), timeout=args.timeout).returncode
+                remote.run(f"{args.sudo} rm -rf -- {shlex.quote(upload)}".strip(), 60, check=False)
+                result.outcome, result.message = (INSTALLED, "installed and started") if rc == 0 else (FAILED, f"install.sh exited {rc}")
+            except SSHUnreachable as exc:
+                result.outcome, result.message = UNREACHABLE, str(exc)
+            except (RemoteError, subprocess.TimeoutExpired) as exc:
+                result.message = str(exc)
+            result.seconds = time.monotonic() - t0
+            results.append(result)
+    rows = [[r.host, r.outcome, f"{r.seconds:.1f}", r.message] for r in results]
+    return _finish(results, args, format_table(rows, ["HOST", "OUTCOME", "SECONDS", "MESSAGE"]))
+
+
+def cmd_sign(args) -> int:
+    from edge.signing import SignatureError, sign_bundle
+
+    try:
+        check_local_bundle(args.bundle)
+        path = sign_bundle(args.bundle, args.key)
+    except (LocalBundleInvalid, SignatureError) as exc:
+        print(f"crack-deploy sign: {exc}", file=sys.stderr)
+        return 1
+    print(f"signed {args.bundle} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

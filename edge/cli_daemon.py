@@ -1,0 +1,405 @@
+"""`crackd run | check-config | status | events ...`: the daemon and its records from the command line.
+
+Exit codes: 0 ok; 1 a record or the daemon was not found / not healthy; 2 bad
+usage or configuration (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from edge.config import SHIPPED_BUNDLE, Config, ConfigError, config_from_dict, load_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEMO_STATE = "./crackd-state"
+EXPORT_FIELDS = (
+    "id", "uuid", "state", "started_at", "ended_at", "frames", "peak_score", "label", "label_note",
+    "bundle_version", "device_id", "snapshot", "overlay", "length_px", "max_width_px", "total_area_px",
+)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"crackd: {message}", file=sys.stderr)
+    return code
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("CRACKD_STATE_DIR")
+    if env:
+        return Path(env)
+    return Path("/var/lib/crackd") if Path("/var/lib/crackd/crackd.db").exists() else Path(DEFAULT_DEMO_STATE)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def demo_config(state_dir: str) -> Config:
+    """`crackd run --demo`: synthetic camera, shipped bundle, local state, MQTT on localhost if one answers."""
+    return config_from_dict({
+        "device_id": "demo",
+        "source": {"type": "synthetic", "synthetic": {"fps": 10, "crack_probability": 0.3, "hold_frames": 8}},
+        "model": {"bundle": str(SHIPPED_BUNDLE)},
+        "storage": {"state_dir": state_dir, "retention_days": 7, "max_db_mb": 200, "snapshot_budget_mb": 100},
+        "mqtt": {"enabled": True, "host": "localhost", "port": 1883, "reconnect_max_s": 30},
+        "logging": {"journald": False},
+        "stats_interval_s": 10,
+    }, "<demo>")
+
+
+def _broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cmd_run(args) -> int:
+    from edge.daemon import StartupError, Supervisor
+    from edge.notify import setup_logging
+
+    if args.demo and args.config:
+        return _fail("run: give either --config FILE or --demo")
+    try:
+        if args.demo:
+            cfg = demo_config(args.state_dir or DEFAULT_DEMO_STATE)
+        elif args.config:
+            cfg = load_config(args.config)
+        else:
+            return _fail("run: --config FILE or --demo is required")
+        if args.state_dir and not args.demo:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, state_dir=args.state_dir))
+        if cfg.mqtt.enabled:
+            cfg.mqtt_password()  # a missing secret is a config error, found now rather than at the first connect
+    except ConfigError as exc:
+        return _fail(str(exc))
+    setup_logging("debug" if args.verbose else cfg.logging.level, cfg.logging.journald)
+    if args.demo:
+        log.info("demo: synthetic camera, bundle %s, state in %s", SHIPPED_BUNDLE, Path(cfg.storage.state_dir).resolve())
+        if not _broker_answers(cfg.mqtt.host, cfg.mqtt.port):
+            log.warning("demo: no MQTT broker answers at %s:%d; events wait in the outbox until one does", cfg.mqtt.host, cfg.mqtt.port)
+    sup = Supervisor(cfg, None if args.demo else args.config)
+    sup.install_signal_handlers()
+    try:
+        sup.start()
+    except StartupError as exc:
+        return _fail(str(exc))
+    return sup.run()
+
+
+def cmd_check_config(args) -> int:
+    try:
+        cfg = load_config(args.file)
+        if cfg.mqtt.enabled:
+            cfg.mqtt_password()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    bundle_dir = cfg.bundle_dir()
+    try:
+        from edge.bundle import BundleError, read_manifest, verify_files
+
+        manifest = read_manifest(bundle_dir)
+        verify_files(manifest)
+    except BundleError as exc:
+        return _fail(f"{args.file}: model.bundle: {exc}")
+    print(f"{args.file}: ok (device {cfg.device_id}, source {cfg.source.type}, bundle {manifest.bundle_version} at {bundle_dir}, "
+          f"state {cfg.storage.state_dir}, MQTT {'%s:%d' % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.enabled else 'off'})")
+    return 0
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _state_dir(args) -> Path:
+    if getattr(args, "config", None):
+        try:
+            return Path(load_config(args.config).storage.state_dir)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    return Path(args.state_dir) if args.state_dir else default_state_dir()
+
+
+class UsageError(Exception):
+    pass
+
+
+def cmd_status(args) -> int:
+    try:
+        state_dir = _state_dir(args)
+    except UsageError as exc:
+        return _fail(str(exc))
+    path = state_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except FileNotFoundError:
+        return _fail(f"{path}: no status file; the daemon has not run with this state directory", 1)
+    except ValueError as exc:
+        return _fail(f"{path}: unreadable ({exc})", 1)
+    running = status.get("state") == "running" and _pid_alive(status.get("pid"))
+    updated = status.get("updated_at")
+    age = None
+    if updated:
+        try:
+            age = time.time() - datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    status["running"] = running
+    status["status_age_s"] = None if age is None else round(age, 1)
+    healthy = running and bool(status.get("healthy")) and age is not None and age < 10
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0 if healthy else 1
+    lat = status.get("latency_ms") or {}
+    lines = [
+        f"crackd {status.get('version')} on {status.get('device_id')}: "
+        + ("running" if running else "NOT RUNNING") + f" (pid {status.get('pid')}), " + ("healthy" if healthy else "NOT HEALTHY"),
+        f"  started      {status.get('started_at')}  (uptime {status.get('uptime_s')} s, status written {status['status_age_s']} s ago)",
+        f"  bundle       {status.get('bundle_version')}  sha256 {str(status.get('bundle_sha256'))[:12]}  {status.get('bundle_path')}",
+        f"  frames       {status.get('frames_processed')} processed, {status.get('frames_skipped')} skipped, "
+        f"{status.get('frames_failed')} failed, {status.get('frames_bad')} bad; {status.get('fps')} fps; last {status.get('last_frame_age_s')} s ago",
+        f"  latency      p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms",
+        f"  camera       {status.get('camera_state')}",
+        f"  mqtt         " + ("off" if not status.get("mqtt_enabled") else
+                              ("connected" if status.get("broker_connected") else f"DISCONNECTED ({status.get('broker_error')})"))
+        + f", outbox {status.get('outbox_depth')} waiting",
+    ]
+    if status.get("last_reload"):
+        r = status["last_reload"]
+        lines.append(f"  last reload  {r.get('time')}: " + ("ok" if r.get("ok") else f"FAILED: {r.get('error')}"))
+    print("\n".join(lines))
+    return 0 if healthy else 1
+
+
+# --------------------------------------------------------------------------- events
+
+
+def parse_when(text: str) -> float:
+    """'2h', '30m', '7d', '45s' ago, an ISO date/time, or epoch seconds -> epoch seconds."""
+    text = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return time.time() - float(m.group(1)) * unit
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r}: expected a time like 2h, 7d, 2024-05-01, 2024-05-01T12:00:00Z or epoch seconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _iso(t) -> Optional[str]:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _open_journal(args):
+    from edge.journal import Journal
+
+    state_dir = _state_dir(args)
+    db = Path(args.db) if getattr(args, "db", None) else state_dir / "crackd.db"
+    if not db.exists():
+        raise UsageError(f"{db}: no journal here (pass --state-dir, --config or --db)")
+    return Journal(db), state_dir
+
+
+def _flat(event: dict, state_dir: Path) -> dict:
+    m = event.get("peak_measurements") or {}
+    row = {k: event.get(k) for k in EXPORT_FIELDS}
+    row["started_at"], row["ended_at"] = _iso(event.get("started_at")), _iso(event.get("ended_at"))
+    for key in ("snapshot", "overlay"):
+        if row[key]:
+            row[key] = str((state_dir / row[key]).resolve())
+    row["length_px"], row["max_width_px"], row["total_area_px"] = m.get("length_px"), m.get("max_width_px"), m.get("total_area_px")
+    return row
+
+
+def cmd_events(args) -> int:
+    from edge.journal import JournalError
+
+    try:
+        journal, state_dir = _open_journal(args)
+    except (UsageError, JournalError) as exc:
+        return _fail(str(exc))
+    try:
+        with journal:
+            return EVENT_COMMANDS[args.events_command](args, journal, state_dir)
+    except (UsageError, JournalError) as exc:
+        return _fail(str(exc))
+
+
+def _filters(args) -> dict:
+    return {
+        "since": parse_when(args.since) if args.since else None,
+        "until": parse_when(args.until) if args.until else None,
+        "state": args.state,
+        "min_score": args.min_score,
+        "label": args.label,
+    }
+
+
+def _ev_list(args, journal, state_dir) -> int:
+    events = journal.list_events(**_filters(args), limit=args.limit)
+    if args.json:
+        print(json.dumps([_flat(e, state_dir) for e in events], indent=1))
+        return 0
+    print(f"{'id':>5}  {'uuid':<8}  {'started (UTC)':<20}  {'state':<6}  {'frames':>6}  {'score':>5}  {'length px':>9}  label")
+    for e in events:
+        m = e.get("peak_measurements") or {}
+        print(f"{e['id']:>5}  {e['uuid'][:8]}  {_iso(e['started_at']):<20}  {e['state']:<6}  {e['frames']:>6}  {e['peak_score']:5.2f}  "
+              f"{m.get('length_px', '-')!s:>9}  {e.get('label') or ''}")
+    print(f"{len(events)} event(s)")
+    return 0
+
+
+def _find(journal, ref: str) -> dict:
+    event = journal.find_event(ref)
+    if event is None:
+        raise UsageError(f"no event {ref!r} in {journal.path}")
+    return event
+
+
+def _ev_show(args, journal, state_dir) -> int:
+    event = _find(journal, args.id)
+    event = {**event, "started_at_iso": _iso(event["started_at"]), "ended_at_iso": _iso(event.get("ended_at"))}
+    for key in ("snapshot", "overlay"):
+        if event.get(key):
+            event[key] = str((state_dir / event[key]).resolve())
+    if args.frames:
+        event["frame_results"] = journal.event_frames(event["uuid"])
+    print(json.dumps(event, indent=1, default=str))
+    return 0
+
+
+def _ev_export(args, journal, state_dir) -> int:
+    events = journal.list_events(**_filters(args), limit=args.limit, newest_first=False)
+    out = sys.stdout if args.out in (None, "-") else open(args.out, "w", newline="")
+    try:
+        if args.format == "json":
+            rows = []
+            for e in events:
+                row = _flat(e, state_dir)
+                row["peak_measurements"] = e.get("peak_measurements")
+                rows.append(row)
+            json.dump({"exported_at": _iso(time.time()), "journal": str(journal.path), "events": rows}, out, indent=1)
+            out.write("\n")
+        else:
+            writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+            writer.writeheader()
+            for e in events:
+                writer.writerow(_flat(e, state_dir))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if out is not sys.stdout:
+        print(f"exported {len(events)} event(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _ev_label(args, journal, state_dir) -> int:
+    event = _find(journal, args.id)
+    journal.set_label(event["uuid"], args.label, args.note)
+    print(f"event {event['id']} ({event['uuid']}) labelled {args.label}")
+    return 0
+
+
+def _ev_delete(args, journal, state_dir) -> int:
+    targets = [_find(journal, ref) for ref in args.ids]
+    for event in targets:
+        for rel in journal.delete_event(event["uuid"]):
+            try:
+                (state_dir / rel).unlink()
+            except OSError:
+                pass
+        print(f"deleted event {event['id']} ({event['uuid']})")
+    return 0
+
+
+EVENT_COMMANDS = {"list": _ev_list, "show": _ev_show, "export": _ev_export, "label": _ev_label, "delete": _ev_delete}
+
+
+def _location_args(p) -> None:
+    p.add_argument("--state-dir", default=None, help="daemon state directory (default $CRACKD_STATE_DIR, /var/lib/crackd, or ./crackd-state)")
+    p.add_argument("--config", default=None, metavar="FILE", help="take the state directory from this config")
+
+
+def _filter_args(p) -> None:
+    p.add_argument("--since", help="started at or after (2h, 7d, ISO time, epoch)")
+    p.add_argument("--until", help="started before")
+    p.add_argument("--state", choices=["open", "ended"])
+    p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--label", choices=["crack", "no-crack", "none"], help="by operator label (none = unlabelled)")
+    p.add_argument("--limit", type=int, default=None)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run the inspection daemon")
+    p.add_argument("--config", metavar="FILE", help="YAML config (see config/crackd.example.yaml)")
+    p.add_argument("--demo", action="store_true", help="synthetic camera, shipped bundle, ./crackd-state, MQTT on localhost if a broker answers")
+    p.add_argument("--state-dir", default=None, help="override storage.state_dir (demo default ./crackd-state)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file (and its bundle) without running")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("status", help="the running daemon's status (STATE/status.json)")
+    _location_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("events", help="recorded events: list, show, export, label, delete")
+    esub = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    e = esub.add_parser("list", help="list events (newest first)")
+    _location_args(e); _filter_args(e)
+    e.add_argument("--db", help=argparse.SUPPRESS)
+    e.add_argument("--json", action="store_true")
+    e = esub.add_parser("show", help="one event in full")
+    _location_args(e)
+    e.add_argument("--db", help=argparse.SUPPRESS)
+    e.add_argument("id", help="event id, uuid or uuid prefix")
+    e.add_argument("--frames", action="store_true", help="include the recorded frame results")
+    e = esub.add_parser("export", help="export events as CSV or JSON (labels included: training data)")
+    _location_args(e); _filter_args(e)
+    e.add_argument("--db", help=argparse.SUPPRESS)
+    e.add_argument("--format", choices=["csv", "json"], default="csv")
+    e.add_argument("--out", "-o", default="-", help="output file (default stdout)")
+    e = esub.add_parser("label", help="an operator's verdict, kept for retraining")
+    _location_args(e)
+    e.add_argument("--db", help=argparse.SUPPRESS)
+    e.add_argument("id")
+    e.add_argument("label", choices=["crack", "no-crack"])
+    e.add_argument("--note", default=None)
+    e = esub.add_parser("delete", help="delete events with their frames, label and snapshots")
+    _location_args(e)
+    e.add_argument("--db", help=argparse.SUPPRESS)
+    e.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_events)

@@ -1,0 +1,760 @@
+"""The Supervisor: wires config, source, cascade, decision, journal and publisher, and owns their threads.
+
+Threads:
+  capture      ResilientSource.read() -> FrameSlot (keeps only the newest frame; the
+               ones it replaces are counted as skipped). File and generated sources
+               with fps 0 wait for the slot instead, so bench replays skip nothing.
+  main         the run loop: newest frame -> Cascade -> Decision -> Journal (+ outbox,
+               one transaction) -> wake the publisher. Signals only set flags; the loop
+               acts on them between frames, so the frame in hand is always finished.
+  reload       SIGHUP: load + verify the new config and bundle beside the running one,
+               then the main loop swaps between two frames (no frame's result dropped).
+  housekeeping every second: STATE/status.json (atomic), watchdog pings while frames flow,
+               stats on MQTT, retention, the outbox fill warning.
+  outbox/paho  edge.publisher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from edge import __version__
+from edge.bundle import BundleError, LoadedBundle, load_bundle
+from edge.config import Config, ConfigError, load_config
+from edge.decision import END, START, Decision, DecisionParams, FrameObservation
+from edge.journal import EventWrite, FrameRow, Journal, JournalError, OutboxMessage
+from edge.notify import Notifier
+from edge.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, iso, rss_mb
+from edge.runtime import RuntimeUnavailable
+from edge.sources import Frame, ResilientSource, SourceExhausted, make_source
+
+log = logging.getLogger(__name__)
+
+STARTUP_GRACE_S = 30.0  # watchdog pings continue this long after start while the first frame is awaited
+PRUNE_INTERVAL_S = 600.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start (bad bundle, locked state dir, broken journal); str() is one line."""
+
+
+class FrameSlot:
+    """A one-frame mailbox between capture and inference: the newest frame wins."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._frame: Optional[Frame] = None
+        self.skipped = 0
+        self.closed = False
+
+    def put(self, frame: Frame, wait: bool = False, stop: Optional[threading.Event] = None) -> None:
+        with self._cond:
+            if wait:
+                while self._frame is not None and not self.closed and not (stop and stop.is_set()):
+                    self._cond.wait(0.1)
+            if self._frame is not None:
+                self.skipped += 1
+            self._frame = frame
+            self._cond.notify_all()
+
+    def get(self, timeout: float) -> Optional[Frame]:
+        with self._cond:
+            if self._frame is None and not self.closed:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class Engine:
+    """A loaded bundle and the cascade running it (swapped as one on reload)."""
+
+    bundle: LoadedBundle
+    cascade: object  # edge.cascade.Cascade
+    path: Path
+
+
+def build_engine(cfg: Config, bundle_dir: Optional[Path] = None, verify_golden: bool = False) -> Engine:
+    """Load + verify a bundle completely and build its cascade; raises BundleError/RuntimeUnavailable."""
+    from edge.cascade import Cascade, TilingConfig
+
+    bundle_dir = Path(bundle_dir or cfg.bundle_dir())
+    bundle = load_bundle(bundle_dir, runtime=cfg.model.runtime, threads=cfg.model.threads)
+    if verify_golden and (bundle.manifest.golden or {}).get("samples"):
+        from edge.selftest import run_golden
+
+        report = run_golden(bundle)
+        if not report.ok:
+            report.raise_for_failures()
+    t = cfg.model.tiling
+    cascade = Cascade(
+        bundle,
+        segment=cfg.model.segment,
+        threshold=cfg.decision.threshold,
+        mm_per_pixel=cfg.model.mm_per_pixel,
+        tiling=TilingConfig(tile=t.tile, overlap=t.overlap) if t.enabled else None,
+    )
+    h, w = bundle.classifier.input_hw
+    cascade.process(np.full((h, w, 3), 128, np.uint8))  # smoke run: the interpreters really execute
+    return Engine(bundle, cascade, bundle_dir)
+
+
+def decision_params(cfg: Config, bundle: LoadedBundle) -> DecisionParams:
+    d = cfg.decision
+    threshold = d.threshold if d.threshold is not None else bundle.manifest.classifier.threshold
+    return DecisionParams(threshold, d.hysteresis, d.start_k, d.start_n, d.end_m, d.update_interval_s)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _percentile(values, q: float) -> Optional[float]:
+    if not values:
+        return None
+    return round(float(np.percentile(np.fromiter(values, float), q)), 2)
+
+
+class _RateLimitedLog:
+    """At most one log line per `interval` for a repeating failure (with the count since)."""
+
+    def __init__(self, interval: float = 30.0):
+        self.interval, self.last, self.suppressed = interval, 0.0, 0
+
+    def __call__(self, level, msg, *args):
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            if self.suppressed:
+                msg += f" ({self.suppressed} similar since the last report)"
+            log.log(level, msg, *args)
+            self.last, self.suppressed = now, 0
+        else:
+            self.suppressed += 1
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: Optional[str | Path] = None, notifier: Optional[Notifier] = None):
+        self.cfg = config
+        self.config_path = Path(config_path) if config_path else None
+        self.notifier = notifier or Notifier()
+        self.state_dir = config.state_dir
+        self.stop_event = threading.Event()
+        self._reload_requested = threading.Event()
+        self._reloading = False
+        self._pending: Optional[tuple[Config, Engine]] = None
+        self._pending_lock = threading.Lock()
+        self.slot = FrameSlot()
+        self.started_at = time.time()
+        self._t0 = time.monotonic()
+        self.frames_processed = 0
+        self.frames_failed = 0
+        self.frames_recorded = 0
+        self.events_started = 0
+        self.last_frame_mono: Optional[float] = None
+        self.latency_ms: deque = deque(maxlen=1000)
+        self.inference_ms: deque = deque(maxlen=1000)
+        self.fps = 0.0
+        self.camera_state = "starting"
+        self.last_reload: Optional[dict] = None
+        self.source_finished = False
+        self._pending_writes: deque = deque(maxlen=10000)
+        self._peak: Optional[tuple[Frame, object]] = None
+        self._snap_seq: Optional[int] = None
+        self._last_snapshot: dict[str, dict] = {}
+        self._outbox_depth = 0
+        self._fail_log = _RateLimitedLog()
+        self._write_log = _RateLimitedLog()
+        self._outbox_level = -1
+        self._pid_fd: Optional[int] = None
+        self.journal: Optional[Journal] = None
+        self.publisher: Optional[Publisher] = None
+        self.engine: Optional[Engine] = None
+        self.source = None
+        self._threads: list[threading.Thread] = []
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Open everything; raises StartupError with one line on any problem."""
+        cfg = self.cfg
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"{self.state_dir}: cannot create state directory ({exc.strerror})") from None
+        self._lock_pid_file()
+        try:
+            self.engine = build_engine(cfg)
+        except (BundleError, RuntimeUnavailable, ValueError) as exc:
+            self._release_pid_file()
+            raise StartupError(f"model bundle {cfg.bundle_dir()}: {exc}") from None
+        self.decision = Decision(decision_params(cfg, self.engine.bundle))
+        try:
+            self.journal = Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
+        except (JournalError, OSError) as exc:
+            self._release_pid_file()
+            raise StartupError(str(exc)) from None
+        if cfg.mqtt.enabled:
+            try:
+                password = cfg.mqtt_password()
+            except ConfigError as exc:
+                self._release_pid_file()
+                raise StartupError(str(exc)) from None
+            self.publisher = Publisher(cfg, self.journal, self._identity(), password)
+            self.publisher.publish_camera("starting", {})
+            self.publisher.start()
+        self.source = make_source(cfg.source, stop=self.stop_event)
+        s = cfg.source
+        self.resilient = ResilientSource(
+            self.source, s.read_timeout_s, s.retry_initial_s, s.retry_max_s, on_state=self._on_camera_state, stop=self.stop_event
+        )
+        self._spawn("capture", self._capture_loop)
+        self._spawn("housekeeping", self._housekeeping_loop)
+        log.info(
+            "crackd %s started: device %s, source %s, bundle %s (%s), state %s, MQTT %s",
+            __version__, cfg.device_id, s.type, self.engine.bundle.version, self.engine.path, self.state_dir,
+            f"{cfg.mqtt.host}:{cfg.mqtt.port}" if cfg.mqtt.enabled else "off",
+        )
+        self._write_status()
+        self.notifier.ready(self._status_line())
+
+    def _spawn(self, name, target) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _identity(self) -> dict:
+        b = self.engine.bundle
+        return {
+            "version": __version__,
+            "bundle_version": b.version,
+            "bundle_sha256": b.sha256,
+            "started_at": iso(self.started_at),
+            "last_reload": self.last_reload,
+        }
+
+    def _lock_pid_file(self) -> None:
+        path = self.state_dir / "crackd.pid"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise StartupError(f"{self.state_dir}: another crackd (pid {other}) is running with this state directory") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._pid_fd = fd
+
+    def _release_pid_file(self) -> None:
+        if self._pid_fd is not None:
+            try:
+                (self.state_dir / "crackd.pid").unlink()
+            except FileNotFoundError:
+                pass
+            os.close(self._pid_fd)
+            self._pid_fd = None
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop after the current frame (twice: exit now). SIGHUP: reload."""
+
+        def on_stop(signum, frame):
+            if self.stop_event.is_set():
+                log.warning("second %s: exiting now", signal.Signals(signum).name)
+                os._exit(1)
+            log.info("%s: finishing the current frame, then stopping", signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reload())
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.slot.close()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    def run(self) -> int:
+        """The main loop; returns the exit code when stopped (signal, or a finite source ended)."""
+        max_fps = self.cfg.max_fps
+        next_t = 0.0
+        while not self.stop_event.is_set():
+            self._maybe_reload()
+            max_fps = self.cfg.max_fps
+            if max_fps:
+                delay = next_t - time.monotonic()
+                if delay > 0 and self.stop_event.wait(delay):
+                    break
+            frame = self.slot.get(0.25)
+            if frame is None:
+                if self.slot.closed:
+                    break
+                continue
+            if max_fps:
+                next_t = max(time.monotonic(), next_t) + 1.0 / max_fps
+            self.process_frame(frame)
+        self.shutdown()
+        return self.exit_code
+
+    def shutdown(self) -> None:
+        """Flush and close within a bounded time: end the open event, drain the outbox briefly, close."""
+        self.stop_event.set()
+        self.slot.close()
+        self.notifier.stopping("stopping: flushing journal and outbox")
+        flush_deadline = time.monotonic() + self.cfg.mqtt.flush_timeout_s
+        try:
+            records = self.decision.flush(time.time(), "shutdown")
+            if records:
+                self._journal_records(records, None, None)
+            self._retry_pending_writes()
+            if self._pending_writes:
+                log.error("%d journal writes could not be saved before exit", len(self._pending_writes))
+        except Exception:
+            log.exception("flushing the open event failed")
+        for t in self._threads:
+            t.join(timeout=max(0.1, min(2.0, flush_deadline - time.monotonic())))
+        if self.publisher is not None:
+            remaining = max(0.0, flush_deadline - time.monotonic())
+            flushed = self.publisher.flush(remaining)
+            depth = self.journal.outbox_depth()
+            if not flushed and depth:
+                log.warning("stopping with %d undelivered MQTT messages in the outbox; they are sent after the next start", depth)
+            self.publisher.stop("shutdown", timeout=1.0)
+        try:
+            self.resilient.close()
+        except Exception:
+            pass
+        self._write_status(state="stopped")
+        if self.journal is not None:
+            self.journal.close()
+        self._release_pid_file()
+        log.info("crackd stopped after %d frames", self.frames_processed)
+
+    # ------------------------------------------------------------------ capture
+
+    def _capture_loop(self) -> None:
+        wait = bool(getattr(self.source, "lossless", False))
+        while not self.stop_event.is_set():
+            try:
+                frame = self.resilient.read()
+            except SourceExhausted:
+                log.info("source finished: stopping after the last frame")
+                self.source_finished = True
+                self.slot.close()
+                return
+            except ResilientSource.Stopped:
+                return
+            except Exception:
+                log.exception("capture thread: unexpected error; retrying")
+                self.stop_event.wait(1.0)
+                continue
+            self.slot.put(frame, wait=wait, stop=self.stop_event)
+
+    def _on_camera_state(self, state: str, info: dict) -> None:
+        self.camera_state = state
+        if self.publisher is not None:
+            self.publisher.publish_camera(state, info)
+
+    # ------------------------------------------------------------------ the frame path
+
+    def process_frame(self, frame: Frame) -> None:
+        engine = self.engine
+        try:
+            result = engine.cascade.process(frame.rgb)
+        except Exception as exc:
+            self.frames_failed += 1
+            self._fail_log(logging.ERROR, "frame %d could not be processed: %s: %s", frame.seq, type(exc).__name__, exc)
+            return
+        measurements = result.measurements.to_dict() if result.measurements is not None else None
+        obs = FrameObservation(seq=frame.seq, t=frame.t, score=float(result.score), measurements=measurements)
+        records = self.decision.observe(obs)
+        if self.decision.active and self.decision.peak_frame_seq == frame.seq:
+            self._peak = (frame, result)
+        event_uuid = self.decision.active or (records[-1].uuid if records else None)
+        policy = self.cfg.storage.record_frames
+        frame_row = None
+        if policy == "all" or (policy == "cracks" and (result.crack or event_uuid)):
+            frame_row = FrameRow(
+                t=frame.t, seq=frame.seq, crack=bool(result.crack), score=float(result.score), segmented=bool(result.segmented),
+                measurements=measurements, latency_ms=round(result.timings_ms.get("total", 0.0), 3),
+                bundle_version=engine.bundle.version, event_uuid=event_uuid, ref=frame.ref,
+            )
+        self._retry_pending_writes()
+        self._journal_records(records, frame_row, (frame, result))
+        self.frames_processed += 1
+        now = time.monotonic()
+        self.last_frame_mono = now
+        self.latency_ms.append((now - frame.mono) * 1000.0)
+        self.inference_ms.append(result.timings_ms.get("total", 0.0))
+        if self.publisher is not None and self.cfg.mqtt.publish_frames:
+            summary = None
+            if measurements:
+                summary = {k: v for k, v in measurements.items() if k != "components"}
+            self.publisher.publish_frame({
+                "seq": frame.seq, "t": iso(frame.t), "crack": bool(result.crack), "score": round(float(result.score), 4),
+                "segmented": bool(result.segmented), "measurements": summary, "event_uuid": event_uuid,
+                "latency_ms": round(result.timings_ms.get("total", 0.0), 2), "bundle_version": engine.bundle.version,
+            })
+
+    def _journal_records(self, records, frame_row: Optional[FrameRow], current) -> None:
+        """Snapshots for event records, then ONE journal transaction with the outbox messages."""
+        b = self.engine.bundle
+        writes, messages = [], []
+        for r in records:
+            snap = self._snapshot_for(r, current)
+            writes.append(EventWrite(r, b.version, b.sha256, self.cfg.device_id, snap and snap["frame"], snap and snap["overlay"]))
+            if self.cfg.mqtt.enabled:
+                payload = event_payload(r, self.cfg.device_id, b.version, b.sha256, snap or self._last_snapshot.get(r.uuid))
+                messages.append(OutboxMessage(self.cfg.topic("event"), payload, self.cfg.mqtt.qos, False, r.uuid))
+            if r.kind == START:
+                self.events_started += 1
+                log.warning(
+                    "crack event %s started (score %.2f)", r.uuid, r.peak_score, extra={"EVENT_UUID": r.uuid, "EVENT_TYPE": r.kind}
+                )
+            elif r.kind == END:
+                log.info("crack event %s ended after %d frames (peak score %.2f)", r.uuid, r.frames, r.peak_score,
+                         extra={"EVENT_UUID": r.uuid, "EVENT_TYPE": r.kind})
+                self._last_snapshot.pop(r.uuid, None)
+                self._peak, self._snap_seq = None, None
+        if not writes and frame_row is None:
+            return
+        item = (frame_row, writes, messages)
+        try:
+            self.journal.record(*item)
+            if frame_row is not None:
+                self.frames_recorded += 1
+        except Exception as exc:
+            if writes or messages:
+                self._pending_writes.append(item)
+            self._write_log(logging.ERROR, "journal write failed (%s); %d writes held in memory and retried", exc, len(self._pending_writes))
+            return
+        if messages and self.publisher is not None:
+            self.publisher.notify()
+
+    def _retry_pending_writes(self) -> None:
+        while self._pending_writes:
+            item = self._pending_writes[0]
+            try:
+                self.journal.record(*item)
+            except Exception:
+                return
+            self._pending_writes.popleft()
+            if item[2] and self.publisher is not None:
+                self.publisher.notify()
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _snapshot_for(self, record, current) -> Optional[dict]:
+        """Write (or rewrite with a better peak) the event's frame + overlay JPEGs; returns their relative paths."""
+        st = self.cfg.storage
+        if not st.snapshots or st.snapshot_budget_mb <= 0:
+            return None
+        if record.kind == START and current is not None:
+            source = current
+        elif self._peak is not None and self._peak[0].seq != self._snap_seq and self.decision.active in (None, record.uuid):
+            source = self._peak
+        else:
+            return None
+        frame, result = source
+        day = time.strftime("%Y%m%d", time.gmtime(record.started_at))
+        rel_frame = f"snapshots/{day}/{record.uuid}.jpg"
+        rel_overlay = f"snapshots/{day}/{record.uuid}.overlay.jpg"
+        try:
+            from edge.overlay import draw_overlay
+
+            (self.state_dir / "snapshots" / day).mkdir(parents=True, exist_ok=True)
+            q = [cv2.IMWRITE_JPEG_QUALITY, st.snapshot_quality]
+            picture = frame.main if frame.main is not None else frame.rgb
+            for rel, rgb in ((rel_frame, picture), (rel_overlay, draw_overlay(frame.rgb, result))):
+                ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), q)
+                if not ok:
+                    raise OSError("JPEG encoding failed")
+                tmp = self.state_dir / (rel + ".tmp")
+                tmp.write_bytes(data.tobytes())
+                os.replace(tmp, self.state_dir / rel)
+        except Exception as exc:
+            self._write_log(logging.ERROR, "snapshot for event %s failed: %s", record.uuid, exc)
+            return None
+        self._snap_seq = frame.seq
+        snap = {"frame": rel_frame, "overlay": rel_overlay, "frame_seq": frame.seq}
+        self._last_snapshot[record.uuid] = snap
+        self._enforce_snapshot_budget(keep={rel_frame, rel_overlay})
+        return snap
+
+    def _enforce_snapshot_budget(self, keep: set) -> None:
+        root = self.state_dir / "snapshots"
+        budget = self.cfg.storage.snapshot_budget_mb * 1024 * 1024
+        files = {}
+        for dirpath, _dirs, names in os.walk(root):
+            for n in names:
+                p = Path(dirpath) / n
+                try:
+                    files[str(p.relative_to(self.state_dir))] = p.stat()
+                except OSError:
+                    pass
+        total = sum(s.st_size for s in files.values())
+        if total <= budget:
+            return
+        known = self.journal.snapshot_order()
+        orphans = sorted((r for r in files if r not in set(known)), key=lambda r: files[r].st_mtime)
+        for rel in orphans + known:
+            if total <= budget:
+                break
+            if rel in keep or rel not in files:
+                continue
+            try:
+                (self.state_dir / rel).unlink()
+            except OSError:
+                continue
+            total -= files[rel].st_size
+            self.journal.forget_snapshot(rel)
+            log.info("snapshot budget: deleted %s", rel)
+
+    # ------------------------------------------------------------------ reload
+
+    def _maybe_reload(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._swap(*pending)
+        if self._reload_requested.is_set() and not self._reloading:
+            self._reload_requested.clear()
+            self._reloading = True
+            self.notifier.reloading()
+            threading.Thread(target=self._reload_worker, name="reload", daemon=True).start()
+
+    def _reload_worker(self) -> None:
+        try:
+            old = self.cfg
+            new = load_config(self.config_path) if self.config_path else old
+            new = self._keep_restart_only_settings(old, new)
+            engine = build_engine(new, verify_golden=True)
+        except (ConfigError, BundleError, RuntimeUnavailable, ValueError, OSError) as exc:
+            self._reload_done(ok=False, error=str(exc))
+            return
+        except Exception as exc:  # anything else must not kill the daemon either
+            log.exception("reload failed unexpectedly")
+            self._reload_done(ok=False, error=f"{type(exc).__name__}: {exc}")
+            return
+        with self._pending_lock:
+            self._pending = (new, engine)
+
+    def _keep_restart_only_settings(self, old: Config, new: Config) -> Config:
+        """Source, MQTT, device id and journal location need a restart: keep the running ones, say so."""
+        changed = [name for name, a, b in (
+            ("source", old.source, new.source), ("mqtt", old.mqtt, new.mqtt), ("device_id", old.device_id, new.device_id),
+            ("storage.state_dir", old.storage.state_dir, new.storage.state_dir), ("storage.db", old.storage.db, new.storage.db),
+        ) if a != b]
+        if changed:
+            log.warning("reload: %s changed; restart crackd to apply (kept the running settings)", ", ".join(changed))
+        storage = dataclasses.replace(new.storage, state_dir=old.storage.state_dir, db=old.storage.db)
+        return dataclasses.replace(new, source=old.source, mqtt=old.mqtt, device_id=old.device_id, storage=storage)
+
+    def _swap(self, cfg: Config, engine: Engine) -> None:
+        old = self.engine
+        self.cfg = cfg
+        self.engine = engine
+        self.decision.set_params(decision_params(cfg, engine.bundle))
+        logging.getLogger().setLevel(cfg.logging.level.upper())
+        log.info("reload: now serving bundle %s (%s), was %s", engine.bundle.version, engine.path, old.bundle.version)
+        self._reload_done(ok=True, error=None)
+
+    def _reload_done(self, ok: bool, error: Optional[str]) -> None:
+        self.last_reload = {"time": iso(time.time()), "ok": ok, "error": error,
+                            "bundle_version": self.engine.bundle.version}
+        if not ok:
+            log.error("reload failed, still serving bundle %s: %s", self.engine.bundle.version, error)
+        if self.publisher is not None:
+            b = self.engine.bundle
+            self.publisher.update_identity(bundle_version=b.version, bundle_sha256=b.sha256, last_reload=self.last_reload)
+        self._reloading = False
+        self._write_status()
+        self.notifier.ready(self._status_line() if ok else f"reload failed, serving {self.engine.bundle.version}: {error}"[:200])
+
+    # ------------------------------------------------------------------ status, watchdog, stats
+
+    def _health_window_s(self) -> float:
+        s = self.cfg.source
+        fps = {"synthetic": s.synthetic.fps, "folder": s.folder.fps, "opencv": s.opencv.fps, "picamera2": s.picamera2.fps}.get(s.type, 0.0)
+        return max(5.0, 3.0 / fps if fps else 0.0, 2.0 * s.read_timeout_s if s.type in ("opencv", "picamera2") else 0.0)
+
+    def last_frame_age_s(self) -> Optional[float]:
+        return None if self.last_frame_mono is None else time.monotonic() - self.last_frame_mono
+
+    def healthy(self) -> bool:
+        age = self.last_frame_age_s()
+        return self.engine is not None and age is not None and age <= self._health_window_s()
+
+    def status(self, state: str = "running") -> dict:
+        b = self.engine.bundle if self.engine else None
+        age = self.last_frame_age_s()
+        h = self.resilient.health if getattr(self, "resilient", None) else None
+        return {
+            "pid": os.getpid(),
+            "state": state,
+            "version": __version__,
+            "device_id": self.cfg.device_id,
+            "started_at": iso(self.started_at),
+            "updated_at": iso(time.time()),
+            "uptime_s": round(time.monotonic() - self._t0, 1),
+            "bundle_path": str(self.engine.path.resolve()) if self.engine else None,
+            "bundle_version": b.version if b else None,
+            "bundle_sha256": b.sha256 if b else None,
+            "frames_processed": self.frames_processed,
+            "frames_skipped": self.slot.skipped,
+            "frames_failed": self.frames_failed,
+            "frames_bad": h.bad_frames if h else 0,
+            "fps": round(self.fps, 2),
+            "last_frame_age_s": None if age is None else round(age, 2),
+            "latency_ms": {"p50": _percentile(self.latency_ms, 50), "p95": _percentile(self.latency_ms, 95)},
+            "inference_ms": {"p50": _percentile(self.inference_ms, 50), "p95": _percentile(self.inference_ms, 95)},
+            "events_started": self.events_started,
+            "event_open": self.decision.active if getattr(self, "decision", None) else None,
+            "outbox_depth": self._outbox_depth,
+            "mqtt_enabled": self.cfg.mqtt.enabled,
+            "broker_connected": bool(self.publisher and self.publisher.connected),
+            "broker_error": self.publisher.last_error if self.publisher else None,
+            "camera_state": self.camera_state,
+            "camera": {"source": self.cfg.source.type, **(h.as_dict() if h else {})},
+            "healthy": state == "running" and self.healthy(),
+            "last_reload": self.last_reload,
+            "rss_mb": rss_mb(),
+        }
+
+    def _write_status(self, state: str = "running") -> None:
+        try:
+            if self.journal is not None and self.journal._conn is not None:
+                self._outbox_depth = self.journal.outbox_depth()
+            write_json_atomic(self.state_dir / "status.json", self.status(state))
+        except Exception as exc:
+            self._write_log(logging.ERROR, "status.json: %s", exc)
+
+    def _status_line(self) -> str:
+        b = self.engine.bundle.version if self.engine else "?"
+        broker = "off" if not self.publisher else ("connected" if self.publisher.connected else "disconnected")
+        return f"{self.fps:.1f} fps, camera {self.camera_state}, bundle {b}, outbox {self._outbox_depth}, broker {broker}"
+
+    def stats(self) -> dict:
+        st = self.status()
+        return {
+            "uptime_s": st["uptime_s"],
+            "fps": st["fps"],
+            "frames_processed": st["frames_processed"],
+            "frames_skipped": st["frames_skipped"],
+            "frames_failed": st["frames_failed"],
+            "frames_bad": st["frames_bad"],
+            "latency_ms": st["latency_ms"],
+            "inference_ms": st["inference_ms"],
+            "outbox_depth": st["outbox_depth"],
+            "events_started": st["events_started"],
+            "camera_state": st["camera_state"],
+            "cpu_temp_c": cpu_temperature_c(),
+            "disk_free_mb": disk_free_mb(self.state_dir),
+            "rss_mb": st["rss_mb"],
+            "bundle_version": st["bundle_version"],
+        }
+
+    def _housekeeping_loop(self) -> None:
+        last_count, last_t = 0, time.monotonic()
+        next_stats = time.monotonic() + min(5.0, self.cfg.stats_interval_s)
+        next_prune = time.monotonic() + 5.0
+        next_status_line = 0.0
+        next_watchdog = 0.0
+        while not self.stop_event.wait(0.2):
+            now = time.monotonic()
+            if now - last_t >= 1.0:
+                rate = (self.frames_processed - last_count) / (now - last_t)
+                self.fps = rate if self.fps == 0 else 0.5 * self.fps + 0.5 * rate
+                last_count, last_t = self.frames_processed, now
+                self._write_status()
+            wd = self.notifier.watchdog_interval_s
+            if wd and now >= next_watchdog:
+                age = self.last_frame_age_s()
+                flowing = age is not None and age <= self._health_window_s()
+                if flowing or (self.last_frame_mono is None and now - self._t0 < STARTUP_GRACE_S):
+                    self.notifier.watchdog()
+                next_watchdog = now + wd
+            if self.notifier.enabled and now >= next_status_line:
+                self.notifier.status(self._status_line())
+                next_status_line = now + 10.0
+            if now >= next_stats:
+                next_stats = now + self.cfg.stats_interval_s
+                if self.publisher is not None:
+                    try:
+                        self.publisher.publish_stats(self.stats())
+                    except Exception:
+                        log.exception("stats failed")
+                self._check_outbox_fill()
+            if now >= next_prune:
+                next_prune = now + PRUNE_INTERVAL_S
+                self.prune()
+
+    def prune(self) -> None:
+        st = self.cfg.storage
+        try:
+            report = self.journal.prune(st.retention_days, st.max_db_mb)
+        except Exception as exc:
+            log.error("retention failed: %s", exc)
+            return
+        for rel in report.files:
+            try:
+                (self.state_dir / rel).unlink()
+            except OSError:
+                pass
+        if report.frames or report.events:
+            log.info("retention: deleted %d frames and %d events; journal uses %.1f MB", report.frames, report.events, report.used_mb)
+        if report.over_budget:
+            log.warning("journal uses %.1f MB, over storage.max_db_mb=%g, and nothing more may be deleted (undelivered outbox or labelled events)", report.used_mb, st.max_db_mb)
+
+    def _check_outbox_fill(self) -> None:
+        try:
+            used = self.journal.outbox_bytes()
+        except Exception:
+            return
+        fraction = used / (self.cfg.storage.max_db_mb * 1024 * 1024)
+        levels = list(self.cfg.storage.outbox_warn_levels)
+        level = max((i for i, v in enumerate(levels) if fraction >= v), default=-1)
+        if level > self._outbox_level:
+            log.warning(
+                "OUTBOX FILLING: %d undelivered MQTT messages use %.0f%% of storage.max_db_mb (%g MB); broker %s:%d unreachable? (%s)",
+                self._outbox_depth, fraction * 100, self.cfg.storage.max_db_mb, self.cfg.mqtt.host, self.cfg.mqtt.port,
+                self.publisher.last_error if self.publisher else "mqtt disabled",
+            )
+        self._outbox_level = level
+
+
+def run_daemon(cfg: Config, config_path: Optional[str | Path] = None) -> int:
+    """Start, run until a signal (or a finite source ends), stop cleanly; the CLI's `crackd run`."""
+    sup = Supervisor(cfg, config_path)
+    sup.install_signal_handlers()
+    sup.start()
+    return sup.run()

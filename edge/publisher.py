@@ -1,0 +1,362 @@
+"""MQTT publishing with store-and-forward: the outbox in the journal is the source of truth.
+
+paho keeps unacknowledged messages only in memory, so events are never handed
+to paho directly: the daemon writes them to the journal's outbox (in the same
+transaction as the detection), and the `outbox` thread here drains it in id
+order, at most `max_inflight` ahead of the broker's PUBACKs, and deletes a row
+only once its PUBACK arrived. On every new connection the drain restarts from
+the oldest undelivered row; a message created before the current connection was
+established goes out with `replayed: true` (Sparkplug's "historical"). Every
+message carries `seq` (its outbox id, increasing across restarts) and events
+their `uuid`, so a consumer drops duplicates.
+
+Topics, all under `{prefix}/{device_id}/` (payloads: docs/mqtt.md, docs/schemas/):
+  status  retained: `online` birth (version, bundle, started_at, last reload) / `offline` last will
+  camera  retained: camera state and counters
+  event   QoS mqtt.qos (1): event start / update / end
+  stats   QoS 0, every stats_interval_s
+  frame   QoS 0, per-frame results, rate-limited (optional)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import ssl
+import threading
+import time
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_SCHEMA_VERSION = 1
+TOPICS = ("status", "camera", "event", "stats", "frame")
+
+
+def iso(t: Optional[float]) -> Optional[str]:
+    """Wall-clock seconds -> ISO 8601 UTC with milliseconds ('2024-05-01T12:00:00.123Z')."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def cpu_temperature_c(root: str = "/sys/class/thermal") -> Optional[float]:
+    """The CPU temperature where the kernel exposes it (thermal zone 'cpu-thermal' preferred), else None."""
+    zones = sorted(Path(root).glob("thermal_zone*"))
+    readings = []
+    for zone in zones:
+        try:
+            kind = (zone / "type").read_text().strip()
+            milli = int((zone / "temp").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        readings.append((0 if "cpu" in kind or "soc" in kind else 1, milli / 1000.0))
+    return round(sorted(readings)[0][1], 1) if readings else None
+
+
+def disk_free_mb(path: str | Path) -> Optional[float]:
+    try:
+        return round(shutil.disk_usage(path).free / 1024 / 1024, 1)
+    except OSError:
+        return None
+
+
+def rss_mb() -> Optional[float]:
+    """Resident memory of this process (Linux /proc), MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+class Publisher:
+    """One MQTT connection (paho loop thread) plus the outbox drain thread."""
+
+    def __init__(self, config, journal, identity: dict, password: Optional[str] = None):
+        """`config`: edge.config.Config; `identity`: version, bundle_version, bundle_sha256, started_at (ISO)."""
+        self.cfg = config
+        self.m = config.mqtt
+        self.journal = journal
+        self.identity = dict(identity)
+        self.connected = False
+        self.connected_since: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self.published = 0  # outbox messages acknowledged by the broker
+        self.replayed = 0
+        self._password = password
+        self._generation = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._acks: deque = deque()
+        self._inflight: dict[int, int] = {}  # mid -> outbox row id (drain thread only)
+        self._idle = threading.Event()
+        self._camera: Optional[dict] = None
+        self._last_frame_t = 0.0
+        self._thread: Optional[threading.Thread] = None
+        self._logged_unreachable = False
+        self.client = self._make_client()
+
+    # ------------------------------------------------------------------ connection
+
+    def topic(self, name: str) -> str:
+        return self.cfg.topic(name)
+
+    def _status_payload(self, state: str, reason: Optional[str] = None) -> dict:
+        p = {
+            "schema_version": PAYLOAD_SCHEMA_VERSION,
+            "state": state,
+            "device_id": self.cfg.device_id,
+            "version": self.identity.get("version"),
+            "bundle_version": self.identity.get("bundle_version"),
+            "bundle_sha256": self.identity.get("bundle_sha256"),
+            "started_at": self.identity.get("started_at"),
+            "t": iso(time.time()),
+        }
+        if state == "online":
+            p["last_reload"] = self.identity.get("last_reload")
+        else:
+            p["reason"] = reason or "connection lost"
+        return p
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.m
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.cfg.client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        client.max_inflight_messages_set(max(20, 2 * m.max_inflight))
+        client.reconnect_delay_set(min_delay=max(1, int(m.reconnect_min_s)), max_delay=max(1, int(m.reconnect_max_s)))
+        will = self._status_payload("offline", "connection lost")
+        client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
+        if m.username:
+            client.username_pw_set(m.username, self._password)
+        if m.tls.enabled:
+            client.tls_set(
+                ca_certs=m.tls.ca, certfile=m.tls.cert, keyfile=m.tls.key,
+                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            if m.tls.insecure:
+                client.tls_insecure_set(True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_connect_fail = self._on_connect_fail
+        return client
+
+    def start(self) -> None:
+        self.client.connect_async(self.m.host, self.m.port, keepalive=self.m.keepalive)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._drain_loop, name="outbox", daemon=True)
+        self._thread.start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.connected = False
+            self.last_error = f"broker refused the connection: {reason_code}"
+            log.error("MQTT %s:%d refused the connection: %s", self.m.host, self.m.port, reason_code)
+            return
+        self.connected_since = time.time()
+        self._generation += 1
+        self.connected = True
+        self.last_error = None
+        self._logged_unreachable = False
+        log.info("MQTT connected to %s:%d as %s", self.m.host, self.m.port, self.cfg.client_id)
+        client.publish(self.topic("status"), json.dumps(self._status_payload("online")), qos=1, retain=True)
+        if self._camera is not None:
+            client.publish(self.topic("camera"), json.dumps(self._camera), qos=1, retain=True)
+        self._wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self.last_error = f"cannot reach broker {self.m.host}:{self.m.port}"
+        if not self._logged_unreachable:
+            log.warning("MQTT: cannot reach %s:%d; retrying with backoff, events wait in the outbox", self.m.host, self.m.port)
+            self._logged_unreachable = True
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected
+        self.connected = False
+        if was and not self._stop.is_set():
+            self.last_error = f"disconnected: {reason_code}"
+            log.warning("MQTT disconnected from %s:%d (%s); reconnecting, events wait in the outbox", self.m.host, self.m.port, reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # Called by paho's network thread with its message lock held: only hand the mid over.
+        self._acks.append(mid)
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the drain
+
+    def notify(self) -> None:
+        """New outbox rows were committed."""
+        self._idle.clear()
+        self._wake.set()
+
+    def _drain_loop(self) -> None:
+        generation = -1
+        last_sent = 0
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._apply_acks()
+                if self._stop.is_set() and not self.connected:
+                    break
+                if not self.connected:
+                    continue
+                if generation != self._generation:  # new connection: resend everything not acknowledged
+                    generation = self._generation
+                    self._inflight.clear()
+                    last_sent = 0
+                room = self.m.max_inflight - len(self._inflight)
+                if room <= 0:
+                    continue
+                rows = self.journal.outbox_fetch(after_id=last_sent, limit=room)
+                if not rows and not self._inflight:
+                    self._idle.set()
+                    if self._stop.is_set():
+                        break
+                    continue
+                for row in rows:
+                    payload = json.loads(row.payload)
+                    payload["seq"] = row.id
+                    replayed = self.connected_since is not None and row.created_at < self.connected_since
+                    payload["replayed"] = replayed
+                    info = self.client.publish(row.topic, json.dumps(payload, separators=(",", ":")), qos=row.qos, retain=row.retain)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        log.debug("outbox: publish of row %d returned %s; waiting for the connection", row.id, info.rc)
+                        break
+                    if row.qos == 0:
+                        self._acks.append(("row", row.id))  # QoS 0 has no acknowledgement: done once sent
+                    else:
+                        self._inflight[info.mid] = row.id
+                    last_sent = row.id
+                    if replayed:
+                        self.replayed += 1
+                if rows:
+                    self._wake.set()
+            except Exception:
+                log.exception("outbox drain failed; retrying")
+                self._stop.wait(1.0)
+
+    def _apply_acks(self) -> None:
+        done = []
+        while self._acks:
+            item = self._acks.popleft()
+            if isinstance(item, tuple):
+                done.append(item[1])
+                continue
+            row = self._inflight.pop(item, None)
+            if row is not None:
+                done.append(row)
+        if done:
+            self.journal.outbox_ack(done)
+            self.published += len(done)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (True) or `timeout` passes or the broker is away (False)."""
+        deadline = time.monotonic() + timeout
+        self.notify()
+        while time.monotonic() < deadline:
+            if not self.connected:
+                return False
+            if self._idle.wait(0.05) and self.journal.outbox_depth() == 0:
+                return True
+            self._wake.set()
+        return self.journal.outbox_depth() == 0
+
+    def stop(self, reason: str = "shutdown", timeout: float = 2.0) -> None:
+        """Publish `offline` (a clean disconnect suppresses the will), disconnect, stop the threads."""
+        self._stop.set()
+        if self.connected:
+            info = self.client.publish(self.topic("status"), json.dumps(self._status_payload("offline", reason)), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            self._apply_acks()
+        except Exception:
+            pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ------------------------------------------------------------------ direct (non-outbox) messages
+
+    def update_identity(self, **fields) -> None:
+        """Bundle swapped or reload attempted: republish the retained birth."""
+        self.identity.update(fields)
+        if self.connected:
+            self.client.publish(self.topic("status"), json.dumps(self._status_payload("online")), qos=1, retain=True)
+
+    def publish_camera(self, state: str, info: dict) -> None:
+        payload = {
+            "schema_version": PAYLOAD_SCHEMA_VERSION,
+            "device_id": self.cfg.device_id,
+            "state": state,
+            "source": self.cfg.source.type,
+            "t": iso(time.time()),
+            "frames": int(info.get("frames", 0)),
+            "bad_frames": int(info.get("bad_frames", 0)),
+            "stalls": int(info.get("stalls", 0)),
+            "errors": int(info.get("errors", 0)),
+            "reconnects": int(info.get("reconnects", 0)),
+            "last_error": info.get("last_error"),
+        }
+        self._camera = payload
+        if self.connected:
+            self.client.publish(self.topic("camera"), json.dumps(payload), qos=1, retain=True)
+
+    def publish_stats(self, stats: dict) -> bool:
+        if not self.connected:
+            return False
+        payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, "t": iso(time.time()), **stats}
+        return self.client.publish(self.topic("stats"), json.dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def publish_frame(self, frame_payload: dict) -> bool:
+        """Per-frame result at QoS 0, at most `frame_rate` per second; dropped when disconnected."""
+        if not (self.m.publish_frames and self.connected):
+            return False
+        now = time.monotonic()
+        if now - self._last_frame_t < 1.0 / self.m.frame_rate:
+            return False
+        self._last_frame_t = now
+        payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, **frame_payload}
+        return self.client.publish(self.topic("frame"), json.dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def event_payload(record, device_id: str, bundle_version: str, bundle_sha256: str, snapshot: Optional[dict]) -> dict:
+    """The `event` message body for an EventRecord (seq and replayed are added when it is sent)."""
+    return {
+        "schema_version": PAYLOAD_SCHEMA_VERSION,
+        "type": record.kind,
+        "uuid": record.uuid,
+        "revision": record.revision,
+        "device_id": device_id,
+        "started_at": iso(record.started_at),
+        "t": iso(record.t),
+        "ended_at": iso(record.ended_at),
+        "end_reason": record.end_reason,
+        "frames": record.frames,
+        "score": round(float(record.peak_score), 4),
+        "measurements": record.peak_measurements,
+        "peak_frame_seq": record.peak_frame_seq,
+        "bundle_version": bundle_version,
+        "bundle_sha256": bundle_sha256,
+        "snapshot": snapshot,
+    }

@@ -1,0 +1,87 @@
+"""Crack measurement on drawn shapes with known answers."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.measure import measure_mask, skeleton_length, thin
+
+
+def band(length=200, width=6, angle_deg=0.0, size=(480, 640)):
+    """A straight crack of exact width: a filled rotated rectangle (no round caps)."""
+    mask = np.zeros(size, np.uint8)
+    box = cv2.boxPoints(((size[1] / 2, size[0] / 2), (length, width), -angle_deg))
+    cv2.fillPoly(mask, [np.round(box).astype(np.int32)], 255)
+    return mask
+
+
+def test_straight_line_length_within_3_percent_and_width_within_1px():
+    m = measure_mask(band(200, 6))
+    assert m.count == 1
+    c = m.components[0]
+    assert abs(c.length_px - 200) / 200 <= 0.03
+    assert abs(c.max_width_px - 6) <= 1.0
+    assert abs(c.mean_width_px - 6) <= 1.0
+
+
+@pytest.mark.parametrize("angle", [30.0, 45.0, 100.0])
+def test_diagonal_line_length_and_orientation(angle):
+    m = measure_mask(band(200, 5, angle))
+    c = m.components[0]
+    assert abs(c.length_px - 200) / 200 <= 0.03
+    assert abs(c.max_width_px - 5) <= 1.5
+    assert min(abs(c.orientation_deg - angle), 180 - abs(c.orientation_deg - angle)) < 2.0
+
+
+def test_two_separate_cracks_are_two_components():
+    mask = np.zeros((480, 640), np.uint8)
+    cv2.line(mask, (50, 50), (250, 60), 255, 3)
+    cv2.line(mask, (400, 100), (420, 400), 255, 7)
+    m = measure_mask(mask)
+    assert m.count == 2
+    # Sorted by area: the thick one first.
+    assert m.components[0].bbox[0] >= 390 and m.components[1].bbox[0] <= 60
+    assert m.total_area_px == int(np.count_nonzero(mask))
+    assert m.area_fraction == pytest.approx(np.count_nonzero(mask) / mask.size)
+
+
+def test_small_specks_are_ignored():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[10, 10] = mask[50:52, 50:52] = 255
+    m = measure_mask(mask, min_area_px=12)
+    assert m.count == 0 and m.total_area_px == 0 and m.bbox is None
+
+
+def test_millimetres_from_scale():
+    d = measure_mask(band(200, 6), mm_per_pixel=0.5).to_dict()
+    assert d["length_mm"] == pytest.approx(d["length_px"] * 0.5, rel=1e-3)
+    assert d["max_width_mm"] == pytest.approx(d["max_width_px"] * 0.5, rel=1e-2)
+    assert "length_mm" not in measure_mask(band(200, 6)).to_dict()
+
+
+def test_measuring_a_downscaled_mask_reports_frame_pixels():
+    full = band(200, 8)
+    small = cv2.resize(full, (320, 240), interpolation=cv2.INTER_NEAREST)
+    c = measure_mask(small, frame_size=(640, 480)).components[0]
+    assert abs(c.length_px - 200) / 200 <= 0.04
+    assert abs(c.max_width_px - 8) <= 2.0
+    assert abs(c.centroid[0] - 320) < 2 and abs(c.centroid[1] - 240) < 2
+
+
+def test_thinning_gives_one_pixel_skeleton_of_known_length():
+    mask = band(100, 9) > 0
+    skel = thin(mask)
+    assert skel.sum() > 0
+    # One pixel wide: no 2x2 block fully set.
+    assert not (skel[:-1, :-1] & skel[1:, 1:] & skel[:-1, 1:] & skel[1:, :-1]).any()
+    length, ends = skeleton_length(skel)
+    assert len(ends) == 2
+    assert 85 <= length <= 100
+
+
+def test_diagonal_skeleton_counts_sqrt2_per_step():
+    skel = np.eye(50, dtype=np.uint8)
+    length, ends = skeleton_length(skel)
+    assert length == pytest.approx(49 * math.sqrt(2), rel=1e-3)

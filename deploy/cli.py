@@ -13,6 +13,7 @@ ssh://user@host:port). Exit code 0 only when every host succeeded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,16 +38,15 @@ from deploy.push import (
     LocalBundleInvalid,
     PushOptions,
     check_local_bundle,
-    describe_daemon,
     format_table,
     is_signed,
     make_progress,
     read_hosts_file,
     rollout,
     summary_table,
-    wait_until_serving,
 )
-from deploy.ssh import Remote, RemoteError, SSHOptions, SSHUnreachable, remote_join
+from deploy.ssh import Remote, RemoteError, SSHOptions, SSHUnreachable
+from edge.releases import describe_daemon
 
 log = logging.getLogger("crack-deploy")
 
@@ -66,10 +67,11 @@ def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
     p.add_argument("-F", "--ssh-config", type=Path, help="ssh config file (default: ~/.ssh/config as ssh itself reads it)")
     p.add_argument("-o", "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh option, repeatable (e.g. -o Port=2222)")
     p.add_argument("--connect-timeout", type=int, default=10, metavar="S", help="ssh connect timeout (default 10)")
+    p.add_argument("--no-multiplex", action="store_true", help="one SSH connection per command instead of one shared connection per device")
     p.add_argument("--remote-crackd", default="/opt/crackd/venv/bin/crackd", metavar="CMD",
                    help="crackd command on the device, used verbatim as a shell prefix (e.g. 'sudo -n /opt/crackd/venv/bin/crackd')")
-    p.add_argument("--remote-state-dir", default="/var/lib/crackd", metavar="DIR", help="state directory on the device (default /var/lib/crackd)")
-    p.add_argument("--remote-config", metavar="FILE", help="daemon config on the device; when given, its state_dir and release policy are used")
+    p.add_argument("--remote-state-dir", metavar="DIR", help="state directory on the device (default: the device's config, else /var/lib/crackd)")
+    p.add_argument("--remote-config", metavar="FILE", help="daemon config on the device, for its state_dir and release policy (default /etc/crackd/crackd.yaml there)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ssh command lines)")
 
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=3.0, metavar="S", help="it must stay healthy, frames counting up, this long (default 3)")
     p.add_argument("--stage-timeout", type=float, default=600.0, metavar="S", help="seconds allowed for the device-side checks (default 600)")
     p.add_argument("--lock-wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for another deployment on a device (default: fail at once)")
+    p.add_argument("--force", action="store_true", help="deploy even to a device that is not serving healthily before the deploy (the health check after it still applies)")
     p.add_argument("--device-option", action="append", default=[], metavar="FLAG",
                    help="extra flag for the device's `crackd models stage/activate`, repeatable (e.g. --device-option=--max-latency-ms=80)")
     p.add_argument("--remote-tmp", default="/tmp", metavar="DIR", help="upload directory on the device (default /tmp)")
@@ -99,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="serve the previous release again, and wait until it is healthy")
     _common(p)
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds for the previous release to serve healthily (default 60)")
+    p.add_argument("--settle", type=float, default=3.0, metavar="S", help="it must keep processing frames this long (default 3)")
+    p.add_argument("--lock-wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for a deployment in progress (default: fail at once)")
     p.add_argument("--reason", default="manual rollback (crack-deploy)", help="why, for the device history")
     p.add_argument("--who", help="name for the device history")
     p.set_defaults(func=cmd_rollback)
@@ -157,6 +162,32 @@ def _ssh(args) -> SSHOptions:
     return SSHOptions(config_file=args.ssh_config, options=tuple(args.ssh_option), connect_timeout_s=args.connect_timeout)
 
 
+class RemoteFactory:
+    """Makes one Remote per host, each with its own shared-connection socket directory (removed at the end)."""
+
+    def __init__(self, ssh: SSHOptions, multiplex: bool):
+        self.ssh = ssh
+        self._dir = Path(tempfile.mkdtemp(prefix="crackd-ssh-")) if multiplex else None
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, host: str) -> Remote:
+        if self._dir is None:
+            return Remote(host, self.ssh)
+        with self._lock:
+            self._count += 1
+            control = self._dir / f"h{self._count}"
+        control.mkdir(mode=0o700)
+        return Remote(host, dataclasses.replace(self.ssh, control_dir=control))
+
+    def __enter__(self) -> "RemoteFactory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
 def _device(args) -> DeviceSettings:
     return DeviceSettings(crackd=args.remote_crackd, state_dir=args.remote_state_dir, config=args.remote_config,
                           device_options=tuple(getattr(args, "device_option", ()) or ()), tmp_dir=getattr(args, "remote_tmp", "/tmp"))
@@ -196,12 +227,13 @@ def cmd_push(args) -> int:
         source=f"{socket.gethostname()}:{args.bundle.resolve()}",
         health_timeout_s=args.timeout,
         settle_s=args.settle,
+        force=args.force,
         stage_timeout_s=args.stage_timeout,
         lock_wait_s=args.lock_wait,
         command_timeout_s=max(30.0, args.connect_timeout + 30.0),
     )
-    ssh = _ssh(args)
-    results = rollout(hosts, args.bundle, manifest, _device(args), opts, lambda h: Remote(h, ssh), progress, canary=args.canary, parallel=args.parallel)
+    with RemoteFactory(_ssh(args), not args.no_multiplex) as remotes:
+        results = rollout(hosts, args.bundle, manifest, _device(args), opts, remotes, progress, canary=args.canary, parallel=args.parallel)
     return _finish(results, args, summary_table(results))
 
 
@@ -244,18 +276,17 @@ def _rollback_one(host: str, ssh: SSHOptions, dev: DeviceSettings, args, progres
     remote = Remote(host, ssh)
     result = HostResult(host, FAILED)
     try:
-        back = remote.run_json(dev.models("rollback", "--who", _who(args), "--reason", args.reason), 60)
+        progress(host, f"rolling back, waiting up to {args.timeout:g} s for the previous release to serve healthily")
+        back = remote.run_json(dev.models("rollback", "--who", _who(args), "--reason", args.reason, "--wait", f"{args.lock_wait:g}",
+                                          "--wait-healthy", f"{args.timeout:g}", "--settle", f"{args.settle:g}"), 60 + args.timeout + args.lock_wait)
         result.old_version, result.new_version = back.get("from_version"), back.get("version")
-        progress(host, f"rolled back {result.old_version} -> {result.new_version}; waiting for it to serve")
-        ok, why, _ = wait_until_serving(remote, dev, back["version"], back.get("at", ""), PushOptions(who=_who(args), health_timeout_s=args.timeout))
-        if ok:
-            result.outcome, result.message = RESTORED, f"previous release {back['version']} serving again: {why}"
-        else:
-            result.message = why
+        result.outcome, result.message = RESTORED, f"previous release {back['version']} serving again: {back['health']['message']}"
     except SSHUnreachable as exc:
         result.outcome, result.message = UNREACHABLE, str(exc)
     except RemoteError as exc:
-        result.message = str(exc.payload.get("error") or exc)
+        switch = exc.payload.get("switch") or {}
+        result.old_version, result.new_version = switch.get("from_version"), switch.get("version")
+        result.message = str(exc.payload.get("error") or exc) + (" (the switch was made)" if switch else "")
     result.seconds = time.monotonic() - t0
     return result
 

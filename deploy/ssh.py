@@ -38,6 +38,9 @@ class SSHOptions:
     options: tuple[str, ...] = ()  # -o KEY=VALUE ...
     connect_timeout_s: int = 10
     batch_mode: bool = True
+    # Directory for connection-sharing sockets: one SSH connection per device carries all of a
+    # deployment's commands and copies (one handshake instead of a dozen over a Pi's WiFi).
+    control_dir: Path | None = None
 
     def argv(self) -> list[str]:
         """ssh arguments before the destination (also used as rsync's -e command)."""
@@ -47,6 +50,8 @@ class SSHOptions:
         if self.batch_mode:
             args += ["-o", "BatchMode=yes"]
         args += ["-o", f"ConnectTimeout={self.connect_timeout_s}", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
+        if self.control_dir is not None:
+            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=60"]
         for opt in self.options:
             args += ["-o", opt]
         return args
@@ -93,10 +98,25 @@ class Remote:
         """Start a long-running remote command with pipes (the deployment lock session)."""
         return subprocess.Popen(self.command(remote_cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def upload_dir(self, local: Path, remote_dir: str, timeout_s: float) -> str:
+    def close_shared_connection(self) -> None:
+        """End the shared connection (ControlMaster) to this device, if one was opened."""
+        if self.ssh.control_dir is not None:
+            subprocess.run(["ssh", *self.ssh.argv(), "-O", "exit", self.destination], capture_output=True, timeout=15)
+
+    def make_upload_dir(self, parent: str, timeout_s: float) -> tuple[str, bool]:
+        """Create a fresh directory under `parent` on the device; returns (path, whether the device has rsync)."""
+        template = shlex.quote(f"{parent.rstrip('/')}/crackd-upload.XXXXXX")
+        out = self.run(f"mktemp -d {template} && if command -v rsync >/dev/null 2>&1; then echo rsync; else echo no-rsync; fi", timeout_s).stdout.split()
+        if len(out) != 2 or not out[0].startswith("/"):
+            raise RemoteError(self.destination, f"could not create an upload directory under {parent} (got {' '.join(out)!r})")
+        return out[0], out[1] == "rsync"
+
+    def upload_dir(self, local: Path, remote_dir: str, timeout_s: float, remote_has_rsync: bool | None = None) -> str:
         """Copy directory `local`'s contents into existing `remote_dir`; rsync when both sides have it, else scp. Returns the tool used."""
         local = Path(local)
-        if shutil.which("rsync") and self.run("command -v rsync", timeout_s=30, check=False).returncode == 0:
+        if remote_has_rsync is None:
+            remote_has_rsync = self.run("command -v rsync", timeout_s=30, check=False).returncode == 0
+        if shutil.which("rsync") and remote_has_rsync:
             port = self._uri_port()
             ssh_cmd = shlex.join(["ssh", *self.ssh.argv(), *(["-p", port] if port else [])])
             argv = ["rsync", "-rtL", "--delete", "--chmod=D755,F644", "-e", ssh_cmd, f"{local}/", f"{self._host_for_copy()}:{remote_dir}/"]

@@ -41,7 +41,7 @@ def register(sub) -> None:
     def add(name: str, help_text: str, func, lock=False) -> argparse.ArgumentParser:
         p = msub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", type=Path, help=f"daemon config to read state_dir and release policy from (default {DEFAULT_CONFIG} when it exists)")
-        p.add_argument("--state-dir", type=Path, help=f"state directory (overrides the config; default {DEFAULT_STATE_DIR})")
+        p.add_argument("--state-dir", type=Path, help=f"state directory (overrides the config's storage.state_dir; default {DEFAULT_STATE_DIR})")
         p.add_argument("--json", action="store_true", help="print one JSON object (for crack-deploy)")
         if lock:
             p.add_argument("--who", help="who is deploying, for the history (default: user@ssh-client)")
@@ -63,10 +63,12 @@ def register(sub) -> None:
     p = add("activate", "serve a staged release: atomic switch of models/current, then SIGHUP the daemon", _cmd_activate, lock=True)
     p.add_argument("version", metavar="VERSION")
     p.add_argument("--reason", help="why, for the history")
+    _wait_flags(p)
     _policy_flags(p)
 
     p = add("rollback", "serve the previous release again", _cmd_rollback, lock=True)
     p.add_argument("--reason", help="why, for the history")
+    _wait_flags(p)
 
     p = add("confirm", "record that VERSION is serving and healthy (crack-deploy does this after its health check)", _cmd_confirm, lock=True)
     p.add_argument("version", metavar="VERSION")
@@ -74,6 +76,12 @@ def register(sub) -> None:
 
     p = add("lock", "hold the device lock until stdin closes (crack-deploy holds it for a whole deployment)", _cmd_lock, lock=True)
     p.add_argument("--max-hold", type=float, default=3600.0, metavar="S", help="release after S seconds even if stdin stays open (default 3600)")
+
+
+def _wait_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait-healthy", type=float, metavar="S",
+                   help="then wait up to S seconds for the daemon to serve it healthily (exit 1 if it does not; the switch stays)")
+    p.add_argument("--settle", type=float, default=3.0, metavar="S", help="with --wait-healthy: frames must keep flowing this long (default 3)")
 
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
@@ -87,8 +95,8 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
 
 def _load_config(args):
     path = args.config
-    if path is None and args.state_dir is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG  # the installed device's policy applies unless flags override it
     if path is None:
         return None
     try:
@@ -151,7 +159,7 @@ def _run(func, args) -> int:
 def _fail(args, exc: Exception, code: int) -> int:
     message = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
     if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": message, "kind": type(exc).__name__}), flush=True)
+        print(json.dumps({"ok": False, "error": message, "kind": type(exc).__name__, **getattr(exc, "payload", {})}, default=str), flush=True)
     print(f"crackd models {args.models_command}: {message}", file=sys.stderr)
     return code
 
@@ -231,17 +239,21 @@ def _switch_output(result, args) -> dict | None:
         return result.as_dict()
     verb = "activated" if result.action == "activate" else "rolled back to"
     print(f"{verb} {result.version} (was {result.from_version or 'none'}); {result.daemon.get('message', '')}")
+    if result.health:
+        print(result.health["message"])
     if result.removed:
         print(f"removed old releases: {', '.join(result.removed)}")
     return None
 
 
 def _cmd_activate(rel: Releases, args) -> dict | None:
-    return _switch_output(rel.activate(args.version, who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason), args)
+    return _switch_output(rel.activate(args.version, who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason,
+                                       wait_healthy_s=args.wait_healthy, settle_s=args.settle), args)
 
 
 def _cmd_rollback(rel: Releases, args) -> dict | None:
-    return _switch_output(rel.rollback(who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason), args)
+    return _switch_output(rel.rollback(who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason,
+                                       wait_healthy_s=args.wait_healthy, settle_s=args.settle), args)
 
 
 def _cmd_confirm(rel: Releases, args) -> dict | None:
@@ -260,8 +272,9 @@ def _cmd_lock(rel: Releases, args) -> dict | None:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
     try:
-        line = {"ok": True, "locked": True, "token": lock.token, "holder": lock.holder()} if args.json else f"locked {rel.layout.models} (token {lock.token}); close stdin to release"
-        print(json.dumps(line) if args.json else line, flush=True)
+        line = ({"ok": True, "locked": True, "token": lock.token, "holder": lock.holder(), "status": rel.status()} if args.json
+                else f"locked {rel.layout.models} (token {lock.token}); close stdin to release")
+        print(json.dumps(line, default=str) if args.json else line, flush=True)
         deadline = time.monotonic() + args.max_hold
         while not stop and time.monotonic() < deadline:
             ready, _, _ = select.select([sys.stdin], [], [], 0.5)

@@ -58,6 +58,7 @@ class FolderOptions:
     path: Optional[str] = _opt(None, "directory of image files (jpg, png, bmp, tif, webp), read in sorted name order")
     fps: float = _opt(10.0, "replay rate; 0 = as fast as the pipeline takes them (no frame skipped, for bench runs)", min=0, max=10000)
     loop: bool = _opt(True, "start again at the first file after the last (false: the daemon stops when done)")
+    cache_mb: float = _opt(0.0, "looped replays: keep decoded frames in memory up to this many MB (bench rigs; 0 = decode every time)", min=0, max=4096)
 
 
 @dataclass(frozen=True)
@@ -348,7 +349,8 @@ def _check_range(value, meta, node, path, filename, expected):
             meta.get("gt") is not None and v <= meta["gt"]
         )
         if bad:
-            _fail(filename, node, path, f"expected {expected}{_range_text(meta)}, got {_describe(value)}")
+            shown = node.value if isinstance(node, yaml.ScalarNode) else _describe(value)  # as written in the file
+            _fail(filename, node, path, f"expected {expected}{_range_text(meta)}, got {shown}")
     if isinstance(value, str):
         if meta.get("min_len") and len(value) < meta["min_len"]:
             _fail(filename, node, path, f"expected a non-empty string")
@@ -431,7 +433,7 @@ def _build(cls, node, prefix: str, filename: str):
 def _close_match(key: str, known) -> Optional[str]:
     import difflib
 
-    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
+    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return matches[0] if matches else None
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from edge import __version__
 from edge.bundle import BundleError, LoadedBundle, load_bundle
 from edge.config import Config, ConfigError, load_config
-from edge.decision import END, START, Decision, DecisionParams, FrameObservation
+from edge.decision import END, START, Decision, DecisionParams, EventRecord, FrameObservation
 from edge.journal import EventWrite, FrameRow, Journal, JournalError, OutboxMessage
 from edge.notify import Notifier
 from edge.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, iso, rss_mb
@@ -54,29 +54,37 @@ class StartupError(Exception):
 
 
 class FrameSlot:
-    """A one-frame mailbox between capture and inference: the newest frame wins."""
+    """The mailbox between capture and inference.
 
-    def __init__(self):
+    Live sources (`put(wait=False)`): one frame, the newest wins, each replaced frame counted
+    as skipped, so inference always works on the latest picture and nothing queues up.
+    Replayed sources (`wait=True`: files at fps 0): a short bounded queue the source blocks on,
+    so every frame is processed and decoding runs ahead of inference.
+    """
+
+    def __init__(self, depth: int = 4):
         self._cond = threading.Condition()
-        self._frame: Optional[Frame] = None
+        self._frames: deque = deque()
+        self.depth = depth
         self.skipped = 0
         self.closed = False
 
     def put(self, frame: Frame, wait: bool = False, stop: Optional[threading.Event] = None) -> None:
         with self._cond:
             if wait:
-                while self._frame is not None and not self.closed and not (stop and stop.is_set()):
+                while len(self._frames) >= self.depth and not self.closed and not (stop and stop.is_set()):
                     self._cond.wait(0.1)
-            if self._frame is not None:
-                self.skipped += 1
-            self._frame = frame
+            else:
+                self.skipped += len(self._frames)
+                self._frames.clear()
+            self._frames.append(frame)
             self._cond.notify_all()
 
     def get(self, timeout: float) -> Optional[Frame]:
         with self._cond:
-            if self._frame is None and not self.closed:
+            if not self._frames and not self.closed:
                 self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
+            frame = self._frames.popleft() if self._frames else None
             self._cond.notify_all()
             return frame
 
@@ -158,6 +166,10 @@ class _RateLimitedLog:
 
 
 class Supervisor:
+    # Frames older than this (or 3 frame periods, or 2 read timeouts for cameras) mean "not healthy":
+    # status.json says so and the watchdog pings stop.
+    HEALTH_WINDOW_MIN_S = 5.0
+
     def __init__(self, config: Config, config_path: Optional[str | Path] = None, notifier: Optional[Notifier] = None):
         self.cfg = config
         self.config_path = Path(config_path) if config_path else None
@@ -212,13 +224,14 @@ class Supervisor:
             self.engine = build_engine(cfg)
         except (BundleError, RuntimeUnavailable, ValueError) as exc:
             self._release_pid_file()
-            raise StartupError(f"model bundle {cfg.bundle_dir()}: {exc}") from None
+            raise StartupError(f"model.bundle: {exc}") from None
         self.decision = Decision(decision_params(cfg, self.engine.bundle))
         try:
             self.journal = Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
         except (JournalError, OSError) as exc:
             self._release_pid_file()
             raise StartupError(str(exc)) from None
+        self._close_interrupted_events()
         if cfg.mqtt.enabled:
             try:
                 password = cfg.mqtt_password()
@@ -242,6 +255,24 @@ class Supervisor:
         )
         self._write_status()
         self.notifier.ready(self._status_line())
+
+    def _close_interrupted_events(self) -> None:
+        """Events left open by a crash or power cut are ended now (reason `interrupted`) and announced."""
+        for row in self.journal.list_events(state="open", newest_first=False):
+            record = EventRecord(
+                kind=END, uuid=row["uuid"], revision=int(row["revision"]) + 1, started_at=row["started_at"], t=time.time(),
+                ended_at=row["updated_at"], frames=row["frames"], peak_score=row["peak_score"],
+                peak_measurements=row["peak_measurements"], peak_frame_seq=row["peak_frame_seq"],
+                first_frame_seq=row["first_frame_seq"], last_frame_seq=row["last_frame_seq"], end_reason="interrupted",
+            )
+            write = EventWrite(record, row["bundle_version"], row["bundle_sha256"], row["device_id"] or self.cfg.device_id)
+            messages = []
+            if self.cfg.mqtt.enabled:
+                snap = {"frame": row["snapshot"], "overlay": row["overlay"], "frame_seq": None} if row["snapshot"] else None
+                payload = event_payload(record, write.device_id, write.bundle_version, write.bundle_sha256, snap)
+                messages.append(OutboxMessage(self.cfg.topic("event"), payload, self.cfg.mqtt.qos, False, record.uuid))
+            self.journal.record(None, [write], messages)
+            log.warning("event %s was left open by an interrupted run; ended it (reason: interrupted)", record.uuid)
 
     def _spawn(self, name, target) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -605,7 +636,7 @@ class Supervisor:
     def _health_window_s(self) -> float:
         s = self.cfg.source
         fps = {"synthetic": s.synthetic.fps, "folder": s.folder.fps, "opencv": s.opencv.fps, "picamera2": s.picamera2.fps}.get(s.type, 0.0)
-        return max(5.0, 3.0 / fps if fps else 0.0, 2.0 * s.read_timeout_s if s.type in ("opencv", "picamera2") else 0.0)
+        return max(self.HEALTH_WINDOW_MIN_S, 3.0 / fps if fps else 0.0, 2.0 * s.read_timeout_s if s.type in ("opencv", "picamera2") else 0.0)
 
     def last_frame_age_s(self) -> Optional[float]:
         return None if self.last_frame_mono is None else time.monotonic() - self.last_frame_mono

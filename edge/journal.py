@@ -181,8 +181,12 @@ def integrity_check(path: Path) -> Optional[str]:
             conn.close()
     except sqlite3.DatabaseError as exc:
         return str(exc)
-    problems = [r[0] for r in rows if r[0] != "ok"]
-    return "; ".join(problems[:3]) if problems else None
+    problems = [line.strip() for r in rows if r[0] != "ok" for line in str(r[0]).splitlines()
+                if line.strip() and not line.startswith("***")]
+    if not problems:
+        return None
+    more = f" and {len(problems) - 2} more problems" if len(problems) > 2 else ""
+    return "; ".join(problems[:2]) + more
 
 
 class Journal:

@@ -100,7 +100,6 @@ class Publisher:
         self._stop = threading.Event()
         self._acks: deque = deque()
         self._inflight: dict[int, int] = {}  # mid -> outbox row id (drain thread only)
-        self._idle = threading.Event()
         self._camera: Optional[dict] = None
         self._last_frame_t = 0.0
         self._thread: Optional[threading.Thread] = None
@@ -201,7 +200,6 @@ class Publisher:
 
     def notify(self) -> None:
         """New outbox rows were committed."""
-        self._idle.clear()
         self._wake.set()
 
     def _drain_loop(self) -> None:
@@ -225,7 +223,6 @@ class Publisher:
                     continue
                 rows = self.journal.outbox_fetch(after_id=last_sent, limit=room)
                 if not rows and not self._inflight:
-                    self._idle.set()
                     if self._stop.is_set():
                         break
                     continue
@@ -266,16 +263,15 @@ class Publisher:
             self.published += len(done)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the outbox is empty (True) or `timeout` passes or the broker is away (False)."""
+        """Wait until the outbox is empty (True) or `timeout` passes (False); a broker reconnecting meanwhile is waited for."""
         deadline = time.monotonic() + timeout
-        self.notify()
-        while time.monotonic() < deadline:
-            if not self.connected:
-                return False
-            if self._idle.wait(0.05) and self.journal.outbox_depth() == 0:
+        while True:
+            if self.journal.outbox_depth() == 0:  # rows go only after their PUBACK: empty = all delivered
                 return True
+            if time.monotonic() >= deadline:
+                return False
             self._wake.set()
-        return self.journal.outbox_depth() == 0
+            time.sleep(0.05)
 
     def stop(self, reason: str = "shutdown", timeout: float = 2.0) -> None:
         """Publish `offline` (a clean disconnect suppresses the will), disconnect, stop the threads."""

@@ -39,7 +39,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.bundle import BundleError, load_bundle, manifest_sha256, read_manifest, verify_files
-from edge.selftest import measure_latency, run_cascade, run_golden
 from edge.signing import DEFAULT_ALLOWED_SIGNERS, SIGNATURE, SignatureError, verify_bundle_signature
 
 log = logging.getLogger(__name__)
@@ -72,6 +71,18 @@ class NothingToRollBack(ReleaseError):
 
 class LatencyTooHigh(BundleError):
     pass
+
+
+class NotHealthy(ReleaseError):
+    """The switch was made but the daemon did not serve the release healthily in time; `result` says what was switched."""
+
+    def __init__(self, message: str, result: "SwitchResult"):
+        super().__init__(message)
+        self.result = result
+
+    @property
+    def payload(self) -> dict:
+        return {"switch": self.result.as_dict()}
 
 
 class DeviceBusy(ReleaseError):
@@ -164,13 +175,14 @@ class SwitchResult:
     at: str = ""  # device clock, ISO 8601 UTC: a daemon reload after this belongs to this switch
     daemon: dict = field(default_factory=dict)  # {pid, signalled, message}
     removed: list[str] = field(default_factory=list)  # releases pruned
+    health: dict | None = None  # {ok, message} when asked to wait until the daemon serves the release
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+def now_iso(timespec: str = "seconds") -> str:
+    return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def default_who() -> str:
@@ -244,6 +256,33 @@ def _looks_like_crackd(pid: int) -> bool:
     except OSError:
         return True  # hidden by hidepid= etc.: trust the pid file
     return b"crackd" in cmdline or b"edge.cli" in cmdline
+
+
+def describe_daemon(status: dict, version: str | None) -> str:
+    """One phrase on why the daemon does not count as serving `version` healthily (from `Releases.status()`)."""
+    d = status.get("daemon")
+    if not d:
+        return "daemon not running (no status.json)"
+    if not d.get("pid_alive"):
+        return f"daemon not running (pid {d.get('pid')} is gone)"
+    age = d.get("status_age_s")
+    if age is None or age > STATUS_FRESH_S:
+        return f"daemon status is {age} s old (daemon hung?)"
+    if version and d.get("bundle_version") != version:
+        return f"daemon serves {d.get('bundle_version')}, not {version}"
+    if not d.get("healthy"):
+        return (f"daemon unhealthy: camera {d.get('camera_state')}, last frame {d.get('last_frame_age_s')} s ago, "
+                f"{d.get('frames_failed', 0)} frames failed, {d.get('fps', 0)} fps")
+    return "healthy"
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "message": self.message}
 
 
 class DeviceLock:
@@ -410,6 +449,45 @@ class Releases:
             "last": history[-1] if history else None,
         }
 
+    def wait_serving(self, version: str, since_iso: str, timeout_s: float, settle_s: float = 3.0, poll_s: float = 0.25) -> Health:
+        """Wait until the daemon serves `version` healthily, with frames counting up for `settle_s`.
+
+        Fails early when the daemon reports a reload after `since_iso` that
+        failed (it refused the bundle and kept the previous one). Reads only
+        STATE/status.json and the links, so it is cheap to poll often.
+        """
+        since = _parse_iso(since_iso) or 0.0
+        deadline = time.monotonic() + timeout_s
+        healthy_since: float | None = None
+        frames0 = 0
+        last = "no status yet"
+        while True:
+            st = self.status()
+            d = st["daemon"] or {}
+            reload = d.get("last_reload") or {}
+            reload_ts = _parse_iso(reload.get("time"))
+            if reload and reload.get("ok") is False and reload_ts is not None and reload_ts >= since:
+                return Health(False, f"daemon refused {version} at reload: {reload.get('error')}")
+            if st["current"] != version:
+                return Health(False, f"models/current changed to {st['current']} while waiting (someone else?)")
+            now = time.monotonic()
+            if st["serving_current"]:
+                frames = int(d.get("frames_processed") or 0)
+                if healthy_since is None:
+                    healthy_since, frames0 = now, frames
+                elif now - healthy_since >= settle_s and frames > frames0:
+                    return Health(True, f"serving {version}, healthy, {float(d.get('fps') or 0):.1f} fps")
+                last = f"serving {version}, settling"
+            else:
+                healthy_since = None
+                last = describe_daemon(st, version)
+            if now >= deadline:
+                break
+            time.sleep(poll_s)
+        if healthy_since is not None:
+            last = f"no new frames processed for {settle_s:g} s after the switch"
+        return Health(False, f"not serving {version} healthily within {timeout_s:g} s: {last}")
+
     # ------------------------------------------------------------------ history
 
     def record(self, action: str, version: str | None, outcome: str, who: str, **extra) -> dict:
@@ -487,6 +565,7 @@ class Releases:
         return None
 
     def _verify(self, staging: Path, version: str) -> StageReport:
+        from edge.selftest import measure_latency, run_cascade, run_golden  # OpenCV: only needed here
         manifest = read_manifest(staging)
         if manifest.bundle_version != version:
             raise InvalidVersion(f"{staging}: bundle_version changed during the copy ({version} -> {manifest.bundle_version})")
@@ -513,8 +592,13 @@ class Releases:
             for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
                 os.lchown(name, st.st_uid, st.st_gid)
 
-    def activate(self, version: str, who: str | None = None, wait_s: float = 0.0, token: str | None = None, reason: str | None = None) -> SwitchResult:
-        """Point `current` at staged release `version` (atomically) and tell the daemon to reload."""
+    def activate(self, version: str, who: str | None = None, wait_s: float = 0.0, token: str | None = None, reason: str | None = None,
+                 wait_healthy_s: float | None = None, settle_s: float = 3.0) -> SwitchResult:
+        """Point `current` at staged release `version` (atomically) and tell the daemon to reload.
+
+        With `wait_healthy_s`, also wait for the daemon to serve it healthily:
+        recorded as `confirm healthy` when it does, NotHealthy raised when not
+        (the switch stays; the caller decides whether to roll back)."""
         who = who or default_who()
         check_version(version)
         with self.lock(who, f"activate {version}").held(wait_s, token):
@@ -531,16 +615,30 @@ class Releases:
             old = self.current_version()
             result = self._switch("activate", version, old, who, reason)
             result.removed = self.prune()
+            if wait_healthy_s is not None:
+                self._await_health(result, who, wait_healthy_s, settle_s)
             return result
 
-    def rollback(self, who: str | None = None, wait_s: float = 0.0, token: str | None = None, reason: str | None = None) -> SwitchResult:
-        """Serve the previous release again (current and previous swap)."""
+    def _await_health(self, result: SwitchResult, who: str, timeout_s: float, settle_s: float) -> None:
+        health = self.wait_serving(result.version, result.at, timeout_s, settle_s)
+        result.health = health.as_dict()
+        if not health.ok:
+            self.record("health", result.version, "unhealthy", who, message=health.message)
+            raise NotHealthy(health.message, result)
+        self.record("confirm", result.version, "healthy", who, message=health.message)
+
+    def rollback(self, who: str | None = None, wait_s: float = 0.0, token: str | None = None, reason: str | None = None,
+                 wait_healthy_s: float | None = None, settle_s: float = 3.0) -> SwitchResult:
+        """Serve the previous release again (current and previous swap); optionally wait until it serves healthily."""
         who = who or default_who()
         with self.lock(who, "rollback").held(wait_s, token):
             old, prev = self.current_version(), self.previous_version()
             if not prev or not self.layout.release(prev).is_dir():
                 raise NothingToRollBack(f"{self.layout.models}: no previous release to roll back to (current: {old or 'none'})")
-            return self._switch("rollback", prev, old, who, reason)
+            result = self._switch("rollback", prev, old, who, reason)
+            if wait_healthy_s is not None:
+                self._await_health(result, who, wait_healthy_s, settle_s)
+            return result
 
     def confirm(self, version: str, who: str | None = None, token: str | None = None, message: str | None = None) -> dict:
         """Record that `version` was seen serving and healthy after a deployment."""
@@ -549,7 +647,7 @@ class Releases:
             return self.record("confirm", version, "healthy", who, message=message)
 
     def _switch(self, action: str, version: str, old: str | None, who: str, reason: str | None) -> SwitchResult:
-        at = now_iso()
+        at = now_iso("milliseconds")
         if old == version:
             daemon = {"signalled": False, "message": f"{version} is already current"}
         else:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = {
-    "ai-edge-litert": "ai_edge_litert.interpreter",
-    "tflite-runtime": "tflite_runtime.interpreter",
-    "tensorflow": "tensorflow.lite",
+RUNTIMES = {  # name -> (module, attribute holding the Interpreter class)
+    "ai-edge-litert": ("ai_edge_litert.interpreter", "Interpreter"),
+    "tflite-runtime": ("tflite_runtime.interpreter", "Interpreter"),
+    "tensorflow": ("tensorflow", "lite.Interpreter"),
 }
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
@@ -34,12 +34,15 @@ def load_interpreter_class(preference: str = "auto") -> tuple[str, type]:
     names = list(RUNTIMES) if preference == "auto" else [preference]
     errors = []
     for name in names:
+        module_name, attribute = RUNTIMES[name]
         try:
-            module = importlib.import_module(RUNTIMES[name])
+            found = importlib.import_module(module_name)
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
             continue
-        return name, module.Interpreter
+        for part in attribute.split("."):
+            found = getattr(found, part)
+        return name, found
     hint = "pip install ai-edge-litert (or tflite-runtime on Raspberry Pi OS Bookworm with numpy<2)"
     raise RuntimeUnavailable(f"no TFLite runtime could be imported ({'; '.join(errors)}); {hint}")
 

@@ -171,17 +171,23 @@ class FolderSource(FrameSource):
 
     The listing is refreshed at each pass. A file that cannot be decoded is
     counted in `health.bad_frames` and skipped; the folder disappearing is a
-    `SourceError` (the wrapper reconnects when it is back).
+    `SourceError` (the wrapper reconnects when it is back). With `cache_mb`, a
+    looped replay keeps decoded frames (read-only arrays) up to that budget, so
+    bench rigs measure the pipeline rather than JPEG decoding; a file that
+    changes (size or mtime) is read again.
     """
 
     name = "folder"
 
-    def __init__(self, path, fps=10.0, loop=True, stop=None):
+    def __init__(self, path, fps=10.0, loop=True, stop=None, cache_mb: float = 0.0):
         super().__init__()
         self.path = Path(path)
         self.loop = loop
         self.pacer = _Pacer(fps, stop)
         self.lossless = not fps
+        self.cache_bytes = int(cache_mb * 1024 * 1024) if loop else 0
+        self._cache: dict[Path, tuple[int, int, np.ndarray]] = {}
+        self._cached_bytes = 0
         self._files: list[Path] = []
         self._pos = 0
         self._passes = 0
@@ -210,13 +216,15 @@ class FolderSource(FrameSource):
                 self.open()
             path = self._files[self._pos]
             self._pos += 1
+            if self.cache_bytes:
+                rgb = self._cached(path)
+                if rgb is not None:
+                    self._good_this_pass += 1
+                    self.pacer.wait()
+                    return self._frame(rgb, ref=path.name)
             data = None
             try:
                 data = np.fromfile(path, dtype=np.uint8)
-            except FileNotFoundError:
-                if not self.path.is_dir():
-                    self._pos -= 1
-                    raise SourceError(f"{self.path}: folder disappeared") from None
             except OSError as exc:
                 if not self.path.is_dir():
                     self._pos -= 1
@@ -228,8 +236,35 @@ class FolderSource(FrameSource):
                 log.warning("folder source: %s is not a readable image; skipped (%d bad so far)", path.name, self.health.bad_frames)
                 continue
             self._good_this_pass += 1
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            if self.cache_bytes:
+                self._remember(path, rgb)
             self.pacer.wait()
-            return self._frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), ref=path.name)
+            return self._frame(rgb, ref=path.name)
+
+    def _cached(self, path: Path) -> Optional[np.ndarray]:
+        entry = self._cache.get(path)
+        if entry is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return entry[2] if (st.st_size, st.st_mtime_ns) == entry[:2] else None
+
+    def _remember(self, path: Path, rgb: np.ndarray) -> None:
+        if self._cached_bytes + rgb.nbytes > self.cache_bytes:
+            return
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        rgb.flags.writeable = False  # shared by every replay of this file: nobody may draw on it
+        old = self._cache.get(path)
+        if old is not None:
+            self._cached_bytes -= old[2].nbytes
+        self._cache[path] = (st.st_size, st.st_mtime_ns, rgb)
+        self._cached_bytes += rgb.nbytes
 
 
 # --------------------------------------------------------------------------- opencv
@@ -519,7 +554,7 @@ def make_source(cfg, stop: Optional[threading.Event] = None) -> FrameSource:
         return SyntheticSource(o.width, o.height, o.fps, o.crack_probability, o.hold_frames, o.seed, stop=stop)
     if t == "folder":
         o = cfg.folder
-        return FolderSource(o.path, o.fps, o.loop, stop=stop)
+        return FolderSource(o.path, o.fps, o.loop, stop=stop, cache_mb=o.cache_mb)
     if t == "opencv":
         o = cfg.opencv
         return OpenCVSource(o.url, o.index, o.width, o.height, o.fps, o.loop, o.open_timeout_s, cfg.read_timeout_s, stop=stop)

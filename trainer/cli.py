@@ -137,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from trainer.datasets import DatasetError
+    from trainer.export import ExportError
 
     try:
         return args.func(args)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
         print(f"crack-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -62,7 +62,8 @@ def convert_int8(model, calibration: np.ndarray) -> bytes:
         raise ExportError(f"{model.name}: cannot be converted to full-integer INT8 (an op has no integer kernel?): {first.strip()}") from None
     floats = float_tensors(TFLiteModel(content=content))
     if floats:
-        raise ExportError(f"{model.name}: INT8 model still has {len(floats)} float tensors (e.g. {floats[0]}); not full-integer")
+        raise ExportError(f"{model.name}: cannot be converted to full-integer INT8: {len(floats)} float tensors remain "
+                          f"(e.g. {floats[0]}), so some op has no integer kernel; replace it with an INT8-friendly layer")
     return content
 
 
@@ -88,7 +89,8 @@ def tflite_predict(model: TFLiteModel, images: np.ndarray) -> np.ndarray:
 def calibration_set(run_dir: Path, size: int, n: int, seed: int) -> np.ndarray:
     """`n` real training images (from the run's splits.json) through the device preprocessing."""
     files = json.loads((run_dir / "splits.json").read_text())["files"]
-    paths = [p for parts in files.values() for p in parts.get("train", []) if "@" not in p and not p.startswith("synth:")]
+    # Patches cut from segmentation images are named "file@x,y": calibrate on their whole source image.
+    paths = sorted({p.split("@")[0] for parts in files.values() for p in parts.get("train", []) if not p.startswith("synth:")})
     rng = np.random.default_rng(seed)
     rng.shuffle(paths)
     images = []

@@ -42,27 +42,27 @@ def data_folders(manifest_raw: dict) -> list[str]:
     return seen
 
 
-def bundle_sources(manifest_raw: dict, extra_folders: list[str] = ()) -> list[dict]:
-    """One entry per data folder: folder, dataset, content, licence, citation, source (where the text came from)."""
+def source_entry(folder: str | Path, stored: dict | None = None) -> dict:
+    """folder, dataset, content, licence, citation, source_repo and `from` (where the text came from) for one data folder."""
+    name = Path(folder).name
+    source_txt = Path(folder) / SOURCE_FILE
+    if source_txt.is_file():
+        f = read_source_txt(source_txt)
+        return {"folder": name, "path": str(folder), "dataset": f.get("dataset", ""), "content": f.get("content", ""),
+                "licence": f.get("licence", ""), "citation": f.get("citation", ""), "source_repo": f.get("source repo", ""),
+                "from": str(source_txt)}
+    if stored:
+        return {"folder": name, "path": str(folder), "dataset": stored.get("dataset", ""), "content": stored.get("content", ""),
+                "licence": stored.get("licence", ""), "citation": stored.get("citation", ""), "source_repo": "",
+                "from": "manifest.json data.sources"}
+    return {"folder": name, "path": str(folder), "dataset": "", "content": "", "licence": "", "citation": "", "source_repo": "",
+            "from": f"not recorded (no {SOURCE_FILE} in the folder)"}
+
+
+def bundle_sources(manifest_raw: dict) -> list[dict]:
+    """One entry per data folder the bundle's training runs used."""
     stored = {s.get("folder"): s for s in manifest_raw.get("data", {}).get("sources", []) if isinstance(s, dict)}
-    entries = []
-    for folder in [*data_folders(manifest_raw), *[f for f in extra_folders if f not in data_folders(manifest_raw)]]:
-        name = Path(folder).name
-        source_txt = Path(folder) / SOURCE_FILE
-        if source_txt.is_file():
-            f = read_source_txt(source_txt)
-            entries.append({"folder": name, "path": str(folder), "dataset": f.get("dataset", ""), "content": f.get("content", ""),
-                            "licence": f.get("licence", ""), "citation": f.get("citation", ""),
-                            "source_repo": f.get("source repo", ""), "from": str(source_txt)})
-        elif name in stored:
-            s = stored[name]
-            entries.append({"folder": name, "path": str(folder), "dataset": s.get("dataset", ""), "content": s.get("content", ""),
-                            "licence": s.get("licence", ""), "citation": s.get("citation", ""), "source_repo": "",
-                            "from": "manifest.json data.sources"})
-        else:
-            entries.append({"folder": name, "path": str(folder), "dataset": "", "content": "", "licence": "", "citation": "",
-                            "source_repo": "", "from": "not recorded (no SOURCE.txt found)"})
-    return entries
+    return [source_entry(folder, stored.get(Path(folder).name)) for folder in data_folders(manifest_raw)]
 
 
 def bundle_runs(manifest_raw: dict) -> list[dict]:

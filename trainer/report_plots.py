@@ -17,9 +17,20 @@ import numpy as np  # noqa: E402
 VARIANT_STYLE = {"int8": {"color": "tab:blue", "linestyle": "-"}, "fp32": {"color": "tab:orange", "linestyle": "--"}}
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, palette: bool = False) -> Path:
+    """Write a PNG; `palette` stores photo-heavy figures with 256 colours (about a third of the bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    if not palette:
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+    else:
+        from io import BytesIO
+
+        from PIL import Image
+
+        buf = BytesIO()
+        fig.savefig(buf, format="png", dpi=75, bbox_inches="tight")
+        buf.seek(0)
+        Image.open(buf).convert("RGB").quantize(256).save(path, optimize=True)
     plt.close(fig)
     return path
 
@@ -66,13 +77,13 @@ def threshold_sweep(curves: dict[str, dict], threshold: float, title: str, path:
             ax.plot(c["threshold"], c[key], color=colour, linestyle=dash,
                     label=f"{f1_label if key == 'f1' else key} {variant.upper()}")
     ax.axvline(threshold, color="grey", linewidth=1)
-    ax.text(threshold, 0.02, f" bundle threshold {threshold:.2f}", color="grey", fontsize=8)
+    ax.text(threshold, 1.04, f"bundle threshold {threshold:.2f}", color="grey", fontsize=8, ha="center")
     ax.set_xlabel("threshold on P(crack)")
     ax.set_ylim(0, 1.02)
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower center")
-    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.set_title(title, fontsize=10, pad=16)
     return _save(fig, path)
 
 
@@ -88,7 +99,7 @@ def overlay_grid(images: np.ndarray, true_masks: np.ndarray, predictions: dict[s
     """Rows of samples: image | true mask (green) | each variant's predicted mask (red), per-image Dice in the titles."""
     n = len(images)
     cols = 2 + len(predictions)
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n), squeeze=False)
+    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.3 * n), squeeze=False)
     for i in range(n):
         panels = [(images[i], "image"), (_tint(images[i], true_masks[i], (0, 200, 0)), "true mask")]
         for variant, preds in predictions.items():
@@ -98,7 +109,8 @@ def overlay_grid(images: np.ndarray, true_masks: np.ndarray, predictions: dict[s
             ax.set_title(label, fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    fig.tight_layout()
+    return _save(fig, path, palette=True)
 
 
 def pareto(points: list[dict], budget_ms: float | None, quality_label: str, title: str, ax) -> None:

@@ -1,0 +1,98 @@
+"""The classifier -> segmenter cascade on real INT8 models with known behaviour (dark pixels = crack)."""
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.bundle import load_bundle
+from edge.cascade import Cascade, TilingConfig, tile_grid
+from edge.preprocess import model_input
+
+
+@pytest.fixture(scope="module")
+def bundle(darkness_bundle):
+    return load_bundle(darkness_bundle)
+
+
+def crack_frame(h=480, w=640, p0=(100, 240), p1=(500, 240), width=8):
+    img = np.full((h, w, 3), 180, np.uint8)
+    cv2.line(img, p0, p1, (15, 15, 15), width)
+    return img
+
+
+CLEAN = np.full((480, 640, 3), 180, np.uint8)
+
+
+def test_device_input_tensor_equals_trainer_preprocessing_byte_for_byte(bundle):
+    """The bytes the cascade writes into the interpreter are the trainer's model_input bytes."""
+    frame = crack_frame()
+    Cascade(bundle, segment="always").process(frame)
+    for model in (bundle.classifier, bundle.segmenter):
+        device = model.input_view().copy()
+        assert device.tobytes() == model_input(frame, *model.input_hw).tobytes()
+
+
+def test_on_crack_runs_segmenter_only_for_cracks(bundle):
+    cascade = Cascade(bundle, segment="on-crack")
+    hit, miss = cascade.process(crack_frame()), cascade.process(CLEAN)
+    assert hit.crack and hit.segmented and hit.measurements.count == 1
+    assert not miss.crack and not miss.segmented and miss.mask is None and "segment" not in miss.timings_ms
+
+
+def test_never_mode_skips_segmenter(bundle):
+    r = Cascade(bundle, segment="never").process(crack_frame())
+    assert r.crack and not r.segmented and r.measurements is None
+
+
+def test_always_mode_segments_clean_frames_too(bundle):
+    r = Cascade(bundle, segment="always").process(CLEAN)
+    assert r.segmented and not r.crack and r.measurements.count == 0 and not r.mask.any()
+
+
+def test_threshold_override(bundle):
+    score = Cascade(bundle).process(crack_frame()).score
+    assert not Cascade(bundle, threshold=min(1.0, score + 0.01)).process(crack_frame()).crack
+
+
+def test_mask_is_frame_sized_and_on_the_crack(bundle):
+    r = Cascade(bundle, segment="always").process(crack_frame())
+    assert r.mask.shape == (480, 640) and set(np.unique(r.mask)) <= {0, 255}
+    ys, xs = np.nonzero(r.mask)
+    assert abs(np.median(ys) - 240) <= 6 and xs.min() >= 80 and xs.max() <= 520
+    c = r.measurements.components[0]
+    assert abs(c.length_px - 400) / 400 < 0.15  # measured on the 64x64 model mask, reported in frame pixels
+
+
+def test_invalid_segment_mode(bundle):
+    with pytest.raises(ValueError, match="segment mode 'sometimes'"):
+        Cascade(bundle, segment="sometimes")
+
+
+def test_tile_grid_covers_the_frame_with_full_size_tiles():
+    tiles = tile_grid(1080, 1920, TilingConfig(tile=512, overlap=0.25))
+    cover = np.zeros((1080, 1920), bool)
+    for x, y, w, h in tiles:
+        assert (w, h) == (512, 512) and x + w <= 1920 and y + h <= 1080
+        cover[y : y + h, x : x + w] = True
+    assert cover.all()
+
+
+def test_tiling_stitches_masks_back_to_frame_coordinates(bundle):
+    """A crack in one corner of a large frame comes back in that corner of the stitched mask."""
+    frame = np.full((1200, 1600, 3), 180, np.uint8)
+    cv2.line(frame, (1250, 900), (1500, 1100), (15, 15, 15), 6)
+    r = Cascade(bundle, tiling=TilingConfig(tile=320, overlap=0.2)).process(frame)
+    assert r.tiles == len(tile_grid(1200, 1600, TilingConfig(tile=320, overlap=0.2))) and r.crack_tiles >= 1
+    assert r.mask.shape == (1200, 1600)
+    ys, xs = np.nonzero(r.mask)
+    assert xs.min() >= 1230 and xs.max() <= 1520 and ys.min() >= 880 and ys.max() <= 1120
+    x, y, w, h = r.measurements.bbox
+    assert abs(x - 1250) < 20 and abs(y - 900) < 20 and abs(x + w - 1500) < 20 and abs(y + h - 1100) < 20
+
+
+def test_result_dict_is_json_ready(bundle):
+    import json
+
+    d = Cascade(bundle, mm_per_pixel=0.1).process(crack_frame()).to_dict()
+    json.dumps(d)
+    assert d["measurements"]["length_mm"] == pytest.approx(d["measurements"]["length_px"] * 0.1, rel=1e-2)

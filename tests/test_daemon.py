@@ -1,0 +1,432 @@
+"""The daemon end to end: real mosquitto, real SQLite, real INT8 models, real folders of image files.
+
+The models are the "darkness" test bundle (tests/bundle_factory.py): a frame with
+a dark line is a crack, a blank light frame is not, so every test knows which
+frames must become events whatever the shipped bundle currently scores. Folder
+frames come from a pattern ('C' crack, '.' clear, 'X' corrupt file).
+Some tests run the Supervisor in this process (fast); the ones about signals and
+SIGKILL run `python -m edge.cli run --config ...` as a real child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from conftest import REPO, write_frames
+
+from edge.config import config_from_dict
+from edge.daemon import Supervisor
+from edge.journal import Journal, integrity_check
+from edge.notify import Notifier
+
+# 3 crack frames then 5 clear ones: with k=2 of n=3 and m=3 every block is exactly one event.
+BLOCK = "CCC....."
+
+
+def daemon_dict(tmp_path: Path, bundle: Path, frames: Path, port: int | None, **over) -> dict:
+    d = {
+        "device_id": "cam1",
+        "source": {"type": "folder", "folder": {"path": str(frames), "fps": 0, "loop": False},
+                   "retry_initial_s": 0.05, "retry_max_s": 0.2, "read_timeout_s": 1.0},
+        "model": {"bundle": str(bundle)},
+        "decision": {"start_k": 2, "start_n": 3, "end_m": 3, "update_interval_s": 60},
+        "storage": {"state_dir": str(tmp_path / "state"), "record_frames": "all"},
+        "mqtt": {"enabled": port is not None, "host": "127.0.0.1", "port": port or 1883, "reconnect_min_s": 1,
+                 "reconnect_max_s": 1, "keepalive": 5, "flush_timeout_s": 10},
+        "logging": {"journald": False},
+        "stats_interval_s": 1,
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            sub, _, leaf = name.partition("__")
+            if leaf:
+                d[section].setdefault(sub, {})[leaf] = value
+            else:
+                d[section][sub] = value
+        else:
+            d[section] = value
+    return d
+
+
+class InProcess:
+    """A Supervisor running its loop in a thread of this process (no signal handlers)."""
+
+    def __init__(self, cfg, notifier=None):
+        self.sup = Supervisor(cfg, notifier=notifier or Notifier(environ={}))
+        self.sup.start()
+        self.thread = threading.Thread(target=self.sup.run, daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout=20):
+        self.sup.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "daemon did not stop in time"
+
+    def wait_finished(self, timeout=30):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "daemon did not finish"
+
+
+def wait_until(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_status(state: Path) -> dict:
+    try:
+        return json.loads((state / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def journal_events(state: Path) -> list[dict]:
+    with Journal(state / "crackd.db") as j:
+        return j.list_events(newest_first=False)
+
+
+def first_occurrences(messages, key):
+    seen = {}
+    for m in messages:
+        seen.setdefault(m[key], m)
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def test_events_status_camera_stats_and_frames_match_their_schemas(tmp_path, darkness_bundle, mosquitto, subscriber_factory, schemas):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK * 3 + "X" + BLOCK * 3 + "X" + "...")
+    sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/#")
+    # fps 0: the folder waits for the pipeline (no frame skipped); max_fps stretches the run over stats_interval_s
+    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port,
+                                       max_fps=40, mqtt__publish_frames=True, mqtt__frame_rate=50))
+    d = InProcess(cfg)
+    d.wait_finished()  # the folder is replayed once: the daemon stops by itself, flushing the outbox
+    state = tmp_path / "state"
+    events = journal_events(state)
+    assert len(events) == 6 and all(e["state"] == "ended" for e in events)
+    got = sub.wait_for(lambda s: len(s.on("event")) >= 12 and [p for p in s.on("status") if p["state"] == "offline"], what="events")
+    assert got
+    for topic in ("event", "status", "camera", "stats", "frame"):
+        payloads = sub.on(topic)
+        assert payloads, f"nothing on {topic}"
+        for p in payloads:
+            jsonschema.validate(p, schemas[topic])
+    by_uuid = {}
+    for p in sub.on("event"):
+        by_uuid.setdefault(p["uuid"], []).append(p["type"])
+    assert set(by_uuid) == {e["uuid"] for e in events}
+    assert all(kinds == ["start", "end"] for kinds in by_uuid.values())
+    start = sub.on("event")[0]
+    assert start["measurements"]["length_px"] > 10 and start["bundle_version"] == "1.0.0-test"
+    assert (state / start["snapshot"]["frame"]).is_file() and (state / start["snapshot"]["overlay"]).is_file()
+    status = read_status(state)
+    assert status["frames_processed"] == 51 and status["frames_skipped"] == 0
+    assert status["frames_bad"] == 2 and status["frames_failed"] == 0
+    assert status["state"] == "stopped" and status["outbox_depth"] == 0 and status["camera_state"] == "finished"
+    assert sub.on("camera")[-1]["bad_frames"] == 2
+    assert [p["state"] for p in sub.on("status")][-1] == "offline"
+    assert not (state / "crackd.pid").exists()
+
+
+def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK * 40)  # 320 frames, 40 events
+    sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/event")
+    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, max_fps=120))
+    d = InProcess(cfg)
+    wait_until(lambda: d.sup.publisher.connected, what="connection")
+    mosquitto.stop()
+    wait_until(lambda: d.sup.frames_processed >= 180, what="frames during the outage")
+    assert d.sup.journal.outbox_depth() > 0  # events wait in SQLite while the broker is away
+    mosquitto.start()
+    d.wait_finished(timeout=60)
+    state = tmp_path / "state"
+    recorded = journal_events(state)
+    assert len(recorded) == 40
+    sub.wait_for(lambda s: {p["uuid"] for p in s.on("event") if p["type"] == "end"} >= {e["uuid"] for e in recorded},
+                 timeout=20, what="every event's end")
+    got = sub.on("event")
+    firsts = first_occurrences(got, "seq")
+    assert [m["seq"] for m in firsts] == sorted(m["seq"] for m in firsts), "events out of order"
+    starts = [m["uuid"] for m in firsts if m["type"] == "start"]
+    assert starts == [e["uuid"] for e in recorded]  # every event, in the order detected
+    assert any(m["replayed"] for m in got)
+    with Journal(state / "crackd.db") as j:
+        assert j.outbox_depth() == 0
+
+
+def test_a_source_that_fails_and_comes_back_is_reconnected_and_its_state_published(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK)
+    sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/camera")
+    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=50, source__folder__loop=True))
+    d = InProcess(cfg)
+    try:
+        sub.wait_for(lambda s: any(p["state"] == "ok" for p in s.on("camera")), what="camera ok")
+        shutil.move(frames, tmp_path / "unplugged")
+        sub.wait_for(lambda s: any(p["state"] == "reconnecting" for p in s.on("camera")), what="camera reconnecting")
+        assert read_status(tmp_path / "state").get("camera_state") in ("reconnecting", "ok")
+        shutil.move(tmp_path / "unplugged", frames)
+        back = sub.wait_for(lambda s: [p for p in s.on("camera") if p["state"] == "ok" and p["reconnects"] >= 1], what="camera back")
+        assert back[0]["errors"] >= 1
+        n = d.sup.frames_processed
+        wait_until(lambda: d.sup.frames_processed > n + 5, what="frames after the reconnect")
+        # a late subscriber sees the camera state retained
+        late = subscriber_factory(mosquitto.port, topic="crackd/cam1/camera")
+        late.wait_for(lambda s: s.on("camera") and s.messages[0][2], what="retained camera state")
+    finally:
+        d.stop()
+
+
+def test_tls_and_password_from_a_file(tmp_path, darkness_bundle, tls_broker, test_ca, subscriber_factory):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK)
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    sub = subscriber_factory(tls_broker.port, topic="crackd/cam1/#", tls=test_ca, auth=("crackd", "s3cret"))
+    cfg = config_from_dict(daemon_dict(
+        tmp_path, darkness_bundle, frames, tls_broker.port, source__folder__fps=30,
+        mqtt__username="crackd", mqtt__password_file=str(secret),
+        mqtt__tls={"enabled": True, "ca": str(test_ca.ca), "cert": str(test_ca.client_cert), "key": str(test_ca.client_key)},
+    ))
+    d = InProcess(cfg)
+    d.wait_finished()
+    sub.wait_for(lambda s: [p for p in s.on("event") if p["type"] == "end"], what="event over TLS")
+    assert sub.on("status")[0]["state"] == "online"
+
+
+def test_stopping_ends_the_open_event_and_flushes_within_the_timeout(tmp_path, darkness_bundle):
+    frames = tmp_path / "frames"
+    write_frames(frames, "C" * 10)
+    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=20, source__folder__loop=True))
+    d = InProcess(cfg)
+    wait_until(lambda: d.sup.decision.active, what="an open event")
+    t0 = time.monotonic()
+    d.stop()
+    assert time.monotonic() - t0 < 5
+    (event,) = journal_events(tmp_path / "state")
+    assert event["state"] == "ended" and event["end_reason"] == "shutdown"
+
+
+def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bundle, capsys):
+    from edge.cli import main
+
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK * 3)
+    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None))
+    InProcess(cfg).wait_finished()
+    state = str(tmp_path / "state")
+    capsys.readouterr()
+    assert main(["events", "list", "--state-dir", state, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == 3 and Path(listed[0]["snapshot"]).is_file()
+    uuid = listed[-1]["uuid"]
+    assert main(["events", "label", "--state-dir", state, uuid[:8], "no-crack", "--note", "a joint"]) == 0
+    assert main(["events", "show", "--state-dir", state, uuid, "--frames"]) == 0
+    shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert shown["label"] == "no-crack" and len(shown["frame_results"]) >= 3
+    out = tmp_path / "export.csv"
+    assert main(["events", "export", "--state-dir", state, "--label", "no-crack", "--out", str(out)]) == 0
+    rows = out.read_text().splitlines()
+    assert len(rows) == 2 and "no-crack" in rows[1] and uuid in rows[1]
+    assert main(["events", "export", "--state-dir", state, "--format", "json", "--min-score", "0.5"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["events"]) == 3
+    assert main(["events", "list", "--state-dir", state, "--since", "1h", "--state", "ended"]) == 0
+    assert "3 event(s)" in capsys.readouterr().out
+    snapshot = Path(listed[-1]["snapshot"])
+    assert main(["events", "delete", "--state-dir", state, uuid]) == 0
+    assert not snapshot.exists()
+    assert main(["events", "show", "--state-dir", state, uuid]) == 2
+    assert main(["status", "--state-dir", state]) == 1  # stopped: not running
+    assert "NOT RUNNING" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def start_daemon(config: dict, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
+    path = tmp_path / "crackd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], cwd=REPO,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "ab"))
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=20):
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        proc.wait(timeout)
+    return proc.returncode
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda d: d["mqtt"].update(hots="x"), "mqtt.hots: unknown key (did you mean 'host'?)"),
+        (lambda d: d["decision"].update(end_m="three"), "decision.end_m: expected an integer from 1 to 100000, got 'three'"),
+        (lambda d: d["model"].update(bundle="/nonexistent/bundle"), "model.bundle: /nonexistent/bundle: no such bundle directory"),
+    ],
+    ids=["unknown-key", "wrong-type", "missing-bundle"],
+)
+def test_bad_config_exits_2_with_one_line(tmp_path, darkness_bundle, edit, expected):
+    config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None)
+    edit(config)
+    path = tmp_path / "crackd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_sigkill_mid_run_then_restart_loses_no_event(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK * 4)
+    config = daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=60, source__folder__loop=True)
+    state = tmp_path / "state"
+    mosquitto.stop()  # the first run never reaches a broker: everything it detects waits in the outbox
+    first = start_daemon(config, tmp_path)
+    try:
+        wait_until(lambda: read_status(state).get("events_started", 0) >= 4, timeout=30, what="events in the first run")
+        time.sleep(0.15)
+    finally:
+        first.kill()  # SIGKILL in the middle of the run
+        first.wait(10)
+    assert integrity_check(state / "crackd.db") is None
+    recorded = journal_events(state)
+    with Journal(state / "crackd.db") as j:
+        pending = j.outbox_depth()
+    assert len(recorded) >= 4 and pending >= len(recorded)
+
+    mosquitto.start()
+    sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/#")
+    second = start_daemon(config, tmp_path)
+    try:
+        sub.wait_for(lambda s: {p["uuid"] for p in s.on("event")} >= {e["uuid"] for e in recorded}, timeout=30,
+                     what="every event recorded before the kill")
+        assert {e["uuid"] for e in journal_events(state)} >= {e["uuid"] for e in recorded}
+        open_at_kill = [e["uuid"] for e in recorded if e["state"] == "open"]
+        for uuid in open_at_kill:  # found open after the crash: ended and announced
+            sub.wait_for(lambda s: [p for p in s.on("event") if p["uuid"] == uuid and p["end_reason"] == "interrupted"])
+        replayed = [p for p in sub.on("event") if p["uuid"] in {e["uuid"] for e in recorded}]
+        assert all(p["replayed"] for p in replayed)
+        sub.wait_for(lambda s: [p for p in s.on("status") if p["state"] == "online"], what="online")
+        # killed while connected: the broker publishes the last will
+        second.kill()
+        second.wait(10)
+        will = sub.wait_for(lambda s: [p for p in s.on("status") if p["state"] == "offline"], what="last will")
+        assert will[-1]["reason"] == "connection lost"
+    finally:
+        if second.poll() is None:
+            second.kill()
+
+
+def _notify_socket(tmp_path):
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    received = []
+
+    def pump():
+        while True:
+            try:
+                data = sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            received.append(data.decode())
+
+    threading.Thread(target=pump, daemon=True).start()
+    return sock, str(path), received
+
+
+def test_sighup_switches_to_a_valid_bundle_and_keeps_serving_after_a_corrupt_one(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK)
+    models = tmp_path / "models"
+    models.mkdir()
+    new = models / "new"
+    shutil.copytree(darkness_bundle, new)
+    manifest = json.loads((new / "manifest.json").read_text())
+    manifest["bundle_version"] = "2.0.0-test"
+    (new / "manifest.json").write_text(json.dumps(manifest))
+    corrupt = models / "corrupt"
+    shutil.copytree(new, corrupt)
+    data = bytearray((corrupt / "classifier.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (corrupt / "classifier.tflite").write_bytes(bytes(data))
+    current = models / "current"
+    current.symlink_to(darkness_bundle)
+
+    sock, sock_path, notes = _notify_socket(tmp_path)
+    sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/status")
+    config = daemon_dict(tmp_path, current, frames, mosquitto.port, source__folder__fps=40, source__folder__loop=True)
+    state = tmp_path / "state"
+    proc = start_daemon(config, tmp_path, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"})
+    try:
+        wait_until(lambda: read_status(state).get("healthy"), timeout=30, what="healthy daemon")
+        assert read_status(state)["bundle_version"] == "1.0.0-test"
+        assert int((state / "crackd.pid").read_text()) == proc.pid
+
+        def swap_to(target):
+            tmp = models / "current.tmp"
+            tmp.symlink_to(target)
+            os.replace(tmp, current)
+
+        swap_to(new)
+        before = read_status(state)["frames_processed"]
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: (read_status(state).get("last_reload") or {}).get("ok"), what="reload ok")
+        status = read_status(state)
+        assert status["bundle_version"] == "2.0.0-test" and status["frames_failed"] == 0
+        wait_until(lambda: read_status(state)["frames_processed"] > before + 20, what="frames after the switch")
+        sub.wait_for(lambda s: [p for p in s.on("status") if p["bundle_version"] == "2.0.0-test"], what="birth with the new bundle")
+
+        swap_to(corrupt)
+        proc.send_signal(signal.SIGHUP)
+        failed = wait_until(lambda: (lambda r: r if r and r.get("ok") is False else None)(read_status(state).get("last_reload")),
+                            what="reload failure")
+        assert "sha256" in failed["error"]
+        n = read_status(state)["frames_processed"]
+        wait_until(lambda: read_status(state)["frames_processed"] > n + 20, what="frames after the failed reload")
+        status = read_status(state)
+        assert status["bundle_version"] == "2.0.0-test" and status["healthy"]
+        published = sub.wait_for(lambda s: [p for p in s.on("status") if (p.get("last_reload") or {}).get("ok") is False],
+                                 what="failed reload published")
+        assert published[-1]["bundle_version"] == "2.0.0-test"
+        assert stop_process(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    wait_until(lambda: any("STOPPING=1" in n for n in notes), timeout=5, what="STOPPING=1")
+    assert notes[0].startswith("READY=1")
+    reload_notes = [n for n in notes if n.startswith("RELOADING=1")]
+    assert len(reload_notes) == 2 and all("MONOTONIC_USEC=" in n for n in reload_notes)
+    after_reload = notes[notes.index(reload_notes[0]) + 1 :]
+    assert any(n.startswith("READY=1") for n in after_reload)
+    assert sum(n == "WATCHDOG=1" for n in notes) >= 3
+    assert sqlite3.connect(state / "crackd.db").execute("PRAGMA quick_check").fetchone()[0] == "ok"

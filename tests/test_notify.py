@@ -1,0 +1,159 @@
+"""systemd integration: the sd_notify protocol on real AF_UNIX datagram sockets, the watchdog rule, journald-friendly logs.
+
+systemd-python is not installed here, so these exercise crackd's own protocol
+writer (the same datagrams `systemd.daemon.notify` would send). The full
+READY / RELOADING / WATCHDOG / STOPPING sequence of a real daemon process is
+checked in tests/test_daemon.py (the SIGHUP test).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+from conftest import write_frames
+
+from edge.config import config_from_dict
+from edge.notify import Notifier, setup_logging
+
+
+class Listener:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, address: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+        self._run = True
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self):
+        while self._run:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def wait_for(self, text, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in m for m in self.messages):
+                return True
+            time.sleep(0.02)
+        raise AssertionError(f"no {text!r} in {self.messages}")
+
+    def close(self):
+        self._run = False
+        self.sock.close()
+
+
+@pytest.fixture
+def path_socket(tmp_path):
+    listener = Listener(str(tmp_path / "notify"))
+    yield listener, str(tmp_path / "notify")
+    listener.close()
+
+
+def test_without_notify_socket_everything_is_a_no_op():
+    n = Notifier(environ={})
+    assert not n.enabled and n.ready("x") is False and n.watchdog() is False
+    assert n.watchdog_interval_s is None
+
+
+def test_messages_reach_a_path_socket(path_socket):
+    listener, address = path_socket
+    n = Notifier(environ={"NOTIFY_SOCKET": address})
+    assert n.ready("serving 1.0")
+    assert n.status("12 fps")
+    assert n.watchdog()
+    assert n.stopping()
+    listener.wait_for("STOPPING=1")
+    assert listener.messages == ["READY=1\nSTATUS=serving 1.0", "STATUS=12 fps", "WATCHDOG=1", "STOPPING=1"]
+
+
+def test_messages_reach_an_abstract_socket():
+    name = f"crackd-test-{uuid.uuid4().hex}"
+    listener = Listener("\0" + name)
+    try:
+        n = Notifier(environ={"NOTIFY_SOCKET": "@" + name})
+        assert n.reloading()
+        listener.wait_for("RELOADING=1")
+        (message,) = listener.messages
+        lines = message.split("\n")
+        assert lines[0] == "RELOADING=1"
+        usec = int(lines[1].removeprefix("MONOTONIC_USEC="))
+        assert abs(usec - time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000) < 5_000_000
+    finally:
+        listener.close()
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec_and_only_for_this_pid():
+    assert Notifier(environ={"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "4000000"}).watchdog_interval_s == 2.0
+    mine = {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())}
+    assert Notifier(environ=mine).watchdog_interval_s == 2.0
+    assert Notifier(environ={**mine, "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+
+
+def test_a_vanished_notify_socket_does_not_raise(tmp_path):
+    assert Notifier(environ={"NOTIFY_SOCKET": str(tmp_path / "gone")}).ready() is False
+
+
+def test_under_systemd_without_systemd_python_logs_carry_syslog_priorities(capsys):
+    try:
+        assert setup_logging("info", journald=True, environ={"JOURNAL_STREAM": "8:1234"}) == "stderr-journal"
+        logging.getLogger("edge.test").warning("camera stalled")
+        logging.getLogger("edge.test").info("event started")
+        err = capsys.readouterr().err.splitlines()
+        assert err[-2:] == ["<4>edge.test: camera stalled", "<6>edge.test: event started"]
+        assert setup_logging("info", journald=True, environ={}) == "stderr"
+    finally:
+        setup_logging("warning", journald=False, environ={})
+
+
+def test_watchdog_pings_only_while_frames_are_processed(tmp_path, darkness_bundle, path_socket):
+    """A stalled source stops the pings, so systemd's WatchdogSec restarts a daemon that sees nothing."""
+    from edge.daemon import Supervisor
+
+    listener, address = path_socket
+    frames = tmp_path / "frames"
+    write_frames(frames, "C.....")
+    cfg = config_from_dict({
+        "source": {"type": "folder", "folder": {"path": str(frames), "fps": 50}, "retry_initial_s": 0.05, "retry_max_s": 0.1},
+        "model": {"bundle": str(darkness_bundle)},
+        "storage": {"state_dir": str(tmp_path / "state")},
+        "mqtt": {"enabled": False},
+    })
+    sup = Supervisor(cfg, notifier=Notifier(environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}))
+    sup.HEALTH_WINDOW_MIN_S = 0.5
+    sup.start()
+    runner = threading.Thread(target=sup.run, daemon=True)
+    runner.start()
+    try:
+        listener.wait_for("READY=1")
+        time.sleep(0.6)
+        assert listener.messages.count("WATCHDOG=1") >= 3
+        shutil.move(frames, tmp_path / "gone")  # the camera stops delivering
+        time.sleep(1.0)  # > the 0.5 s health window
+        silent_from = len(listener.messages)
+        time.sleep(0.6)
+        assert "WATCHDOG=1" not in listener.messages[silent_from:]
+        assert not sup.healthy()
+        shutil.move(tmp_path / "gone", frames)  # it comes back: pings resume
+        deadline = time.monotonic() + 5
+        while "WATCHDOG=1" not in listener.messages[silent_from:] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "WATCHDOG=1" in listener.messages[silent_from:]
+    finally:
+        sup.request_stop()
+        runner.join(10)
+    listener.wait_for("STOPPING=1")

@@ -1,0 +1,103 @@
+"""The trainer end to end at toy scale: synthesize -> train both models -> export INT8 -> run on the device path."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args, timeout=600):
+    out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "synth"
+    run("-m", "trainer.cli", "synth", "--out", str(data), "--n", "36", "--size", "64", "--seed", "3")
+    run("-m", "trainer.cli", "classifier", "--data", str(data), "--alpha", "0.35", "--size", "32", "--epochs", "1",
+        "--steps-per-epoch", "2", "--batch-size", "8", "--out", str(root / "cls"))
+    run("-m", "trainer.cli", "segmenter", "--data", str(data), "--size", "32", "--epochs", "1", "--steps-per-epoch", "2",
+        "--batch-size", "8", "--out", str(root / "seg"))
+    return root
+
+
+def test_training_runs_leave_checkpoints_logs_and_splits(toy_runs):
+    for name in ("cls", "seg"):
+        run_dir = toy_runs / name
+        for f in ("best.keras", "last.keras", "log.csv", "history.json", "splits.json", "run.json", "heldout.npz"):
+            assert (run_dir / f).is_file(), f
+        assert (run_dir / "tensorboard").is_dir()
+
+
+def test_export_writes_a_bundle_the_device_accepts(toy_runs):
+    bundle = toy_runs / "bundle"
+    run("-m", "trainer.cli", "export", "--classifier", str(toy_runs / "cls"), "--segmenter", str(toy_runs / "seg"),
+        "--out", str(bundle), "--version", "0.0.1-e2e", "--tolerance", "1.0", "--calibration-images", "16")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["bundle_version"] == "0.0.1-e2e"
+    for role in ("classifier", "segmenter"):
+        entry = manifest["models"][role]
+        assert entry["input"]["dtype"] == "uint8" and entry["output"]["dtype"] == "uint8"
+        assert "validation_int8" in entry["metrics"] and "validation_fp32" in entry["metrics"]
+        assert (bundle / entry["reference"]["file"]).is_file()
+        assert set(manifest["quantization"][role]) >= {"tolerance"}
+    assert len(manifest["golden"]["samples"]) == 4
+    out = run("-m", "edge.cli", "infer", "--bundle", str(bundle), "--segment", "always", "--json", str(toy_runs / "synth" / "images"))
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 36 and all(r["segmented"] for r in rows)
+
+
+def test_interrupted_training_resumes_from_the_last_epoch(tmp_path):
+    import keras
+
+    from trainer.models import ClassifierSpec, build_classifier
+    from trainer.train import TrainConfig, train_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    y = np.array([0, 1] * 8, np.int32)
+    cfg = TrainConfig(epochs=3, batch_size=8, verbose=0)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(build_classifier(ClassifierSpec(size=32)), (x, y), (x, y), cfg, tmp_path, extra_callbacks=[Interrupt()])
+    assert (tmp_path / "backup").is_dir()
+    train_classifier(build_classifier(ClassifierSpec(size=32)), (x, y), (x, y), cfg, tmp_path)
+    epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "log.csv"))]
+    assert epochs == [0, 1, 2]  # epoch 2 ran after the restart; 0 and 1 were not repeated
+    assert not (tmp_path / "backup").exists()  # a finished run clears its resume state
+
+
+def test_export_refuses_a_model_with_float_only_ops():
+    import keras
+
+    from trainer.export import ExportError, convert_int8
+
+    inp = keras.Input((8, 8, 3))
+    out = keras.layers.Lambda(lambda t: keras.ops.sin(t))(inp)  # no integer SIN kernel exists
+    model = keras.Model(inp, out, name="has_sin")
+    calib = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ExportError, match="has_sin: cannot be converted to full-integer INT8"):
+        convert_int8(model, calib)
+
+
+def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path):
+    (tmp_path / "positive").mkdir()
+    (tmp_path / "negative").mkdir()
+    out = subprocess.run([sys.executable, "-m", "trainer.cli", "classifier", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "error:" in out.stderr and "empty" in out.stderr.splitlines()[-1]

@@ -1,0 +1,315 @@
+"""The model-selection sweep: INT8 latency and (short-schedule) validation quality of each candidate configuration.
+
+Candidates: the MobileNetV2 classifier at every alpha x input size, and the U-Net
+segmenter at each size of `trainer.models.SEGMENTER_SIZES`. For each one:
+
+* latency: the model is built (or loaded from a trained run), converted to
+  full-integer INT8 with calibration images through the device preprocessing,
+  and timed with the edge runtime on one thread. Latency does not depend on the
+  weights, so this needs no training;
+* quality: the INT8 (and FP32) model's F1 / Dice on the run's validation split.
+  The run is reused from `--from-runs DIR/<name>` when it exists, or trained here
+  on a SHORTENED schedule (a data subset, a few epochs) unless `latency_only`.
+
+`trainer.sweep_report` then marks the Pareto front and picks the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gc
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge import synth
+from edge.preprocess import model_input
+from edge.runtime import TFLiteModel
+from trainer.assemble import dataset_kind
+from trainer.datasets import DatasetError, classification_files, read_rgb, segmentation_pairs
+from trainer.json_safe import dumps
+from trainer.latency import machine_description, measure_latency
+
+log = logging.getLogger("crack-train.sweep")
+
+CLASSIFIER_ALPHAS = (0.35, 0.5, 0.75, 1.0)
+CLASSIFIER_SIZES = (96, 128, 160, 224)
+SEGMENTER_NAMES = ("tiny", "small", "medium")  # the keys of trainer.models.SEGMENTER_SIZES (kept here: no Keras import at CLI start)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    alphas: tuple[float, ...] = CLASSIFIER_ALPHAS
+    sizes: tuple[int, ...] = CLASSIFIER_SIZES
+    segmenters: tuple[str, ...] = SEGMENTER_NAMES
+    latency_only: bool = False  # train nothing; quality only for runs found in from_runs
+    from_runs: str | None = None  # directory of trained runs named cls_a{alpha}_s{size} / seg_{name}
+    data: tuple[str, ...] = ()  # dataset folders (training, validation and calibration)
+    holdout: tuple[str, ...] = ()  # folders kept out of classifier training
+    synth: int = 100  # synthetic samples added to each short training run
+    train_images: int = 600  # SHORT schedule: training images per run (a random subset)
+    val_images: int = 300  # validation images per run (a random subset of its validation split)
+    epochs: int = 2  # SHORT schedule: classifier epochs
+    seg_epochs: int = 2  # SHORT schedule: segmenter epochs
+    batch_size: int = 32
+    seg_batch_size: int = 16
+    calibration_images: int = 32
+    latency_runs: int = 100
+    timing_nice: int | None = None  # nice value of the timing thread (e.g. -10 on a busy machine; needs root)
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of the sweep."""
+
+    role: str  # classifier | segmenter
+    alpha: float | None = None
+    size: int = 224
+    variant: str | None = None  # segmenter size name
+
+    @property
+    def name(self) -> str:
+        return f"cls_a{self.alpha}_s{self.size}" if self.role == "classifier" else f"seg_{self.variant}"
+
+    def spec(self):
+        from trainer.models import SEGMENTER_SIZES, ClassifierSpec
+
+        if self.role == "classifier":
+            return ClassifierSpec(alpha=self.alpha, size=self.size)
+        if self.variant not in SEGMENTER_SIZES:
+            raise ValueError(f"unknown U-Net size {self.variant!r}; expected one of {', '.join(SEGMENTER_SIZES)}")
+        return SEGMENTER_SIZES[self.variant]
+
+    def build(self):
+        from trainer.models import build_classifier, build_segmenter
+
+        return build_classifier(self.spec()) if self.role == "classifier" else build_segmenter(self.spec())
+
+
+def candidates(cfg: SweepConfig) -> list[Candidate]:
+    from trainer.models import SEGMENTER_SIZES
+
+    cls = [Candidate("classifier", alpha=float(a), size=int(s)) for a in cfg.alphas for s in cfg.sizes]
+    seg = [Candidate("segmenter", size=SEGMENTER_SIZES[v].size, variant=v) for v in cfg.segmenters]
+    return cls + seg
+
+
+@dataclass
+class SweepRow:
+    name: str
+    role: str
+    alpha: float | None
+    size: int
+    variant: str | None
+    params: int
+    int8_bytes: int
+    latency: dict
+    quality: dict | None = None  # metric, int8, fp32, val_images, run_dir, schedule, epochs_completed, trained_here
+    convert_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- calibration images
+
+
+def _raw_images(folders: tuple[str, ...], n: int, seed: int) -> list[np.ndarray]:
+    """Up to `n` real RGB images drawn evenly from the data folders (native size; resized per candidate)."""
+    paths = []
+    for folder in folders:
+        try:
+            if dataset_kind(folder) == "segmentation":
+                found = [img for img, _ in segmentation_pairs(folder)]
+            else:
+                found = [p for p, _ in classification_files(folder)]
+        except DatasetError as exc:
+            raise DatasetError(f"sweep calibration: {exc}") from None
+        rng = np.random.default_rng(seed)
+        paths += [found[i] for i in rng.permutation(len(found))[: max(1, n // max(1, len(folders)))]]
+    images = [img for img in (read_rgb(Path(p)) for p in paths) if img is not None]
+    return images[:n]
+
+
+def calibration_images(raw: list[np.ndarray], size: int, n: int, seed: int) -> np.ndarray:
+    """`n` images at `size` through the device preprocessing (synthetic when no real ones), plus black and white
+    frames that pin the uint8 input quantization to the identity, as trainer.export.calibration_set does."""
+    if raw:
+        images = [model_input(img, size, size) for img in raw[:n]]
+    else:
+        rng = np.random.default_rng(seed)
+        images = [synth.generate(rng, size, size, 0.5).image for _ in range(n)]
+    images += [np.full((size, size, 3), 255, np.uint8), np.zeros((size, size, 3), np.uint8)]
+    return np.stack(images)
+
+
+# ---------------------------------------------------------------- runs: find, train, score
+
+
+def finished_run(run_dir: Path) -> bool:
+    """A run that can be scored: a best checkpoint and the held-out/validation arrays."""
+    return (run_dir / "best.keras").is_file() and (run_dir / "heldout.npz").is_file() and (run_dir / "run.json").is_file()
+
+
+def epochs_completed(run_dir: Path) -> int | None:
+    log_csv = run_dir / "log.csv"
+    if not log_csv.is_file():
+        return None
+    with log_csv.open(newline="") as fh:
+        return sum(1 for _ in csv.DictReader(fh))
+
+
+def _subset(arrays: tuple[np.ndarray, np.ndarray], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = arrays
+    if n and len(x) > n:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
+        return x[keep], y[keep]
+    return x, y
+
+
+def train_short(c: Candidate, cfg: SweepConfig, run_dir: Path, progress=None) -> Path:
+    """Train `c` on the SHORT schedule into `run_dir` (run.json, splits.json, heldout.npz, best.keras as `crack-train` does)."""
+    from trainer.assemble import classifier_splits, save_arrays, segmenter_splits
+    from trainer.train import TrainConfig, train_classifier, train_segmenter
+
+    if not cfg.data and not cfg.synth:
+        raise DatasetError("sweep: training needs --data folders and/or --synth N (or use --latency-only)")
+    if c.role == "classifier":
+        splits = classifier_splits(list(cfg.data), c.size, cfg.synth, cfg.seed, limit_per_class=cfg.train_images,
+                                   holdout=list(cfg.holdout), progress=progress)
+        tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=2e-3, patience=cfg.epochs, seed=cfg.seed, verbose=2)
+    else:
+        splits = segmenter_splits(list(cfg.data), c.size, cfg.synth, cfg.seed, negatives_per_set=max(1, cfg.train_images // 4),
+                                  progress=progress)
+        tc = TrainConfig(epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size, learning_rate=3e-3, patience=cfg.seg_epochs,
+                         seed=cfg.seed, verbose=2)
+    train = _subset(splits.stacked("train"), cfg.train_images, cfg.seed)
+    val = _subset(splits.stacked("val"), cfg.val_images, cfg.seed)
+    splits.train, splits.val = [train], [val]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": c.role, "spec": c.spec().as_dict(), "train": tc.as_dict(), "data": [str(Path(d).resolve()) for d in cfg.data],
+            "synthetic": cfg.synth, "holdout": list(cfg.holdout), "loaded": [r.summary() for r in splits.reports],
+            "counts": {"train": int(len(train[0])), "val": int(len(val[0])), "test": {k: int(len(v[0])) for k, v in splits.test.items()}},
+            "sweep": {"shortened": True, "train_images": cfg.train_images, "val_images": cfg.val_images}}
+    (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
+    splits.write(run_dir / "splits.json")
+    save_arrays(run_dir / "heldout.npz", splits)
+    model = c.build()
+    (train_classifier if c.role == "classifier" else train_segmenter)(model, train, val, tc, run_dir)
+    return run_dir
+
+
+def _run_calibration(run_dir: Path, size: int, n: int, seed: int, val_x: np.ndarray) -> np.ndarray:
+    from trainer.export import ExportError, calibration_set
+
+    try:
+        return calibration_set(run_dir, size, n, seed)
+    except ExportError:  # a run trained on synthetic data only: calibrate on its validation images
+        return calibration_images(list(val_x[:n]), size, n, seed)
+
+
+def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig, trained_here: bool) -> dict:
+    """INT8 and FP32 validation quality of a trained run (F1 for the classifier, Dice for the segmenter)."""
+    from trainer.assemble import load_arrays
+    from trainer.export import convert_fp32, tflite_predict
+    from trainer.metrics import binary_metrics, pixel_metrics
+
+    _, val = load_arrays(run_dir / "heldout.npz")
+    x, y = _subset(val, cfg.val_images, cfg.seed)
+    x = np.stack([model_input(img, c.size, c.size) for img in x])
+    result = {"metric": "f1" if c.role == "classifier" else "dice", "val_images": int(len(x)), "run_dir": str(run_dir),
+              "trained_here": trained_here, "epochs_completed": epochs_completed(run_dir)}
+    meta = json.loads((run_dir / "run.json").read_text())
+    result["schedule"] = {"epochs": meta.get("train", {}).get("epochs"), "train_images": meta.get("counts", {}).get("train"),
+                          "shortened": bool(meta.get("sweep", {}).get("shortened", trained_here))}
+    with contextlib.redirect_stdout(io.StringIO()):
+        fp32 = convert_fp32(model)
+    for variant, content in (("int8", int8), ("fp32", fp32)):
+        out = tflite_predict(TFLiteModel(content=content, threads=1), x)
+        if c.role == "classifier":
+            m = binary_metrics(y, out.reshape(len(x), -1)[:, 0])
+            result[variant], result[f"{variant}_roc_auc"] = m["f1"], m["roc_auc"]
+        else:
+            result[variant] = pixel_metrics(y.astype(bool), out[..., 0] >= 0.5)["dice"]
+    return result
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def evaluate_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[np.ndarray], progress=None) -> SweepRow:
+    """Latency (always) and quality (when a trained run exists or may be trained) of one candidate."""
+    import keras
+
+    from trainer.export import convert_int8
+    from trainer.train import bce_dice_loss, dice_coefficient  # noqa: F401  (registers the segmenter's custom objects)
+
+    run_dir, trained_here = None, False
+    if cfg.from_runs and finished_run(Path(cfg.from_runs) / c.name):
+        run_dir = Path(cfg.from_runs) / c.name
+    elif finished_run(out_dir / "runs" / c.name) and (out_dir / "runs" / c.name / "history.json").is_file():
+        run_dir, trained_here = out_dir / "runs" / c.name, True  # trained by an earlier invocation of this sweep
+    elif not cfg.latency_only:
+        log.info("%s: training on the short schedule", c.name)
+        run_dir, trained_here = train_short(c, cfg, out_dir / "runs" / c.name, progress), True
+    notes = []
+    if run_dir is not None:
+        model = keras.models.load_model(run_dir / "best.keras", compile=False)
+        if int(model.input_shape[1]) != c.size:
+            raise DatasetError(f"{run_dir}: model input is {model.input_shape[1]} px, expected {c.size} px for {c.name}")
+        from trainer.assemble import load_arrays
+
+        _, (val_x, _) = load_arrays(run_dir / "heldout.npz")
+        calib = _run_calibration(run_dir, c.size, cfg.calibration_images, cfg.seed, val_x)
+    else:
+        model = c.build()
+        calib = calibration_images(raw, c.size, cfg.calibration_images, cfg.seed)
+        notes.append("latency from the untrained architecture (same graph as a trained one)")
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its whole signature listing
+        int8 = convert_int8(model, calib)
+    convert_s = time.perf_counter() - start
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    (out_dir / "models" / f"{c.name}.int8.tflite").write_bytes(int8)
+    latency = measure_latency(TFLiteModel(content=int8, threads=1), cfg.latency_runs, niceness=cfg.timing_nice).as_dict()
+    quality = score_run(c, model, run_dir, int8, cfg, trained_here) if run_dir is not None else None
+    row = SweepRow(c.name, c.role, c.alpha, c.size, c.variant, int(model.count_params()), len(int8), latency, quality,
+                   round(convert_s, 1), notes)
+    del model
+    keras.backend.clear_session()
+    gc.collect()
+    return row
+
+
+def run_sweep(out_dir: Path, cfg: SweepConfig = SweepConfig(), progress=None) -> dict:
+    """Evaluate every candidate, then write sweep.json, SWEEP.md and the plots to `out_dir`; returns the result."""
+    from trainer import sweep_report
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = candidates(cfg)
+    if not todo:
+        raise ValueError("sweep: no configurations selected (check --alphas/--sizes/--segmenters)")
+    raw = _raw_images(cfg.data, cfg.calibration_images, cfg.seed) if cfg.data else []
+    rows = []
+    for c in (todo if progress is None else progress(todo, desc="sweep")):
+        row = evaluate_candidate(c, cfg, out_dir, raw, progress)
+        q = f", val {row.quality['metric']} {row.quality['int8']:.4f}" if row.quality else ""
+        log.info("%s: INT8 median %.3f ms (p95 %.3f)%s", c.name, row.latency["median_ms"], row.latency["p95_ms"], q)
+        rows.append(asdict(row))
+        _write_partial(out_dir, cfg, rows)
+    result = {"config": cfg.as_dict(), "machine": machine_description(), "rows": rows}
+    return sweep_report.write(out_dir, result)
+
+
+def _write_partial(out_dir: Path, cfg: SweepConfig, rows: list[dict]) -> None:
+    """Progress so far, so a long sweep that is interrupted still leaves its measurements."""
+    (out_dir / "sweep.partial.json").write_text(dumps({"config": cfg.as_dict(), "rows": rows}))

@@ -1,0 +1,86 @@
+"""The shipped model's targets (issue "The shipped default") checked against an evaluation report.
+
+Each check names the data set it used and whether those images were unseen in
+training; a target whose data was not evaluated is "not measured", never "met".
+"""
+
+from __future__ import annotations
+
+import math
+
+CLASSIFIER_IN_DOMAIN_F1 = 0.99
+CLASSIFIER_CROSS_SURFACE_F1 = 0.90
+SEGMENTER_DICE = 0.70
+INT8_GAP_POINTS = 0.5
+LATENCY_MS = {"classifier": 1.0, "segmenter": 4.0}
+# The metrics reported per model (and compared INT8 vs FP32), in table order.
+HEADLINE = {"classifier": ("accuracy", "precision", "recall", "f1", "roc_auc"), "segmenter": ("precision", "recall", "dice", "iou")}
+
+
+def _first(datasets: dict, candidates: list[str]) -> str | None:
+    return next((k for k in candidates if k in datasets), None)
+
+
+def _overlap_note(entry: dict) -> str:
+    if entry.get("unseen") is True:
+        return "images never seen in training"
+    if entry.get("unseen") is False:
+        return "NOT held out: the model trained on most of these images, so this overstates real-world quality"
+    return "unknown whether these images were used in training"
+
+
+def _quality_check(tid: str, name: str, report: dict, role: str, candidates: list[str], metric: str, minimum: float) -> dict:
+    datasets = report[role]["datasets"]
+    key = _first(datasets, candidates)
+    check = {"id": tid, "name": name, "requirement": f"{metric} >= {minimum:.2f} (INT8)", "dataset": key}
+    if key is None:
+        return {**check, "value": None, "measured": "not measured", "met": None,
+                "note": f"no evaluated data set among {', '.join(candidates)}"}
+    value = datasets[key]["int8"][metric]
+    return {**check, "value": value, "measured": f"{value:.4f}", "met": bool(value >= minimum), "note": _overlap_note(datasets[key])}
+
+
+def _gap_check(report: dict) -> dict:
+    worst, where = None, None
+    for role in ("classifier", "segmenter"):
+        for key, entry in report[role]["datasets"].items():
+            for metric in HEADLINE[role]:
+                diff = entry.get("diff_points", {}).get(metric)
+                if diff is not None and math.isfinite(diff) and (worst is None or abs(diff) > abs(worst)):
+                    worst, where = diff, f"{role} {metric} on {key}"
+    check = {"id": "int8_gap", "name": "INT8 within 0.5 points of FP32 on each metric",
+             "requirement": f"|INT8 - FP32| <= {INT8_GAP_POINTS} points on every metric and data set", "dataset": where}
+    if worst is None:
+        return {**check, "value": None, "measured": "not measured", "met": None, "note": "no FP32 reference in the bundle"}
+    return {**check, "value": worst, "measured": f"largest difference {worst:+.2f} points ({where})",
+            "met": bool(abs(worst) <= INT8_GAP_POINTS), "note": "INT8 minus FP32; negative = INT8 worse"}
+
+
+def _latency_check(report: dict, role: str) -> dict:
+    limit = LATENCY_MS[role]
+    lat = report.get("latency", {}).get(role, {}).get("int8")
+    check = {"id": f"{role}_latency", "name": f"{role.capitalize()} INT8 latency, one core of this machine",
+             "requirement": f"median <= {limit:g} ms", "dataset": None}
+    if not lat:
+        return {**check, "value": None, "measured": "not measured", "met": None, "note": ""}
+    note = f"p95 {lat['p95_ms']:.2f} ms, fastest {lat['min_ms']:.2f} ms over {lat['runs']} runs, {lat['threads']} thread, {lat['runtime']}"
+    if lat.get("load_average", 0) and lat["load_average"] > 1.0:
+        note += f"; machine load average {lat['load_average']:.1f} while measuring (other jobs were running)"
+    return {**check, "value": lat["median_ms"], "measured": f"{lat['median_ms']:.3f} ms", "met": bool(lat["median_ms"] <= limit), "note": note}
+
+
+def check_targets(report: dict, in_domain: str = "metu_cls", cross_surface: str = "sut_seg") -> list[dict]:
+    """All target checks for `report` (the dict evaluate_bundle builds), in the issue's order."""
+    seg_candidates = ["heldout:all"] + [k for k in report["segmenter"]["datasets"] if k.startswith("heldout:")]
+    seg_candidates += ["folders:all"] + list(report["segmenter"]["datasets"])
+    return [
+        _quality_check("classifier_in_domain", f"Classifier F1 on {in_domain}-style patches never seen in training", report, "classifier",
+                       [f"heldout:{in_domain}", in_domain], "f1", CLASSIFIER_IN_DOMAIN_F1),
+        _quality_check("classifier_cross_surface", f"Classifier F1 on patches from a different surface ({cross_surface})", report,
+                       "classifier", [f"heldout:{cross_surface}", f"{cross_surface}:patches"], "f1", CLASSIFIER_CROSS_SURFACE_F1),
+        _quality_check("segmenter_dice", "Segmenter pixel F1 (Dice) on real images never seen in training", report, "segmenter",
+                       seg_candidates, "dice", SEGMENTER_DICE),
+        _gap_check(report),
+        _latency_check(report, "classifier"),
+        _latency_check(report, "segmenter"),
+    ]

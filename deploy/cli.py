@@ -329,7 +329,7 @@ def cmd_install(args) -> int:
                 progress(host, f"running: {cmd}")
                 rc = subprocess.run(remote.command(cmd), timeout=args.timeout).returncode
                 remote.run(f"{args.sudo} rm -rf -- {shlex.quote(upload)}".strip(), 60, check=False)
-                result.outcome, result.message = (INSTALLED, "installed and started") if rc == 0 else (FAILED, f"install.sh exited {rc}")
+                result.outcome, result.message = (INSTALLED, "install.sh finished") if rc == 0 else (FAILED, f"install.sh exited {rc}")
             except SSHUnreachable as exc:
                 result.outcome, result.message = UNREACHABLE, str(exc)
             except (RemoteError, subprocess.TimeoutExpired) as exc:

@@ -201,10 +201,11 @@ def push_host(host: str, bundle: Path, manifest: Manifest, dev: DeviceSettings, 
                               "nothing changed (fix the daemon first, or --force to deploy anyway)")
             return result
 
-        upload, has_rsync = remote.make_upload_dir(dev.tmp_dir, opts.command_timeout_s)
+        # A fresh upload directory named after the lock token (random, known only to this deployment).
+        upload = f"{dev.tmp_dir.rstrip('/')}/crackd-upload.{session.token}"
         progress(host, f"copying bundle {version} to {upload}")
         try:
-            tool = remote.upload_dir(bundle, upload, opts.copy_timeout_s, remote_has_rsync=has_rsync)
+            tool = remote.upload_dir(bundle, upload, opts.copy_timeout_s)
         except RemoteError:
             remote.run(f"rm -rf -- {shlex.quote(upload)}", opts.command_timeout_s, check=False)
             raise
@@ -216,6 +217,7 @@ def push_host(host: str, bundle: Path, manifest: Manifest, dev: DeviceSettings, 
             raise
         except RemoteError as exc:
             result.outcome, result.message = REJECTED, f"device refused the bundle: {_device_error(exc)}"
+            progress(host, f"REFUSED, nothing changed: {_device_error(exc)}")
             return result
         lat = (staged.get("latency_ms") or {}).get("total_ms_p50")
         signer = (staged.get("signer") or {}).get("principal", "unsigned")

@@ -103,35 +103,37 @@ class Remote:
         if self.ssh.control_dir is not None:
             subprocess.run(["ssh", *self.ssh.argv(), "-O", "exit", self.destination], capture_output=True, timeout=15)
 
-    def make_upload_dir(self, parent: str, timeout_s: float) -> tuple[str, bool]:
-        """Create a fresh directory under `parent` on the device; returns (path, whether the device has rsync)."""
-        template = shlex.quote(f"{parent.rstrip('/')}/crackd-upload.XXXXXX")
-        out = self.run(f"mktemp -d {template} && if command -v rsync >/dev/null 2>&1; then echo rsync; else echo no-rsync; fi", timeout_s).stdout.split()
-        if len(out) != 2 or not out[0].startswith("/"):
-            raise RemoteError(self.destination, f"could not create an upload directory under {parent} (got {' '.join(out)!r})")
-        return out[0], out[1] == "rsync"
+    def upload_dir(self, local: Path, remote_dir: str, timeout_s: float) -> str:
+        """Copy directory `local` to `remote_dir` (created; its parent must exist). Returns the tool used.
 
-    def upload_dir(self, local: Path, remote_dir: str, timeout_s: float, remote_has_rsync: bool | None = None) -> str:
-        """Copy directory `local`'s contents into existing `remote_dir`; rsync when both sides have it, else scp. Returns the tool used."""
+        rsync when this machine has it, falling back to scp when the device lacks it (rsync exits 12 or
+        127 when the remote end cannot be started).
+        """
         local = Path(local)
-        if remote_has_rsync is None:
-            remote_has_rsync = self.run("command -v rsync", timeout_s=30, check=False).returncode == 0
-        if shutil.which("rsync") and remote_has_rsync:
+        if shutil.which("rsync"):
             port = self._uri_port()
             ssh_cmd = shlex.join(["ssh", *self.ssh.argv(), *(["-p", port] if port else [])])
-            argv = ["rsync", "-rtL", "--delete", "--chmod=D755,F644", "-e", ssh_cmd, f"{local}/", f"{self._host_for_copy()}:{remote_dir}/"]
-            tool = "rsync"
-        else:
-            argv = ["scp", "-q", "-r", *self._scp_args(), *[str(p) for p in sorted(local.iterdir())], f"{self._host_for_copy()}:{remote_dir}/"]
-            tool = "scp"
+            result = self._copy(["rsync", "-rtL", "--chmod=D755,F644", "-e", ssh_cmd, f"{local}/", f"{self._host_for_copy()}:{remote_dir}/"], local, timeout_s)
+            if result.returncode == 0:
+                return "rsync"
+            if result.returncode == 255 or result.returncode not in (12, 127) and "command not found" not in result.stderr:
+                raise self._copy_error("rsync", local, result)
+            log.info("%s: no rsync on the device, copying with scp", self.destination)
+        result = self._copy(["scp", "-q", "-r", *self._scp_args(), str(local), f"{self._host_for_copy()}:{remote_dir}"], local, timeout_s)
+        if result.returncode != 0:
+            raise self._copy_error("scp", local, result)
+        return "scp"
+
+    def _copy(self, argv: list[str], local: Path, timeout_s: float) -> subprocess.CompletedProcess:
         log.debug("%s", shlex.join(argv))
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise RemoteError(self.destination, f"copying {local} took longer than {timeout_s:.0f} s") from None
-        if result.returncode != 0:
-            raise RemoteError(self.destination, f"{tool} of {local} failed: {_last_line(result.stderr) or f'exit {result.returncode}'}")
-        return tool
+
+    def _copy_error(self, tool: str, local: Path, result: subprocess.CompletedProcess) -> RemoteError:
+        cls = SSHUnreachable if result.returncode == 255 else RemoteError
+        return cls(self.destination, f"{tool} of {local} failed: {_last_line(result.stderr) or f'exit {result.returncode}'}")
 
     def _host_for_copy(self) -> str:
         """rsync and scp take [user@]host, not ssh:// URIs; a port in the URI goes to -p/-P instead."""

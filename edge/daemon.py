@@ -135,7 +135,7 @@ def decision_params(cfg: Config, bundle: LoadedBundle) -> DecisionParams:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")  # one per writing thread
     with open(tmp, "w") as fh:
         json.dump(data, fh, indent=1)
         fh.write("\n")
@@ -664,6 +664,7 @@ class Supervisor:
             "frames_skipped": self.slot.skipped,
             "frames_failed": self.frames_failed,
             "frames_bad": h.bad_frames if h else 0,
+            "frames_recorded": self.frames_recorded,
             "fps": round(self.fps, 2),
             "last_frame_age_s": None if age is None else round(age, 2),
             "latency_ms": {"p50": _percentile(self.latency_ms, 50), "p95": _percentile(self.latency_ms, 95)},
@@ -674,6 +675,9 @@ class Supervisor:
             "mqtt_enabled": self.cfg.mqtt.enabled,
             "broker_connected": bool(self.publisher and self.publisher.connected),
             "broker_error": self.publisher.last_error if self.publisher else None,
+            "mqtt_delivered": self.publisher.published if self.publisher else 0,
+            "mqtt_replayed": self.publisher.replayed if self.publisher else 0,
+            "pending_writes": len(self._pending_writes),
             "camera_state": self.camera_state,
             "camera": {"source": self.cfg.source.type, **(h.as_dict() if h else {})},
             "healthy": state == "running" and self.healthy(),

@@ -74,71 +74,98 @@ class CrackMeasurements:
         return d
 
 
+# Neighbour bit weights for the 3x3 code: P2 (north) = 1, then clockwise P3 = 2 ... P9 (north-west) = 128.
+_CODE_KERNEL = np.array([[128, 1, 2], [64, 0, 4], [32, 16, 8]], np.float32)
+
+
+def _zhang_suen_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For each 8-neighbour code, whether Zhang-Suen deletes the centre pixel in sub-iteration 1 and 2."""
+    first, second = np.zeros(256, bool), np.zeros(256, bool)
+    for code in range(256):
+        p = [(code >> k) & 1 for k in range(8)]  # p2, p3, ..., p9
+        neighbours = sum(p)
+        transitions = sum(1 for k in range(8) if p[k] == 0 and p[(k + 1) % 8] == 1)
+        p2, p4, p6, p8 = p[0], p[2], p[4], p[6]
+        ok = 2 <= neighbours <= 6 and transitions == 1
+        first[code] = ok and p2 * p4 * p6 == 0 and p4 * p6 * p8 == 0
+        second[code] = ok and p2 * p4 * p8 == 0 and p2 * p6 * p8 == 0
+    return first, second
+
+
+_DELETE_FIRST, _DELETE_SECOND = _zhang_suen_tables()
+
+
 def thin(mask01: np.ndarray) -> np.ndarray:
-    """Zhang-Suen thinning of a 0/1 mask to a one-pixel-wide 8-connected skeleton (vectorised)."""
+    """Zhang-Suen thinning of a 0/1 mask to a one-pixel-wide 8-connected skeleton.
+
+    Each sub-iteration is one 3x3 filter (the neighbour code) and a table look-up, so the cost is a few
+    OpenCV/numpy passes per iteration rather than per-rule array arithmetic.
+    """
     img = np.pad((mask01 > 0).astype(np.uint8), 1)
-    core = img[1:-1, 1:-1]
     while True:
         changed = False
-        for step in (0, 1):
-            p2, p3, p4 = img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:]
-            p5, p6, p7 = img[2:, 2:], img[2:, 1:-1], img[2:, :-2]
-            p8, p9 = img[1:-1, :-2], img[:-2, :-2]
-            ring = (p2, p3, p4, p5, p6, p7, p8, p9, p2)
-            neighbours = p2 + p3 + p4 + p5 + p6 + p7 + p8 + p9
-            transitions = sum(((ring[i] == 0) & (ring[i + 1] == 1)).astype(np.uint8) for i in range(8))
-            if step == 0:
-                cond = ((p2 * p4 * p6) == 0) & ((p4 * p6 * p8) == 0)
-            else:
-                cond = ((p2 * p4 * p8) == 0) & ((p2 * p6 * p8) == 0)
-            remove = (core == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & cond
+        for table in (_DELETE_FIRST, _DELETE_SECOND):
+            code = cv2.filter2D(img, cv2.CV_16S, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT)
+            remove = (img == 1) & table[code]
             if remove.any():
-                core[remove] = 0
+                img[remove] = 0
                 changed = True
         if not changed:
-            return core.copy()
+            return img[1:-1, 1:-1].copy()
 
 
 _OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 
 
-def skeleton_chains(skeleton: np.ndarray) -> list[list[tuple[int, int]]]:
-    """Split a one-pixel skeleton into chains of (row, col) between free ends and junctions (cycles included)."""
-    pixels = {(int(r), int(c)) for r, c in np.argwhere(skeleton)}
+def _m_adjacency(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows/cols of skeleton pixels, N x 8 neighbour indices or -1) under m-adjacency.
 
-    def neighbours(p):
-        # m-adjacency: a diagonal neighbour counts only when no orthogonal pixel already links the two,
-        # so the small triangles thinning leaves are not walked twice.
-        r, c = p
-        out = []
-        for dy, dx in _OFFSETS:
-            q = (r + dy, c + dx)
-            if q in pixels and (dy == 0 or dx == 0 or ((r + dy, c) not in pixels and (r, c + dx) not in pixels)):
-                out.append(q)
-        return out
+    m-adjacency: a diagonal neighbour counts only when no orthogonal pixel already links the two,
+    so the small triangles thinning leaves are not walked twice.
+    """
+    s = np.pad(skeleton > 0, 1)
+    ys, xs = np.nonzero(s)
+    index = np.full(s.shape, -1, np.int64)
+    index[ys, xs] = np.arange(len(ys))
+    neighbours = np.empty((len(ys), 8), np.int64)
+    for k, (dy, dx) in enumerate(_OFFSETS):
+        nb = index[ys + dy, xs + dx]
+        if dy and dx:
+            nb = np.where(s[ys + dy, xs] | s[ys, xs + dx], -1, nb)
+        neighbours[:, k] = nb
+    return np.stack([ys - 1, xs - 1], axis=1), neighbours
 
-    nodes = {p for p in pixels if len(neighbours(p)) != 2}
-    used: set[frozenset] = set()
 
-    def walk(start, nxt):
+def skeleton_chains(table: np.ndarray) -> list[list[int]]:
+    """Split a skeleton, given as `_m_adjacency`'s neighbour table, into chains of pixel indices between
+    free ends and junctions; closed loops are chains too."""
+    adjacency = [[q for q in row if q >= 0] for row in table.tolist()]
+    nodes = {i for i, nbrs in enumerate(adjacency) if len(nbrs) != 2}
+    n_pixels = len(adjacency)
+    used: set[int] = set()  # undirected links, encoded low * n + high
+
+    def walk(start: int, nxt: int) -> list[int]:
         chain, prev, cur = [start, nxt], start, nxt
-        used.add(frozenset((start, nxt)))
+        used.add(min(start, nxt) * n_pixels + max(start, nxt))
         while cur not in nodes:
-            step = next((q for q in neighbours(cur) if q != prev and frozenset((cur, q)) not in used), None)
-            if step is None:
+            step = -1
+            for q in adjacency[cur]:
+                if q != prev and (min(cur, q) * n_pixels + max(cur, q)) not in used:
+                    step = q
+                    break
+            if step < 0:
                 break
-            used.add(frozenset((cur, step)))
+            used.add(min(cur, step) * n_pixels + max(cur, step))
             prev, cur = cur, step
             chain.append(cur)
         return chain
 
-    chains = [walk(n, q) for n in sorted(nodes) for q in neighbours(n) if frozenset((n, q)) not in used]
-    chains += [[n] for n in nodes if not neighbours(n)]
-    remaining = pixels - {p for ch in chains for p in ch}
-    while remaining:  # closed loops have no end or junction
+    chains = [walk(n, q) for n in sorted(nodes) for q in adjacency[n] if (min(n, q) * n_pixels + max(n, q)) not in used]
+    chains += [[n] for n in nodes if not adjacency[n]]
+    remaining = set(range(len(adjacency))) - {p for ch in chains for p in ch}
+    while remaining:
         p = min(remaining)
-        nbrs = neighbours(p)
-        chain = walk(p, nbrs[0]) if nbrs else [p]
+        chain = walk(p, adjacency[p][0]) if adjacency[p] else [p]
         chains.append(chain)
         remaining -= set(chain)
     return chains
@@ -152,18 +179,18 @@ def skeleton_length(skeleton: np.ndarray, scale: tuple[float, float] = (1.0, 1.0
     `scale` = (sx, sy) frame pixels per mask pixel.
     """
     sx, sy = scale
+    rc, table = _m_adjacency(skeleton)
+    xy_all = np.stack([rc[:, 1] * sx, rc[:, 0] * sy], axis=1).astype(np.float32)
     length = 0.0
-    degree_one = []
-    for chain in skeleton_chains(skeleton):
-        pts = np.array([(c * sx, r * sy) for r, c in chain], np.float32).reshape(-1, 1, 2)
+    for chain in skeleton_chains(table):
+        pts = xy_all[chain].reshape(-1, 1, 2)
         if len(pts) > 2:
             pts = cv2.approxPolyDP(pts, 1.0 * math.sqrt(sx * sy), closed=False)
         xy = pts.reshape(-1, 2)
-        length += float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) if len(xy) > 1 else 0.0
-    s = skeleton.astype(np.uint8)
-    degree = cv2.filter2D(s, cv2.CV_16S, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - s
-    degree_one = np.argwhere((s > 0) & (degree == 1))
-    return length, degree_one
+        if len(xy) > 1:
+            length += float(np.sum(np.hypot(*np.diff(xy, axis=0).T)))
+    ends = rc[(table >= 0).sum(axis=1) == 1]
+    return length, ends
 
 
 def _orientation(moments: dict) -> float:

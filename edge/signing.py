@@ -124,7 +124,7 @@ def verify_bundle_signature(bundle_dir: str | Path, allowed_signers: str | Path)
     manifest = bundle_dir / MANIFEST
     signature = bundle_dir / SIGNATURE
     if not signature.is_file():
-        raise SignatureMissing(f"{bundle_dir}: bundle is not signed (no {SIGNATURE}) and this device requires signed bundles; sign it with `crack-deploy sign BUNDLE --key KEY`")
+        raise SignatureMissing(f"{bundle_dir}: not signed (no {SIGNATURE}) and this device requires signed bundles; sign it with `crack-deploy sign BUNDLE --key KEY`")
     if not allowed_signers.is_file():
         raise UnknownSigner(f"{allowed_signers}: allowed_signers file not found; the device trusts no signer (add lines 'NAME namespaces=\"{NAMESPACE}\" ssh-ed25519 AAAA...')")
     keygen = _ssh_keygen()

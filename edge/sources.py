@@ -471,7 +471,7 @@ class ResilientSource:
         if state == self.state:
             return
         previous, self.state = self.state, state
-        if detail:
+        if detail and state in ("stalled", "reconnecting", "failed"):
             self.health.last_error = detail
         level = logging.INFO if state in ("ok", "finished") else logging.WARNING
         log.log(level, "camera %s: %s -> %s%s", self.source.name, previous, state, f" ({detail})" if detail else "")

@@ -91,3 +91,240 @@ def make_bundle(tmp_path):
         return copy_default_bundle(tmp_path / f"bundle-{suffix}-{len(made)}", suffix, edit, sign)
 
     return make
+
+
+# --------------------------------------------------------------------------- the daemon (edge/daemon.py, publisher, journal)
+# A real mosquitto on a free loopback port (killable and restartable to simulate outages), a test CA made
+# with openssl for TLS, a password file made with mosquitto_passwd, and an MQTT subscriber that records.
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A mosquitto process with a generated config. stop() (clean), kill() (SIGKILL), start() again on the same port.
+
+    Retained messages and persistent sessions survive restarts (persistence on), like a production broker.
+    """
+
+    def __init__(self, workdir: Path, tls=None, password: tuple[str, str] | None = None):
+        import getpass
+
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.tls = tls
+        self.proc = None
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {self.dir}/",
+            "autosave_interval 1",
+            f"log_dest file {self.dir / 'mosquitto.log'}",
+            "log_type error", "log_type warning", "log_type notice", "log_type information",
+            "max_queued_messages 10000",
+        ]
+        if os.geteuid() == 0:
+            lines.append(f"user {getpass.getuser()}")
+        if password:
+            import subprocess
+
+            passwd = self.dir / "passwd"
+            subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), *password], check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {passwd}"]
+        else:
+            lines.append("allow_anonymous true")
+        if tls:
+            lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}", "require_certificate true"]
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> "Broker":
+        import socket
+        import subprocess
+        import time
+
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()} {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "mosquitto.log").read_text()[-2000:]
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A running plain-TCP, anonymous mosquitto; `.port`, `.stop()`, `.kill()`, `.start()`."""
+    broker = Broker(tmp_path / "broker").start()
+    yield broker
+    broker.kill()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory):
+    """A throwaway CA, a server certificate for localhost/127.0.0.1 and a client certificate (openssl, EC P-256)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    d = tmp_path_factory.mktemp("ca")
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=crackd test CA")
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, cn in (("server", "localhost"), ("client", "crackd-test-device")):
+        ssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        extra = ["-extfile", "server.ext"] if name == "server" else []
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", *extra)
+    return SimpleNamespace(ca=d / "ca.crt", server_cert=d / "server.crt", server_key=d / "server.key",
+                           client_cert=d / "client.crt", client_key=d / "client.key", dir=d)
+
+
+@pytest.fixture
+def tls_broker(tmp_path, test_ca):
+    """mosquitto requiring TLS with a client certificate from the test CA and user `crackd` / password `s3cret`."""
+    broker = Broker(tmp_path / "tls-broker", tls=test_ca, password=("crackd", "s3cret")).start()
+    broker.user, broker.password = "crackd", "s3cret"
+    yield broker
+    broker.kill()
+
+
+class Subscriber:
+    """Records every message under a topic filter (QoS 1, persistent session so outages lose nothing)."""
+
+    def __init__(self, port: int, topic: str = "#", tls=None, auth=None, client_id: str | None = None):
+        import threading
+        import uuid
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, object, bool]] = []
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.topic = topic
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{uuid.uuid4().hex[:8]}",
+                                  clean_session=False)
+        if auth:
+            self.client.username_pw_set(*auth)
+        if tls:
+            self.client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.client_cert), keyfile=str(tls.client_key))
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.connect_async("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        if not self.connected.wait(10):
+            raise RuntimeError("test subscriber could not connect")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, qos=1)
+            self.connected.set()
+
+    def _on_message(self, client, userdata, msg):
+        import json
+
+        try:
+            payload = json.loads(msg.payload)
+        except ValueError:
+            payload = msg.payload
+        with self.lock:
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
+
+    def on(self, suffix: str) -> list:
+        """Payloads received on topics ending with `/suffix`, in arrival order."""
+        with self.lock:
+            return [p for t, p, _ in self.messages if t.endswith("/" + suffix)]
+
+    def wait_for(self, predicate, timeout: float = 15.0, what: str = "condition"):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate(self)
+            if result:
+                return result
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; got {[(t, p) for t, p, _ in self.messages][-8:]}")
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscriber_factory():
+    made = []
+
+    def make(port, **kwargs) -> Subscriber:
+        sub = Subscriber(port, **kwargs)
+        made.append(sub)
+        return sub
+
+    yield make
+    for sub in made:
+        sub.close()
+
+
+def write_frames(folder: Path, pattern: str, size=(64, 48), start: int = 0) -> list[Path]:
+    """Image files named in replay order from a pattern: 'C' = a dark crack line, '.' = blank light surface, 'X' = corrupt file."""
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    paths = []
+    for i, ch in enumerate(pattern):
+        path = folder / f"f{start + i:06d}.png"
+        if ch == "X":
+            path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+        else:
+            img = np.full((h, w, 3), 215, np.uint8)
+            if ch == "C":
+                cv2.line(img, (4, 6 + i % 5), (w - 6, h - 8), (15, 15, 15), 3)
+            cv2.imwrite(str(path), img)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def schemas():
+    """The MQTT payload JSON Schemas from docs/schemas, by topic name."""
+    import json
+
+    return {p.name.split(".")[0]: json.loads(p.read_text()) for p in (REPO / "docs" / "schemas").glob("*.schema.json")}

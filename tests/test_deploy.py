@@ -95,15 +95,15 @@ class Device:
         self.state = root / "state"
         self.state.mkdir(parents=True)
         rel = self.releases(signer_keys)
-        rel.stage(initial_bundle, who="factory")
-        self.initial = rel.activate(rel.stage(initial_bundle).version, who="factory").version
+        self.initial = rel.activate(rel.stage(initial_bundle, who="factory").version, who="factory").version
         self.config = root / "crackd.yaml"
         self.config.write_text(
             "device_id: test-pi\n"
             "source:\n  type: synthetic\n  synthetic: {fps: 8, width: 160, height: 120, seed: 1}\n"
             f"storage:\n  state_dir: {self.state}\n  snapshots: false\n"
             "mqtt:\n  enabled: false\n"
-            "logging:\n  journald: false\n")
+            "logging:\n  journald: false\n"
+            f"releases:\n  require_signature: true\n  allowed_signers: {signer_keys.allowed_signers}\n  keep: 3\n")
         self.pythonpath = pythonpath
         self.signer_keys = signer_keys
         self.proc = None
@@ -186,7 +186,6 @@ def push(sshd, device: Device, bundle: Path, *extra: str, hosts=(HOST,), remote_
          wait: bool = True):
     cmd = [sys.executable, "-m", "deploy.cli", "push", str(bundle), *hosts, "-F", str(sshd.config),
            "--remote-crackd", remote_crackd, "--remote-config", str(device.config),
-           f"--device-option=--allowed-signers={device.signer_keys.allowed_signers}",
            "--timeout", f"{timeout:g}", "--settle", "1", "--who", "tester@bench", *extra]
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -327,7 +326,7 @@ def test_a_bundle_the_running_daemon_refuses_at_reload_is_rolled_back(sshd, devi
     old daemon refuses it at reload (NeedsNewerCrackd), keeping the old bundle: the new release never serves.
     The old daemon here is a copy of the edge package that reports version 0.0.0."""
     old_code = tmp_path / "old-crackd"
-    shutil.copytree(REPO / "edge", old_code / "edge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "edge", old_code / "edge")
     init = old_code / "edge" / "__init__.py"
     init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', '__version__ = "0.0.0"'))
 

@@ -154,3 +154,22 @@ def test_cpu_temperature_is_read_where_the_kernel_exposes_it(tmp_path):
     (zone / "temp").write_text("51234\n")
     assert cpu_temperature_c(str(tmp_path)) == 51.2
     assert cpu_temperature_c(str(tmp_path / "none")) is None
+
+
+def test_every_example_in_docs_mqtt_md_matches_its_schema(schemas):
+    import json
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "mqtt.md").read_text()
+    checked = []
+    topic = None
+    for block in re.split(r"(^### .*$)", text, flags=re.M):
+        heading = re.match(r"^### `crackd/[^/]+/(\w+)`", block)
+        if heading:
+            topic = heading.group(1)
+            continue
+        for example in re.findall(r"```json\n(.*?)```", block, flags=re.S):
+            jsonschema.validate(json.loads(example), schemas[topic])
+            checked.append(topic)
+    assert sorted(set(checked)) == sorted(schemas) and len(checked) >= 6

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge import synth
-from edge.preprocess import model_input, resize_mask
+from edge.preprocess import model_input
 from trainer.datasets import (
     ClassificationSet,
     DatasetError,
@@ -68,6 +68,13 @@ def _synth_set(n: int, size: int, seed: int, crack_probability: float) -> Segmen
     return SegmentationSet(np.stack(imgs), np.stack(masks), [f"synth:{seed}:{i}" for i in range(n)], LoadReport("synthetic", loaded=n))
 
 
+def whole_images(seg: SegmentationSet, size: int, min_crack_fraction: float = 0.001) -> ClassificationSet:
+    """Each segmentation image as one classification sample at `size` (crack if >= 0.1 % of it is crack)."""
+    labels = (seg.masks.reshape(len(seg.masks), -1).mean(axis=1) >= min_crack_fraction).astype(np.int32)
+    images = np.stack([model_input(img, size, size) for img in seg.images])
+    return ClassificationSet(images, labels, list(seg.paths), LoadReport(f"whole images of {seg.report.source}", loaded=len(labels)))
+
+
 def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.1,
                       limit_per_class: int | None = None, holdout: list[str] = (), patches_per_image: int = 8,
                       progress=None) -> Splits:
@@ -78,22 +85,27 @@ def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_f
     sp = Splits()
     for root in data:
         name = Path(root).name
+        parts = {}
         if dataset_kind(root) == "segmentation":
             seg = load_segmentation(root, 448, progress=progress)
-            cs = patches_from_segmentation(seg, patch=128, out_size=size, seed=seed, per_image=patches_per_image)
             sp.reports.append(seg.report)
+            # Patches teach the close-up scale; whole images teach the scale of a camera frame, where the
+            # classifier gates the segmenter (a model trained on patches alone misses thin cracks in full frames).
+            parts[name] = patches_from_segmentation(seg, patch=128, out_size=size, seed=seed, per_image=patches_per_image)
+            parts[f"{name}_whole"] = whole_images(seg, size)
         else:
-            cs = load_classification(root, size, limit_per_class=limit_per_class, seed=seed, progress=progress)
-            sp.reports.append(cs.report)
-        if root in holdout or name in holdout:
-            sp.test[name] = (cs.images, cs.labels)
-            sp.files[name] = {"test": cs.paths}
-            continue
-        tr, va, te = _three_way(len(cs.labels), val_fraction, test_fraction, seed)
-        sp.train.append((cs.images[tr], cs.labels[tr]))
-        sp.val.append((cs.images[va], cs.labels[va]))
-        sp.test[name] = (cs.images[te], cs.labels[te])
-        sp.files[name] = {part: [cs.paths[i] for i in idx] for part, idx in (("train", tr), ("val", va), ("test", te))}
+            parts[name] = load_classification(root, size, limit_per_class=limit_per_class, seed=seed, progress=progress)
+            sp.reports.append(parts[name].report)
+        for part_name, cs in parts.items():
+            if root in holdout or name in holdout:
+                sp.test[part_name] = (cs.images, cs.labels)
+                sp.files[part_name] = {"test": cs.paths}
+                continue
+            tr, va, te = _three_way(len(cs.labels), val_fraction, test_fraction, seed)
+            sp.train.append((cs.images[tr], cs.labels[tr]))
+            sp.val.append((cs.images[va], cs.labels[va]))
+            sp.test[part_name] = (cs.images[te], cs.labels[te])
+            sp.files[part_name] = {part: [cs.paths[i] for i in idx] for part, idx in (("train", tr), ("val", va), ("test", te))}
     if n_synth:
         s = _synth_set(n_synth, size, seed + 1000, crack_probability=0.5)
         labels = (s.masks.reshape(len(s.masks), -1).max(axis=1) > 0).astype(np.int32)
@@ -159,5 +171,3 @@ def load_arrays(path: Path) -> tuple[dict, tuple]:
             tests[name] = (z[key], z[f"test__{name}__y"])
     return tests, (z["val__x"], z["val__y"])
 
-
-__all__ = ["Splits", "classifier_splits", "segmenter_splits", "dataset_kind", "save_arrays", "load_arrays", "model_input", "resize_mask", "ClassificationSet"]

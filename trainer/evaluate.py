@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from edge import __version__
-from edge.bundle import ChecksumMismatch, ModelFileMissing, load_bundle, read_manifest, sha256_file
+from edge.bundle import ChecksumMismatch, Manifest, ModelFileMissing, load_bundle, read_manifest, sha256_file
 from edge.preprocess import dequantize, model_input, quantize, resize_mask
 from edge.runtime import TFLiteModel
 from trainer import report_plots
 from trainer.datasets import DatasetError
 from trainer.evaluation_sets import EvalSet, folder_sets, heldout_sets, training_data
 from trainer.json_safe import dumps, json_safe
-from trainer.latency import machine_description, measure_latency
+from trainer.latency import machine_description, measure_models
 from trainer.metrics import binary_metrics, pixel_metrics, precision_recall_curve
 from trainer.provenance import bundle_runs, bundle_sources, data_folders, source_entry
 from trainer.targets import HEADLINE, check_targets
@@ -41,6 +41,7 @@ class EvalConfig:
     limit: int | None = None  # at most N images per class (classification folders) / per set (others)
     latency_runs: int = 100
     latency_warmup: int = 10
+    latency_rounds: int = 3  # interleaved timing rounds; the lowest-median round counts (robust to bursts of other load)
     timing_nice: int | None = None  # nice value of the timing thread (e.g. -10 on a busy machine; needs root)
     seed: int = 0
     in_domain: str = "metu_cls"  # data set of the "F1 >= 0.99 on METU-style patches" target
@@ -59,7 +60,7 @@ class RoleModels:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def load_models(bundle_dir: Path, runtime: str = "auto") -> tuple[object, dict[str, RoleModels], list[str]]:
+def load_models(bundle_dir: Path, runtime: str = "auto") -> tuple[Manifest, dict[str, RoleModels], list[str]]:
     """Verify and load the bundle (INT8, one thread) and its FP32 references; returns (manifest, models, notes)."""
     bundle = load_bundle(bundle_dir, runtime=runtime, threads=1)
     manifest = bundle.manifest
@@ -123,7 +124,14 @@ class SegOutcome:
     neg_hist: np.ndarray
 
     def metrics(self) -> dict:
-        return pixel_metrics(self.masks, self.preds)
+        """Pixel precision/recall/Dice/IoU, plus false alarms: the share of crack-free pixels marked crack, and how many
+        crack-free images got any crack pixel (the numbers that matter on a set without cracks)."""
+        negatives = ~self.masks
+        clean = ~self.masks.reshape(len(self.masks), -1).any(axis=1)
+        flagged = self.preds.reshape(len(self.preds), -1).any(axis=1)
+        return {**pixel_metrics(self.masks, self.preds),
+                "false_alarm_pixel_rate": float((self.preds & negatives).sum() / max(1, negatives.sum())),
+                "clean_images": int(clean.sum()), "clean_images_flagged": int((clean & flagged).sum())}
 
     def curve(self) -> dict:
         return curve_from_histograms(self.pos_hist, self.neg_hist)
@@ -175,6 +183,8 @@ def overlay_indices(masks: np.ndarray, n: int) -> list[int]:
     """Samples for the overlay grid: cracks of varied size, plus one crack-free image when the set has any."""
     crack = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
     clean = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
+    if not len(crack):
+        return [int(clean[i]) for i in np.unique(np.linspace(0, len(clean) - 1, min(n, len(clean))).round().astype(int))]
     k = min(len(crack), n - (1 if len(clean) else 0))
     chosen = [int(crack[i]) for i in np.unique(np.linspace(0, len(crack) - 1, k).round().astype(int))] if k > 0 else []
     if len(clean) and len(chosen) < n:
@@ -224,7 +234,11 @@ def _segmenter_report(key: str, s: EvalSet | None, outcome: dict[str, SegOutcome
     curves = {v: o.curve() for v, o in outcome.items()}
     title = f"segmenter on {key}"
     stem = f"segmenter_{_slug(key)}"
-    files = {"threshold_sweep": report_plots.threshold_sweep(curves, rm.threshold, title, plots / f"{stem}_threshold.png", f1_label="Dice")}
+    masks = outcome["int8"].masks
+    no_cracks = not masks.any()  # precision/recall/Dice mean nothing here; the false-alarm numbers do
+    files = {}
+    if not no_cracks:
+        files["threshold_sweep"] = report_plots.threshold_sweep(curves, rm.threshold, title, plots / f"{stem}_threshold.png", f1_label="Dice")
     if s is not None:
         h, w = rm.models["int8"].input_hw
         idx = overlay_indices(outcome["int8"].masks, cfg.overlay_samples)
@@ -234,10 +248,10 @@ def _segmenter_report(key: str, s: EvalSet | None, outcome: dict[str, SegOutcome
             dice = {v: [image_dice(outcome[v].masks[i], outcome[v].preds[i]) for i in idx] for v in outcome}
             files["overlays"] = report_plots.overlay_grid(images, outcome["int8"].masks[idx], preds, dice,
                                                           f"{title}: image | true mask | predicted", plots / f"{stem}_overlays.png")
-    masks = outcome["int8"].masks
-    return {**entry, "crack_pixel_fraction": float(masks.mean()) if masks.size else 0.0,
+    return {**entry, "crack_pixel_fraction": float(masks.mean()) if masks.size else 0.0, "no_cracks": no_cracks,
             "images_with_cracks": int(masks.reshape(len(masks), -1).any(axis=1).sum()), **metrics,
-            "diff_points": _diff_points(metrics, HEADLINE["segmenter"]), "best_f1_threshold": {v: _best_threshold(c) for v, c in curves.items()},
+            "diff_points": {} if no_cracks else _diff_points(metrics, HEADLINE["segmenter"]),
+            "best_f1_threshold": {} if no_cracks else {v: _best_threshold(c) for v, c in curves.items()},
             "plots": {k: str(p.relative_to(plots.parent)) for k, p in files.items()}}
 
 
@@ -309,11 +323,9 @@ def evaluate_bundle(bundle_dir: str | Path, data: list = (), heldout_runs: list 
             report["segmenter"]["datasets"][key] = _segmenter_report(key, None, pooled([o for _, o in items]), roles["segmenter"],
                                                                      plots, cfg, entry)
 
-    report["latency"] = {}
-    for role in ROLES:
-        report["latency"][role] = {}
-        for variant, model in _iterate(list(roles[role].models.items()), progress, f"latency {role}"):
-            report["latency"][role][variant] = measure_latency(model, cfg.latency_runs, cfg.latency_warmup, niceness=cfg.timing_nice).as_dict()
+    timed = measure_models({f"{role}/{variant}": m for role in ROLES for variant, m in roles[role].models.items()}, cfg.latency_runs,
+                           cfg.latency_warmup, cfg.timing_nice, cfg.latency_rounds, progress)
+    report["latency"] = {role: {variant: timed[f"{role}/{variant}"].as_dict() for variant in roles[role].models} for role in ROLES}
     report["machine"] = machine_description()
     report["targets"] = check_targets(report, cfg.in_domain, cfg.cross_surface)
     training = {str(Path(d).resolve()) for d in data_folders(manifest.raw)}

@@ -17,7 +17,9 @@ def _nice(value: str) -> int | None:
 
 
 def _add_timing_args(p, runs: int) -> None:
-    p.add_argument("--latency-runs", type=int, default=runs, metavar="N", help=f"timed runs per model (default {runs})")
+    p.add_argument("--latency-runs", type=int, default=runs, metavar="N", help=f"timed runs per model and round (default {runs})")
+    p.add_argument("--latency-rounds", type=int, default=3, metavar="N",
+                   help="interleaved timing rounds over all models; per model the round with the lowest median counts (default 3)")
     p.add_argument("--timing-nice", default="-10", metavar="N|off",
                    help="nice value of the timing thread while it times (default -10: other jobs on the machine do not inflate "
                         "the numbers; needs root, else timing runs at normal priority); 'off' leaves the priority alone")
@@ -34,7 +36,8 @@ def cmd_evaluate(args) -> int:
     from edge.runtime import RuntimeUnavailable
     from trainer.evaluate import EvalConfig, evaluate_bundle
 
-    cfg = EvalConfig(limit=args.limit, latency_runs=args.latency_runs, timing_nice=_nice(args.timing_nice), seed=args.seed,
+    cfg = EvalConfig(limit=args.limit, latency_runs=args.latency_runs, latency_rounds=args.latency_rounds,
+                     timing_nice=_nice(args.timing_nice), seed=args.seed,
                      in_domain=args.in_domain, cross_surface=args.cross_surface, overlay_samples=args.overlay_samples, runtime=args.runtime)
     out = Path(args.out) if args.out else Path(args.bundle)
     try:
@@ -55,7 +58,7 @@ def cmd_sweep(args) -> int:
                       latency_only=args.latency_only, from_runs=args.from_runs, data=tuple(args.data), holdout=tuple(args.holdout),
                       synth=args.synth, train_images=args.train_images, val_images=args.val_images, epochs=args.epochs,
                       seg_epochs=args.seg_epochs, calibration_images=args.calibration_images, latency_runs=args.latency_runs,
-                      timing_nice=_nice(args.timing_nice), seed=args.seed)
+                      latency_rounds=args.latency_rounds, timing_nice=_nice(args.timing_nice), seed=args.seed)
     result = run_sweep(Path(args.out), cfg, progress=_progress)
     from trainer.sweep_report import table_lines
 
@@ -90,8 +93,8 @@ def register(sub) -> None:
     p.add_argument("--data", nargs="+", default=[], metavar="DIR", help="dataset folders for training and calibration")
     p.add_argument("--holdout", nargs="*", default=[], metavar="NAME", help="folders kept out of classifier training (as `classifier`)")
     p.add_argument("--synth", type=int, default=d.synth, metavar="N", help=f"synthetic samples added to each training run (default {d.synth})")
-    p.add_argument("--alphas", nargs="+", type=float, default=list(CLASSIFIER_ALPHAS), help="MobileNetV2 width multipliers")
-    p.add_argument("--sizes", nargs="+", type=int, default=list(CLASSIFIER_SIZES), help="classifier input sizes")
+    p.add_argument("--alphas", nargs="*", type=float, default=list(CLASSIFIER_ALPHAS), help="MobileNetV2 width multipliers")
+    p.add_argument("--sizes", nargs="*", type=int, default=list(CLASSIFIER_SIZES), help="classifier input sizes")
     p.add_argument("--segmenters", nargs="*", default=list(SEGMENTER_NAMES), choices=list(SEGMENTER_NAMES), help="U-Net sizes")
     p.add_argument("--latency-only", action="store_true", help="convert and time every configuration; train nothing")
     p.add_argument("--from-runs", default=None, metavar="DIR",

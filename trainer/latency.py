@@ -38,6 +38,7 @@ class Latency:
     runtime: str
     load_average: float  # 1-minute load average when the timing started
     niceness: int | None = None  # the timing thread's nice value (None: not changed)
+    rounds: int = 1  # independent timing rounds; the one with the lowest median is kept
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,3 +96,18 @@ def machine_description() -> dict:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
             "python": platform.python_version(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def measure_models(models: dict[str, TFLiteModel], runs: int = 100, warmup: int = 10, niceness: int | None = None,
+                   rounds: int = 3, progress=None) -> dict[str, Latency]:
+    """Time several models in interleaved rounds and keep, per model, the round with the lowest median.
+
+    A burst of load from another job then spoils one round of one model, not the result.
+    """
+    best: dict[str, Latency] = {}
+    schedule = [(r, name) for r in range(rounds) for name in models]
+    for _, name in (schedule if progress is None else progress(schedule, desc="timing")):
+        lat = measure_latency(models[name], runs, warmup, niceness=niceness)
+        if name not in best or lat.median_ms < best[name].median_ms:
+            best[name] = lat
+    return {name: Latency(**{**asdict(lat), "rounds": rounds}) for name, lat in best.items()}

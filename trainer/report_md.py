@@ -64,6 +64,14 @@ def _summary_table(report: dict, role: str) -> list[str]:
     lines = ["| Data set | Images | Metric | INT8 | FP32 | Difference (points) |", "|---|---|---|---|---|---|"]
     for key in _ordered(datasets):
         e = datasets[key]
+        if e.get("no_cracks"):
+            fp32 = e["fp32"]["false_alarm_pixel_rate"] if e.get("fp32") else None
+            diff = (e["int8"]["false_alarm_pixel_rate"] - fp32) * 100 if fp32 is not None else None
+            lines.append(f"| **{key}** ({_seen(e)}; no cracks in this set) | {e['n']} | False-alarm pixels (lower is better) | "
+                         f"{_pct(e['int8']['false_alarm_pixel_rate'])} | {_pct(fp32)} | {_pts(diff)} |")
+            lines.append(f"|  |  | Crack-free images with any crack pixel | {e['int8']['clean_images_flagged']} of {e['int8']['clean_images']} | "
+                         f"{e['fp32']['clean_images_flagged'] if e.get('fp32') else 'n/a'} of {e['int8']['clean_images']} |  |")
+            continue
         for i, metric in enumerate(HEADLINE[role]):
             label = f"**{key}** ({_seen(e)})" if i == 0 else ""
             n = str(e["n"]) if i == 0 else ""
@@ -98,7 +106,9 @@ def _segmenter_details(report: dict) -> list[str]:
     for key in _ordered(report["segmenter"]["datasets"]):
         e = report["segmenter"]["datasets"][key]
         lines += [f"### {key}", "", f"Source: {e['source']}. {e['images_with_cracks']} of {e['n']} images contain cracks; "
-                  f"{e['crack_pixel_fraction'] * 100:.2f} % of pixels are crack."]
+                  f"{e['crack_pixel_fraction'] * 100:.2f} % of pixels are crack. INT8 marked "
+                  f"{e['int8']['false_alarm_pixel_rate'] * 100:.2f} % of crack-free pixels as crack"
+                  + (f" and flagged {e['int8']['clean_images_flagged']} of {e['int8']['clean_images']} crack-free images." if e['int8']['clean_images'] else ".")]
         best = e.get("best_f1_threshold", {}).get("int8")
         if best:
             lines.append(f"The best INT8 Dice on this set would be {_pct(best['f1'])} at threshold {best['threshold']:.2f}.")
@@ -117,7 +127,8 @@ def _latency(report: dict) -> list[str]:
     mach = report.get("machine", {})
     lines = ["## Latency", "",
              f"Measured with the edge runtime on one thread, {mach.get('cpu', '?')} ({mach.get('cpu_count', '?')} cores), "
-             "interpreter call only (input already at the model's size), after warm-up runs.", "",
+             "interpreter call only (input already at the model's size), after warm-up runs; the models were timed in "
+             f"{report['config'].get('latency_rounds', 1)} interleaved rounds and each keeps its round with the lowest median.", "",
              "| Model | Variant | Median | p95 | Fastest | Runs | Target (INT8 median) |", "|---|---|---|---|---|---|---|"]
     loads, nices = [], set()
     for role, variants in report["latency"].items():

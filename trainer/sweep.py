@@ -34,7 +34,7 @@ from edge.runtime import TFLiteModel
 from trainer.assemble import dataset_kind
 from trainer.datasets import DatasetError, classification_files, read_rgb, segmentation_pairs
 from trainer.json_safe import dumps
-from trainer.latency import machine_description, measure_latency
+from trainer.latency import machine_description, measure_models
 
 log = logging.getLogger("crack-train.sweep")
 
@@ -61,6 +61,7 @@ class SweepConfig:
     seg_batch_size: int = 16
     calibration_images: int = 32
     latency_runs: int = 100
+    latency_rounds: int = 3  # interleaved timing rounds over all models; the lowest-median round counts
     timing_nice: int | None = None  # nice value of the timing thread (e.g. -10 on a busy machine; needs root)
     seed: int = 0
 
@@ -245,52 +246,74 @@ def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig,
 # ---------------------------------------------------------------- the sweep
 
 
-def evaluate_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[np.ndarray], progress=None) -> SweepRow:
-    """Latency (always) and quality (when a trained run exists or may be trained) of one candidate."""
+def find_run(c: Candidate, cfg: SweepConfig, out_dir: Path, progress=None) -> tuple[Path | None, bool]:
+    """The trained run to score for `c`: from --from-runs, from an earlier invocation of this sweep, or trained now
+    (unless latency_only). Returns (run directory or None, trained by this sweep)."""
+    mine = out_dir / "runs" / c.name
+    if cfg.from_runs and finished_run(Path(cfg.from_runs) / c.name):
+        return Path(cfg.from_runs) / c.name, False
+    if finished_run(mine) and (mine / "history.json").is_file():
+        return mine, True
+    if cfg.latency_only:
+        return None, False
+    log.info("%s: training on the short schedule", c.name)
+    return train_short(c, cfg, mine, progress), True
+
+
+def _conversion_source(run_dir: Path | None, cfg: SweepConfig) -> dict:
+    """What an INT8 file was converted from; an unchanged source lets a re-run reuse the file instead of converting again."""
+    if run_dir is None:
+        return {"from": "untrained architecture", "calibration_images": cfg.calibration_images, "data": list(cfg.data)}
+    ckpt = run_dir / "best.keras"
+    return {"from": str(run_dir.resolve()), "checkpoint_mtime": ckpt.stat().st_mtime, "calibration_images": cfg.calibration_images}
+
+
+def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[np.ndarray], progress=None) -> SweepRow:
+    """INT8 model of `c` (written to out_dir/models/) and, when a trained run exists or may be trained, its quality.
+    Latency is measured afterwards for all candidates together (see run_sweep)."""
+    run_dir, trained_here = find_run(c, cfg, out_dir, progress)
+    source = _conversion_source(run_dir, cfg)
+    model_file = out_dir / "models" / f"{c.name}.int8.tflite"
+    meta_file = model_file.with_suffix(".json")
+    notes = [] if run_dir is not None else ["latency from the untrained architecture (same graph as a trained one)"]
+    if run_dir is None and model_file.is_file() and meta_file.is_file() and json.loads(meta_file.read_text()).get("source") == source:
+        meta = json.loads(meta_file.read_text())  # converted by an earlier invocation from the same source: re-time only
+        return SweepRow(c.name, c.role, c.alpha, c.size, c.variant, meta["params"], model_file.stat().st_size, {}, None,
+                        meta["convert_s"], notes + ["INT8 file reused from an earlier run of the sweep"])
     import keras
 
     from trainer.export import convert_int8
     from trainer.train import bce_dice_loss, dice_coefficient  # noqa: F401  (registers the segmenter's custom objects)
 
-    run_dir, trained_here = None, False
-    if cfg.from_runs and finished_run(Path(cfg.from_runs) / c.name):
-        run_dir = Path(cfg.from_runs) / c.name
-    elif finished_run(out_dir / "runs" / c.name) and (out_dir / "runs" / c.name / "history.json").is_file():
-        run_dir, trained_here = out_dir / "runs" / c.name, True  # trained by an earlier invocation of this sweep
-    elif not cfg.latency_only:
-        log.info("%s: training on the short schedule", c.name)
-        run_dir, trained_here = train_short(c, cfg, out_dir / "runs" / c.name, progress), True
-    notes = []
     if run_dir is not None:
+        from trainer.assemble import load_arrays
+
         model = keras.models.load_model(run_dir / "best.keras", compile=False)
         if int(model.input_shape[1]) != c.size:
             raise DatasetError(f"{run_dir}: model input is {model.input_shape[1]} px, expected {c.size} px for {c.name}")
-        from trainer.assemble import load_arrays
-
         _, (val_x, _) = load_arrays(run_dir / "heldout.npz")
         calib = _run_calibration(run_dir, c.size, cfg.calibration_images, cfg.seed, val_x)
     else:
         model = c.build()
         calib = calibration_images(raw, c.size, cfg.calibration_images, cfg.seed)
-        notes.append("latency from the untrained architecture (same graph as a trained one)")
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its whole signature listing
         int8 = convert_int8(model, calib)
-    convert_s = time.perf_counter() - start
-    (out_dir / "models").mkdir(parents=True, exist_ok=True)
-    (out_dir / "models" / f"{c.name}.int8.tflite").write_bytes(int8)
-    latency = measure_latency(TFLiteModel(content=int8, threads=1), cfg.latency_runs, niceness=cfg.timing_nice).as_dict()
+    convert_s = round(time.perf_counter() - start, 1)
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    model_file.write_bytes(int8)
+    params = int(model.count_params())
+    meta_file.write_text(json.dumps({"source": source, "params": params, "convert_s": convert_s}))
     quality = score_run(c, model, run_dir, int8, cfg, trained_here) if run_dir is not None else None
-    row = SweepRow(c.name, c.role, c.alpha, c.size, c.variant, int(model.count_params()), len(int8), latency, quality,
-                   round(convert_s, 1), notes)
     del model
     keras.backend.clear_session()
     gc.collect()
-    return row
+    return SweepRow(c.name, c.role, c.alpha, c.size, c.variant, params, len(int8), {}, quality, convert_s, notes)
 
 
 def run_sweep(out_dir: Path, cfg: SweepConfig = SweepConfig(), progress=None) -> dict:
-    """Evaluate every candidate, then write sweep.json, SWEEP.md and the plots to `out_dir`; returns the result."""
+    """Convert (and where possible score) every candidate, then time all INT8 models together in interleaved rounds;
+    write sweep.json, SWEEP.md and the plots to `out_dir`; returns the result."""
     from trainer import sweep_report
 
     out_dir = Path(out_dir)
@@ -299,14 +322,19 @@ def run_sweep(out_dir: Path, cfg: SweepConfig = SweepConfig(), progress=None) ->
     if not todo:
         raise ValueError("sweep: no configurations selected (check --alphas/--sizes/--segmenters)")
     raw = _raw_images(cfg.data, cfg.calibration_images, cfg.seed) if cfg.data else []
-    rows = []
+    rows: list[SweepRow] = []
     for c in (todo if progress is None else progress(todo, desc="sweep")):
-        row = evaluate_candidate(c, cfg, out_dir, raw, progress)
-        q = f", val {row.quality['metric']} {row.quality['int8']:.4f}" if row.quality else ""
-        log.info("%s: INT8 median %.3f ms (p95 %.3f)%s", c.name, row.latency["median_ms"], row.latency["p95_ms"], q)
-        rows.append(asdict(row))
-        _write_partial(out_dir, cfg, rows)
-    result = {"config": cfg.as_dict(), "machine": machine_description(), "rows": rows}
+        row = convert_candidate(c, cfg, out_dir, raw, progress)
+        if row.quality:
+            log.info("%s: validation %s INT8 %.4f, FP32 %.4f", c.name, row.quality["metric"], row.quality["int8"], row.quality["fp32"])
+        rows.append(row)
+        _write_partial(out_dir, cfg, [asdict(r) for r in rows])
+    models = {r.name: TFLiteModel(out_dir / "models" / f"{r.name}.int8.tflite", threads=1) for r in rows}
+    timed = measure_models(models, cfg.latency_runs, niceness=cfg.timing_nice, rounds=cfg.latency_rounds, progress=progress)
+    for r in rows:
+        r.latency = timed[r.name].as_dict()
+        log.info("%s: INT8 median %.3f ms (p95 %.3f)", r.name, r.latency["median_ms"], r.latency["p95_ms"])
+    result = {"config": cfg.as_dict(), "machine": machine_description(), "rows": [asdict(r) for r in rows]}
     return sweep_report.write(out_dir, result)
 
 

@@ -159,7 +159,8 @@ def render(result: dict) -> str:
     lines = ["# Model-selection sweep", "", f"Generated {result['generated']} on {mach.get('cpu')} ({mach.get('cpu_count')} cores).", "",
              "**Latency**: every configuration converted to full-integer INT8 (calibrated on "
              f"{cfg['calibration_images']} images through the device preprocessing) and timed with the edge runtime on one thread, "
-             f"median and p95 of {cfg['latency_runs']} runs after warm-up, interpreter call only."]
+             f"median and p95 of {cfg['latency_runs']} runs after warm-up, interpreter call only; all models were timed in "
+             f"{cfg.get('latency_rounds', 1)} interleaved rounds and each keeps its round with the lowest median."]
     nices = {r["latency"].get("niceness") for r in result["rows"]}
     if loads and max(loads) > 1.0:
         lines[-1] += f" The machine's load average was up to {max(loads):.1f} during timing (background training was running)"

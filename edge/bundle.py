@@ -205,15 +205,15 @@ def verify_files(manifest: Manifest) -> None:
         if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
             raise NotTFLite(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
     for sample in manifest.golden.get("samples", []):
-        for key in ("image", "segmenter_output"):
+        for key, sha_key in (("image", "sha256"), ("segmenter_output", "segmenter_output_sha256")):
             rel = sample.get(key)
             if rel is None:
                 continue
             path = manifest.path / rel
             if not path.is_file():
                 raise ModelFileMissing(f"{path}: golden sample file listed in the manifest is missing")
-            if "sha256" in sample and key == "image" and sha256_file(path) != sample["sha256"]:
-                raise ChecksumMismatch(f"{path}: golden image does not match its sha256")
+            if sha_key in sample and sha256_file(path) != sample[sha_key]:
+                raise ChecksumMismatch(f"{path}: golden sample file does not match its sha256 in the manifest")
 
 
 def manifest_sha256(bundle_dir: str | Path) -> str:

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 STARTUP_GRACE_S = 30.0  # watchdog pings continue this long after start while the first frame is awaited
 PRUNE_INTERVAL_S = 600.0
+FRAME_BATCH_S = 1.0  # frame-only results are committed together at most this late ...
+FRAME_BATCH_ROWS = 200  # ... or when this many are waiting
 
 
 class StartupError(Exception):
@@ -62,7 +64,7 @@ class FrameSlot:
     so every frame is processed and decoding runs ahead of inference.
     """
 
-    def __init__(self, depth: int = 4):
+    def __init__(self, depth: int = 2):
         self._cond = threading.Condition()
         self._frames: deque = deque()
         self.depth = depth
@@ -87,6 +89,10 @@ class FrameSlot:
             frame = self._frames.popleft() if self._frames else None
             self._cond.notify_all()
             return frame
+
+    @property
+    def pending(self) -> int:
+        return len(self._frames)
 
     def close(self) -> None:
         with self._cond:
@@ -170,8 +176,11 @@ class Supervisor:
     # status.json says so and the watchdog pings stop.
     HEALTH_WINDOW_MIN_S = 5.0
 
-    def __init__(self, config: Config, config_path: Optional[str | Path] = None, notifier: Optional[Notifier] = None):
+    def __init__(self, config: Config, config_path: Optional[str | Path] = None, notifier: Optional[Notifier] = None,
+                 source=None):
+        """`source`: a FrameSource to use instead of the one `config.source` describes (tests, embedding)."""
         self.cfg = config
+        self._given_source = source
         self.config_path = Path(config_path) if config_path else None
         self.notifier = notifier or Notifier()
         self.state_dir = config.state_dir
@@ -188,6 +197,7 @@ class Supervisor:
         self.frames_recorded = 0
         self.events_started = 0
         self.last_frame_mono: Optional[float] = None
+        self.last_capture_mono: Optional[float] = None
         self.latency_ms: deque = deque(maxlen=1000)
         self.inference_ms: deque = deque(maxlen=1000)
         self.fps = 0.0
@@ -195,6 +205,8 @@ class Supervisor:
         self.last_reload: Optional[dict] = None
         self.source_finished = False
         self._pending_writes: deque = deque(maxlen=10000)
+        self._frame_rows: list[FrameRow] = []
+        self._frame_rows_since = time.monotonic()
         self._peak: Optional[tuple[Frame, object]] = None
         self._snap_seq: Optional[int] = None
         self._last_snapshot: dict[str, dict] = {}
@@ -241,7 +253,7 @@ class Supervisor:
             self.publisher = Publisher(cfg, self.journal, self._identity(), password)
             self.publisher.publish_camera("starting", {})
             self.publisher.start()
-        self.source = make_source(cfg.source, stop=self.stop_event)
+        self.source = self._given_source or make_source(cfg.source, stop=self.stop_event)
         s = cfg.source
         self.resilient = ResilientSource(
             self.source, s.read_timeout_s, s.retry_initial_s, s.retry_max_s, on_state=self._on_camera_state, stop=self.stop_event
@@ -336,7 +348,6 @@ class Supervisor:
 
     def run(self) -> int:
         """The main loop; returns the exit code when stopped (signal, or a finite source ended)."""
-        max_fps = self.cfg.max_fps
         next_t = 0.0
         while not self.stop_event.is_set():
             self._maybe_reload()
@@ -347,6 +358,8 @@ class Supervisor:
                     break
             frame = self.slot.get(0.25)
             if frame is None:
+                if self._frame_rows and time.monotonic() - self._frame_rows_since >= FRAME_BATCH_S:
+                    self._flush_frame_rows()
                 if self.slot.closed:
                     break
                 continue
@@ -366,6 +379,7 @@ class Supervisor:
             records = self.decision.flush(time.time(), "shutdown")
             if records:
                 self._journal_records(records, None, None)
+            self._flush_frame_rows()
             self._retry_pending_writes()
             if self._pending_writes:
                 log.error("%d journal writes could not be saved before exit", len(self._pending_writes))
@@ -408,6 +422,7 @@ class Supervisor:
                 log.exception("capture thread: unexpected error; retrying")
                 self.stop_event.wait(1.0)
                 continue
+            self.last_capture_mono = time.monotonic()
             self.slot.put(frame, wait=wait, stop=self.stop_event)
 
     def _on_camera_state(self, state: str, info: dict) -> None:
@@ -476,20 +491,37 @@ class Supervisor:
                          extra={"EVENT_UUID": r.uuid, "EVENT_TYPE": r.kind})
                 self._last_snapshot.pop(r.uuid, None)
                 self._peak, self._snap_seq = None, None
-        if not writes and frame_row is None:
+        if frame_row is not None:
+            self._frame_rows.append(frame_row)
+        if not writes and not messages:
+            # Frame-only results are batched (one transaction per FRAME_BATCH_S): SD cards wear with every commit.
+            if self._frame_rows and (len(self._frame_rows) >= FRAME_BATCH_ROWS
+                                     or time.monotonic() - self._frame_rows_since >= FRAME_BATCH_S):
+                self._flush_frame_rows()
             return
-        item = (frame_row, writes, messages)
+        rows, self._frame_rows = self._frame_rows, []
+        self._frame_rows_since = time.monotonic()
+        item = (rows, writes, messages)
         try:
             self.journal.record(*item)
-            if frame_row is not None:
-                self.frames_recorded += 1
+            self.frames_recorded += len(rows)
         except Exception as exc:
-            if writes or messages:
-                self._pending_writes.append(item)
+            self._pending_writes.append(item)
             self._write_log(logging.ERROR, "journal write failed (%s); %d writes held in memory and retried", exc, len(self._pending_writes))
             return
         if messages and self.publisher is not None:
             self.publisher.notify()
+
+    def _flush_frame_rows(self) -> None:
+        rows, self._frame_rows = self._frame_rows, []
+        self._frame_rows_since = time.monotonic()
+        if not rows:
+            return
+        try:
+            self.journal.record(rows)
+            self.frames_recorded += len(rows)
+        except Exception as exc:  # frame results are not detections: dropped, not held
+            self._write_log(logging.ERROR, "journal write of %d frame results failed (%s); dropped", len(rows), exc)
 
     def _retry_pending_writes(self) -> None:
         while self._pending_writes:
@@ -724,13 +756,16 @@ class Supervisor:
         next_prune = time.monotonic() + 5.0
         next_status_line = 0.0
         next_watchdog = 0.0
-        while not self.stop_event.wait(0.2):
+        wd = self.notifier.watchdog_interval_s
+        tick = min(0.2, wd / 2) if wd else 0.2
+        while not self.stop_event.wait(tick):
             now = time.monotonic()
             if now - last_t >= 1.0:
                 rate = (self.frames_processed - last_count) / (now - last_t)
                 self.fps = rate if self.fps == 0 else 0.5 * self.fps + 0.5 * rate
                 last_count, last_t = self.frames_processed, now
                 self._write_status()
+            self._check_capture_hang(now)
             wd = self.notifier.watchdog_interval_s
             if wd and now >= next_watchdog:
                 age = self.last_frame_age_s()
@@ -752,6 +787,18 @@ class Supervisor:
             if now >= next_prune:
                 next_prune = now + PRUNE_INTERVAL_S
                 self.prune()
+
+    def _check_capture_hang(self, now: float) -> None:
+        """A capture call that never returns (a driver hang no timeout catches) is reported as a stall.
+
+        The thread cannot be interrupted; frames stop, so the watchdog pings stop and systemd restarts us.
+        """
+        if self.last_capture_mono is None or getattr(self, "resilient", None) is None:
+            return
+        limit = max(self._health_window_s(), 2.0 * self.cfg.source.read_timeout_s)
+        waiting_for_frames = not self.slot.pending and not self.slot.closed  # not merely blocked on a full queue
+        if self.resilient.state == "ok" and waiting_for_frames and now - self.last_capture_mono > limit:
+            self.resilient.mark_stalled(f"no frame from the source for {now - self.last_capture_mono:.0f}s")
 
     def prune(self) -> None:
         st = self.cfg.storage

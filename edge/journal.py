@@ -287,13 +287,14 @@ class Journal:
 
     def record(
         self,
-        frame: Optional[FrameRow] = None,
+        frames: FrameRow | Iterable[FrameRow] | None = None,
         events: Iterable[EventWrite] = (),
         messages: Iterable[OutboxMessage] = (),
     ) -> list[int]:
-        """Write a frame result, event changes and their outbox messages in ONE transaction; returns outbox ids."""
+        """Write frame results, event changes and their outbox messages in ONE transaction; returns outbox ids."""
+        frames = [] if frames is None else [frames] if isinstance(frames, FrameRow) else list(frames)
         events, messages = list(events), list(messages)
-        if frame is None and not events and not messages:
+        if not frames and not events and not messages:
             return []
         durable = bool(events or messages)
         ids: list[int] = []
@@ -304,12 +305,12 @@ class Journal:
             try:
                 c.execute("BEGIN IMMEDIATE")
                 try:
-                    if frame is not None:
-                        c.execute(
+                    if frames:
+                        c.executemany(
                             "INSERT INTO frames (t, seq, ref, crack, score, segmented, measurements, latency_ms, bundle_version, event_uuid)"
                             " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                            (frame.t, frame.seq, frame.ref, int(frame.crack), frame.score, int(frame.segmented),
-                             _json(frame.measurements), frame.latency_ms, frame.bundle_version, frame.event_uuid),
+                            [(f.t, f.seq, f.ref, int(f.crack), f.score, int(f.segmented), _json(f.measurements), f.latency_ms,
+                              f.bundle_version, f.event_uuid) for f in frames],
                         )
                     for ev in events:
                         self._write_event(c, ev)

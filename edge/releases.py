@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.bundle import BundleError, load_bundle, manifest_sha256, read_manifest, verify_files
-from edge.signing import DEFAULT_ALLOWED_SIGNERS, SIGNATURE, SignatureError, verify_bundle_signature
+from edge.bundle import SIGNATURE, BundleError, load_bundle, manifest_sha256, read_manifest, verify_files
+from edge.signing import DEFAULT_ALLOWED_SIGNERS, verify_bundle_signature
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +307,11 @@ class DeviceLock:
             return None
 
     def is_held(self) -> bool:
-        """True when some process holds the lock (tested without taking it for long)."""
-        self.layout.models.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        """True when some process holds the lock (tested without taking it for long; read access is enough)."""
+        try:
+            fd = os.open(self.layout.lock, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -424,18 +426,24 @@ class Releases:
         status["pid_alive"] = bool(pid) and _pid_alive(int(pid))
         return status
 
-    def status(self) -> dict:
-        """Everything the deploy tool needs to decide whether the current release is serving and healthy."""
-        current = self.current_version()
-        daemon = self.daemon_status()
-        serving = bool(
-            daemon
+    @staticmethod
+    def _serving(current: str | None, daemon: dict | None) -> bool:
+        """The daemon is alive, reporting, serving `current` and healthy (frames flowing)."""
+        return bool(
+            current
+            and daemon
             and daemon.get("pid_alive")
             and daemon.get("status_age_s") is not None
             and daemon["status_age_s"] <= STATUS_FRESH_S
             and daemon.get("bundle_version") == current
             and daemon.get("healthy") is True
         )
+
+    def status(self) -> dict:
+        """Everything the deploy tool needs to decide whether the current release is serving and healthy."""
+        current = self.current_version()
+        daemon = self.daemon_status()
+        serving = self._serving(current, daemon)
         lock = DeviceLock(self.layout, "", "")
         history = self.history(limit=5)
         return {
@@ -462,16 +470,17 @@ class Releases:
         frames0 = 0
         last = "no status yet"
         while True:
-            st = self.status()
-            d = st["daemon"] or {}
+            current, daemon = self.current_version(), self.daemon_status()
+            st = {"current": current, "daemon": daemon}
+            d = daemon or {}
             reload = d.get("last_reload") or {}
             reload_ts = _parse_iso(reload.get("time"))
             if reload and reload.get("ok") is False and reload_ts is not None and reload_ts >= since:
                 return Health(False, f"daemon refused {version} at reload: {reload.get('error')}")
-            if st["current"] != version:
-                return Health(False, f"models/current changed to {st['current']} while waiting (someone else?)")
+            if current != version:
+                return Health(False, f"models/current changed to {current} while waiting (someone else?)")
             now = time.monotonic()
-            if st["serving_current"]:
+            if self._serving(current, daemon):
                 frames = int(d.get("frames_processed") or 0)
                 if healthy_since is None:
                     healthy_since, frames0 = now, frames

@@ -33,6 +33,9 @@ DEFAULT_ALLOWED_SIGNERS = Path("/etc/crackd/allowed_signers")
 ACCEPTED_KEY_TYPES = ("ED25519", "ED25519-SK")
 _GOOD = re.compile(r'Good "(?P<ns>[^"]+)" signature for (?P<principal>.+) with (?P<type>\S+) key (?P<fp>\S+)')
 SSH_KEYGEN_TIMEOUT_S = 60
+# What ssh-keygen says when the signature file itself cannot be decoded (as opposed to "no principal matched").
+_UNREADABLE = ("couldn't parse signature", "couldn't verify signature", "sshsig_armor", "sshsig_dearmor", "invalid format",
+               "incomplete message", "missing header")
 
 
 class SignatureError(BundleError):
@@ -131,8 +134,9 @@ def verify_bundle_signature(bundle_dir: str | Path, allowed_signers: str | Path)
     found = _run([keygen, "-Y", "find-principals", "-s", str(signature), "-f", str(allowed_signers)])
     principals = [p.strip() for p in found.stdout.decode(errors="replace").splitlines() if p.strip()]
     if found.returncode != 0 or not principals:
-        if b"signature" in found.stderr.lower() and b"principal" not in found.stderr.lower():
-            raise SignatureInvalid(f"{signature}: not a readable OpenSSH signature ({_first_line(found.stderr)})")
+        err = found.stderr.decode(errors="replace").lower()
+        if any(marker in err for marker in _UNREADABLE):
+            raise SignatureInvalid(f"{signature}: not a readable OpenSSH signature (damaged?)")
         raise UnknownSigner(f"{signature}: signed by a key that is not in {allowed_signers} (or not for namespace {NAMESPACE!r})")
     errors = []
     for principal in principals:

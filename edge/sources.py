@@ -481,6 +481,12 @@ class ResilientSource:
             except Exception:
                 log.exception("camera state callback failed")
 
+    def mark_stalled(self, detail: str) -> None:
+        """Called by the supervisor when a read has not returned for too long (a hang no timeout caught)."""
+        if self.state == "ok":
+            self.health.stalls += 1
+            self._set_state("stalled", detail)
+
     def _backoff(self, attempt: int) -> float:
         return min(self.retry_max_s, self.retry_initial_s * (2 ** max(0, attempt - 1)))
 

@@ -504,3 +504,44 @@ def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_retu
     events = journal_events(tmp_path / "state")
     assert len(events) >= 3 and all(e["state"] == "ended" for e in events)
     assert len(events) == d.sup.events_started
+
+
+def test_a_capture_that_hangs_without_a_timeout_is_reported_stalled(tmp_path, darkness_bundle):
+    """A driver call that never returns cannot be interrupted: crackd says so, and the watchdog pings stop."""
+    import numpy as np
+
+    from edge.sources import FrameSource
+
+    class Hangs(FrameSource):
+        name = "hangs"
+
+        def __init__(self):
+            super().__init__()
+            self.release = threading.Event()
+
+        def open(self):
+            pass
+
+        def read(self, timeout):
+            if self.health.frames >= 5:
+                self.release.wait()  # ignores its timeout, like a wedged driver
+            time.sleep(0.01)
+            return self._frame(np.full((48, 64, 3), 215, np.uint8))
+
+    frames = tmp_path / "frames"
+    write_frames(frames, ".")
+    hanging = Hangs()
+    sup = Supervisor(config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__read_timeout_s=0.2)),
+                     notifier=Notifier(environ={}), source=hanging)
+    sup.HEALTH_WINDOW_MIN_S = 0.5
+    sup.start()
+    runner = threading.Thread(target=sup.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: sup.camera_state == "stalled", timeout=10, what="stalled camera")
+        assert not sup.healthy() and sup.resilient.health.stalls == 1
+        hanging.release.set()
+        wait_until(lambda: sup.camera_state == "ok", timeout=10, what="camera back")
+    finally:
+        sup.request_stop()
+        runner.join(10)

@@ -64,7 +64,7 @@ def sshd(tmp_path_factory):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin yes\nPubkeyAuthentication yes\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        "MaxStartups 50:30:100\nMaxSessions 50\nLogLevel ERROR\nPrintMotd no\n")
+        "Subsystem sftp internal-sftp\nMaxStartups 50:30:100\nMaxSessions 50\nLogLevel ERROR\nPrintMotd no\n")
     (d / "ssh_config").write_text(
         f"Host {HOST} pi-twin\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d / 'user_key'}\n"
         f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n"
@@ -99,7 +99,7 @@ class Device:
         self.config = root / "crackd.yaml"
         self.config.write_text(
             "device_id: test-pi\n"
-            "source:\n  type: synthetic\n  synthetic: {fps: 8, width: 160, height: 120, seed: 1}\n"
+            "source:\n  type: synthetic\n  synthetic: {fps: 5, width: 160, height: 120, seed: 1}\n"
             f"storage:\n  state_dir: {self.state}\n  snapshots: false\n"
             "mqtt:\n  enabled: false\n"
             "logging:\n  journald: false\n"
@@ -351,36 +351,35 @@ def test_a_bundle_the_running_daemon_refuses_at_reload_is_rolled_back(sshd, devi
     device.wait_serving(device.initial, timeout=5)
 
 
-def test_a_daemon_that_stops_processing_after_activation_is_rolled_back(sshd, device, make_bundle, signer_keys):
-    """The new bundle is activated, and then the daemon stops processing frames (frozen with SIGSTOP the moment
-    the activation is recorded, as a hung inference or camera would). No frames flow, so the new release is
-    never confirmed: crack-deploy rolls back when --timeout expires, and the daemon serves the old release
-    again once it runs."""
+def test_a_daemon_that_stops_processing_during_the_deploy_is_rolled_back(sshd, device, make_bundle, signer_keys):
+    """The daemon hangs while the new bundle goes live (frozen with SIGSTOP the moment the bundle is staged, as
+    a hung camera or inference would be). It never serves the new release with frames flowing, so crack-deploy
+    rolls back when --timeout expires, and once the daemon runs again it serves the old release."""
     bundle = make_bundle("hangs", sign=signer_keys.trusted)
     frozen = threading.Event()
 
-    def freeze_on_activation():
-        deadline = time.monotonic() + 60
+    def freeze_once_staged():
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not frozen.is_set():
-            if any(h["action"] == "activate" and h["version"] == version_of(bundle) for h in device.history()):
+            if any(h["action"] == "stage" and h["version"] == version_of(bundle) for h in device.history()):
                 device.proc.send_signal(signal.SIGSTOP)
                 frozen.set()
                 return
             time.sleep(0.01)
 
-    watcher = threading.Thread(target=freeze_on_activation, daemon=True)
+    watcher = threading.Thread(target=freeze_once_staged, daemon=True)
     watcher.start()
     try:
-        r = push(sshd, device, bundle, timeout=3)
+        r = push(sshd, device, bundle, timeout=2)
     finally:
         frozen.set()
         device.proc.send_signal(signal.SIGCONT)
     watcher.join()
 
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "rolled back" in r.stdout
+    assert "not serving" in r.stdout and "rolled back" in r.stdout
     assert device.releases().current_version() == device.initial
-    assert [h["action"] for h in device.history()][-4:] == ["activate", "health", "rollback", "health"]  # the frozen daemon serves nothing
+    assert [h["action"] for h in device.history()][-4:] == ["activate", "health", "rollback", "health"]  # frozen: serves nothing
     device.wait_serving(device.initial, timeout=20)
 
 
@@ -418,10 +417,12 @@ def test_one_deploy_at_a_time_per_device_others_fail_clearly_or_wait(sshd, devic
 # --------------------------------------------------------------------------- rollouts
 
 
-def test_a_failed_canary_stops_the_rollout(sshd, steady_device, make_bundle, signer_keys):
+def test_a_failed_canary_stops_the_rollout(sshd, steady_device, make_bundle, signer_keys, tmp_path):
     bundle = make_bundle("canary", sign=signer_keys.trusted)
+    hosts_file = tmp_path / "line3.hosts"
+    hosts_file.write_text(f"# line 3 cameras\npi-unreachable   # canary\n\n{HOST}\n")
 
-    r = push(sshd, steady_device, bundle, "--canary", "1", "--json", hosts=("pi-unreachable", HOST))
+    r = push(sshd, steady_device, bundle, "--canary", "1", "--json", "--hosts-file", str(hosts_file), hosts=())
 
     assert r.returncode == 1
     summary = {h["host"]: h for h in json.loads(r.stdout)["hosts"]}

@@ -278,6 +278,7 @@ def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_pa
     table_row = next(line for line in md.splitlines() if line.startswith("| **cls_a0.35_s32**"))
     assert f"| {row['latency']['median_ms']:.3f} |" in table_row and "2 of 3 epochs" in table_row
     assert "SHORTENED" in md and "cls_a0.35_s32" in md.split("## Choice of the shipped defaults")[1]
+    assert "still training" in md  # the run has no history.json yet: its best checkpoint so far was scored, and SWEEP.md says so
     for png in ("sweep_latency.png", "sweep_pareto.png"):
         assert (tmp_path / "sweep" / png).read_bytes()[:8] == PNG_MAGIC
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"][0]["name"] == "cls_a0.35_s32"

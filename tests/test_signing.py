@@ -103,3 +103,12 @@ def test_crack_deploy_sign_signs_a_bundle_and_refuses_a_broken_one(make_bundle, 
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 1
     assert "segmenter.tflite" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_signature_file_is_reported_as_such(make_bundle, signer_keys):
+    bundle = make_bundle("damagedsig", sign=signer_keys.trusted)
+    sig = (bundle / "manifest.json.sig").read_text().splitlines()
+    (bundle / "manifest.json.sig").write_text("\n".join(sig[:2] + sig[-1:]) + "\n")  # armour intact, body cut
+
+    with pytest.raises(SignatureInvalid, match="not a readable OpenSSH signature"):
+        verify_bundle_signature(bundle, signer_keys.allowed_signers)

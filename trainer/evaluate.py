@@ -42,7 +42,7 @@ class EvalConfig:
     latency_runs: int = 100
     latency_warmup: int = 10
     latency_rounds: int = 3  # interleaved timing rounds; the lowest-median round counts (robust to bursts of other load)
-    timing_nice: int | None = None  # nice value of the timing thread (e.g. -10 on a busy machine; needs root)
+    timing_priority: str = "normal"  # "realtime": time under SCHED_FIFO so other jobs do not inflate the numbers (needs root)
     seed: int = 0
     in_domain: str = "metu_cls"  # data set of the "F1 >= 0.99 on METU-style patches" target
     cross_surface: str = "sut_seg"  # data set of the cross-surface target
@@ -317,14 +317,15 @@ def evaluate_bundle(bundle_dir: str | Path, data: list = (), heldout_runs: list 
         if len(items) > 1:
             key = f"{group}:all"
             unseen = [s.unseen for s, _ in items]
-            entry = {"source": f"all {group} segmentation sets pooled: " + ", ".join(s.key for s, _ in items),
+            label = {"heldout": "held-out", "folders": "folder"}[group]
+            entry = {"source": f"all {label} segmentation sets, pixels pooled: " + ", ".join(s.key for s, _ in items),
                      "unseen": True if all(u is True for u in unseen) else False if any(u is False for u in unseen) else None,
                      "heldout": group == "heldout", "n": int(sum(len(s.targets) for s, _ in items))}
             report["segmenter"]["datasets"][key] = _segmenter_report(key, None, pooled([o for _, o in items]), roles["segmenter"],
                                                                      plots, cfg, entry)
 
     timed = measure_models({f"{role}/{variant}": m for role in ROLES for variant, m in roles[role].models.items()}, cfg.latency_runs,
-                           cfg.latency_warmup, cfg.timing_nice, cfg.latency_rounds, progress)
+                           cfg.latency_warmup, cfg.timing_priority, cfg.latency_rounds, progress)
     report["latency"] = {role: {variant: timed[f"{role}/{variant}"].as_dict() for variant in roles[role].models} for role in ROLES}
     report["machine"] = machine_description()
     report["targets"] = check_targets(report, cfg.in_domain, cfg.cross_surface)

@@ -12,17 +12,13 @@ def _progress(iterable, desc: str = ""):
     return tqdm(iterable, desc=desc, leave=False, disable=None)
 
 
-def _nice(value: str) -> int | None:
-    return None if value in ("off", "none", "") else int(value)
-
-
 def _add_timing_args(p, runs: int) -> None:
     p.add_argument("--latency-runs", type=int, default=runs, metavar="N", help=f"timed runs per model and round (default {runs})")
     p.add_argument("--latency-rounds", type=int, default=3, metavar="N",
                    help="interleaved timing rounds over all models; per model the round with the lowest median counts (default 3)")
-    p.add_argument("--timing-nice", default="-10", metavar="N|off",
-                   help="nice value of the timing thread while it times (default -10: other jobs on the machine do not inflate "
-                        "the numbers; needs root, else timing runs at normal priority); 'off' leaves the priority alone")
+    p.add_argument("--timing-priority", choices=["realtime", "normal"], default="realtime",
+                   help="scheduling of the timing thread while it times: realtime (default; SCHED_FIFO for about a second per "
+                        "measurement, so other jobs on the machine do not inflate the numbers; needs root, else falls back) or normal")
 
 
 def _one_line_error(command: str, exc: Exception) -> int:
@@ -37,7 +33,7 @@ def cmd_evaluate(args) -> int:
     from trainer.evaluate import EvalConfig, evaluate_bundle
 
     cfg = EvalConfig(limit=args.limit, latency_runs=args.latency_runs, latency_rounds=args.latency_rounds,
-                     timing_nice=_nice(args.timing_nice), seed=args.seed,
+                     timing_priority=args.timing_priority, seed=args.seed,
                      in_domain=args.in_domain, cross_surface=args.cross_surface, overlay_samples=args.overlay_samples, runtime=args.runtime)
     out = Path(args.out) if args.out else Path(args.bundle)
     try:
@@ -52,14 +48,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from trainer.export import ExportError
     from trainer.sweep import SweepConfig, run_sweep
 
     cfg = SweepConfig(alphas=tuple(args.alphas), sizes=tuple(args.sizes), segmenters=tuple(args.segmenters),
                       latency_only=args.latency_only, from_runs=args.from_runs, data=tuple(args.data), holdout=tuple(args.holdout),
                       synth=args.synth, train_images=args.train_images, val_images=args.val_images, epochs=args.epochs,
                       seg_epochs=args.seg_epochs, calibration_images=args.calibration_images, latency_runs=args.latency_runs,
-                      latency_rounds=args.latency_rounds, timing_nice=_nice(args.timing_nice), seed=args.seed)
-    result = run_sweep(Path(args.out), cfg, progress=_progress)
+                      latency_rounds=args.latency_rounds, timing_priority=args.timing_priority, seed=args.seed)
+    try:
+        result = run_sweep(Path(args.out), cfg, progress=_progress)
+    except ExportError as exc:
+        return _one_line_error("sweep", exc)
     from trainer.sweep_report import table_lines
 
     print("\n".join(table_lines(result)))

@@ -9,6 +9,11 @@ METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Rec
 RESULT = {True: "✅ met", False: "❌ not met", None: "— not measured"}
 
 
+def _cell(text) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _pct(value) -> str:
     return "n/a" if value is None else f"{value * 100:.2f} %"
 
@@ -37,7 +42,7 @@ def _targets(report: dict) -> list[str]:
         where = c["dataset"] or ""
         if c.get("note"):
             where = f"{where} ({c['note']})" if where else c["note"]
-        lines.append(f"| {c['name']} | {c['requirement']} | {c['measured']} | {RESULT[c['met']]} | {where} |")
+        lines.append(f"| {_cell(c['name'])} | {_cell(c['requirement'])} | {_cell(c['measured'])} | {RESULT[c['met']]} | {_cell(where)} |")
     return lines + [""]
 
 
@@ -130,22 +135,21 @@ def _latency(report: dict) -> list[str]:
              "interpreter call only (input already at the model's size), after warm-up runs; the models were timed in "
              f"{report['config'].get('latency_rounds', 1)} interleaved rounds and each keeps its round with the lowest median.", "",
              "| Model | Variant | Median | p95 | Fastest | Runs | Target (INT8 median) |", "|---|---|---|---|---|---|---|"]
-    loads, nices = [], set()
+    loads, priorities = [], set()
     for role, variants in report["latency"].items():
         for variant, lat in variants.items():
             target = f"<= {LATENCY_MS[role]:g} ms" if variant == "int8" else ""
             lines.append(f"| {role} | {variant.upper()} | {lat['median_ms']:.3f} ms | {lat['p95_ms']:.3f} ms | {lat['min_ms']:.3f} ms | "
                          f"{lat['runs']} | {target} |")
             loads.append(lat.get("load_average") or 0.0)
-            nices.add(lat.get("niceness"))
+            priorities.add(lat.get("priority", "normal"))
     if loads and max(loads) > 1.0:
-        if nices == {None}:
-            lines += ["", f"The machine's load average was up to {max(loads):.1f} while timing (other jobs were running) and the timing "
-                      "ran at normal priority, so these numbers may be inflated; an idle machine gives equal or lower numbers."]
-        else:
+        if priorities == {"realtime"}:
             lines += ["", f"The machine's load average was up to {max(loads):.1f} while timing (other jobs were running); the timing "
-                      f"thread ran at raised priority (nice {', '.join(str(n) for n in sorted(n for n in nices if n is not None))}) "
-                      "so that they did not inflate the numbers."]
+                      "thread ran at real-time priority (SCHED_FIFO) so that they did not inflate the numbers."]
+        else:
+            lines += ["", f"The machine's load average was up to {max(loads):.1f} while timing (other jobs were running) and timing "
+                      "ran at normal priority, so these numbers may be inflated; an idle machine gives equal or lower numbers."]
     return lines + [""]
 
 
@@ -154,7 +158,7 @@ def _datasets(report: dict) -> list[str]:
     for role in ("classifier", "segmenter"):
         for key in _ordered(report[role]["datasets"]):
             e = report[role]["datasets"][key]
-            lines.append(f"| {role} | {key} | {e['n']} | {e['source']} | {_seen(e)} |")
+            lines.append(f"| {role} | {_cell(key)} | {e['n']} | {_cell(e['source'])} | {_seen(e)} |")
     return lines + [""]
 
 
@@ -164,7 +168,7 @@ def _source_lines(sources: list[dict]) -> list[str]:
         lines.append(f"- **{s['folder']}**: {s['dataset'] or 'no description recorded'}")
         if s.get("content"):
             lines.append(f"  - Content: {s['content']}")
-        lines.append(f"  - Licence: {s['licence'] or 'not recorded'}")
+        lines.append(f"  - Licence: {s['licence'].lstrip('- ') or 'not recorded'}")
         if s.get("citation"):
             lines.append(f"  - Cite: {s['citation']}")
         if s.get("source_repo"):

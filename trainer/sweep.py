@@ -62,7 +62,7 @@ class SweepConfig:
     calibration_images: int = 32
     latency_runs: int = 100
     latency_rounds: int = 3  # interleaved timing rounds over all models; the lowest-median round counts
-    timing_nice: int | None = None  # nice value of the timing thread (e.g. -10 on a busy machine; needs root)
+    timing_priority: str = "normal"  # "realtime": time under SCHED_FIFO so other jobs do not inflate the numbers (needs root)
     seed: int = 0
 
     def as_dict(self) -> dict:
@@ -246,18 +246,25 @@ def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig,
 # ---------------------------------------------------------------- the sweep
 
 
-def find_run(c: Candidate, cfg: SweepConfig, out_dir: Path, progress=None) -> tuple[Path | None, bool]:
+def find_run(c: Candidate, cfg: SweepConfig, out_dir: Path, progress=None) -> tuple[Path | None, bool, str]:
     """The trained run to score for `c`: from --from-runs, from an earlier invocation of this sweep, or trained now
-    (unless latency_only). Returns (run directory or None, trained by this sweep)."""
+    (unless latency_only). Returns (run directory or None, trained by this sweep, a note for the table or "").
+
+    A run directory that exists under --from-runs is never trained here, even if it is still training: its current
+    best checkpoint is scored (the table says how many epochs it had), or none yet when it has no checkpoint."""
     mine = out_dir / "runs" / c.name
-    if cfg.from_runs and finished_run(Path(cfg.from_runs) / c.name):
-        return Path(cfg.from_runs) / c.name, False
+    theirs = Path(cfg.from_runs) / c.name if cfg.from_runs else None
+    if theirs is not None and theirs.is_dir():
+        if not finished_run(theirs):
+            return None, False, f"{theirs} has no checkpoint yet (still training?): quality not measured"
+        done = "" if (theirs / "history.json").is_file() else f"{theirs} was still training: scored its best checkpoint so far"
+        return theirs, False, done
     if finished_run(mine) and (mine / "history.json").is_file():
-        return mine, True
+        return mine, True, ""
     if cfg.latency_only:
-        return None, False
+        return None, False, ""
     log.info("%s: training on the short schedule", c.name)
-    return train_short(c, cfg, mine, progress), True
+    return train_short(c, cfg, mine, progress), True, ""
 
 
 def _conversion_source(run_dir: Path | None, cfg: SweepConfig) -> dict:
@@ -268,14 +275,40 @@ def _conversion_source(run_dir: Path | None, cfg: SweepConfig) -> dict:
     return {"from": str(run_dir.resolve()), "checkpoint_mtime": ckpt.stat().st_mtime, "calibration_images": cfg.calibration_images}
 
 
+def _load_checkpoint(run_dir: Path, attempts: int = 3):
+    """Load run_dir/best.keras from a private copy; a run still training rewrites the file every epoch, so a read
+    that meets a half-written file is retried. Returns None when every attempt fails for a run still in progress."""
+    import shutil
+    import tempfile
+
+    import keras
+
+    error = None
+    for attempt in range(attempts):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                copy = Path(shutil.copy2(run_dir / "best.keras", Path(tmp) / "best.keras"))
+                return keras.models.load_model(copy, compile=False)
+            except (OSError, ValueError) as exc:  # missing or truncated zip while the trainer writes it
+                error = exc
+        time.sleep(2.0 * (attempt + 1))
+    if (run_dir / "history.json").is_file():
+        raise DatasetError(f"{run_dir / 'best.keras'}: cannot be loaded ({str(error).splitlines()[0]})")
+    log.warning("%s: cannot load its checkpoint while it trains (%s); timing the untrained architecture instead",
+                run_dir, str(error).splitlines()[0])
+    return None
+
+
 def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[np.ndarray], progress=None) -> SweepRow:
     """INT8 model of `c` (written to out_dir/models/) and, when a trained run exists or may be trained, its quality.
     Latency is measured afterwards for all candidates together (see run_sweep)."""
-    run_dir, trained_here = find_run(c, cfg, out_dir, progress)
+    run_dir, trained_here, note = find_run(c, cfg, out_dir, progress)
     source = _conversion_source(run_dir, cfg)
     model_file = out_dir / "models" / f"{c.name}.int8.tflite"
     meta_file = model_file.with_suffix(".json")
-    notes = [] if run_dir is not None else ["latency from the untrained architecture (same graph as a trained one)"]
+    notes = [note] if note else []
+    if run_dir is None:
+        notes.append("latency from the untrained architecture (same graph as a trained one)")
     if run_dir is None and model_file.is_file() and meta_file.is_file() and json.loads(meta_file.read_text()).get("source") == source:
         meta = json.loads(meta_file.read_text())  # converted by an earlier invocation from the same source: re-time only
         return SweepRow(c.name, c.role, c.alpha, c.size, c.variant, meta["params"], model_file.stat().st_size, {}, None,
@@ -285,10 +318,14 @@ def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[n
     from trainer.export import convert_int8
     from trainer.train import bce_dice_loss, dice_coefficient  # noqa: F401  (registers the segmenter's custom objects)
 
+    model = _load_checkpoint(run_dir) if run_dir is not None else None
+    if run_dir is not None and model is None:
+        notes = [f"{run_dir / 'best.keras'} could not be read (being rewritten by its training?): quality not measured",
+                 "latency from the untrained architecture (same graph as a trained one)"]
+        run_dir, source = None, _conversion_source(None, cfg)
     if run_dir is not None:
         from trainer.assemble import load_arrays
 
-        model = keras.models.load_model(run_dir / "best.keras", compile=False)
         if int(model.input_shape[1]) != c.size:
             raise DatasetError(f"{run_dir}: model input is {model.input_shape[1]} px, expected {c.size} px for {c.name}")
         _, (val_x, _) = load_arrays(run_dir / "heldout.npz")
@@ -330,7 +367,7 @@ def run_sweep(out_dir: Path, cfg: SweepConfig = SweepConfig(), progress=None) ->
         rows.append(row)
         _write_partial(out_dir, cfg, [asdict(r) for r in rows])
     models = {r.name: TFLiteModel(out_dir / "models" / f"{r.name}.int8.tflite", threads=1) for r in rows}
-    timed = measure_models(models, cfg.latency_runs, niceness=cfg.timing_nice, rounds=cfg.latency_rounds, progress=progress)
+    timed = measure_models(models, cfg.latency_runs, priority=cfg.timing_priority, rounds=cfg.latency_rounds, progress=progress)
     for r in rows:
         r.latency = timed[r.name].as_dict()
         log.info("%s: INT8 median %.3f ms (p95 %.3f)", r.name, r.latency["median_ms"], r.latency["p95_ms"])

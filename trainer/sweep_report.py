@@ -49,10 +49,15 @@ def _reason(role: str, pick: dict | None, rows: list[dict], budget_ms: float, fa
     inside = [r for r in scored if r["latency"]["median_ms"] <= budget_ms]
     better_outside = [r for r in front if r["quality"]["int8"] > pick["quality"]["int8"] and r["latency"]["median_ms"] > budget_ms]
     faster_on_front = [r for r in front if r["latency"]["median_ms"] < pick["latency"]["median_ms"]]
-    text = (f"**{role.capitalize()}: {pick['name']}** ({_describe(pick)}). It is on the Pareto front: no other configuration is both faster "
-            f"and better. Of the {len(inside)} of {len(scored)} configurations within the {budget_ms:g} ms budget (INT8 median, one "
-            f"thread), it has the highest validation {metric} ({pick['quality']['int8']:.4f}) or is the fastest within "
-            f"{QUALITY_TIE * 100:g} points of it, at {pick['latency']['median_ms']:.3f} ms.")
+    best = max(inside, key=lambda r: r["quality"]["int8"])
+    if best is pick:
+        why = f"it has the highest validation {metric} of them ({pick['quality']['int8']:.4f})"
+    else:
+        why = (f"it is the fastest within {QUALITY_TIE * 100:g} points of the best of them, {best['name']} "
+               f"({best['quality']['int8']:.4f} at {best['latency']['median_ms']:.3f} ms), with {pick['quality']['int8']:.4f}")
+    text = (f"**{role.capitalize()}: {pick['name']}** ({_describe(pick)}, INT8 median {pick['latency']['median_ms']:.3f} ms). "
+            f"It is on the Pareto front: no other configuration is both faster and better. Of the {len(inside)} (of {len(scored)}) "
+            f"configurations within the {budget_ms:g} ms budget (INT8 median, one thread), {why}.")
     if better_outside:
         text += (" Better configurations exist only above the budget: " +
                  ", ".join(f"{r['name']} ({r['quality']['int8']:.4f} at {r['latency']['median_ms']:.3f} ms)" for r in better_outside) + ".")
@@ -102,7 +107,8 @@ def _trained(r: dict) -> str:
     s = q.get("schedule", {})
     where = "short run here" if q.get("trained_here") else f"run {Path(q['run_dir']).name}"
     done = q.get("epochs_completed")
-    epochs = f"{done} of {s.get('epochs')} epochs" if done is not None and done != s.get("epochs") else f"{s.get('epochs')} epochs"
+    total = s.get("epochs")
+    epochs = f"{done} of {total} epochs" if done is not None and done != total else f"{total} epoch{'' if total == 1 else 's'}"
     return f"{where}: {epochs}, {s.get('train_images')} train imgs"
 
 
@@ -161,11 +167,11 @@ def render(result: dict) -> str:
              f"{cfg['calibration_images']} images through the device preprocessing) and timed with the edge runtime on one thread, "
              f"median and p95 of {cfg['latency_runs']} runs after warm-up, interpreter call only; all models were timed in "
              f"{cfg.get('latency_rounds', 1)} interleaved rounds and each keeps its round with the lowest median."]
-    nices = {r["latency"].get("niceness") for r in result["rows"]}
+    priorities = {r["latency"].get("priority", "normal") for r in result["rows"]}
     if loads and max(loads) > 1.0:
-        lines[-1] += f" The machine's load average was up to {max(loads):.1f} during timing (background training was running)"
-        lines[-1] += ("; the timing thread ran at raised priority (nice " + ", ".join(str(n) for n in sorted(n for n in nices if n is not None))
-                      + ") so that it did not inflate the numbers." if nices != {None} else
+        lines[-1] += f" The machine's load average was up to {max(loads):.1f} during timing (other jobs were running)"
+        lines[-1] += ("; the timing thread ran at real-time priority (SCHED_FIFO) so that they did not inflate the numbers."
+                      if priorities == {"realtime"} else
                       " and timing ran at normal priority, so the numbers may be inflated; on an idle machine they are equal or lower.")
     lines += ["", "**Quality is from a SHORTENED schedule, not the shipped training.** "]
     if here:
@@ -180,6 +186,15 @@ def render(result: dict) -> str:
     lines[-1] += ("Such short runs rank configurations roughly; they do not predict the final quality of a fully trained model, "
                   "and differences of a few points between rows are within noise.")
     lines += ["", "## Results", ""] + table_lines(result)
+    generic, reused = "latency from the untrained architecture (same graph as a trained one)", "INT8 file reused from an earlier run of the sweep"
+    if any(generic in r.get("notes", []) for r in result["rows"]):
+        lines += ["Rows without a trained run were timed on the untrained architecture: the same graph, so the same speed.", ""]
+    n_reused = sum(reused in r.get("notes", []) for r in result["rows"])
+    if n_reused:
+        lines += [f"{n_reused} INT8 files were converted by an earlier invocation of the sweep from the same source and only re-timed.", ""]
+    special = [(r["name"], n) for r in result["rows"] for n in r.get("notes", []) if n not in (generic, reused)]
+    if special:
+        lines += ["Notes:", ""] + [f"- {name}: {note}" for name, note in special] + [""]
     plots = result.get("plots", {})
     if "pareto" in plots:
         lines += [f"![Quality against INT8 latency; the Pareto front in red, the chosen configuration circled]({plots['pareto']})", ""]

@@ -49,7 +49,7 @@ def _gap_check(report: dict) -> dict:
                 if diff is not None and math.isfinite(diff) and (worst is None or abs(diff) > abs(worst)):
                     worst, where = diff, f"{role} {metric} on {key}"
     check = {"id": "int8_gap", "name": "INT8 within 0.5 points of FP32 on each metric",
-             "requirement": f"|INT8 - FP32| <= {INT8_GAP_POINTS} points on every metric and data set", "dataset": where}
+             "requirement": f"INT8 minus FP32 within ±{INT8_GAP_POINTS} points on every metric and data set", "dataset": where}
     if worst is None:
         return {**check, "value": None, "measured": "not measured", "met": None, "note": "no FP32 reference in the bundle"}
     return {**check, "value": worst, "measured": f"largest difference {worst:+.2f} points ({where})",
@@ -64,8 +64,9 @@ def _latency_check(report: dict, role: str) -> dict:
     if not lat:
         return {**check, "value": None, "measured": "not measured", "met": None, "note": ""}
     note = f"p95 {lat['p95_ms']:.2f} ms, fastest {lat['min_ms']:.2f} ms over {lat['runs']} runs, {lat['threads']} thread, {lat['runtime']}"
-    if lat.get("load_average", 0) and lat["load_average"] > 1.0:
-        note += f"; machine load average {lat['load_average']:.1f} while measuring (other jobs were running)"
+    if (lat.get("load_average") or 0) > 1.0:
+        note += f"; load average {lat['load_average']:.1f} from other jobs, " + (
+            "timed at real-time priority" if lat.get("priority") == "realtime" else "timed at normal priority: may be inflated")
     return {**check, "value": lat["median_ms"], "measured": f"{lat['median_ms']:.3f} ms", "met": bool(lat["median_ms"] <= limit), "note": note}
 
 

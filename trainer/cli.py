@@ -81,6 +81,8 @@ def cmd_segmenter(args) -> int:
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "segmenter", spec, cfg, splits, args)
     model = build_segmenter(spec)
+    if args.weights:
+        model.load_weights(args.weights)  # fine-tune from an earlier run (same architecture)
     train_segmenter(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir)
     print(f"segmenter trained: {run_dir / 'best.keras'}")
     return 0
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-size", choices=["tiny", "small", "medium"], default="tiny")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--negatives", type=int, default=150, help="crack-free images taken per classification folder")
+    p.add_argument("--weights", default=None, metavar="PATH", help="start from these weights (.keras or .weights.h5 of the same architecture)")
     p.set_defaults(func=cmd_segmenter)
 
     from trainer import cli_export

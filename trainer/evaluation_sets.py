@@ -93,7 +93,8 @@ def folder_sets(folder: str | Path, sizes: dict[str, int], trained: dict[str, Tr
     if kind == "classification":
         cs = load_classification(folder, sizes["classifier"], limit_per_class=limit, seed=seed, progress=progress)
         _log_skipped(cs.report)
-        return [EvalSet(name, "classifier", cs.images, cs.labels, f"folder {folder} ({cs.report.loaded} images" + (f", {len(cs.report.skipped)} unreadable skipped)" if cs.report.skipped else ")"), unseen_cls)]
+        skipped = f", {len(cs.report.skipped)} unreadable skipped" if cs.report.skipped else ""
+        return [EvalSet(name, "classifier", cs.images, cs.labels, f"folder {folder} ({cs.report.loaded} images{skipped})", unseen_cls)]
     seen_seg = trained["segmenter"].saw(folder)
     seg = load_segmentation(folder, sizes["segmenter"], progress=progress)
     _log_skipped(seg.report)

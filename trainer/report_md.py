@@ -23,7 +23,8 @@ def _pts(value) -> str:
 
 
 def _seen(entry: dict) -> str:
-    return {True: "held out (never seen in training)", False: "**seen in training**", None: "unknown whether seen in training"}[entry.get("unseen")]
+    labels = {True: "held out (never seen in training)", False: "**seen in training**", None: "unknown whether seen in training"}
+    return labels[entry.get("unseen")]
 
 
 def _ordered(datasets: dict) -> list[str]:
@@ -113,7 +114,8 @@ def _segmenter_details(report: dict) -> list[str]:
         lines += [f"### {key}", "", f"Source: {e['source']}. {e['images_with_cracks']} of {e['n']} images contain cracks; "
                   f"{e['crack_pixel_fraction'] * 100:.2f} % of pixels are crack. INT8 marked "
                   f"{e['int8']['false_alarm_pixel_rate'] * 100:.2f} % of crack-free pixels as crack"
-                  + (f" and flagged {e['int8']['clean_images_flagged']} of {e['int8']['clean_images']} crack-free images." if e['int8']['clean_images'] else ".")]
+                  + (f" and flagged {e['int8']['clean_images_flagged']} of {e['int8']['clean_images']} crack-free images."
+                     if e["int8"]["clean_images"] else ".")]
         best = e.get("best_f1_threshold", {}).get("int8")
         if best:
             lines.append(f"The best INT8 Dice on this set would be {_pct(best['f1'])} at threshold {best['threshold']:.2f}.")

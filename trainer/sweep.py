@@ -176,25 +176,42 @@ def _subset(arrays: tuple[np.ndarray, np.ndarray], n: int, seed: int) -> tuple[n
     return x, y
 
 
-def train_short(c: Candidate, cfg: SweepConfig, run_dir: Path, progress=None) -> Path:
-    """Train `c` on the SHORT schedule into `run_dir` (run.json, splits.json, heldout.npz, best.keras as `crack-train` does)."""
-    from trainer.assemble import classifier_splits, save_arrays, segmenter_splits
-    from trainer.train import TrainConfig, train_classifier, train_segmenter
+def short_splits(c: Candidate, cfg: SweepConfig, cache: dict | None = None, progress=None):
+    """The data of a short run: train / val subsets of `cfg.train_images` / `cfg.val_images` images at the candidate's size.
 
+    Candidates of the same role and input size share one read of the data (`cache`)."""
+    from trainer.assemble import classifier_splits, segmenter_splits
+
+    key = (c.role, c.size)
+    if cache is not None and key in cache:
+        return cache[key]
     if not cfg.data and not cfg.synth:
         raise DatasetError("sweep: training needs --data folders and/or --synth N (or use --latency-only)")
     if c.role == "classifier":
         splits = classifier_splits(list(cfg.data), c.size, cfg.synth, cfg.seed, limit_per_class=cfg.train_images,
                                    holdout=list(cfg.holdout), progress=progress)
-        tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=2e-3, patience=cfg.epochs, seed=cfg.seed, verbose=2)
     else:
         splits = segmenter_splits(list(cfg.data), c.size, cfg.synth, cfg.seed, negatives_per_set=max(1, cfg.train_images // 4),
                                   progress=progress)
+    splits.train = [_subset(splits.stacked("train"), cfg.train_images, cfg.seed)]
+    splits.val = [_subset(splits.stacked("val"), cfg.val_images, cfg.seed)]
+    if cache is not None:
+        cache[key] = splits
+    return splits
+
+
+def train_short(c: Candidate, cfg: SweepConfig, run_dir: Path, cache: dict | None = None, progress=None) -> Path:
+    """Train `c` on the SHORT schedule into `run_dir` (run.json, splits.json, heldout.npz, best.keras as `crack-train` does)."""
+    from trainer.assemble import save_arrays
+    from trainer.train import TrainConfig, train_classifier, train_segmenter
+
+    splits = short_splits(c, cfg, cache, progress)
+    if c.role == "classifier":
+        tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=2e-3, patience=cfg.epochs, seed=cfg.seed, verbose=2)
+    else:
         tc = TrainConfig(epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size, learning_rate=3e-3, patience=cfg.seg_epochs,
                          seed=cfg.seed, verbose=2)
-    train = _subset(splits.stacked("train"), cfg.train_images, cfg.seed)
-    val = _subset(splits.stacked("val"), cfg.val_images, cfg.seed)
-    splits.train, splits.val = [train], [val]
+    (train,), (val,) = splits.train, splits.val
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"kind": c.role, "spec": c.spec().as_dict(), "train": tc.as_dict(), "data": [str(Path(d).resolve()) for d in cfg.data],
             "synthetic": cfg.synth, "holdout": list(cfg.holdout), "loaded": [r.summary() for r in splits.reports],
@@ -246,7 +263,8 @@ def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig,
 # ---------------------------------------------------------------- the sweep
 
 
-def find_run(c: Candidate, cfg: SweepConfig, out_dir: Path, progress=None) -> tuple[Path | None, bool, str]:
+def find_run(c: Candidate, cfg: SweepConfig, out_dir: Path, cache: dict | None = None,
+             progress=None) -> tuple[Path | None, bool, str]:
     """The trained run to score for `c`: from --from-runs, from an earlier invocation of this sweep, or trained now
     (unless latency_only). Returns (run directory or None, trained by this sweep, a note for the table or "").
 
@@ -264,7 +282,7 @@ def find_run(c: Candidate, cfg: SweepConfig, out_dir: Path, progress=None) -> tu
     if cfg.latency_only:
         return None, False, ""
     log.info("%s: training on the short schedule", c.name)
-    return train_short(c, cfg, mine, progress), True, ""
+    return train_short(c, cfg, mine, cache, progress), True, ""
 
 
 def _conversion_source(run_dir: Path | None, cfg: SweepConfig) -> dict:
@@ -299,10 +317,11 @@ def _load_checkpoint(run_dir: Path, attempts: int = 3):
     return None
 
 
-def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[np.ndarray], progress=None) -> SweepRow:
+def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[np.ndarray], cache: dict | None = None,
+                      progress=None) -> SweepRow:
     """INT8 model of `c` (written to out_dir/models/) and, when a trained run exists or may be trained, its quality.
     Latency is measured afterwards for all candidates together (see run_sweep)."""
-    run_dir, trained_here, note = find_run(c, cfg, out_dir, progress)
+    run_dir, trained_here, note = find_run(c, cfg, out_dir, cache, progress)
     source = _conversion_source(run_dir, cfg)
     model_file = out_dir / "models" / f"{c.name}.int8.tflite"
     meta_file = model_file.with_suffix(".json")
@@ -360,8 +379,9 @@ def run_sweep(out_dir: Path, cfg: SweepConfig = SweepConfig(), progress=None) ->
         raise ValueError("sweep: no configurations selected (check --alphas/--sizes/--segmenters)")
     raw = _raw_images(cfg.data, cfg.calibration_images, cfg.seed) if cfg.data else []
     rows: list[SweepRow] = []
+    data_cache: dict = {}  # (role, size) -> short-run data, read once per input size
     for c in (todo if progress is None else progress(todo, desc="sweep")):
-        row = convert_candidate(c, cfg, out_dir, raw, progress)
+        row = convert_candidate(c, cfg, out_dir, raw, data_cache, progress)
         if row.quality:
             log.info("%s: validation %s INT8 %.4f, FP32 %.4f", c.name, row.quality["metric"], row.quality["int8"], row.quality["fp32"])
         rows.append(row)

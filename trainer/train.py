@@ -52,39 +52,27 @@ def _geometric(image: tf.Tensor, mask: tf.Tensor | None, seed: tf.Tensor):
     return image, mask, s[2]
 
 
-def classifier_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int, training: bool) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)[:, None]))
+def make_dataset(images: np.ndarray, targets: np.ndarray, batch: int, seed: int, training: bool, masks: bool) -> tf.data.Dataset:
+    """Batches of (float pixels, float targets); in training shuffled and augmented.
+
+    `masks`: the targets are HxW masks that must follow the image's flips and rotations
+    (segmenter); otherwise they are per-image labels (classifier).
+    """
+    targets = targets[..., None].astype(np.float32) if masks else targets.astype(np.float32)[:, None]
+    ds = tf.data.Dataset.from_tensor_slices((images, targets))
     if training:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), seed]))
         ds = tf.data.Dataset.zip((ds, counter))
 
-        def aug(pair, sd):
-            img, lab = pair
-            img, _, sd2 = _geometric(tf.cast(img, tf.float32), None, sd)
-            return _augment_image(img, sd2), lab
+        def augment(pair, sample_seed):
+            image, target = pair
+            image, moved, photometric_seed = _geometric(tf.cast(image, tf.float32), target if masks else None, sample_seed)
+            return _augment_image(image, photometric_seed), moved if masks else target
 
-        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = ds.map(lambda i, l: (tf.cast(i, tf.float32), l))
-    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
-
-
-def segmenter_dataset(images: np.ndarray, masks: np.ndarray, batch: int, seed: int, training: bool) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((images, masks[..., None]))
-    if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), seed]))
-        ds = tf.data.Dataset.zip((ds, counter))
-
-        def aug(pair, sd):
-            img, m = pair
-            img, m, sd2 = _geometric(tf.cast(img, tf.float32), tf.cast(m, tf.float32), sd)
-            return _augment_image(img, sd2), m
-
-        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda i, m: (tf.cast(i, tf.float32), tf.cast(m, tf.float32)))
+        ds = ds.map(lambda image, target: (tf.cast(image, tf.float32), target))
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -147,8 +135,8 @@ def train_classifier(model: keras.Model, train: tuple[np.ndarray, np.ndarray], v
         loss="binary_crossentropy",
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )
-    train_ds = classifier_dataset(x, y, cfg.batch_size, cfg.seed, training=True)
-    val_ds = classifier_dataset(*val, cfg.batch_size, cfg.seed, training=False)
+    train_ds = make_dataset(x, y, cfg.batch_size, cfg.seed, training=True, masks=False)
+    val_ds = make_dataset(*val, cfg.batch_size, cfg.seed, training=False, masks=False)
     # Keras `class_weight` does not combine with repeated datasets of unknown length, so weight via the loss:
     weights = {0: len(y) / (2.0 * neg), 1: len(y) / (2.0 * pos)}
     train_ds = train_ds.map(lambda img, lab: (img, lab, tf.where(lab[:, 0] > 0.5, weights[1], weights[0])))
@@ -162,6 +150,6 @@ def train_segmenter(model: keras.Model, train: tuple[np.ndarray, np.ndarray], va
     x, m = train
     steps = cfg.steps_per_epoch or int(np.ceil(len(x) / cfg.batch_size))
     model.compile(optimizer=keras.optimizers.Adam(_schedule(cfg, steps)), loss=bce_dice_loss, metrics=[dice_coefficient])
-    train_ds = segmenter_dataset(x, m, cfg.batch_size, cfg.seed, training=True)
-    val_ds = segmenter_dataset(*val, cfg.batch_size, cfg.seed, training=False)
+    train_ds = make_dataset(x, m, cfg.batch_size, cfg.seed, training=True, masks=True)
+    val_ds = make_dataset(*val, cfg.batch_size, cfg.seed, training=False, masks=True)
     return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_dice_coefficient", "max", extra_callbacks)

@@ -113,7 +113,8 @@ def build_engine(cfg: Config, bundle_dir: Optional[Path] = None, verify_golden: 
     """Load + verify a bundle completely and build its cascade; raises BundleError/RuntimeUnavailable."""
     from edge.cascade import Cascade, TilingConfig
 
-    bundle_dir = Path(bundle_dir or cfg.bundle_dir())
+    # Resolve `models/current` once, so every file is read from the same release even if it is switched meanwhile.
+    bundle_dir = Path(bundle_dir or cfg.bundle_dir()).resolve()
     bundle = load_bundle(bundle_dir, runtime=cfg.model.runtime, threads=cfg.model.threads)
     if verify_golden and (bundle.manifest.golden or {}).get("samples"):
         from edge.selftest import run_golden

@@ -11,6 +11,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_debs+=(mos
 [ -x /usr/sbin/sshd ] || need_debs+=(openssh-server)
 command -v ssh >/dev/null || need_debs+=(openssh-client)
 command -v rsync >/dev/null || need_debs+=(rsync)
+command -v openssl >/dev/null || need_debs+=(openssl)
 command -v pkg-config >/dev/null || need_debs+=(pkg-config)
 [ -e /usr/include/systemd/sd-daemon.h ] || need_debs+=(libsystemd-dev)
 "$PY" -c "import venv, ensurepip" 2>/dev/null || need_debs+=(python3-venv)

@@ -59,13 +59,14 @@ def test_export_writes_a_bundle_the_device_accepts(toy_runs):
 def test_interrupted_training_resumes_from_the_last_epoch(tmp_path):
     import keras
 
-    from trainer.models import ClassifierSpec, build_classifier
-    from trainer.train import TrainConfig, train_classifier
+    from trainer.models import SegmenterSpec, build_segmenter
+    from trainer.train import TrainConfig, train_segmenter
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
-    y = np.array([0, 1] * 8, np.int32)
+    y = (rng.random((16, 32, 32)) < 0.05).astype(np.uint8)
     cfg = TrainConfig(epochs=3, batch_size=8, verbose=0)
+    spec = SegmenterSpec(size=32, base=4, depth=2)
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -73,9 +74,9 @@ def test_interrupted_training_resumes_from_the_last_epoch(tmp_path):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(build_classifier(ClassifierSpec(size=32)), (x, y), (x, y), cfg, tmp_path, extra_callbacks=[Interrupt()])
+        train_segmenter(build_segmenter(spec), (x, y), (x, y), cfg, tmp_path, extra_callbacks=[Interrupt()])
     assert (tmp_path / "backup").is_dir()
-    train_classifier(build_classifier(ClassifierSpec(size=32)), (x, y), (x, y), cfg, tmp_path)
+    train_segmenter(build_segmenter(spec), (x, y), (x, y), cfg, tmp_path)
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "log.csv"))]
     assert epochs == [0, 1, 2]  # epoch 2 ran after the restart; 0 and 1 were not repeated
     assert not (tmp_path / "backup").exists()  # a finished run clears its resume state

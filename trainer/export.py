@@ -113,22 +113,13 @@ def _tensor_dict(info) -> dict:
 
 
 def _data_provenance(run_dirs: list[Path]) -> dict:
-    sources, seen = [], set()
-    for run_dir in run_dirs:
-        meta = json.loads((run_dir / "run.json").read_text())
-        for d in meta["data"]:
-            if d in seen:
-                continue
-            seen.add(d)
-            source_txt = Path(d) / "SOURCE.txt"
-            entry = {"folder": Path(d).name}
-            if source_txt.is_file():
-                for line in source_txt.read_text(errors="replace").splitlines():
-                    for key in ("DATASET", "LICENCE", "CONTENT"):
-                        if line.startswith(key + ":"):
-                            entry[key.lower()] = line.split(":", 1)[1].strip()
-            sources.append(entry)
-    return {"sources": sources, "runs": {Path(r).name: json.loads((Path(r) / "run.json").read_text()) for r in run_dirs}}
+    """What the models were trained on: each data folder's SOURCE.txt (dataset, licence, citation) and the runs."""
+    from trainer.provenance import source_entry
+
+    runs = {Path(r).name: json.loads((Path(r) / "run.json").read_text()) for r in run_dirs}
+    folders = list(dict.fromkeys(d for meta in runs.values() for d in meta["data"]))
+    sources = [{k: v for k, v in source_entry(d).items() if k not in ("path", "from")} for d in folders]
+    return {"sources": sources, "runs": runs}
 
 
 @dataclass

@@ -102,3 +102,24 @@ def test_synth_dataset_loads_with_both_loaders(tmp_path):
     assert len(seg.images) == 12 and len(cls.labels) == 12
     has_crack = seg.masks.reshape(12, -1).max(axis=1) > 0
     assert (cls.labels == has_crack).all()
+
+
+def test_labelled_event_export_is_training_data(tmp_path):
+    """The CSV `crackd events export` writes (operators' labels on snapshots) loads as a classification set."""
+    import csv
+
+    from edge.cli_daemon import EXPORT_FIELDS
+
+    snaps = tmp_path / "snapshots"
+    for name, value in (("a.jpg", 30), ("b.jpg", 200), ("c.jpg", 90)):
+        write_img(snaps / name, value)
+    export = tmp_path / "events.csv"
+    with export.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=EXPORT_FIELDS)
+        writer.writeheader()
+        writer.writerow({"id": 1, "uuid": "u1", "label": "crack", "snapshot": str(snaps / "a.jpg")})
+        writer.writerow({"id": 2, "uuid": "u2", "label": "no-crack", "snapshot": str(snaps / "b.jpg")})
+        writer.writerow({"id": 3, "uuid": "u3", "label": "", "snapshot": str(snaps / "c.jpg")})  # unlabelled: left out
+    ds = load_classification(export, size=16)
+    assert ds.labels.tolist() == [1, 0]
+    assert ds.paths == [str(snaps / "a.jpg"), str(snaps / "b.jpg")]

@@ -31,6 +31,8 @@ from trainer.datasets import (
 def dataset_kind(root: str | Path) -> str:
     """'segmentation' when the folder has images/ and masks/, else 'classification'."""
     root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return "classification"
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder")
     return "segmentation" if (root / "images").is_dir() and (root / "masks").is_dir() else "classification"

@@ -2,8 +2,8 @@
 
 Classification: a folder with one sub-folder per class, named (any letter case)
 `positive`/`crack` for cracks and `negative`/`no_crack`/`nocrack` for clean
-surfaces, or a `labels.csv` (`file,label`) as written by `crack-train synth` and
-`crackd events export`. Segmentation: `images/` and `masks/` matched by file stem.
+surfaces, or a `labels.csv` (`file,label`) as written by `crack-train synth`, or
+the CSV of `crackd events export` (operators' labels on event snapshots). Segmentation: `images/` and `masks/` matched by file stem.
 
 Unreadable images are skipped, counted and listed (`LoadReport`); structural
 problems (a mask without its image, an empty folder) raise `DatasetError`.
@@ -77,22 +77,40 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def labelled_csv_files(csv_path: Path, image_dir: Path) -> list[tuple[Path, int]]:
+    """(path, label) rows of a labels CSV: `file,label` (crack-train synth) or a `crackd events export`
+    (`snapshot,label`, operators' labels). Rows without a label are not training data and are left out."""
+    pairs = []
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        column = "file" if "file" in (reader.fieldnames or []) else "snapshot" if "snapshot" in (reader.fieldnames or []) else None
+        if column is None or "label" not in (reader.fieldnames or []):
+            raise DatasetError(f"{csv_path}: expected columns file,label (or snapshot,label from `crackd events export`), got {reader.fieldnames}")
+        for line_no, row in enumerate(reader, start=2):
+            word = (row.get("label") or "").strip().lower()
+            if not word or not row.get(column):
+                continue
+            if word not in LABEL_WORDS:
+                raise DatasetError(f"{csv_path}:{line_no}: label {word!r} is not one of crack/no_crack")
+            path = Path(row[column])
+            pairs.append((path if path.is_absolute() else image_dir / path, LABEL_WORDS[word]))
+    return pairs
+
+
 def classification_files(root: str | Path) -> list[tuple[Path, int]]:
-    """List (path, label) pairs of a classification dataset folder, sorted for determinism."""
+    """List (path, label) pairs of a classification dataset (folder or labels CSV), sorted for determinism."""
     root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        pairs = labelled_csv_files(root, root.parent)
+        if not pairs:
+            raise DatasetError(f"{root}: the dataset is empty (no labelled rows; label events with `crackd events label`)")
+        return pairs
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; expected a dataset folder with positive/ and negative/ (or crack/ and no_crack/) inside")
     labels_csv = root / "labels.csv"
     pairs: list[tuple[Path, int]] = []
     if labels_csv.is_file():
-        image_dir = root / "images" if (root / "images").is_dir() else root
-        with labels_csv.open(newline="") as fh:
-            for line_no, row in enumerate(csv.DictReader(fh), start=2):
-                word = (row.get("label") or "").strip().lower()
-                if word not in LABEL_WORDS:
-                    raise DatasetError(f"{labels_csv}:{line_no}: label {word!r} is not one of crack/no_crack")
-                path = Path(row["file"]) if Path(row["file"]).is_absolute() else image_dir / row["file"]
-                pairs.append((path, LABEL_WORDS[word]))
+        pairs = labelled_csv_files(labels_csv, root / "images" if (root / "images").is_dir() else root)
     else:
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             name = sub.name.lower()

@@ -42,6 +42,7 @@ def _write_run_meta(run_dir: Path, kind: str, spec, cfg, splits, args) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"kind": kind, "spec": spec.as_dict(), "train": cfg.as_dict(), "data": [str(Path(d).resolve()) for d in args.data],
             "synthetic": args.synth, "holdout": list(getattr(args, "holdout", []) or []),
+            "initial_weights": getattr(args, "weights", None) if getattr(args, "weights", "none") != "none" else None,
             "loaded": [r.summary() for r in splits.reports],
             "counts": {"train": int(sum(len(c[0]) for c in splits.train)), "val": int(sum(len(c[0]) for c in splits.val)),
                        "test": {k: int(len(v[0])) for k, v in splits.test.items()}}}

@@ -99,21 +99,23 @@ class Cascade:
         # Compare in the quantized domain: no float map is ever built.
         self._seg_q_threshold = int(math.ceil(pixel_threshold / seg_out.scale + seg_out.zero_point))
 
-    def _classify(self, rgb: np.ndarray) -> float:
-        model = self.bundle.classifier
+    @staticmethod
+    def _run(model, rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Resize `rgb` straight into the model's input tensor and invoke it: (raw output, preprocess ms, model ms)."""
+        t0 = time.perf_counter()
         view = model.input_view()
         resize_into(rgb, view)
-        del view
+        del view  # the runtimes refuse to invoke while a view of their buffers is alive
+        t1 = time.perf_counter()
         raw = model.invoke()
+        t2 = time.perf_counter()
+        return raw, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0
+
+    def _score(self, raw: np.ndarray) -> float:
         return float((int(raw.reshape(-1)[0]) - self._cls_zp) * self._cls_scale)
 
-    def _segment(self, rgb: np.ndarray) -> np.ndarray:
-        """Raw uint8 crack-probability map at the model's output size."""
-        model = self.bundle.segmenter
-        view = model.input_view()
-        resize_into(rgb, view)
-        del view
-        return model.invoke()[..., 0]
+    def _wants_segment(self, score: float) -> bool:
+        return self.segment == "always" or (self.segment == "on-crack" and score >= self.threshold)
 
     def _prob_to_mask(self, prob_q: np.ndarray, height: int, width: int) -> np.ndarray:
         """Upsample the quantized probability map (bilinear) and threshold it: a smooth full-size 0/255 mask."""
@@ -124,45 +126,31 @@ class Cascade:
     def process(self, frame: np.ndarray) -> FrameResult:
         t0 = time.perf_counter()
         rgb = ensure_rgb_uint8(frame)
-        if self.tiling is not None:
-            result = self._process_tiled(rgb, t0)
-        else:
-            result = self._process_whole(rgb, t0)
+        result = self._process_tiled(rgb) if self.tiling is not None else self._process_whole(rgb)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1000.0
         return result
 
-    def _process_whole(self, rgb: np.ndarray, t0: float) -> FrameResult:
-        model = self.bundle.classifier
-        view = model.input_view()
-        resize_into(rgb, view)
-        del view
-        t1 = time.perf_counter()
-        raw = model.invoke()
-        score = float((int(raw.reshape(-1)[0]) - self._cls_zp) * self._cls_scale)
-        t2 = time.perf_counter()
-        timings = {"preprocess": (t1 - t0) * 1000.0, "classify": (t2 - t1) * 1000.0}
-        crack = score >= self.threshold
-        result = FrameResult(crack=crack, score=score, segmented=False, timings_ms=timings)
-        if self.segment == "always" or (self.segment == "on-crack" and crack):
-            seg = self.bundle.segmenter
-            view = seg.input_view()
-            resize_into(rgb, view)
-            del view
-            t3 = time.perf_counter()
-            prob_q = seg.invoke()[..., 0]
-            t4 = time.perf_counter()
+    def _process_whole(self, rgb: np.ndarray) -> FrameResult:
+        raw, pre_ms, cls_ms = self._run(self.bundle.classifier, rgb)
+        score = self._score(raw)
+        timings = {"preprocess": pre_ms, "classify": cls_ms}
+        result = FrameResult(crack=score >= self.threshold, score=score, segmented=False, timings_ms=timings)
+        if self._wants_segment(score):
+            raw, pre_ms, seg_ms = self._run(self.bundle.segmenter, rgb)
+            prob_q = raw[..., 0]
+            t0 = time.perf_counter()
             h, w = rgb.shape[:2]
+            # Measure on the model-resolution mask: the full-frame mask is only its upsampling.
             small = (prob_q >= self._seg_q_threshold).view(np.uint8)
             result.measurements = measure_mask(small, self.mm_per_pixel, self.min_area_px, frame_size=(w, h))
-            t5 = time.perf_counter()
-            timings["preprocess"] += (t3 - t2) * 1000.0
-            timings["segment"] = (t4 - t3) * 1000.0
-            timings["measure"] = (t5 - t4) * 1000.0
+            timings["preprocess"] += pre_ms
+            timings["segment"] = seg_ms
+            timings["measure"] = (time.perf_counter() - t0) * 1000.0
             result.segmented = True
             result._mask_builder = lambda: self._prob_to_mask(prob_q, h, w)
         return result
 
-    def _process_tiled(self, rgb: np.ndarray, t0: float) -> FrameResult:
+    def _process_tiled(self, rgb: np.ndarray) -> FrameResult:
         h, w = rgb.shape[:2]
         tiles = tile_grid(h, w, self.tiling)
         timings = {"preprocess": 0.0, "classify": 0.0, "segment": 0.0, "measure": 0.0}
@@ -170,22 +158,26 @@ class Cascade:
         best, crack_tiles, segmented = 0.0, 0, False
         for x, y, tw, th in tiles:
             tile = rgb[y : y + th, x : x + tw]
-            t1 = time.perf_counter()
-            score = self._classify(tile)
-            t2 = time.perf_counter()
-            timings["classify"] += (t2 - t1) * 1000.0
+            raw, pre_ms, cls_ms = self._run(self.bundle.classifier, tile)
+            score = self._score(raw)
+            timings["preprocess"] += pre_ms
+            timings["classify"] += cls_ms
             best = max(best, score)
-            if self.segment == "always" or (self.segment == "on-crack" and score >= self.threshold):
-                crack_tiles += score >= self.threshold
-                tile_prob = cv2.resize(self._segment(tile), (tw, th), interpolation=cv2.INTER_LINEAR)
+            crack_tiles += score >= self.threshold
+            if self._wants_segment(score):
+                raw, pre_ms, seg_ms = self._run(self.bundle.segmenter, tile)
+                t0 = time.perf_counter()
+                tile_prob = cv2.resize(raw[..., 0], (tw, th), interpolation=cv2.INTER_LINEAR)
+                # Overlaps keep the most confident tile's answer.
                 np.maximum(prob[y : y + th, x : x + tw], tile_prob, out=prob[y : y + th, x : x + tw])
+                timings["preprocess"] += pre_ms + (time.perf_counter() - t0) * 1000.0
+                timings["segment"] += seg_ms
                 segmented = True
-                timings["segment"] += (time.perf_counter() - t2) * 1000.0
         result = FrameResult(crack=best >= self.threshold, score=best, segmented=segmented, timings_ms=timings,
                              tiles=len(tiles), crack_tiles=crack_tiles)
         if segmented:
-            t3 = time.perf_counter()
+            t0 = time.perf_counter()
             result._mask = np.where(prob >= self._seg_q_threshold, np.uint8(255), np.uint8(0))
             result.measurements = measure_mask(result._mask, self.mm_per_pixel, self.min_area_px)
-            timings["measure"] = (time.perf_counter() - t3) * 1000.0
+            timings["measure"] = (time.perf_counter() - t0) * 1000.0
         return result

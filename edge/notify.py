@@ -28,7 +28,9 @@ class Notifier:
         env = os.environ if environ is None else environ
         self.socket_path = env.get("NOTIFY_SOCKET") or None
         self._sd_notify = None
-        if self.socket_path and use_systemd_python:
+        # systemd-python's sd_notify reads $NOTIFY_SOCKET from the process environment itself, so it is
+        # only the right sender when that is where our socket came from.
+        if self.socket_path and use_systemd_python and environ is None:
             try:
                 from systemd import daemon as sd_daemon  # systemd-python
 

@@ -108,7 +108,11 @@ def test_a_vanished_notify_socket_does_not_raise(tmp_path):
     assert Notifier(environ={"NOTIFY_SOCKET": str(tmp_path / "gone")}).ready() is False
 
 
-def test_under_systemd_without_systemd_python_logs_carry_syslog_priorities(capsys):
+def test_under_systemd_without_systemd_python_logs_carry_syslog_priorities(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "systemd", None)  # as on a device without systemd-python
+    monkeypatch.setitem(sys.modules, "systemd.journal", None)
     try:
         assert setup_logging("info", journald=True, environ={"JOURNAL_STREAM": "8:1234"}) == "stderr-journal"
         logging.getLogger("edge.test").warning("camera stalled")
@@ -157,3 +161,23 @@ def test_watchdog_pings_only_while_frames_are_processed(tmp_path, darkness_bundl
         sup.request_stop()
         runner.join(10)
     listener.wait_for("STOPPING=1")
+
+
+def test_systemd_python_sends_when_the_socket_is_in_the_process_environment(path_socket, monkeypatch):
+    """With systemd-python installed (the `systemd` extra), the library's sd_notify delivers the messages."""
+    pytest.importorskip("systemd.daemon", reason="systemd-python is installed by scripts/test.sh (extra `systemd`)")
+    listener, address = path_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    n = Notifier()
+    assert n._sd_notify is not None
+    assert n.ready("serving 2.0")
+    listener.wait_for("READY=1")
+    assert listener.messages == ["READY=1\nSTATUS=serving 2.0"]
+
+
+def test_under_systemd_with_systemd_python_logs_go_to_journald():
+    pytest.importorskip("systemd.journal", reason="systemd-python is installed by scripts/test.sh (extra `systemd`)")
+    try:
+        assert setup_logging("info", journald=True, environ={"JOURNAL_STREAM": "8:1234"}) == "journald"
+    finally:
+        setup_logging("warning", journald=False, environ={})

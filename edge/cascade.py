@@ -100,11 +100,13 @@ class Cascade:
         self._seg_q_threshold = int(math.ceil(pixel_threshold / seg_out.scale + seg_out.zero_point))
 
     @staticmethod
-    def _run(model, rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """Resize `rgb` straight into the model's input tensor and invoke it: (raw output, preprocess ms, model ms)."""
+    def _run(model, rgb: np.ndarray, halvings: dict | None = None) -> tuple[np.ndarray, float, float]:
+        """Resize `rgb` straight into the model's input tensor and invoke it: (raw output, preprocess ms, model ms).
+
+        `halvings` is shared by the models that see the same frame, so it is downscaled only once."""
         t0 = time.perf_counter()
         view = model.input_view()
-        resize_into(rgb, view)
+        resize_into(rgb, view, halvings)
         del view  # the runtimes refuse to invoke while a view of their buffers is alive
         t1 = time.perf_counter()
         raw = model.invoke()
@@ -131,12 +133,13 @@ class Cascade:
         return result
 
     def _process_whole(self, rgb: np.ndarray) -> FrameResult:
-        raw, pre_ms, cls_ms = self._run(self.bundle.classifier, rgb)
+        halvings: dict = {}
+        raw, pre_ms, cls_ms = self._run(self.bundle.classifier, rgb, halvings)
         score = self._score(raw)
         timings = {"preprocess": pre_ms, "classify": cls_ms}
         result = FrameResult(crack=score >= self.threshold, score=score, segmented=False, timings_ms=timings)
         if self._wants_segment(score):
-            raw, pre_ms, seg_ms = self._run(self.bundle.segmenter, rgb)
+            raw, pre_ms, seg_ms = self._run(self.bundle.segmenter, rgb, halvings)
             prob_q = raw[..., 0]
             t0 = time.perf_counter()
             h, w = rgb.shape[:2]
@@ -158,14 +161,15 @@ class Cascade:
         best, crack_tiles, segmented = 0.0, 0, False
         for x, y, tw, th in tiles:
             tile = rgb[y : y + th, x : x + tw]
-            raw, pre_ms, cls_ms = self._run(self.bundle.classifier, tile)
+            halvings: dict = {}
+            raw, pre_ms, cls_ms = self._run(self.bundle.classifier, tile, halvings)
             score = self._score(raw)
             timings["preprocess"] += pre_ms
             timings["classify"] += cls_ms
             best = max(best, score)
             crack_tiles += score >= self.threshold
             if self._wants_segment(score):
-                raw, pre_ms, seg_ms = self._run(self.bundle.segmenter, tile)
+                raw, pre_ms, seg_ms = self._run(self.bundle.segmenter, tile, halvings)
                 t0 = time.perf_counter()
                 tile_prob = cv2.resize(raw[..., 0], (tw, th), interpolation=cv2.INTER_LINEAR)
                 # Overlaps keep the most confident tile's answer.

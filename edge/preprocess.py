@@ -14,10 +14,12 @@ import numpy as np
 
 # Colour order of every array that crosses a module boundary in crackd.
 COLOR_ORDER = "RGB"
-# Interpolation is part of the contract. Downscaling first box-averages by the largest whole factor
-# (cv2.INTER_AREA on an integer ratio: anti-aliased, so thin cracks survive, and fast), then finishes
-# with cv2.INTER_LINEAR (less than 2x left). A plain INTER_AREA to an arbitrary size costs ~10x more.
-PREPROCESSING = {"color": COLOR_ORDER, "resize": "integer-factor cv2.INTER_AREA, then cv2.INTER_LINEAR", "dtype": "uint8", "range": [0, 255]}
+# Interpolation is part of the contract. Downscaling halves with cv2.INTER_AREA (2x2 box average:
+# anti-aliased, so thin cracks survive, and fast) while the image is at least twice the target, then
+# finishes with cv2.INTER_LINEAR (less than 2x left). The halvings of one frame are shared by both
+# models. A plain INTER_AREA to an arbitrary size would cost ~10x more.
+PREPROCESSING = {"color": COLOR_ORDER, "resize": "cv2.INTER_AREA halvings while >= 2x the target, then cv2.INTER_LINEAR",
+                 "dtype": "uint8", "range": [0, 255]}
 
 
 def ensure_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -41,22 +43,30 @@ def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return resize_into(image, out)
 
 
-def resize_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+def _halvings(image: np.ndarray, height: int, width: int, cache: dict | None) -> np.ndarray:
+    """Halve `image` (2x2 box average) while it stays at least twice (height, width); reuse `cache` levels."""
+    while image.shape[0] >= 2 * height and image.shape[1] >= 2 * width:
+        key = (image.shape[0] // 2, image.shape[1] // 2)
+        half = cache.get(key) if cache is not None else None
+        if half is None:
+            half = cv2.resize(image, (key[1], key[0]), interpolation=cv2.INTER_AREA)
+            if cache is not None:
+                cache[key] = half
+        image = half
+    return image
+
+
+def resize_into(image: np.ndarray, out: np.ndarray, cache: dict | None = None) -> np.ndarray:
     """Resize `image` into the preallocated `out` (e.g. a model's input tensor view): no extra copy.
 
     This is the single place where the contract's resize happens, for the device and the trainer alike.
+    `cache` (a dict per frame) lets several models share the frame's halvings; results are identical.
     """
-    h, w = image.shape[:2]
     out_h, out_w = out.shape[:2]
-    if (h, w) == (out_h, out_w):
-        np.copyto(out, image)
+    image = _halvings(image, out_h, out_w, cache)
+    if image.shape[:2] == (out_h, out_w):
+        np.copyto(out, image.reshape(out.shape))
         return out
-    factor = min(h // out_h, w // out_w)
-    if factor >= 2:
-        image = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-        if image.shape[:2] == (out_h, out_w):
-            np.copyto(out, image.reshape(out.shape))
-            return out
     result = cv2.resize(image, (out_w, out_h), dst=out, interpolation=cv2.INTER_LINEAR)
     if result is not out and not np.shares_memory(result, out):  # OpenCV allocated anyway (non-contiguous view)
         np.copyto(out, result.reshape(out.shape))

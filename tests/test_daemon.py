@@ -186,7 +186,8 @@ def test_a_source_that_fails_and_comes_back_is_reconnected_and_its_state_publish
         sub.wait_for(lambda s: any(p["state"] == "ok" for p in s.on("camera")), what="camera ok")
         shutil.move(frames, tmp_path / "unplugged")
         sub.wait_for(lambda s: any(p["state"] == "reconnecting" for p in s.on("camera")), what="camera reconnecting")
-        assert read_status(tmp_path / "state").get("camera_state") in ("reconnecting", "ok")
+        # status.json is rewritten about once a second: wait for the write that follows the state change
+        wait_until(lambda: read_status(tmp_path / "state").get("camera_state") in ("reconnecting", "ok"), what="camera state in status.json")
         shutil.move(tmp_path / "unplugged", frames)
         back = sub.wait_for(lambda s: [p for p in s.on("camera") if p["state"] == "ok" and p["reconnects"] >= 1], what="camera back")
         assert back[0]["errors"] >= 1

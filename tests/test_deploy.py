@@ -307,9 +307,9 @@ def test_a_bundle_whose_model_cannot_be_loaded_is_refused(sshd, steady_device, m
 def test_a_bundle_that_fails_its_golden_samples_is_refused(sshd, steady_device, make_bundle, signer_keys):
     def swap_expectations(m, d):  # the recorded segmenter maps belong to other images
         samples = m["golden"]["samples"]
-        outs = [s["segmenter_output"] for s in samples]
-        for s, out in zip(samples, outs[1:] + outs[:1]):
-            s["segmenter_output"] = out
+        outs = [(s["segmenter_output"], s.get("segmenter_output_sha256")) for s in samples]
+        for s, (out, sha) in zip(samples, outs[1:] + outs[:1]):
+            s["segmenter_output"], s["segmenter_output_sha256"] = out, sha  # consistent checksums, wrong expectations
 
     r = push(sshd, steady_device, make_bundle("golden", edit=swap_expectations, sign=signer_keys.trusted))
 

@@ -62,6 +62,8 @@ class CrackMeasurements:
         for k in ("length_px", "max_width_px", "mean_width_px"):
             d[k] = round(d[k], 2)
         d["area_fraction"] = round(d["area_fraction"], 6)
+        if d["orientation_deg"] is not None:
+            d["orientation_deg"] = round(d["orientation_deg"], 2)
         if self.mm_per_pixel:
             s = self.mm_per_pixel
             d["area_mm2"] = round(self.total_area_px * s * s, 3)

@@ -181,7 +181,7 @@ def cmd_status(args) -> int:
         f"{status.get('frames_failed')} failed, {status.get('frames_bad')} bad; {status.get('fps')} fps; last {status.get('last_frame_age_s')} s ago",
         f"  latency      p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms",
         f"  camera       {status.get('camera_state')}",
-        f"  mqtt         " + ("off" if not status.get("mqtt_enabled") else
+        "  mqtt         " + ("off" if not status.get("mqtt_enabled") else
                               ("connected" if status.get("broker_connected") else f"DISCONNECTED ({status.get('broker_error')})"))
         + f", outbox {status.get('outbox_depth')} waiting",
     ]

@@ -353,7 +353,7 @@ def _check_range(value, meta, node, path, filename, expected):
             _fail(filename, node, path, f"expected {expected}{_range_text(meta)}, got {shown}")
     if isinstance(value, str):
         if meta.get("min_len") and len(value) < meta["min_len"]:
-            _fail(filename, node, path, f"expected a non-empty string")
+            _fail(filename, node, path, "expected a non-empty string")
         if meta.get("max_len") and len(value) > meta["max_len"]:
             _fail(filename, node, path, f"expected at most {meta['max_len']} characters, got {len(value)}")
 

@@ -131,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, metavar="PATH", help="start from these weights (.keras or .weights.h5 of the same architecture)")
     p.set_defaults(func=cmd_segmenter)
 
-    from trainer import cli_export
+    from trainer import cli_export, evaluate_cli
 
     cli_export.register(sub)
+    evaluate_cli.register(sub)
     return parser
 
 

@@ -31,6 +31,3 @@ def register(sub) -> None:
     p.add_argument("--golden", type=int, default=4, help="golden self-test samples stored in the bundle")
     p.add_argument("--sign", metavar="KEY", default=None, help="sign the manifest with this OpenSSH ed25519 private key")
     p.set_defaults(func=cmd_export)
-    from trainer import evaluate_cli
-
-    evaluate_cli.register(sub)

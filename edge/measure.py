@@ -6,9 +6,9 @@ millimetres too when a `mm_per_pixel` scale is known.
 
 Length is measured on a one-pixel skeleton (Zhang-Suen thinning) traced as
 simplified polylines, and each free end is extended by the local half-width
-the thinning ate. Width comes from the Euclidean distance
-transform: max width = 2*d - 1 at the skeleton (d = distance to the nearest
-background pixel centre); mean width = area / length.
+the thinning ate. Width comes from the distance transform: max width =
+2*d - 1 at the skeleton (d = distance to the nearest background pixel centre);
+mean width = area / length.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
-
 
 
 @dataclass(frozen=True)
@@ -131,26 +130,36 @@ def thin(mask01: np.ndarray) -> np.ndarray:
             return img[1:-1, 1:-1].copy()
 
 
-def skeleton_length(skeleton: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[float, np.ndarray]:
-    """Length of a one-pixel skeleton and the (row, col) of its free ends.
+def _curve_lengths(skeleton: np.ndarray, scale: tuple[float, float]) -> list[tuple[tuple[int, int], float]]:
+    """((x, y) of a pixel on it, length) of each curve of a one-pixel skeleton.
 
     The contour of a one-pixel curve runs along it and back, so half the perimeter of its contours is
     the curve's length (branches and closed loops included). Each contour is first simplified to a
     polyline (Douglas-Peucker, 1 px): counting pixel steps instead overestimates slanted cracks by up
     to 8 % (the staircase and the thinning's zig-zags). `scale` = (sx, sy) frame pixels per mask pixel.
     """
-    s = (skeleton > 0).astype(np.uint8)
     sx, sy = scale
-    contours, _ = cv2.findContours(s, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    perimeter = 0.0
+    curves = []
+    contours, _ = cv2.findContours(skeleton, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     for contour in contours:
         pts = contour.reshape(-1, 2).astype(np.float32) * np.float32((sx, sy))
         if len(pts) > 2:
             pts = cv2.approxPolyDP(pts.reshape(-1, 1, 2), 1.0 * math.sqrt(sx * sy), closed=True)
-        perimeter += cv2.arcLength(pts.reshape(-1, 1, 2), closed=True)
-    degree = cv2.filter2D(s, cv2.CV_16S, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - s
-    ends = np.argwhere((s > 0) & (degree == 1))
-    return perimeter / 2.0, ends
+        x, y = contour[0, 0]
+        curves.append(((int(x), int(y)), cv2.arcLength(pts.reshape(-1, 1, 2), closed=True) / 2.0))
+    return curves
+
+
+def _free_ends(skeleton: np.ndarray) -> np.ndarray:
+    """uint8 mask of skeleton pixels with exactly one neighbour."""
+    degree = cv2.filter2D(skeleton, cv2.CV_16S, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - skeleton
+    return ((skeleton > 0) & (degree == 1)).view(np.uint8)
+
+
+def skeleton_length(skeleton: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[float, np.ndarray]:
+    """Total length of a one-pixel skeleton (see `_curve_lengths`) and the (row, col) of its free ends."""
+    s = (skeleton > 0).astype(np.uint8)
+    return sum(length for _, length in _curve_lengths(s, scale)), np.argwhere(_free_ends(s))
 
 
 def _orientation(mu20: float, mu02: float, mu11: float) -> float:
@@ -159,16 +168,10 @@ def _orientation(mu20: float, mu02: float, mu11: float) -> float:
 
 
 def _per_label_lengths(skeleton: np.ndarray, labels: np.ndarray, n: int, scale: tuple[float, float]) -> np.ndarray:
-    """Skeleton length of every label (see `skeleton_length`), from one contour pass over the whole mask."""
-    sx, sy = scale
+    """Skeleton length of every label, from one contour pass over the whole mask."""
     lengths = np.zeros(n)
-    contours, _ = cv2.findContours(skeleton, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    for contour in contours:
-        x, y = contour[0, 0]
-        pts = contour.reshape(-1, 2).astype(np.float32) * np.float32((sx, sy))
-        if len(pts) > 2:
-            pts = cv2.approxPolyDP(pts.reshape(-1, 1, 2), 1.0 * math.sqrt(sx * sy), closed=True)
-        lengths[labels[y, x]] += cv2.arcLength(pts.reshape(-1, 1, 2), closed=True) / 2.0
+    for (x, y), length in _curve_lengths(skeleton, scale):
+        lengths[labels[y, x]] += length
     return lengths
 
 
@@ -201,8 +204,7 @@ def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_p
         max_dist = np.zeros(n)
         np.maximum.at(max_dist, sk_label, dist[sk_y, sk_x])
         # Thinning shortens each free end by about the local half-width: add it back.
-        degree = cv2.filter2D(skeleton, cv2.CV_16S, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - skeleton
-        end_y, end_x = _nonzero(((skeleton > 0) & (degree == 1)).view(np.uint8))
+        end_y, end_x = _nonzero(_free_ends(skeleton))
         extension = np.bincount(labels[end_y, end_x], np.maximum(0.0, dist[end_y, end_x] - 0.5), minlength=n)
         ys, xs = _nonzero(binary)
         lab = labels[ys, xs]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import BundleError
+from edge.images import image_files, read_rgb
 from edge.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
 
 
@@ -56,7 +56,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(image_files(p, recursive=True))
         else:
             out.append(p)
     return out
@@ -64,15 +64,12 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 def read_image(path: Path) -> np.ndarray:
     """RGB uint8 image; raises ValueError naming the file when it cannot be decoded."""
-    import cv2
-
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    data = np.fromfile(str(path), np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
+    rgb = read_rgb(path)
+    if rgb is None:
         raise ValueError(f"{path}: not a readable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def _row(path: Path, result) -> str:

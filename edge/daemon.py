@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 from edge import __version__
+from edge.atomic_write import write_json_atomic
 from edge.bundle import BundleError, LoadedBundle, load_bundle
 from edge.config import Config, ConfigError, load_config
 from edge.decision import END, START, Decision, DecisionParams, EventRecord, FrameObservation
@@ -139,14 +139,6 @@ def decision_params(cfg: Config, bundle: LoadedBundle) -> DecisionParams:
     d = cfg.decision
     threshold = d.threshold if d.threshold is not None else bundle.manifest.classifier.threshold
     return DecisionParams(threshold, d.hysteresis, d.start_k, d.start_n, d.end_m, d.update_interval_s)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")  # one per writing thread
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def _percentile(values, q: float) -> Optional[float]:

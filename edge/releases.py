@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge.atomic_write import write_json_atomic
 from edge.bundle import SIGNATURE, BundleError, load_bundle, manifest_sha256, read_manifest, verify_files
 from edge.signing import DEFAULT_ALLOWED_SIGNERS, verify_bundle_signature
 
@@ -232,12 +233,6 @@ def _link_version(link: Path) -> str | None:
     return Path(target).name
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _parse_iso(text: str | None) -> float | None:
     if not text:
         return None
@@ -340,7 +335,7 @@ class DeviceLock:
                     raise DeviceBusy(self.busy_message()) from None
                 time.sleep(0.2)
         self._fd = fd
-        _write_json_atomic(self.layout.lock_holder, {"who": self.who, "action": self.action, "pid": os.getpid(), "since": now_iso(), "token": self.token})
+        write_json_atomic(self.layout.lock_holder, {"who": self.who, "action": self.action, "pid": os.getpid(), "since": now_iso(), "token": self.token})
 
     def release(self) -> None:
         if self._fd is None:

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from edge.bundle import BundleError, LoadedBundle
+from edge.images import read_rgb
 from edge.preprocess import model_input
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,9 @@ class GoldenReport:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = read_rgb(path)
     if image is None:
         raise GoldenError(f"{path}: golden image could not be read as an image")
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    if image.ndim == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
 
 

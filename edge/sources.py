@@ -27,9 +27,10 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from edge.images import IMAGE_SUFFIXES, decode_rgb, image_files
+
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 CAMERA_STATES = ("starting", "ok", "stalled", "reconnecting", "failed", "finished")
 
 
@@ -162,10 +163,6 @@ class SyntheticSource(FrameSource):
 # --------------------------------------------------------------------------- folder
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 class FolderSource(FrameSource):
     """Image files of a directory in sorted name order, at `fps` (0 = as fast as taken), once or looped.
 
@@ -197,7 +194,7 @@ class FolderSource(FrameSource):
         if not self.path.is_dir():
             raise SourceError(f"{self.path}: folder not found")
         try:
-            self._files = list_images(self.path)
+            self._files = image_files(self.path)
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot list folder ({exc.strerror})") from None
         if not self._files:
@@ -230,13 +227,12 @@ class FolderSource(FrameSource):
                     self._pos -= 1
                     raise SourceError(f"{self.path}: folder disappeared") from None
                 log.warning("folder source: cannot read %s (%s); skipped", path, exc.strerror)
-            bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
-            if bgr is None:
+            rgb = decode_rgb(data)
+            if rgb is None:
                 self.health.bad_frames += 1
                 log.warning("folder source: %s is not a readable image; skipped (%d bad so far)", path.name, self.health.bad_frames)
                 continue
             self._good_this_pass += 1
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             if self.cache_bytes:
                 self._remember(path, rgb)
             self.pacer.wait()

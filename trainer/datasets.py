@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.images import IMAGE_SUFFIXES, image_files, read_rgb
 from edge.preprocess import mask_to_binary, model_input, resize_mask
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 POSITIVE_DIRS = {"positive", "crack", "cracks", "1"}
 NEGATIVE_DIRS = {"negative", "no_crack", "nocrack", "no-crack", "non_crack", "0"}
 LABEL_WORDS = {"crack": 1, "positive": 1, "1": 1, "no_crack": 0, "no-crack": 0, "negative": 0, "0": 0}
@@ -62,21 +62,6 @@ class SegmentationSet:
     report: LoadReport
 
 
-def read_rgb(path: Path) -> np.ndarray | None:
-    """Decode an image file to RGB uint8, or None when it is missing, empty or corrupt."""
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
-    if data.size == 0:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def labelled_csv_files(csv_path: Path, image_dir: Path) -> list[tuple[Path, int]]:
     """(path, label) rows of a labels CSV: `file,label` (crack-train synth) or a `crackd events export`
     (`snapshot,label`, operators' labels). Rows without a label are not training data and are left out."""
@@ -116,7 +101,7 @@ def classification_files(root: str | Path) -> list[tuple[Path, int]]:
             name = sub.name.lower()
             label = 1 if name in POSITIVE_DIRS else 0 if name in NEGATIVE_DIRS else None
             if label is not None:
-                pairs.extend((p, label) for p in _image_files(sub))
+                pairs.extend((p, label) for p in image_files(sub))
         if not any(p.is_dir() and p.name.lower() in POSITIVE_DIRS | NEGATIVE_DIRS for p in root.iterdir()):
             raise DatasetError(
                 f"{root}: no class folders found; expected positive/ and negative/ (any case) or crack/ and no_crack/, or a labels.csv"
@@ -160,8 +145,8 @@ def segmentation_pairs(root: str | Path) -> list[tuple[Path, Path]]:
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise DatasetError(f"{root}: missing {d.name}/ folder; a segmentation dataset needs images/ and masks/ with files matched by stem")
-    images = {p.stem: p for p in _image_files(img_dir)}
-    masks = {p.stem: p for p in _image_files(mask_dir)}
+    images = {p.stem: p for p in image_files(img_dir)}
+    masks = {p.stem: p for p in image_files(mask_dir)}
     no_image = sorted(set(masks) - set(images))
     no_mask = sorted(set(images) - set(masks))
     if no_image or no_mask:

@@ -21,9 +21,9 @@ import numpy as np
 
 from edge import __version__
 from edge.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file
+from edge.images import read_rgb
 from edge.preprocess import PREPROCESSING, model_input
 from edge.runtime import TFLiteModel, float_tensors
-from trainer.datasets import read_rgb
 from trainer.metrics import binary_metrics, pixel_metrics
 
 GOLDEN_TOLERANCE = {"classifier": 3, "segmenter_mean_abs": 1.5, "segmenter_max_fraction_off": 0.02}
@@ -102,10 +102,16 @@ def calibration_set(run_dir: Path, size: int, n: int, seed: int) -> np.ndarray:
             break
     if not images:
         raise ExportError(f"{run_dir}: no real training images found for calibration (splits.json lists none that are readable)")
-    # Pin the input range to the full 0..255 so the uint8 input quantization is the identity (scale 1, zero point 0).
-    images.append(np.full((size, size, 3), 255, np.uint8))
-    images.append(np.zeros((size, size, 3), np.uint8))
-    return np.stack(images)
+    return with_range_pins(images, size)
+
+
+def with_range_pins(images: list[np.ndarray], size: int) -> np.ndarray:
+    """Stack calibration images plus a white and a black frame.
+
+    They pin the input range to the full 0..255, so the uint8 input quantization is the identity
+    (scale 1, zero point 0) and the device feeds camera bytes unchanged.
+    """
+    return np.stack([*images, np.full((size, size, 3), 255, np.uint8), np.zeros((size, size, 3), np.uint8)])
 
 
 def _tensor_dict(info) -> dict:

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from edge import synth
+from edge.images import read_rgb
 from edge.preprocess import model_input
 from edge.runtime import TFLiteModel
 from trainer.assemble import dataset_kind
-from trainer.datasets import DatasetError, classification_files, read_rgb, segmentation_pairs
+from trainer.datasets import DatasetError, classification_files, segmentation_pairs
+from trainer.export import with_range_pins
 from trainer.json_safe import dumps
 from trainer.latency import machine_description, measure_models
 
@@ -141,15 +143,13 @@ def _raw_images(folders: tuple[str, ...], n: int, seed: int) -> list[np.ndarray]
 
 
 def calibration_images(raw: list[np.ndarray], size: int, n: int, seed: int) -> np.ndarray:
-    """`n` images at `size` through the device preprocessing (synthetic when no real ones), plus black and white
-    frames that pin the uint8 input quantization to the identity, as trainer.export.calibration_set does."""
+    """`n` images at `size` through the device preprocessing (synthetic when no real ones), range-pinned as for export."""
     if raw:
         images = [model_input(img, size, size) for img in raw[:n]]
     else:
         rng = np.random.default_rng(seed)
         images = [synth.generate(rng, size, size, 0.5).image for _ in range(n)]
-    images += [np.full((size, size, 3), 255, np.uint8), np.zeros((size, size, 3), np.uint8)]
-    return np.stack(images)
+    return with_range_pins(images, size)
 
 
 # ---------------------------------------------------------------- runs: find, train, score

@@ -20,7 +20,7 @@ import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -79,7 +79,6 @@ class HostResult:
     seconds: float = 0.0
     message: str = ""
     canary: bool = False
-    details: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -221,7 +220,6 @@ def push_host(host: str, bundle: Path, manifest: Manifest, dev: DeviceSettings, 
             return result
         lat = (staged.get("latency_ms") or {}).get("total_ms_p50")
         signer = (staged.get("signer") or {}).get("principal", "unsigned")
-        result.details["stage"] = staged
         progress(host, f"staged: signer {signer}, golden samples ok, {lat} ms/frame; activating (was {result.old_version}) "
                        f"and waiting up to {opts.health_timeout_s:g} s for it to serve healthily")
 

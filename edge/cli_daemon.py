@@ -132,13 +132,20 @@ def _pid_alive(pid) -> bool:
         return False
 
 
-def _state_dir(args) -> Path:
+def _state_paths(args) -> tuple[Path, Path]:
+    """(state directory, journal file): from --config (honouring storage.db), else --state-dir or the default."""
     if getattr(args, "config", None):
         try:
-            return Path(load_config(args.config).storage.state_dir)
+            cfg = load_config(args.config)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-    return Path(args.state_dir) if args.state_dir else default_state_dir()
+        return cfg.state_dir, cfg.db_path
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    return state_dir, state_dir / "crackd.db"
+
+
+def _state_dir(args) -> Path:
+    return _state_paths(args)[0]
 
 
 class UsageError(Exception):
@@ -224,8 +231,8 @@ def _iso(t) -> Optional[str]:
 def _open_journal(args):
     from edge.journal import Journal
 
-    state_dir = _state_dir(args)
-    db = Path(args.db) if getattr(args, "db", None) else state_dir / "crackd.db"
+    state_dir, db = _state_paths(args)
+    db = Path(args.db) if getattr(args, "db", None) else db
     if not db.exists():
         raise UsageError(f"{db}: no journal here (pass --state-dir, --config or --db)")
     return Journal(db), state_dir

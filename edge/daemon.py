@@ -135,10 +135,10 @@ def build_engine(cfg: Config, bundle_dir: Optional[Path] = None, verify_golden: 
     return Engine(bundle, cascade, bundle_dir)
 
 
-def decision_params(cfg: Config, bundle: LoadedBundle) -> DecisionParams:
+def decision_params(cfg: Config, engine: Engine) -> DecisionParams:
+    """Debounce settings; the crack threshold is the cascade's, so a frame's `crack` flag and the events agree."""
     d = cfg.decision
-    threshold = d.threshold if d.threshold is not None else bundle.manifest.classifier.threshold
-    return DecisionParams(threshold, d.hysteresis, d.start_k, d.start_n, d.end_m, d.update_interval_s)
+    return DecisionParams(engine.cascade.threshold, d.hysteresis, d.start_k, d.start_n, d.end_m, d.update_interval_s)
 
 
 def _percentile(values, q: float) -> Optional[float]:
@@ -196,7 +196,6 @@ class Supervisor:
         self.fps = 0.0
         self.camera_state = "starting"
         self.last_reload: Optional[dict] = None
-        self.source_finished = False
         self._pending_writes: deque = deque(maxlen=10000)
         self._frame_rows: list[FrameRow] = []
         self._frame_rows_since = time.monotonic()
@@ -230,7 +229,7 @@ class Supervisor:
         except (BundleError, RuntimeUnavailable, ValueError) as exc:
             self._release_pid_file()
             raise StartupError(f"model.bundle: {exc}") from None
-        self.decision = Decision(decision_params(cfg, self.engine.bundle))
+        self.decision = Decision(decision_params(cfg, self.engine))
         try:
             self.journal = Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
         except (JournalError, OSError) as exc:
@@ -406,7 +405,6 @@ class Supervisor:
                 frame = self.resilient.read()
             except SourceExhausted:
                 log.info("source finished: stopping after the last frame")
-                self.source_finished = True
                 self.slot.close()
                 return
             except ResilientSource.Stopped:
@@ -454,14 +452,13 @@ class Supervisor:
         self.last_frame_mono = now
         self.latency_ms.append((now - frame.mono) * 1000.0)
         self.inference_ms.append(result.timings_ms.get("total", 0.0))
-        if self.publisher is not None and self.cfg.mqtt.publish_frames:
-            summary = None
-            if measurements:
-                summary = {k: v for k, v in measurements.items() if k != "components"}
-            self.publisher.publish_frame({
+        if self.publisher is not None:
+            self.publisher.publish_frame(lambda: {
                 "seq": frame.seq, "t": iso(frame.t), "crack": bool(result.crack), "score": round(float(result.score), 4),
-                "segmented": bool(result.segmented), "measurements": summary, "event_uuid": event_uuid,
-                "latency_ms": round(result.timings_ms.get("total", 0.0), 2), "bundle_version": engine.bundle.version,
+                "segmented": bool(result.segmented),
+                "measurements": {k: v for k, v in measurements.items() if k != "components"} if measurements else None,
+                "event_uuid": event_uuid, "latency_ms": round(result.timings_ms.get("total", 0.0), 2),
+                "bundle_version": engine.bundle.version,
             })
 
     def _journal_records(self, records, frame_row: Optional[FrameRow], current) -> None:
@@ -581,7 +578,8 @@ class Supervisor:
         if total <= budget:
             return
         known = self.journal.snapshot_order()
-        orphans = sorted((r for r in files if r not in set(known)), key=lambda r: files[r].st_mtime)
+        known_set = set(known)
+        orphans = sorted((r for r in files if r not in known_set), key=lambda r: files[r].st_mtime)
         for rel in orphans + known:
             if total <= budget:
                 break
@@ -639,7 +637,7 @@ class Supervisor:
         old = self.engine
         self.cfg = cfg
         self.engine = engine
-        self.decision.set_params(decision_params(cfg, engine.bundle))
+        self.decision.set_params(decision_params(cfg, engine))
         logging.getLogger().setLevel(cfg.logging.level.upper())
         log.info("reload: now serving bundle %s (%s), was %s", engine.bundle.version, engine.path, old.bundle.version)
         self._reload_done(ok=True, error=None)
@@ -826,10 +824,3 @@ class Supervisor:
             )
         self._outbox_level = level
 
-
-def run_daemon(cfg: Config, config_path: Optional[str | Path] = None) -> int:
-    """Start, run until a signal (or a finite source ends), stop cleanly; the CLI's `crackd run`."""
-    sup = Supervisor(cfg, config_path)
-    sup.install_signal_handlers()
-    sup.start()
-    return sup.run()

@@ -74,23 +74,6 @@ class EventRecord:
     def state(self) -> str:
         return "ended" if self.kind == END else "open"
 
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "uuid": self.uuid,
-            "revision": self.revision,
-            "started_at": self.started_at,
-            "t": self.t,
-            "ended_at": self.ended_at,
-            "frames": self.frames,
-            "peak_score": self.peak_score,
-            "peak_measurements": self.peak_measurements,
-            "peak_frame_seq": self.peak_frame_seq,
-            "first_frame_seq": self.first_frame_seq,
-            "last_frame_seq": self.last_frame_seq,
-            "end_reason": self.end_reason,
-        }
-
 
 def _size(measurements: Optional[dict]) -> float:
     """How 'big' a measured crack is, for choosing the peak: area first, then length."""

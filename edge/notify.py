@@ -88,11 +88,6 @@ class Notifier:
     def stopping(self, status: Optional[str] = None) -> bool:
         return self.notify("STOPPING=1", *( [f"STATUS={status}"] if status else []))
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
 
 def _watchdog_usec(env) -> Optional[int]:
     try:

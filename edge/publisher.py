@@ -29,7 +29,7 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -37,7 +37,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 log = logging.getLogger(__name__)
 
 PAYLOAD_SCHEMA_VERSION = 1
-TOPICS = ("status", "camera", "event", "stats", "frame")
 
 
 def iso(t: Optional[float]) -> Optional[str]:
@@ -323,15 +322,17 @@ class Publisher:
         payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, "t": iso(time.time()), **stats}
         return self.client.publish(self.topic("stats"), json.dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def publish_frame(self, frame_payload: dict) -> bool:
-        """Per-frame result at QoS 0, at most `frame_rate` per second; dropped when disconnected."""
+    def publish_frame(self, build_payload: Callable[[], dict]) -> bool:
+        """Per-frame result at QoS 0, at most `frame_rate` per second; dropped when disconnected.
+
+        Takes a builder so that the frames that are not published cost nothing on the inference thread."""
         if not (self.m.publish_frames and self.connected):
             return False
         now = time.monotonic()
         if now - self._last_frame_t < 1.0 / self.m.frame_rate:
             return False
         self._last_frame_t = now
-        payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, **frame_payload}
+        payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, **build_payload()}
         return self.client.publish(self.topic("frame"), json.dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
 

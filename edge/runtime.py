@@ -103,13 +103,6 @@ class TFLiteModel:
     def tensor_details(self) -> list[dict]:
         return self._interpreter.get_tensor_details()
 
-    def op_names(self) -> list[str]:
-        """Builtin operator names of the graph (for the full-integer check)."""
-        try:
-            return [op["op_name"] for op in self._interpreter._get_ops_details()]
-        except AttributeError:  # older runtimes lack the op listing; tensor dtypes still get checked
-            return []
-
 
 def _tensor_info(d: dict) -> TensorInfo:
     scale, zero_point = d.get("quantization", (0.0, 0))

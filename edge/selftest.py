@@ -89,10 +89,6 @@ class GoldenReport:
     def ok(self) -> bool:
         return bool(self.samples) and all(s.ok for s in self.samples)
 
-    @property
-    def failures(self) -> list[str]:
-        return [f"{s.image}: {p}" for s in self.samples for p in s.problems]
-
     def raise_for_failures(self) -> None:
         """Raise GoldenMismatch naming the first failing sample (and how many failed)."""
         failed = [s for s in self.samples if not s.ok]

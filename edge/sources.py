@@ -31,8 +31,6 @@ from edge.images import IMAGE_SUFFIXES, decode_rgb, image_files
 
 log = logging.getLogger(__name__)
 
-CAMERA_STATES = ("starting", "ok", "stalled", "reconnecting", "failed", "finished")
-
 
 class SourceError(Exception):
     """The source failed and should be reopened."""
@@ -187,7 +185,6 @@ class FolderSource(FrameSource):
         self._cached_bytes = 0
         self._files: list[Path] = []
         self._pos = 0
-        self._passes = 0
         self._good_this_pass = 0
 
     def open(self) -> None:
@@ -209,7 +206,6 @@ class FolderSource(FrameSource):
                 if self._good_this_pass == 0 and self._files:
                     raise SourceError(f"{self.path}: none of the {len(self._files)} files could be decoded")
                 self._pos, self._good_this_pass = 0, 0
-                self._passes += 1
                 self.open()
             path = self._files[self._pos]
             self._pos += 1

@@ -143,7 +143,7 @@ def test_tls_with_client_certificate_and_password(tls_broker, journal, test_ca, 
 def test_stats_and_frames_are_dropped_not_queued_while_disconnected(tmp_path, journal):
     pub = Publisher(make_config(1, publish_frames=True), journal, IDENTITY)  # port 1: nobody listens
     assert pub.publish_stats({"fps": 1.0}) is False
-    assert pub.publish_frame({"seq": 1}) is False
+    assert pub.publish_frame(lambda: {"seq": 1}) is False
     assert journal.outbox_depth() == 0
 
 

@@ -170,7 +170,7 @@ def export_bundle(classifier_run: Path, segmenter_run: Path, out_dir: Path, vers
     from trainer.assemble import load_arrays
     from trainer.train import bce_dice_loss, dice_coefficient  # noqa: F401  (registers custom objects)
 
-    roles = {}
+    roles, validation = {}, {}
     for role, run_dir in (("classifier", Path(classifier_run)), ("segmenter", Path(segmenter_run))):
         model = keras.models.load_model(run_dir / "best.keras", compile=False)
         size = int(model.input_shape[1])
@@ -179,12 +179,12 @@ def export_bundle(classifier_run: Path, segmenter_run: Path, out_dir: Path, vers
         progress(f"{role}: converting to full-integer INT8 and FP32")
         int8, fp32 = convert_int8(model, calib), convert_fp32(model)
         _, (val_x, val_y) = load_arrays(run_dir / "heldout.npz")
+        validation[role] = (val_x, val_y)
         progress(f"{role}: INT8 vs FP32 on {len(val_x)} validation images")
         metrics, agreement = validate_role(role, int8, fp32, val_x, val_y, cfg.tolerance)
         meta = json.loads((run_dir / "run.json").read_text())
         roles[role] = RoleExport(int8, fp32, meta["spec"], metrics, agreement)
-    _, (seg_x, seg_y) = load_arrays(Path(segmenter_run) / "heldout.npz")
-    golden = golden_choice(seg_x, seg_y, cfg.golden_samples)
+    golden = golden_choice(*validation["segmenter"], cfg.golden_samples)
     out = write_bundle(Path(out_dir), version, roles, golden, _data_provenance([Path(classifier_run), Path(segmenter_run)]))
     progress(f"bundle {version} written to {out}")
     return out

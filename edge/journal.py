@@ -488,18 +488,24 @@ class Journal:
         return [_event_dict(r) for r in rows]
 
     def find_event(self, ref: str) -> Optional[dict]:
-        """An event by numeric id, full uuid, or a unique uuid prefix (>= 4 characters)."""
+        """An event by numeric id, full uuid, or a unique uuid prefix (>= 4 characters).
+
+        A uuid may begin with digits only (about one in forty do), so an all-digit
+        reference is looked up both as an id and as a prefix; if it names two
+        different events the caller is asked for more of the uuid.
+        """
+        sql = ("SELECT e.*, l.label AS label, l.note AS label_note, l.labelled_at AS labelled_at "
+               "FROM events e LEFT JOIN labels l ON l.event_uuid = e.uuid ")
         with self._lock:
             c = self._conn
-            sql = "SELECT e.*, l.label AS label, l.note AS label_note, l.labelled_at AS labelled_at FROM events e LEFT JOIN labels l ON l.event_uuid = e.uuid "
-            if ref.isdigit():
-                rows = c.execute(sql + "WHERE e.id = ?", (int(ref),)).fetchall()
-            else:
-                rows = c.execute(sql + "WHERE e.uuid = ?", (ref,)).fetchall()
-                if not rows and len(ref) >= 4:
-                    rows = c.execute(sql + "WHERE e.uuid LIKE ? LIMIT 2", (ref.replace("%", "") + "%",)).fetchall()
-                    if len(rows) > 1:
-                        raise JournalError(f"event {ref!r} is ambiguous; give more of the uuid")
+            rows = c.execute(sql + "WHERE e.uuid = ?", (ref,)).fetchall()
+            if not rows:
+                if ref.isdigit():
+                    rows = c.execute(sql + "WHERE e.id = ?", (int(ref),)).fetchall()
+                if len(ref) >= 4:
+                    rows += c.execute(sql + "WHERE e.uuid LIKE ? LIMIT 2", (ref.replace("%", "") + "%",)).fetchall()
+                if len({r["uuid"] for r in rows}) > 1:
+                    raise JournalError(f"event {ref!r} is ambiguous; give more of the uuid")
         return _event_dict(rows[0]) if rows else None
 
     def event_frames(self, uuid: str) -> list[dict]:

@@ -201,6 +201,18 @@ def test_labels_and_deletes(journal):
     assert journal.counts() == {"frames": 0, "events": 0, "outbox": 0, "labels": 0}
 
 
+def test_an_all_digit_uuid_prefix_finds_its_event_and_a_clash_with_an_id_is_refused(journal):
+    digits = "75131411-bbe1-4f0b-b82f-a169d3c6de16"
+    journal.record(None, [event(record(uuid=digits))])
+    assert journal.find_event("75131411")["uuid"] == digits
+    assert journal.find_event("1")["uuid"] == digits
+    # "0001" is both id 1 (the first event) and the prefix of a second event's uuid
+    journal.record(None, [event(record(uuid="00010000-2222-3333-4444-555555555555"))])
+    with pytest.raises(JournalError, match="ambiguous"):
+        journal.find_event("0001")
+    assert journal.find_event("00010")["uuid"].startswith("00010000")
+
+
 def test_a_second_connection_can_label_while_the_writer_is_open(journal):
     journal.record(None, [event(record())])
     with Journal(journal.path) as other:

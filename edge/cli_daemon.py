@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from edge.config import SHIPPED_BUNDLE, Config, ConfigError, config_from_dict, load_config
+from edge.releases import STATUS_FRESH_S, read_daemon_status
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,6 @@ def cmd_check_config(args) -> int:
 # --------------------------------------------------------------------------- status
 
 
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, ValueError, TypeError):
-        return False
-
-
 def _state_paths(args) -> tuple[Path, Path]:
     """(state directory, journal file): from --config (honouring storage.db), else --state-dir or the default."""
     if getattr(args, "config", None):
@@ -159,22 +152,15 @@ def cmd_status(args) -> int:
         return _fail(str(exc))
     path = state_dir / "status.json"
     try:
-        status = json.loads(path.read_text())
+        status = read_daemon_status(path)
     except FileNotFoundError:
         return _fail(f"{path}: no status file; the daemon has not run with this state directory", 1)
     except ValueError as exc:
         return _fail(f"{path}: unreadable ({exc})", 1)
-    running = status.get("state") == "running" and _pid_alive(status.get("pid"))
-    updated = status.get("updated_at")
-    age = None
-    if updated:
-        try:
-            age = time.time() - datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
+    running = status.get("state") == "running" and status["pid_alive"]
+    age = status["status_age_s"]
     status["running"] = running
-    status["status_age_s"] = None if age is None else round(age, 1)
-    healthy = running and bool(status.get("healthy")) and age is not None and age < 10
+    healthy = running and bool(status.get("healthy")) and age is not None and age <= STATUS_FRESH_S
     if args.json:
         print(json.dumps(status, indent=1))
         return 0 if healthy else 1

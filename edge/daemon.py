@@ -546,9 +546,10 @@ class Supervisor:
 
             (self.state_dir / "snapshots" / day).mkdir(parents=True, exist_ok=True)
             q = [cv2.IMWRITE_JPEG_QUALITY, st.snapshot_quality]
-            picture = frame.main if frame.main is not None else frame.rgb
-            for rel, rgb in ((rel_frame, picture), (rel_overlay, draw_overlay(frame.rgb, result))):
-                ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), q)
+            picture = frame.main_bgr if frame.main_bgr is not None else cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
+            overlay = cv2.cvtColor(draw_overlay(frame.rgb, result), cv2.COLOR_RGB2BGR)
+            for rel, bgr in ((rel_frame, picture), (rel_overlay, overlay)):
+                ok, data = cv2.imencode(".jpg", np.ascontiguousarray(bgr), q)
                 if not ok:
                     raise OSError("JPEG encoding failed")
                 tmp = self.state_dir / (rel + ".tmp")

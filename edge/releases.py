@@ -242,6 +242,21 @@ def _parse_iso(text: str | None) -> float | None:
         return None
 
 
+def read_daemon_status(status_file: Path) -> dict:
+    """status.json as the daemon last wrote it, plus `status_age_s` and whether its pid is alive.
+
+    Raises FileNotFoundError when there is none and ValueError when it is not JSON.
+    """
+    status = json.loads(status_file.read_text())
+    if not isinstance(status, dict):
+        raise ValueError("not a JSON object")
+    updated = _parse_iso(status.get("updated_at"))
+    status["status_age_s"] = round(time.time() - updated, 2) if updated else None
+    pid = status.get("pid")
+    status["pid_alive"] = isinstance(pid, int) and pid > 0 and pid_alive(pid)
+    return status
+
+
 def _looks_like_crackd(pid: int) -> bool:
     """Guard against a stale pid file naming an unrelated process (Linux: check its command line)."""
     try:
@@ -410,16 +425,11 @@ class Releases:
         return records
 
     def daemon_status(self) -> dict | None:
-        """STATE/status.json as the daemon last wrote it, plus `status_age_s` and whether its pid is alive."""
+        """STATE/status.json as the daemon last wrote it (see `read_daemon_status`); None if absent or unreadable."""
         try:
-            status = json.loads(self.layout.status_file.read_text())
+            return read_daemon_status(self.layout.status_file)
         except (FileNotFoundError, ValueError):
             return None
-        updated = _parse_iso(status.get("updated_at"))
-        status["status_age_s"] = round(time.time() - updated, 2) if updated else None
-        pid = status.get("pid")
-        status["pid_alive"] = bool(pid) and _pid_alive(int(pid))
-        return status
 
     @staticmethod
     def _serving(current: str | None, daemon: dict | None) -> bool:
@@ -670,7 +680,7 @@ class Releases:
             pid = int(self.layout.pid_file.read_text().split()[0])
         except (FileNotFoundError, ValueError, IndexError):
             return {"pid": None, "signalled": False, "message": "daemon not running (no crackd.pid); it serves the new release when it starts"}
-        if not _pid_alive(pid) or not _looks_like_crackd(pid):
+        if not pid_alive(pid) or not _looks_like_crackd(pid):
             return {"pid": pid, "signalled": False, "message": f"daemon not running (stale crackd.pid {pid}); it serves the new release when it starts"}
         try:
             os.kill(pid, signal.SIGHUP)
@@ -698,7 +708,8 @@ class Releases:
         return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists; one owned by another user (EPERM) does."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -50,7 +50,9 @@ class Frame:
     seq: int  # 1, 2, ... per source, across reconnects
     t: float  # wall-clock capture time (time.time())
     ref: Optional[str] = None  # where it came from (file name), if meaningful
-    main: Optional[np.ndarray] = None  # full-size RGB frame for snapshots (picamera2 main stream)
+    # Full-size frame for snapshots, in OpenCV's B, G, R order: picamera2's main stream as libcamera
+    # delivers it, left unconverted because only the few frames that become snapshots are ever encoded.
+    main_bgr: Optional[np.ndarray] = None
     mono: float = field(default_factory=time.monotonic)  # capture time on the monotonic clock (latency)
 
 
@@ -88,10 +90,10 @@ class FrameSource:
     def close(self) -> None:
         pass
 
-    def _frame(self, rgb: np.ndarray, ref: Optional[str] = None, main: Optional[np.ndarray] = None) -> Frame:
+    def _frame(self, rgb: np.ndarray, ref: Optional[str] = None, main_bgr: Optional[np.ndarray] = None) -> Frame:
         self._seq += 1
         self.health.frames += 1
-        return Frame(rgb=rgb, seq=self._seq, t=time.time(), ref=ref, main=main)
+        return Frame(rgb=rgb, seq=self._seq, t=time.time(), ref=ref, main_bgr=main_bgr)
 
 
 class _Pacer:
@@ -274,10 +276,11 @@ class OpenCVSource(FrameSource):
         self.loop = loop
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         self.is_file = bool(url) and "://" not in url and not str(url).startswith("/dev/") and Path(url).is_file()
-        self.lossless = self.is_file
-        self._fps = fps
-        self._stop = stop
-        self.pacer = _Pacer(0.0, stop)
+        # A video file is read as fast as the pipeline takes it (lossless: no frame skipped) unless a
+        # replay rate is set; then it behaves like a live source and frames are dropped when busy.
+        # Decided here, not in open(): the daemon asks before the capture thread opens the source.
+        self.lossless = self.is_file and not fps
+        self.pacer = _Pacer(fps if self.is_file else 0.0, stop)
         self._cap = None
 
     @property
@@ -296,9 +299,6 @@ class OpenCVSource(FrameSource):
         if self.width and self.height and not self.is_file:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-        if self.is_file:
-            self.pacer = _Pacer(self._fps, self._stop)  # files: as fast as taken (lossless) unless a rate is set
-            self.lossless = not self._fps
         self._cap = cap
 
     def read(self, timeout: float) -> Frame:
@@ -404,11 +404,11 @@ class Picamera2Source(FrameSource):
                 rgb = yuv420_to_rgb(lores, w, h)
             else:  # libcamera's RGB888 is B, G, R in memory
                 rgb = cv2.cvtColor(np.ascontiguousarray(lores[:, :, :3]), cv2.COLOR_BGR2RGB)
-            main = cv2.cvtColor(np.ascontiguousarray(arrays[1][:, :, :3]), cv2.COLOR_BGR2RGB) if len(arrays) > 1 else None
+            main_bgr = arrays[1][:, :, :3] if len(arrays) > 1 else None
         except (cv2.error, SourceError) as exc:
             self.health.bad_frames += 1
             raise SourceError(f"picamera2: bad buffer ({exc})") from None
-        return self._frame(rgb, main=main)
+        return self._frame(rgb, main_bgr=main_bgr)
 
     def close(self) -> None:
         cam, self._cam = self._cam, None

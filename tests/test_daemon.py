@@ -263,6 +263,26 @@ def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bu
     assert "NOT RUNNING" in capsys.readouterr().out
 
 
+def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
+    """The service runs as its own user: kill(pid, 0) from an operator's shell gets EPERM, which means alive."""
+    from datetime import datetime, timezone
+
+    from edge.cli import main
+    from edge.releases import pid_alive
+
+    (tmp_path / "status.json").write_text(json.dumps({
+        "state": "running", "pid": 1, "healthy": True, "version": "0.1.0", "device_id": "cam1",
+        "updated_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+    }))
+    assert pid_alive(1) and not pid_alive(2**22 + 1)  # above the kernel's pid_max: never a process
+    assert main(["status", "--state-dir", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["running"] and status["pid_alive"] and status["status_age_s"] < 10
+    (tmp_path / "status.json").write_text("{truncated")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 1
+    assert "status.json: unreadable" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- child processes
 
 
@@ -546,3 +566,37 @@ def test_a_capture_that_hangs_without_a_timeout_is_reported_stalled(tmp_path, da
     finally:
         sup.request_stop()
         runner.join(10)
+
+
+def test_a_snapshot_is_taken_from_the_full_size_main_stream_in_its_own_colours(tmp_path, darkness_bundle):
+    """picamera2 hands over the main stream as B, G, R; the snapshot must show it unconverted and uncropped."""
+    import cv2
+    import numpy as np
+
+    from edge.sources import FrameSource, SourceExhausted
+
+    class MainAndLores(FrameSource):  # the shape of what Picamera2Source returns, without libcamera
+        name = "main-and-lores"
+        lossless = True  # every frame reaches the pipeline, so the event surely starts
+
+        def open(self):
+            pass
+
+        def read(self, timeout):
+            if self.health.frames >= 4:
+                raise SourceExhausted("done")
+            main_bgr = np.zeros((96, 128, 3), np.uint8)
+            main_bgr[..., 0] = 255  # blue
+            return self._frame(np.full((48, 64, 3), 40, np.uint8), main_bgr=main_bgr)  # dark lores: a crack
+
+    frames = tmp_path / "frames"
+    write_frames(frames, ".")
+    sup = Supervisor(config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None)),
+                     notifier=Notifier(environ={}), source=MainAndLores())
+    sup.start()
+    sup.run()
+    (event,) = journal_events(tmp_path / "state")
+    snapshot = cv2.imread(str(tmp_path / "state" / event["snapshot"]))
+    assert snapshot.shape == (96, 128, 3)
+    b, g, r = snapshot[48, 64].astype(int)
+    assert b > 230 and g < 25 and r < 25

@@ -135,6 +135,15 @@ def test_opencv_reads_a_video_file_as_rgb_until_it_ends(video_file):
     assert r > 150 and g < 60 and b < 60
 
 
+def test_a_paced_video_file_is_known_lossy_before_it_is_opened(video_file):
+    """The daemon decides between waiting for and dropping frames before the capture thread opens the source."""
+    assert OpenCVSource(url=str(video_file)).lossless
+    paced = OpenCVSource(url=str(video_file), fps=50.0)
+    assert not paced.lossless and paced.pacer.period == pytest.approx(0.02)
+    frames = read_all(paced)
+    assert len(frames) == 6 and frames[-1].t - frames[0].t >= 5 * 0.02 * 0.9
+
+
 def test_opencv_loops_a_video_file(video_file):
     source = OpenCVSource(url=str(video_file), loop=True)
     frames = read_all(source, limit=15)
@@ -223,7 +232,7 @@ def test_picamera2_configures_main_and_lores_and_converts_yuv420_to_rgb():
     assert frame.rgb.shape == (48, 64, 3)
     r, g, b = frame.rgb[10, 10].astype(int)
     assert r > 230 and g < 25 and b < 25
-    assert frame.main.shape == (240, 320, 3) and tuple(frame.main[0, 0]) == (255, 0, 0)
+    assert frame.main_bgr.shape == (240, 320, 3) and tuple(frame.main_bgr[0, 0]) == (0, 0, 255)  # left as B, G, R
     source.close()
     assert cam.closed
 
@@ -234,7 +243,7 @@ def test_picamera2_rgb888_lores_and_still_configuration():
     source.open()
     frame = source.read(1.0)
     assert cam.calls == ["create_still_configuration"]
-    assert frame.main is None and tuple(frame.rgb[0, 0]) == (255, 0, 0)
+    assert frame.main_bgr is None and tuple(frame.rgb[0, 0]) == (255, 0, 0)
 
 
 def test_a_hung_picamera2_capture_becomes_a_timeout_not_a_frozen_daemon():

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -257,15 +258,10 @@ class Journal:
                     dest.close()
                 log.info("journal %s: backed up to %s before migrating schema %d -> %d", self.path, backup, current, SCHEMA_VERSION)
             for version in range(current, SCHEMA_VERSION):
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction() as c:
                     for statement in MIGRATIONS[version]:
-                        self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version={version + 1}")
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
+                        c.execute(statement)
+                    c.execute(f"PRAGMA user_version={version + 1}")
 
     def close(self) -> None:
         with self._lock:
@@ -282,6 +278,23 @@ class Journal:
 
     def __exit__(self, *exc):
         self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT on the connection, ROLLBACK on any error (caller holds the lock).
+
+        Explicit statements because the connection runs in autocommit mode (isolation_level=None).
+        IMMEDIATE takes the write lock up front, so another writer (`crackd events label` from a shell)
+        waits out the busy timeout instead of failing halfway through.
+        """
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------------ the write path
 
@@ -303,8 +316,7 @@ class Journal:
             if durable:
                 c.execute("PRAGMA synchronous=FULL")
             try:
-                c.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction():
                     if frames:
                         c.executemany(
                             "INSERT INTO frames (t, seq, ref, crack, score, segmented, measurements, latency_ms, bundle_version, event_uuid)"
@@ -321,10 +333,6 @@ class Journal:
                             (m.topic, json.dumps(m.payload, separators=(",", ":")), m.qos, int(m.retain), now, m.event_uuid),
                         )
                         ids.append(cur.lastrowid)
-                    c.execute("COMMIT")
-                except BaseException:
-                    c.execute("ROLLBACK")
-                    raise
             finally:
                 if durable:
                     c.execute("PRAGMA synchronous=NORMAL")
@@ -367,17 +375,11 @@ class Journal:
         if not ids:
             return 0
         with self._lock:
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as c:
                 n = 0
                 for i in range(0, len(ids), 500):
                     chunk = ids[i : i + 500]
                     n += c.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk).rowcount
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
         return n
 
     def outbox_depth(self) -> int:
@@ -526,17 +528,11 @@ class Journal:
     def delete_event(self, uuid: str) -> list[str]:
         """Delete an event with its frames and label; returns its snapshot paths (the caller removes the files)."""
         with self._lock:
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as c:
                 row = c.execute("SELECT snapshot, overlay FROM events WHERE uuid = ?", (uuid,)).fetchone()
                 c.execute("DELETE FROM frames WHERE event_uuid = ?", (uuid,))
                 c.execute("DELETE FROM labels WHERE event_uuid = ?", (uuid,))
                 c.execute("DELETE FROM events WHERE uuid = ?", (uuid,))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
         return [p for p in (row or (None, None)) if p]
 
     def counts(self) -> dict:

@@ -171,9 +171,9 @@ class Publisher:
         self.last_error = None
         self._logged_unreachable = False
         log.info("MQTT connected to %s:%d as %s", self.m.host, self.m.port, self.cfg.client_id)
-        client.publish(self.topic("status"), json.dumps(self._status_payload("online")), qos=1, retain=True)
+        self._publish_retained("status", self._status_payload("online"))
         if self._camera is not None:
-            client.publish(self.topic("camera"), json.dumps(self._camera), qos=1, retain=True)
+            self._publish_retained("camera", self._camera)
         self._wake.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
@@ -275,7 +275,7 @@ class Publisher:
         """Publish `offline` (a clean disconnect suppresses the will), disconnect, stop the threads."""
         self._stop.set()
         if self.connected:
-            info = self.client.publish(self.topic("status"), json.dumps(self._status_payload("offline", reason)), qos=1, retain=True)
+            info = self._publish_retained("status", self._status_payload("offline", reason))
             try:
                 info.wait_for_publish(timeout=timeout)
             except (RuntimeError, ValueError):
@@ -292,11 +292,15 @@ class Publisher:
 
     # ------------------------------------------------------------------ direct (non-outbox) messages
 
+    def _publish_retained(self, subtopic: str, payload: dict):
+        """A retained QoS 1 state message (status, camera): the broker hands the latest to late subscribers."""
+        return self.client.publish(self.topic(subtopic), json.dumps(payload), qos=1, retain=True)
+
     def update_identity(self, **fields) -> None:
         """Bundle swapped or reload attempted: republish the retained birth."""
         self.identity.update(fields)
         if self.connected:
-            self.client.publish(self.topic("status"), json.dumps(self._status_payload("online")), qos=1, retain=True)
+            self._publish_retained("status", self._status_payload("online"))
 
     def publish_camera(self, state: str, info: dict) -> None:
         payload = {
@@ -314,7 +318,7 @@ class Publisher:
         }
         self._camera = payload
         if self.connected:
-            self.client.publish(self.topic("camera"), json.dumps(payload), qos=1, retain=True)
+            self._publish_retained("camera", payload)
 
     def publish_stats(self, stats: dict) -> bool:
         if not self.connected:

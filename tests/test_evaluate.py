@@ -282,3 +282,21 @@ def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_pa
     for png in ("sweep_latency.png", "sweep_pareto.png"):
         assert (tmp_path / "sweep" / png).read_bytes()[:8] == PNG_MAGIC
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"][0]["name"] == "cls_a0.35_s32"
+
+
+def test_a_sweep_that_trains_writes_the_run_files_crack_train_writes(tmp_path):
+    """The sweep's own short training leaves a run that export, evaluate and a later sweep can read back."""
+    from trainer.assemble import load_arrays
+    from trainer.sweep import SweepConfig, run_sweep
+
+    cfg = SweepConfig(alphas=(0.35,), sizes=(32,), segmenters=(), synth=48, train_images=32, val_images=8, epochs=1,
+                      batch_size=16, calibration_images=4, latency_runs=5, latency_rounds=1)
+    (row,) = run_sweep(tmp_path / "sweep", cfg)["rows"]
+    q = row["quality"]
+    assert q["trained_here"] and q["schedule"] == {"epochs": 1, "train_images": 32, "shortened": True}
+    run_dir = Path(q["run_dir"])
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["kind"] == "classifier" and meta["spec"]["size"] == 32 and meta["sweep"]["shortened"]
+    assert meta["counts"]["train"] == 32 and meta["synthetic"] == 48
+    _, (val_x, _) = load_arrays(run_dir / "heldout.npz")
+    assert len(val_x) == meta["counts"]["val"] and (run_dir / "splits.json").is_file() and (run_dir / "best.keras").is_file()

@@ -164,6 +164,19 @@ def save_arrays(path: Path, splits: Splits) -> None:
     np.savez_compressed(path, **arrays)
 
 
+def write_run_files(run_dir: Path, kind: str, spec, train_cfg, splits: Splits, data, synthetic: int, holdout=(), **extra) -> None:
+    """run.json (what was trained, how, on what), splits.json and heldout.npz: what export, evaluate and the sweep read back."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": kind, "spec": spec.as_dict(), "train": train_cfg.as_dict(), "data": [str(Path(d).resolve()) for d in data],
+            "synthetic": synthetic, "holdout": list(holdout or []), "loaded": [r.summary() for r in splits.reports],
+            "counts": {"train": int(sum(len(c[0]) for c in splits.train)), "val": int(sum(len(c[0]) for c in splits.val)),
+                       "test": {k: int(len(v[0])) for k, v in splits.test.items()}},
+            **extra}
+    (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
+    splits.write(run_dir / "splits.json")
+    save_arrays(run_dir / "heldout.npz", splits)
+
+
 def load_arrays(path: Path) -> tuple[dict, tuple]:
     z = np.load(path)
     tests = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -37,18 +36,11 @@ def _train_config(args):
 
 
 def _write_run_meta(run_dir: Path, kind: str, spec, cfg, splits, args) -> None:
-    from trainer.assemble import save_arrays
+    from trainer.assemble import write_run_files
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": kind, "spec": spec.as_dict(), "train": cfg.as_dict(), "data": [str(Path(d).resolve()) for d in args.data],
-            "synthetic": args.synth, "holdout": list(getattr(args, "holdout", []) or []),
-            "initial_weights": getattr(args, "weights", None) if getattr(args, "weights", "none") != "none" else None,
-            "loaded": [r.summary() for r in splits.reports],
-            "counts": {"train": int(sum(len(c[0]) for c in splits.train)), "val": int(sum(len(c[0]) for c in splits.val)),
-                       "test": {k: int(len(v[0])) for k, v in splits.test.items()}}}
-    (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
-    splits.write(run_dir / "splits.json")
-    save_arrays(run_dir / "heldout.npz", splits)
+    weights = getattr(args, "weights", "none")
+    write_run_files(run_dir, kind, spec, cfg, splits, args.data, args.synth, getattr(args, "holdout", None),
+                    initial_weights=weights if weights and weights != "none" else None)
     for r in splits.reports:
         print(r.summary())
 

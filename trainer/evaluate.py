@@ -18,7 +18,7 @@ import numpy as np
 
 from edge import __version__
 from edge.bundle import ChecksumMismatch, Manifest, ModelFileMissing, load_bundle, read_manifest, sha256_file
-from edge.preprocess import dequantize, model_input, quantize, resize_mask
+from edge.preprocess import model_input, resize_mask
 from edge.runtime import TFLiteModel
 from trainer import report_plots
 from trainer.datasets import DatasetError
@@ -26,6 +26,7 @@ from trainer.evaluation_sets import EvalSet, folder_sets, heldout_sets, training
 from trainer.json_safe import dumps, json_safe
 from trainer.latency import machine_description, measure_models
 from trainer.metrics import binary_metrics, pixel_metrics, precision_recall_curve
+from trainer.predict import model_outputs
 from trainer.provenance import bundle_runs, bundle_sources, data_folders, source_entry
 from trainer.targets import HEADLINE, check_targets
 
@@ -82,25 +83,6 @@ def load_models(bundle_dir: Path, runtime: str = "auto") -> tuple[Manifest, dict
             files["fp32"] = ref["file"]
         roles[role] = RoleModels(role, entry.threshold, models, files)
     return manifest, roles, notes
-
-
-def _iterate(items, progress, desc: str):
-    return items if progress is None else progress(items, desc=desc)
-
-
-def model_outputs(model: TFLiteModel, images: np.ndarray, progress=None, desc: str = ""):
-    """Yield each image's float output (batch axis dropped), fed exactly as on the device."""
-    h, w = model.input_hw
-    info = model.input
-    for image in _iterate(images, progress, desc):
-        x = model_input(image, h, w)
-        if info.dtype == np.float32:
-            x = x.astype(np.float32)
-        elif info.dtype != np.uint8 or (info.scale, info.zero_point) not in ((1.0, 0), (0.0, 0)):
-            x = quantize(x.astype(np.float32), info.scale, info.zero_point, info.dtype)
-        raw = model.run(x)
-        out = model.output
-        yield raw.astype(np.float32) if out.dtype == np.float32 else dequantize(raw, out.scale, out.zero_point)
 
 
 def evaluate_classifier(s: EvalSet, rm: RoleModels, progress=None) -> dict:
@@ -173,12 +155,6 @@ def pooled(outcomes: list[dict[str, SegOutcome]]) -> dict[str, SegOutcome]:
                           sum(o[v].pos_hist for o in outcomes), sum(o[v].neg_hist for o in outcomes)) for v in outcomes[0]}
 
 
-def image_dice(true: np.ndarray, pred: np.ndarray) -> float:
-    tp = np.sum(true & pred)
-    denom = true.sum() + pred.sum()
-    return float(2 * tp / denom) if denom else 1.0
-
-
 def overlay_indices(masks: np.ndarray, n: int) -> list[int]:
     """Samples for the overlay grid: cracks of varied size, plus one crack-free image when the set has any."""
     crack = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
@@ -245,7 +221,7 @@ def _segmenter_report(key: str, s: EvalSet | None, outcome: dict[str, SegOutcome
         if idx:
             images = np.stack([model_input(s.images[i], h, w) for i in idx])
             preds = {v: o.preds[idx] for v, o in outcome.items()}
-            dice = {v: [image_dice(outcome[v].masks[i], outcome[v].preds[i]) for i in idx] for v in outcome}
+            dice = {v: [pixel_metrics(outcome[v].masks[i], outcome[v].preds[i])["dice"] for i in idx] for v in outcome}
             files["overlays"] = report_plots.overlay_grid(images, outcome["int8"].masks[idx], preds, dice,
                                                           f"{title}: image | true mask | predicted", plots / f"{stem}_overlays.png")
     return {**entry, "crack_pixel_fraction": float(masks.mean()) if masks.size else 0.0, "no_cracks": no_cracks,

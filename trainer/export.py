@@ -24,7 +24,8 @@ from edge.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file
 from edge.images import read_rgb
 from edge.preprocess import PREPROCESSING, model_input
 from edge.runtime import TFLiteModel, float_tensors
-from trainer.metrics import binary_metrics, pixel_metrics
+from trainer.metrics import role_quality
+from trainer.predict import predict
 
 GOLDEN_TOLERANCE = {"classifier": 3, "segmenter_mean_abs": 1.5, "segmenter_max_fraction_off": 0.02}
 
@@ -71,19 +72,6 @@ def convert_fp32(model) -> bytes:
     import tensorflow as tf
 
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-
-
-def tflite_predict(model: TFLiteModel, images: np.ndarray) -> np.ndarray:
-    """Run a TFLite model on uint8 images (already at its input size) and return dequantized float outputs."""
-    outs = []
-    for image in images:
-        tensor = image if model.input.dtype == np.uint8 else image.astype(model.input.dtype)
-        raw = model.run(tensor)
-        if model.output.dtype == np.float32:
-            outs.append(raw.astype(np.float32))
-        else:
-            outs.append((raw.astype(np.float32) - model.output.zero_point) * model.output.scale)
-    return np.stack(outs)
 
 
 def calibration_set(run_dir: Path, size: int, n: int, seed: int) -> np.ndarray:
@@ -142,17 +130,14 @@ class RoleExport:
 
 def validate_role(role: str, int8: bytes, fp32: bytes, val_x: np.ndarray, val_y: np.ndarray, tolerance: float) -> tuple[dict, dict]:
     """INT8 vs FP32 on the validation split: (metrics, agreement); raises ExportError past the tolerance."""
-    m8, m32 = TFLiteModel(content=int8), TFLiteModel(content=fp32)
-    p8, p32 = tflite_predict(m8, val_x), tflite_predict(m32, val_x)
+    p8, p32 = predict(TFLiteModel(content=int8), val_x), predict(TFLiteModel(content=fp32), val_x)
+    key, met8 = role_quality(role, val_y, p8)
+    _, met32 = role_quality(role, val_y, p32)
     if role == "classifier":
         s8, s32 = p8.reshape(-1), p32.reshape(-1)
-        met8, met32 = binary_metrics(val_y, s8), binary_metrics(val_y, s32)
         agreement = {"decision_agreement": float(np.mean((s8 >= 0.5) == (s32 >= 0.5))), "mean_abs_score_diff": float(np.mean(np.abs(s8 - s32)))}
-        key = "f1"
     else:
-        met8, met32 = pixel_metrics(val_y, p8[..., 0] >= 0.5), pixel_metrics(val_y, p32[..., 0] >= 0.5)
         agreement = {"pixel_agreement": float(np.mean((p8 >= 0.5) == (p32 >= 0.5))), "mean_abs_prob_diff": float(np.mean(np.abs(p8 - p32)))}
-        key = "dice"
     drop = met32[key] - met8[key]
     agreement.update({f"{key}_int8": met8[key], f"{key}_fp32": met32[key], "tolerance": tolerance})
     if drop > tolerance:

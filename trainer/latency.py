@@ -120,3 +120,14 @@ def measure_models(models: dict[str, TFLiteModel], runs: int = 100, warmup: int 
         if name not in best or lat.median_ms < best[name].median_ms:
             best[name] = lat
     return {name: Latency(**{**asdict(lat), "rounds": rounds}) for name, lat in best.items()}
+
+
+def load_note(latencies: list[dict]) -> str:
+    """A sentence for reports when other jobs were running during timing ("" on a quiet machine)."""
+    loads = [lat.get("load_average") or 0.0 for lat in latencies]
+    if not loads or max(loads) <= 1.0:
+        return ""
+    busy = f"The machine's load average was up to {max(loads):.1f} while timing (other jobs were running)"
+    if {lat.get("priority", "normal") for lat in latencies} == {"realtime"}:
+        return busy + "; the timing thread ran at real-time priority (SCHED_FIFO) so that they did not inflate the numbers."
+    return busy + " and timing ran at normal priority, so the numbers may be inflated; an idle machine gives equal or lower numbers."

@@ -56,3 +56,10 @@ def precision_recall_curve(labels: np.ndarray, scores: np.ndarray, thresholds: n
     rows = [binary_metrics(labels, scores, float(t)) for t in thresholds]
     return {"threshold": thresholds.tolist(), "precision": [r["precision"] for r in rows],
             "recall": [r["recall"] for r in rows], "f1": [r["f1"] for r in rows]}
+
+
+def role_quality(role: str, targets: np.ndarray, outputs: np.ndarray) -> tuple[str, dict]:
+    """(headline metric name, metrics) of a model's float outputs: F1 of a classifier, Dice of a segmenter."""
+    if role == "classifier":
+        return "f1", binary_metrics(np.asarray(targets).reshape(-1), outputs.reshape(len(outputs), -1)[:, 0])
+    return "dice", pixel_metrics(np.asarray(targets).astype(bool), outputs[..., 0] >= 0.5)

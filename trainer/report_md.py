@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trainer.latency import load_note
 from trainer.targets import HEADLINE
 
 METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1", "roc_auc": "ROC-AUC",
@@ -137,21 +138,14 @@ def _latency(report: dict) -> list[str]:
              "interpreter call only (input already at the model's size), after warm-up runs; the models were timed in "
              f"{report['config'].get('latency_rounds', 1)} interleaved rounds and each keeps its round with the lowest median.", "",
              "| Model | Variant | Median | p95 | Fastest | Runs | Target (INT8 median) |", "|---|---|---|---|---|---|---|"]
-    loads, priorities = [], set()
     for role, variants in report["latency"].items():
         for variant, lat in variants.items():
             target = f"<= {LATENCY_MS[role]:g} ms" if variant == "int8" else ""
             lines.append(f"| {role} | {variant.upper()} | {lat['median_ms']:.3f} ms | {lat['p95_ms']:.3f} ms | {lat['min_ms']:.3f} ms | "
                          f"{lat['runs']} | {target} |")
-            loads.append(lat.get("load_average") or 0.0)
-            priorities.add(lat.get("priority", "normal"))
-    if loads and max(loads) > 1.0:
-        if priorities == {"realtime"}:
-            lines += ["", f"The machine's load average was up to {max(loads):.1f} while timing (other jobs were running); the timing "
-                      "thread ran at real-time priority (SCHED_FIFO) so that they did not inflate the numbers."]
-        else:
-            lines += ["", f"The machine's load average was up to {max(loads):.1f} while timing (other jobs were running) and timing "
-                      "ran at normal priority, so these numbers may be inflated; an idle machine gives equal or lower numbers."]
+    note = load_note([lat for variants in report["latency"].values() for lat in variants.values()])
+    if note:
+        lines += ["", note]
     return lines + [""]
 
 

@@ -202,7 +202,7 @@ def short_splits(c: Candidate, cfg: SweepConfig, cache: dict | None = None, prog
 
 def train_short(c: Candidate, cfg: SweepConfig, run_dir: Path, cache: dict | None = None, progress=None) -> Path:
     """Train `c` on the SHORT schedule into `run_dir` (run.json, splits.json, heldout.npz, best.keras as `crack-train` does)."""
-    from trainer.assemble import save_arrays
+    from trainer.assemble import write_run_files
     from trainer.train import TrainConfig, train_classifier, train_segmenter
 
     splits = short_splits(c, cfg, cache, progress)
@@ -211,15 +211,9 @@ def train_short(c: Candidate, cfg: SweepConfig, run_dir: Path, cache: dict | Non
     else:
         tc = TrainConfig(epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size, learning_rate=3e-3, patience=cfg.seg_epochs,
                          seed=cfg.seed, verbose=2)
+    write_run_files(run_dir, c.role, c.spec(), tc, splits, cfg.data, cfg.synth, cfg.holdout,
+                    sweep={"shortened": True, "train_images": cfg.train_images, "val_images": cfg.val_images})
     (train,), (val,) = splits.train, splits.val
-    run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": c.role, "spec": c.spec().as_dict(), "train": tc.as_dict(), "data": [str(Path(d).resolve()) for d in cfg.data],
-            "synthetic": cfg.synth, "holdout": list(cfg.holdout), "loaded": [r.summary() for r in splits.reports],
-            "counts": {"train": int(len(train[0])), "val": int(len(val[0])), "test": {k: int(len(v[0])) for k, v in splits.test.items()}},
-            "sweep": {"shortened": True, "train_images": cfg.train_images, "val_images": cfg.val_images}}
-    (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
-    splits.write(run_dir / "splits.json")
-    save_arrays(run_dir / "heldout.npz", splits)
     model = c.build()
     (train_classifier if c.role == "classifier" else train_segmenter)(model, train, val, tc, run_dir)
     return run_dir
@@ -237,8 +231,9 @@ def _run_calibration(run_dir: Path, size: int, n: int, seed: int, val_x: np.ndar
 def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig, trained_here: bool) -> dict:
     """INT8 and FP32 validation quality of a trained run (F1 for the classifier, Dice for the segmenter)."""
     from trainer.assemble import load_arrays
-    from trainer.export import convert_fp32, tflite_predict
-    from trainer.metrics import binary_metrics, pixel_metrics
+    from trainer.export import convert_fp32
+    from trainer.metrics import role_quality
+    from trainer.predict import predict
 
     _, val = load_arrays(run_dir / "heldout.npz")
     x, y = _subset(val, cfg.val_images, cfg.seed)
@@ -251,12 +246,10 @@ def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig,
     with contextlib.redirect_stdout(io.StringIO()):
         fp32 = convert_fp32(model)
     for variant, content in (("int8", int8), ("fp32", fp32)):
-        out = tflite_predict(TFLiteModel(content=content, threads=1), x)
+        key, m = role_quality(c.role, y, predict(TFLiteModel(content=content, threads=1), x))
+        result[variant] = m[key]
         if c.role == "classifier":
-            m = binary_metrics(y, out.reshape(len(x), -1)[:, 0])
-            result[variant], result[f"{variant}_roc_auc"] = m["f1"], m["roc_auc"]
-        else:
-            result[variant] = pixel_metrics(y.astype(bool), out[..., 0] >= 0.5)["dice"]
+            result[f"{variant}_roc_auc"] = m["roc_auc"]
     return result
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from trainer import report_plots
 from trainer.json_safe import dumps
+from trainer.latency import load_note
 from trainer.targets import LATENCY_MS
 
 QUALITY_TIE = 0.005  # configurations within half a point of the best count as equally good: the faster one wins
@@ -161,18 +162,14 @@ def render(result: dict) -> str:
     scored = [r for r in result["rows"] if r.get("quality")]
     here = [r for r in scored if r["quality"].get("trained_here")]
     reused = [r for r in scored if not r["quality"].get("trained_here")]
-    loads = [r["latency"].get("load_average") or 0 for r in result["rows"]]
     lines = ["# Model-selection sweep", "", f"Generated {result['generated']} on {mach.get('cpu')} ({mach.get('cpu_count')} cores).", "",
              "**Latency**: every configuration converted to full-integer INT8 (calibrated on "
              f"{cfg['calibration_images']} images through the device preprocessing) and timed with the edge runtime on one thread, "
              f"median and p95 of {cfg['latency_runs']} runs after warm-up, interpreter call only; all models were timed in "
              f"{cfg.get('latency_rounds', 1)} interleaved rounds and each keeps its round with the lowest median."]
-    priorities = {r["latency"].get("priority", "normal") for r in result["rows"]}
-    if loads and max(loads) > 1.0:
-        lines[-1] += f" The machine's load average was up to {max(loads):.1f} during timing (other jobs were running)"
-        lines[-1] += ("; the timing thread ran at real-time priority (SCHED_FIFO) so that they did not inflate the numbers."
-                      if priorities == {"realtime"} else
-                      " and timing ran at normal priority, so the numbers may be inflated; on an idle machine they are equal or lower.")
+    note = load_note([r["latency"] for r in result["rows"]])
+    if note:
+        lines[-1] += " " + note
     lines += ["", "**Quality is from a SHORTENED schedule, not the shipped training.** "]
     if here:
         lines[-1] += (f"{len(here)} configurations were trained here for {cfg['epochs']} epochs (classifier) / {cfg['seg_epochs']} "

@@ -257,10 +257,15 @@ class LoadedBundle:
 
 def load_bundle(bundle_dir: str | Path, runtime: str = "auto", threads: int = 1) -> LoadedBundle:
     """Verify a bundle completely (manifest, checksums, tensors, full-integer) and build its interpreters."""
-    from edge.runtime import RuntimeUnavailable, TFLiteModel
-
     manifest = read_manifest(bundle_dir)
     verify_files(manifest)
+    return load_verified(manifest, runtime, threads)
+
+
+def load_verified(manifest: Manifest, runtime: str = "auto", threads: int = 1) -> LoadedBundle:
+    """Build the interpreters of a bundle whose files `verify_files` has passed, and check their tensors."""
+    from edge.runtime import RuntimeUnavailable, TFLiteModel
+
     models = {}
     for role, entry in manifest.models.items():
         path = manifest.path / entry.file
@@ -272,4 +277,4 @@ def load_bundle(bundle_dir: str | Path, runtime: str = "auto", threads: int = 1)
             raise NotTFLite(f"{path}: the runtime could not load it ({str(exc).splitlines()[0]})") from None
         check_model_tensors(entry, model)
         models[role] = model
-    return LoadedBundle(manifest, manifest_sha256(bundle_dir), models["classifier"], models["segmenter"])
+    return LoadedBundle(manifest, manifest_sha256(manifest.path), models["classifier"], models["segmenter"])

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.atomic_write import write_json_atomic
-from edge.bundle import SIGNATURE, BundleError, load_bundle, manifest_sha256, read_manifest, verify_files
+from edge.bundle import SIGNATURE, BundleError, load_verified, manifest_sha256, read_manifest, verify_files
 from edge.signing import DEFAULT_ALLOWED_SIGNERS, verify_bundle_signature
 
 log = logging.getLogger(__name__)
@@ -585,7 +585,7 @@ class Releases:
             raise InvalidVersion(f"{staging}: bundle_version changed during the copy ({version} -> {manifest.bundle_version})")
         verify_files(manifest)
         signer = self._check_signature(staging)
-        loaded = load_bundle(staging, runtime=self.policy.runtime, threads=self.policy.threads)
+        loaded = load_verified(manifest, runtime=self.policy.runtime, threads=self.policy.threads)
         golden = run_golden(loaded)
         golden.raise_for_failures()
         run_cascade(loaded)

@@ -17,10 +17,10 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 from edge.config import SHIPPED_BUNDLE, Config, ConfigError, config_from_dict, load_config
 from edge.releases import STATUS_FRESH_S, read_daemon_status
+from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +208,6 @@ def parse_when(text: str) -> float:
     return dt.timestamp()
 
 
-def _iso(t) -> Optional[str]:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _open_journal(args):
     from edge.journal import Journal
 
@@ -227,7 +221,7 @@ def _open_journal(args):
 def _flat(event: dict, state_dir: Path) -> dict:
     m = event.get("peak_measurements") or {}
     row = {k: event.get(k) for k in EXPORT_FIELDS}
-    row["started_at"], row["ended_at"] = _iso(event.get("started_at")), _iso(event.get("ended_at"))
+    row["started_at"], row["ended_at"] = iso_utc(event.get("started_at"), "seconds"), iso_utc(event.get("ended_at"), "seconds")
     for key in ("snapshot", "overlay"):
         if row[key]:
             row[key] = str((state_dir / row[key]).resolve())
@@ -267,7 +261,7 @@ def _ev_list(args, journal, state_dir) -> int:
     print(f"{'id':>5}  {'uuid':<8}  {'started (UTC)':<20}  {'state':<6}  {'frames':>6}  {'score':>5}  {'length px':>9}  label")
     for e in events:
         m = e.get("peak_measurements") or {}
-        print(f"{e['id']:>5}  {e['uuid'][:8]}  {_iso(e['started_at']):<20}  {e['state']:<6}  {e['frames']:>6}  {e['peak_score']:5.2f}  "
+        print(f"{e['id']:>5}  {e['uuid'][:8]}  {iso_utc(e['started_at'], 'seconds'):<20}  {e['state']:<6}  {e['frames']:>6}  {e['peak_score']:5.2f}  "
               f"{m.get('length_px', '-')!s:>9}  {e.get('label') or ''}")
     print(f"{len(events)} event(s)")
     return 0
@@ -282,7 +276,7 @@ def _find(journal, ref: str) -> dict:
 
 def _ev_show(args, journal, state_dir) -> int:
     event = _find(journal, args.id)
-    event = {**event, "started_at_iso": _iso(event["started_at"]), "ended_at_iso": _iso(event.get("ended_at"))}
+    event = {**event, "started_at_iso": iso_utc(event["started_at"], "seconds"), "ended_at_iso": iso_utc(event.get("ended_at"), "seconds")}
     for key in ("snapshot", "overlay"):
         if event.get(key):
             event[key] = str((state_dir / event[key]).resolve())
@@ -302,7 +296,7 @@ def _ev_export(args, journal, state_dir) -> int:
                 row = _flat(e, state_dir)
                 row["peak_measurements"] = e.get("peak_measurements")
                 rows.append(row)
-            json.dump({"exported_at": _iso(time.time()), "journal": str(journal.path), "events": rows}, out, indent=1)
+            json.dump({"exported_at": iso_utc(time.time(), "seconds"), "journal": str(journal.path), "events": rows}, out, indent=1)
             out.write("\n")
         else:
             writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)

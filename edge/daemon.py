@@ -39,9 +39,10 @@ from edge.config import Config, ConfigError, load_config
 from edge.decision import END, START, Decision, DecisionParams, EventRecord, FrameObservation
 from edge.journal import EventWrite, FrameRow, Journal, JournalError, OutboxMessage
 from edge.notify import Notifier
-from edge.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, iso, rss_mb
+from edge.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, rss_mb
 from edge.runtime import RuntimeUnavailable
 from edge.sources import Frame, ResilientSource, SourceExhausted, make_source
+from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class Supervisor:
             "version": __version__,
             "bundle_version": b.version,
             "bundle_sha256": b.sha256,
-            "started_at": iso(self.started_at),
+            "started_at": iso_utc(self.started_at),
             "last_reload": self.last_reload,
         }
 
@@ -454,7 +455,7 @@ class Supervisor:
         self.inference_ms.append(result.timings_ms.get("total", 0.0))
         if self.publisher is not None:
             self.publisher.publish_frame(lambda: {
-                "seq": frame.seq, "t": iso(frame.t), "crack": bool(result.crack), "score": round(float(result.score), 4),
+                "seq": frame.seq, "t": iso_utc(frame.t), "crack": bool(result.crack), "score": round(float(result.score), 4),
                 "segmented": bool(result.segmented),
                 "measurements": {k: v for k, v in measurements.items() if k != "components"} if measurements else None,
                 "event_uuid": event_uuid, "latency_ms": round(result.timings_ms.get("total", 0.0), 2),
@@ -644,7 +645,7 @@ class Supervisor:
         self._reload_done(ok=True, error=None)
 
     def _reload_done(self, ok: bool, error: Optional[str]) -> None:
-        self.last_reload = {"time": iso(time.time()), "ok": ok, "error": error,
+        self.last_reload = {"time": iso_utc(time.time()), "ok": ok, "error": error,
                             "bundle_version": self.engine.bundle.version}
         if not ok:
             log.error("reload failed, still serving bundle %s: %s", self.engine.bundle.version, error)
@@ -678,8 +679,8 @@ class Supervisor:
             "state": state,
             "version": __version__,
             "device_id": self.cfg.device_id,
-            "started_at": iso(self.started_at),
-            "updated_at": iso(time.time()),
+            "started_at": iso_utc(self.started_at),
+            "updated_at": iso_utc(time.time()),
             "uptime_s": round(time.monotonic() - self._t0, 1),
             "bundle_path": str(self.engine.path.resolve()) if self.engine else None,
             "bundle_version": b.version if b else None,

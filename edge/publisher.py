@@ -27,23 +27,17 @@ import ssl
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from edge.timestamps import iso_utc
+
 log = logging.getLogger(__name__)
 
 PAYLOAD_SCHEMA_VERSION = 1
-
-
-def iso(t: Optional[float]) -> Optional[str]:
-    """Wall-clock seconds -> ISO 8601 UTC with milliseconds ('2024-05-01T12:00:00.123Z')."""
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def cpu_temperature_c(root: str = "/sys/class/thermal") -> Optional[float]:
@@ -118,7 +112,7 @@ class Publisher:
             "bundle_version": self.identity.get("bundle_version"),
             "bundle_sha256": self.identity.get("bundle_sha256"),
             "started_at": self.identity.get("started_at"),
-            "t": iso(time.time()),
+            "t": iso_utc(time.time()),
         }
         if state == "online":
             p["last_reload"] = self.identity.get("last_reload")
@@ -308,7 +302,7 @@ class Publisher:
             "device_id": self.cfg.device_id,
             "state": state,
             "source": self.cfg.source.type,
-            "t": iso(time.time()),
+            "t": iso_utc(time.time()),
             "frames": int(info.get("frames", 0)),
             "bad_frames": int(info.get("bad_frames", 0)),
             "stalls": int(info.get("stalls", 0)),
@@ -323,7 +317,7 @@ class Publisher:
     def publish_stats(self, stats: dict) -> bool:
         if not self.connected:
             return False
-        payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, "t": iso(time.time()), **stats}
+        payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, "t": iso_utc(time.time()), **stats}
         return self.client.publish(self.topic("stats"), json.dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def publish_frame(self, build_payload: Callable[[], dict]) -> bool:
@@ -348,9 +342,9 @@ def event_payload(record, device_id: str, bundle_version: str, bundle_sha256: st
         "uuid": record.uuid,
         "revision": record.revision,
         "device_id": device_id,
-        "started_at": iso(record.started_at),
-        "t": iso(record.t),
-        "ended_at": iso(record.ended_at),
+        "started_at": iso_utc(record.started_at),
+        "t": iso_utc(record.t),
+        "ended_at": iso_utc(record.ended_at),
         "end_reason": record.end_reason,
         "frames": record.frames,
         "score": round(float(record.peak_score), 4),

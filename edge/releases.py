@@ -41,6 +41,7 @@ from pathlib import Path
 from edge.atomic_write import write_json_atomic
 from edge.bundle import SIGNATURE, BundleError, load_verified, manifest_sha256, read_manifest, verify_files
 from edge.signing import DEFAULT_ALLOWED_SIGNERS, verify_bundle_signature
+from edge.timestamps import iso_utc, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,6 @@ class SwitchResult:
         return dict(self.__dict__)
 
 
-def now_iso(timespec: str = "seconds") -> str:
-    return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
-
-
 def default_who() -> str:
     """Who is acting: the sudo/login user, and the SSH client address when remote."""
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME")
@@ -233,15 +230,6 @@ def _link_version(link: Path) -> str | None:
     return Path(target).name
 
 
-def _parse_iso(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def read_daemon_status(status_file: Path) -> dict:
     """status.json as the daemon last wrote it, plus `status_age_s` and whether its pid is alive.
 
@@ -250,7 +238,7 @@ def read_daemon_status(status_file: Path) -> dict:
     status = json.loads(status_file.read_text())
     if not isinstance(status, dict):
         raise ValueError("not a JSON object")
-    updated = _parse_iso(status.get("updated_at"))
+    updated = parse_iso(status.get("updated_at"))
     status["status_age_s"] = round(time.time() - updated, 2) if updated else None
     pid = status.get("pid")
     status["pid_alive"] = isinstance(pid, int) and pid > 0 and pid_alive(pid)
@@ -350,7 +338,7 @@ class DeviceLock:
                     raise DeviceBusy(self.busy_message()) from None
                 time.sleep(0.2)
         self._fd = fd
-        write_json_atomic(self.layout.lock_holder, {"who": self.who, "action": self.action, "pid": os.getpid(), "since": now_iso(), "token": self.token})
+        write_json_atomic(self.layout.lock_holder, {"who": self.who, "action": self.action, "pid": os.getpid(), "since": iso_utc(time.time(), "seconds"), "token": self.token})
 
     def release(self) -> None:
         if self._fd is None:
@@ -469,7 +457,7 @@ class Releases:
         failed (it refused the bundle and kept the previous one). Reads only
         STATE/status.json and the links, so it is cheap to poll often.
         """
-        since = _parse_iso(since_iso) or 0.0
+        since = parse_iso(since_iso) or 0.0
         deadline = time.monotonic() + timeout_s
         healthy_since: float | None = None
         frames0 = 0
@@ -479,7 +467,7 @@ class Releases:
             st = {"current": current, "daemon": daemon}
             d = daemon or {}
             reload = d.get("last_reload") or {}
-            reload_ts = _parse_iso(reload.get("time"))
+            reload_ts = parse_iso(reload.get("time"))
             if reload and reload.get("ok") is False and reload_ts is not None and reload_ts >= since:
                 return Health(False, f"daemon refused {version} at reload: {reload.get('error')}")
             if current != version:
@@ -506,7 +494,7 @@ class Releases:
 
     def record(self, action: str, version: str | None, outcome: str, who: str, **extra) -> dict:
         """Append one line to deployments.jsonl (time, action, version, who, outcome, ...)."""
-        entry = {"time": now_iso(), "action": action, "version": version, "who": who, "outcome": outcome}
+        entry = {"time": iso_utc(time.time(), "seconds"), "action": action, "version": version, "who": who, "outcome": outcome}
         entry.update({k: v for k, v in extra.items() if v is not None})
         self.layout.models.mkdir(parents=True, exist_ok=True)
         with open(self.layout.history, "a") as fh:
@@ -661,7 +649,7 @@ class Releases:
             return self.record("confirm", version, "healthy", who, message=message)
 
     def _switch(self, action: str, version: str, old: str | None, who: str, reason: str | None) -> SwitchResult:
-        at = now_iso("milliseconds")
+        at = iso_utc(time.time())
         if old == version:
             daemon = {"signalled": False, "message": f"{version} is already current"}
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,17 @@ def make_bundle(tmp_path):
 # with openssl for TLS, a password file made with mosquitto_passwd, and an MQTT subscriber that records.
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition", interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def free_port() -> int:

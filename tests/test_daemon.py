@@ -25,7 +25,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import REPO, write_frames
+from conftest import REPO, wait_until, write_frames
 
 from edge.config import config_from_dict
 from edge.daemon import Supervisor
@@ -79,16 +79,6 @@ class InProcess:
     def wait_finished(self, timeout=30):
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "daemon did not finish"
-
-
-def wait_until(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def read_status(state: Path) -> dict:

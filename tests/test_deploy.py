@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, copy_default_bundle
+from conftest import REPO, copy_default_bundle, free_port, wait_until
 from edge import __version__
 from edge.releases import ReleasePolicy, Releases
 
@@ -34,22 +34,6 @@ REMOTE_CRACKD = f"env PYTHONPATH={REPO} {sys.executable} -m edge.cli"
 
 pytestmark = pytest.mark.skipif(not SSHD.exists() or os.geteuid() != 0 or not shutil.which("ssh"),
                                 reason="needs OpenSSH's sshd and root (sshd runs as root on a loopback port)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +64,7 @@ def sshd(tmp_path_factory):
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_for(accepting, 10, "sshd to listen")
+    wait_until(accepting, 10, "sshd to listen", interval=0.1)
     yield SimpleNamespace(port=port, config=d / "ssh_config", dir=d)
     proc.terminate()
     proc.wait(timeout=10)
@@ -135,7 +119,7 @@ class Device:
             st = self.status()
             return st if st.get("pid") == self.proc.pid and st.get("bundle_version") == version and st.get("healthy") else None
 
-        return wait_for(serving, timeout, f"the daemon to serve {version} healthily")
+        return wait_until(serving, timeout, f"the daemon to serve {version} healthily", interval=0.1)
 
     def history(self) -> list[dict]:
         return self.releases().history()
@@ -394,7 +378,7 @@ def test_one_deploy_at_a_time_per_device_others_fail_clearly_or_wait(sshd, devic
 
     first = push(sshd, device, first_bundle, wait=False)
     try:
-        wait_for(holder.exists, 60, "the first deploy to take the device lock", interval=0.02)
+        wait_until(holder.exists, 60, "the first deploy to take the device lock", interval=0.02)
         waiting = push(sshd, device, waiting_bundle, "--lock-wait", "120", hosts=("pi-twin",), wait=False)  # another alias, same device
         busy = push(sshd, device, busy_bundle, hosts=("pi-twin",))
         first_out, first_err = first.communicate(timeout=180)

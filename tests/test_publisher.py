@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import jsonschema
 import pytest
+from conftest import wait_until
 
 from edge.config import config_from_dict
 from edge.journal import Journal, OutboxMessage
 from edge.publisher import Publisher, cpu_temperature_c
+
+wait = partial(wait_until, timeout=10.0)  # MQTT round trips on loopback: seconds at most
 
 IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}
 
@@ -30,15 +34,6 @@ def journal(tmp_path):
 def queue(journal, n, start=0):
     for i in range(start, start + n):
         journal.record(None, [], [OutboxMessage("crackd/cam1/event", {"n": i}, 1, False, f"uuid-{i}")])
-
-
-def wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_birth_is_retained_and_a_clean_stop_publishes_offline(mosquitto, journal, subscriber_factory, schemas):

@@ -79,7 +79,7 @@ def whole_images(seg: SegmentationSet, size: int, min_crack_fraction: float = 0.
 
 def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.1,
                       limit_per_class: int | None = None, holdout: list[str] = (), patches_per_image: int = 8,
-                      progress=None) -> Splits:
+                      progress=None, n_domain: int = 0) -> Splits:
     """Classification sets; segmentation folders contribute crack/no-crack patches.
 
     Folders named in `holdout` are kept entirely out of training (cross-surface test).
@@ -117,15 +117,31 @@ def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_f
         sp.reports.append(s.report)
     if not sp.train:
         raise DatasetError("no training data: give at least one --data folder that is not held out, or --synth N")
+    if n_domain:
+        # A crack of >= 0.25 % of the frame is "crack" (the whole-image rule of segmentation folders is 0.1 %).
+        _add_domain_samples(sp, n_domain, size, seed, progress, label_min_pixels=max(4, int(0.0025 * size * size)))
     return sp
 
 
 def segmenter_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.15,
-                     negatives_per_set: int = 200, progress=None) -> Splits:
-    """Segmentation sets; a classification folder contributes its crack-free images as empty masks."""
+                     negatives_per_set: int = 200, progress=None, holdout: list[str] = (), n_domain: int = 0) -> Splits:
+    """Segmentation sets; a classification folder contributes its crack-free images as empty masks.
+
+    Folders named in `holdout` are kept entirely out of training (all their images are the
+    cross-surface test). `n_domain` randomised samples (trainer.domain) are made from the
+    training files only.
+    """
     sp = Splits()
     for root in data:
         name = Path(root).name
+        if root in holdout or name in holdout:
+            if dataset_kind(root) != "segmentation":
+                raise DatasetError(f"--holdout {name}: only a segmentation folder can be held out of segmenter training")
+            seg = load_segmentation(root, size, progress=progress)
+            sp.reports.append(seg.report)
+            sp.test[name] = (seg.images, seg.masks)
+            sp.files[name] = {"test": list(seg.paths)}
+            continue
         if dataset_kind(root) == "segmentation":
             seg = load_segmentation(root, size, progress=progress)
             images, masks, paths = seg.images, seg.masks, seg.paths
@@ -150,7 +166,41 @@ def segmenter_splits(data: list[str], size: int, n_synth: int, seed: int, val_fr
         sp.reports.append(s.report)
     if not sp.train:
         raise DatasetError("no training data: give at least one --data folder or --synth N")
+    if n_domain:
+        _add_domain_samples(sp, n_domain, size, seed, progress, label_min_pixels=None)
     return sp
+
+
+def training_pool(sp: Splits):
+    """The full-resolution training photographs (never validation, test or held-out files) as a domain pool."""
+    from trainer import domain
+    from trainer.datasets import mask_path_for
+
+    pairs, backgrounds = [], []
+    for parts in sp.files.values():
+        for p in parts.get("train", []):
+            if p.startswith("synth:"):
+                continue
+            p = p.split("@")[0]
+            mask = mask_path_for(p)
+            if mask is not None:
+                pairs.append((p, mask))
+            else:
+                backgrounds.append(p)
+    return domain.load_pool(sorted(set(pairs)), sorted(set(backgrounds)))
+
+
+def _add_domain_samples(sp: Splits, n: int, size: int, seed: int, progress, label_min_pixels: int | None) -> None:
+    """Append `n` domain-randomised samples (90 % train, 10 % val): masks, or labels when `label_min_pixels` is set."""
+    from trainer import domain
+
+    pool = training_pool(sp)
+    images, masks = domain.generate(pool, n, size, seed + 3000, progress=progress)
+    targets = masks if label_min_pixels is None else (masks.reshape(n, -1).sum(axis=1) >= label_min_pixels).astype(np.int32)
+    tr, va = split_indices(n, 0.1, seed)
+    sp.train.append((images[tr], targets[tr]))
+    sp.val.append((images[va], targets[va]))
+    sp.reports.append(LoadReport(f"domain randomisation ({len(pool.images)} photographs, {len(pool.backgrounds)} backgrounds)", loaded=n))
 
 
 def save_arrays(path: Path, splits: Splits) -> None:

@@ -53,7 +53,8 @@ def cmd_classifier(args) -> int:
     spec = ClassifierSpec(alpha=args.alpha, size=args.size, weights=args.weights)
     cfg = _train_config(args)
     splits = classifier_splits(args.data, args.size, args.synth, args.seed, limit_per_class=args.limit_per_class,
-                               holdout=args.holdout, patches_per_image=args.patches_per_image, progress=_progress)
+                               holdout=args.holdout, patches_per_image=args.patches_per_image, progress=_progress,
+                               n_domain=args.domain)
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "classifier", spec, cfg, splits, args)
     model = build_classifier(spec)
@@ -68,15 +69,16 @@ def cmd_segmenter(args) -> int:
     from trainer.train import train_segmenter
 
     base = SEGMENTER_SIZES[args.model_size]
-    spec = SegmenterSpec(size=args.size, base=base.base, depth=base.depth)
+    spec = SegmenterSpec(size=args.size, base=base.base, depth=base.depth, stem_stride=base.stem_stride)
     cfg = _train_config(args)
-    splits = segmenter_splits(args.data, args.size, args.synth, args.seed, negatives_per_set=args.negatives, progress=_progress)
+    splits = segmenter_splits(args.data, args.size, args.synth, args.seed, negatives_per_set=args.negatives, progress=_progress,
+                              holdout=args.holdout, n_domain=args.domain)
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "segmenter", spec, cfg, splits, args)
     model = build_segmenter(spec)
     if args.weights:
         model.load_weights(args.weights)  # fine-tune from an earlier run (same architecture)
-    train_segmenter(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir)
+    train_segmenter(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir, loss=args.loss)
     print(f"segmenter trained: {run_dir / 'best.keras'}")
     return 0
 
@@ -91,6 +93,15 @@ def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", nargs="*", default=[], metavar="NAME",
+                   help="data folders kept entirely out of training: the cross-surface (leave-one-dataset-out) test")
+    p.add_argument("--domain", type=int, default=0, metavar="N",
+                   help="add N domain-randomised samples made from the training files: rescaled photographs, procedural "
+                        "cracks 1-30 px wide on real crack-free backgrounds, procedural surfaces, hard negatives (default 0)")
+
+
+# The keys of trainer.models.SEGMENTER_SIZES, kept here so `--help` does not import Keras.
+SEGMENTER_CHOICES = ("fast", "fast-wide", "tiny", "small", "medium")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,14 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier")
     p.add_argument("--size", type=int, default=96, help="square input size in pixels")
     p.add_argument("--weights", default="none", help="none (default, offline) | imagenet | PATH")
-    p.add_argument("--holdout", nargs="*", default=[], metavar="NAME", help="data folders kept out of training (cross-surface test)")
     p.add_argument("--limit-per-class", type=int, default=None, help="read at most N images per class per folder")
     p.add_argument("--patches-per-image", type=int, default=8, help="patches cut from each segmentation image (half crack, half clean)")
     p.set_defaults(func=cmd_classifier)
 
     p = sub.add_parser("segmenter", help="train the U-Net crack segmenter")
     _add_training_args(p, epochs=40, batch=16, lr=3e-3)
-    p.add_argument("--model-size", choices=["tiny", "small", "medium"], default="tiny")
+    p.add_argument("--model-size", choices=SEGMENTER_CHOICES, default="fast",
+                   help="U-Net size: fast / fast-wide (half-resolution decoder, bundle 1.1) or tiny / small / medium (bundle 1.0)")
+    p.add_argument("--loss", choices=["bce_dice", "bce_tversky"], default="bce_dice",
+                   help="bce_dice, or bce_tversky (Tversky alpha 0.3 / beta 0.7: a missed crack pixel costs more than a false one)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--negatives", type=int, default=150, help="crack-free images taken per classification folder")
     p.add_argument("--weights", default=None, metavar="PATH", help="start from these weights (.keras or .weights.h5 of the same architecture)")

@@ -219,3 +219,15 @@ def patches_from_segmentation(
             paths.append(f"{seg.paths[i]}@{x},{y}")
     report = LoadReport(f"patches of {seg.report.source}", loaded=len(images))
     return ClassificationSet(np.stack(images), np.array(labels, np.int32), paths, report)
+
+
+def mask_path_for(image_path: str | Path) -> Path | None:
+    """The mask of a segmentation image (`ROOT/images/X.*` -> `ROOT/masks/X.*`), or None for any other image."""
+    p = Path(image_path)
+    if p.parent.name != "images":
+        return None
+    masks = p.parent.parent / "masks"
+    for candidate in sorted(masks.glob(f"{p.stem}.*")) if masks.is_dir() else []:
+        if candidate.suffix.lower() in IMAGE_SUFFIXES:
+            return candidate
+    return None

@@ -25,7 +25,7 @@ from trainer.datasets import DatasetError
 from trainer.evaluation_sets import EvalSet, folder_sets, heldout_sets, training_data
 from trainer.json_safe import dumps, json_safe
 from trainer.latency import machine_description, measure_models
-from trainer.metrics import binary_metrics, pixel_metrics, precision_recall_curve
+from trainer.metrics import binary_metrics, pixel_metrics, precision_recall_curve, tolerant_metrics
 from trainer.predict import model_outputs
 from trainer.provenance import bundle_runs, bundle_sources, data_folders, source_entry
 from trainer.targets import HEADLINE, check_targets
@@ -111,7 +111,7 @@ class SegOutcome:
         negatives = ~self.masks
         clean = ~self.masks.reshape(len(self.masks), -1).any(axis=1)
         flagged = self.preds.reshape(len(self.preds), -1).any(axis=1)
-        return {**pixel_metrics(self.masks, self.preds),
+        return {**pixel_metrics(self.masks, self.preds), **tolerant_metrics(self.masks, self.preds),
                 "false_alarm_pixel_rate": float((self.preds & negatives).sum() / max(1, negatives.sum())),
                 "clean_images": int(clean.sum()), "clean_images_flagged": int((clean & flagged).sum())}
 

@@ -51,6 +51,38 @@ def pixel_metrics(true_masks: np.ndarray, pred_masks: np.ndarray) -> dict:
     return {"precision": precision, "recall": recall, "dice": dice, "f1": dice, "iou": iou}
 
 
+def tolerant_counts(true_mask: np.ndarray, pred_mask: np.ndarray, tolerance: int = 2) -> tuple[int, int, int, int]:
+    """(predicted pixels near a true one, predicted pixels, true pixels near a predicted one, true pixels) of one image.
+
+    "Near" is within `tolerance` pixels (a disc), the crack literature's tolerant matching: an outline
+    one or two pixels off the hand-drawn one is not an error.
+    """
+    import cv2
+
+    t = np.asarray(true_mask).astype(np.uint8)
+    p = np.asarray(pred_mask).astype(np.uint8)
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
+    near_true = cv2.dilate(t, k) > 0
+    near_pred = cv2.dilate(p, k) > 0
+    pb, tb = p > 0, t > 0
+    return int((pb & near_true).sum()), int(pb.sum()), int((tb & near_pred).sum()), int(tb.sum())
+
+
+def tolerant_from_counts(counts: np.ndarray) -> dict:
+    """Pooled tolerant precision / recall / F1 from summed `tolerant_counts`."""
+    tp_p, n_p, tp_t, n_t = (int(v) for v in np.asarray(counts).reshape(-1, 4).sum(axis=0))
+    precision = tp_p / n_p if n_p else (1.0 if not n_t else 0.0)
+    recall = tp_t / n_t if n_t else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"tolerant_precision": precision, "tolerant_recall": recall, "tolerant_f1": f1}
+
+
+def tolerant_metrics(true_masks: np.ndarray, pred_masks: np.ndarray, tolerance: int = 2) -> dict:
+    """Tolerant precision, recall and F1 pooled over images (masks N x H x W)."""
+    counts = [tolerant_counts(t, p, tolerance) for t, p in zip(np.asarray(true_masks), np.asarray(pred_masks))]
+    return tolerant_from_counts(np.array(counts, np.int64).reshape(-1, 4))
+
+
 def precision_recall_curve(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | None = None) -> dict:
     thresholds = np.linspace(0.0, 1.0, 101) if thresholds is None else thresholds
     rows = [binary_metrics(labels, scores, float(t)) for t in thresholds]
@@ -62,4 +94,6 @@ def role_quality(role: str, targets: np.ndarray, outputs: np.ndarray) -> tuple[s
     """(headline metric name, metrics) of a model's float outputs: F1 of a classifier, Dice of a segmenter."""
     if role == "classifier":
         return "f1", binary_metrics(np.asarray(targets).reshape(-1), outputs.reshape(len(outputs), -1)[:, 0])
-    return "dice", pixel_metrics(np.asarray(targets).astype(bool), outputs[..., 0] >= 0.5)
+    targets = np.asarray(targets).astype(bool)
+    preds = outputs[..., 0] >= 0.5
+    return "dice", {**pixel_metrics(targets, preds), **tolerant_metrics(targets, preds)}

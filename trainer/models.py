@@ -31,13 +31,19 @@ class SegmenterSpec:
     size: int = 224
     base: int = 8  # filters of the first stage; doubles each stage down
     depth: int = 4  # number of stride-2 stages in the encoder
+    # 1: a full-resolution stem and skip (bundle 1.0). 2: a stride-2 stem; the decoder ends at half resolution and the
+    # probability map is upsampled bilinearly, so no convolution runs at full resolution (the Pi's memory-bound stage).
+    stem_stride: int = 1
 
     def as_dict(self) -> dict:
-        return {"architecture": "U-Net (separable convs, full-resolution skip)", **asdict(self)}
+        kind = "full-resolution skip" if self.stem_stride == 1 else "stride-2 stem, half-resolution decoder, bilinear output"
+        return {"architecture": f"U-Net (separable convs, {kind})", **asdict(self)}
 
 
 # The U-Net sizes of the model-selection sweep (INT8, one core here: about 3, 4.3 and 5.2 ms).
-SEGMENTER_SIZES = {"tiny": SegmenterSpec(base=8), "small": SegmenterSpec(base=12), "medium": SegmenterSpec(base=16)}
+SEGMENTER_SIZES = {"tiny": SegmenterSpec(base=8), "small": SegmenterSpec(base=12), "medium": SegmenterSpec(base=16),
+                   # Half-resolution decoders (bundle 1.1): wider, and cheaper on the device than "tiny".
+                   "fast": SegmenterSpec(base=16, stem_stride=2), "fast-wide": SegmenterSpec(base=24, stem_stride=2)}
 
 
 def build_classifier(spec: ClassifierSpec) -> keras.Model:
@@ -83,16 +89,20 @@ def _conv_bn(x, filters: int, stride: int = 1, separable: bool = True, name: str
     return layers.ReLU(6.0, name=f"{name}_relu")(x)
 
 
-def build_segmenter(spec: SegmenterSpec) -> keras.Model:
-    """A light U-Net for thin cracks.
+def build_segmenter(spec: SegmenterSpec, size: int | None = None) -> keras.Model:
+    """A light U-Net for cracks 1-30 px wide.
 
-    Cracks are 1-5 px wide, so the decoder ends with a full-resolution skip from a
-    cheap 3x3 stem; the encoder uses depthwise-separable stages to stay within a
-    few milliseconds in INT8. Output: per-pixel P(crack) at the input size.
+    The encoder uses depthwise-separable stages to stay within a few milliseconds in INT8.
+    With `stem_stride` 1 the decoder ends with a full-resolution skip from a cheap 3x3 stem;
+    with 2 every convolution runs at half resolution or less and only the final
+    probability map is resized (the stage the device's memory bandwidth limits).
+    `size` overrides the input size (the layers are size-independent: train on crops,
+    export at the device size). Output: per-pixel P(crack) at the input size.
     """
-    inputs = keras.Input((spec.size, spec.size, 3), name="image")
+    size = size or spec.size
+    inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
-    stem = _conv_bn(x, spec.base, separable=False, name="stem")  # full resolution
+    stem = _conv_bn(x, spec.base, stride=spec.stem_stride, separable=False, name="stem")
     skips = [stem]
     x = stem
     for level in range(spec.depth):
@@ -105,12 +115,16 @@ def build_segmenter(spec: SegmenterSpec) -> keras.Model:
         skip = skips.pop()
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_resize")(x)
         x = layers.Concatenate(name=f"up{level}_concat")([x, skip])
-        if level == 0:
+        if level == 0 and spec.stem_stride == 1:
             # Full resolution: a pointwise mix only; the 3x3 context comes from the coarser levels.
             x = layers.Conv2D(spec.base, 1, use_bias=False, name="up0_pw")(x)
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="up0_bn")(x)
             x = layers.ReLU(6.0, name="up0_relu")(x)
         else:
             x = _conv_bn(x, spec.base * 2**level, name=f"up{level}_conv")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="crack_mask")(x)
-    return keras.Model(inputs, outputs, name=f"unet_b{spec.base}_d{spec.depth}_{spec.size}")
+    if spec.stem_stride == 1:
+        outputs = layers.Conv2D(1, 1, activation="sigmoid", name="crack_mask")(x)
+    else:
+        x = layers.Conv2D(1, 1, activation="sigmoid", name="crack_probability_half")(x)
+        outputs = layers.UpSampling2D(spec.stem_stride, interpolation="bilinear", name="crack_mask")(x)
+    return keras.Model(inputs, outputs, name=f"unet_b{spec.base}_d{spec.depth}_s{spec.stem_stride}_{size}")

@@ -91,6 +91,21 @@ def bce_dice_loss(y_true, y_pred):
     return tf.reduce_mean(bce) + (1.0 - dice_coefficient(y_true, y_pred))
 
 
+@keras.saving.register_keras_serializable(package="crackd")
+def bce_tversky_loss(y_true, y_pred, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0):
+    """BCE + Tversky: false negatives weigh `beta`, false positives `alpha` (recall-leaning for thin structures)."""
+    t = tf.reshape(y_true, [tf.shape(y_true)[0], -1])
+    p = tf.reshape(y_pred, [tf.shape(y_pred)[0], -1])
+    tp = tf.reduce_sum(t * p, 1)
+    fn = tf.reduce_sum(t * (1 - p), 1)
+    fp = tf.reduce_sum((1 - t) * p, 1)
+    tversky = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+    return tf.reduce_mean(keras.losses.binary_crossentropy(y_true, y_pred)) + (1.0 - tf.reduce_mean(tversky))
+
+
+SEGMENTER_LOSSES = {"bce_dice": bce_dice_loss, "bce_tversky": bce_tversky_loss}
+
+
 def _callbacks(run_dir: Path, cfg: TrainConfig, monitor: str, mode: str) -> list:
     run_dir.mkdir(parents=True, exist_ok=True)
     return [
@@ -144,12 +159,12 @@ def train_classifier(model: keras.Model, train: tuple[np.ndarray, np.ndarray], v
 
 
 def train_segmenter(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                    cfg: TrainConfig, run_dir: Path, extra_callbacks=()) -> keras.Model:
-    """Train the per-pixel crack probability with BCE + Dice."""
+                    cfg: TrainConfig, run_dir: Path, extra_callbacks=(), loss: str = "bce_dice") -> keras.Model:
+    """Train the per-pixel crack probability with BCE + Dice (or BCE + Tversky)."""
     keras.utils.set_random_seed(cfg.seed)
     x, m = train
     steps = cfg.steps_per_epoch or int(np.ceil(len(x) / cfg.batch_size))
-    model.compile(optimizer=keras.optimizers.Adam(_schedule(cfg, steps)), loss=bce_dice_loss, metrics=[dice_coefficient])
+    model.compile(optimizer=keras.optimizers.Adam(_schedule(cfg, steps)), loss=SEGMENTER_LOSSES[loss], metrics=[dice_coefficient])
     train_ds = make_dataset(x, m, cfg.batch_size, cfg.seed, training=True, masks=True)
     val_ds = make_dataset(*val, cfg.batch_size, cfg.seed, training=False, masks=True)
     return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_dice_coefficient", "max", extra_callbacks)

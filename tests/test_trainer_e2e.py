@@ -102,3 +102,28 @@ def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "error:" in out.stderr and "empty" in out.stderr.splitlines()[-1]
+
+
+def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(toy_runs):
+    """The few-shot path: publish fine-tuning checkpoints, adapt on a site's labelled images, export with the other model kept."""
+    bundle, finetune = toy_runs / "bundle-ft", toy_runs / "finetune"
+    run("-m", "trainer.cli", "export", "--classifier", str(toy_runs / "cls"), "--segmenter", str(toy_runs / "seg"),
+        "--out", str(bundle), "--version", "0.0.1-base", "--tolerance", "1.0", "--calibration-images", "16",
+        "--finetune-dir", str(finetune), "--classifier-threshold", "0.4", "--segmenter-threshold", "0.3")
+    meta = json.loads((finetune / "segmenter.json").read_text())
+    assert meta["kind"] == "segmenter" and meta["model_size"] == "fast"
+    site = toy_runs / "site"
+    run("-m", "trainer.cli", "synth", "--out", str(site), "--n", "20", "--size", "64", "--seed", "9")
+    run("-m", "trainer.cli", "adapt", "--base", str(finetune / "segmenter.keras"), "--data", str(site), "--out", str(toy_runs / "adapted"),
+        "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--domain", "8", "--crop", "32")
+    run_meta = json.loads((toy_runs / "adapted" / "run.json").read_text())
+    assert run_meta["initial_weights"] == str(finetune / "segmenter.keras")
+    adapted = toy_runs / "bundle-site"
+    run("-m", "trainer.cli", "export", "--segmenter", str(toy_runs / "adapted"), "--keep-from", str(bundle), "--out", str(adapted),
+        "--version", "0.0.2-site", "--tolerance", "1.0", "--calibration-images", "8")
+    base_m, site_m = (json.loads((b / "manifest.json").read_text()) for b in (bundle, adapted))
+    assert site_m["models"]["classifier"]["sha256"] == base_m["models"]["classifier"]["sha256"]  # kept, byte for byte
+    assert site_m["models"]["classifier"]["threshold"] == 0.4
+    assert site_m["models"]["segmenter"]["sha256"] != base_m["models"]["segmenter"]["sha256"]
+    out = run("-m", "edge.cli", "infer", "--bundle", str(adapted), "--segment", "always", "--json", str(site / "images"))
+    assert len(out.stdout.splitlines()) == 20

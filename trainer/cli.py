@@ -32,7 +32,8 @@ def _train_config(args):
     from trainer.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
-                       seed=args.seed, steps_per_epoch=args.steps_per_epoch, verbose=1 if sys.stdout.isatty() else 2)
+                       seed=args.seed, steps_per_epoch=args.steps_per_epoch, verbose=1 if sys.stdout.isatty() else 2,
+                       crop=getattr(args, "crop", None))
 
 
 def _write_run_meta(run_dir: Path, kind: str, spec, cfg, splits, args) -> None:
@@ -75,12 +76,53 @@ def cmd_segmenter(args) -> int:
                               holdout=args.holdout, n_domain=args.domain)
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "segmenter", spec, cfg, splits, args)
-    model = build_segmenter(spec)
+    # Crops need a size-free model for training; the exported one has the device's fixed input size.
+    model = build_segmenter(spec, size=None if cfg.crop else spec.size)
     if args.weights:
         model.load_weights(args.weights)  # fine-tune from an earlier run (same architecture)
-    train_segmenter(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir, loss=args.loss)
+    model = train_segmenter(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir, loss=args.loss)
+    if cfg.crop:
+        fixed = build_segmenter(spec)
+        fixed.set_weights(model.get_weights())
+        fixed.save(run_dir / "best.keras")
     print(f"segmenter trained: {run_dir / 'best.keras'}")
     return 0
+
+
+def cmd_crossval(args) -> int:
+    from trainer.crossval import run_crossval
+
+    if not args.segmenter_runs and not args.classifier_runs:
+        raise ValueError("nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout)")
+    report = run_crossval([Path(r) for r in args.segmenter_runs], [Path(r) for r in args.classifier_runs], Path(args.out))
+    print((Path(args.out) / "CROSSVAL.md").read_text())
+    return 0 if report else 1
+
+
+def cmd_adapt(args) -> int:
+    """Fine-tune a shipped model on a few labelled images of one site (a preset of `segmenter`/`classifier --weights`)."""
+    import json
+
+    base = Path(args.base)
+    meta_path = base.with_suffix(".json")
+    if not base.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"--base {base}: expected a fine-tuning checkpoint (NAME.keras) with its NAME.json beside it, "
+                                "as published in models/finetune/")
+    meta = json.loads(meta_path.read_text())
+    spec = meta["spec"]
+    common = ["--data", *args.data, "--out", args.out, "--epochs", str(args.epochs), "--lr", str(args.lr),
+              "--patience", str(args.patience), "--seed", str(args.seed), "--weights", str(base),
+              "--domain", str(args.domain), "--batch-size", str(args.batch_size)]
+    if args.steps_per_epoch:
+        common += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    if meta["kind"] == "segmenter":
+        argv = ["segmenter", *common, "--model-size", meta["model_size"], "--size", str(spec["size"]), "--negatives", "0",
+                "--crop", str(args.crop)]
+    else:
+        argv = ["classifier", *common, "--alpha", str(spec["alpha"]), "--size", str(spec["size"])]
+    print("crack-train " + " ".join(argv))
+    sub = build_parser().parse_args(argv)
+    return sub.func(sub)
 
 
 def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
@@ -132,9 +174,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["bce_dice", "bce_tversky"], default="bce_dice",
                    help="bce_dice, or bce_tversky (Tversky alpha 0.3 / beta 0.7: a missed crack pixel costs more than a false one)")
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--crop", type=int, default=None, metavar="PX",
+                   help="train on random PX x PX crops (a multiple of 32; the model is exported at --size)")
     p.add_argument("--negatives", type=int, default=150, help="crack-free images taken per classification folder")
     p.add_argument("--weights", default=None, metavar="PATH", help="start from these weights (.keras or .weights.h5 of the same architecture)")
     p.set_defaults(func=cmd_segmenter)
+
+    p = sub.add_parser("adapt", help="fine-tune a shipped model on a few labelled images of one site",
+                       description="Starts from a published fine-tuning checkpoint (models/finetune/segmenter.keras or "
+                                   "classifier.keras) and trains briefly on the site's images: masks (images/ + masks/) for the "
+                                   "segmenter, labels (positive/negative folders, labels.csv or a `crackd events export` CSV) for "
+                                   "the classifier. Export the run with `crack-train export --keep-from BUNDLE` for the other model.")
+    p.add_argument("--base", required=True, metavar="CHECKPOINT", help="e.g. models/finetune/segmenter.keras")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="the site's labelled images")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--steps-per-epoch", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4, help="a fraction of the training rate: adapt, do not forget")
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--domain", type=int, default=400, metavar="N", help="randomised samples made from the site's images")
+    p.add_argument("--crop", type=int, default=128, help="segmenter training crop")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("crossval", help="score leave-one-dataset-out runs on their held-out source; choose the thresholds there",
+                       description="Converts each run (trained with --holdout SOURCE) to INT8 and scores it on every image of the "
+                                   "held-out source: tolerant F1 (2 px) and Dice of the segmenter at thresholds 0.10-0.90 and at two "
+                                   "scales, F1 and balanced accuracy of the classifier. Writes crossval.json, CROSSVAL.md and plots.")
+    p.add_argument("--segmenter-runs", nargs="*", default=[], metavar="RUN_DIR")
+    p.add_argument("--classifier-runs", nargs="*", default=[], metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write (e.g. the bundle directory)")
+    p.set_defaults(func=cmd_crossval)
 
     from trainer import cli_export, evaluate_cli
 

@@ -8,6 +8,8 @@ go through the same path. Results go to `report.json`, `REPORT.md` and PNG plots
 
 from __future__ import annotations
 
+import json
+
 import datetime as dt
 import logging
 import re
@@ -304,6 +306,9 @@ def evaluate_bundle(bundle_dir: str | Path, data: list = (), heldout_runs: list 
                            cfg.latency_warmup, cfg.timing_priority, cfg.latency_rounds, progress)
     report["latency"] = {role: {variant: timed[f"{role}/{variant}"].as_dict() for variant in roles[role].models} for role in ROLES}
     report["machine"] = machine_description()
+    crossval = bundle_dir / "crossval.json"
+    if crossval.is_file():  # written by `crack-train crossval` into the bundle directory
+        report["crossval"] = json.loads(crossval.read_text())
     report["targets"] = check_targets(report, cfg.in_domain, cfg.cross_surface)
     training = {str(Path(d).resolve()) for d in data_folders(manifest.raw)}
     report["provenance"] = {"training": bundle_sources(manifest.raw), "runs": bundle_runs(manifest.raw),

@@ -147,16 +147,55 @@ def validate_role(role: str, int8: bytes, fp32: bytes, val_x: np.ndarray, val_y:
     return metrics, agreement
 
 
-def export_bundle(classifier_run: Path, segmenter_run: Path, out_dir: Path, version: str, cfg: ExportConfig = ExportConfig(),
-                  progress=print) -> Path:
-    """Convert both trained runs, validate INT8 against FP32, and write a verified bundle."""
+def publish_finetune(run_dir: Path, role: str, out_dir: Path) -> dict:
+    """Copy a run's best checkpoint to `out_dir/ROLE.keras` with `ROLE.json` (what `crack-train adapt` starts from)."""
+    from trainer.models import SEGMENTER_SIZES
+
+    meta = json.loads((run_dir / "run.json").read_text())
+    spec = meta["spec"]
+    info = {"kind": meta["kind"], "spec": spec, "run": run_dir.name}
+    if meta["kind"] == "segmenter":
+        info["model_size"] = next((name for name, s in SEGMENTER_SIZES.items()
+                                   if (s.base, s.depth, s.stem_stride) == (spec["base"], spec["depth"], spec.get("stem_stride", 1))), None)
+        if info["model_size"] is None:
+            raise ExportError(f"{run_dir}: segmenter {spec} is not one of the named sizes; adapt needs a named size")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "best.keras", out_dir / f"{role}.keras")
+    info["sha256"] = sha256_file(out_dir / f"{role}.keras")
+    (out_dir / f"{role}.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def kept_role(bundle_dir: Path, role: str) -> RoleExport:
+    """One model of an existing bundle, unchanged (export a bundle where only the other model was retrained)."""
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    entry = manifest["models"][role]
+    return RoleExport(int8=(bundle_dir / entry["file"]).read_bytes(), fp32=(bundle_dir / entry["reference"]["file"]).read_bytes(),
+                      architecture=entry["architecture"], metrics=entry["metrics"],
+                      quantization=manifest.get("quantization", {}).get(role, {}), threshold=float(entry.get("threshold", 0.5)))
+
+
+def export_bundle(classifier_run: Path | None, segmenter_run: Path | None, out_dir: Path, version: str,
+                  cfg: ExportConfig = ExportConfig(), progress=print, keep_from: Path | None = None,
+                  thresholds: dict[str, float] | None = None, threshold_source: str | None = None,
+                  finetune_dir: Path | None = None) -> Path:
+    """Convert both trained runs (or one, keeping the other model of `keep_from`), validate INT8 against FP32,
+    and write a verified bundle. `thresholds` (role -> value) are recorded in the manifest with `threshold_source`."""
     import keras
 
     from trainer.assemble import load_arrays
-    from trainer.train import bce_dice_loss, dice_coefficient  # noqa: F401  (registers custom objects)
+    from trainer.train import bce_dice_loss, bce_tversky_loss, dice_coefficient  # noqa: F401  (registers custom objects)
 
-    roles, validation = {}, {}
-    for role, run_dir in (("classifier", Path(classifier_run)), ("segmenter", Path(segmenter_run))):
+    roles, validation, runs = {}, {}, []
+    for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
+        if run_dir is None:
+            if keep_from is None:
+                raise ExportError(f"no {role} run given: name its run directory, or keep the {role} of a bundle with --keep-from")
+            progress(f"{role}: kept unchanged from {keep_from}")
+            roles[role] = kept_role(Path(keep_from), role)
+            continue
+        run_dir = Path(run_dir)
+        runs.append(run_dir)
         model = keras.models.load_model(run_dir / "best.keras", compile=False)
         size = int(model.input_shape[1])
         progress(f"{role}: calibrating on real training images ({run_dir})")
@@ -169,8 +208,23 @@ def export_bundle(classifier_run: Path, segmenter_run: Path, out_dir: Path, vers
         metrics, agreement = validate_role(role, int8, fp32, val_x, val_y, cfg.tolerance)
         meta = json.loads((run_dir / "run.json").read_text())
         roles[role] = RoleExport(int8, fp32, meta["spec"], metrics, agreement)
-    golden = golden_choice(*validation["segmenter"], cfg.golden_samples)
-    out = write_bundle(Path(out_dir), version, roles, golden, _data_provenance([Path(classifier_run), Path(segmenter_run)]))
+    for role, value in (thresholds or {}).items():
+        if not 0.0 < value < 1.0:
+            raise ExportError(f"{role} threshold {value}: expected a probability between 0 and 1 (exclusive)")
+        roles[role].threshold = float(value)
+        roles[role].metrics = {**roles[role].metrics, "threshold_source": threshold_source}
+    if "segmenter" in validation:
+        golden = golden_choice(*validation["segmenter"], cfg.golden_samples)
+    else:
+        kept = json.loads((Path(keep_from) / MANIFEST).read_text())["golden"]["samples"]
+        golden = np.stack([read_rgb(Path(keep_from) / s["image"]) for s in kept])
+    provenance = _data_provenance(runs)
+    if keep_from is not None and len(runs) < 2:
+        provenance["kept_from"] = json.loads((Path(keep_from) / MANIFEST).read_text()).get("data", {})
+    if finetune_dir is not None:
+        provenance["finetune"] = {role: publish_finetune(Path(run), role, Path(finetune_dir))
+                                  for role, run in (("classifier", classifier_run), ("segmenter", segmenter_run)) if run is not None}
+    out = write_bundle(Path(out_dir), version, roles, golden, provenance)
     progress(f"bundle {version} written to {out}")
     return out
 

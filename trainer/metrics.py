@@ -15,8 +15,10 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    specificity = tn / (tn + fp) if tn + fp else 0.0
     return {"accuracy": (tp + tn) / max(1, len(y)), "precision": precision, "recall": recall, "f1": f1,
-            "roc_auc": roc_auc(y, s), "tp": tp, "fp": fp, "fn": fn, "tn": tn, "threshold": threshold}
+            "balanced_accuracy": (recall + specificity) / 2, "roc_auc": roc_auc(y, s),
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn, "threshold": threshold}
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -89,17 +89,17 @@ def _conv_bn(x, filters: int, stride: int = 1, separable: bool = True, name: str
     return layers.ReLU(6.0, name=f"{name}_relu")(x)
 
 
-def build_segmenter(spec: SegmenterSpec, size: int | None = None) -> keras.Model:
+def build_segmenter(spec: SegmenterSpec, size: int | None | str = "spec") -> keras.Model:
     """A light U-Net for cracks 1-30 px wide.
 
     The encoder uses depthwise-separable stages to stay within a few milliseconds in INT8.
     With `stem_stride` 1 the decoder ends with a full-resolution skip from a cheap 3x3 stem;
     with 2 every convolution runs at half resolution or less and only the final
     probability map is resized (the stage the device's memory bandwidth limits).
-    `size` overrides the input size (the layers are size-independent: train on crops,
-    export at the device size). Output: per-pixel P(crack) at the input size.
+    `size` overrides the input size, None for any size (the layers are size-independent:
+    train on crops, export at the device size). Output: per-pixel P(crack) at the input size.
     """
-    size = size or spec.size
+    size = spec.size if size == "spec" else size
     inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
     stem = _conv_bn(x, spec.base, stride=spec.stem_stride, separable=False, name="stem")
@@ -127,4 +127,4 @@ def build_segmenter(spec: SegmenterSpec, size: int | None = None) -> keras.Model
     else:
         x = layers.Conv2D(1, 1, activation="sigmoid", name="crack_probability_half")(x)
         outputs = layers.UpSampling2D(spec.stem_stride, interpolation="bilinear", name="crack_mask")(x)
-    return keras.Model(inputs, outputs, name=f"unet_b{spec.base}_d{spec.depth}_s{spec.stem_stride}_{size}")
+    return keras.Model(inputs, outputs, name=f"unet_b{spec.base}_d{spec.depth}_s{spec.stem_stride}_{size or 'any'}")

@@ -6,7 +6,7 @@ from trainer.latency import load_note
 from trainer.targets import HEADLINE
 
 METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1", "roc_auc": "ROC-AUC",
-                "dice": "F1 (Dice)", "iou": "IoU"}
+                "dice": "F1 (Dice)", "iou": "IoU", "tolerant_f1": "tolerant F1 (2 px)", "balanced_accuracy": "balanced accuracy"}
 RESULT = {True: "✅ met", False: "❌ not met", None: "— not measured"}
 
 
@@ -208,6 +208,11 @@ def render(report: dict) -> str:
              f"- Segmenter: {m['segmenter']['architecture'].get('architecture', '?')}, input {m['segmenter']['input_size'][0]} px, "
              f"{m['segmenter']['bytes'] / 1024:.0f} KiB INT8.", ""]
     lines += _targets(report)
+    if report.get("crossval"):
+        from trainer.crossval import render as render_crossval
+
+        # Beside the in-domain figures: the same recipe scored on sources it never saw (chosen on these, not on in-domain).
+        lines += render_crossval(report["crossval"], heading="##").split("\n")
     lines += _how_to_read(report)
     lines += ["## INT8 against FP32, per data set", "", "### Classifier", ""] + _summary_table(report, "classifier")
     lines += ["### Segmenter", ""] + _summary_table(report, "segmenter")

@@ -25,6 +25,7 @@ class TrainConfig:
     patience: int = 5  # early stopping on the validation loss
     seed: int = 0
     steps_per_epoch: int | None = None  # None: one pass over the training set
+    crop: int | None = None  # segmenter: train on random square crops of this size (fully convolutional; ~3x cheaper at 128)
     verbose: int = 1  # Keras progress bar
 
     def as_dict(self) -> dict:
@@ -52,7 +53,15 @@ def _geometric(image: tf.Tensor, mask: tf.Tensor | None, seed: tf.Tensor):
     return image, mask, s[2]
 
 
-def make_dataset(images: np.ndarray, targets: np.ndarray, batch: int, seed: int, training: bool, masks: bool) -> tf.data.Dataset:
+def _random_crop(image: tf.Tensor, mask: tf.Tensor, size: int, seed: tf.Tensor):
+    """The same random `size` x `size` window of an image and its mask."""
+    both = tf.concat([image, tf.cast(mask, image.dtype)], axis=-1)
+    both = tf.image.stateless_random_crop(both, [size, size, 4], seed)
+    return both[..., :3], tf.cast(both[..., 3:], mask.dtype)
+
+
+def make_dataset(images: np.ndarray, targets: np.ndarray, batch: int, seed: int, training: bool, masks: bool,
+                 crop: int | None = None) -> tf.data.Dataset:
     """Batches of (float pixels, float targets); in training shuffled and augmented.
 
     `masks`: the targets are HxW masks that must follow the image's flips and rotations
@@ -68,6 +77,8 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch: int, seed: int,
         def augment(pair, sample_seed):
             image, target = pair
             image, moved, photometric_seed = _geometric(tf.cast(image, tf.float32), target if masks else None, sample_seed)
+            if crop:
+                image, moved = _random_crop(image, moved, crop, photometric_seed)
             return _augment_image(image, photometric_seed), moved if masks else target
 
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -165,6 +176,6 @@ def train_segmenter(model: keras.Model, train: tuple[np.ndarray, np.ndarray], va
     x, m = train
     steps = cfg.steps_per_epoch or int(np.ceil(len(x) / cfg.batch_size))
     model.compile(optimizer=keras.optimizers.Adam(_schedule(cfg, steps)), loss=SEGMENTER_LOSSES[loss], metrics=[dice_coefficient])
-    train_ds = make_dataset(x, m, cfg.batch_size, cfg.seed, training=True, masks=True)
+    train_ds = make_dataset(x, m, cfg.batch_size, cfg.seed, training=True, masks=True, crop=cfg.crop)
     val_ds = make_dataset(*val, cfg.batch_size, cfg.seed, training=False, masks=True)
     return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_dice_coefficient", "max", extra_callbacks)

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crossval", help="score leave-one-dataset-out runs on their held-out source; choose the thresholds there",
                        description="Converts each run (trained with --holdout SOURCE) to INT8 and scores it on every image of the "
-                                   "held-out source: tolerant F1 (2 px) and Dice of the segmenter at thresholds 0.10-0.90 and at two "
+                                   "held-out source: tolerant F1 (2 px) and Dice of the segmenter at thresholds 0.10-0.97 and at two "
                                    "scales, F1 and balanced accuracy of the classifier. Writes crossval.json, CROSSVAL.md and plots.")
     p.add_argument("--segmenter-runs", nargs="*", default=[], metavar="RUN_DIR")
     p.add_argument("--classifier-runs", nargs="*", default=[], metavar="RUN_DIR")

@@ -42,6 +42,27 @@ class ExportConfig:
     seed: int = 0
 
 
+def load_checkpoint(run_dir: Path):
+    """A run's best checkpoint at the device's fixed input size.
+
+    A segmenter trained on crops is size-free until its run finishes; one stopped early is rebuilt at
+    its spec's size here (the weights do not depend on the input size).
+    """
+    import keras
+
+    from trainer.train import bce_dice_loss, bce_tversky_loss, dice_coefficient  # noqa: F401  (registers custom objects)
+
+    model = keras.models.load_model(run_dir / "best.keras", compile=False)
+    if model.input_shape[1] is None:
+        from trainer.models import SegmenterSpec, build_segmenter
+
+        spec = json.loads((run_dir / "run.json").read_text())["spec"]
+        fixed = build_segmenter(SegmenterSpec(**{k: v for k, v in spec.items() if k != "architecture"}))
+        fixed.set_weights(model.get_weights())
+        model = fixed
+    return model
+
+
 def convert_int8(model, calibration: np.ndarray) -> bytes:
     """Full-integer INT8 conversion with uint8 input/output; raises ExportError on float-only ops."""
     import tensorflow as tf
@@ -181,10 +202,7 @@ def export_bundle(classifier_run: Path | None, segmenter_run: Path | None, out_d
                   finetune_dir: Path | None = None) -> Path:
     """Convert both trained runs (or one, keeping the other model of `keep_from`), validate INT8 against FP32,
     and write a verified bundle. `thresholds` (role -> value) are recorded in the manifest with `threshold_source`."""
-    import keras
-
     from trainer.assemble import load_arrays
-    from trainer.train import bce_dice_loss, bce_tversky_loss, dice_coefficient  # noqa: F401  (registers custom objects)
 
     roles, validation, runs = {}, {}, []
     for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
@@ -196,7 +214,7 @@ def export_bundle(classifier_run: Path | None, segmenter_run: Path | None, out_d
             continue
         run_dir = Path(run_dir)
         runs.append(run_dir)
-        model = keras.models.load_model(run_dir / "best.keras", compile=False)
+        model = load_checkpoint(run_dir)
         size = int(model.input_shape[1])
         progress(f"{role}: calibrating on real training images ({run_dir})")
         calib = calibration_set(run_dir, size, cfg.calibration_images, cfg.seed)

@@ -46,6 +46,7 @@ def build_reference(alpha: float = DEFAULT_ALPHA, size: int = DEFAULT_SIZE, seed
     """Keras MobileNetV2 with random weights drawn from `seed` (same seed, same weights)."""
     import tensorflow as tf
 
+    tf.keras.backend.clear_session()  # layer names (which end up in the file) restart from the same counters
     tf.keras.utils.set_random_seed(seed)
     return tf.keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None, classes=1000,
                                              classifier_activation="softmax")

@@ -14,13 +14,12 @@ import numpy as np
 from edge.bundle import BundleError
 from edge.images import image_files, read_rgb
 from edge.runtime import RUNTIME_CHOICES, RuntimeUnavailable
-
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
+from edge.shipped import SHIPPED_BUNDLE
 
 
 def default_bundle() -> Path:
-    """The shipped default bundle: $CRACKD_BUNDLE, else models/default beside the package."""
-    return Path(os.environ.get("CRACKD_BUNDLE", DEFAULT_BUNDLE))
+    """The bundle infer and bench use without --bundle: $CRACKD_BUNDLE, else the shipped one."""
+    return Path(os.environ.get("CRACKD_BUNDLE", SHIPPED_BUNDLE))
 
 
 def process_age_s() -> float:

@@ -162,7 +162,7 @@ class MQTTConfig:
     password_file: Optional[str] = _opt(None, "file holding the password (first line; e.g. a systemd credential)")
     client_id: Optional[str] = _opt(None, "MQTT client id (null = crackd-<device_id>)")
     keepalive: int = _opt(30, "keepalive seconds; the broker sends the last will after 1.5x this without traffic", min=5, max=3600)
-    topic_prefix: str = _opt("crackd", "topics are <prefix>/<device_id>/{status,camera,event,stats,frame}")
+    topic_prefix: str = _opt("crackd", "topics are <prefix>/<device_id>/{status,camera,event,stats,frame,snapshot}")
     qos: Literal[0, 1, 2] = _opt(1, "QoS of event messages (1 = at least once, acknowledged by the broker)")
     reconnect_min_s: float = _opt(1.0, "first reconnect delay (doubles up to reconnect_max_s)", gt=0, max=600)
     reconnect_max_s: float = _opt(60.0, "longest reconnect delay", gt=0, max=3600)
@@ -170,6 +170,8 @@ class MQTTConfig:
     publish_frames: bool = _opt(False, "also publish per-frame results (QoS 0, rate-limited)")
     frame_rate: float = _opt(1.0, "at most this many frame messages per second", gt=0, max=1000)
     flush_timeout_s: float = _opt(5.0, "on shutdown, wait this long for the outbox to drain", min=0, max=600)
+    snapshots: bool = _opt(True, "publish the latest event's overlay JPEG, retained, on <prefix>/<device_id>/snapshot (needs storage.snapshots)")
+    snapshot_max_kb: int = _opt(150, "largest snapshot message; bigger overlays are re-encoded smaller", min=16, max=16384)
 
 
 @dataclass(frozen=True)

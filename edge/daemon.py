@@ -32,7 +32,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from edge import __version__
+from edge import __version__, snapshots_mqtt
 from edge.atomic_write import write_json_atomic
 from edge.bundle import BundleError, LoadedBundle, load_bundle
 from edge.config import Config, ConfigError, load_config
@@ -468,6 +468,9 @@ class Supervisor:
         writes, messages = [], []
         for r in records:
             snap = self._snapshot_for(r, current)
+            picture = snapshots_mqtt.attach(self.cfg, self.state_dir, r, snap)
+            if picture is not None:
+                messages.append(picture)  # before the event that names it: the retained picture is there first
             writes.append(EventWrite(r, b.version, b.sha256, self.cfg.device_id, snap and snap["frame"], snap and snap["overlay"]))
             if self.cfg.mqtt.enabled:
                 payload = event_payload(r, self.cfg.device_id, b.version, b.sha256, snap or self._last_snapshot.get(r.uuid))

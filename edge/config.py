@@ -175,6 +175,16 @@ class MQTTConfig:
 
 
 @dataclass(frozen=True)
+class HomeAssistantConfig:
+    """MQTT discovery (edge.homeassistant): the device and its entities appear in Home Assistant by themselves."""
+
+    discovery: bool = _opt(True, "announce the device to Home Assistant with retained discovery configs on every connection")
+    discovery_prefix: str = _opt("homeassistant", "Home Assistant's discovery prefix (its MQTT integration setting)", min_len=1, max_len=128)
+    device_name: Optional[str] = _opt(None, "device name shown in Home Assistant (null = device_id)", min_len=1, max_len=128)
+    remove: bool = _opt(False, "publish empty configs instead, removing the device from Home Assistant (also: crackd homeassistant remove)")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = _opt("info", "log level")
     journald: bool = _opt(True, "log to journald with structured fields when running under systemd")
@@ -198,6 +208,7 @@ class Config:
     decision: DecisionConfig = _section(DecisionConfig, "debounce per-frame results into events")
     storage: StorageConfig = _section(StorageConfig, "the journal and snapshots")
     mqtt: MQTTConfig = _section(MQTTConfig, "the broker")
+    homeassistant: HomeAssistantConfig = _section(HomeAssistantConfig, "Home Assistant MQTT discovery")
     logging: LoggingConfig = _section(LoggingConfig, "logging")
     releases: ReleasesConfig = _section(ReleasesConfig, "model release policy (crackd models ...)")
     max_fps: Optional[float] = _opt(None, "process at most this many frames per second (null = as fast as possible)", gt=0)
@@ -486,9 +497,10 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
         fail("mqtt.password_file", f"file not found: {m.password_file}")
     if m.reconnect_max_s < m.reconnect_min_s:
         fail("mqtt.reconnect_max_s", f"must be >= mqtt.reconnect_min_s ({m.reconnect_min_s:g})")
-    for part in (cfg.device_id, m.topic_prefix):
+    for path, part in (("device_id", cfg.device_id), ("mqtt.topic_prefix", m.topic_prefix),
+                       ("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix)):
         if any(c in part for c in "+#") or part.startswith("/") or part.endswith("/"):
-            fail("device_id" if part is cfg.device_id else "mqtt.topic_prefix", f"{part!r} must not contain + or # or start/end with /")
+            fail(path, f"{part!r} must not contain + or # or start/end with /")
     levels = list(cfg.storage.outbox_warn_levels)
     if levels != sorted(levels):
         fail("storage.outbox_warn_levels", "levels must be in increasing order")

@@ -32,7 +32,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from edge import __version__, snapshots_mqtt
+from edge import __version__, homeassistant, snapshots_mqtt
 from edge.atomic_write import write_json_atomic
 from edge.bundle import BundleError, LoadedBundle, load_bundle
 from edge.config import Config, ConfigError, load_config
@@ -244,6 +244,7 @@ class Supervisor:
                 self._release_pid_file()
                 raise StartupError(str(exc)) from None
             self.publisher = Publisher(cfg, self.journal, self._identity(), password)
+            homeassistant.attach(cfg, self.publisher)
             self.publisher.publish_camera("starting", {})
             self.publisher.start()
         self.source = self._given_source or make_source(cfg.source, stop=self.stop_event)

@@ -32,7 +32,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from edge import __version__
+from edge import __version__, homeassistant, snapshots_mqtt
 from edge.atomic_write import write_json_atomic
 from edge.bundle import BundleError, LoadedBundle, load_bundle
 from edge.config import Config, ConfigError, load_config
@@ -244,6 +244,7 @@ class Supervisor:
                 self._release_pid_file()
                 raise StartupError(str(exc)) from None
             self.publisher = Publisher(cfg, self.journal, self._identity(), password)
+            homeassistant.attach(cfg, self.publisher)
             self.publisher.publish_camera("starting", {})
             self.publisher.start()
         self.source = self._given_source or make_source(cfg.source, stop=self.stop_event)
@@ -468,6 +469,9 @@ class Supervisor:
         writes, messages = [], []
         for r in records:
             snap = self._snapshot_for(r, current)
+            picture = snapshots_mqtt.attach(self.cfg, self.state_dir, r, snap)
+            if picture is not None:
+                messages.append(picture)  # before the event that names it: the retained picture is there first
             writes.append(EventWrite(r, b.version, b.sha256, self.cfg.device_id, snap and snap["frame"], snap and snap["overlay"]))
             if self.cfg.mqtt.enabled:
                 payload = event_payload(r, self.cfg.device_id, b.version, b.sha256, snap or self._last_snapshot.get(r.uuid))

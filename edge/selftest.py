@@ -10,25 +10,27 @@ kernels legitimately round differently. XNNPACK's ARM INT8 kernels gave 165
 where x86 gave 172 (of 255) on the default bundle's sample 01.
 
 What must agree, per sample (measured on x86-64 with LiteRT 2.3, default bundle
-1.0.0, 84 images: the 4 golden ones, 40 synthetic, 20 UAV and 20 SUT photographs;
-XNNPACK against LiteRT's builtin kernels without delegates and against its
-reference kernels, which agree with each other):
+1.0.0, 314 images: the 4 golden ones, 150 synthetic, 40 each of UAV, SUT, METU
+crack and METU clean photographs; XNNPACK against LiteRT's builtin kernels without
+delegates and against its reference kernels, which agree with each other):
 - the classifier's P(crack) within CLASSIFIER_SCORE_TOLERANCE = 0.12 of the
-  recorded one. Kernels moved it by up to 23 quanta = 0.090 (median 0, 90th
-  percentile 6 quanta; the largest moves are mid-range scores, the saturated
-  ones do not move); the ARM difference above is 7 quanta = 0.027. So the
-  decision at the bundle's threshold is the recorded one unless the recorded
-  score lies within the tolerance of the threshold.
+  recorded one. Kernels moved it by up to 23 quanta = 0.090 (median 0, 99th
+  percentile 18 quanta; the largest moves are mid-range scores, saturated ones
+  do not move); the ARM difference above is 7 quanta = 0.027. So the decision at
+  the bundle's threshold is the recorded one unless the recorded score lies
+  within the tolerance of the threshold.
 - the segmenter's crack mask (at the bundle's pixel threshold): IoU with the
-  recorded mask >= SEGMENTER_IOU_FLOOR = 0.8 when the two masks cover at least
-  MASK_MIN_PIXELS together (measured minimum 0.895, mean 0.985), and the mean
+  recorded mask >= SEGMENTER_IOU_FLOOR = 0.7 when the two masks cover at least
+  MASK_MIN_PIXELS together (measured minimum 0.843, mean 0.986), and the mean
   |difference| of the raw map <= SEGMENTER_MEAN_ABS_TOLERANCE = 1.0 quanta
-  (measured maximum 0.29; 1.6 % of pixels moved by more than 2 quanta).
+  (measured maximum 0.43; up to 3 % of pixels moved by more than 2 quanta, which
+  the old rule's 2 % limit refused).
 Real defects measured against the same samples: reading the images as BGR moves
 sample 01's classifier from 172 to 136 (0.14) and the segmenter maps by 1.1
-quanta on average; a flipped bit in a weight byte moves the segmenter maps by up
-to 1.7 quanta, or, in the classifier's output bias, the score to 0 or 1; a
-truncated model does not load. tests/test_selftest.py shows each fails.
+quanta on average; flipping the sign bit of the largest weight of the
+segmenter's output layer moves its maps by 1.2-1.7 quanta; one bit of a byte of
+an output bias sends the score or the mask to 0; a truncated model does not
+load. tests/test_selftest.py shows the last three (and BGR) fail.
 
 Manifest format (written by the trainer's exporter):
 
@@ -37,7 +39,7 @@ Manifest format (written by the trainer's exporter):
                    "classifier_output": 187,                  # raw quantized classifier output
                    "segmenter_output": "golden/0_seg.png"}],  # PNG of the raw quantized segmenter map
       "tolerance": {"classifier_score": 0.12,                 # optional, any of the keys in DEFAULT_TOLERANCE
-                    "segmenter_iou": 0.8, "segmenter_mean_abs": 1.0}
+                    "segmenter_iou": 0.7, "segmenter_mean_abs": 1.0}
     }
 
 Older bundles record a tolerance in quanta (`classifier`, `segmenter_max_fraction_off`)
@@ -61,7 +63,7 @@ from edge.preprocess import model_input
 log = logging.getLogger(__name__)
 
 CLASSIFIER_SCORE_TOLERANCE = 0.12
-SEGMENTER_IOU_FLOOR = 0.8
+SEGMENTER_IOU_FLOOR = 0.7
 SEGMENTER_MEAN_ABS_TOLERANCE = 1.0  # quanta of the raw segmenter map
 MASK_MIN_PIXELS = 50  # below this, IoU of two near-empty masks says nothing; the mean difference still applies
 DEFAULT_TOLERANCE = {"classifier_score": CLASSIFIER_SCORE_TOLERANCE, "segmenter_iou": SEGMENTER_IOU_FLOOR,

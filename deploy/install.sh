@@ -201,10 +201,10 @@ install_with() {  # runtime -> crackd installed with that runtime only (the othe
 self_test() {  # runtime -> the shipped bundle passes `crackd models stage` (models load, golden samples) with it
     local scratch rc=0
     scratch=$(mktemp -d)
-    "$CRACKD" models stage "$SOURCE/models/default" --state-dir "$scratch/state" --runtime "$1" --no-require-signature \
-        --who "install.sh self-test" > "$scratch/log" 2>&1 || rc=$?
-    [ "$rc" = 0 ] || sed 's/^/    /' "$scratch/log" >&2
-    rm -rf -- "$scratch"
+    "$CRACKD" models stage "$SOURCE/models/default" --state-dir "$scratch" --runtime "$1" --no-require-signature \
+        --who "install.sh self-test" > "$scratch.log" 2>&1 || rc=$?
+    [ "$rc" = 0 ] || sed 's/^/    /' "$scratch.log" >&2
+    rm -rf -- "$scratch" "$scratch.log"
     return "$rc"
 }
 

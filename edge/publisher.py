@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import ssl
 import threading
 import time
@@ -92,6 +93,8 @@ class Publisher:
         self._stop = threading.Event()
         self._acks: deque = deque()
         self._inflight: dict[int, int] = {}  # mid -> outbox row id (drain thread only)
+        self._acked_rows: list[int] = []  # acknowledged rows whose delete failed, retried
+        self._ack_error_logged = 0.0
         self._camera: Optional[dict] = None
         self._last_frame_t = 0.0
         self._thread: Optional[threading.Thread] = None
@@ -241,7 +244,9 @@ class Publisher:
                 self._stop.wait(1.0)
 
     def _apply_acks(self) -> None:
-        done = []
+        # Rows acknowledged but not yet deleted (the delete failed: disk full) are kept and retried, so a
+        # delivered message is not sent again on this connection.
+        done, self._acked_rows = self._acked_rows, []
         while self._acks:
             item = self._acks.popleft()
             if isinstance(item, tuple):
@@ -251,7 +256,16 @@ class Publisher:
             if row is not None:
                 done.append(row)
         if done:
-            self.journal.outbox_ack(done)
+            try:
+                self.journal.outbox_ack(done)
+            except sqlite3.Error as exc:  # delivery goes on: the deletes are retried, a duplicate is harmless
+                self._acked_rows = done
+                now = time.monotonic()
+                if now - self._ack_error_logged >= 30.0:
+                    self._ack_error_logged = now
+                    log.error("outbox: %d delivered messages cannot be deleted from the journal (%s); retrying, "
+                              "they may be sent again after a reconnect", len(done), exc)
+                return
             self.published += len(done)
 
     def flush(self, timeout: float) -> bool:

@@ -45,7 +45,7 @@ from edge.journal import EventWrite, FrameRow, Journal, JournalError, JournalUna
 from edge.notify import Notifier
 from edge.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, rss_mb
 from edge.runtime import RuntimeUnavailable
-from edge.sources import Frame, ResilientSource, SourceExhausted, make_source
+from edge.sources import Frame, ResilientSource, SourceExhausted, SourceFailed, make_source
 from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
@@ -496,6 +496,11 @@ class Supervisor:
                 frame = self.resilient.read()
             except SourceExhausted:
                 log.info("source finished: stopping after the last frame")
+                self.slot.close()
+                return
+            except SourceFailed as exc:  # not an end: exit non-zero so Restart=on-failure (and whoever watches) acts
+                log.error("%s; stopping with exit code 1", exc)
+                self.exit_code = 1
                 self.slot.close()
                 return
             except ResilientSource.Stopped:

@@ -679,3 +679,17 @@ def test_a_snapshot_is_taken_from_the_full_size_main_stream_in_its_own_colours(t
     assert snapshot.shape == (96, 128, 3)
     b, g, r = snapshot[48, 64].astype(int)
     assert b > 230 and g < 25 and r < 25
+
+
+def test_a_corrupt_video_file_ends_the_daemon_with_a_failure_exit_code(tmp_path, darkness_bundle, caplog):
+    """Restart=on-failure must see it: a truncated video is not a normal end (exit 0) but exit code 1."""
+    from test_sources import _damaged_video
+
+    video = _damaged_video(tmp_path, "truncated")
+    config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None)
+    config["source"] = {"type": "opencv", "opencv": {"url": str(video)}, "retry_initial_s": 0.05, "retry_max_s": 0.2}
+    sup = Supervisor(config_from_dict(config), notifier=Notifier(environ={}))
+    sup.start()
+    assert sup.run() == 1
+    assert sup.frames_processed > 0 and sup.camera_state == "failed"
+    assert any("corrupt or truncated" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)

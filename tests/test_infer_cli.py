@@ -80,3 +80,15 @@ def test_bench_prints_stages_and_efficiency():
     for stage in ("preprocess", "classify", "segment", "measure", "total"):
         assert report["stages_ms"][stage]["median"] >= 0
     assert 0 < report["pipeline_efficiency"] <= 1 and report["peak_rss_mb"] > 10 and report["fps"] > 0
+
+
+def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_the_limit_is_an_option(tmp_path, darkness_bundle):
+    from test_sources import _huge_header_jpeg
+
+    (tmp_path / "huge.jpg").write_bytes(_huge_header_jpeg(9000, 9000))
+    out = crackd("infer", "--bundle", str(darkness_bundle), "--json", str(tmp_path / "huge.jpg"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert "9000x9000" in row["error"] and "over the limit of 40 MP" in row["error"]
+    out = crackd("infer", "--bundle", str(darkness_bundle), "--json", "--max-image-mpixels", "10", str(tmp_path / "huge.jpg"))
+    assert "over the limit of 10 MP" in json.loads(out.stdout.splitlines()[0])["error"]

@@ -50,7 +50,6 @@ from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
-STARTUP_GRACE_S = 30.0  # watchdog pings continue this long after start while the first frame is awaited
 PRUNE_INTERVAL_S = 600.0
 FRAME_BATCH_S = 1.0  # frame-only results are committed together at most this late ...
 FRAME_BATCH_ROWS = 200  # ... or when this many are waiting
@@ -193,6 +192,10 @@ class Supervisor:
     # Frames older than this (or 3 frame periods, or 2 read timeouts for cameras) mean "not healthy":
     # status.json says so and the watchdog pings stop.
     HEALTH_WINDOW_MIN_S = 5.0
+    # The watchdog (process_alive): the main loop turns at least every 0.25 s (frame or not); a capture call
+    # blocked this long (or 4 read timeouts) means a wedged driver.
+    LOOP_STUCK_S = 10.0
+    CAPTURE_HANG_MIN_S = 60.0
 
     def __init__(self, config: Config, config_path: Optional[str | Path] = None, notifier: Optional[Notifier] = None,
                  source=None):
@@ -215,6 +218,7 @@ class Supervisor:
         self.frames_recorded = 0
         self.events_started = 0
         self.last_frame_mono: Optional[float] = None
+        self._loop_mono = time.monotonic()  # the main loop's heartbeat (watchdog)
         self.last_capture_mono: Optional[float] = None
         self.latency_ms: deque = deque(maxlen=1000)
         self.inference_ms: deque = deque(maxlen=1000)
@@ -420,6 +424,7 @@ class Supervisor:
         """The main loop; returns the exit code when stopped (signal, or a finite source ended)."""
         next_t = 0.0
         while not self.stop_event.is_set():
+            self._loop_mono = time.monotonic()
             self._maybe_reload()
             max_fps = self.cfg.max_fps
             if max_fps:
@@ -925,9 +930,7 @@ class Supervisor:
             self._check_capture_hang(now)
             wd = self.notifier.watchdog_interval_s
             if wd and now >= next_watchdog:
-                age = self.last_frame_age_s()
-                flowing = age is not None and age <= self._health_window_s()
-                if flowing or (self.last_frame_mono is None and now - self._t0 < STARTUP_GRACE_S):
+                if self.process_alive(now):
                     self.notifier.watchdog()
                 next_watchdog = now + wd
             if self.notifier.enabled and now >= next_status_line:
@@ -944,6 +947,24 @@ class Supervisor:
             if now >= next_prune:
                 next_prune = now + PRUNE_INTERVAL_S
                 self.prune()
+
+    def process_alive(self, now: Optional[float] = None) -> bool:
+        """What the systemd watchdog is fed on: the process works, whatever the camera does.
+
+        A camera that is away (unplugged, stalled, reconnecting) is a state, published and in status.json,
+        and the daemon keeps journalling and draining the outbox meanwhile; restarting would not bring the
+        camera back and, repeated, would leave the unit failed (StartLimitBurst). The pings stop only when
+        the main loop stops turning, or when a call into the camera driver has not returned for
+        CAPTURE_HANG_S (a wedged driver: only a new process cures it).
+        """
+        now = time.monotonic() if now is None else now
+        if now - self._loop_mono > self.LOOP_STUCK_S:
+            return False
+        busy = self.resilient.busy_since if getattr(self, "resilient", None) is not None else None
+        return busy is None or now - busy <= self.capture_hang_s()
+
+    def capture_hang_s(self) -> float:
+        return max(self.CAPTURE_HANG_MIN_S, 4.0 * self.cfg.source.read_timeout_s)
 
     def _check_capture_hang(self, now: float) -> None:
         """A capture call that never returns (a driver hang no timeout catches) is reported as a stall.

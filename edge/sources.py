@@ -498,6 +498,9 @@ class ResilientSource:
         self.stop = stop or threading.Event()
         self.stalls_before_reconnect = stalls_before_reconnect
         self.state = "starting"
+        # When the call into the adapter now running began (None between calls): a call that never
+        # returns (a wedged driver) is the one camera fault only a restart of the process can cure.
+        self.busy_since: Optional[float] = None
         self._opened = False
         self._ever_opened = False
 
@@ -532,7 +535,11 @@ class ResilientSource:
         attempt = 0
         while not self.stop.is_set():
             try:
-                self.source.open()
+                self.busy_since = time.monotonic()
+                try:
+                    self.source.open()
+                finally:
+                    self.busy_since = None
                 self._opened = True
                 if self._ever_opened:
                     self.health.reconnects += 1
@@ -566,7 +573,11 @@ class ResilientSource:
             if not self._opened:
                 self._open()
             try:
-                frame = self.source.read(self.read_timeout_s)
+                self.busy_since = time.monotonic()
+                try:
+                    frame = self.source.read(self.read_timeout_s)
+                finally:
+                    self.busy_since = None
             except SourceExhausted as exc:
                 self._close()
                 self._set_state("finished", str(exc))

@@ -185,6 +185,17 @@ class HomeAssistantConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (edge.metrics): an HTTP endpoint and/or a node_exporter textfile."""
+
+    http: bool = _opt(True, "serve /metrics over HTTP (no authentication: keep it on localhost or a trusted network)")
+    host: str = _opt("127.0.0.1", "address the HTTP endpoint listens on (0.0.0.0: every interface)", min_len=1)
+    port: int = _opt(9808, "port of the HTTP endpoint", min=1, max=65535)
+    textfile: Optional[str] = _opt(None, "write the metrics to this .prom file for node_exporter's textfile collector (null = off)", min_len=1)
+    textfile_interval_s: float = _opt(15.0, "how often the textfile is rewritten", min=1, max=3600)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = _opt("info", "log level")
     journald: bool = _opt(True, "log to journald with structured fields when running under systemd")
@@ -209,6 +220,7 @@ class Config:
     storage: StorageConfig = _section(StorageConfig, "the journal and snapshots")
     mqtt: MQTTConfig = _section(MQTTConfig, "the broker")
     homeassistant: HomeAssistantConfig = _section(HomeAssistantConfig, "Home Assistant MQTT discovery")
+    metrics: MetricsConfig = _section(MetricsConfig, "Prometheus metrics")
     logging: LoggingConfig = _section(LoggingConfig, "logging")
     releases: ReleasesConfig = _section(ReleasesConfig, "model release policy (crackd models ...)")
     max_fps: Optional[float] = _opt(None, "process at most this many frames per second (null = as fast as possible)", gt=0)
@@ -501,6 +513,8 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
                        ("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix)):
         if any(c in part for c in "+#") or part.startswith("/") or part.endswith("/"):
             fail(path, f"{part!r} must not contain + or # or start/end with /")
+    if cfg.metrics.textfile and not cfg.metrics.textfile.endswith(".prom"):
+        fail("metrics.textfile", f"{cfg.metrics.textfile!r}: node_exporter reads only files ending in .prom")
     levels = list(cfg.storage.outbox_warn_levels)
     if levels != sorted(levels):
         fail("storage.outbox_warn_levels", "levels must be in increasing order")

@@ -152,6 +152,15 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class SparkplugOptions:
+    """Sparkplug B identities (edge.sparkplug): spBv1.0/{group_id}/{type}/{edge_node_id}[/{device_id}]."""
+
+    group_id: str = _opt("crackd", "Sparkplug group (e.g. the line or plant area)", min_len=1, max_len=64)
+    edge_node_id: Optional[str] = _opt(None, "edge node id of this Pi (null = device_id)", min_len=1, max_len=64)
+    device_id: str = _opt("camera", "Sparkplug device under the node that carries the crack and health metrics", min_len=1, max_len=64)
+
+
+@dataclass(frozen=True)
 class MQTTConfig:
     enabled: bool = _opt(True, "publish to a broker; false = events stay in the journal only")
     host: str = _opt("localhost", "broker host")
@@ -171,6 +180,8 @@ class MQTTConfig:
     frame_rate: float = _opt(1.0, "at most this many frame messages per second", gt=0, max=1000)
     flush_timeout_s: float = _opt(5.0, "on shutdown, wait this long for the outbox to drain", min=0, max=600)
     snapshots: bool = _opt(True, "publish the latest event's overlay JPEG, retained, on <prefix>/<device_id>/snapshot (needs storage.snapshots)")
+    format: Literal["json", "sparkplug_b"] = _opt("json", "payloads: json (docs/mqtt.md) or sparkplug_b (Sparkplug B protobuf, for SCADA)")
+    sparkplug: SparkplugOptions = _section(SparkplugOptions, "Sparkplug B identities (mqtt.format: sparkplug_b)")
     snapshot_max_kb: int = _opt(150, "largest snapshot message; bigger overlays are re-encoded smaller", min=16, max=16384)
 
 
@@ -513,6 +524,12 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
                        ("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix)):
         if any(c in part for c in "+#") or part.startswith("/") or part.endswith("/"):
             fail(path, f"{part!r} must not contain + or # or start/end with /")
+    sp = m.sparkplug
+    for key, part in (("group_id", sp.group_id), ("edge_node_id", sp.edge_node_id), ("device_id", sp.device_id)):
+        if part is not None and any(c in part for c in "+#/"):
+            fail(f"mqtt.sparkplug.{key}", f"{part!r}: Sparkplug ids must not contain +, # or /")
+    if m.format == "sparkplug_b" and sp.edge_node_id is None and "/" in cfg.device_id:
+        fail("mqtt.sparkplug.edge_node_id", f"device_id {cfg.device_id!r} contains /: set an edge_node_id without it")
     if cfg.metrics.textfile and not cfg.metrics.textfile.endswith(".prom"):
         fail("metrics.textfile", f"{cfg.metrics.textfile!r}: node_exporter reads only files ending in .prom")
     levels = list(cfg.storage.outbox_warn_levels)

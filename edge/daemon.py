@@ -245,7 +245,14 @@ class Supervisor:
             except ConfigError as exc:
                 self._release_pid_file()
                 raise StartupError(str(exc)) from None
-            self.publisher = Publisher(cfg, self.journal, self._identity(), password)
+            publisher_class = Publisher
+            if cfg.mqtt.format == "sparkplug_b":
+                from edge.sparkplug import SparkplugPublisher as publisher_class
+            try:
+                self.publisher = publisher_class(cfg, self.journal, self._identity(), password)
+            except RuntimeError as exc:  # a missing optional library
+                self._release_pid_file()
+                raise StartupError(str(exc)) from None
             homeassistant.attach(cfg, self.publisher)
             self.publisher.publish_camera("starting", {})
             self.publisher.start()

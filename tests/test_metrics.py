@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -9,12 +11,13 @@ from functools import partial
 from types import SimpleNamespace
 
 import pytest
-from conftest import free_port, wait_until, write_frames
+from conftest import REPO, free_port, wait_until, write_frames
 from prometheus_client.parser import text_string_to_metric_families
 from test_daemon import BLOCK, InProcess, daemon_dict
 
 from edge.config import ConfigError, config_from_dict, parse_config
 from edge.metrics import STAGES, start_for
+from edge.publisher import cpu_temperature_c
 
 wait = partial(wait_until, timeout=30.0)
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
@@ -95,6 +98,13 @@ def test_the_textfile_is_read_by_node_exporter_with_the_final_counts(tmp_path, d
     assert value(got, "crackd_journal_write_failures", "crackd_journal_write_failures_total") == 0
     assert value(got, "crackd_outbox_depth") == 0 and value(got, "crackd_mqtt_connected") == 0
     assert set(STAGES) >= {s.labels["stage"] for s in got["crackd_stage_latency_seconds"].samples}
+    # The Grafana dashboard in docs/ queries only metrics that exist (the temperature only where the kernel has one).
+    dashboard = json.loads((REPO / "docs" / "grafana" / "crackd-dashboard.json").read_text())
+    queried = {name for p in dashboard["panels"] for t in p.get("targets", []) for name in re.findall(r"crackd_\w+", t["expr"])}
+    exposed = {s.name for f in got.values() for s in f.samples}
+    if cpu_temperature_c() is None:
+        exposed.add("crackd_cpu_temperature_celsius")
+    assert len(queried) >= 10 and queried <= exposed, queried - exposed
 
 
 def test_without_prometheus_client_the_daemon_runs_without_metrics(monkeypatch, caplog):

@@ -21,8 +21,7 @@ from typing import Literal, Optional
 
 import yaml
 
-# The bundle shipped in the repository / package, used when nothing is installed in STATE/models/current.
-SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
+from edge.shipped import SHIPPED_BUNDLE  # used when nothing is installed in STATE/models/current
 
 
 class ConfigError(ValueError):

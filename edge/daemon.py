@@ -35,7 +35,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from edge import __version__
+from edge import __version__, homeassistant, metrics, snapshots_mqtt
 from edge.atomic_write import write_json_atomic
 from edge.bundle import BundleError, LoadedBundle, load_bundle
 from edge.config import Config, ConfigError, load_config
@@ -245,6 +245,8 @@ class Supervisor:
         self._pid_fd: Optional[int] = None
         self.journal: Optional[Journal] = None
         self.publisher: Optional[Publisher] = None
+        self.metrics = None  # edge.metrics.Metrics when enabled
+        self.journal_write_failures = 0
         self.engine: Optional[Engine] = None
         self.source = None
         self._threads: list[threading.Thread] = []
@@ -294,7 +296,15 @@ class Supervisor:
             except ConfigError as exc:
                 self._release_pid_file()
                 raise StartupError(str(exc)) from None
-            self.publisher = Publisher(cfg, self.journal, self._identity(), password)
+            publisher_class = Publisher
+            if cfg.mqtt.format == "sparkplug_b":
+                from edge.sparkplug import SparkplugPublisher as publisher_class
+            try:
+                self.publisher = publisher_class(cfg, self.journal, self._identity(), password)
+            except RuntimeError as exc:  # a missing optional library
+                self._release_pid_file()
+                raise StartupError(str(exc)) from None
+            homeassistant.attach(cfg, self.publisher)
             self.publisher.publish_camera("starting", {})
             self.publisher.start()
         self.source = self._given_source or make_source(cfg.source, stop=self.stop_event)
@@ -302,6 +312,7 @@ class Supervisor:
         self.resilient = ResilientSource(
             self.source, s.read_timeout_s, s.retry_initial_s, s.retry_max_s, on_state=self._on_camera_state, stop=self.stop_event
         )
+        self.metrics = metrics.start_for(self)
         self._spawn("capture", self._capture_loop)
         self._spawn("housekeeping", self._housekeeping_loop)
         log.info(
@@ -474,6 +485,8 @@ class Supervisor:
         except Exception:
             pass
         self._write_status(state="stopped")
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.journal is not None:
             self.journal.close()
         self._release_pid_file()
@@ -552,6 +565,8 @@ class Supervisor:
         now = time.monotonic()
         self.last_frame_mono = now
         self.latency_ms.append((now - frame.mono) * 1000.0)
+        if self.metrics is not None:
+            self.metrics.observe_frame(result, now - frame.mono)
         self.inference_ms.append(result.timings_ms.get("total", 0.0))
         if self.publisher is not None:
             self.publisher.publish_frame(lambda: {
@@ -568,6 +583,9 @@ class Supervisor:
         writes, messages = [], []
         for r in records:
             snap = self._snapshot_for(r, current)
+            picture = snapshots_mqtt.attach(self.cfg, self.state_dir, r, snap)
+            if picture is not None:
+                messages.append(picture)  # before the event that names it: the retained picture is there first
             writes.append(EventWrite(r, b.version, b.sha256, self.cfg.device_id, snap and snap["frame"], snap and snap["overlay"]))
             if self.cfg.mqtt.enabled:
                 payload = event_payload(r, self.cfg.device_id, b.version, b.sha256, snap or self._last_snapshot.get(r.uuid))
@@ -602,6 +620,7 @@ class Supervisor:
             self.journal.record(*item)
             self.frames_recorded += len(rows)
         except sqlite3.Error as exc:
+            self.journal_write_failures += 1
             self._journal_failed(item, exc)
             return
         if messages and self.publisher is not None:
@@ -643,6 +662,7 @@ class Supervisor:
             self.journal.record(rows)
             self.frames_recorded += len(rows)
         except sqlite3.Error as exc:  # frame results are not detections: dropped (counted), not held
+            self.journal_write_failures += 1
             self.frame_rows_dropped += len(rows)
             self._journal_log(logging.ERROR, "journal %s: write of %d frame results failed (%s); dropped (%d so far)",
                               self.cfg.db_path, len(rows), exc, self.frame_rows_dropped)
@@ -779,11 +799,13 @@ class Supervisor:
         changed = [name for name, a, b in (
             ("source", old.source, new.source), ("mqtt", old.mqtt, new.mqtt), ("device_id", old.device_id, new.device_id),
             ("storage.state_dir", old.storage.state_dir, new.storage.state_dir), ("storage.db", old.storage.db, new.storage.db),
+            ("homeassistant", old.homeassistant, new.homeassistant), ("metrics", old.metrics, new.metrics),
         ) if a != b]
         if changed:
             log.warning("reload: %s changed; restart crackd to apply (kept the running settings)", ", ".join(changed))
         storage = dataclasses.replace(new.storage, state_dir=old.storage.state_dir, db=old.storage.db)
-        return dataclasses.replace(new, source=old.source, mqtt=old.mqtt, device_id=old.device_id, storage=storage)
+        return dataclasses.replace(new, source=old.source, mqtt=old.mqtt, device_id=old.device_id, storage=storage,
+                                   homeassistant=old.homeassistant, metrics=old.metrics)
 
     def _swap(self, cfg: Config, engine: Engine) -> None:
         old = self.engine

@@ -139,18 +139,23 @@ class EventWrite:
 
 @dataclass(frozen=True)
 class OutboxMessage:
+    """`payload`: a dict (sent as JSON with seq/replayed added) or bytes (sent as they are: pictures).
+
+    `replace_pending`: delete any unsent row on the same topic first (only the newest picture waits)."""
+
     topic: str
-    payload: dict
+    payload: dict | bytes
     qos: int = 1
     retain: bool = False
     event_uuid: Optional[str] = None
+    replace_pending: bool = False
 
 
 @dataclass(frozen=True)
 class OutboxRow:
     id: int
     topic: str
-    payload: str
+    payload: str | bytes  # bytes: send as is (see OutboxMessage)
     qos: int
     retain: bool
     created_at: float
@@ -429,9 +434,12 @@ class Journal:
                         self._write_event(c, ev)
                     now = time.time()
                     for m in messages:
+                        if m.replace_pending:
+                            c.execute("DELETE FROM outbox WHERE topic = ?", (m.topic,))
+                        data = m.payload if isinstance(m.payload, bytes) else json.dumps(m.payload, separators=(",", ":"))
                         cur = c.execute(
                             "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid) VALUES (?,?,?,?,?,?)",
-                            (m.topic, json.dumps(m.payload, separators=(",", ":")), m.qos, int(m.retain), now, m.event_uuid),
+                            (m.topic, data, m.qos, int(m.retain), now, m.event_uuid),
                         )
                         ids.append(cur.lastrowid)
             finally:

@@ -128,3 +128,12 @@ def test_leave_one_dataset_out_keeps_every_held_out_image_out_of_training(tmp_pa
     x, _ = sp.stacked("train")
     assert x.shape[0] == len(sp.files["concrete"]["train"]) + 9
     assert sp.test["asphalt"][0].shape == (6, 32, 32, 3)
+
+
+def test_balanced_accuracy_averages_the_recall_of_the_classes_present():
+    from trainer.metrics import binary_metrics
+
+    labels = np.array([1, 1, 1, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.6])  # recall 3/4, specificity 1/2
+    assert binary_metrics(labels, scores)["balanced_accuracy"] == pytest.approx((0.75 + 0.5) / 2)
+    assert binary_metrics(labels[:4], scores[:4])["balanced_accuracy"] == pytest.approx(0.75)  # cracks only: recall

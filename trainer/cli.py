@@ -94,7 +94,8 @@ def cmd_crossval(args) -> int:
 
     if not args.segmenter_runs and not args.classifier_runs:
         raise ValueError("nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout)")
-    report = run_crossval([Path(r) for r in args.segmenter_runs], [Path(r) for r in args.classifier_runs], Path(args.out))
+    report = run_crossval([Path(r) for r in args.segmenter_runs], [Path(r) for r in args.classifier_runs], Path(args.out),
+                          classifier_tflite=Path(args.classifier_tflite) if args.classifier_tflite else None)
     print((Path(args.out) / "CROSSVAL.md").read_text())
     return 0 if report else 1
 
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "scales, F1 and balanced accuracy of the classifier. Writes crossval.json, CROSSVAL.md and plots.")
     p.add_argument("--segmenter-runs", nargs="*", default=[], metavar="RUN_DIR")
     p.add_argument("--classifier-runs", nargs="*", default=[], metavar="RUN_DIR")
+    p.add_argument("--classifier-tflite", metavar="MODEL.tflite", help="score this INT8 classifier on the classifier runs' held-out "
+                   "sets instead of their checkpoints (a model trained with the same held-out source and seed)")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write (e.g. the bundle directory)")
     p.set_defaults(func=cmd_crossval)
 

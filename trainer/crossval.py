@@ -102,11 +102,16 @@ def evaluate_segmenter_run(run_dir: Path, progress=print) -> tuple[dict, dict]:
     return result, {"images": images, "masks": masks, "probs": full}
 
 
-def evaluate_classifier_run(run_dir: Path, progress=print) -> dict:
+def evaluate_classifier_run(run_dir: Path, progress=print, tflite: Path | None = None) -> dict:
+    """Score the run's classifier (or `tflite`: an INT8 model trained with the same held-out source) on its held-out sets."""
     ho = heldout_of(run_dir)
-    progress(f"classifier {run_dir.name}: converting to INT8 and scoring on held-out {ho.source}")
-    model = TFLiteModel(content=int8_of(run_dir))
-    result = {"run": run_dir.name, "heldout": ho.source, "sets": {}}
+    if tflite is None:
+        progress(f"classifier {run_dir.name}: converting to INT8 and scoring on held-out {ho.source}")
+        model = TFLiteModel(content=int8_of(run_dir))
+    else:
+        progress(f"classifier {tflite}: scoring on the held-out {ho.source} sets of {run_dir.name}")
+        model = TFLiteModel(tflite)
+    result = {"run": run_dir.name, "model": str(tflite) if tflite else "the run's best checkpoint", "heldout": ho.source, "sets": {}}
     for name, (x, y) in ho.sets.items():
         scores = predict(model, x).reshape(len(x), -1)[:, 0]
         rows = []
@@ -148,7 +153,7 @@ def overlays(arrays: dict, threshold: float, title: str, path: Path, n_best: int
             ax.imshow(pic, cmap="gray" if pic.ndim == 2 else None)
             ax.set_title(label, fontsize=8)
             ax.axis("off")
-    fig.subplots_adjust(top=1 - 0.45 / fig.get_figheight(), hspace=0.18, wspace=0.05)
+    fig.subplots_adjust(top=1 - 0.7 / fig.get_figheight(), hspace=0.18, wspace=0.05)
     fig.suptitle(title, fontsize=9)
     return report_plots._save(fig, path, palette=True)
 
@@ -171,7 +176,8 @@ def curve_plot(results: list[dict], threshold: float, path: Path) -> Path:
     return report_plots._save(fig, path)
 
 
-def run_crossval(segmenter_runs: list[Path], classifier_runs: list[Path], out_dir: Path, progress=print) -> dict:
+def run_crossval(segmenter_runs: list[Path], classifier_runs: list[Path], out_dir: Path, progress=print,
+                 classifier_tflite: Path | None = None) -> dict:
     """Score every leave-one-out run; write crossval.json, CROSSVAL.md and plots into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(exist_ok=True)
@@ -180,7 +186,7 @@ def run_crossval(segmenter_runs: list[Path], classifier_runs: list[Path], out_di
         r, a = evaluate_segmenter_run(Path(run), progress)
         seg.append(r)
         arrays.append(a)
-    cls = [evaluate_classifier_run(Path(run), progress) for run in classifier_runs]
+    cls = [evaluate_classifier_run(Path(run), progress, classifier_tflite) for run in classifier_runs]
     report = {"segmenter": seg, "classifier": cls, "plots": {}}
     if seg:
         t = choose_threshold([r["scales"]["model scale"]["curve"] for r in seg], "tolerant_f1")
@@ -221,8 +227,9 @@ def render(report: dict, heading: str = "#") -> str:
             lines += [f"![{key}]({p})", ""]
     if report.get("classifier"):
         t = report["classifier_threshold"]
-        lines += [f"{sub} Classifier", "", f"Threshold chosen on these held-out sources: **{t:.2f}** (best mean balanced accuracy).", "",
-                  "| held-out set | images | cracks | threshold | F1 | balanced accuracy | recall | precision |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"{sub} Classifier", "", f"Threshold chosen on these held-out sources: **{t:.2f}** (best mean balanced accuracy).", ""]
+        lines += [f"- {r['run']}: {r.get('model', 'the run checkpoint')}, {r['heldout']} held out of its training" for r in report["classifier"]]
+        lines += ["", "| held-out set | images | cracks | threshold | F1 | balanced accuracy | recall | precision |", "|---|---|---|---|---|---|---|---|"]
         for r in report["classifier"]:
             for name, s in r["sets"].items():
                 for thr in sorted({0.5, t}):

@@ -15,9 +15,10 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    specificity = tn / (tn + fp) if tn + fp else 0.0
+    # The mean recall of the classes present (a set of cracks only has no specificity to average in).
+    class_recalls = [v for v, n in ((recall, tp + fn), (tn / (tn + fp) if tn + fp else 0.0, tn + fp)) if n]
     return {"accuracy": (tp + tn) / max(1, len(y)), "precision": precision, "recall": recall, "f1": f1,
-            "balanced_accuracy": (recall + specificity) / 2, "roc_auc": roc_auc(y, s),
+            "balanced_accuracy": float(np.mean(class_recalls)) if class_recalls else 0.0, "roc_auc": roc_auc(y, s),
             "tp": tp, "fp": fp, "fn": fn, "tn": tn, "threshold": threshold}
 
 

@@ -521,6 +521,28 @@ def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_retu
     assert len(events) == d.sup.events_started and d.sup.writes_dropped == 0
 
 
+def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_dropped_silently(tmp_path, darkness_bundle, caplog):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK)
+    config = daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=100, source__folder__loop=True)
+    d = InProcess(config_from_dict(config))
+    try:
+        wait_until(lambda: d.sup.events_started >= 1, what="a first event")
+        d.sup.reserve.size = 64 + 3000  # room for a couple of held writes only
+        conn = d.sup.journal._conn
+        with d.sup.journal._lock:
+            conn.execute(f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}")
+        wait_until(lambda: d.sup.writes_dropped >= 2, timeout=60, what="writes refused beyond the budget")
+        assert d.sup.stats()["journal_writes_dropped"] == d.sup.writes_dropped
+        assert "event writes dropped" in d.sup.stats()["journal_error"]
+    finally:
+        with d.sup.journal._lock:
+            d.sup.journal._conn.execute("PRAGMA max_page_count=1073741823")
+        d.stop()
+    dropped = [r for r in caplog.records if r.levelname == "ERROR" and "NOT recorded" in r.getMessage()]
+    assert len(dropped) == d.sup.writes_dropped
+
+
 def _started_uuids(records) -> list[str]:
     return [r.args[0] for r in records if r.getMessage().startswith("crack event") and "started" in r.getMessage()]
 

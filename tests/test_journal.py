@@ -350,3 +350,22 @@ def test_a_journal_file_of_mode_444_is_refused_for_the_daemon_user():
         result = f.read()
     request_cleanup()
     assert str(state / "crackd.db") in result and "not writable" in result and "ermission denied" in result, result
+
+
+def test_held_writes_survive_the_reserve_file_without_their_pictures(tmp_path):
+    """What a stop on a full disk saves (edge.held_writes): event writes and JSON messages, in place, and back."""
+    from edge.held_writes import Reserve, encoded_size, without_pictures
+
+    reserve = Reserve(tmp_path / "held-writes.reserve", size=64 * 1024)
+    assert reserve.ensure() and reserve.load() == []
+    picture = OutboxMessage("crackd/cam1/snapshot", b"\xff\xd8jpeg", 1, True, "u1")
+    item = ([FrameRow(t=1.0, seq=1, crack=True, score=0.9, segmented=False)], [event(record())], [message(), picture])
+    kept, shed = without_pictures(item)
+    assert shed == 1 and kept[2] == [message()] and encoded_size(kept) > 0
+    blocks = (tmp_path / "held-writes.reserve").stat().st_blocks
+    assert reserve.save([kept, kept]) == 2
+    assert (tmp_path / "held-writes.reserve").stat().st_blocks == blocks  # written over its own blocks
+    loaded = reserve.load()
+    assert loaded == [([], kept[1], kept[2])] * 2  # frame rows are not detections: not kept
+    reserve.clear()
+    assert reserve.load() == []

@@ -271,13 +271,16 @@ class Subscriber:
         if tls:
             self.client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.client_cert), keyfile=str(tls.client_key))
         self.client.reconnect_delay_set(1, 1)
+        self.subscribed = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.connect_async("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
-        if not self.connected.wait(10):
-            raise RuntimeError("test subscriber could not connect")
+        # Wait for the SUBACK, not only the connection: a message published before it would not reach us.
+        if not self.connected.wait(10) or not self.subscribed.wait(10):
+            raise RuntimeError("test subscriber could not connect and subscribe")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if not reason_code.is_failure:

@@ -141,3 +141,55 @@ def test_check_config_rejects_a_bad_file_with_exit_2_and_one_line(tmp_path):
     result = _cli("check-config", str(bad))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"crackd: {bad}:6: source.folder.fsp: unknown key (did you mean 'fps'?)"]
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+@pytest.mark.parametrize("written", [".nan", ".NaN", ".inf", "-.inf", "+.Inf"])
+@pytest.mark.parametrize("key, section, expected", [
+    ("threshold", "decision", "expected a finite number from 0 to 1"),
+    ("reconnect_min_s", "mqtt", "expected a finite number above 0 and at most 600"),
+    ("retention_days", "storage", "expected a finite number > 0"),
+])
+def test_nan_and_infinity_are_refused_for_every_number_setting(written, key, section, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{section}:\n  {key}: {written}\n", "cfg.yaml")
+    assert str(info.value) == f"cfg.yaml:2: {section}.{key}: {expected}, got {written}"
+
+
+def test_no_float_setting_takes_nan_or_infinity():
+    """Every float key of the config, including list items, refuses .nan and .inf (none has a use for them)."""
+    floats = [path for path, default, _ in describe_defaults() if isinstance(default, float) or path in (
+        "decision.threshold", "model.mm_per_pixel", "max_fps", "releases.max_latency_ms")]
+    assert len(floats) > 20
+    for path in floats:
+        *parents, leaf = path.split(".")
+        for written in (".nan", ".inf"):
+            text = "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parents)) + f"{'  ' * len(parents)}{leaf}: {written}\n"
+            with pytest.raises(ConfigError, match=f"{leaf}: expected a finite number"):
+                parse_config(text, "cfg.yaml")
+    with pytest.raises(ConfigError, match=r"cfg.yaml:2: storage.outbox_warn_levels\[1\]: expected a finite number"):
+        parse_config("storage:\n  outbox_warn_levels: [0.5, .nan]\n", "cfg.yaml")
+
+
+def test_check_config_refuses_a_nan_threshold_in_one_line(tmp_path):
+    cfg = tmp_path / "crackd.yaml"
+    cfg.write_text("decision:\n  threshold: .nan\n")
+    result = _cli("check-config", str(cfg))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"crackd: {cfg}:2: decision.threshold: expected a finite number from 0 to 1, got .nan"]
+
+
+@pytest.mark.parametrize("text", [
+    "mqtt: " + "[" * 5000 + "]" * 5000 + "\n",
+    "".join(f"{'  ' * i}k{i}:\n" for i in range(5000)),
+    "a: &x " + "{b: " * 5000 + "1" + "}" * 5000 + "\n",
+])
+def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(tmp_path, text):
+    cfg = tmp_path / "crackd.yaml"
+    cfg.write_text(text)
+    result = _cli("check-config", str(cfg))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nested more than" in lines[0] and lines[0].startswith(f"crackd: {cfg}:"), result.stderr[-500:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,28 @@ def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(tmp_path, text):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "nested more than" in lines[0] and lines[0].startswith(f"crackd: {cfg}:"), result.stderr[-500:]
+
+
+def test_the_example_marks_every_value_that_is_not_the_default():
+    """The example is installed as /etc/crackd/crackd.yaml, so a few values are set for a real camera; each such line
+    says what the default is, and the header says so, so the file never passes one of them off as a default."""
+    lines = EXAMPLE.read_text().splitlines()
+    root = yaml.compose(EXAMPLE.read_text(), Loader=yaml.SafeLoader)
+    example, defaults = load_config(EXAMPLE), Config()
+    differing = []
+    for path, default, _doc in describe_defaults():
+        value = example
+        for part in path.split("."):
+            value = getattr(value, part)
+        if dataclasses.is_dataclass(value) or value == default:
+            continue
+        node = root
+        for part in path.split("."):
+            node = next(v for k, v in node.value if k.value == part)
+        comment = lines[node.start_mark.line].partition("#")[2]
+        shown = "null" if default is None else str(default)
+        assert f"default: {shown}" in comment, f"{path}: example {value!r} differs from the default {default!r} without saying so"
+        differing.append(path)
+    assert set(differing) == {"device_id", "source.type"}
+    assert defaults.device_id == "crackd-1" and defaults.source.type == "synthetic"
+    assert "marked `default:`" in EXAMPLE.read_text()

@@ -47,6 +47,7 @@ def daemon_dict(tmp_path: Path, bundle: Path, frames: Path, port: int | None, **
         "mqtt": {"enabled": port is not None, "host": "127.0.0.1", "port": port or 1883, "reconnect_min_s": 1,
                  "reconnect_max_s": 1, "keepalive": 5, "flush_timeout_s": 10},
         "logging": {"journald": False},
+        "releases": {"require_signature": False},  # the darkness test bundle is unsigned
         "stats_interval_s": 1,
     }
     for key, value in over.items():

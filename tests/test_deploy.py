@@ -280,7 +280,7 @@ def test_a_bundle_whose_model_cannot_be_loaded_is_refused(sshd, steady_device, m
     def truncate(m, d):
         p = d / "segmenter.tflite"
         p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-        m["models"]["segmenter"]["sha256"] = sha256_file(p)
+        m["models"]["segmenter"].update(sha256=sha256_file(p), bytes=p.stat().st_size)
 
     r = push(sshd, steady_device, make_bundle("unloadable", edit=truncate, sign=signer_keys.trusted))
 
@@ -299,6 +299,36 @@ def test_a_bundle_that_fails_its_golden_samples_is_refused(sshd, steady_device, 
 
     assert_untouched(steady_device, r)
     assert "golden sample" in r.stdout and "segmenter" in r.stdout
+
+
+def test_the_pusher_cannot_switch_off_the_devices_signature_policy(sshd, steady_device, make_bundle, signer_keys, tmp_path):
+    """The device's own config says require_signature: true. Options passed through to `crackd models` may only make
+    that stricter: an unsigned bundle with a one-bit flip in its classifier (the golden samples would not notice) is
+    refused with --no-require-signature, and a bundle signed by a stranger is refused although --allowed-signers names
+    a file that trusts the stranger."""
+    from edge.bundle import sha256_file
+
+    def flip_a_bit(m, d):
+        p = d / "classifier.tflite"
+        data = bytearray(p.read_bytes())
+        data[len(data) - 100] ^= 0x01
+        p.write_bytes(bytes(data))
+        m["models"]["classifier"]["sha256"] = sha256_file(p)
+
+    flipped = make_bundle("flipped", edit=flip_a_bit)
+    r = push(sshd, steady_device, flipped, "--device-option=--no-require-signature")
+
+    assert_untouched(steady_device, r)
+    assert "may only make it stricter" in r.stdout
+    assert not [h for h in steady_device.history() if h["version"] == version_of(flipped)]
+
+    stranger_signers = tmp_path / "stranger_signers"
+    stranger_signers.write_text(f'stranger@test namespaces="crackd-bundle" {signer_keys.stranger.with_suffix(".pub").read_text().strip()}\n')
+    foreign = make_bundle("foreign", sign=signer_keys.stranger)
+    r = push(sshd, steady_device, foreign, f"--device-option=--allowed-signers={stranger_signers}")
+
+    assert_untouched(steady_device, r)
+    assert "device refused the bundle" in r.stdout and str(signer_keys.allowed_signers) in r.stdout
 
 
 # --------------------------------------------------------------------------- activated, then unhealthy: rolled back

@@ -169,7 +169,7 @@ def cmd_status(args) -> int:
     except ValueError as exc:
         return _fail(f"{path}: unreadable ({exc})", 1)
     running = status.get("state") == "running" and status["pid_alive"]
-    stopped = status.get("state") == "stopped" and not status["pid_alive"]
+    stopped = status.get("state") == "stopped"  # its last write; a pid reused since says nothing
     age = status["status_age_s"]
     status["running"] = running
     healthy = running and bool(status.get("healthy")) and age is not None and age <= STATUS_FRESH_S

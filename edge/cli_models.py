@@ -277,12 +277,19 @@ def _switch_output(result, args) -> dict | None:
     return None
 
 
+def _check_health_wait(args) -> None:
+    if args.wait_healthy is not None and (args.wait_healthy <= 0 or not 0 <= args.settle < args.wait_healthy):
+        raise UsageError(f"--wait-healthy {args.wait_healthy:g} --settle {args.settle:g}: expected --settle from 0 to less than --wait-healthy")
+
+
 def _cmd_activate(rel: Releases, args) -> dict | None:
+    _check_health_wait(args)
     return _switch_output(rel.activate(args.version, who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason,
                                        wait_healthy_s=args.wait_healthy, settle_s=args.settle), args)
 
 
 def _cmd_rollback(rel: Releases, args) -> dict | None:
+    _check_health_wait(args)
     return _switch_output(rel.rollback(who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason,
                                        wait_healthy_s=args.wait_healthy, settle_s=args.settle), args)
 

@@ -489,10 +489,13 @@ class Releases:
         failed (it refused the bundle and kept the previous one). Reads only
         STATE/status.json and the links, so it is cheap to poll often.
         """
+        if timeout_s <= 0 or settle_s < 0 or settle_s >= timeout_s:
+            raise ValueError(f"settle time {settle_s:g} s must be at least 0 and shorter than the timeout {timeout_s:g} s")
         since = parse_iso(since_iso) or 0.0
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
         healthy_since: float | None = None
-        frames0 = 0
+        frames0 = frames = 0
         last = "no status yet"
         while True:
             current, daemon = self.current_version(), self.daemon_status()
@@ -510,7 +513,8 @@ class Releases:
                 if healthy_since is None:
                     healthy_since, frames0 = now, frames
                 elif now - healthy_since >= settle_s and frames > frames0:
-                    return Health(True, f"serving {version}, healthy, {float(d.get('fps') or 0):.1f} fps")
+                    return Health(True, f"serving {version}, healthy, {frames - frames0} frames in {now - healthy_since:.1f} s "
+                                        f"({float(d.get('fps') or 0):.1f} fps)")
                 last = f"serving {version}, settling"
             else:
                 healthy_since = None
@@ -518,8 +522,14 @@ class Releases:
             if now >= deadline:
                 break
             time.sleep(poll_s)
-        if healthy_since is not None:
-            last = f"no new frames processed for {settle_s:g} s after the switch"
+        if healthy_since is not None:  # say what was measured, not what was hoped for
+            served = now - healthy_since
+            if frames > frames0:
+                last = (f"serving {version} with frames flowing ({frames - frames0} frames in {served:.1f} s), but only for "
+                        f"{served:.1f} of the {settle_s:g} s settle time")
+            else:
+                last = (f"frames_processed stayed at {frames} for {served:.1f} s while status.json said {version} was serving "
+                        f"healthily (written {d.get('status_age_s')} s ago)")
         return Health(False, f"not serving {version} healthily within {timeout_s:g} s: {last}")
 
     # ------------------------------------------------------------------ history

@@ -250,8 +250,8 @@ def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bu
     assert main(["events", "delete", "--state-dir", state, uuid]) == 0
     assert not snapshot.exists()
     assert main(["events", "show", "--state-dir", state, uuid]) == 2
-    assert main(["status", "--state-dir", state]) == 1  # stopped: not running
-    assert "NOT RUNNING" in capsys.readouterr().out
+    assert main(["status", "--state-dir", state]) == 3  # the folder ended: stopped cleanly, not running
+    assert "stopped cleanly at" in capsys.readouterr().out
 
 
 def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):

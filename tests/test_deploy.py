@@ -392,6 +392,7 @@ def test_a_daemon_that_stops_processing_during_the_deploy_is_rolled_back(sshd, d
 
     assert r.returncode == 1, r.stdout + r.stderr
     assert "not serving" in r.stdout and "rolled back" in r.stdout
+    assert "frames_processed stayed at" in r.stdout  # says what was measured
     assert device.releases().current_version() == device.initial
     assert [h["action"] for h in device.history()][-4:] == ["activate", "health", "rollback", "health"]  # frozen: serves nothing
     device.wait_serving(device.initial, timeout=20)
@@ -452,3 +453,42 @@ def test_a_device_that_is_not_serving_is_left_alone_unless_forced(sshd, device_f
     assert r.returncode == 1
     assert "not serving healthily before the deploy" in r.stdout and "--force" in r.stdout
     assert device.releases().current_version() == device.initial
+
+
+# --------------------------------------------------------------------------- options and --json
+
+
+def _deploy(*args: str):
+    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command, options, expected", [
+    ("push", ["--settle", "3", "--timeout", "2"], "--settle 3 must be shorter than --timeout 2"),
+    ("push", ["--timeout", "0"], "--timeout: expected more than 0 seconds, got 0"),
+    ("push", ["--settle", "-1"], "--settle: expected 0 seconds or more, got -1"),
+    ("push", ["--lock-wait", "-5"], "--lock-wait: expected 0 seconds or more, got -5"),
+    ("rollback", ["--settle", "5", "--timeout", "5"], "--settle 5 must be shorter than --timeout 5"),
+])
+def test_options_that_can_never_succeed_are_refused_before_connecting(make_bundle, command, options, expected):
+    target = [str(make_bundle("options"))] if command == "push" else []
+    r = _deploy(command, *target, "no-such-host.invalid", *options)
+
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"crack-deploy {command}: {expected}"), r.stderr
+
+
+def test_push_json_has_a_json_answer_for_every_outcome(make_bundle):
+    def wrong_sha(m, d):
+        m["models"]["classifier"]["sha256"] = "0" * 64
+
+    refused = _deploy("push", str(make_bundle("json-badsum", edit=wrong_sha)), "no-such-host.invalid", "--json")
+    usage = _deploy("push", str(make_bundle("json-usage")), "no-such-host.invalid", "--json", "--settle", "3", "--timeout", "2")
+    no_hosts = _deploy("push", str(make_bundle("json-nohosts")), "--json")
+
+    local = json.loads(refused.stdout)
+    assert refused.returncode == 1 and local["ok"] is False and local["kind"] == "LocalBundleInvalid"
+    assert "classifier.tflite" in local["error"] and local["hosts"] == []
+    for r in (usage, no_hosts):
+        payload = json.loads(r.stdout)
+        assert r.returncode == 2 and payload["ok"] is False and payload["kind"] == "UsageError" and payload["error"]

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge.bundle import BundleError
-from edge.releases import DeviceLock, ReleaseError, ReleasePolicy, Releases, default_who
+from edge.releases import DeviceLock, Interrupted, ReleaseError, ReleasePolicy, Releases, default_who
 from edge.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 from edge.signing import DEFAULT_ALLOWED_SIGNERS
 from edge.state_location import DEFAULT_CONFIG, RULE, locate_state
@@ -251,7 +251,13 @@ def _cmd_history(rel: Releases, args) -> dict | None:
     return None
 
 
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}; the partial staging copy was removed")
+
+
 def _cmd_stage(rel: Releases, args) -> dict | None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # clean up the staging copy, record the refusal, one line
+        signal.signal(sig, _interrupt)
     report = rel.stage(args.bundle, who=_who(args), origin=args.source, wait_s=args.wait, token=args.lock_token)
     if args.json:
         return report.as_dict()

@@ -111,6 +111,10 @@ class LockTokenMismatch(ReleaseError):
     pass
 
 
+class Interrupted(ReleaseError):
+    """A signal (SIGTERM, or SIGHUP when the SSH session drops) stopped the operation; what it had begun is undone."""
+
+
 @dataclass(frozen=True)
 class ModelsLayout:
     """Paths of the model area of a state directory."""

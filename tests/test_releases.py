@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wait_until
 from edge.bundle import ChecksumMismatch, NotTFLite, UnsafePath, sha256_file
 from edge.releases import DeviceBusy, NothingToRollBack, ReleaseNotFound, ReleasePolicy, Releases, VersionConflict
 from edge.selftest import GoldenMismatch
@@ -517,3 +518,23 @@ def test_a_configured_model_bundle_obeys_the_same_signature_policy(make_bundle, 
     signed = _daemon_config(tmp_path, make_bundle("configured-signed", sign=signer_keys.trusted), signer_keys)
     ok = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(signed)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_stage_stopped_by_sigterm_removes_its_staging_copy_and_says_so(state, make_bundle, tmp_path):
+    bundle = make_bundle("sigterm")
+    config = device_config(tmp_path, False)
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "models", "stage", str(bundle), "--state-dir", str(state), "--config", str(config)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = state / "models" / "releases" / f"{version_of(bundle)}.staging"
+    try:
+        wait_until(lambda: (staging / "manifest.json").exists(), 60, "the stage to begin its copy", interval=0.005)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert proc.returncode == 1, out + err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    assert not list((state / "models" / "releases").glob("*"))
+    assert Releases(state).history()[-1]["outcome"] == "rejected"

@@ -52,7 +52,7 @@ log = logging.getLogger("crack-deploy")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What `install` copies to the device (the package source, the default bundle, config example, unit, installer).
-INSTALL_PAYLOAD = ("pyproject.toml", "README.md", "edge", "deploy", "systemd", "config", "models/default")
+INSTALL_PAYLOAD = ("pyproject.toml", "setup.py", "README.md", "edge", "deploy", "systemd", "config", "models/default")
 
 
 class UsageError(Exception):

@@ -113,7 +113,7 @@ fi
 
 # ------------------------------------------------------------------ checks
 
-for f in pyproject.toml edge/__init__.py systemd/crackd.service config/crackd.example.yaml models/default/manifest.json; do
+for f in pyproject.toml setup.py edge/__init__.py systemd/crackd.service config/crackd.example.yaml models/default/manifest.json; do
     [ -e "$SOURCE/$f" ] || die "$SOURCE is not a crackd source tree (no $f)"
 done
 [ -z "$ALLOWED_SIGNERS" ] || [ -f "$ALLOWED_SIGNERS" ] || die "--allowed-signers: no such file: $ALLOWED_SIGNERS"

@@ -238,7 +238,7 @@ def _open_journal(args):
     db = Path(args.db) if getattr(args, "db", None) else db
     if not db.exists():
         raise UsageError(f"{db}: no journal here (pass --state-dir, --config or --db)")
-    return Journal(db), state_dir
+    return Journal(db, require_writable=getattr(args, "events_command", None) in ("label", "delete")), state_dir
 
 
 def _flat(event: dict, state_dir: Path) -> dict:

@@ -14,13 +14,12 @@ import numpy as np
 from edge.bundle import BundleError
 from edge.images import image_files, read_rgb
 from edge.runtime import RUNTIME_CHOICES, RuntimeUnavailable
-
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
+from edge.shipped import SHIPPED_BUNDLE
 
 
 def default_bundle() -> Path:
-    """The shipped default bundle: $CRACKD_BUNDLE, else models/default beside the package."""
-    return Path(os.environ.get("CRACKD_BUNDLE", DEFAULT_BUNDLE))
+    """The bundle infer and bench use without --bundle: $CRACKD_BUNDLE, else the shipped one."""
+    return Path(os.environ.get("CRACKD_BUNDLE", SHIPPED_BUNDLE))
 
 
 def process_age_s() -> float:
@@ -133,34 +132,74 @@ def _percentiles(values: list[float]) -> dict:
     return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
+def _timed_loop(cascade, frames: list[np.ndarray], n: int, warmup: int) -> tuple[dict[str, list[float]], int, float]:
+    """Process `n` frames (cycling `frames`) after `warmup` untimed ones: (per-stage ms lists, segmented count, wall s)."""
+    for i in range(warmup):
+        cascade.process(frames[i % len(frames)])
+    stages: dict[str, list[float]] = {k: [] for k in ("preprocess", "classify", "segment", "measure", "total")}
+    segmented = 0
+    t_start = time.perf_counter()
+    for i in range(n):
+        r = cascade.process(frames[i % len(frames)])
+        segmented += r.segmented
+        for k in stages:
+            stages[k].append(r.timings_ms.get(k, 0.0))
+    return stages, segmented, time.perf_counter() - t_start
+
+
+def _reference_report(reference, before, after, stages_ms: dict, no_crack_ms: dict) -> dict:
+    """The reference's medians and every stage / frame median as a multiple of it (before and after runs pooled)."""
+    from edge.reference_timing import ReferenceTiming, relative_to
+
+    pooled = ReferenceTiming(before.times_ms + after.times_ms)
+    medians = {k: v["median"] for k, v in stages_ms.items()}
+    medians["crack_frame"] = stages_ms["total"]["median"]
+    medians["no_crack_frame"] = no_crack_ms["median"]
+    return {
+        "reference": {"path": str(reference.path), "input_shape": reference.input_shape, "runtime": reference.model.runtime,
+                      "threads": reference.model.threads, "median_ms": pooled.median_ms,
+                      "before": before.as_dict(), "after": after.as_dict()},
+        "relative_to_reference": relative_to(pooled.median_ms, medians),
+    }
+
+
 def cmd_bench(args) -> int:
+    from edge.cascade import Cascade
+    from edge.reference_timing import ReferenceError, ReferenceModel
     from edge.synth import generate
 
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         return _fail(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 640x480")
+    if args.frames < 1:
+        return _fail(f"--frames {args.frames}: expected at least 1 frame to time")
+    if args.warmup < 0 or args.reference_runs < 1:
+        return _fail(f"--warmup {args.warmup} / --reference-runs {args.reference_runs}: expected >= 0 / >= 1")
+    if args.reference and not Path(args.reference).is_file():
+        return _fail(f"{args.reference}: no such reference model file")
     rng = np.random.default_rng(args.seed)
     first = generate(rng, height, width, crack_probability=1.0).image
     try:
         cascade = _build_cascade(args)
     except (BundleError, RuntimeUnavailable, ValueError) as exc:
         return _fail(str(exc))
+    reference = None
+    if args.reference:
+        try:  # the same runtime and threads as the bundle's models, or the ratio would compare runtimes
+            reference = ReferenceModel(args.reference, runtime=cascade.bundle.classifier.runtime, threads=args.threads)
+        except ReferenceError as exc:
+            return _fail(str(exc))
     cascade.process(first)
     cold_start = process_age_s()
     # A handful of distinct realistic frames, cycled: every frame has a crack so both models run.
     frames = [first] + [generate(rng, height, width, crack_probability=1.0).image for _ in range(7)]
-    for i in range(args.warmup):
-        cascade.process(frames[i % len(frames)])
-    stages: dict[str, list[float]] = {k: [] for k in ("preprocess", "classify", "segment", "measure", "total")}
-    t_start = time.perf_counter()
-    segmented = 0
-    for i in range(args.frames):
-        r = cascade.process(frames[i % len(frames)])
-        segmented += r.segmented
-        for k in stages:
-            stages[k].append(r.timings_ms.get(k, 0.0))
-    wall = time.perf_counter() - t_start
+    ref_before = reference.time(args.reference_runs) if reference else None
+    stages, segmented, wall = _timed_loop(cascade, frames, args.frames, args.warmup)
+    # A frame without a crack: the same frames with the segmenter off (preprocess + classifier).
+    no_crack = Cascade(cascade.bundle, segment="never", threshold=cascade.threshold)
+    no_crack_stages, _, _ = _timed_loop(no_crack, frames, args.frames, min(args.warmup, 5))
+    ref_after = reference.time(args.reference_runs) if reference else None
     model_ms = sum(stages["classify"]) + sum(stages["segment"])
     report = {
         "bundle_version": cascade.bundle.version,
@@ -171,24 +210,41 @@ def cmd_bench(args) -> int:
         "segmented_frames": segmented,
         "segment_mode": args.segment,
         "stages_ms": {k: _percentiles(v) for k, v in stages.items()},
+        "no_crack_frame_ms": _percentiles(no_crack_stages["total"]),
         "fps": args.frames / wall,
         "pipeline_efficiency": model_ms / sum(stages["total"]),
         "peak_rss_mb": peak_rss_mb(),
         "cold_start_s": cold_start,
     }
+    if reference:
+        report.update(_reference_report(reference, ref_before, ref_after, report["stages_ms"], report["no_crack_frame_ms"]))
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    print(f"crackd bench: bundle {report['bundle_version']}, runtime {report['runtime']}, {args.threads} thread(s), "
-          f"{width}x{height}, {args.frames} frames ({segmented} segmented, mode {args.segment})")
-    print(f"{'stage':<11} {'median':>8} {'p95':>8} {'p99':>8}   (ms)")
-    for k, v in report["stages_ms"].items():
-        print(f"{k:<11} {v['median']:8.3f} {v['p95']:8.3f} {v['p99']:8.3f}")
+    _print_bench(report, args.threads)
+    return 0
+
+
+def _print_bench(report: dict, threads: int) -> None:
+    width, height = report["frame_size"]
+    ratios = report.get("relative_to_reference")
+    print(f"crackd bench: bundle {report['bundle_version']}, runtime {report['runtime']}, {threads} thread(s), "
+          f"{width}x{height}, {report['frames']} frames ({report['segmented_frames']} segmented, mode {report['segment_mode']})")
+    print(f"{'stage':<14} {'median':>8} {'p95':>8} {'p99':>8}   (ms)" + ("   x reference" if ratios else ""))
+    rows = [*report["stages_ms"].items(), ("no-crack frame", report["no_crack_frame_ms"])]
+    keys = [*report["stages_ms"], "no_crack_frame"]
+    for (name, v), key in zip(rows, keys):
+        ratio = f"   {ratios[key]:8.3f}" if ratios else ""
+        print(f"{name:<14} {v['median']:8.3f} {v['p95']:8.3f} {v['p99']:8.3f}{ratio}")
+    if ratios:
+        ref = report["reference"]
+        print(f"reference      {ref['median_ms']:8.3f} ms median ({Path(ref['path']).name}, input {'x'.join(map(str, ref['input_shape'][1:]))}; "
+              f"before {ref['before']['median_ms']:.3f}, after {ref['after']['median_ms']:.3f})")
+        print(f"crack frame          {ratios['crack_frame']:.3f} x reference   no-crack frame {ratios['no_crack_frame']:.3f} x reference")
     print(f"throughput           {report['fps']:.1f} frames/s")
     print(f"pipeline efficiency  {report['pipeline_efficiency']:.3f}  (time inside the models / end-to-end)")
     print(f"peak RSS             {report['peak_rss_mb']:.1f} MB")
     print(f"cold start           {report['cold_start_s']:.2f} s  (process start to first result)")
-    return 0
 
 
 def _add_model_args(p, segment_default: str) -> None:
@@ -216,5 +272,8 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
     p.add_argument("--size", default="640x480", metavar="WxH", help="frame size (default 640x480)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic cracked frames (default 0)")
+    p.add_argument("--reference", metavar="MODEL.tflite", default=None,
+                   help="also time this model (crack-train reference-model) before and after, and state every median as a multiple of it")
+    p.add_argument("--reference-runs", type=int, default=50, metavar="N", help="timed runs of the reference before and after (default 50)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=cmd_bench)

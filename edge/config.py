@@ -22,8 +22,7 @@ from typing import Literal, Optional
 
 import yaml
 
-# The bundle shipped in the repository / package, used when nothing is installed in STATE/models/current.
-SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
+from edge.shipped import SHIPPED_BUNDLE  # used when nothing is installed in STATE/models/current
 
 
 class ConfigError(ValueError):
@@ -153,6 +152,15 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class SparkplugOptions:
+    """Sparkplug B identities (edge.sparkplug): spBv1.0/{group_id}/{type}/{edge_node_id}[/{device_id}]."""
+
+    group_id: str = _opt("crackd", "Sparkplug group (e.g. the line or plant area)", min_len=1, max_len=64)
+    edge_node_id: Optional[str] = _opt(None, "edge node id of this Pi (null = device_id)", min_len=1, max_len=64)
+    device_id: str = _opt("camera", "Sparkplug device under the node that carries the crack and health metrics", min_len=1, max_len=64)
+
+
+@dataclass(frozen=True)
 class MQTTConfig:
     enabled: bool = _opt(True, "publish to a broker; false = events stay in the journal only")
     host: str = _opt("localhost", "broker host")
@@ -163,7 +171,7 @@ class MQTTConfig:
     password_file: Optional[str] = _opt(None, "file holding the password (first line; e.g. a systemd credential)")
     client_id: Optional[str] = _opt(None, "MQTT client id (null = crackd-<device_id>)")
     keepalive: int = _opt(30, "keepalive seconds; the broker sends the last will after 1.5x this without traffic", min=5, max=3600)
-    topic_prefix: str = _opt("crackd", "topics are <prefix>/<device_id>/{status,camera,event,stats,frame}")
+    topic_prefix: str = _opt("crackd", "topics are <prefix>/<device_id>/{status,camera,event,stats,frame,snapshot}")
     qos: Literal[0, 1, 2] = _opt(1, "QoS of event messages (1 = at least once, acknowledged by the broker)")
     reconnect_min_s: float = _opt(1.0, "first reconnect delay (doubles up to reconnect_max_s)", gt=0, max=600)
     reconnect_max_s: float = _opt(60.0, "longest reconnect delay", gt=0, max=3600)
@@ -171,6 +179,31 @@ class MQTTConfig:
     publish_frames: bool = _opt(False, "also publish per-frame results (QoS 0, rate-limited)")
     frame_rate: float = _opt(1.0, "at most this many frame messages per second", gt=0, max=1000)
     flush_timeout_s: float = _opt(5.0, "on shutdown, wait this long for the outbox to drain", min=0, max=600)
+    snapshots: bool = _opt(True, "publish the latest event's overlay JPEG, retained, on <prefix>/<device_id>/snapshot (needs storage.snapshots)")
+    format: Literal["json", "sparkplug_b"] = _opt("json", "payloads: json (docs/mqtt.md) or sparkplug_b (Sparkplug B protobuf, for SCADA)")
+    sparkplug: SparkplugOptions = _section(SparkplugOptions, "Sparkplug B identities (mqtt.format: sparkplug_b)")
+    snapshot_max_kb: int = _opt(150, "largest snapshot message; bigger overlays are re-encoded smaller", min=16, max=16384)
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    """MQTT discovery (edge.homeassistant): the device and its entities appear in Home Assistant by themselves."""
+
+    discovery: bool = _opt(True, "announce the device to Home Assistant with retained discovery configs on every connection")
+    discovery_prefix: str = _opt("homeassistant", "Home Assistant's discovery prefix (its MQTT integration setting)", min_len=1, max_len=128)
+    device_name: Optional[str] = _opt(None, "device name shown in Home Assistant (null = device_id)", min_len=1, max_len=128)
+    remove: bool = _opt(False, "publish empty configs instead, removing the device from Home Assistant (also: crackd homeassistant remove)")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (edge.metrics): an HTTP endpoint and/or a node_exporter textfile."""
+
+    http: bool = _opt(True, "serve /metrics over HTTP (no authentication: keep it on localhost or a trusted network)")
+    host: str = _opt("127.0.0.1", "address the HTTP endpoint listens on (0.0.0.0: every interface)", min_len=1)
+    port: int = _opt(9808, "port of the HTTP endpoint", min=1, max=65535)
+    textfile: Optional[str] = _opt(None, "write the metrics to this .prom file for node_exporter's textfile collector (null = off)", min_len=1)
+    textfile_interval_s: float = _opt(15.0, "how often the textfile is rewritten", min=1, max=3600)
 
 
 @dataclass(frozen=True)
@@ -197,6 +230,8 @@ class Config:
     decision: DecisionConfig = _section(DecisionConfig, "debounce per-frame results into events")
     storage: StorageConfig = _section(StorageConfig, "the journal and snapshots")
     mqtt: MQTTConfig = _section(MQTTConfig, "the broker")
+    homeassistant: HomeAssistantConfig = _section(HomeAssistantConfig, "Home Assistant MQTT discovery")
+    metrics: MetricsConfig = _section(MetricsConfig, "Prometheus metrics")
     logging: LoggingConfig = _section(LoggingConfig, "logging")
     releases: ReleasesConfig = _section(ReleasesConfig, "model release policy (crackd models ...)")
     max_fps: Optional[float] = _opt(None, "process at most this many frames per second (null = as fast as possible)", gt=0)
@@ -505,9 +540,18 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
         fail("mqtt.password_file", f"file not found: {m.password_file}")
     if m.reconnect_max_s < m.reconnect_min_s:
         fail("mqtt.reconnect_max_s", f"must be >= mqtt.reconnect_min_s ({m.reconnect_min_s:g})")
-    for part in (cfg.device_id, m.topic_prefix):
+    for path, part in (("device_id", cfg.device_id), ("mqtt.topic_prefix", m.topic_prefix),
+                       ("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix)):
         if any(c in part for c in "+#") or part.startswith("/") or part.endswith("/"):
-            fail("device_id" if part is cfg.device_id else "mqtt.topic_prefix", f"{part!r} must not contain + or # or start/end with /")
+            fail(path, f"{part!r} must not contain + or # or start/end with /")
+    sp = m.sparkplug
+    for key, part in (("group_id", sp.group_id), ("edge_node_id", sp.edge_node_id), ("device_id", sp.device_id)):
+        if part is not None and any(c in part for c in "+#/"):
+            fail(f"mqtt.sparkplug.{key}", f"{part!r}: Sparkplug ids must not contain +, # or /")
+    if m.format == "sparkplug_b" and sp.edge_node_id is None and "/" in cfg.device_id:
+        fail("mqtt.sparkplug.edge_node_id", f"device_id {cfg.device_id!r} contains /: set an edge_node_id without it")
+    if cfg.metrics.textfile and not cfg.metrics.textfile.endswith(".prom"):
+        fail("metrics.textfile", f"{cfg.metrics.textfile!r}: node_exporter reads only files ending in .prom")
     levels = list(cfg.storage.outbox_warn_levels)
     if levels != sorted(levels):
         fail("storage.outbox_warn_levels", "levels must be in increasing order")

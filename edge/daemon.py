@@ -32,7 +32,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from edge import __version__
+from edge import __version__, homeassistant, metrics, snapshots_mqtt
 from edge.atomic_write import write_json_atomic
 from edge.bundle import BundleError, LoadedBundle, load_bundle
 from edge.signing import check_bundle_trust
@@ -213,6 +213,8 @@ class Supervisor:
         self._pid_fd: Optional[int] = None
         self.journal: Optional[Journal] = None
         self.publisher: Optional[Publisher] = None
+        self.metrics = None  # edge.metrics.Metrics when enabled
+        self.journal_write_failures = 0
         self.engine: Optional[Engine] = None
         self.source = None
         self._threads: list[threading.Thread] = []
@@ -246,7 +248,15 @@ class Supervisor:
             except ConfigError as exc:
                 self._release_pid_file()
                 raise StartupError(str(exc)) from None
-            self.publisher = Publisher(cfg, self.journal, self._identity(), password)
+            publisher_class = Publisher
+            if cfg.mqtt.format == "sparkplug_b":
+                from edge.sparkplug import SparkplugPublisher as publisher_class
+            try:
+                self.publisher = publisher_class(cfg, self.journal, self._identity(), password)
+            except RuntimeError as exc:  # a missing optional library
+                self._release_pid_file()
+                raise StartupError(str(exc)) from None
+            homeassistant.attach(cfg, self.publisher)
             self.publisher.publish_camera("starting", {})
             self.publisher.start()
         self.source = self._given_source or make_source(cfg.source, stop=self.stop_event)
@@ -254,6 +264,7 @@ class Supervisor:
         self.resilient = ResilientSource(
             self.source, s.read_timeout_s, s.retry_initial_s, s.retry_max_s, on_state=self._on_camera_state, stop=self.stop_event
         )
+        self.metrics = metrics.start_for(self)
         self._spawn("capture", self._capture_loop)
         self._spawn("housekeeping", self._housekeeping_loop)
         log.info(
@@ -395,6 +406,8 @@ class Supervisor:
         except Exception:
             pass
         self._write_status(state="stopped")
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.journal is not None:
             self.journal.close()
         self._release_pid_file()
@@ -455,6 +468,8 @@ class Supervisor:
         now = time.monotonic()
         self.last_frame_mono = now
         self.latency_ms.append((now - frame.mono) * 1000.0)
+        if self.metrics is not None:
+            self.metrics.observe_frame(result, now - frame.mono)
         self.inference_ms.append(result.timings_ms.get("total", 0.0))
         if self.publisher is not None:
             self.publisher.publish_frame(lambda: {
@@ -471,6 +486,9 @@ class Supervisor:
         writes, messages = [], []
         for r in records:
             snap = self._snapshot_for(r, current)
+            picture = snapshots_mqtt.attach(self.cfg, self.state_dir, r, snap)
+            if picture is not None:
+                messages.append(picture)  # before the event that names it: the retained picture is there first
             writes.append(EventWrite(r, b.version, b.sha256, self.cfg.device_id, snap and snap["frame"], snap and snap["overlay"]))
             if self.cfg.mqtt.enabled:
                 payload = event_payload(r, self.cfg.device_id, b.version, b.sha256, snap or self._last_snapshot.get(r.uuid))
@@ -500,6 +518,7 @@ class Supervisor:
             self.journal.record(*item)
             self.frames_recorded += len(rows)
         except Exception as exc:
+            self.journal_write_failures += 1
             self._pending_writes.append(item)
             self._write_log(logging.ERROR, "journal write failed (%s); %d writes held in memory and retried", exc, len(self._pending_writes))
             return
@@ -515,6 +534,7 @@ class Supervisor:
             self.journal.record(rows)
             self.frames_recorded += len(rows)
         except Exception as exc:  # frame results are not detections: dropped, not held
+            self.journal_write_failures += 1
             self._write_log(logging.ERROR, "journal write of %d frame results failed (%s); dropped", len(rows), exc)
 
     def _retry_pending_writes(self) -> None:
@@ -632,11 +652,13 @@ class Supervisor:
         changed = [name for name, a, b in (
             ("source", old.source, new.source), ("mqtt", old.mqtt, new.mqtt), ("device_id", old.device_id, new.device_id),
             ("storage.state_dir", old.storage.state_dir, new.storage.state_dir), ("storage.db", old.storage.db, new.storage.db),
+            ("homeassistant", old.homeassistant, new.homeassistant), ("metrics", old.metrics, new.metrics),
         ) if a != b]
         if changed:
             log.warning("reload: %s changed; restart crackd to apply (kept the running settings)", ", ".join(changed))
         storage = dataclasses.replace(new.storage, state_dir=old.storage.state_dir, db=old.storage.db)
-        return dataclasses.replace(new, source=old.source, mqtt=old.mqtt, device_id=old.device_id, storage=storage)
+        return dataclasses.replace(new, source=old.source, mqtt=old.mqtt, device_id=old.device_id, storage=storage,
+                                   homeassistant=old.homeassistant, metrics=old.metrics)
 
     def _swap(self, cfg: Config, engine: Engine) -> None:
         old = self.engine

@@ -5,7 +5,12 @@
 - The schema is versioned (`PRAGMA user_version`) and migrated forward at open;
   the file is backed up (SQLite online backup) before any migration.
 - `PRAGMA quick_check` runs at open; a damaged file is moved aside (or the start
-  is refused, per config) with a message saying how to recover its rows.
+  is refused, per config) with a message saying how to recover its rows. An empty
+  (0-byte) file without a WAL holds nothing: it is moved aside and logged.
+- Writability is checked at open (a read-only file or file system is refused with
+  one line naming the path). A write that fails later leaves its error in
+  `write_error` (the supervisor reports it) and the next write opens a fresh
+  connection: SQLite keeps a connection read-only once it found the file so.
 - A detection (event row, frame row) and its outbox message are written in ONE
   transaction, so an event is never recorded without being queued for MQTT nor
   queued without being recorded. Event transactions use `synchronous=FULL`
@@ -17,9 +22,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -128,18 +135,23 @@ class EventWrite:
 
 @dataclass(frozen=True)
 class OutboxMessage:
+    """`payload`: a dict (sent as JSON with seq/replayed added) or bytes (sent as they are: pictures).
+
+    `replace_pending`: delete any unsent row on the same topic first (only the newest picture waits)."""
+
     topic: str
-    payload: dict
+    payload: dict | bytes
     qos: int = 1
     retain: bool = False
     event_uuid: Optional[str] = None
+    replace_pending: bool = False
 
 
 @dataclass(frozen=True)
 class OutboxRow:
     id: int
     topic: str
-    payload: str
+    payload: str | bytes  # bytes: send as is (see OutboxMessage)
     qos: int
     retain: bool
     created_at: float
@@ -163,6 +175,28 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+def _unwritable(path: Path) -> Optional[str]:
+    """Why the journal at `path` cannot be written (its directory, the file, its WAL/SHM), or None if it can."""
+    for target in (path.parent, path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if target != path.parent and not target.exists():
+            continue
+        if not os.access(target, os.W_OK):
+            try:  # os.access cannot say why; a real open can (read-only file system, permission)
+                fd = os.open(target, os.O_RDONLY if target.is_dir() else os.O_WRONLY)
+                os.close(fd)
+                reason = "permission denied"
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            return f"{target}: {reason}"
+    return None
+
+
+# SQLite error names after which the connection itself is suspect (read-only or lost file): reopen it.
+_REOPEN_ERRORS = re.compile(r"SQLITE_(READONLY|CANTOPEN|IOERR)")
+# A reference is an event id (digits) or a uuid / uuid prefix: hex digits and dashes only.
+_REFERENCE = re.compile(r"[0-9a-fA-F-]+")
 
 
 def _recovery_hint(path: Path) -> str:
@@ -193,33 +227,76 @@ def integrity_check(path: Path) -> Optional[str]:
 class Journal:
     """The daemon's SQLite journal (thread-safe: one connection, one lock)."""
 
-    def __init__(self, path: str | Path, on_corrupt: str = "stop"):
+    def __init__(self, path: str | Path, on_corrupt: str = "stop", require_writable: bool = True):
+        """`require_writable=False` lets the CLI read a journal it may not write (listing as another user)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.moved_aside: Optional[Path] = None
-        if self.path.exists() and self.path.stat().st_size > 0:
+        self.write_error: Optional[str] = None  # the last write's error, None once a write succeeded
+        self._reopen = False
+        unwritable = _unwritable(self.path) if require_writable else None
+        if unwritable:
+            raise JournalError(f"{self.path}: journal is not writable ({unwritable}); crackd needs to write its journal")
+        wal = Path(f"{self.path}-wal")
+        if self.path.exists() and self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+            self.moved_aside = self._move_aside("the file is empty (0 bytes)")
+        elif self.path.exists() and self.path.stat().st_size > 0:
             problem = integrity_check(self.path)
             if problem:
                 if on_corrupt != "move-aside":
                     raise JournalCorrupt(f"{self.path}: integrity check failed ({problem}); {_recovery_hint(self.path)}")
                 self.moved_aside = self._move_aside(problem)
-        self._conn = _connect(self.path)
+        self._conn = self._open_connection()
+        self._migrate()
+        if not require_writable:
+            return
+        try:  # a write lock proves the file is writable (a read-only mount or file opens read-only silently)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            self._conn.close()
+            raise JournalError(f"{self.path}: journal is not writable ({exc}); crackd needs to write its journal") from None
+
+    def _open_connection(self) -> sqlite3.Connection:
+        conn = _connect(self.path)
         try:
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+                raise JournalError(f"{self.path}: journal is not writable ({exc}); crackd needs to write its journal") from None
+            raise JournalError(f"{self.path}: cannot open journal ({exc})") from None
         except sqlite3.DatabaseError as exc:
+            conn.close()
             raise JournalCorrupt(f"{self.path}: cannot open journal ({exc}); {_recovery_hint(self.path)}") from None
         if mode.lower() != "wal":
             log.warning("journal %s: WAL mode not available (%s); continuing", self.path, mode)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _reopen_connection(self) -> None:
+        """After a read-only or I/O error: a new connection sees the file as it is now (caller holds the lock)."""
+        try:
+            self._conn.close()
+        except sqlite3.Error:
+            pass
+        self._conn = _connect(self.path)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        self._reopen = False
+        log.info("journal %s: reopened the connection after a failed write", self.path)
 
     # ------------------------------------------------------------------ open / migrate
 
     def _move_aside(self, problem: str) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():  # two in the same second must not overwrite each other
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
             if src.exists():
@@ -293,7 +370,13 @@ class Journal:
             yield c
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite rolls back by itself after SQLITE_FULL and some I/O errors; a second ROLLBACK would then
+            # fail ("no transaction is active") and hide the real error (disk full), so only roll back an open one.
+            if c.in_transaction:
+                try:
+                    c.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    log.error("journal %s: rollback failed too (%s)", self.path, exc)
             raise
 
     # ------------------------------------------------------------------ the write path
@@ -312,6 +395,21 @@ class Journal:
         durable = bool(events or messages)
         ids: list[int] = []
         with self._lock:
+            try:
+                ids = self._record(frames, events, messages, durable)
+            except sqlite3.Error as exc:
+                self.write_error = str(exc)
+                if _REOPEN_ERRORS.match(getattr(exc, "sqlite_errorname", "") or ""):
+                    self._reopen = True
+                raise
+            self.write_error = None
+        return ids
+
+    def _record(self, frames: list, events: list, messages: list, durable: bool) -> list[int]:
+        if self._reopen:
+            self._reopen_connection()
+        ids: list[int] = []
+        if True:
             c = self._conn
             if durable:
                 c.execute("PRAGMA synchronous=FULL")
@@ -328,9 +426,12 @@ class Journal:
                         self._write_event(c, ev)
                     now = time.time()
                     for m in messages:
+                        if m.replace_pending:
+                            c.execute("DELETE FROM outbox WHERE topic = ?", (m.topic,))
+                        data = m.payload if isinstance(m.payload, bytes) else json.dumps(m.payload, separators=(",", ":"))
                         cur = c.execute(
                             "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid) VALUES (?,?,?,?,?,?)",
-                            (m.topic, json.dumps(m.payload, separators=(",", ":")), m.qos, int(m.retain), now, m.event_uuid),
+                            (m.topic, data, m.qos, int(m.retain), now, m.event_uuid),
                         )
                         ids.append(cur.lastrowid)
             finally:
@@ -496,16 +597,20 @@ class Journal:
         reference is looked up both as an id and as a prefix; if it names two
         different events the caller is asked for more of the uuid.
         """
+        # Checked before anything else: `%` and `_` are LIKE wildcards, and a reference is matched as a prefix.
+        if not _REFERENCE.fullmatch(ref):
+            raise JournalError(f"{ref!r} is not an event id or uuid (expected digits, or hex digits and dashes)")
+        ref = ref.lower()
         sql = ("SELECT e.*, l.label AS label, l.note AS label_note, l.labelled_at AS labelled_at "
                "FROM events e LEFT JOIN labels l ON l.event_uuid = e.uuid ")
         with self._lock:
             c = self._conn
             rows = c.execute(sql + "WHERE e.uuid = ?", (ref,)).fetchall()
             if not rows:
-                if ref.isdigit():
+                if ref.isdigit() and len(ref) <= 18:  # beyond SQLite's 64-bit integers no id exists
                     rows = c.execute(sql + "WHERE e.id = ?", (int(ref),)).fetchall()
                 if len(ref) >= 4:
-                    rows += c.execute(sql + "WHERE e.uuid LIKE ? LIMIT 2", (ref.replace("%", "") + "%",)).fetchall()
+                    rows += c.execute(sql + "WHERE substr(e.uuid, 1, ?) = ? LIMIT 2", (len(ref), ref)).fetchall()
                 if len({r["uuid"] for r in rows}) > 1:
                     raise JournalError(f"event {ref!r} is ambiguous; give more of the uuid")
         return _event_dict(rows[0]) if rows else None
@@ -526,10 +631,15 @@ class Journal:
             )
 
     def delete_event(self, uuid: str) -> list[str]:
-        """Delete an event with its frames and label; returns its snapshot paths (the caller removes the files)."""
+        """Delete an event with its frames, label and undelivered MQTT messages; returns its snapshot paths.
+
+        A deleted event is not announced afterwards: its queued messages go with it (docs/mqtt.md).
+        The caller removes the snapshot files.
+        """
         with self._lock:
             with self._transaction() as c:
                 row = c.execute("SELECT snapshot, overlay FROM events WHERE uuid = ?", (uuid,)).fetchone()
+                c.execute("DELETE FROM outbox WHERE event_uuid = ?", (uuid,))
                 c.execute("DELETE FROM frames WHERE event_uuid = ?", (uuid,))
                 c.execute("DELETE FROM labels WHERE event_uuid = ?", (uuid,))
                 c.execute("DELETE FROM events WHERE uuid = ?", (uuid,))

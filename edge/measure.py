@@ -8,7 +8,8 @@ Length is measured on a one-pixel skeleton (Zhang-Suen thinning) traced as
 simplified polylines, and each free end is extended by the local half-width
 the thinning ate. Width comes from the distance transform: max width =
 2*d - 1 at the skeleton (d = distance to the nearest background pixel centre);
-mean width = area / length.
+mean width = area / length, capped at the max width (a short blob's area / length can exceed
+its deepest width); the mask-wide mean is the length-weighted mean of the cracks' means.
 """
 
 from __future__ import annotations
@@ -286,7 +287,9 @@ def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_p
         area_fraction=total_area / float(h * w),
         length_px=total_length,
         max_width_px=max(c.max_width_px for c in components),
-        mean_width_px=total_area / total_length,
+        # The same definition as a crack's (area / length, at most its max width), weighted by length:
+        # never above max_width_px, unlike total_area / total_length.
+        mean_width_px=sum(c.mean_width_px * c.length_px for c in components) / total_length,
         bbox=(x0, y0, x1 - x0, y1 - y0),
         orientation_deg=components[0].orientation_deg,
         components=components,

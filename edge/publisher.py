@@ -16,6 +16,7 @@ Topics, all under `{prefix}/{device_id}/` (payloads: docs/mqtt.md, docs/schemas/
   event   QoS mqtt.qos (1): event start / update / end
   stats   QoS 0, every stats_interval_s
   frame   QoS 0, per-frame results, rate-limited (optional)
+  snapshot retained, QoS 1, raw JPEG via the outbox (edge.snapshots_mqtt): bytes rows are sent as they are
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Publisher:
         self._last_frame_t = 0.0
         self._thread: Optional[threading.Thread] = None
         self._logged_unreachable = False
+        self.on_connect_hooks: list[Callable[[mqtt.Client], None]] = []  # extra outputs (edge.homeassistant), per connection
         self.client = self._make_client()
 
     # ------------------------------------------------------------------ connection
@@ -165,10 +167,19 @@ class Publisher:
         self.last_error = None
         self._logged_unreachable = False
         log.info("MQTT connected to %s:%d as %s", self.m.host, self.m.port, self.cfg.client_id)
+        self._announce(client)
+        for hook in self.on_connect_hooks:
+            try:
+                hook(client)
+            except Exception:
+                log.exception("MQTT on-connect hook %r failed", hook)
+        self._wake.set()
+
+    def _announce(self, client) -> None:
+        """What every new connection starts with: the retained birth and camera state (Sparkplug: NBIRTH/DBIRTH)."""
         self._publish_retained("status", self._status_payload("online"))
         if self._camera is not None:
             self._publish_retained("camera", self._camera)
-        self._wake.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
         self.last_error = f"cannot reach broker {self.m.host}:{self.m.port}"
@@ -218,12 +229,13 @@ class Publisher:
                     if self._stop.is_set():
                         break
                     continue
+                not_ready = False
                 for row in rows:
-                    payload = json.loads(row.payload)
-                    payload["seq"] = row.id
                     replayed = self.connected_since is not None and row.created_at < self.connected_since
-                    payload["replayed"] = replayed
-                    info = self.client.publish(row.topic, json.dumps(payload, separators=(",", ":")), qos=row.qos, retain=row.retain)
+                    info = self._send_row(row, replayed)
+                    if info is None:  # the output is not ready for data yet (Sparkplug: before its births)
+                        not_ready = True
+                        break
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         log.debug("outbox: publish of row %d returned %s; waiting for the connection", row.id, info.rc)
                         break
@@ -234,11 +246,22 @@ class Publisher:
                     last_sent = row.id
                     if replayed:
                         self.replayed += 1
-                if rows:
+                if rows and not not_ready:
                     self._wake.set()
             except Exception:
                 log.exception("outbox drain failed; retrying")
                 self._stop.wait(1.0)
+
+    def _send_row(self, row, replayed: bool):
+        """Publish one outbox row; returns paho's MQTTMessageInfo (None: not now, retry later)."""
+        if isinstance(row.payload, bytes):  # a picture: sent as it is
+            data = row.payload
+        else:
+            payload = json.loads(row.payload)
+            payload["seq"] = row.id
+            payload["replayed"] = replayed
+            data = json.dumps(payload, separators=(",", ":"))
+        return self.client.publish(row.topic, data, qos=row.qos, retain=row.retain)
 
     def _apply_acks(self) -> None:
         done = []

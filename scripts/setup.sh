@@ -12,6 +12,9 @@ command -v mosquitto_sub >/dev/null || need_debs+=(mosquitto-clients)   # the Qu
 [ -x /usr/sbin/sshd ] || need_debs+=(openssh-server)
 command -v ssh >/dev/null || need_debs+=(openssh-client)
 command -v rsync >/dev/null || need_debs+=(rsync)
+case ",$EXTRAS," in  # the tests read the metrics textfile with a real node_exporter
+  *,dev,*) [ -x /usr/bin/prometheus-node-exporter ] || need_debs+=(prometheus-node-exporter) ;;
+esac
 command -v openssl >/dev/null || need_debs+=(openssl)
 command -v pkg-config >/dev/null || need_debs+=(pkg-config)
 [ -e /usr/include/systemd/sd-daemon.h ] || need_debs+=(libsystemd-dev)
@@ -26,9 +29,11 @@ if [ ${#need_debs[@]} -gt 0 ]; then
   fi
 fi
 # The daemon and tests start their own mosquitto/sshd; don't leave the distribution's services holding ports.
-if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
-  systemctl stop mosquitto || true
-fi
+for unit in mosquitto prometheus-node-exporter; do
+  if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
+    systemctl stop "$unit" || true
+  fi
+done
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -9,9 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.runtime import TFLiteModel
 from edge.synth import generate
 
 REPO = Path(__file__).resolve().parent.parent
+# Any TFLite model can be the bench's reference; tests use the shipped classifier (an INT8 MobileNetV2 as well)
+# instead of the 224x224 reference, which takes half a minute to make.
+SMALL_REFERENCE = REPO / "models" / "default" / "classifier.tflite"
 
 
 def crackd(*args, check=False):
@@ -80,3 +84,45 @@ def test_bench_prints_stages_and_efficiency():
     for stage in ("preprocess", "classify", "segment", "measure", "total"):
         assert report["stages_ms"][stage]["median"] >= 0
     assert 0 < report["pipeline_efficiency"] <= 1 and report["peak_rss_mb"] > 10 and report["fps"] > 0
+
+
+def test_bench_reference_ratios_are_stage_medians_over_the_reference_median():
+    out = crackd("bench", "--frames", "6", "--warmup", "1", "--size", "320x240", "--reference", str(SMALL_REFERENCE),
+                 "--reference-runs", "4", "--json", check=True)
+    report = json.loads(out.stdout)
+    ref = report["reference"]
+    assert ref["input_shape"] == [1, *TFLiteModel(SMALL_REFERENCE).input.shape[1:]] and ref["runtime"] == report["runtime"] and ref["threads"] == report["threads"]
+    assert ref["before"]["runs"] == 4 and ref["after"]["runs"] == 4 and ref["median_ms"] > 0
+    ratios = report["relative_to_reference"]
+    for stage, figures in report["stages_ms"].items():
+        assert ratios[stage] == pytest.approx(figures["median"] / ref["median_ms"], rel=1e-9)
+    assert ratios["crack_frame"] == ratios["total"]
+    assert ratios["no_crack_frame"] == pytest.approx(report["no_crack_frame_ms"]["median"] / ref["median_ms"], rel=1e-9)
+
+
+def test_bench_table_shows_the_reference_multiples():
+    out = crackd("bench", "--frames", "3", "--warmup", "0", "--size", "320x240", "--reference", str(SMALL_REFERENCE),
+                 "--reference-runs", "2", check=True)
+    assert "x reference" in out.stdout and "crack frame" in out.stdout and "no-crack frame" in out.stdout
+
+
+def test_bench_without_reference_has_no_ratios():
+    report = json.loads(crackd("bench", "--frames", "3", "--warmup", "0", "--size", "160x120", "--json", check=True).stdout)
+    assert "relative_to_reference" not in report and report["no_crack_frame_ms"]["median"] > 0
+
+
+def test_bench_zero_frames_is_one_line_and_exit_2():
+    out = crackd("bench", "--frames", "0")
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "--frames 0" in out.stderr
+
+
+def test_bench_missing_reference_is_one_line_and_exit_2(tmp_path):
+    out = crackd("bench", "--frames", "2", "--reference", str(tmp_path / "nope.tflite"))
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "nope.tflite: no such reference model file" in out.stderr
+
+
+def test_bench_reference_that_is_not_a_model_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer" * 8)
+    out = crackd("bench", "--frames", "2", "--reference", str(bad))
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("crackd: error:") and "bad.tflite" in out.stderr

@@ -229,3 +229,101 @@ def test_records_survive_a_writer_that_is_never_closed(tmp_path):
     with Journal(path) as again:
         assert again.outbox_depth() == 1 and len(again.list_events()) == 1
     j._conn.close()
+
+
+# --------------------------------------------------------------------------- hostile references, empty files, failing disks
+
+
+@pytest.mark.parametrize("ref", ["a%%%", "0___", "%%%%", "____", "a%", "11_1", "1111%"])
+def test_like_wildcards_in_a_reference_match_nothing(journal, ref):
+    journal.record(None, [event(record(uuid="a1111111-2222-3333-4444-555555555555"))])
+    journal.record(None, [event(record(uuid="01111111-2222-3333-4444-555555555555"))])
+    with pytest.raises(JournalError, match="not an event id or uuid"):
+        journal.find_event(ref)
+
+
+def test_a_short_reference_is_refused_before_anything_is_stripped(journal):
+    journal.record(None, [event(record(uuid="a1111111-2222-3333-4444-555555555555"))])
+    assert journal.find_event("a") is None and journal.find_event("a11") is None
+    assert journal.find_event("A111")["uuid"].startswith("a111")  # uuids are hex: any letter case
+
+
+def test_deleting_an_event_removes_its_undelivered_outbox_messages(journal):
+    u, other = "c0000000-2222-3333-4444-555555555555", "d0000000-2222-3333-4444-555555555555"
+    journal.record(None, [event(record(uuid=u))], [message(uuid=u, n=0)])
+    journal.record(None, [event(record(END, uuid=u))], [message(uuid=u, n=1)])
+    journal.record(None, [event(record(uuid=other))], [message(uuid=other)])
+    journal.delete_event(u)
+    rows = journal.outbox_fetch()
+    assert [r.event_uuid for r in rows] == [other]
+
+
+def test_a_zero_byte_journal_is_logged_and_moved_aside(tmp_path, caplog):
+    path = tmp_path / "crackd.db"
+    path.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="edge.journal"), Journal(path, on_corrupt="stop") as j:
+        assert j.moved_aside is not None and j.moved_aside.exists() and j.moved_aside.stat().st_size == 0
+        assert j.schema_version == SCHEMA_VERSION
+    assert any("0 bytes" in r.getMessage() and str(j.moved_aside) in r.getMessage() for r in caplog.records)
+
+
+def test_a_zero_byte_journal_with_its_wal_is_opened_not_moved(tmp_path):
+    """A crash before the first checkpoint can leave an empty main file and the data in the WAL: keep it."""
+    path = tmp_path / "crackd.db"
+    j = Journal(path)
+    j.record(None, [event(record())], [message()])
+    j._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with Journal(path) as again:
+        assert again.moved_aside is None and again.outbox_depth() == 1
+    j._conn.close()
+
+
+def _remount(mountpoint, mode):
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 8 MB tmpfs (root only: mounting needs it); `remount(mode)` turns it read-only and back."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_read_only_journal_is_refused_at_open_with_one_line_naming_it(small_fs):
+    path = small_fs / "crackd.db"
+    with Journal(path) as j:
+        j.record(None, [event(record())])
+    _remount(small_fs, "ro")
+    with pytest.raises(JournalError) as err:
+        Journal(path)
+    message_ = str(err.value)
+    assert str(path) in message_ and "not writable" in message_ and "\n" not in message_
+    assert "integrity" not in message_ and ".recover" not in message_  # not mistaken for a damaged file
+
+
+def test_a_full_disk_reports_the_real_error_not_the_failed_rollback(small_fs):
+    path = small_fs / "crackd.db"
+    (small_fs / "filler").write_bytes(b"\0" * (8 * 1024 * 1024 - 96 * 1024))
+    with Journal(path) as j:
+        with pytest.raises(sqlite3.Error) as err:
+            for n in range(2000):
+                j.record(FrameRow(t=float(n), seq=n, crack=False, score=0.1, segmented=False, ref="r" * 2000),
+                         [event(record(uuid=f"{n:08d}-2222-3333-4444-555555555555"))], [message(n=n)])
+        assert "no transaction is active" not in str(err.value)
+        assert "full" in str(err.value).lower() or "disk" in str(err.value).lower()
+        assert j.write_error == str(err.value)
+        (small_fs / "filler").unlink()
+        j.record(None, [event(record(uuid="ffffffff-2222-3333-4444-555555555555"))], [message()])
+        assert j.write_error is None

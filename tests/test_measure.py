@@ -85,3 +85,22 @@ def test_diagonal_skeleton_counts_sqrt2_per_step():
     skel = np.eye(50, dtype=np.uint8)
     length, ends = skeleton_length(skel)
     assert length == pytest.approx(49 * math.sqrt(2), rel=1e-3)
+
+
+def test_mean_width_never_exceeds_max_width_for_the_whole_mask_or_any_crack():
+    """A short thick blob: area / length exceeds the deepest width, so the crack's mean is capped at its max.
+
+    The mask-wide mean is the length-weighted mean of the cracks' means (the same definition), so it cannot
+    exceed the mask-wide max either (it read 4.97 against 4.33 before)."""
+    mask = np.zeros((240, 320), np.uint8)
+    cv2.rectangle(mask, (100, 100), (112, 108), 255, -1)  # 13 x 9: thinning leaves a short spine
+    cv2.line(mask, (10, 200), (300, 210), 255, 2)  # a long thin crack beside it
+    m = measure_mask(mask)
+    assert m.count == 2
+    for c in m.components:
+        assert c.mean_width_px <= c.max_width_px + 1e-9
+    assert m.mean_width_px <= m.max_width_px + 1e-9
+    expected = sum(c.mean_width_px * c.length_px for c in m.components) / m.length_px
+    assert m.mean_width_px == pytest.approx(expected)
+    single = measure_mask(band(200, 6))
+    assert single.mean_width_px == pytest.approx(single.components[0].mean_width_px)

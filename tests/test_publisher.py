@@ -165,6 +165,10 @@ def test_every_example_in_docs_mqtt_md_matches_its_schema(schemas):
             topic = heading.group(1)
             continue
         for example in re.findall(r"```json\n(.*?)```", block, flags=re.S):
-            jsonschema.validate(json.loads(example), schemas[topic])
+            payload = json.loads(example)
+            jsonschema.validate(payload, schemas[topic])
             checked.append(topic)
+            m = payload.get("measurements")
+            if m:  # the definitions of edge.measure: a mean width is never above the max width
+                assert m["mean_width_px"] <= m["max_width_px"], (topic, m)
     assert sorted(set(checked)) == sorted(schemas) and len(checked) >= 6

@@ -107,6 +107,24 @@ def read_status(state: Path) -> dict:
         return {}
 
 
+def plot_rss(samples: list[tuple[float, float | None]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(t / 60, r) for t, r in samples if r is not None]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot([t for t, _ in points], [r for _, r in points], lw=1)
+    ax.set_xlabel("minutes after warm-up")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of daemon run measured (after --warmup)")
@@ -122,6 +140,10 @@ def main() -> int:
     ap.add_argument("--record-frames", default="cracks", choices=["all", "cracks", "none"])
     ap.add_argument("--broker", default=None, metavar="HOST:PORT", help="use this broker instead of starting mosquitto")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--source", default="folder", choices=["folder", "demo"],
+                    help="folder: replay generated files as fast as possible; demo: the `crackd run --demo` camera (synthetic, 10 fps)")
+    ap.add_argument("--rss-csv", default=None, metavar="FILE", help="write the RSS samples (seconds, MB) to this CSV")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="plot RSS over time to this PNG (matplotlib)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -140,7 +162,9 @@ def main() -> int:
         state = work / "state"
         config = {
             "device_id": "soak",
-            "source": {"type": "folder", "folder": {"path": str(work / "frames"), "fps": 0, "loop": True, "cache_mb": args.cache_mb}},
+            "source": ({"type": "folder", "folder": {"path": str(work / "frames"), "fps": 0, "loop": True, "cache_mb": args.cache_mb}}
+                       if args.source == "folder" else
+                       {"type": "synthetic", "synthetic": {"fps": 10, "crack_probability": 0.3, "hold_frames": 8}}),
             "model": {"bundle": str(Path(args.bundle).resolve()), "threads": args.threads, "segment": args.segment, "runtime": args.runtime},
             "storage": {"state_dir": str(state), "record_frames": args.record_frames},
             "mqtt": {"enabled": True, "host": host, "port": int(port)},
@@ -176,6 +200,10 @@ def main() -> int:
         engine = (before[0] + after[0]) / 2
         engine_cpu_ms = (before[1] + after[1]) / 2
         rss = [r for _, r in samples if r is not None]
+        if args.rss_csv:
+            Path(args.rss_csv).write_text("seconds,rss_mb\n" + "".join(f"{t:.1f},{r:.2f}\n" for t, r in samples if r is not None))
+        if args.plot:
+            plot_rss(samples, Path(args.plot), f"crackd soak ({args.source}, {args.duration:g} s)")
         half = len(rss) // 2
         report = {
             "bundle": final.get("bundle_version"),

@@ -81,6 +81,17 @@ def cmd_segmenter(args) -> int:
     return 0
 
 
+def cmd_reference_model(args) -> int:
+    from trainer.reference_model import reference_tflite
+
+    content = reference_tflite(alpha=args.alpha, size=args.size, seed=args.seed, calibration=args.calibration)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(content)
+    print(f"wrote {out} ({len(content)} bytes): INT8 MobileNetV2 alpha {args.alpha}, {args.size}x{args.size}, seed {args.seed}")
+    return 0
+
+
 def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
     p.add_argument("--data", nargs="+", default=[], metavar="DIR", help="dataset folders (classification or images/+masks/)")
     p.add_argument("--synth", type=int, default=0, metavar="N", help="add N procedurally generated samples (default 0)")
@@ -122,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", type=int, default=150, help="crack-free images taken per classification folder")
     p.add_argument("--weights", default=None, metavar="PATH", help="start from these weights (.keras or .weights.h5 of the same architecture)")
     p.set_defaults(func=cmd_segmenter)
+
+    p = sub.add_parser("reference-model", help="write the INT8 MobileNetV2 that `crackd bench --reference` times")
+    p.add_argument("--out", required=True, metavar="FILE.tflite")
+    p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0, the published reference)")
+    p.add_argument("--size", type=int, default=224, help="square input size (default 224, the published reference)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and calibration frames (default 0)")
+    p.add_argument("--calibration", type=int, default=8, metavar="N", help="synthetic calibration frames (default 8)")
+    p.set_defaults(func=cmd_reference_model)
 
     from trainer import cli_export, evaluate_cli
 

@@ -43,11 +43,6 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def default_state_dir() -> Path:
-    """The state directory commands use without --state-dir/--config (see edge.state_location)."""
-    return locate_state().state_dir
-
-
 # --------------------------------------------------------------------------- run
 
 

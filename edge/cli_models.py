@@ -4,6 +4,10 @@ Each command works by hand on the device and is what `crack-deploy` runs over
 SSH; `--json` prints one JSON object on stdout for the deploy tool. Errors are
 one line on stderr (and `{"ok": false, ...}` with --json); exit 1 when the
 bundle or operation was refused, 2 for usage or configuration errors.
+
+The signature policy is the device's: `/etc/crackd/crackd.yaml` (or `--config`, owned by root or the user
+running crackd and writable by nobody else), else the built-in default (signatures required). Command-line
+flags may only make it stricter, so nobody allowed to run this command can switch signing off with them.
 """
 
 from __future__ import annotations

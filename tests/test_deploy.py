@@ -392,10 +392,31 @@ def test_a_daemon_that_stops_processing_during_the_deploy_is_rolled_back(sshd, d
 
     assert r.returncode == 1, r.stdout + r.stderr
     assert "not serving" in r.stdout and "rolled back" in r.stdout
-    assert "frames_processed stayed at" in r.stdout  # says what was measured
+    assert "frames_processed stayed at" in r.stdout or "daemon status is" in r.stdout  # says what was measured
     assert device.releases().current_version() == device.initial
     assert [h["action"] for h in device.history()][-4:] == ["activate", "health", "rollback", "health"]  # frozen: serves nothing
     device.wait_serving(device.initial, timeout=20)
+
+
+def test_the_health_wait_says_what_it_measured(device):
+    """A daemon that still reports itself healthy but processes no frames (frozen with SIGSTOP right after a fresh
+    status): the wait fails naming the frame counter that did not move, not a guess. Settle times that cannot fit
+    in the timeout are refused outright."""
+    from edge.timestamps import iso_utc
+
+    rel = device.releases()
+    with pytest.raises(ValueError, match="shorter than the timeout"):
+        rel.wait_serving(device.initial, iso_utc(time.time()), timeout_s=2, settle_s=3)
+    wait_until(lambda: (device.status().get("frames_processed") or 0) > 0 and rel.daemon_status()["status_age_s"] < 1, 20,
+               "a fresh status with frames", interval=0.02)
+    device.proc.send_signal(signal.SIGSTOP)
+    try:
+        health = rel.wait_serving(device.initial, iso_utc(time.time()), timeout_s=2, settle_s=1)
+    finally:
+        device.proc.send_signal(signal.SIGCONT)
+
+    assert not health.ok
+    assert "frames_processed stayed at" in health.message and f"while status.json said {device.initial} was serving" in health.message
 
 
 # --------------------------------------------------------------------------- one deployment at a time

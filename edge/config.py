@@ -59,6 +59,7 @@ class FolderOptions:
     fps: float = _opt(10.0, "replay rate; 0 = as fast as the pipeline takes them (no frame skipped, for bench runs)", min=0, max=10000)
     loop: bool = _opt(True, "start again at the first file after the last (false: the daemon stops when done)")
     cache_mb: float = _opt(0.0, "looped replays: keep decoded frames in memory up to this many MB (bench rigs; 0 = decode every time)", min=0, max=4096)
+    max_image_mpixels: float = _opt(40.0, "files whose header announces more megapixels are skipped undecoded (memory bound; 0 = no limit)", min=0, max=1000)
 
 
 @dataclass(frozen=True)

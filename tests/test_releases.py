@@ -122,7 +122,7 @@ def test_a_bundle_whose_golden_samples_are_not_reproduced_is_refused_naming_the_
     bundle = make_bundle("golden", edit=wrong_expectation, sign=signer_keys.trusted)
     sample_name = json.loads((bundle / "manifest.json").read_text())["golden"]["samples"][1]["image"]
 
-    with pytest.raises(GoldenMismatch, match=f"golden sample {sample_name}: classifier output"):
+    with pytest.raises(GoldenMismatch, match=f"golden sample {sample_name}: classifier score"):
         releases.stage(bundle)
     assert releases.list() == []
 

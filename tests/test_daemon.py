@@ -47,6 +47,7 @@ def daemon_dict(tmp_path: Path, bundle: Path, frames: Path, port: int | None, **
         "mqtt": {"enabled": port is not None, "host": "127.0.0.1", "port": port or 1883, "reconnect_min_s": 1,
                  "reconnect_max_s": 1, "keepalive": 5, "flush_timeout_s": 10},
         "logging": {"journald": False},
+        "releases": {"require_signature": False},  # the darkness test bundle is unsigned
         "stats_interval_s": 1,
     }
     for key, value in over.items():
@@ -249,8 +250,8 @@ def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bu
     assert main(["events", "delete", "--state-dir", state, uuid]) == 0
     assert not snapshot.exists()
     assert main(["events", "show", "--state-dir", state, uuid]) == 2
-    assert main(["status", "--state-dir", state]) == 1  # stopped: not running
-    assert "NOT RUNNING" in capsys.readouterr().out
+    assert main(["status", "--state-dir", state]) == 3  # the folder ended: stopped cleanly, not running
+    assert "stopped cleanly at" in capsys.readouterr().out
 
 
 def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):

@@ -516,7 +516,6 @@ class Supervisor:
             self.frames_recorded += len(rows)
         except Exception as exc:
             self.journal_write_failures += 1
-            snapshots_mqtt.drop_superseded(self._pending_writes, messages)  # memory holds one picture, not one per event
             self._pending_writes.append(item)
             self._write_log(logging.ERROR, "journal write failed (%s); %d writes held in memory and retried", exc, len(self._pending_writes))
             return

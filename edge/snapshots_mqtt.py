@@ -123,19 +123,3 @@ def attach(cfg, state_dir: Path, record, snap: Optional[dict]) -> Optional[Outbo
     if message is not None:
         snap["mqtt"] = {"topic": message.topic, "uuid": record.uuid, "revision": record.revision}
     return message
-
-
-def drop_superseded(pending, messages) -> int:
-    """Before holding a failed journal write in memory (edge.daemon): drop the pictures it supersedes.
-
-    `pending`: the held (frame rows, event writes, messages) items; `messages`: the new item's.
-    A long journal failure then holds one picture per device instead of one per event.
-    Returns how many pictures were dropped."""
-    topics = {m.topic for m in messages if m.replace_pending}
-    dropped = 0
-    if topics:
-        for _rows, _writes, queued in pending:
-            keep = [m for m in queued if not (m.replace_pending and m.topic in topics)]
-            dropped += len(queued) - len(keep)
-            queued[:] = keep
-    return dropped

@@ -14,7 +14,7 @@ from edge.config import config_from_dict
 from edge.decision import START, EventRecord
 from edge.journal import Journal, OutboxMessage
 from edge.publisher import Publisher
-from edge.snapshots_mqtt import attach, bounded_jpeg, drop_superseded, read_tag, snapshot_message, tag_jpeg
+from edge.snapshots_mqtt import attach, bounded_jpeg, read_tag, snapshot_message, tag_jpeg
 
 wait = partial(wait_until, timeout=15.0)
 IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}
@@ -127,20 +127,3 @@ def test_an_outage_keeps_only_the_newest_pending_picture_and_delivers_it_on_reco
         assert read_tag(retained)["uuid"] == "00000000-0000-4000-8000-000000000004"
         assert [read_tag(p)["uuid"] for p in sub.on("snapshot")] == ["00000000-0000-4000-8000-000000000004"]
         pub.stop()
-
-
-def test_writes_held_in_memory_after_a_journal_failure_keep_only_the_newest_picture():
-    cfg = config_from_dict({"device_id": "cam1"})
-
-    def item(i):
-        picture = OutboxMessage(cfg.topic("snapshot"), b"jpeg-%d" % i, 1, True, f"u{i}", replace_pending=True)
-        return ([], [], [picture, OutboxMessage(cfg.topic("event"), {"n": i}, 1, False, f"u{i}")])
-
-    pending = []
-    for i in range(4):  # four failed event writes in a row, as the daemon holds them
-        new = item(i)
-        drop_superseded(pending, new[2])
-        pending.append(new)
-    held = [m for _, _, messages in pending for m in messages]
-    assert [m.payload for m in held if m.replace_pending] == [b"jpeg-3"]
-    assert [m.payload["n"] for m in held if not m.replace_pending] == [0, 1, 2, 3]  # every event message is kept

@@ -11,8 +11,10 @@
 #   1. apt: python3-venv, python3-picamera2 (libcamera bindings exist only as OS packages), python3-systemd
 #   2. a system user `crackd` in group `video` (camera devices)
 #   3. a virtual environment in /opt/crackd/venv that sees the OS packages (--system-site-packages),
-#      with numpy pinned to the OS's numpy so picamera2 keeps working, and a TFLite runtime:
-#      ai-edge-litert where it has wheels (64-bit), else tflite-runtime (numpy < 2, Python <= 3.11)
+#      with numpy pinned to the OS's numpy so picamera2 keeps working, and a TFLite runtime chosen by
+#      deploy/runtime_choice.sh: ai-edge-litert where it has wheels (64-bit), else tflite-runtime (32-bit,
+#      numpy < 2, Python <= 3.11). The runtime must pass the default bundle's golden self-test on this
+#      machine; if the first fails it (or fails to install) the other is installed instead, and the log says so.
 #   4. the shipped default bundle as the first release: /var/lib/crackd/models/releases/<v> and
 #      models/current, checked on this device by `crackd models stage` (models load, golden samples)
 #   5. /etc/crackd/crackd.yaml from config/crackd.example.yaml, only if there is none
@@ -133,7 +135,6 @@ if [ "$USE_APT" = 1 ]; then
 fi
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
 PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-PY_MINOR=$("$PYTHON" -c 'import sys; print(sys.version_info[1])')
 ARCH=$(uname -m)
 log "Python $PY_VERSION on $ARCH"
 
@@ -171,36 +172,61 @@ if SYSTEM_NUMPY=$("$PYTHON" -c 'import numpy; print(numpy.__version__)' 2>/dev/n
     log "numpy pinned to the OS's $SYSTEM_NUMPY"
 fi
 
+if [ -n "${SYSTEM_NUMPY:-}" ] && [ "${SYSTEM_NUMPY%%.*}" -lt 2 ]; then
+    # opencv-python-headless >= 4.12 needs numpy 2: without this pip downloads six releases to find one that fits.
+    echo "opencv-python-headless<4.12" >> "$CONSTRAINTS"
+fi
+
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --prefer-binary --constraint "$CONSTRAINTS" "$@"; }
 
-if [ "$RUNTIME" = auto ]; then
-    case "$ARCH" in
-        aarch64|arm64|x86_64|amd64) RUNTIME=ai-edge-litert ;;
-        *) RUNTIME=tflite-runtime ;;   # 32-bit Raspberry Pi OS: no LiteRT wheels
-    esac
-fi
-installed=""
-if [ "$RUNTIME" = ai-edge-litert ]; then
-    log "installing crackd with ai-edge-litert (this takes a while on a Pi)"
-    if pip_install "${SOURCE}[edge]"; then
-        installed=ai-edge-litert
-    elif [ "$PY_MINOR" -le 11 ]; then
-        log "ai-edge-litert did not install; trying tflite-runtime"
-        RUNTIME=tflite-runtime
+# The runtimes to try, best first (deploy/runtime_choice.sh says which have wheels for this ARCH and Python).
+CHOICE=$(bash "$SCRIPT_DIR/runtime_choice.sh" "$ARCH" "$PY_VERSION" "$RUNTIME") || die "no TFLite runtime can be installed here (see above)"
+mapfile -t CANDIDATES <<< "$CHOICE"
+TFLITE_CONSTRAINTS=$PREFIX/constraints-tflite.txt
+{ cat "$CONSTRAINTS"; echo "numpy<2"; } > "$TFLITE_CONSTRAINTS"
+
+install_with() {  # runtime -> crackd installed with that runtime only (the other removed, so `auto` picks this one)
+    local other=ai-edge-litert
+    [ "$1" = ai-edge-litert ] && other=tflite-runtime
+    "$VENV/bin/python" -m pip uninstall --quiet --yes "$other" >/dev/null 2>&1 || true
+    if [ "$1" = ai-edge-litert ]; then
+        log "installing crackd with ai-edge-litert (this takes a while on a Pi)"
+        pip_install "${SOURCE}[edge]"
     else
-        die "pip could not install crackd with ai-edge-litert for Python $PY_VERSION on $ARCH"
+        log "installing crackd with tflite-runtime (numpy < 2; about 5x slower than ai-edge-litert, see the README)"
+        pip_install --constraint "$TFLITE_CONSTRAINTS" "${SOURCE}[edge-tflite]"
     fi
-fi
-if [ -z "$installed" ]; then
-    [ "$PY_MINOR" -le 11 ] || die "tflite-runtime has no wheels for Python $PY_VERSION; use a 64-bit OS (ai-edge-litert)"
-    log "installing crackd with tflite-runtime (numpy < 2)"
-    echo "numpy<2" >> "$CONSTRAINTS"
-    pip_install "${SOURCE}[edge-tflite]" || die "pip could not install crackd with tflite-runtime for Python $PY_VERSION on $ARCH"
-    installed=tflite-runtime
-fi
-"$VENV/bin/python" -c 'from edge.runtime import load_interpreter_class; print(load_interpreter_class("auto")[0])' >/dev/null \
-    || die "crackd is installed but no TFLite runtime imports in $VENV"
-log "installed crackd $("$CRACKD" --version | awk '{print $2}') with $installed"
+}
+
+self_test() {  # runtime -> the shipped bundle passes `crackd models stage` (models load, golden samples) with it
+    local scratch rc=0
+    scratch=$(mktemp -d)
+    "$CRACKD" models stage "$SOURCE/models/default" --state-dir "$scratch" --runtime "$1" \
+        --who "install.sh self-test" > "$scratch.log" 2>&1 || rc=$?
+    [ "$rc" = 0 ] || sed 's/^/    /' "$scratch.log" >&2
+    rm -rf -- "$scratch" "$scratch.log"
+    return "$rc"
+}
+
+installed=""
+for i in "${!CANDIDATES[@]}"; do
+    runtime=${CANDIDATES[$i]}
+    if ! install_with "$runtime"; then
+        log "pip could not install crackd with $runtime for Python $PY_VERSION on $ARCH"
+    elif ! "$VENV/bin/python" -c "from edge.runtime import load_interpreter_class; load_interpreter_class('$runtime')" 2>/dev/null; then
+        log "$runtime was installed but does not import in $VENV"
+    elif ! self_test "$runtime"; then
+        log "the default bundle FAILED its golden self-test with $runtime on this machine"
+    else
+        installed=$runtime
+        break
+    fi
+    next=${CANDIDATES[$((i + 1))]:-}
+    [ -z "$next" ] || log "falling back to $next"
+done
+[ -n "$installed" ] || die "no TFLite runtime (${CANDIDATES[*]}) installed and passed the golden self-test for Python $PY_VERSION on $ARCH"
+[ "$installed" = "${CANDIDATES[0]}" ] || log "NOTE: crackd runs on the fallback runtime $installed, because ${CANDIDATES[0]} failed (above)"
+log "installed crackd $("$CRACKD" --version | awk '{print $2}') with $installed (golden self-test passed)"
 
 # ------------------------------------------------------------------ 4. state directory and the default bundle
 
@@ -210,9 +236,10 @@ if [ -e "$STATE_DIR/models/current" ]; then
 else
     BUNDLE_VERSION=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle_version"])' "$SOURCE/models/default/manifest.json")
     log "installing the default bundle $BUNDLE_VERSION (checked on this device: models load, golden samples match)"
-    # The shipped default bundle is unsigned; it comes from this installer, not over the network.
-    "$CRACKD" models stage "$SOURCE/models/default" --state-dir "$STATE_DIR" --no-require-signature --who "install.sh" --source "$SOURCE/models/default"
-    "$CRACKD" models activate "$BUNDLE_VERSION" --state-dir "$STATE_DIR" --no-require-signature --who "install.sh"
+    # The shipped default bundle is unsigned; crackd trusts it like its own code (its manifest's sha256 is pinned in
+    # edge/signing.py), so it is staged under the device's normal policy: no option switches signatures off.
+    "$CRACKD" models stage "$SOURCE/models/default" --state-dir "$STATE_DIR" --runtime "$installed" --who "install.sh" --source "$SOURCE/models/default"
+    "$CRACKD" models activate "$BUNDLE_VERSION" --state-dir "$STATE_DIR" --who "install.sh"
 fi
 chown -R "$SERVICE_USER:$SERVICE_GROUP" "$STATE_DIR"
 

@@ -8,11 +8,12 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from edge.bundle import BundleError
-from edge.images import image_files, read_rgb
+from edge.images import DEFAULT_MAX_PIXELS, image_files, read_rgb
 from edge.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 from edge.shipped import SHIPPED_BUNDLE
 
@@ -45,6 +46,8 @@ def _build_cascade(args):
     from edge.bundle import load_bundle
     from edge.cascade import Cascade, TilingConfig
 
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # also refuses nan
+        raise ValueError(f"--threshold: expected a crack score from 0 to 1, got {args.threshold:g}")
     bundle = load_bundle(args.bundle or default_bundle(), runtime=args.runtime, threads=args.threads)
     tiling = TilingConfig(tile=args.tile) if getattr(args, "tile", None) else None
     return Cascade(bundle, segment=args.segment, threshold=args.threshold, mm_per_pixel=args.mm_per_pixel, tiling=tiling)
@@ -61,11 +64,11 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return out
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 image; raises ValueError naming the file when it cannot be decoded."""
+def read_image(path: Path, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 image; raises ValueError naming the file when it cannot be decoded or is over `max_pixels`."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    rgb = read_rgb(path)
+    rgb = read_rgb(path, max_pixels)
     if rgb is None:
         raise ValueError(f"{path}: not a readable image")
     return rgb
@@ -102,7 +105,7 @@ def cmd_infer(args) -> int:
     failed = 0
     for path in files:
         try:
-            rgb = read_image(path)
+            rgb = read_image(path, int(args.max_image_mpixels * 1e6) if args.max_image_mpixels else None)
             result = cascade.process(rgb)
         except ValueError as exc:
             failed += 1
@@ -258,6 +261,8 @@ def _add_model_args(p, segment_default: str) -> None:
 def register(sub) -> None:
     p = sub.add_parser("infer", help="run the models on image files or folders")
     _add_model_args(p, "on-crack")
+    p.add_argument("--max-image-mpixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
+                   help=f"skip images whose header announces more megapixels, undecoded (default {DEFAULT_MAX_PIXELS / 1e6:g}; 0 = no limit)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
     p.add_argument("--overlay", metavar="DIR", help="write annotated images here")

@@ -21,7 +21,10 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import signal
+import sqlite3
+import tempfile
 import threading
 import time
 from collections import deque
@@ -35,21 +38,24 @@ import numpy as np
 from edge import __version__, homeassistant, metrics, snapshots_mqtt
 from edge.atomic_write import write_json_atomic
 from edge.bundle import BundleError, LoadedBundle, load_bundle
+from edge.signing import check_bundle_trust
 from edge.config import Config, ConfigError, load_config
 from edge.decision import END, START, Decision, DecisionParams, EventRecord, FrameObservation
-from edge.journal import EventWrite, FrameRow, Journal, JournalError, OutboxMessage
+from edge.held_writes import Reserve, encoded_size
+from edge.journal import EventWrite, FrameRow, Journal, JournalError, JournalUnavailable, OutboxMessage
 from edge.notify import Notifier
 from edge.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, rss_mb
 from edge.runtime import RuntimeUnavailable
-from edge.sources import Frame, ResilientSource, SourceExhausted, make_source
+from edge.sources import Frame, ResilientSource, SourceExhausted, SourceFailed, make_source
 from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
-STARTUP_GRACE_S = 30.0  # watchdog pings continue this long after start while the first frame is awaited
 PRUNE_INTERVAL_S = 600.0
 FRAME_BATCH_S = 1.0  # frame-only results are committed together at most this late ...
 FRAME_BATCH_ROWS = 200  # ... or when this many are waiting
+HELD_WRITES_MAX = 10000  # event writes held in memory while the journal cannot be written (also bounded by bytes)
+SNAPSHOT_MIN_FREE_BYTES = 4 * 1024 * 1024  # below this much free disk, pictures are shed so events keep their room
 
 
 class StartupError(Exception):
@@ -116,6 +122,8 @@ def build_engine(cfg: Config, bundle_dir: Optional[Path] = None, verify_golden: 
 
     # Resolve `models/current` once, so every file is read from the same release even if it is switched meanwhile.
     bundle_dir = Path(bundle_dir or cfg.bundle_dir()).resolve()
+    # The device's signature policy, the same rule `crackd models stage/activate` apply, before any model file is read.
+    check_bundle_trust(bundle_dir, cfg.releases.require_signature, Path(cfg.releases.allowed_signers))
     bundle = load_bundle(bundle_dir, runtime=cfg.model.runtime, threads=cfg.model.threads)
     if verify_golden and (bundle.manifest.golden or {}).get("samples"):
         from edge.selftest import run_golden
@@ -148,6 +156,24 @@ def _percentile(values, q: float) -> Optional[float]:
     return round(float(np.percentile(np.fromiter(values, float), q)), 2)
 
 
+def _free_bytes(path: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _why_unwritable(path: Path) -> str:
+    """The reason a directory cannot be written (read-only file system, permission), from a real attempt."""
+    try:
+        fd, name = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(name)
+        return "not writable for this user"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
 class _RateLimitedLog:
     """At most one log line per `interval` for a repeating failure (with the count since)."""
 
@@ -169,6 +195,10 @@ class Supervisor:
     # Frames older than this (or 3 frame periods, or 2 read timeouts for cameras) mean "not healthy":
     # status.json says so and the watchdog pings stop.
     HEALTH_WINDOW_MIN_S = 5.0
+    # The watchdog (process_alive): the main loop turns at least every 0.25 s (frame or not); a capture call
+    # blocked this long (or 4 read timeouts) means a wedged driver.
+    LOOP_STUCK_S = 10.0
+    CAPTURE_HANG_MIN_S = 60.0
 
     def __init__(self, config: Config, config_path: Optional[str | Path] = None, notifier: Optional[Notifier] = None,
                  source=None):
@@ -191,13 +221,17 @@ class Supervisor:
         self.frames_recorded = 0
         self.events_started = 0
         self.last_frame_mono: Optional[float] = None
+        self._loop_mono = time.monotonic()  # the main loop's heartbeat (watchdog)
         self.last_capture_mono: Optional[float] = None
         self.latency_ms: deque = deque(maxlen=1000)
         self.inference_ms: deque = deque(maxlen=1000)
         self.fps = 0.0
         self.camera_state = "starting"
         self.last_reload: Optional[dict] = None
-        self._pending_writes: deque = deque(maxlen=10000)
+        self._pending_writes: deque = deque()  # (item, encoded bytes): never dropped silently (see _hold)
+        self._held_bytes = 0
+        self.writes_dropped = 0  # event writes refused while held writes filled their budget (logged as errors)
+        self.frame_rows_dropped = 0  # frame-only results not saved while the journal failed (logged as errors)
         self._frame_rows: list[FrameRow] = []
         self._frame_rows_since = time.monotonic()
         self._peak: Optional[tuple[Frame, object]] = None
@@ -205,7 +239,11 @@ class Supervisor:
         self._last_snapshot: dict[str, dict] = {}
         self._outbox_depth = 0
         self._fail_log = _RateLimitedLog()
-        self._write_log = _RateLimitedLog()
+        # One limiter per kind of failure, so a failing snapshot cannot hide the journal's error (or the reverse).
+        self._journal_log = _RateLimitedLog()
+        self._snapshot_log = _RateLimitedLog()
+        self._status_log = _RateLimitedLog()
+        self.reserve = Reserve(config.state_dir / "held-writes.reserve")
         self._outbox_level = -1
         self._pid_fd: Optional[int] = None
         self.journal: Optional[Journal] = None
@@ -226,6 +264,8 @@ class Supervisor:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"{self.state_dir}: cannot create state directory ({exc.strerror})") from None
+        if not os.access(self.state_dir, os.W_OK):
+            raise StartupError(f"{self.state_dir}: state directory is not writable ({_why_unwritable(self.state_dir)})")
         self._lock_pid_file()
         try:
             self.engine = build_engine(cfg)
@@ -233,11 +273,25 @@ class Supervisor:
             self._release_pid_file()
             raise StartupError(f"model.bundle: {exc}") from None
         self.decision = Decision(decision_params(cfg, self.engine))
+        held = self.reserve.load()  # writes a stop on a full disk kept for us
         try:
-            self.journal = Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
-        except (JournalError, OSError) as exc:
+            self.journal = self._open_journal()
+        except (JournalError, OSError, sqlite3.Error) as exc:
             self._release_pid_file()
             raise StartupError(str(exc)) from None
+        if held:
+            log.warning("%d journal writes held by the last run (disk full at its stop) read from %s", len(held), self.reserve.path)
+            for item in held:
+                self._hold(item)
+            self._retry_pending_writes()
+            if self._pending_writes and self.reserve.release():
+                # Still full: the reserve's own space makes room to journal them (journalled beats held in memory).
+                log.error("%s: the disk is still full: removed the reserve to journal the held writes", self.reserve.path)
+                self._retry_pending_writes()
+            if not self._pending_writes:
+                self.reserve.clear()
+                log.info("held journal writes of the last run are in the journal now")
+        self.reserve.ensure()
         self._close_interrupted_events()
         if cfg.mqtt.enabled:
             try:
@@ -272,9 +326,25 @@ class Supervisor:
         self._write_status()
         self.notifier.ready(self._status_line())
 
+    def _open_journal(self) -> Journal:
+        """The journal; on a disk too full to open it (SQLite needs room for its -shm file), the reserve gives its space."""
+        cfg = self.cfg
+        try:
+            return Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
+        except JournalUnavailable as exc:
+            freed = self.reserve.release()
+            if not freed:
+                raise
+            log.error("%s; the disk is full: removed the %d KB reserve %s so the journal can open and the outbox drain",
+                      exc, freed // 1024, self.reserve.path)
+            return Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
+
     def _close_interrupted_events(self) -> None:
         """Events left open by a crash or power cut are ended now (reason `interrupted`) and announced."""
+        held = {w.record.uuid for item, _ in self._pending_writes for w in item[1] if w.record.kind == END}
         for row in self.journal.list_events(state="open", newest_first=False):
+            if row["uuid"] in held:  # its real end is among the held writes
+                continue
             record = EventRecord(
                 kind=END, uuid=row["uuid"], revision=int(row["revision"]) + 1, started_at=row["started_at"], t=time.time(),
                 ended_at=row["updated_at"], frames=row["frames"], peak_score=row["peak_score"],
@@ -287,8 +357,12 @@ class Supervisor:
                 snap = {"frame": row["snapshot"], "overlay": row["overlay"], "frame_seq": None} if row["snapshot"] else None
                 payload = event_payload(record, write.device_id, write.bundle_version, write.bundle_sha256, snap)
                 messages.append(OutboxMessage(self.cfg.topic("event"), payload, self.cfg.mqtt.qos, False, record.uuid))
-            self.journal.record(None, [write], messages)
             log.warning("event %s was left open by an interrupted run; ended it (reason: interrupted)", record.uuid)
+            item = ([], [write], messages)
+            try:
+                self.journal.record(*item)
+            except sqlite3.Error as exc:
+                self._journal_failed(item, exc)
 
     def _spawn(self, name, target) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -306,8 +380,15 @@ class Supervisor:
         }
 
     def _lock_pid_file(self) -> None:
+        """The lock on STATE/crackd.pid keeps a second daemon out; writing the pid is only informative.
+
+        So a full disk (the pid cannot be written) does not stop the start: the outbox still has to drain.
+        """
         path = self.state_dir / "crackd.pid"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StartupError(f"{path}: cannot open the pid file ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -316,9 +397,12 @@ class Supervisor:
             if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
                 raise StartupError(f"{self.state_dir}: another crackd (pid {other}) is running with this state directory") from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._pid_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            log.error("%s: cannot write the pid (%s); continuing (the lock is held)", path, exc.strerror)
 
     def _release_pid_file(self) -> None:
         if self._pid_fd is not None:
@@ -354,6 +438,7 @@ class Supervisor:
         """The main loop; returns the exit code when stopped (signal, or a finite source ended)."""
         next_t = 0.0
         while not self.stop_event.is_set():
+            self._loop_mono = time.monotonic()
             self._maybe_reload()
             max_fps = self.cfg.max_fps
             if max_fps:
@@ -386,7 +471,7 @@ class Supervisor:
             self._flush_frame_rows()
             self._retry_pending_writes()
             if self._pending_writes:
-                log.error("%d journal writes could not be saved before exit", len(self._pending_writes))
+                self._save_held_writes()
         except Exception:
             log.exception("flushing the open event failed")
         for t in self._threads:
@@ -410,6 +495,19 @@ class Supervisor:
         self._release_pid_file()
         log.info("crackd stopped after %d frames", self.frames_processed)
 
+    def _save_held_writes(self) -> None:
+        items = [item for item, _ in self._pending_writes]
+        try:
+            saved = self.reserve.save(items)
+        except OSError as exc:
+            log.error("%d held journal writes (events and their MQTT messages) are LOST: the journal cannot be written (%s) "
+                      "and neither can %s (%s)", len(items), self.journal.write_error, self.reserve.path, exc.strerror or exc)
+            return
+        log.warning("the journal cannot be written (%s): %d held event writes saved to %s; they are journalled at the next start",
+                    self.journal.write_error, saved, self.reserve.path)
+        if saved < len(items):
+            log.error("%d held journal writes did not fit in %s and are LOST", len(items) - saved, self.reserve.path)
+
     # ------------------------------------------------------------------ capture
 
     def _capture_loop(self) -> None:
@@ -419,6 +517,11 @@ class Supervisor:
                 frame = self.resilient.read()
             except SourceExhausted:
                 log.info("source finished: stopping after the last frame")
+                self.slot.close()
+                return
+            except SourceFailed as exc:  # not an end: exit non-zero so Restart=on-failure (and whoever watches) acts
+                log.error("%s; stopping with exit code 1", exc)
+                self.exit_code = 1
                 self.slot.close()
                 return
             except ResilientSource.Stopped:
@@ -511,16 +614,47 @@ class Supervisor:
         rows, self._frame_rows = self._frame_rows, []
         self._frame_rows_since = time.monotonic()
         item = (rows, writes, messages)
+        if self._pending_writes:  # keep the order: nothing overtakes what is already held
+            self._retry_pending_writes()
+        if self._pending_writes:
+            self._hold(item)
+            return
         try:
             self.journal.record(*item)
             self.frames_recorded += len(rows)
-        except Exception as exc:
+        except sqlite3.Error as exc:
             self.journal_write_failures += 1
-            self._pending_writes.append(item)
-            self._write_log(logging.ERROR, "journal write failed (%s); %d writes held in memory and retried", exc, len(self._pending_writes))
+            self._journal_failed(item, exc)
             return
         if messages and self.publisher is not None:
             self.publisher.notify()
+
+    def _journal_failed(self, item, exc: Exception) -> None:
+        self._hold(item)
+        self._journal_log(logging.ERROR, "journal %s: write failed (%s); %d event writes held in memory and retried",
+                          self.cfg.db_path, exc, len(self._pending_writes))
+
+    def _hold(self, item) -> None:
+        """Hold an event write in memory, within the reserve's budget (so a stop can save all of it).
+
+        Beyond the budget the write is refused: an ERROR line and a count in stats, never a silent drop.
+        Its frame rows are kept only as long as the held item is (they are not saved at a stop).
+        """
+        rows, writes, messages = item
+        if not writes and not messages:
+            self.frame_rows_dropped += len(rows)
+            self._journal_log(logging.ERROR, "journal cannot be written: %d frame results dropped (%d so far)",
+                              len(rows), self.frame_rows_dropped)
+            return
+        size = encoded_size(item)
+        if len(self._pending_writes) >= HELD_WRITES_MAX or self._held_bytes + size > self.reserve.capacity:
+            self.writes_dropped += 1
+            log.error("journal cannot be written and %d held writes fill their %d KB budget: event %s (%s) and its MQTT "
+                      "message are NOT recorded (%d dropped so far)", len(self._pending_writes), self.reserve.capacity // 1024,
+                      writes[0].record.uuid if writes else "?", writes[0].record.kind if writes else "message", self.writes_dropped)
+            return
+        self._pending_writes.append((item, size))
+        self._held_bytes += size
 
     def _flush_frame_rows(self) -> None:
         rows, self._frame_rows = self._frame_rows, []
@@ -530,20 +664,26 @@ class Supervisor:
         try:
             self.journal.record(rows)
             self.frames_recorded += len(rows)
-        except Exception as exc:  # frame results are not detections: dropped, not held
+        except sqlite3.Error as exc:  # frame results are not detections: dropped (counted), not held
             self.journal_write_failures += 1
-            self._write_log(logging.ERROR, "journal write of %d frame results failed (%s); dropped", len(rows), exc)
+            self.frame_rows_dropped += len(rows)
+            self._journal_log(logging.ERROR, "journal %s: write of %d frame results failed (%s); dropped (%d so far)",
+                              self.cfg.db_path, len(rows), exc, self.frame_rows_dropped)
 
     def _retry_pending_writes(self) -> None:
         while self._pending_writes:
-            item = self._pending_writes[0]
+            item, size = self._pending_writes[0]
             try:
                 self.journal.record(*item)
-            except Exception:
+            except sqlite3.Error:
                 return
             self._pending_writes.popleft()
+            self._held_bytes -= size
+            self.frames_recorded += len(item[0])
             if item[2] and self.publisher is not None:
                 self.publisher.notify()
+            if not self._pending_writes:
+                log.warning("journal %s writable again: every held write is saved", self.cfg.db_path)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -557,6 +697,15 @@ class Supervisor:
         elif self._peak is not None and self._peak[0].seq != self._snap_seq and self.decision.active in (None, record.uuid):
             source = self._peak
         else:
+            return None
+        if self._pending_writes or self.journal.write_error:
+            self._snapshot_log(logging.WARNING, "snapshot for event %s skipped: the journal cannot be written (events before pictures)",
+                               record.uuid)
+            return None
+        free = _free_bytes(self.state_dir)
+        if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
+            self._snapshot_log(logging.WARNING, "snapshot for event %s skipped: only %.1f MB free in %s (events before pictures)",
+                               record.uuid, free / 1024 / 1024, self.state_dir)
             return None
         frame, result = source
         day = time.strftime("%Y%m%d", time.gmtime(record.started_at))
@@ -574,10 +723,14 @@ class Supervisor:
                 if not ok:
                     raise OSError("JPEG encoding failed")
                 tmp = self.state_dir / (rel + ".tmp")
-                tmp.write_bytes(data.tobytes())
-                os.replace(tmp, self.state_dir / rel)
+                try:
+                    tmp.write_bytes(data.tobytes())
+                    os.replace(tmp, self.state_dir / rel)
+                except OSError:
+                    tmp.unlink(missing_ok=True)  # no half-written picture left behind
+                    raise
         except Exception as exc:
-            self._write_log(logging.ERROR, "snapshot for event %s failed: %s", record.uuid, exc)
+            self._snapshot_log(logging.ERROR, "snapshot for event %s failed: %s", record.uuid, exc)
             return None
         self._snap_seq = frame.seq
         snap = {"frame": rel_frame, "overlay": rel_overlay, "frame_seq": frame.seq}
@@ -688,9 +841,23 @@ class Supervisor:
     def last_frame_age_s(self) -> Optional[float]:
         return None if self.last_frame_mono is None else time.monotonic() - self.last_frame_mono
 
+    def journal_problem(self) -> Optional[str]:
+        """Why the journal is not healthy (writes failing or held, writes dropped), or None."""
+        j = self.journal
+        error = j.write_error if j is not None else None
+        if not error and not self._pending_writes and not self.writes_dropped:
+            return None
+        parts = [error or "writable again"]
+        if self._pending_writes:
+            parts.append(f"{len(self._pending_writes)} event writes held in memory")
+        if self.writes_dropped:
+            parts.append(f"{self.writes_dropped} event writes dropped")
+        return "; ".join(parts)
+
     def healthy(self) -> bool:
         age = self.last_frame_age_s()
-        return self.engine is not None and age is not None and age <= self._health_window_s()
+        frames_ok = self.engine is not None and age is not None and age <= self._health_window_s()
+        return frames_ok and self.journal_problem() is None
 
     def status(self, state: str = "running") -> dict:
         b = self.engine.bundle if self.engine else None
@@ -725,6 +892,9 @@ class Supervisor:
             "mqtt_delivered": self.publisher.published if self.publisher else 0,
             "mqtt_replayed": self.publisher.replayed if self.publisher else 0,
             "pending_writes": len(self._pending_writes),
+            "journal_error": self.journal_problem(),
+            "journal_writes_dropped": self.writes_dropped,
+            "frame_rows_dropped": self.frame_rows_dropped,
             "camera_state": self.camera_state,
             "camera": {"source": self.cfg.source.type, **(h.as_dict() if h else {})},
             "healthy": state == "running" and self.healthy(),
@@ -738,7 +908,7 @@ class Supervisor:
                 self._outbox_depth = self.journal.outbox_depth()
             write_json_atomic(self.state_dir / "status.json", self.status(state))
         except Exception as exc:
-            self._write_log(logging.ERROR, "status.json: %s", exc)
+            self._status_log(logging.ERROR, "%s: %s", self.state_dir / "status.json", exc)
 
     def _status_line(self) -> str:
         b = self.engine.bundle.version if self.engine else "?"
@@ -763,6 +933,8 @@ class Supervisor:
             "disk_free_mb": disk_free_mb(self.state_dir),
             "rss_mb": st["rss_mb"],
             "bundle_version": st["bundle_version"],
+            "journal_error": st["journal_error"],
+            "journal_writes_dropped": st["journal_writes_dropped"],
         }
 
     def _housekeeping_loop(self) -> None:
@@ -783,9 +955,7 @@ class Supervisor:
             self._check_capture_hang(now)
             wd = self.notifier.watchdog_interval_s
             if wd and now >= next_watchdog:
-                age = self.last_frame_age_s()
-                flowing = age is not None and age <= self._health_window_s()
-                if flowing or (self.last_frame_mono is None and now - self._t0 < STARTUP_GRACE_S):
+                if self.process_alive(now):
                     self.notifier.watchdog()
                 next_watchdog = now + wd
             if self.notifier.enabled and now >= next_status_line:
@@ -802,6 +972,24 @@ class Supervisor:
             if now >= next_prune:
                 next_prune = now + PRUNE_INTERVAL_S
                 self.prune()
+
+    def process_alive(self, now: Optional[float] = None) -> bool:
+        """What the systemd watchdog is fed on: the process works, whatever the camera does.
+
+        A camera that is away (unplugged, stalled, reconnecting) is a state, published and in status.json,
+        and the daemon keeps journalling and draining the outbox meanwhile; restarting would not bring the
+        camera back and, repeated, would leave the unit failed (StartLimitBurst). The pings stop only when
+        the main loop stops turning, or when a call into the camera driver has not returned for
+        CAPTURE_HANG_S (a wedged driver: only a new process cures it).
+        """
+        now = time.monotonic() if now is None else now
+        if now - self._loop_mono > self.LOOP_STUCK_S:
+            return False
+        busy = self.resilient.busy_since if getattr(self, "resilient", None) is not None else None
+        return busy is None or now - busy <= self.capture_hang_s()
+
+    def capture_hang_s(self) -> float:
+        return max(self.CAPTURE_HANG_MIN_S, 4.0 * self.cfg.source.read_timeout_s)
 
     def _check_capture_hang(self, now: float) -> None:
         """A capture call that never returns (a driver hang no timeout catches) is reported as a stall.

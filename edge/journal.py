@@ -47,6 +47,10 @@ class JournalCorrupt(JournalError):
     pass
 
 
+class JournalUnavailable(JournalError):
+    """The file could not be read for a reason outside it (disk full, I/O error): never moved aside."""
+
+
 # Each entry migrates from version i to i+1 (index 0: empty file -> 1).
 MIGRATIONS: list[list[str]] = [
     [
@@ -215,6 +219,10 @@ def integrity_check(path: Path) -> Optional[str]:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if name.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_BUSY", "SQLITE_LOCKED")):
+            # Not damage: the disk is full or failing (SQLite cannot create the -shm file on a full disk).
+            raise JournalUnavailable(f"{path}: cannot open the journal ({exc}; is the disk full?)") from None
         return str(exc)
     problems = [line.strip() for r in rows if r[0] != "ok" for line in str(r[0]).splitlines()
                 if line.strip() and not line.startswith("***")]
@@ -266,7 +274,7 @@ class Journal:
             conn.close()
             if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
                 raise JournalError(f"{self.path}: journal is not writable ({exc}); crackd needs to write its journal") from None
-            raise JournalError(f"{self.path}: cannot open journal ({exc})") from None
+            raise JournalUnavailable(f"{self.path}: cannot open the journal ({exc})") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise JournalCorrupt(f"{self.path}: cannot open journal ({exc}); {_recovery_hint(self.path)}") from None

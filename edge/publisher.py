@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import ssl
 import threading
 import time
@@ -39,6 +40,12 @@ from edge.timestamps import iso_utc
 log = logging.getLogger(__name__)
 
 PAYLOAD_SCHEMA_VERSION = 1
+# Client-id takeover: TAKEOVER_COUNT connections closed by the broker within TAKEOVER_SHORT_S of being
+# accepted, inside TAKEOVER_WINDOW_S, are reported (at most every TAKEOVER_LOG_INTERVAL_S).
+TAKEOVER_SHORT_S = 10.0
+TAKEOVER_WINDOW_S = 60.0
+TAKEOVER_COUNT = 3
+TAKEOVER_LOG_INTERVAL_S = 300.0
 
 
 def cpu_temperature_c(root: str = "/sys/class/thermal") -> Optional[float]:
@@ -93,6 +100,10 @@ class Publisher:
         self._stop = threading.Event()
         self._acks: deque = deque()
         self._inflight: dict[int, int] = {}  # mid -> outbox row id (drain thread only)
+        self._acked_rows: list[int] = []  # acknowledged rows whose delete failed, retried
+        self._short_connections: deque = deque()  # when connections that lived < TAKEOVER_SHORT_S were closed
+        self._takeover_logged = 0.0
+        self._ack_error_logged = 0.0
         self._camera: Optional[dict] = None
         self._last_frame_t = 0.0
         self._thread: Optional[threading.Thread] = None
@@ -193,6 +204,32 @@ class Publisher:
         if was and not self._stop.is_set():
             self.last_error = f"disconnected: {reason_code}"
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting, events wait in the outbox", self.m.host, self.m.port, reason_code)
+            self._check_takeover(time.time())
+
+    def _check_takeover(self, now: float) -> None:
+        """Several connections the broker closed soon after accepting them: another client has our client id.
+
+        MQTT lets one connection per client id: a second client with the same id makes the broker close the
+        first, which reconnects and closes the second in turn; each close makes the broker publish our
+        `offline` will. A broker restart closes a connection once, not again and again within a minute.
+        """
+        if self.connected_since is not None and now - self.connected_since < TAKEOVER_SHORT_S:
+            self._short_connections.append(now)
+        while self._short_connections and now - self._short_connections[0] > TAKEOVER_WINDOW_S:
+            self._short_connections.popleft()
+        if len(self._short_connections) < TAKEOVER_COUNT:
+            return
+        self.last_error = (f"another client uses this client id ({self.cfg.client_id}) / device_id {self.cfg.device_id}: "
+                           "the broker keeps closing this connection")
+        if now - self._takeover_logged >= TAKEOVER_LOG_INTERVAL_S:
+            self._takeover_logged = now
+            log.error(
+                "MQTT %s:%d closed this connection %d times in %.0f s right after accepting it: another client uses this "
+                "client id (%s) / device_id %s. Give every device its own device_id (or mqtt.client_id), and require "
+                "authentication with a per-device ACL on the broker (docs/mqtt.md, 'Securing the broker'); until then "
+                "consumers see false 'offline' announcements",
+                self.m.host, self.m.port, len(self._short_connections), TAKEOVER_WINDOW_S, self.cfg.client_id, self.cfg.device_id,
+            )
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # Called by paho's network thread with its message lock held: only hand the mid over.
@@ -264,7 +301,9 @@ class Publisher:
         return self.client.publish(row.topic, data, qos=row.qos, retain=row.retain)
 
     def _apply_acks(self) -> None:
-        done = []
+        # Rows acknowledged but not yet deleted (the delete failed: disk full) are kept and retried, so a
+        # delivered message is not sent again on this connection.
+        done, self._acked_rows = self._acked_rows, []
         while self._acks:
             item = self._acks.popleft()
             if isinstance(item, tuple):
@@ -274,7 +313,16 @@ class Publisher:
             if row is not None:
                 done.append(row)
         if done:
-            self.journal.outbox_ack(done)
+            try:
+                self.journal.outbox_ack(done)
+            except sqlite3.Error as exc:  # delivery goes on: the deletes are retried, a duplicate is harmless
+                self._acked_rows = done
+                now = time.monotonic()
+                if now - self._ack_error_logged >= 30.0:
+                    self._ack_error_logged = now
+                    log.error("outbox: %d delivered messages cannot be deleted from the journal (%s); retrying, "
+                              "they may be sent again after a reconnect", len(done), exc)
+                return
             self.published += len(done)
 
     def flush(self, timeout: float) -> bool:

@@ -3,9 +3,34 @@
 At export the trainer runs a few sample images through the INT8 models and
 records the raw outputs in the bundle (`manifest["golden"]`). Before a bundle
 may serve, the device runs the same images through its own runtime, with the
-shared preprocessing, and compares. A mismatch means a broken copy, a runtime
-that computes differently (a different TFLite build, a missing delegate op) or
-preprocessing drift: all reasons not to serve.
+shared preprocessing, and compares. It exists to catch a broken model or
+runtime (a damaged or wrong model file, a runtime that miscomputes, preprocessing
+drift such as BGR instead of RGB), not to demand bit-identical INT8 arithmetic:
+kernels legitimately round differently. XNNPACK's ARM INT8 kernels gave 165
+where x86 gave 172 (of 255) on the default bundle's sample 01.
+
+What must agree, per sample (measured on x86-64 with LiteRT 2.3, default bundle
+1.0.0, 314 images: the 4 golden ones, 150 synthetic, 40 each of UAV, SUT, METU
+crack and METU clean photographs; XNNPACK against LiteRT's builtin kernels without
+delegates and against its reference kernels, which agree with each other):
+- the classifier's P(crack) within CLASSIFIER_SCORE_TOLERANCE = 0.12 of the
+  recorded one. Kernels moved it by up to 23 quanta = 0.090 (median 0, 99th
+  percentile 18 quanta; the largest moves are mid-range scores, saturated ones
+  do not move); the ARM difference above is 7 quanta = 0.027. So the decision at
+  the bundle's threshold is the recorded one unless the recorded score lies
+  within the tolerance of the threshold.
+- the segmenter's crack mask (at the bundle's pixel threshold): IoU with the
+  recorded mask >= SEGMENTER_IOU_FLOOR = 0.7 when the two masks cover at least
+  MASK_MIN_PIXELS together (measured minimum 0.843, mean 0.986), and the mean
+  |difference| of the raw map <= SEGMENTER_MEAN_ABS_TOLERANCE = 1.0 quanta
+  (measured maximum 0.43; up to 3 % of pixels moved by more than 2 quanta, which
+  the old rule's 2 % limit refused).
+Real defects measured against the same samples: reading the images as BGR moves
+sample 01's classifier from 172 to 136 (0.14) and the segmenter maps by 1.1
+quanta on average; flipping the sign bit of the largest weight of the
+segmenter's output layer moves its maps by 1.2-1.7 quanta; one bit of a byte of
+an output bias sends the score or the mask to 0; a truncated model does not
+load. tests/test_selftest.py shows the last three (and BGR) fail.
 
 Manifest format (written by the trainer's exporter):
 
@@ -13,10 +38,12 @@ Manifest format (written by the trainer's exporter):
       "samples": [{"image": "golden/0.png",                  # RGB PNG, relative to the bundle
                    "classifier_output": 187,                  # raw quantized classifier output
                    "segmenter_output": "golden/0_seg.png"}],  # PNG of the raw quantized segmenter map
-      "tolerance": {"classifier": 2,                          # max |diff| in quanta
-                    "segmenter_mean_abs": 1.0,                # mean |diff| in quanta
-                    "segmenter_max_fraction_off": 0.01}       # fraction of pixels allowed > 2 quanta off
+      "tolerance": {"classifier_score": 0.12,                 # optional, any of the keys in DEFAULT_TOLERANCE
+                    "segmenter_iou": 0.7, "segmenter_mean_abs": 1.0}
     }
+
+Older bundles record a tolerance in quanta (`classifier`, `segmenter_max_fraction_off`)
+that XNNPACK's ARM kernels do not meet; those keys are superseded by this rule.
 """
 
 from __future__ import annotations
@@ -35,9 +62,13 @@ from edge.preprocess import model_input
 
 log = logging.getLogger(__name__)
 
-# A segmenter pixel counts as "off" when it differs by more than this many quanta.
-PIXEL_OFF_QUANTA = 2
-DEFAULT_TOLERANCE = {"classifier": 2, "segmenter_mean_abs": 1.0, "segmenter_max_fraction_off": 0.01}
+CLASSIFIER_SCORE_TOLERANCE = 0.12
+SEGMENTER_IOU_FLOOR = 0.7
+SEGMENTER_MEAN_ABS_TOLERANCE = 1.0  # quanta of the raw segmenter map
+MASK_MIN_PIXELS = 50  # below this, IoU of two near-empty masks says nothing; the mean difference still applies
+DEFAULT_TOLERANCE = {"classifier_score": CLASSIFIER_SCORE_TOLERANCE, "segmenter_iou": SEGMENTER_IOU_FLOOR,
+                     "segmenter_mean_abs": SEGMENTER_MEAN_ABS_TOLERANCE}
+SUPERSEDED_TOLERANCE_KEYS = {"classifier", "segmenter_max_fraction_off"}
 
 
 class GoldenError(BundleError):
@@ -58,8 +89,9 @@ class SampleResult:
     classifier_expected: list[int]
     classifier_actual: list[int]
     classifier_max_diff: int
+    classifier_score_diff: float = 0.0
     segmenter_mean_abs: float | None = None
-    segmenter_fraction_off: float | None = None
+    segmenter_iou: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -73,8 +105,9 @@ class SampleResult:
             "classifier_expected": self.classifier_expected,
             "classifier_actual": self.classifier_actual,
             "classifier_max_diff": self.classifier_max_diff,
+            "classifier_score_diff": round(self.classifier_score_diff, 4),
             "segmenter_mean_abs": self.segmenter_mean_abs,
-            "segmenter_fraction_off": self.segmenter_fraction_off,
+            "segmenter_iou": self.segmenter_iou,
             "problems": self.problems,
         }
 
@@ -121,11 +154,60 @@ def _squeeze_channels(a: np.ndarray) -> np.ndarray:
 def _tolerance(golden: dict) -> dict:
     tol = dict(DEFAULT_TOLERANCE)
     given = golden.get("tolerance") or {}
+    if set(given) & SUPERSEDED_TOLERANCE_KEYS:  # a tolerance in quanta, set for bit-exact kernels: replaced as a whole
+        log.debug("golden.tolerance %s superseded by the cross-architecture rule %s", given, DEFAULT_TOLERANCE)
+        return tol
     unknown = set(given) - set(DEFAULT_TOLERANCE)
     if unknown:
         log.warning("golden.tolerance: ignoring unknown keys %s", sorted(unknown))
-    tol.update({k: v for k, v in given.items() if k in DEFAULT_TOLERANCE})
+    tol.update({k: float(v) for k, v in given.items() if k in DEFAULT_TOLERANCE})
     return tol
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Intersection over union of two boolean masks; None when together they cover fewer than MASK_MIN_PIXELS."""
+    union = int(np.count_nonzero(a | b))
+    if union < MASK_MIN_PIXELS:
+        return None
+    return int(np.count_nonzero(a & b)) / union
+
+
+def _check_classifier(bundle: LoadedBundle, rgb: np.ndarray, sample: dict, result: SampleResult, tol: dict) -> None:
+    cls = bundle.classifier
+    actual = cls.run(model_input(rgb, *cls.input_hw)).astype(np.int32).ravel()
+    expected = np.atleast_1d(np.asarray(sample["classifier_output"], dtype=np.int32)).ravel()
+    result.classifier_expected, result.classifier_actual = expected.tolist(), actual.tolist()
+    if expected.shape != actual.shape:
+        result.problems.append(f"classifier output has {actual.size} values, golden record has {expected.size}")
+        return
+    result.classifier_max_diff = int(np.abs(actual - expected).max())
+    result.classifier_score_diff = result.classifier_max_diff * cls.output.scale
+    if result.classifier_score_diff > tol["classifier_score"]:
+        to_score = lambda q: (q - cls.output.zero_point) * cls.output.scale  # noqa: E731
+        result.problems.append(
+            f"classifier score {to_score(actual[0]):.3f} (raw {actual.tolist()}) differs from the recorded {to_score(expected[0]):.3f} "
+            f"(raw {expected.tolist()}) by {result.classifier_score_diff:.3f} (tolerance {tol['classifier_score']})"
+        )
+
+
+def _check_segmenter(bundle: LoadedBundle, rgb: np.ndarray, sample: dict, result: SampleResult, tol: dict) -> None:
+    seg = bundle.segmenter
+    actual = _squeeze_channels(seg.run(model_input(rgb, *seg.input_hw))).astype(np.int32)
+    recorded = _squeeze_channels(_read_map(bundle.manifest.path / sample["segmenter_output"])).astype(np.int32)
+    name = sample["segmenter_output"]
+    if recorded.shape != actual.shape:
+        result.problems.append(f"segmenter output shape {list(actual.shape)} != recorded {list(recorded.shape)} ({name})")
+        return
+    result.segmenter_mean_abs = float(np.abs(actual - recorded).mean())
+    if result.segmenter_mean_abs > tol["segmenter_mean_abs"]:
+        result.problems.append(f"segmenter output differs from {name} by {result.segmenter_mean_abs:.2f} quanta on average "
+                               f"(tolerance {tol['segmenter_mean_abs']})")
+    out = seg.output
+    q_threshold = int(np.ceil(bundle.manifest.segmenter.threshold / out.scale + out.zero_point))
+    result.segmenter_iou = mask_iou(actual >= q_threshold, recorded >= q_threshold)
+    if result.segmenter_iou is not None and result.segmenter_iou < tol["segmenter_iou"]:
+        result.problems.append(f"segmenter crack mask overlaps the one of {name} with IoU {result.segmenter_iou:.3f} "
+                               f"(floor {tol['segmenter_iou']})")
 
 
 def _check_sample(bundle: LoadedBundle, sample: dict, tol: dict) -> SampleResult:
@@ -134,39 +216,10 @@ def _check_sample(bundle: LoadedBundle, sample: dict, tol: dict) -> SampleResult
     if "image" not in sample or "classifier_output" not in sample:
         raise GoldenError(f"{root}: golden sample {name}: expected keys image and classifier_output")
     rgb = _read_rgb(root / sample["image"])
-
-    cls = bundle.classifier
-    cls_out = cls.run(model_input(rgb, *cls.input_hw)).astype(np.int32).ravel()
-    expected = np.atleast_1d(np.asarray(sample["classifier_output"], dtype=np.int32)).ravel()
-    result = SampleResult(name, expected.tolist(), cls_out.tolist(), 0)
-    if expected.shape != cls_out.shape:
-        result.problems.append(f"classifier output has {cls_out.size} values, golden record has {expected.size}")
-    else:
-        result.classifier_max_diff = int(np.abs(cls_out - expected).max())
-        if result.classifier_max_diff > tol["classifier"]:
-            result.problems.append(
-                f"classifier output {cls_out.tolist()} differs from the recorded {expected.tolist()} by {result.classifier_max_diff} quanta (tolerance {tol['classifier']})"
-            )
-
+    result = SampleResult(name, [], [], 0)
+    _check_classifier(bundle, rgb, sample, result, tol)
     if sample.get("segmenter_output"):
-        seg = bundle.segmenter
-        seg_out = _squeeze_channels(seg.run(model_input(rgb, *seg.input_hw))).astype(np.int32)
-        recorded = _squeeze_channels(_read_map(root / sample["segmenter_output"])).astype(np.int32)
-        if recorded.shape != seg_out.shape:
-            result.problems.append(f"segmenter output shape {list(seg_out.shape)} != recorded {list(recorded.shape)} ({sample['segmenter_output']})")
-        else:
-            diff = np.abs(seg_out - recorded)
-            result.segmenter_mean_abs = float(diff.mean())
-            result.segmenter_fraction_off = float((diff > PIXEL_OFF_QUANTA).mean())
-            if result.segmenter_mean_abs > tol["segmenter_mean_abs"]:
-                result.problems.append(
-                    f"segmenter output differs from {sample['segmenter_output']} by {result.segmenter_mean_abs:.2f} quanta on average (tolerance {tol['segmenter_mean_abs']})"
-                )
-            if result.segmenter_fraction_off > tol["segmenter_max_fraction_off"]:
-                result.problems.append(
-                    f"{100 * result.segmenter_fraction_off:.1f}% of segmenter pixels are more than {PIXEL_OFF_QUANTA} quanta off {sample['segmenter_output']} "
-                    f"(tolerance {100 * tol['segmenter_max_fraction_off']:.1f}%)"
-                )
+        _check_segmenter(bundle, rgb, sample, result, tol)
     return result
 
 

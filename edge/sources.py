@@ -8,6 +8,8 @@ what to do with them:
 - `SourceError`: the source failed (unplugged, stream dropped, folder gone) ->
   closed and reopened with exponential backoff;
 - `SourceExhausted`: a finite source (folder or video file, not looped) ended.
+- `SourceFailed`: the source can never deliver (a corrupt or truncated video file):
+  not an end, so the daemon exits non-zero and systemd's `Restart=on-failure` acts.
 
 Bad single frames (a corrupt file in a folder) are counted and skipped inside
 the adapter; they never stop the source. `ResilientSource` wraps any adapter
@@ -27,7 +29,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from edge.images import IMAGE_SUFFIXES, decode_rgb, image_files
+from edge.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageTooLarge, decode_rgb, image_files
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,13 @@ class SourceTimeout(SourceError):
 
 class SourceExhausted(Exception):
     """A finite source has no more frames."""
+
+
+class SourceFailed(Exception):
+    """The source can never deliver again (corrupt or truncated video file); the message says why."""
+
+
+BAD_FILE_LOG_INTERVAL_S = 600.0  # a bad file in a looped folder is logged once, then at most this often
 
 
 @dataclass(frozen=True)
@@ -176,9 +185,12 @@ class FolderSource(FrameSource):
 
     name = "folder"
 
-    def __init__(self, path, fps=10.0, loop=True, stop=None, cache_mb: float = 0.0):
+    def __init__(self, path, fps=10.0, loop=True, stop=None, cache_mb: float = 0.0,
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS):
         super().__init__()
         self.path = Path(path)
+        self.max_pixels = max_pixels
+        self._bad_logged: dict[Path, tuple[float, int]] = {}  # file -> (last logged, times bad since)
         self.loop = loop
         self.pacer = _Pacer(fps, stop)
         self.lossless = not fps
@@ -224,17 +236,35 @@ class FolderSource(FrameSource):
                 if not self.path.is_dir():
                     self._pos -= 1
                     raise SourceError(f"{self.path}: folder disappeared") from None
-                log.warning("folder source: cannot read %s (%s); skipped", path, exc.strerror)
-            rgb = decode_rgb(data)
+                self._bad_file(path, f"cannot be read ({exc.strerror})")
+                self.health.bad_frames += 1
+                continue
+            try:
+                rgb = decode_rgb(data, self.max_pixels, path.name)
+            except ImageTooLarge as exc:
+                self.health.bad_frames += 1
+                self._bad_file(path, str(exc).split(": ", 1)[1])
+                continue
             if rgb is None:
                 self.health.bad_frames += 1
-                log.warning("folder source: %s is not a readable image; skipped (%d bad so far)", path.name, self.health.bad_frames)
+                self._bad_file(path, "is not a readable image")
                 continue
             self._good_this_pass += 1
             if self.cache_bytes:
                 self._remember(path, rgb)
             self.pacer.wait()
             return self._frame(rgb, ref=path.name)
+
+    def _bad_file(self, path: Path, why: str) -> None:
+        """Log a skipped file the first time, then at most every BAD_FILE_LOG_INTERVAL_S (a looped folder meets it each pass)."""
+        now = time.monotonic()
+        last, since = self._bad_logged.get(path, (None, 0))
+        if last is not None and now - last < BAD_FILE_LOG_INTERVAL_S:
+            self._bad_logged[path] = (last, since + 1)
+            return
+        again = f"; skipped {since} more times since it was last reported" if since else ""
+        log.warning("folder source: %s %s; skipped (%d bad frames so far%s)", path, why, self.health.bad_frames, again)
+        self._bad_logged[path] = (now, 0)
 
     def _cached(self, path: Path) -> Optional[np.ndarray]:
         entry = self._cache.get(path)
@@ -282,6 +312,7 @@ class OpenCVSource(FrameSource):
         self.lossless = self.is_file and not fps
         self.pacer = _Pacer(fps if self.is_file else 0.0, stop)
         self._cap = None
+        self._pass_frames = 0  # frames decoded since the file was opened or rewound
 
     @property
     def target(self):
@@ -295,7 +326,10 @@ class OpenCVSource(FrameSource):
             cap = cv2.VideoCapture(self.target)
         if not cap.isOpened():
             cap.release()
+            if self.is_file:  # it exists (checked at construction): unreadable, not missing
+                raise SourceFailed(f"opencv: {self.target}: cannot open the video file (corrupt or unsupported format)")
             raise SourceError(f"opencv: cannot open {self.target!r}")
+        self._pass_frames = 0
         if self.width and self.height and not self.is_file:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
@@ -307,8 +341,10 @@ class OpenCVSource(FrameSource):
         ok, bgr = self._cap.read()
         if not ok or bgr is None:
             if self.is_file:
+                self._check_complete()
                 if self.loop and self.health.frames:
                     self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    self._pass_frames = 0
                     ok, bgr = self._cap.read()
                 if not ok or bgr is None:
                     if self.loop:
@@ -316,10 +352,20 @@ class OpenCVSource(FrameSource):
                     raise SourceExhausted(f"{self.target}: end of video")
             else:
                 raise SourceError(f"opencv: no frame from {self.target!r} (stream ended or device lost)")
+        self._pass_frames += 1
         self.pacer.wait()
         if bgr.ndim == 2:
             return self._frame(cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB))
         return self._frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+    def _check_complete(self) -> None:
+        """At the end of a video file: fewer frames than its header announces means corrupt or truncated, not the end."""
+        announced = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        short = announced - max(2, int(0.02 * announced))  # container frame counts may be estimates
+        if self._pass_frames == 0 or (announced > 0 and self._pass_frames < short):
+            of = f" of the {announced} its header announces" if announced > 0 else ""
+            raise SourceFailed(f"opencv: {self.target}: video file is corrupt or truncated: decoding failed after "
+                               f"{self._pass_frames} frames{of}")
 
     def close(self) -> None:
         if self._cap is not None:
@@ -452,6 +498,9 @@ class ResilientSource:
         self.stop = stop or threading.Event()
         self.stalls_before_reconnect = stalls_before_reconnect
         self.state = "starting"
+        # When the call into the adapter now running began (None between calls): a call that never
+        # returns (a wedged driver) is the one camera fault only a restart of the process can cure.
+        self.busy_since: Optional[float] = None
         self._opened = False
         self._ever_opened = False
 
@@ -486,12 +535,20 @@ class ResilientSource:
         attempt = 0
         while not self.stop.is_set():
             try:
-                self.source.open()
+                self.busy_since = time.monotonic()
+                try:
+                    self.source.open()
+                finally:
+                    self.busy_since = None
                 self._opened = True
                 if self._ever_opened:
                     self.health.reconnects += 1
                 self._ever_opened = True
                 return
+            except SourceFailed as exc:
+                self.health.errors += 1
+                self._set_state("failed", str(exc))
+                raise
             except SourceError as exc:
                 attempt += 1
                 self.health.errors += 1
@@ -516,10 +573,18 @@ class ResilientSource:
             if not self._opened:
                 self._open()
             try:
-                frame = self.source.read(self.read_timeout_s)
+                self.busy_since = time.monotonic()
+                try:
+                    frame = self.source.read(self.read_timeout_s)
+                finally:
+                    self.busy_since = None
             except SourceExhausted as exc:
                 self._close()
                 self._set_state("finished", str(exc))
+                raise
+            except SourceFailed as exc:
+                self._close()
+                self._set_state("failed", str(exc))
                 raise
             except SourceTimeout as exc:
                 stalls += 1
@@ -552,7 +617,8 @@ def make_source(cfg, stop: Optional[threading.Event] = None) -> FrameSource:
         return SyntheticSource(o.width, o.height, o.fps, o.crack_probability, o.hold_frames, o.seed, stop=stop)
     if t == "folder":
         o = cfg.folder
-        return FolderSource(o.path, o.fps, o.loop, stop=stop, cache_mb=o.cache_mb)
+        return FolderSource(o.path, o.fps, o.loop, stop=stop, cache_mb=o.cache_mb,
+                            max_pixels=int(o.max_image_mpixels * 1e6) if o.max_image_mpixels else None)
     if t == "opencv":
         o = cfg.opencv
         return OpenCVSource(o.url, o.index, o.width, o.height, o.fps, o.loop, o.open_timeout_s, cfg.read_timeout_s, stop=stop)

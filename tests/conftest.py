@@ -340,3 +340,44 @@ def schemas():
     import json
 
     return {p.name.split(".")[0]: json.loads(p.read_text()) for p in (REPO / "docs" / "schemas").glob("*.schema.json")}
+
+
+# --------------------------------------------------------------------------- full and read-only disks
+# A real 8 MB tmpfs: SQLite, snapshots and the pid file meet a real ENOSPC / EROFS. Mounting needs root:
+# without it these tests are skipped (they are never skipped where the suite runs as root, as CI does).
+
+
+def remount(mountpoint: Path, mode: str) -> None:
+    """`ro` or `rw` (a read-only remount fails while a file on it is open for writing)."""
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True)
+
+
+def fill_disk(mountpoint: Path) -> Path:
+    """Fill the file system until ENOSPC with one file; returns it (delete it to give the space back)."""
+    filler = mountpoint / "filler"
+    with open(filler, "ab", buffering=0) as f:
+        for chunk in (1 << 16, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
+    return filler
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """An 8 MB tmpfs mounted under tmp_path (root only)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

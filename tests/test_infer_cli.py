@@ -126,3 +126,15 @@ def test_bench_reference_that_is_not_a_model_is_one_line_and_exit_2(tmp_path):
     bad.write_bytes(b"not a flatbuffer" * 8)
     out = crackd("bench", "--frames", "2", "--reference", str(bad))
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("crackd: error:") and "bad.tflite" in out.stderr
+
+
+def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_the_limit_is_an_option(tmp_path, darkness_bundle):
+    from test_sources import _huge_header_jpeg
+
+    (tmp_path / "huge.jpg").write_bytes(_huge_header_jpeg(9000, 9000))
+    out = crackd("infer", "--bundle", str(darkness_bundle), "--json", str(tmp_path / "huge.jpg"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert "9000x9000" in row["error"] and "over the limit of 40 MP" in row["error"]
+    out = crackd("infer", "--bundle", str(darkness_bundle), "--json", "--max-image-mpixels", "10", str(tmp_path / "huge.jpg"))
+    assert "over the limit of 10 MP" in json.loads(out.stdout.splitlines()[0])["error"]

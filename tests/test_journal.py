@@ -6,6 +6,8 @@ import sqlite3
 
 import pytest
 
+from conftest import remount
+
 from edge.decision import END, START, EventRecord
 from edge.journal import (
     MIGRATIONS,
@@ -278,34 +280,11 @@ def test_a_zero_byte_journal_with_its_wal_is_opened_not_moved(tmp_path):
     j._conn.close()
 
 
-def _remount(mountpoint, mode):
-    import subprocess
-
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True)
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A real 8 MB tmpfs (root only: mounting needs it); `remount(mode)` turns it read-only and back."""
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_a_read_only_journal_is_refused_at_open_with_one_line_naming_it(small_fs):
     path = small_fs / "crackd.db"
     with Journal(path) as j:
         j.record(None, [event(record())])
-    _remount(small_fs, "ro")
+    remount(small_fs, "ro")
     with pytest.raises(JournalError) as err:
         Journal(path)
     message_ = str(err.value)

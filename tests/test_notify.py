@@ -124,9 +124,16 @@ def test_under_systemd_without_systemd_python_logs_carry_syslog_priorities(capsy
         setup_logging("warning", journald=False, environ={})
 
 
-def test_watchdog_pings_only_while_frames_are_processed(tmp_path, darkness_bundle, path_socket):
-    """A stalled source stops the pings, so systemd's WatchdogSec restarts a daemon that sees nothing."""
+def test_watchdog_follows_the_process_not_the_camera(tmp_path, darkness_bundle, path_socket):
+    """A camera that goes away is a state (not healthy, published), not a reason for systemd to restart crackd:
+    restarts do not bring a camera back, and five in ten minutes would leave the unit failed with the outbox
+    undelivered. The pings go on while the camera is away, and stop only for a wedged capture call."""
+    import dataclasses
+
+    import numpy as np
+
     from edge.daemon import Supervisor
+    from edge.sources import FrameSource
 
     listener, address = path_socket
     frames = tmp_path / "frames"
@@ -146,21 +153,70 @@ def test_watchdog_pings_only_while_frames_are_processed(tmp_path, darkness_bundl
         listener.wait_for("READY=1")
         time.sleep(1.0)
         assert listener.messages.count("WATCHDOG=1") >= 4
-        shutil.move(frames, tmp_path / "gone")  # the camera stops delivering
-        time.sleep(1.0)  # > the 0.5 s health window
-        silent_from = len(listener.messages)
-        time.sleep(0.6)
-        assert "WATCHDOG=1" not in listener.messages[silent_from:]
-        assert not sup.healthy()
-        shutil.move(tmp_path / "gone", frames)  # it comes back: pings resume
-        deadline = time.monotonic() + 5
-        while "WATCHDOG=1" not in listener.messages[silent_from:] and time.monotonic() < deadline:
+        shutil.move(frames, tmp_path / "gone")  # the camera goes away
+        deadline = time.monotonic() + 10
+        while sup.camera_state != "reconnecting" and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert "WATCHDOG=1" in listener.messages[silent_from:]
+        time.sleep(1.0)  # > the 0.5 s health window
+        away_from = len(listener.messages)
+        time.sleep(1.0)  # five watchdog periods with no frame
+        assert sup.camera_state == "reconnecting" and not sup.healthy()
+        assert listener.messages[away_from:].count("WATCHDOG=1") >= 3
+        shutil.move(tmp_path / "gone", frames)  # it comes back
+        deadline = time.monotonic() + 10
+        while not sup.healthy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sup.healthy()
     finally:
         sup.request_stop()
         runner.join(10)
     listener.wait_for("STOPPING=1")
+
+    class Wedges(FrameSource):  # a driver call that never returns and ignores its timeout
+        name = "wedges"
+
+        def __init__(self):
+            super().__init__()
+            self.release = threading.Event()
+
+        def open(self):
+            pass
+
+        def read(self, timeout):
+            if self.health.frames >= 5:
+                self.release.wait()
+            time.sleep(0.01)
+            return self._frame(np.full((48, 64, 3), 215, np.uint8))
+
+    wedged = Wedges()
+    cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, read_timeout_s=0.1))
+    sup = Supervisor(cfg, notifier=Notifier(environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}), source=wedged)
+    sup.CAPTURE_HANG_MIN_S = 0.5
+    sup.start()
+    runner = threading.Thread(target=sup.run, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while wedged.health.frames < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the call has hung for longer than CAPTURE_HANG_MIN_S
+        hung_from = len(listener.messages)
+        time.sleep(0.6)
+        assert "WATCHDOG=1" not in listener.messages[hung_from:]  # systemd restarts a wedged driver
+    finally:
+        wedged.release.set()
+        sup.request_stop()
+        runner.join(10)
+
+
+def test_the_unit_restarts_without_ever_giving_up_and_says_why():
+    from conftest import REPO
+
+    unit = (REPO / "systemd" / "crackd.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["StartLimitIntervalSec"] == "0" and settings["Restart"] == "on-failure"
+    assert settings["RestartMaxDelaySec"] and settings["WatchdogSec"]
+    assert "camera" in unit and "keeps publishing" in unit
 
 
 def test_systemd_python_sends_when_the_socket_is_in_the_process_environment(path_socket, monkeypatch):

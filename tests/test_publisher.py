@@ -172,3 +172,46 @@ def test_every_example_in_docs_mqtt_md_matches_its_schema(schemas):
             if m:  # the definitions of edge.measure: a mean width is never above the max width
                 assert m["mean_width_px"] <= m["max_width_px"], (topic, m)
     assert sorted(set(checked)) == sorted(schemas) and len(checked) >= 6
+
+
+def test_another_client_with_our_client_id_is_detected_and_named(mosquitto, journal, caplog):
+    """On an anonymous broker anyone (or a second device with the example's device_id) can take the client id:
+    the broker drops the older connection at each takeover and both reconnect, so crackd flaps. It says so."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    cfg = make_config(mosquitto.port)
+    pub = Publisher(cfg, journal, IDENTITY)
+    pub.start()
+    assert wait(lambda: pub.connected)
+    rogue = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv311)
+    rogue.reconnect_delay_set(1, 1)
+    rogue.connect_async("127.0.0.1", mosquitto.port, keepalive=5)
+    rogue.loop_start()
+    try:
+        with caplog.at_level("ERROR", logger="edge.publisher"):
+            wait_until(lambda: any("another client uses this client id" in r.getMessage() for r in caplog.records),
+                       timeout=30, what="the takeover reported")
+        (line,) = [r.getMessage() for r in caplog.records if "another client uses" in r.getMessage()]
+        assert "crackd-cam1" in line and "device_id cam1" in line and "Securing the broker" in line
+        assert "another client uses this client id" in pub.last_error
+    finally:
+        rogue.disconnect()
+        rogue.loop_stop()
+        pub.stop()
+
+
+def test_a_broker_restart_is_not_mistaken_for_a_takeover(mosquitto, journal, caplog):
+    pub = Publisher(make_config(mosquitto.port), journal, IDENTITY)
+    pub.start()
+    try:
+        assert wait(lambda: pub.connected)
+        with caplog.at_level("ERROR", logger="edge.publisher"):
+            for _ in range(2):
+                mosquitto.stop()
+                wait(lambda: not pub.connected)
+                mosquitto.start()
+                wait(lambda: pub.connected)
+        assert not any("another client uses" in r.getMessage() for r in caplog.records)
+    finally:
+        pub.stop()

@@ -24,10 +24,11 @@ from edge.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file
 from edge.images import read_rgb
 from edge.preprocess import PREPROCESSING, model_input
 from edge.runtime import TFLiteModel, float_tensors
+from edge.selftest import DEFAULT_TOLERANCE as GOLDEN_RULE
 from trainer.metrics import role_quality
 from trainer.predict import predict
 
-GOLDEN_TOLERANCE = {"classifier": 3, "segmenter_mean_abs": 1.5, "segmenter_max_fraction_off": 0.02}
+GOLDEN_TOLERANCE = dict(GOLDEN_RULE)  # what the device's self-test accepts (see edge.selftest)
 
 
 class ExportError(RuntimeError):

@@ -753,6 +753,8 @@ def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(t
     assert integrity_check(state / "crackd.db") is None
     final = start_daemon(config, tmp_path)
     try:
+        wait_until(lambda: read_status(state).get("pid") == final.pid and read_status(state).get("frames_processed", 0) > 0,
+                   timeout=30, what="the last run processing frames")
         with Journal(state / "crackd.db") as j:
             wait_until(lambda: j.outbox_depth() == 0, timeout=60, what="the outbox drained")
             recorded = {e["uuid"] for e in j.list_events()}

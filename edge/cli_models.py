@@ -243,6 +243,8 @@ def _cmd_status(rel: Releases, args) -> dict | None:
 
 
 def _cmd_history(rel: Releases, args) -> dict | None:
+    if args.n < 1:
+        raise UsageError(f"-n: expected at least 1 record, got {args.n}")
     records = rel.history(limit=args.n)
     if args.json:
         return {"history": records}

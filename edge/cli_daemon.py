@@ -196,6 +196,8 @@ def cmd_status(args) -> int:
                               ("connected" if status.get("broker_connected") else f"DISCONNECTED ({status.get('broker_error')})"))
         + f", outbox {status.get('outbox_depth')} waiting",
     ]
+    if status.get("journal_error"):
+        lines.append(f"  journal      PROBLEM: {status['journal_error']}")
     if status.get("last_reload"):
         r = status["last_reload"]
         lines.append(f"  last reload  {r.get('time')}: " + ("ok" if r.get("ok") else f"FAILED: {r.get('error')}"))

@@ -41,7 +41,7 @@ from edge.bundle import BundleError, LoadedBundle, load_bundle
 from edge.signing import check_bundle_trust
 from edge.config import Config, ConfigError, load_config
 from edge.decision import END, START, Decision, DecisionParams, EventRecord, FrameObservation
-from edge.held_writes import Reserve, encoded_size
+from edge.held_writes import Reserve, encoded_size, without_pictures
 from edge.journal import EventWrite, FrameRow, Journal, JournalError, JournalUnavailable, OutboxMessage
 from edge.notify import Notifier
 from edge.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, rss_mb
@@ -640,6 +640,10 @@ class Supervisor:
         Beyond the budget the write is refused: an ERROR line and a count in stats, never a silent drop.
         Its frame rows are kept only as long as the held item is (they are not saved at a stop).
         """
+        item, pictures = without_pictures(item)
+        if pictures:
+            self._snapshot_log(logging.WARNING, "journal cannot be written: %d snapshot picture(s) for MQTT not kept "
+                               "(events before pictures)", pictures)
         rows, writes, messages = item
         if not writes and not messages:
             self.frame_rows_dropped += len(rows)

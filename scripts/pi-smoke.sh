@@ -59,7 +59,10 @@ step() {  # step NAME COMMAND...: run, log, record PASS/FAIL and seconds
     shift
     say "== $name"
     t0=$(date +%s)
-    "$@" >> "$LOG" 2>&1 || rc=$?
+    set +e
+    ( set -e; "$@" ) >> "$LOG" 2>&1   # not in an `||` list, so errexit applies inside the step's functions
+    rc=$?
+    set -e
     local verdict=PASS
     [ "$rc" = 0 ] || { verdict="FAIL (exit $rc)"; FAILED=1; }
     printf '%-58s %-14s %5ss\n' "$name" "$verdict" "$(( $(date +%s) - t0 ))" | tee -a "$SUMMARY" "$LOG"
@@ -82,7 +85,7 @@ cleanup() {
     MOUNTS=()
 }
 trap cleanup EXIT
-bind() { mkdir -p "$2"; mount --bind "$1" "$2"; MOUNTS+=("$2"); }
+bind() { if [ -d "$1" ]; then mkdir -p "$2"; else [ -e "$2" ] || touch "$2"; fi; mount --bind "$1" "$2"; MOUNTS+=("$2"); }
 in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
     LANG=C.UTF-8 QEMU_CPU="$CPU" TF_CPP_MIN_LOG_LEVEL=3 "$@"; }
 
@@ -113,7 +116,7 @@ rootfs() {
     fi
     rm -rf -- "$ROOT"
     local mirror
-    mirror=$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | grep -v security | head -n 1)
+    mirror=$(grep -rhoE 'https?://[^ ]+/debian/?$' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | grep -v -e security -e snapshot | head -n 1)
     debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,python3-pip,python3-numpy,ca-certificates,systemd \
         bookworm "$ROOT" "${mirror:-http://deb.debian.org/debian}"
     touch "$ROOT/.complete"

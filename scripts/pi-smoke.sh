@@ -116,12 +116,13 @@ rootfs() {
     fi
     rm -rf -- "$ROOT"
     local mirror
-    mirror=$(grep -rhoE 'https?://[^ ]+/debian/?$' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | grep -v -e security -e snapshot | head -n 1)
+    mirror=$(grep -rhoE 'https?://[^ ]+/debian/?$' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | grep -v -e security -e snapshot | head -n 1 || true)
     debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,python3-pip,python3-numpy,ca-certificates,systemd \
         bookworm "$ROOT" "${mirror:-http://deb.debian.org/debian}"
     touch "$ROOT/.complete"
 }
 step "2. arm64 Bookworm rootfs (debootstrap, cached)" rootfs
+[ -e "$ROOT/.complete" ] || { say "no rootfs: nothing else can run"; finish; }
 
 # The chroot: kernel filesystems, the host's DNS and CA bundle, a Raspberry Pi 4 /proc/cpuinfo, the source tree.
 cat > "$WORK/cpuinfo" <<EOF

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install crackd in an emulated arm64 Raspberry Pi OS-like userland (Debian Bookworm) and check it works there.
 #
-#   sudo scripts/pi-smoke.sh [--cpu cortex-a72|cortex-a76] [--cache DIR] [--frames N] [--keep-going]
+#   sudo scripts/pi-smoke.sh [--cpu cortex-a72|cortex-a76] [--cache DIR] [--frames N] [--keep-going] [--reuse-install]
 #
 # Too slow for CI (an hour or so the first time; emulated code runs 100-150x slower than native):
 # run it before a release. Needs root, an x86-64 Debian/Ubuntu host and the Debian mirror apt uses.
@@ -31,12 +31,14 @@ CACHE=/var/cache/crackd-pi-smoke
 CPU=cortex-a72
 FRAMES=3
 KEEP_GOING=0
+REUSE_INSTALL=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) CPU=${2:?}; shift 2 ;;
         --cache) CACHE=${2:?}; shift 2 ;;
         --frames) FRAMES=${2:?}; shift 2 ;;
         --keep-going) KEEP_GOING=1; shift ;;
+        --reuse-install) REUSE_INSTALL=1; shift ;;   # keep the crackd installed in the cached rootfs by an earlier run
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "pi-smoke: unknown option $1" >&2; exit 2 ;;
     esac
@@ -117,7 +119,8 @@ rootfs() {
     rm -rf -- "$ROOT"
     local mirror
     mirror=$(grep -rhoE 'https?://[^ ]+/debian/?$' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | grep -v -e security -e snapshot | head -n 1 || true)
-    debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,python3-pip,python3-numpy,ca-certificates,systemd \
+    # procps: /bin/kill, which the unit's ExecReload uses and every Raspberry Pi OS has
+    debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,python3-pip,python3-numpy,ca-certificates,systemd,procps \
         bookworm "$ROOT" "${mirror:-http://deb.debian.org/debian}"
     touch "$ROOT/.complete"
 }
@@ -145,7 +148,15 @@ mkdir -p "$ROOT/src"
 
 # ------------------------------------------------------------------ 3. the installer
 
-step "3a. deploy/install.sh --no-start" in_root bash /src/deploy/install.sh --source /src --no-start
+rootfs_extras() {  # a rootfs cached before procps was in the list above
+    [ -x "$ROOT/bin/kill" ] || in_root bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps'
+}
+step "2b. rootfs extras (procps)" rootfs_extras
+if [ "$REUSE_INSTALL" = 1 ] && [ -x "$ROOT/opt/crackd/venv/bin/crackd" ]; then
+    say "reusing the crackd installed by an earlier run (--reuse-install)"
+else
+    step "3a. deploy/install.sh --no-start" in_root bash /src/deploy/install.sh --source /src --no-start
+fi
 verify_unit() {
     if command -v systemd-analyze >/dev/null; then
         # ExecStart must exist for verify: check the unit against the rootfs where it was installed.
@@ -177,7 +188,17 @@ step "5a. second venv with $OTHER" second_venv
 declare -A VENV_OF=([$INSTALLED]=/opt/crackd/venv [$OTHER]=/opt/crackd/venv-$OTHER)
 for rt in "$INSTALLED" "$OTHER"; do
     venv=${VENV_OF[$rt]}
-    golden() { in_root bash -c "d=\$(mktemp -d) && $venv/bin/crackd models stage /src/models/default --state-dir \$d --runtime $rt --no-require-signature --who pi-smoke"; }
+    golden() {
+        in_root bash -c "d=\$(mktemp -d) && $venv/bin/crackd models stage /src/models/default --state-dir \$d --runtime $rt --no-require-signature --who pi-smoke --json" \
+            > "$WORK/golden-$rt.json"
+        python3 - "$WORK/golden-$rt.json" "$rt" <<'PY' | tee -a "$SUMMARY"
+import json, sys
+report = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+for s in (report.get("golden") or {}).get("samples", []):
+    print(f"   {sys.argv[2]} {s['image']}: classifier {s['classifier_actual']} (recorded {s['classifier_expected']}), "
+          f"segmenter mean |d| {s['segmenter_mean_abs']:.3f} quanta, mask IoU {s['segmenter_iou']}")
+PY
+    }
     infer() { in_root bash -c "$venv/bin/crackd infer --runtime $rt --json /src/models/default/golden/0?.png"; }
     step "5b. $rt: golden self-test (crackd models stage)" golden
     step "5c. $rt: crackd infer on the golden images" infer

@@ -76,8 +76,21 @@ def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ssh command lines)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """With --json anywhere on the command line, a usage error is a JSON answer too (and the usual line on stderr)."""
+
+    def error(self, message: str):
+        if "--json" in _ARGV:
+            print(json.dumps({"ok": False, "error": message, "kind": "UsageError", "hosts": []}, indent=1))
+            self.exit(2, f"{self.prog}: error: {message}\n")
+        super().error(message)
+
+
+_ARGV: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crack-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="crack-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("push", help="deploy a bundle: verify, copy, stage, activate, confirm health or roll back")
@@ -125,16 +138,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"crack-deploy {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(args, exc, 2)
     except KeyboardInterrupt:
-        print(f"crack-deploy {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _refuse(args, "interrupted", 130, kind="Interrupted")
+
+
+def _refuse(args, error, code: int, kind: str | None = None) -> int:
+    """Stop before any device was touched: one line on stderr, and with --json the same as a JSON answer on stdout."""
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": str(error), "kind": kind or type(error).__name__, "hosts": []}, indent=1))
+    print(f"crack-deploy {args.command}: {error}", file=sys.stderr)
+    return code
+
+
+def _check_wait_options(args) -> None:
+    """--timeout/--settle/--lock-wait that can never succeed are refused before anything is connected."""
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout: expected more than 0 seconds, got {args.timeout:g}")
+    if args.settle < 0:
+        raise UsageError(f"--settle: expected 0 seconds or more, got {args.settle:g}")
+    if args.settle >= args.timeout:
+        raise UsageError(f"--settle {args.settle:g} must be shorter than --timeout {args.timeout:g} (the release must serve "
+                         "healthily, frames counting up, for --settle seconds within --timeout)")
+    if getattr(args, "lock_wait", 0) < 0:
+        raise UsageError(f"--lock-wait: expected 0 seconds or more, got {args.lock_wait:g}")
+    if getattr(args, "stage_timeout", 1) <= 0:
+        raise UsageError(f"--stage-timeout: expected more than 0 seconds, got {args.stage_timeout:g}")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -211,6 +246,7 @@ def _finish(results: list[HostResult], args, table: str) -> int:
 
 
 def cmd_push(args) -> int:
+    _check_wait_options(args)
     hosts = _hosts(args)
     if args.canary < 0:
         raise UsageError(f"--canary: expected 0 or more, got {args.canary}")
@@ -218,8 +254,7 @@ def cmd_push(args) -> int:
     try:
         manifest = check_local_bundle(args.bundle)
     except LocalBundleInvalid as exc:
-        print(f"crack-deploy push: {exc}", file=sys.stderr)
-        return 1
+        return _refuse(args, exc, 1)
     signed = is_signed(args.bundle)
     progress("*", f"bundle {manifest.bundle_version} from {args.bundle}: manifest and checksums ok, {'signed' if signed else 'UNSIGNED (devices that require signatures will refuse it)'}")
     opts = PushOptions(
@@ -292,6 +327,7 @@ def _rollback_one(host: str, ssh: SSHOptions, dev: DeviceSettings, args, progres
 
 
 def cmd_rollback(args) -> int:
+    _check_wait_options(args)
     hosts = _hosts(args)
     ssh, dev, progress = _ssh(args), _device(args), make_progress(sys.stderr)
     with ThreadPoolExecutor(max_workers=min(args.parallel, len(hosts))) as pool:

@@ -9,11 +9,15 @@ the device checks it before serving: all through this module.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -25,6 +29,11 @@ SIGNATURE = "manifest.json.sig"
 MODEL_ROLES = ("classifier", "segmenter")
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier at bytes 4..8 of every .tflite file
 FULL_INTEGER_DTYPES = {"uint8", "int8"}
+# Caps on what is read before (or without) a size in the manifest: a manifest or signature is a few KB.
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_SIGNATURE_BYTES = 64 << 10
+MAX_UNDECLARED_FILE_BYTES = 64 << 20  # golden samples carry no size in older manifests
+MAX_NAME_LENGTH = 255
 
 
 class BundleError(Exception):
@@ -65,6 +74,131 @@ class TensorMismatch(BundleError):
 
 class NotFullInteger(BundleError):
     pass
+
+
+class UnsafePath(BundleError):
+    """A manifest name or bundle member that is not a plain file inside the bundle (absolute, `..`, symlink, FIFO ...)."""
+
+
+# --------------------------------------------------------------------------- members: plain files inside the bundle
+
+
+def check_member_name(name: object, where: str) -> str:
+    """The one rule for names in a manifest: a plain relative name inside the bundle.
+
+    Components separated by `/`, none empty, `.` or `..`; no backslash or NUL;
+    not absolute. The trainer writes only such names, the deploy tool and the
+    device refuse anything else before reading a single listed file.
+    """
+    ok = (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and not name.startswith("/")
+          and "\\" not in name and "\0" not in name
+          and all(part not in ("", ".", "..") for part in name.split("/")))
+    if not ok:
+        raise UnsafePath(f"{where}: {name!r} is not a plain relative name inside the bundle")
+    return name
+
+
+def open_member(bundle_dir: str | Path, name: str) -> int:
+    """Open bundle member `name` read-only without following any symlink on the way; returns the fd.
+
+    Only regular files are opened (a FIFO or device is refused without blocking).
+    Raises ModelFileMissing when absent and UnsafePath for symlinks or special files.
+    """
+    where = Path(bundle_dir) / name
+    check_member_name(name, str(where))
+    parts = name.split("/")
+    try:
+        dir_fd = os.open(bundle_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise BundleNotFound(f"{bundle_dir}: no such bundle directory") from None
+    try:
+        for part in parts[:-1]:
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except FileNotFoundError:
+                raise ModelFileMissing(f"{where}: missing") from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(f"{where}: {part} is not a plain directory (symbolic link?); bundles hold plain files only") from None
+                raise
+            os.close(dir_fd)
+            dir_fd = next_fd
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise ModelFileMissing(f"{where}: missing") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(f"{where}: a symbolic link; bundles hold plain files only") from None
+            raise
+    finally:
+        os.close(dir_fd)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise UnsafePath(f"{where}: not a regular file ({kind}); bundles hold plain files only")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_member(bundle_dir: str | Path, name: str, limit: int) -> bytes:
+    """The whole content of a small member (manifest, signature), refused beyond `limit` bytes."""
+    fd = open_member(bundle_dir, name)
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafePath(f"{Path(bundle_dir) / name}: larger than {limit} bytes; not a crackd {name}")
+    return data
+
+
+def member_exists(bundle_dir: str | Path, name: str) -> bool:
+    """Whether `name` is present in the bundle at all (a symlink or FIFO counts: opening it is refused later)."""
+    return os.path.lexists(Path(bundle_dir) / name)
+
+
+@dataclass(frozen=True)
+class MemberFile:
+    """A file the manifest lists, with the checksum and (where the manifest says) the size it must have."""
+
+    name: str
+    sha256: Optional[str]
+    size: Optional[int]
+    what: str  # "classifier model", "golden sample" ...
+
+
+def _hash_fd(fd: int, where: Path, size: Optional[int], sink=None) -> str:
+    """sha256 of an open member, refusing a size other than the manifest's (checked before reading) or above the cap."""
+    st_size = os.fstat(fd).st_size
+    if size is not None and st_size != size:
+        raise ChecksumMismatch(f"{where}: {st_size} bytes, the manifest says {size} (corrupted or altered copy)")
+    limit = size if size is not None else MAX_UNDECLARED_FILE_BYTES
+    if st_size > limit:
+        raise UnsafePath(f"{where}: {st_size} bytes, more than the {limit} bytes a bundle file may have without a size in the manifest")
+    h = hashlib.sha256()
+    seen = 0
+    with os.fdopen(fd, "rb", closefd=False) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            seen += len(block)
+            if seen > limit:
+                raise ChecksumMismatch(f"{where}: grew past {limit} bytes while being read")
+            h.update(block)
+            if sink is not None:
+                sink(block)
+    return h.hexdigest()
+
+
+def check_member(bundle_dir: str | Path, member: MemberFile, sink=None) -> None:
+    """Open a listed file safely, check its size, hash it (feeding `sink` each block, e.g. a copy) and compare."""
+    where = Path(bundle_dir) / member.name
+    fd = open_member(bundle_dir, member.name)
+    try:
+        actual = _hash_fd(fd, where, member.size, sink)
+    finally:
+        os.close(fd)
+    if member.sha256 is not None and actual != member.sha256:
+        # The file's own hash is not printed: it says nothing useful and could describe a file that is not ours.
+        raise ChecksumMismatch(f"{where}: sha256 does not match the manifest's {member.sha256[:12]}... (corrupted or altered copy)")
 
 
 def sha256_file(path: Path) -> str:
@@ -148,10 +282,10 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     path = bundle_dir / MANIFEST
     if not bundle_dir.is_dir():
         raise BundleNotFound(f"{bundle_dir}: no such bundle directory")
-    if not path.is_file():
+    if not member_exists(bundle_dir, MANIFEST):
         raise BundleNotFound(f"{bundle_dir}: no {MANIFEST}; is this a model bundle directory?")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_member(bundle_dir, MANIFEST, MAX_MANIFEST_BYTES))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestInvalid(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
@@ -169,6 +303,12 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         entry = models_raw.get(role)
         if not isinstance(entry, dict):
             raise ManifestInvalid(f"{where}: missing or not an object")
+        check_member_name(_require(entry, "file", where, str), f"{where}.file")
+        reference = entry.get("reference")
+        if isinstance(reference, dict) and "file" in reference:
+            check_member_name(reference["file"], f"{where}.reference.file")
+        if "bytes" in entry and (not isinstance(entry["bytes"], int) or isinstance(entry["bytes"], bool) or entry["bytes"] < 0):
+            raise ManifestInvalid(f"{where}.bytes: expected a size in bytes, got {entry['bytes']!r}")
         models[role] = ModelEntry(
             role=role,
             file=str(_require(entry, "file", where, str)),
@@ -179,6 +319,14 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
             labels=tuple(entry.get("labels", ())),
             raw=entry,
         )
+    golden = raw.get("golden", {})
+    samples = golden.get("samples", []) if isinstance(golden, dict) else None
+    if not isinstance(samples, list) or not all(isinstance(sample, dict) for sample in samples):
+        raise ManifestInvalid(f"{path}: golden.samples: expected a list of objects")
+    for i, sample in enumerate(samples):
+        for key in ("image", "segmenter_output"):
+            if sample.get(key) is not None:
+                check_member_name(sample[key], f"{path}: golden.samples[{i}].{key}")
     return Manifest(
         path=bundle_dir,
         schema_version=schema,
@@ -186,39 +334,53 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         created=str(raw.get("created", "")),
         min_crackd_version=min_version,
         models=models,
-        golden=raw.get("golden", {}),
+        golden=golden,
         raw=raw,
     )
 
 
-def verify_files(manifest: Manifest) -> None:
-    """Check every model file exists, matches its sha256 and is a TFLite flatbuffer; likewise golden files."""
+def listed_files(manifest: Manifest) -> list[MemberFile]:
+    """The files a device needs, as the manifest lists them: both models and the golden samples.
+
+    The FP32 references (`reference/`) are for evaluation on the bench and are not installed on devices.
+    """
+    out = []
     for entry in manifest.models.values():
-        path = manifest.path / entry.file
-        if not path.is_file():
-            raise ModelFileMissing(f"{path}: {entry.role} model file is missing")
-        actual = sha256_file(path)
-        if actual != entry.sha256:
-            raise ChecksumMismatch(f"{path}: sha256 {actual[:12]}... does not match the manifest's {entry.sha256[:12]}... (corrupted or altered copy)")
-        with open(path, "rb") as fh:
+        size = entry.raw.get("bytes")
+        out.append(MemberFile(entry.file, entry.sha256, size if isinstance(size, int) else None, f"{entry.role} model"))
+    for sample in manifest.golden.get("samples", []):
+        for key, sha_key, size_key in (("image", "sha256", "bytes"), ("segmenter_output", "segmenter_output_sha256", "segmenter_output_bytes")):
+            if sample.get(key) is not None:
+                size = sample.get(size_key)
+                out.append(MemberFile(sample[key], sample.get(sha_key), size if isinstance(size, int) else None, "golden sample"))
+    return out
+
+
+def check_model_headers(manifest: Manifest) -> None:
+    """Each model file starts as a TFLite flatbuffer does (after `verify_files`/a checked copy)."""
+    for entry in manifest.models.values():
+        fd = open_member(manifest.path, entry.file)
+        with os.fdopen(fd, "rb") as fh:
             head = fh.read(8)
         if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
-            raise NotTFLite(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
-    for sample in manifest.golden.get("samples", []):
-        for key, sha_key in (("image", "sha256"), ("segmenter_output", "segmenter_output_sha256")):
-            rel = sample.get(key)
-            if rel is None:
-                continue
-            path = manifest.path / rel
-            if not path.is_file():
-                raise ModelFileMissing(f"{path}: golden sample file listed in the manifest is missing")
-            if sha_key in sample and sha256_file(path) != sample[sha_key]:
-                raise ChecksumMismatch(f"{path}: golden sample file does not match its sha256 in the manifest")
+            raise NotTFLite(f"{manifest.path / entry.file}: not a TFLite model (no TFL3 flatbuffer identifier)")
+
+
+def verify_files(manifest: Manifest) -> None:
+    """Check every listed file is a plain file in the bundle with its size and sha256; models are TFLite flatbuffers."""
+    for member in listed_files(manifest):
+        try:
+            check_member(manifest.path, member)
+        except ModelFileMissing:
+            if member.what == "golden sample":
+                raise ModelFileMissing(f"{manifest.path / member.name}: golden sample file listed in the manifest is missing") from None
+            raise ModelFileMissing(f"{manifest.path / member.name}: {member.what.replace(' model', '')} model file is missing") from None
+    check_model_headers(manifest)
 
 
 def manifest_sha256(bundle_dir: str | Path) -> str:
     """The identity of a bundle: the sha256 of its manifest (which pins every file's sha256)."""
-    return sha256_file(Path(bundle_dir) / MANIFEST)
+    return hashlib.sha256(read_member(bundle_dir, MANIFEST, MAX_MANIFEST_BYTES)).hexdigest()
 
 
 def check_model_tensors(entry: ModelEntry, model) -> None:

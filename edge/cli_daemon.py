@@ -1,7 +1,10 @@
 """`crackd run | check-config | status | events ...`: the daemon and its records from the command line.
 
-Exit codes: 0 ok; 1 a record or the daemon was not found / not healthy; 2 bad
-usage or configuration (one line on stderr, no traceback).
+Exit codes: 0 ok; 1 a record or the daemon was not found / not healthy, or an
+output could not be written; 2 bad usage or configuration (one line on stderr,
+no traceback); 3 (`status`) the daemon stopped cleanly (SIGTERM, or a finite
+source ended) and is not running, as LSB's "program is not running".
+A reader that closes the pipe early (`| head`) ends the command quietly (exit 141).
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from pathlib import Path
 
 from edge.config import SHIPPED_BUNDLE, Config, ConfigError, config_from_dict, load_config
 from edge.releases import STATUS_FRESH_S, read_daemon_status
+from edge.state_location import DEMO_STATE_DIR, RULE, locate_state
 from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEMO_STATE = "./crackd-state"
+DEFAULT_DEMO_STATE = DEMO_STATE_DIR
+EXIT_STOPPED = 3  # `crackd status`: stopped cleanly, not running
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection): such cells get a leading '.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_FIELDS = (
     "id", "uuid", "state", "started_at", "ended_at", "frames", "peak_score", "label", "label_note",
     "bundle_version", "device_id", "snapshot", "overlay", "length_px", "max_width_px", "total_area_px",
@@ -34,13 +41,6 @@ EXPORT_FIELDS = (
 def _fail(message: str, code: int = 2) -> int:
     print(f"crackd: {message}", file=sys.stderr)
     return code
-
-
-def default_state_dir() -> Path:
-    env = os.environ.get("CRACKD_STATE_DIR")
-    if env:
-        return Path(env)
-    return Path("/var/lib/crackd") if Path("/var/lib/crackd/crackd.db").exists() else Path(DEFAULT_DEMO_STATE)
 
 
 # --------------------------------------------------------------------------- run
@@ -93,12 +93,18 @@ def cmd_run(args) -> int:
         log.info("demo: synthetic camera, bundle %s, state in %s", SHIPPED_BUNDLE, Path(cfg.storage.state_dir).resolve())
         if not _broker_answers(cfg.mqtt.host, cfg.mqtt.port):
             log.warning("demo: no MQTT broker answers at %s:%d; events wait in the outbox until one does", cfg.mqtt.host, cfg.mqtt.port)
+    state_dir = Path(cfg.storage.state_dir)
+    created = not state_dir.exists()
     sup = Supervisor(cfg, None if args.demo else args.config)
     sup.install_signal_handlers()
     try:
         sup.start()
     except StartupError as exc:
         return _fail(str(exc))
+    if created:  # never silently: as root this makes a root-owned directory the service user cannot write
+        st = state_dir.stat()
+        log.warning("created the state directory %s (it did not exist; owner uid %d); a service running as another user "
+                    "needs it to be theirs (deploy/install.sh makes it)", state_dir.resolve(), st.st_uid)
     return sup.run()
 
 
@@ -112,13 +118,16 @@ def cmd_check_config(args) -> int:
     bundle_dir = cfg.bundle_dir()
     try:
         from edge.bundle import BundleError, read_manifest, verify_files
+        from edge.signing import check_bundle_trust
 
         manifest = read_manifest(bundle_dir)
+        check_bundle_trust(bundle_dir, cfg.releases.require_signature, Path(cfg.releases.allowed_signers))
         verify_files(manifest)
     except BundleError as exc:
         return _fail(f"{args.file}: model.bundle: {exc}")
+    missing = "" if Path(cfg.storage.state_dir).is_dir() else " (does not exist yet: `crackd run` creates it)"
     print(f"{args.file}: ok (device {cfg.device_id}, source {cfg.source.type}, bundle {manifest.bundle_version} at {bundle_dir}, "
-          f"state {cfg.storage.state_dir}, MQTT {'%s:%d' % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.enabled else 'off'})")
+          f"state {cfg.storage.state_dir}{missing}, MQTT {'%s:%d' % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.enabled else 'off'})")
     return 0
 
 
@@ -126,15 +135,12 @@ def cmd_check_config(args) -> int:
 
 
 def _state_paths(args) -> tuple[Path, Path]:
-    """(state directory, journal file): from --config (honouring storage.db), else --state-dir or the default."""
-    if getattr(args, "config", None):
-        try:
-            cfg = load_config(args.config)
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
-        return cfg.state_dir, cfg.db_path
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    return state_dir, state_dir / "crackd.db"
+    """(state directory, journal file) by the one rule of edge.state_location."""
+    try:
+        where = locate_state(getattr(args, "state_dir", None), getattr(args, "config", None))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return where.state_dir, where.db
 
 
 def _state_dir(args) -> Path:
@@ -158,12 +164,24 @@ def cmd_status(args) -> int:
     except ValueError as exc:
         return _fail(f"{path}: unreadable ({exc})", 1)
     running = status.get("state") == "running" and status["pid_alive"]
+    stopped = status.get("state") == "stopped"  # its last write; a pid reused since says nothing
     age = status["status_age_s"]
     status["running"] = running
     healthy = running and bool(status.get("healthy")) and age is not None and age <= STATUS_FRESH_S
+    code = 0 if healthy else EXIT_STOPPED if stopped else 1
     if args.json:
         print(json.dumps(status, indent=1))
-        return 0 if healthy else 1
+        return code
+    if stopped:
+        print("\n".join([
+            f"crackd {status.get('version')} on {status.get('device_id')}: stopped cleanly at {status.get('updated_at')} "
+            f"(pid {status.get('pid')}, started {status.get('started_at')}, up {status.get('uptime_s')} s)",
+            f"  bundle       {status.get('bundle_version')}  sha256 {str(status.get('bundle_sha256'))[:12]}  {status.get('bundle_path')}",
+            f"  frames       {status.get('frames_processed')} processed, {status.get('frames_skipped')} skipped, "
+            f"{status.get('frames_failed')} failed, {status.get('frames_bad')} bad",
+            f"  outbox       {status.get('outbox_depth')} message(s) waiting for the next start",
+        ]))
+        return code
     lat = status.get("latency_ms") or {}
     lines = [
         f"crackd {status.get('version')} on {status.get('device_id')}: "
@@ -178,11 +196,13 @@ def cmd_status(args) -> int:
                               ("connected" if status.get("broker_connected") else f"DISCONNECTED ({status.get('broker_error')})"))
         + f", outbox {status.get('outbox_depth')} waiting",
     ]
+    if status.get("journal_error"):
+        lines.append(f"  journal      PROBLEM: {status['journal_error']}")
     if status.get("last_reload"):
         r = status["last_reload"]
         lines.append(f"  last reload  {r.get('time')}: " + ("ok" if r.get("ok") else f"FAILED: {r.get('error')}"))
     print("\n".join(lines))
-    return 0 if healthy else 1
+    return code
 
 
 # --------------------------------------------------------------------------- events
@@ -232,6 +252,8 @@ def _flat(event: dict, state_dir: Path) -> dict:
 def cmd_events(args) -> int:
     from edge.journal import JournalError
 
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        return _fail(f"events {args.events_command}: --limit: expected at least 1 (leave it out for all), got {args.limit}")
     try:
         journal, state_dir = _open_journal(args)
     except (UsageError, JournalError) as exc:
@@ -268,7 +290,10 @@ def _ev_list(args, journal, state_dir) -> int:
 
 
 def _find(journal, ref: str) -> dict:
-    event = journal.find_event(ref)
+    try:
+        event = journal.find_event(ref)
+    except OverflowError:  # an all-digit reference beyond SQLite's 64-bit ids names no event
+        event = None
     if event is None:
         raise UsageError(f"no event {ref!r} in {journal.path}")
     return event
@@ -286,28 +311,49 @@ def _ev_show(args, journal, state_dir) -> int:
     return 0
 
 
+def _csv_safe(value):
+    """A cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) is prefixed with ' (CSV injection)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _write_export(args, journal, state_dir, events, out) -> None:
+    if args.format == "json":
+        rows = []
+        for e in events:
+            row = _flat(e, state_dir)
+            row["peak_measurements"] = e.get("peak_measurements")
+            rows.append(row)
+        json.dump({"exported_at": iso_utc(time.time(), "seconds"), "journal": str(journal.path), "events": rows}, out, indent=1)
+        out.write("\n")
+    else:
+        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+        writer.writeheader()
+        for e in events:
+            writer.writerow({k: _csv_safe(v) for k, v in _flat(e, state_dir).items()})
+
+
 def _ev_export(args, journal, state_dir) -> int:
     events = journal.list_events(**_filters(args), limit=args.limit, newest_first=False)
-    out = sys.stdout if args.out in (None, "-") else open(args.out, "w", newline="")
+    if args.out in (None, "-"):
+        _write_export(args, journal, state_dir, events, sys.stdout)
+        sys.stdout.flush()
+        return 0
+    path = Path(args.out)
+    if not args.force and (path.exists() or path.is_symlink()):
+        return _fail(f"events export: {path} exists; pass --force to overwrite it")
+    created = False
     try:
-        if args.format == "json":
-            rows = []
-            for e in events:
-                row = _flat(e, state_dir)
-                row["peak_measurements"] = e.get("peak_measurements")
-                rows.append(row)
-            json.dump({"exported_at": iso_utc(time.time(), "seconds"), "journal": str(journal.path), "events": rows}, out, indent=1)
-            out.write("\n")
-        else:
-            writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
-            writer.writeheader()
-            for e in events:
-                writer.writerow(_flat(e, state_dir))
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    if out is not sys.stdout:
-        print(f"exported {len(events)} event(s) to {args.out}", file=sys.stderr)
+        # "x": created here, never clobbered (no check-then-open race); --force writes in place (also /dev/...)
+        with open(path, "w" if args.force else "x", newline="") as out:
+            created = not args.force
+            _write_export(args, journal, state_dir, events, out)
+    except OSError as exc:
+        if created:
+            path.unlink(missing_ok=True)
+        return _fail(f"events export: {path}: cannot write the export ({exc.strerror or exc})", 1)
+    print(f"exported {len(events)} event(s) to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -334,7 +380,7 @@ EVENT_COMMANDS = {"list": _ev_list, "show": _ev_show, "export": _ev_export, "lab
 
 
 def _location_args(p) -> None:
-    p.add_argument("--state-dir", default=None, help="daemon state directory (default $CRACKD_STATE_DIR, /var/lib/crackd, or ./crackd-state)")
+    p.add_argument("--state-dir", default=None, help=f"daemon state directory (default: {RULE})")
     p.add_argument("--config", default=None, metavar="FILE", help="take the state directory from this config")
 
 
@@ -344,7 +390,7 @@ def _filter_args(p) -> None:
     p.add_argument("--state", choices=["open", "ended"])
     p.add_argument("--min-score", type=float, default=None)
     p.add_argument("--label", choices=["crack", "no-crack", "none"], help="by operator label (none = unlabelled)")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="at most this many (at least 1; default all)")
 
 
 def register(sub) -> None:
@@ -378,7 +424,8 @@ def register(sub) -> None:
     _location_args(e); _filter_args(e)
     e.add_argument("--db", help=argparse.SUPPRESS)
     e.add_argument("--format", choices=["csv", "json"], default="csv")
-    e.add_argument("--out", "-o", default="-", help="output file (default stdout)")
+    e.add_argument("--out", "-o", default="-", help="output file (default stdout); an existing file is kept unless --force")
+    e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     e = esub.add_parser("label", help="an operator's verdict, kept for retraining")
     _location_args(e)
     e.add_argument("--db", help=argparse.SUPPRESS)

@@ -46,6 +46,8 @@ def _build_cascade(args):
     from edge.bundle import load_bundle
     from edge.cascade import Cascade, TilingConfig
 
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # also refuses nan
+        raise ValueError(f"--threshold: expected a crack score from 0 to 1, got {args.threshold:g}")
     bundle = load_bundle(args.bundle or default_bundle(), runtime=args.runtime, threads=args.threads)
     tiling = TilingConfig(tile=args.tile) if getattr(args, "tile", None) else None
     return Cascade(bundle, segment=args.segment, threshold=args.threshold, mm_per_pixel=args.mm_per_pixel, tiling=tiling)

@@ -4,6 +4,10 @@ Each command works by hand on the device and is what `crack-deploy` runs over
 SSH; `--json` prints one JSON object on stdout for the deploy tool. Errors are
 one line on stderr (and `{"ok": false, ...}` with --json); exit 1 when the
 bundle or operation was refused, 2 for usage or configuration errors.
+
+The signature policy is the device's: `/etc/crackd/crackd.yaml` (or `--config`, owned by root or the user
+running crackd and writable by nobody else), else the built-in default (signatures required). Command-line
+flags may only make it stricter, so nobody allowed to run this command can switch signing off with them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import select
 import signal
 import sys
@@ -19,14 +24,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge.bundle import BundleError
-from edge.releases import DeviceLock, ReleaseError, ReleasePolicy, Releases, default_who
+from edge.releases import DeviceLock, Interrupted, ReleaseError, ReleasePolicy, Releases, default_who
 from edge.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 from edge.signing import DEFAULT_ALLOWED_SIGNERS
+from edge.state_location import DEFAULT_CONFIG, RULE, locate_state
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path("/etc/crackd/crackd.yaml")
-DEFAULT_STATE_DIR = Path("/var/lib/crackd")
 
 
 class UsageError(Exception):
@@ -41,7 +45,7 @@ def register(sub) -> None:
     def add(name: str, help_text: str, func, lock=False) -> argparse.ArgumentParser:
         p = msub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", type=Path, help=f"daemon config to read state_dir and release policy from (default {DEFAULT_CONFIG} when it exists)")
-        p.add_argument("--state-dir", type=Path, help=f"state directory (overrides the config's storage.state_dir; default {DEFAULT_STATE_DIR})")
+        p.add_argument("--state-dir", type=Path, help=f"state directory (default: {RULE})")
         p.add_argument("--json", action="store_true", help="print one JSON object (for crack-deploy)")
         if lock:
             p.add_argument("--who", help="who is deploying, for the history (default: user@ssh-client)")
@@ -85,55 +89,85 @@ def _wait_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--require-signature", action=argparse.BooleanOptionalAction, default=None, help="refuse unsigned bundles / unknown signers (default: the config's, else on)")
-    p.add_argument("--allowed-signers", type=Path, help=f"trusted signers, OpenSSH allowed_signers format (default {DEFAULT_ALLOWED_SIGNERS})")
+    # The device's config decides the signature policy; these flags may only make it stricter.
+    p.add_argument("--require-signature", action=argparse.BooleanOptionalAction, default=None,
+                   help="refuse unsigned bundles (default: the config's releases.require_signature, else on); "
+                        "--no-require-signature is refused where the config requires signatures")
+    p.add_argument("--allowed-signers", type=Path,
+                   help=f"a signature must ALSO verify against this allowed_signers file (where the config does not require "
+                        f"signatures: instead of its file; default {DEFAULT_ALLOWED_SIGNERS})")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, help="TFLite runtime for the check (default: the config's, else auto)")
     p.add_argument("--threads", type=int, help="interpreter threads")
     p.add_argument("--keep", type=int, help="releases kept besides the current one (default 3)")
     p.add_argument("--max-latency-ms", type=float, help="refuse a bundle slower than this per frame on this device (default: report only)")
 
 
+def _trusted_policy_file(path: Path) -> None:
+    """The release policy is read only from a config nobody but root (or the user running crackd) can change.
+
+    Otherwise anyone allowed to run `crackd models` (for instance through a sudo rule) could point --config at a
+    file of their own that switches signatures off.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read config ({exc.strerror})") from None
+    if st.st_uid not in (0, os.geteuid()):
+        raise UsageError(f"{path}: owned by uid {st.st_uid}; the release policy is read only from a config owned by root "
+                         "(or by the user running crackd)")
+    if st.st_mode & 0o022:
+        raise UsageError(f"{path}: writable by others (mode {st.st_mode & 0o777:o}); the release policy is read only from a "
+                         "config nobody else can change")
+
+
 def _load_config(args):
     path = args.config
     if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG  # the installed device's policy applies unless flags override it
+        path = DEFAULT_CONFIG  # the installed device's policy applies
     if path is None:
-        return None
+        return None, None
     try:
         from edge.config import ConfigError, load_config
     except ImportError:
         raise UsageError("--config needs edge.config, which this crackd does not have; pass --state-dir instead") from None
+    _trusted_policy_file(Path(path))
     try:
-        return load_config(path)
+        return load_config(path), Path(path)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
 
 def _resolve(args) -> Releases:
-    """State dir and release policy: flags override the daemon config, which overrides the defaults."""
-    cfg = _load_config(args)
+    """State dir and release policy. The config (else the built-in defaults: signatures required) decides the policy;
+    command-line flags may only make it stricter. Runtime, threads and keep are plain settings that flags override."""
+    cfg, cfg_path = _load_config(args)
     policy = ReleasePolicy()
-    state_dir = DEFAULT_STATE_DIR
+    from edge.config import ConfigError
+
+    try:
+        state_dir = locate_state(args.state_dir, args.config).state_dir
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    decided_by = f"{cfg_path} (releases.require_signature)" if cfg_path else f"the default policy (no {DEFAULT_CONFIG})"
     if cfg is not None:
-        state_dir = Path(cfg.storage.state_dir)
-        section = getattr(cfg, "releases", None)
-        values = {}
-        for key in ("require_signature", "allowed_signers", "keep", "max_latency_ms"):
-            if section is not None and hasattr(section, key):
-                values[key] = getattr(section, key)
-        if "allowed_signers" in values and values["allowed_signers"] is not None:
-            values["allowed_signers"] = Path(values["allowed_signers"])
-        policy = replace(policy, runtime=cfg.model.runtime, threads=cfg.model.threads, **values)
-    if args.state_dir is not None:
-        state_dir = args.state_dir
-    flags = {
-        "require_signature": getattr(args, "require_signature", None),
-        "allowed_signers": getattr(args, "allowed_signers", None),
-        "runtime": getattr(args, "runtime", None),
-        "threads": getattr(args, "threads", None),
-        "keep": getattr(args, "keep", None),
-        "max_latency_ms": getattr(args, "max_latency_ms", None),
-    }
+        r = cfg.releases
+        policy = replace(policy, runtime=cfg.model.runtime, threads=cfg.model.threads, require_signature=r.require_signature,
+                         allowed_signers=Path(r.allowed_signers), keep=r.keep, max_latency_ms=r.max_latency_ms)
+    require = getattr(args, "require_signature", None)
+    if require is False and policy.require_signature:
+        raise UsageError(f"--no-require-signature: {decided_by} requires signed bundles; command-line options may only make it stricter")
+    signers = getattr(args, "allowed_signers", None)
+    if signers is not None:
+        if policy.require_signature:  # the configured signers stay in force: the extra file narrows, never widens
+            policy = replace(policy, extra_allowed_signers=(*policy.extra_allowed_signers, signers))
+        else:
+            policy = replace(policy, allowed_signers=signers)
+    if require:
+        policy = replace(policy, require_signature=True)
+    latency = getattr(args, "max_latency_ms", None)
+    if latency is not None:
+        policy = replace(policy, max_latency_ms=latency if policy.max_latency_ms is None else min(latency, policy.max_latency_ms))
+    flags = {"runtime": getattr(args, "runtime", None), "threads": getattr(args, "threads", None), "keep": getattr(args, "keep", None)}
     policy = replace(policy, **{k: v for k, v in flags.items() if v is not None})
     if policy.keep < 1:
         raise UsageError(f"--keep: expected at least 1 (the previous release is needed for rollback), got {policy.keep}")
@@ -209,9 +243,13 @@ def _cmd_status(rel: Releases, args) -> dict | None:
 
 
 def _cmd_history(rel: Releases, args) -> dict | None:
+    if args.n < 1:
+        raise UsageError(f"-n: expected at least 1 record, got {args.n}")
     records = rel.history(limit=args.n)
     if args.json:
         return {"history": records}
+    if not records:
+        print(f"no deployments recorded in {rel.layout.history}")
     for r in records:
         extra = r.get("error") or r.get("reason") or r.get("message") or ""
         frm = f" (from {r['from_version']})" if r.get("from_version") else ""
@@ -219,16 +257,21 @@ def _cmd_history(rel: Releases, args) -> dict | None:
     return None
 
 
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}; the partial staging copy was removed")
+
+
 def _cmd_stage(rel: Releases, args) -> dict | None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # clean up the staging copy, record the refusal, one line
+        signal.signal(sig, _interrupt)
     report = rel.stage(args.bundle, who=_who(args), origin=args.source, wait_s=args.wait, token=args.lock_token)
     if args.json:
         return report.as_dict()
     if report.already_staged:
         print(f"release {report.version} is already staged (same content)")
     else:
-        signer = report.signer["principal"] if report.signer else "unsigned (signature not required)"
         lat = report.latency_ms
-        print(f"staged release {report.version}: checksums ok, signer {signer}, golden samples {len(report.golden.get('samples', []))} ok, "
+        print(f"staged release {report.version}: checksums ok, {report.trust}, golden samples {len(report.golden.get('samples', []))} ok, "
               f"{lat.get('total_ms_p50', 0):.1f} ms per frame ({report.runtime})")
         print(f"activate it with: crackd models activate {report.version}")
     return None
@@ -246,12 +289,19 @@ def _switch_output(result, args) -> dict | None:
     return None
 
 
+def _check_health_wait(args) -> None:
+    if args.wait_healthy is not None and (args.wait_healthy <= 0 or not 0 <= args.settle < args.wait_healthy):
+        raise UsageError(f"--wait-healthy {args.wait_healthy:g} --settle {args.settle:g}: expected --settle from 0 to less than --wait-healthy")
+
+
 def _cmd_activate(rel: Releases, args) -> dict | None:
+    _check_health_wait(args)
     return _switch_output(rel.activate(args.version, who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason,
                                        wait_healthy_s=args.wait_healthy, settle_s=args.settle), args)
 
 
 def _cmd_rollback(rel: Releases, args) -> dict | None:
+    _check_health_wait(args)
     return _switch_output(rel.rollback(who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason,
                                        wait_healthy_s=args.wait_healthy, settle_s=args.settle), args)
 

@@ -12,6 +12,7 @@ an environment variable (`password_env`) or a file (`password_file`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -292,9 +293,27 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, str(path))
 
 
+# No crackd setting nests deeper than a handful of levels; YAML's composer recurses per level.
+MAX_YAML_DEPTH = 32
+
+
+def _check_depth(text: str, filename: str) -> None:
+    """Refuse absurd nesting before composing (PyYAML's event parser is iterative, its composer is not)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{filename}:{event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                                  "not a crackd config")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def parse_config(text: str, filename: str = "<config>") -> Config:
     """Validate YAML text; errors name `filename:line: key.path`."""
     try:
+        _check_depth(text, filename)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -433,6 +452,8 @@ def _convert(tp, node, path, filename, meta):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(filename, node, path, f"expected a number{_range_text(meta)}, got {_describe(value)}")
         value = float(value)
+        if not math.isfinite(value):  # .nan passes every comparison and would silently disable a check
+            _fail(filename, node, path, f"expected a finite number{_range_text(meta)}, got {node.value}")
     elif tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and node.style is None and path.endswith("device_id"):
             value = str(value)  # device ids like 42 are fine as strings

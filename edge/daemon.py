@@ -38,9 +38,10 @@ import numpy as np
 from edge import __version__, homeassistant, metrics, snapshots_mqtt
 from edge.atomic_write import write_json_atomic
 from edge.bundle import BundleError, LoadedBundle, load_bundle
+from edge.signing import check_bundle_trust
 from edge.config import Config, ConfigError, load_config
 from edge.decision import END, START, Decision, DecisionParams, EventRecord, FrameObservation
-from edge.held_writes import Reserve, encoded_size
+from edge.held_writes import Reserve, encoded_size, without_pictures
 from edge.journal import EventWrite, FrameRow, Journal, JournalError, JournalUnavailable, OutboxMessage
 from edge.notify import Notifier
 from edge.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, rss_mb
@@ -121,6 +122,8 @@ def build_engine(cfg: Config, bundle_dir: Optional[Path] = None, verify_golden: 
 
     # Resolve `models/current` once, so every file is read from the same release even if it is switched meanwhile.
     bundle_dir = Path(bundle_dir or cfg.bundle_dir()).resolve()
+    # The device's signature policy, the same rule `crackd models stage/activate` apply, before any model file is read.
+    check_bundle_trust(bundle_dir, cfg.releases.require_signature, Path(cfg.releases.allowed_signers))
     bundle = load_bundle(bundle_dir, runtime=cfg.model.runtime, threads=cfg.model.threads)
     if verify_golden and (bundle.manifest.golden or {}).get("samples"):
         from edge.selftest import run_golden
@@ -637,6 +640,10 @@ class Supervisor:
         Beyond the budget the write is refused: an ERROR line and a count in stats, never a silent drop.
         Its frame rows are kept only as long as the held item is (they are not saved at a stop).
         """
+        item, pictures = without_pictures(item)
+        if pictures:
+            self._snapshot_log(logging.WARNING, "journal cannot be written: %d snapshot picture(s) for MQTT not kept "
+                               "(events before pictures)", pictures)
         rows, writes, messages = item
         if not writes and not messages:
             self.frame_rows_dropped += len(rows)

@@ -48,6 +48,16 @@ def decode(doc: dict) -> HeldItem:
     return ([], writes, [OutboxMessage(**m) for m in doc["messages"]])
 
 
+def without_pictures(item: HeldItem) -> tuple[HeldItem, int]:
+    """The item less its picture messages (bytes payloads: snapshots over MQTT), and how many were removed.
+
+    Pictures are shed first while the disk is full: they are large, and the event messages name them only
+    as a reference the consumer can do without."""
+    rows, writes, messages = item
+    kept = [m for m in messages if not isinstance(m.payload, (bytes, bytearray))]
+    return (rows, writes, kept), len(messages) - len(kept)
+
+
 def encoded_size(item: HeldItem) -> int:
     """Bytes this item takes in the reserve file (what bounds the memory held too)."""
     return len(json.dumps(encode(item), separators=(",", ":"))) + 1

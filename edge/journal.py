@@ -417,34 +417,33 @@ class Journal:
         if self._reopen:
             self._reopen_connection()
         ids: list[int] = []
-        if True:
-            c = self._conn
+        c = self._conn
+        if durable:
+            c.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._transaction():
+                if frames:
+                    c.executemany(
+                        "INSERT INTO frames (t, seq, ref, crack, score, segmented, measurements, latency_ms, bundle_version, event_uuid)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        [(f.t, f.seq, f.ref, int(f.crack), f.score, int(f.segmented), _json(f.measurements), f.latency_ms,
+                          f.bundle_version, f.event_uuid) for f in frames],
+                    )
+                for ev in events:
+                    self._write_event(c, ev)
+                now = time.time()
+                for m in messages:
+                    if m.replace_pending:
+                        c.execute("DELETE FROM outbox WHERE topic = ?", (m.topic,))
+                    data = m.payload if isinstance(m.payload, bytes) else json.dumps(m.payload, separators=(",", ":"))
+                    cur = c.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid) VALUES (?,?,?,?,?,?)",
+                        (m.topic, data, m.qos, int(m.retain), now, m.event_uuid),
+                    )
+                    ids.append(cur.lastrowid)
+        finally:
             if durable:
-                c.execute("PRAGMA synchronous=FULL")
-            try:
-                with self._transaction():
-                    if frames:
-                        c.executemany(
-                            "INSERT INTO frames (t, seq, ref, crack, score, segmented, measurements, latency_ms, bundle_version, event_uuid)"
-                            " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                            [(f.t, f.seq, f.ref, int(f.crack), f.score, int(f.segmented), _json(f.measurements), f.latency_ms,
-                              f.bundle_version, f.event_uuid) for f in frames],
-                        )
-                    for ev in events:
-                        self._write_event(c, ev)
-                    now = time.time()
-                    for m in messages:
-                        if m.replace_pending:
-                            c.execute("DELETE FROM outbox WHERE topic = ?", (m.topic,))
-                        data = m.payload if isinstance(m.payload, bytes) else json.dumps(m.payload, separators=(",", ":"))
-                        cur = c.execute(
-                            "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid) VALUES (?,?,?,?,?,?)",
-                            (m.topic, data, m.qos, int(m.retain), now, m.event_uuid),
-                        )
-                        ids.append(cur.lastrowid)
-            finally:
-                if durable:
-                    c.execute("PRAGMA synchronous=NORMAL")
+                c.execute("PRAGMA synchronous=NORMAL")
         return ids
 
     @staticmethod

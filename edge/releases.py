@@ -39,8 +39,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.atomic_write import write_json_atomic
-from edge.bundle import SIGNATURE, BundleError, load_verified, manifest_sha256, read_manifest, verify_files
-from edge.signing import DEFAULT_ALLOWED_SIGNERS, verify_bundle_signature
+from edge.bundle import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE,
+    BundleError,
+    MemberFile,
+    check_member,
+    check_model_headers,
+    listed_files,
+    load_verified,
+    manifest_sha256,
+    member_exists,
+    read_manifest,
+    read_member,
+    verify_files,
+)
+from edge.signing import DEFAULT_ALLOWED_SIGNERS, Trust, check_bundle_trust
 from edge.timestamps import iso_utc, parse_iso
 
 log = logging.getLogger(__name__)
@@ -95,6 +111,10 @@ class LockTokenMismatch(ReleaseError):
     pass
 
 
+class Interrupted(ReleaseError):
+    """A signal (SIGTERM, or SIGHUP when the SSH session drops) stopped the operation; what it had begun is undone."""
+
+
 @dataclass(frozen=True)
 class ModelsLayout:
     """Paths of the model area of a state directory."""
@@ -147,6 +167,7 @@ class ReleasePolicy:
 
     require_signature: bool = True
     allowed_signers: Path = DEFAULT_ALLOWED_SIGNERS
+    extra_allowed_signers: tuple[Path, ...] = ()  # from the command line: a signature must verify against these too
     keep: int = 3  # releases kept besides the current one (the previous is always among them)
     runtime: str = "auto"
     threads: int = 1
@@ -164,6 +185,7 @@ class StageReport:
     latency_ms: dict
     already_staged: bool = False
     runtime: str = ""
+    trust: str = ""  # why it may be served: "signer NAME", "shipped with this crackd", "unsigned (signature not required)"
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -367,6 +389,20 @@ class DeviceLock:
             self.release()
 
 
+def _copy_member(source: Path, staging: Path, member: MemberFile, limit: int | None = None) -> None:
+    """Copy one file of `source` into `staging`: no symlink followed, regular files only, the size checked before
+    reading (against the manifest, or `limit` for the manifest and signature), hashed and compared while copied."""
+    dst = staging / member.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    data = read_member(source, member.name, limit) if limit is not None else None
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        if data is not None:
+            out.write(data)
+        else:
+            check_member(source, member, sink=out.write)
+
+
 class Releases:
     """The model releases of one device state directory."""
 
@@ -457,10 +493,12 @@ class Releases:
         failed (it refused the bundle and kept the previous one). Reads only
         STATE/status.json and the links, so it is cheap to poll often.
         """
+        if timeout_s <= 0 or settle_s < 0 or settle_s >= timeout_s:
+            raise ValueError(f"settle time {settle_s:g} s must be at least 0 and shorter than the timeout {timeout_s:g} s")
         since = parse_iso(since_iso) or 0.0
         deadline = time.monotonic() + timeout_s
         healthy_since: float | None = None
-        frames0 = 0
+        frames0 = frames = 0
         last = "no status yet"
         while True:
             current, daemon = self.current_version(), self.daemon_status()
@@ -478,7 +516,8 @@ class Releases:
                 if healthy_since is None:
                     healthy_since, frames0 = now, frames
                 elif now - healthy_since >= settle_s and frames > frames0:
-                    return Health(True, f"serving {version}, healthy, {float(d.get('fps') or 0):.1f} fps")
+                    return Health(True, f"serving {version}, healthy, {frames - frames0} frames in {now - healthy_since:.1f} s "
+                                        f"({float(d.get('fps') or 0):.1f} fps)")
                 last = f"serving {version}, settling"
             else:
                 healthy_since = None
@@ -486,8 +525,14 @@ class Releases:
             if now >= deadline:
                 break
             time.sleep(poll_s)
-        if healthy_since is not None:
-            last = f"no new frames processed for {settle_s:g} s after the switch"
+        if healthy_since is not None:  # say what was measured, not what was hoped for
+            served = now - healthy_since
+            if frames > frames0:
+                last = (f"serving {version} with frames flowing ({frames - frames0} frames in {served:.1f} s), but only for "
+                        f"{served:.1f} of the {settle_s:g} s settle time")
+            else:
+                last = (f"frames_processed stayed at {frames} for {served:.1f} s while status.json said {version} was serving "
+                        f"healthily (written {d.get('status_age_s')} s ago)")
         return Health(False, f"not serving {version} healthily within {timeout_s:g} s: {last}")
 
     # ------------------------------------------------------------------ history
@@ -518,6 +563,7 @@ class Releases:
             self.record("stage", None, "rejected", who, source=origin or str(source), error=str(exc))
             raise
         with self.lock(who, f"stage {version}").held(wait_s, token):
+            self._remove_stale_staging()
             try:
                 report = self._stage_locked(source, version)
             except (BundleError, ReleaseError, OSError) as exc:
@@ -528,22 +574,39 @@ class Releases:
             return report
 
     def _stage_locked(self, source: Path, version: str) -> StageReport:
+        """Copy in only what the manifest lists, after the signature and manifest passed; verify; rename into place.
+
+        Order matters on a device that stages as root: the manifest and signature (small, capped) are copied and
+        checked first, and nothing else of the source is opened until they pass. Then each listed file is opened
+        without following symlinks, its size compared with the manifest, and copied while it is hashed. Files the
+        manifest does not list are never read. Any failure, or an interruption, leaves no staging copy behind (a
+        copy left by a killed stage is removed by the next one).
+        """
         target = self.layout.release(version)
         if target.exists():
             if manifest_sha256(target) != manifest_sha256(source):
                 raise VersionConflict(
                     f"release {version} is already installed with different content (manifest sha256 {manifest_sha256(target)[:12]}... vs {manifest_sha256(source)[:12]}...); give the new bundle a new bundle_version"
                 )
+            trust = self._check_trust(target)
             verify_files(read_manifest(target))
-            signer = self._check_signature(target)
-            return StageReport(version, str(target), manifest_sha256(target), signer.as_dict() if signer else None, {}, {}, already_staged=True)
+            return StageReport(version, str(target), manifest_sha256(target), trust.signer.as_dict() if trust.signer else None, {}, {},
+                               already_staged=True, trust=trust.describe())
         self.layout.releases.mkdir(parents=True, exist_ok=True)
         staging = self.layout.releases / f"{version}{STAGING_SUFFIX}"
-        if staging.exists():
-            shutil.rmtree(staging)
         try:
-            shutil.copytree(source, staging, symlinks=False)
-            report = self._verify(staging, version)
+            staging.mkdir(mode=0o755)
+            _copy_member(source, staging, MemberFile(MANIFEST, None, None, "manifest"), MAX_MANIFEST_BYTES)
+            if member_exists(source, SIGNATURE):
+                _copy_member(source, staging, MemberFile(SIGNATURE, None, None, "signature"), MAX_SIGNATURE_BYTES)
+            manifest = read_manifest(staging)  # names confined to the bundle, version as read before
+            if manifest.bundle_version != version:
+                raise InvalidVersion(f"{source}: bundle_version changed during the copy ({version} -> {manifest.bundle_version})")
+            trust = self._check_trust(staging)
+            for member in listed_files(manifest):
+                _copy_member(source, staging, member)
+            check_model_headers(manifest)
+            report = self._verify(staging, version, manifest, trust)
             os.rename(staging, target)
             _fsync_dir(self.layout.releases)
         except (BundleError, ReleaseError) as exc:
@@ -558,21 +621,24 @@ class Releases:
         log.info("staged release %s (%s)", version, report.sha256[:12])
         return report
 
-    def _check_signature(self, bundle_dir: Path):
-        """Verify the signature when required, or when one is present and this device has trusted signers."""
-        p = self.policy
-        has_sig = (bundle_dir / SIGNATURE).is_file()
-        if p.require_signature or (has_sig and Path(p.allowed_signers).is_file()):
-            return verify_bundle_signature(bundle_dir, p.allowed_signers)
-        return None
+    def _remove_stale_staging(self) -> None:
+        """Staging copies left by a stage that was killed (SIGKILL, power cut); call with the lock held."""
+        if not self.layout.releases.is_dir():
+            return
+        for path in self.layout.releases.glob(f"*{STAGING_SUFFIX}"):
+            log.warning("removing %s, left by an interrupted stage", path)
+            shutil.rmtree(path, ignore_errors=True)
 
-    def _verify(self, staging: Path, version: str) -> StageReport:
+    def _check_trust(self, bundle_dir: Path) -> Trust:
+        """This device's signature policy (edge.signing.check_bundle_trust, the rule the daemon applies too)."""
+        p = self.policy
+        return check_bundle_trust(bundle_dir, p.require_signature, (Path(p.allowed_signers), *map(Path, p.extra_allowed_signers)))
+
+    def _verify(self, staging: Path, version: str, manifest, trust: Trust) -> StageReport:
+        """Load both models with this device's runtime, reproduce the golden samples, measure latency."""
         from edge.selftest import measure_latency, run_cascade, run_golden  # OpenCV: only needed here
-        manifest = read_manifest(staging)
-        if manifest.bundle_version != version:
-            raise InvalidVersion(f"{staging}: bundle_version changed during the copy ({version} -> {manifest.bundle_version})")
-        verify_files(manifest)
-        signer = self._check_signature(staging)
+
+        signer = trust.signer
         loaded = load_verified(manifest, runtime=self.policy.runtime, threads=self.policy.threads)
         golden = run_golden(loaded)
         golden.raise_for_failures()
@@ -581,7 +647,8 @@ class Releases:
         limit = self.policy.max_latency_ms
         if limit is not None and latency.total_ms_p50 > limit:
             raise LatencyTooHigh(f"bundle {version}: classifier + segmenter take {latency.total_ms_p50:.1f} ms per frame on this device (median of {latency.runs}), above the limit of {limit:g} ms")
-        return StageReport(version, str(staging), loaded.sha256, signer.as_dict() if signer else None, golden.as_dict(), latency.as_dict(), runtime=loaded.classifier.runtime)
+        return StageReport(version, str(staging), loaded.sha256, signer.as_dict() if signer else None, golden.as_dict(), latency.as_dict(),
+                           runtime=loaded.classifier.runtime, trust=trust.describe())
 
     def _adopt(self, path: Path) -> None:
         """When run as root (sudo over SSH), give new files to the state directory's owner, the daemon's user."""
@@ -608,9 +675,9 @@ class Releases:
             if not target.is_dir():
                 staged = ", ".join(r["version"] for r in self.list()) or "none"
                 raise ReleaseNotFound(f"release {version} is not staged on this device (staged: {staged}); run `crackd models stage BUNDLE_DIR` first")
-            try:  # cheap re-check: corruption since staging, or a trust change
+            try:  # cheap re-check: a trust change, or corruption since staging
+                self._check_trust(target)
                 verify_files(read_manifest(target))
-                self._check_signature(target)
             except BundleError as exc:
                 self.record("activate", version, "rejected", who, error=str(exc))
                 raise

@@ -23,12 +23,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.bundle import MANIFEST, SIGNATURE, BundleError
+from edge.bundle import MANIFEST, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE, BundleError, manifest_sha256, member_exists, read_member
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "crackd-bundle"
 DEFAULT_ALLOWED_SIGNERS = Path("/etc/crackd/allowed_signers")
+# Bundles shipped inside crackd releases (models/default), by manifest sha256: trusted like the code they ship
+# with, so a device that requires signatures can still install and serve its factory default. The manifest pins
+# every file's sha256, so this vouches for the whole bundle. Re-exporting models/default means adding its hash here.
+SHIPPED_MANIFESTS = {
+    "417ce99aa7528112889142753aea9cf8a275d9dbcb19a9826906512d3b861257": "1.0.0",
+}
 # Key types accepted for bundle signatures: ed25519, in software or on a FIDO token.
 ACCEPTED_KEY_TYPES = ("ED25519", "ED25519-SK")
 _GOOD = re.compile(r'Good "(?P<ns>[^"]+)" signature for (?P<principal>.+) with (?P<type>\S+) key (?P<fp>\S+)')
@@ -124,31 +130,76 @@ def verify_bundle_signature(bundle_dir: str | Path, allowed_signers: str | Path)
     """Check `manifest.json.sig` against `allowed_signers`; returns who signed, or raises SignatureError naming why not."""
     bundle_dir = Path(bundle_dir)
     allowed_signers = Path(allowed_signers)
-    manifest = bundle_dir / MANIFEST
-    signature = bundle_dir / SIGNATURE
-    if not signature.is_file():
+    if not member_exists(bundle_dir, SIGNATURE):
         raise SignatureMissing(f"{bundle_dir}: not signed (no {SIGNATURE}) and this device requires signed bundles; sign it with `crack-deploy sign BUNDLE --key KEY`")
     if not allowed_signers.is_file():
         raise UnknownSigner(f"{allowed_signers}: allowed_signers file not found; the device trusts no signer (add lines 'NAME namespaces=\"{NAMESPACE}\" ssh-ed25519 AAAA...')")
+    # Read both once, as plain files of the bundle (no symlink, no FIFO), and verify exactly those bytes.
+    manifest_bytes = read_member(bundle_dir, MANIFEST, MAX_MANIFEST_BYTES)
+    signature_bytes = read_member(bundle_dir, SIGNATURE, MAX_SIGNATURE_BYTES)
     keygen = _ssh_keygen()
+    with tempfile.TemporaryDirectory(prefix="crackd-sig-") as tmp:
+        signature = Path(tmp) / SIGNATURE
+        signature.write_bytes(signature_bytes)
+        return _verify(keygen, bundle_dir, bundle_dir / SIGNATURE, signature, manifest_bytes, allowed_signers)
+
+
+def _verify(keygen: str, bundle_dir: Path, shown: Path, signature: Path, manifest_bytes: bytes, allowed_signers: Path) -> SignatureInfo:
     found = _run([keygen, "-Y", "find-principals", "-s", str(signature), "-f", str(allowed_signers)])
     principals = [p.strip() for p in found.stdout.decode(errors="replace").splitlines() if p.strip()]
     if found.returncode != 0 or not principals:
         err = found.stderr.decode(errors="replace").lower()
         if any(marker in err for marker in _UNREADABLE):
-            raise SignatureInvalid(f"{signature}: not a readable OpenSSH signature (damaged?)")
-        raise UnknownSigner(f"{signature}: signed by a key that is not in {allowed_signers} (or not for namespace {NAMESPACE!r})")
+            raise SignatureInvalid(f"{shown}: not a readable OpenSSH signature (damaged?)")
+        raise UnknownSigner(f"{shown}: signed by a key that is not in {allowed_signers} (or not for namespace {NAMESPACE!r})")
     errors = []
     for principal in principals:
-        result = _run([keygen, "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(signature)], stdin=manifest.read_bytes())
+        result = _run([keygen, "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(signature)], stdin=manifest_bytes)
         if result.returncode == 0:
             match = _GOOD.search((result.stdout + result.stderr).decode(errors="replace"))
             if match is None:
-                raise SignatureInvalid(f"{signature}: ssh-keygen accepted it but its report was not understood: {_first_line(result.stdout + result.stderr)}")
+                raise SignatureInvalid(f"{shown}: ssh-keygen accepted it but its report was not understood: {_first_line(result.stdout + result.stderr)}")
             info = SignatureInfo(principal=match["principal"], key_type=match["type"], fingerprint=match["fp"])
             if info.key_type.upper() not in ACCEPTED_KEY_TYPES:
-                raise SignatureInvalid(f"{signature}: signed with a {info.key_type} key by {info.principal}; crackd accepts ed25519 keys only")
+                raise SignatureInvalid(f"{shown}: signed with a {info.key_type} key by {info.principal}; crackd accepts ed25519 keys only")
             log.info("bundle %s signed by %s (%s %s)", bundle_dir, info.principal, info.key_type, info.fingerprint)
             return info
         errors.append(_first_line(result.stderr))
-    raise SignatureInvalid(f"{signature}: signature does not match {MANIFEST} (altered after signing?): {errors[-1]}")
+    raise SignatureInvalid(f"{shown}: signature does not match {MANIFEST} (altered after signing?): {errors[-1]}")
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Why a bundle may be served: who signed it, or that it is the bundle shipped with this crackd."""
+
+    signer: SignatureInfo | None
+    shipped: bool = False
+
+    def describe(self) -> str:
+        if self.signer:
+            return f"signer {self.signer.principal}"
+        return "shipped with this crackd (trusted like its code)" if self.shipped else "unsigned (signature not required)"
+
+
+def check_bundle_trust(bundle_dir: str | Path, require_signature: bool, allowed_signers: Path | tuple[Path, ...] | list[Path]) -> Trust:
+    """The one signature rule for every path that installs or serves a bundle (stage, activate, daemon start and reload,
+    check-config).
+
+    With `require_signature`, the bundle must carry a signature that verifies against EVERY allowed_signers file
+    given (extra files from the command line can only narrow who is trusted), unless it is a bundle shipped with
+    crackd (`SHIPPED_MANIFESTS`). Without it, a signature that is present is still checked where trusted signers
+    are configured, so a damaged or foreign signature never passes silently. Reads only the manifest and signature.
+    """
+    files = [Path(allowed_signers)] if isinstance(allowed_signers, (str, Path)) else [Path(f) for f in allowed_signers]
+    if require_signature:
+        shipped = SHIPPED_MANIFESTS.get(manifest_sha256(bundle_dir))
+        if shipped:  # the manifest is byte for byte the one shipped with crackd: a signature adds nothing
+            log.info("bundle %s is the default bundle %s shipped with crackd", bundle_dir, shipped)
+            return Trust(None, shipped=True)
+        infos = [verify_bundle_signature(bundle_dir, f) for f in files]
+        return Trust(infos[0] if infos else None)
+    present = [f for f in files if f.is_file()]
+    if member_exists(bundle_dir, SIGNATURE) and present:
+        infos = [verify_bundle_signature(bundle_dir, f) for f in present]
+        return Trust(infos[0])
+    return Trust(None)

@@ -32,35 +32,37 @@ from edge.journal import OutboxMessage
 log = logging.getLogger(__name__)
 
 TOPIC = "snapshot"
-QUALITY_STEPS = (80, 65, 50, 35)  # tried in turn at full size before scaling down
+REENCODE_QUALITY = 70  # an oversized overlay is re-encoded at this quality, then scaled down as needed
 MIN_SIDE_PX = 32  # below this the picture is useless; whatever size it has is sent
 COMMENT_PREFIX = b"crackd:"
 TAG_ROOM = 256  # bytes kept free under the limit for the COM segment
 
 
 def bounded_jpeg(jpeg: bytes, max_bytes: int) -> bytes:
-    """`jpeg` itself when it fits in `max_bytes`, else a re-encoding (lower quality, then smaller) that fits."""
+    """`jpeg` itself when it fits in `max_bytes`, else a re-encoding (lower quality, then smaller) that fits.
+
+    Runs on the inference thread at event starts and updates, so it aims rather than searches:
+    one encoding at REENCODE_QUALITY, then sizes scaled by the square root of the overshoot
+    (JPEG bytes grow about with the pixel count), usually two or three encodings in all."""
     if len(jpeg) <= max_bytes:
         return jpeg
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError("snapshot is not a decodable JPEG")
-    best = jpeg
-    scale = 1.0
+    h, w = img.shape[:2]
+    best, scale, frame = jpeg, 1.0, img
     while True:
-        h, w = img.shape[:2]
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        frame = img if scale == 1.0 else cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-        for q in QUALITY_STEPS:
-            ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, q])
-            if ok and len(data) < len(best):
-                best = data.tobytes()
-            if len(best) <= max_bytes:
-                return best
-        if min(size) <= MIN_SIDE_PX:
-            log.warning("snapshot: %d bytes even at %dx%d, over mqtt.snapshot_max_kb; sent anyway", len(best), *size)
+        ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, REENCODE_QUALITY])
+        if ok and len(data) < len(best):
+            best = data.tobytes()
+        if len(best) <= max_bytes:
             return best
-        scale *= 0.7
+        if min(frame.shape[:2]) <= MIN_SIDE_PX:
+            log.warning("snapshot: %d bytes even at %dx%d, over mqtt.snapshot_max_kb; sent anyway", len(best), *frame.shape[1::-1])
+            return best
+        scale *= min(0.9, 0.95 * (max_bytes / len(data)) ** 0.5)
+        size = (max(MIN_SIDE_PX, round(w * scale)), max(MIN_SIDE_PX, round(h * scale)))
+        frame = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
 def tag_jpeg(jpeg: bytes, meta: dict) -> bytes:

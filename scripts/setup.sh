@@ -8,6 +8,7 @@ PY="${PYTHON:-python3}"
 
 need_debs=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_debs+=(mosquitto)
+command -v mosquitto_sub >/dev/null || need_debs+=(mosquitto-clients)   # the Quick start watches events with mosquitto_sub
 [ -x /usr/sbin/sshd ] || need_debs+=(openssh-server)
 command -v ssh >/dev/null || need_debs+=(openssh-client)
 command -v rsync >/dev/null || need_debs+=(rsync)

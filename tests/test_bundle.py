@@ -40,13 +40,14 @@ def test_checksum_mismatch(bundle_copy):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(B.ChecksumMismatch, match="does not match the manifest"):
+    with pytest.raises(B.ChecksumMismatch, match="does not match the manifest") as info:
         B.load_bundle(bundle_copy)
+    assert B.sha256_file(path)[:12] not in str(info.value)  # the file's own hash is never printed
 
 
 def _replace_model(bundle_dir, role, content: bytes):
     (bundle_dir / f"{role}.tflite").write_bytes(content)
-    edit_manifest(bundle_dir, lambda m: m["models"][role].update(sha256=B.sha256_file(bundle_dir / f"{role}.tflite")))
+    edit_manifest(bundle_dir, lambda m: m["models"][role].update(sha256=B.sha256_file(bundle_dir / f"{role}.tflite"), bytes=len(content)))
 
 
 def test_non_tflite_file(bundle_copy):
@@ -118,6 +119,7 @@ def test_runtime_that_is_not_installed_says_what_to_install():
 
 
 def test_runtime_from_environment(monkeypatch):
+    pytest.importorskip("tensorflow")  # the runtime named here: absent on a device-only install
     monkeypatch.setenv("CRACKD_RUNTIME", "tensorflow")
     name, _ = load_interpreter_class("auto")
     assert name == "tensorflow"
@@ -136,3 +138,63 @@ def test_no_runtime_at_all(monkeypatch):
 def test_unknown_runtime_name():
     with pytest.raises(RuntimeUnavailable, match="unknown runtime 'onnx'"):
         load_interpreter_class("onnx")
+
+
+# --------------------------------------------------------------------------- paths in the manifest stay inside the bundle
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../x/classifier.tflite", "golden/../../x", "./classifier.tflite", "a//b", "", "a\\b",
+                                  "golden/", "x\x00y"])
+def test_manifest_file_names_must_be_plain_relative_names_inside_the_bundle(bundle_copy, name):
+    edit_manifest(bundle_copy, lambda m: m["models"]["segmenter"].update(file=name))
+    with pytest.raises(B.UnsafePath, match=r"models.segmenter.file: .* is not a plain relative name inside the bundle"):
+        B.read_manifest(bundle_copy)
+
+
+def test_reference_and_golden_paths_are_confined_too(bundle_copy):
+    edit_manifest(bundle_copy, lambda m: m["models"]["classifier"]["reference"].update(file="/etc/shadow"))
+    with pytest.raises(B.UnsafePath, match="models.classifier.reference.file"):
+        B.read_manifest(bundle_copy)
+    edit_manifest(bundle_copy, lambda m: (m["models"]["classifier"]["reference"].update(file="reference/classifier.fp32.tflite"),
+                                          m["golden"]["samples"][2].update(segmenter_output="../../etc/hostname")))
+    with pytest.raises(B.UnsafePath, match=r"golden.samples\[2\].segmenter_output"):
+        B.read_manifest(bundle_copy)
+
+
+def test_a_model_file_that_is_a_symlink_is_not_loaded(bundle_copy, tmp_path):
+    outside = tmp_path / "elsewhere.tflite"
+    shutil.move(bundle_copy / "classifier.tflite", outside)
+    (bundle_copy / "classifier.tflite").symlink_to(outside)
+    with pytest.raises(B.UnsafePath, match="classifier.tflite: a symbolic link"):
+        B.load_bundle(bundle_copy)
+
+
+def _cli(module, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=B.Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+
+
+def test_crackd_infer_refuses_a_bundle_whose_manifest_points_outside_it(bundle_copy, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(bundle_copy / "classifier.tflite", outside / "classifier.tflite")
+    edit_manifest(bundle_copy, lambda m: m["models"]["classifier"].update(file="../outside/classifier.tflite"))
+    image = B.Path(__file__).resolve().parent.parent / "models" / "default" / "golden" / "00.png"
+
+    r = _cli("edge.cli", "infer", "--bundle", str(bundle_copy), str(image))
+
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"crackd: error: {bundle_copy / 'manifest.json'}: models.classifier.file: "
+                                             "'../outside/classifier.tflite' is not a plain relative name inside the bundle"]
+
+
+def test_crack_deploy_refuses_a_bundle_whose_manifest_points_outside_it_before_connecting(bundle_copy):
+    edit_manifest(bundle_copy, lambda m: m["models"]["classifier"].update(file="/etc/passwd"))
+
+    r = _cli("deploy.cli", "push", str(bundle_copy), "no-such-host.invalid")
+
+    assert r.returncode == 1
+    assert "models.classifier.file: '/etc/passwd' is not a plain relative name inside the bundle" in r.stderr
+    assert "not deployed anywhere" in r.stderr and "Traceback" not in r.stderr

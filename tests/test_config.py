@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,80 @@ def test_check_config_rejects_a_bad_file_with_exit_2_and_one_line(tmp_path):
     result = _cli("check-config", str(bad))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"crackd: {bad}:6: source.folder.fsp: unknown key (did you mean 'fps'?)"]
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+@pytest.mark.parametrize("written", [".nan", ".NaN", ".inf", "-.inf", "+.Inf"])
+@pytest.mark.parametrize("key, section, expected", [
+    ("threshold", "decision", "expected a finite number from 0 to 1"),
+    ("reconnect_min_s", "mqtt", "expected a finite number above 0 and at most 600"),
+    ("retention_days", "storage", "expected a finite number > 0"),
+])
+def test_nan_and_infinity_are_refused_for_every_number_setting(written, key, section, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{section}:\n  {key}: {written}\n", "cfg.yaml")
+    assert str(info.value) == f"cfg.yaml:2: {section}.{key}: {expected}, got {written}"
+
+
+def test_no_float_setting_takes_nan_or_infinity():
+    """Every float key of the config, including list items, refuses .nan and .inf (none has a use for them)."""
+    floats = [path for path, default, _ in describe_defaults() if isinstance(default, float) or path in (
+        "decision.threshold", "model.mm_per_pixel", "max_fps", "releases.max_latency_ms")]
+    assert len(floats) > 20
+    for path in floats:
+        *parents, leaf = path.split(".")
+        for written in (".nan", ".inf"):
+            text = "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parents)) + f"{'  ' * len(parents)}{leaf}: {written}\n"
+            with pytest.raises(ConfigError, match=f"{leaf}: expected a finite number"):
+                parse_config(text, "cfg.yaml")
+    with pytest.raises(ConfigError, match=r"cfg.yaml:2: storage.outbox_warn_levels\[1\]: expected a finite number"):
+        parse_config("storage:\n  outbox_warn_levels: [0.5, .nan]\n", "cfg.yaml")
+
+
+def test_check_config_refuses_a_nan_threshold_in_one_line(tmp_path):
+    cfg = tmp_path / "crackd.yaml"
+    cfg.write_text("decision:\n  threshold: .nan\n")
+    result = _cli("check-config", str(cfg))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"crackd: {cfg}:2: decision.threshold: expected a finite number from 0 to 1, got .nan"]
+
+
+@pytest.mark.parametrize("text", [
+    "mqtt: " + "[" * 5000 + "]" * 5000 + "\n",
+    "".join(f"{'  ' * i}k{i}:\n" for i in range(5000)),
+    "a: &x " + "{b: " * 5000 + "1" + "}" * 5000 + "\n",
+])
+def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(tmp_path, text):
+    cfg = tmp_path / "crackd.yaml"
+    cfg.write_text(text)
+    result = _cli("check-config", str(cfg))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nested more than" in lines[0] and lines[0].startswith(f"crackd: {cfg}:"), result.stderr[-500:]
+
+
+def test_the_example_marks_every_value_that_is_not_the_default():
+    """The example is installed as /etc/crackd/crackd.yaml, so a few values are set for a real camera; each such line
+    says what the default is, and the header says so, so the file never passes one of them off as a default."""
+    lines = EXAMPLE.read_text().splitlines()
+    root = yaml.compose(EXAMPLE.read_text(), Loader=yaml.SafeLoader)
+    example, defaults = load_config(EXAMPLE), Config()
+    differing = []
+    for path, default, _doc in describe_defaults():
+        value = example
+        for part in path.split("."):
+            value = getattr(value, part)
+        if dataclasses.is_dataclass(value) or value == default:
+            continue
+        node = root
+        for part in path.split("."):
+            node = next(v for k, v in node.value if k.value == part)
+        comment = lines[node.start_mark.line].partition("#")[2]
+        shown = "null" if default is None else str(default)
+        assert f"default: {shown}" in comment, f"{path}: example {value!r} differs from the default {default!r} without saying so"
+        differing.append(path)
+    assert set(differing) == {"device_id", "source.type"}
+    assert defaults.device_id == "crackd-1" and defaults.source.type == "synthetic"
+    assert "marked `default:`" in EXAMPLE.read_text()

@@ -47,6 +47,7 @@ def daemon_dict(tmp_path: Path, bundle: Path, frames: Path, port: int | None, **
         "mqtt": {"enabled": port is not None, "host": "127.0.0.1", "port": port or 1883, "reconnect_min_s": 1,
                  "reconnect_max_s": 1, "keepalive": 5, "flush_timeout_s": 10},
         "logging": {"journald": False},
+        "releases": {"require_signature": False},  # the darkness test bundle is unsigned
         "stats_interval_s": 1,
     }
     for key, value in over.items():
@@ -249,8 +250,8 @@ def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bu
     assert main(["events", "delete", "--state-dir", state, uuid]) == 0
     assert not snapshot.exists()
     assert main(["events", "show", "--state-dir", state, uuid]) == 2
-    assert main(["status", "--state-dir", state]) == 1  # stopped: not running
-    assert "NOT RUNNING" in capsys.readouterr().out
+    assert main(["status", "--state-dir", state]) == 3  # the folder ended: stopped cleanly, not running
+    assert "stopped cleanly at" in capsys.readouterr().out
 
 
 def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
@@ -521,6 +522,28 @@ def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_retu
     assert len(events) == d.sup.events_started and d.sup.writes_dropped == 0
 
 
+def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_dropped_silently(tmp_path, darkness_bundle, caplog):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK)
+    config = daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=100, source__folder__loop=True)
+    d = InProcess(config_from_dict(config))
+    try:
+        wait_until(lambda: d.sup.events_started >= 1, what="a first event")
+        d.sup.reserve.size = 64 + 3000  # room for a couple of held writes only
+        conn = d.sup.journal._conn
+        with d.sup.journal._lock:
+            conn.execute(f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}")
+        wait_until(lambda: d.sup.writes_dropped >= 2, timeout=60, what="writes refused beyond the budget")
+        assert d.sup.stats()["journal_writes_dropped"] == d.sup.writes_dropped
+        assert "event writes dropped" in d.sup.stats()["journal_error"]
+    finally:
+        with d.sup.journal._lock:
+            d.sup.journal._conn.execute("PRAGMA max_page_count=1073741823")
+        d.stop()
+    dropped = [r for r in caplog.records if r.levelname == "ERROR" and "NOT recorded" in r.getMessage()]
+    assert len(dropped) == d.sup.writes_dropped
+
+
 def _started_uuids(records) -> list[str]:
     return [r.args[0] for r in records if r.getMessage().startswith("crack event") and "started" in r.getMessage()]
 
@@ -693,3 +716,54 @@ def test_a_corrupt_video_file_ends_the_daemon_with_a_failure_exit_code(tmp_path,
     assert sup.run() == 1
     assert sup.frames_processed > 0 and sup.camera_state == "failed"
     assert any("corrupt or truncated" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+
+
+def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+    """The daemon (a real process) is SIGKILLed at random moments, up to 20 times, while the broker goes down
+    and comes back; then it runs once more until its outbox is empty. Every event the journal holds must have
+    reached the subscriber at least once, and the journal must pass a full `PRAGMA integrity_check`."""
+    import random
+
+    rng = random.Random(11)
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK * 4)
+    config = daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=80, source__folder__loop=True)
+    state = tmp_path / "state"
+    sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/event")
+    kills, broker_up, budget_end = 0, True, time.monotonic() + 40
+    while kills < 20 and time.monotonic() < budget_end:
+        proc = start_daemon(config, tmp_path)
+        try:
+            wait_until(lambda: read_status(state).get("pid") == proc.pid and read_status(state).get("frames_processed", 0) > 0,
+                       timeout=30, what=f"daemon run {kills + 1} processing frames", interval=0.02)
+            time.sleep(rng.uniform(0.0, 0.6))
+        finally:
+            proc.kill()
+            proc.wait(10)
+        kills += 1
+        if rng.random() < 0.4:  # the broker goes down or comes back (a clean stop keeps its persistent sessions)
+            if broker_up:
+                mosquitto.stop()
+            else:
+                mosquitto.start()
+            broker_up = not broker_up
+    if not broker_up:
+        mosquitto.start()
+    assert kills >= 5
+    assert integrity_check(state / "crackd.db") is None
+    final = start_daemon(config, tmp_path)
+    try:
+        wait_until(lambda: read_status(state).get("pid") == final.pid and read_status(state).get("frames_processed", 0) > 0,
+                   timeout=30, what="the last run processing frames")
+        with Journal(state / "crackd.db") as j:
+            wait_until(lambda: j.outbox_depth() == 0, timeout=60, what="the outbox drained")
+            recorded = {e["uuid"] for e in j.list_events()}
+        sub.wait_for(lambda s: {p["uuid"] for p in s.on("event")} >= recorded, timeout=30, what="every journalled event")
+    finally:
+        assert stop_process(final) == 0
+    assert recorded and len(recorded) >= kills
+    conn = sqlite3.connect(state / "crackd.db")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()

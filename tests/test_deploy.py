@@ -280,7 +280,7 @@ def test_a_bundle_whose_model_cannot_be_loaded_is_refused(sshd, steady_device, m
     def truncate(m, d):
         p = d / "segmenter.tflite"
         p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-        m["models"]["segmenter"]["sha256"] = sha256_file(p)
+        m["models"]["segmenter"].update(sha256=sha256_file(p), bytes=p.stat().st_size)
 
     r = push(sshd, steady_device, make_bundle("unloadable", edit=truncate, sign=signer_keys.trusted))
 
@@ -299,6 +299,36 @@ def test_a_bundle_that_fails_its_golden_samples_is_refused(sshd, steady_device, 
 
     assert_untouched(steady_device, r)
     assert "golden sample" in r.stdout and "segmenter" in r.stdout
+
+
+def test_the_pusher_cannot_switch_off_the_devices_signature_policy(sshd, steady_device, make_bundle, signer_keys, tmp_path):
+    """The device's own config says require_signature: true. Options passed through to `crackd models` may only make
+    that stricter: an unsigned bundle with a one-bit flip in its classifier (the golden samples would not notice) is
+    refused with --no-require-signature, and a bundle signed by a stranger is refused although --allowed-signers names
+    a file that trusts the stranger."""
+    from edge.bundle import sha256_file
+
+    def flip_a_bit(m, d):
+        p = d / "classifier.tflite"
+        data = bytearray(p.read_bytes())
+        data[len(data) - 100] ^= 0x01
+        p.write_bytes(bytes(data))
+        m["models"]["classifier"]["sha256"] = sha256_file(p)
+
+    flipped = make_bundle("flipped", edit=flip_a_bit)
+    r = push(sshd, steady_device, flipped, "--device-option=--no-require-signature")
+
+    assert_untouched(steady_device, r)
+    assert "may only make it stricter" in r.stdout
+    assert not [h for h in steady_device.history() if h["version"] == version_of(flipped)]
+
+    stranger_signers = tmp_path / "stranger_signers"
+    stranger_signers.write_text(f'stranger@test namespaces="crackd-bundle" {signer_keys.stranger.with_suffix(".pub").read_text().strip()}\n')
+    foreign = make_bundle("foreign", sign=signer_keys.stranger)
+    r = push(sshd, steady_device, foreign, f"--device-option=--allowed-signers={stranger_signers}")
+
+    assert_untouched(steady_device, r)
+    assert "device refused the bundle" in r.stdout and str(signer_keys.allowed_signers) in r.stdout
 
 
 # --------------------------------------------------------------------------- activated, then unhealthy: rolled back
@@ -362,9 +392,31 @@ def test_a_daemon_that_stops_processing_during_the_deploy_is_rolled_back(sshd, d
 
     assert r.returncode == 1, r.stdout + r.stderr
     assert "not serving" in r.stdout and "rolled back" in r.stdout
+    assert "frames_processed stayed at" in r.stdout or "daemon status is" in r.stdout  # says what was measured
     assert device.releases().current_version() == device.initial
     assert [h["action"] for h in device.history()][-4:] == ["activate", "health", "rollback", "health"]  # frozen: serves nothing
     device.wait_serving(device.initial, timeout=20)
+
+
+def test_the_health_wait_says_what_it_measured(device):
+    """A daemon that still reports itself healthy but processes no frames (frozen with SIGSTOP right after a fresh
+    status): the wait fails naming the frame counter that did not move, not a guess. Settle times that cannot fit
+    in the timeout are refused outright."""
+    from edge.timestamps import iso_utc
+
+    rel = device.releases()
+    with pytest.raises(ValueError, match="shorter than the timeout"):
+        rel.wait_serving(device.initial, iso_utc(time.time()), timeout_s=2, settle_s=3)
+    wait_until(lambda: (device.status().get("frames_processed") or 0) > 0 and rel.daemon_status()["status_age_s"] < 1, 20,
+               "a fresh status with frames", interval=0.02)
+    device.proc.send_signal(signal.SIGSTOP)
+    try:
+        health = rel.wait_serving(device.initial, iso_utc(time.time()), timeout_s=2, settle_s=1)
+    finally:
+        device.proc.send_signal(signal.SIGCONT)
+
+    assert not health.ok
+    assert "frames_processed stayed at" in health.message and f"while status.json said {device.initial} was serving" in health.message
 
 
 # --------------------------------------------------------------------------- one deployment at a time
@@ -422,3 +474,43 @@ def test_a_device_that_is_not_serving_is_left_alone_unless_forced(sshd, device_f
     assert r.returncode == 1
     assert "not serving healthily before the deploy" in r.stdout and "--force" in r.stdout
     assert device.releases().current_version() == device.initial
+
+
+# --------------------------------------------------------------------------- options and --json
+
+
+def _deploy(*args: str):
+    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command, options, expected", [
+    ("push", ["--settle", "3", "--timeout", "2"], "--settle 3 must be shorter than --timeout 2"),
+    ("push", ["--timeout", "0"], "--timeout: expected more than 0 seconds, got 0"),
+    ("push", ["--settle", "-1"], "--settle: expected 0 seconds or more, got -1"),
+    ("push", ["--lock-wait", "-5"], "--lock-wait: expected 0 seconds or more, got -5"),
+    ("rollback", ["--settle", "5", "--timeout", "5"], "--settle 5 must be shorter than --timeout 5"),
+])
+def test_options_that_can_never_succeed_are_refused_before_connecting(make_bundle, command, options, expected):
+    target = [str(make_bundle("options"))] if command == "push" else []
+    r = _deploy(command, *target, "no-such-host.invalid", *options)
+
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"crack-deploy {command}: {expected}"), r.stderr
+
+
+def test_push_json_has_a_json_answer_for_every_outcome(make_bundle):
+    def wrong_sha(m, d):
+        m["models"]["classifier"]["sha256"] = "0" * 64
+
+    refused = _deploy("push", str(make_bundle("json-badsum", edit=wrong_sha)), "no-such-host.invalid", "--json")
+    usage = _deploy("push", str(make_bundle("json-usage")), "no-such-host.invalid", "--json", "--settle", "3", "--timeout", "2")
+    no_hosts = _deploy("push", str(make_bundle("json-nohosts")), "--json")
+    bad_type = _deploy("push", str(make_bundle("json-badtype")), "no-such-host.invalid", "--json", "--timeout", "soon")
+
+    local = json.loads(refused.stdout)
+    assert refused.returncode == 1 and local["ok"] is False and local["kind"] == "LocalBundleInvalid"
+    assert "classifier.tflite" in local["error"] and local["hosts"] == []
+    for r in (usage, no_hosts, bad_type):
+        payload = json.loads(r.stdout)
+        assert r.returncode == 2 and payload["ok"] is False and payload["kind"] == "UsageError" and payload["error"]

@@ -240,6 +240,7 @@ def test_choice_is_the_fastest_near_best_inside_the_budget():
 
 
 def test_sweep_segmenter_names_match_the_model_builders():
+    pytest.importorskip("tensorflow")
     from trainer.models import SEGMENTER_SIZES
     from trainer.sweep import SEGMENTER_NAMES
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -306,3 +307,65 @@ def test_a_full_disk_reports_the_real_error_not_the_failed_rollback(small_fs):
         (small_fs / "filler").unlink()
         j.record(None, [event(record(uuid="ffffffff-2222-3333-4444-555555555555"))], [message()])
         assert j.write_error is None
+
+
+def test_a_journal_file_of_mode_444_is_refused_for_the_daemon_user():
+    """The daemon runs as its own user, for whom a mode-444 file is read-only (SQLite would open it read-only
+    without a word). Root ignores file modes, so the check runs in a child that has become `nobody`."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="crackd-444-"))  # outside pytest's root-only (0700) temporary tree
+    request_cleanup = lambda: shutil.rmtree(top, ignore_errors=True)  # noqa: E731
+    state = top / "state"
+    state.mkdir()
+    with Journal(state / "crackd.db") as j:
+        j.record(None, [event(record())])
+    os.chmod(top, 0o755)
+    for p in (state, *state.iterdir()):
+        os.chown(p, 65534, 65534)
+    os.chmod(state / "crackd.db", 0o444)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become nobody, open the journal, report what happened
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                Journal(state / "crackd.db").close()
+                result = "opened"
+            except JournalError as exc:
+                result = str(exc)
+        except BaseException as exc:  # noqa: BLE001  (anything, reported to the parent)
+            result = f"child failed: {exc!r}"
+        os.write(write, result.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        result = f.read()
+    request_cleanup()
+    assert str(state / "crackd.db") in result and "not writable" in result and "ermission denied" in result, result
+
+
+def test_held_writes_survive_the_reserve_file_without_their_pictures(tmp_path):
+    """What a stop on a full disk saves (edge.held_writes): event writes and JSON messages, in place, and back."""
+    from edge.held_writes import Reserve, encoded_size, without_pictures
+
+    reserve = Reserve(tmp_path / "held-writes.reserve", size=64 * 1024)
+    assert reserve.ensure() and reserve.load() == []
+    picture = OutboxMessage("crackd/cam1/snapshot", b"\xff\xd8jpeg", 1, True, "u1")
+    item = ([FrameRow(t=1.0, seq=1, crack=True, score=0.9, segmented=False)], [event(record())], [message(), picture])
+    kept, shed = without_pictures(item)
+    assert shed == 1 and kept[2] == [message()] and encoded_size(kept) > 0
+    blocks = (tmp_path / "held-writes.reserve").stat().st_blocks
+    assert reserve.save([kept, kept]) == 2
+    assert (tmp_path / "held-writes.reserve").stat().st_blocks == blocks  # written over its own blocks
+    loaded = reserve.load()
+    assert loaded == [([], kept[1], kept[2])] * 2  # frame rows are not detections: not kept
+    reserve.clear()
+    assert reserve.load() == []

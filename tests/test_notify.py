@@ -143,6 +143,7 @@ def test_watchdog_follows_the_process_not_the_camera(tmp_path, darkness_bundle, 
         "model": {"bundle": str(darkness_bundle)},
         "storage": {"state_dir": str(tmp_path / "state")},
         "mqtt": {"enabled": False},
+        "releases": {"require_signature": False},  # the darkness test bundle is unsigned
     })
     sup = Supervisor(cfg, notifier=Notifier(environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}))
     sup.HEALTH_WINDOW_MIN_S = 0.5

@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("tensorflow")  # the trainer: absent on a device-only install (pip install .[edge])
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def crack_train(*args: str) -> None:
+    """`crack-train ARGS` in this process: TensorFlow is imported once for the module, not once per command."""
+    from trainer.cli import main
+
+    assert main(list(args)) == 0
 
 
 def run(*args, timeout=600):
@@ -22,10 +31,10 @@ def run(*args, timeout=600):
 def toy_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "synth"
-    run("-m", "trainer.cli", "synth", "--out", str(data), "--n", "36", "--size", "64", "--seed", "3")
-    run("-m", "trainer.cli", "classifier", "--data", str(data), "--alpha", "0.35", "--size", "32", "--epochs", "1",
+    crack_train("synth", "--out", str(data), "--n", "36", "--size", "64", "--seed", "3")
+    crack_train("classifier", "--data", str(data), "--alpha", "0.35", "--size", "32", "--epochs", "1",
         "--steps-per-epoch", "2", "--batch-size", "8", "--out", str(root / "cls"))
-    run("-m", "trainer.cli", "segmenter", "--data", str(data), "--size", "32", "--epochs", "1", "--steps-per-epoch", "2",
+    crack_train("segmenter", "--data", str(data), "--size", "32", "--epochs", "1", "--steps-per-epoch", "2",
         "--batch-size", "8", "--out", str(root / "seg"))
     return root
 
@@ -40,7 +49,7 @@ def test_training_runs_leave_checkpoints_logs_and_splits(toy_runs):
 
 def test_export_writes_a_bundle_the_device_accepts(toy_runs):
     bundle = toy_runs / "bundle"
-    run("-m", "trainer.cli", "export", "--classifier", str(toy_runs / "cls"), "--segmenter", str(toy_runs / "seg"),
+    crack_train("export", "--classifier", str(toy_runs / "cls"), "--segmenter", str(toy_runs / "seg"),
         "--out", str(bundle), "--version", "0.0.1-e2e", "--tolerance", "1.0", "--calibration-images", "16")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["bundle_version"] == "0.0.1-e2e"
@@ -95,10 +104,12 @@ def test_export_refuses_a_model_with_float_only_ops():
         convert_int8(model, calib)
 
 
-def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path):
+def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path, capsys):
+    """In this process (TensorFlow is loaded already): a subprocess would spend its time importing it."""
+    from trainer.cli import main
+
     (tmp_path / "positive").mkdir()
     (tmp_path / "negative").mkdir()
-    out = subprocess.run([sys.executable, "-m", "trainer.cli", "classifier", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2
-    assert "error:" in out.stderr and "empty" in out.stderr.splitlines()[-1]
+    assert main(["classifier", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "empty" in err.strip().splitlines()[-1]

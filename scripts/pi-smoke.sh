@@ -189,7 +189,7 @@ declare -A VENV_OF=([$INSTALLED]=/opt/crackd/venv [$OTHER]=/opt/crackd/venv-$OTH
 for rt in "$INSTALLED" "$OTHER"; do
     venv=${VENV_OF[$rt]}
     golden() {
-        in_root bash -c "d=\$(mktemp -d) && $venv/bin/crackd models stage /src/models/default --state-dir \$d --runtime $rt --no-require-signature --who pi-smoke --json" \
+        in_root bash -c "d=\$(mktemp -d) && $venv/bin/crackd models stage /src/models/default --state-dir \$d --runtime $rt --who pi-smoke --json" \
             > "$WORK/golden-$rt.json"
         python3 - "$WORK/golden-$rt.json" "$rt" <<'PY' | tee -a "$SUMMARY"
 import json, sys

@@ -34,6 +34,7 @@ DEFAULT_ALLOWED_SIGNERS = Path("/etc/crackd/allowed_signers")
 # every file's sha256, so this vouches for the whole bundle. Re-exporting models/default means adding its hash here.
 SHIPPED_MANIFESTS = {
     "417ce99aa7528112889142753aea9cf8a275d9dbcb19a9826906512d3b861257": "1.0.0",
+    "96a98ff86114597bda7f064e8da3625a572f922b386cd85a00a94a0ab159855b": "1.1.0",
 }
 # Key types accepted for bundle signatures: ed25519, in software or on a FIDO token.
 ACCEPTED_KEY_TYPES = ("ED25519", "ED25519-SK")

@@ -154,11 +154,9 @@ def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
                         "cracks 1-30 px wide on real crack-free backgrounds, procedural surfaces, hard negatives (default 0)")
 
 
-# The keys of trainer.models.SEGMENTER_SIZES, kept here so `--help` does not import Keras.
-SEGMENTER_CHOICES = ("fast", "fast-wide", "tiny", "small", "medium")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from trainer.sweep import SEGMENTER_NAMES  # no Keras import: `--help` stays fast
+
     parser = argparse.ArgumentParser(prog="crack-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -181,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segmenter", help="train the U-Net crack segmenter")
     _add_training_args(p, epochs=40, batch=16, lr=3e-3)
-    p.add_argument("--model-size", choices=SEGMENTER_CHOICES, default="fast",
+    p.add_argument("--model-size", choices=SEGMENTER_NAMES, default="fast",
                    help="U-Net size: fast / fast-wide (half-resolution decoder, bundle 1.1) or tiny / small / medium (bundle 1.0)")
     p.add_argument("--loss", choices=["bce_dice", "bce_tversky"], default="bce_dice",
                    help="bce_dice, or bce_tversky (Tversky alpha 0.3 / beta 0.7: a missed crack pixel costs more than a false one)")

@@ -42,7 +42,7 @@ log = logging.getLogger("crack-train.sweep")
 
 CLASSIFIER_ALPHAS = (0.35, 0.5, 0.75, 1.0)
 CLASSIFIER_SIZES = (96, 128, 160, 224)
-SEGMENTER_NAMES = ("tiny", "small", "medium")  # the keys of trainer.models.SEGMENTER_SIZES (kept here: no Keras import at CLI start)
+SEGMENTER_NAMES = ("tiny", "small", "medium", "fast", "fast-wide")  # the keys of trainer.models.SEGMENTER_SIZES (kept here: no Keras import at CLI start)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, copy_default_bundle, free_port, wait_until
+from conftest import REPO, copy_default_bundle, free_port, swap_golden_segmenter_outputs, wait_until
 from edge import __version__
 from edge.releases import ReleasePolicy, Releases
 
@@ -289,13 +289,7 @@ def test_a_bundle_whose_model_cannot_be_loaded_is_refused(sshd, steady_device, m
 
 
 def test_a_bundle_that_fails_its_golden_samples_is_refused(sshd, steady_device, make_bundle, signer_keys):
-    def swap_expectations(m, d):  # the recorded segmenter maps belong to other images
-        samples = m["golden"]["samples"]
-        outs = [(s["segmenter_output"], s.get("segmenter_output_sha256")) for s in samples]
-        for s, (out, sha) in zip(samples, outs[1:] + outs[:1]):
-            s["segmenter_output"], s["segmenter_output_sha256"] = out, sha  # consistent checksums, wrong expectations
-
-    r = push(sshd, steady_device, make_bundle("golden", edit=swap_expectations, sign=signer_keys.trusted))
+    r = push(sshd, steady_device, make_bundle("golden", edit=lambda m, d: swap_golden_segmenter_outputs(m), sign=signer_keys.trusted))
 
     assert_untouched(steady_device, r)
     assert "golden sample" in r.stdout and "segmenter" in r.stdout

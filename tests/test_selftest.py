@@ -13,6 +13,7 @@ import pytest
 from edge.bundle import BundleError, load_bundle, sha256_file
 from edge.runtime import TFLiteModel
 from edge.selftest import CLASSIFIER_SCORE_TOLERANCE, GoldenMismatch, mask_iou, run_golden
+from conftest import swap_golden_segmenter_outputs
 
 
 def _pin_model(manifest: dict, bundle_dir, role: str) -> None:
@@ -95,7 +96,7 @@ def test_images_fed_as_bgr_instead_of_rgb_fail(make_bundle):
         for s in m["golden"]["samples"]:
             path = d / s["image"]
             cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
-            s["sha256"] = sha256_file(path)
+            s["sha256"], s["bytes"] = sha256_file(path), path.stat().st_size
 
     report = run_golden(load_bundle(make_bundle("bgr", edit=swap_channels)))
     assert not report.ok, report.as_dict()
@@ -112,13 +113,7 @@ def test_a_truncated_model_is_refused(make_bundle):
 
 
 def test_recorded_segmenter_maps_of_other_images_fail_on_mask_overlap(make_bundle):
-    def swap_maps(m, d):
-        samples = m["golden"]["samples"]
-        outs = [(s["segmenter_output"], s.get("segmenter_output_sha256")) for s in samples]
-        for s, (out, sha) in zip(samples, outs[1:] + outs[:1]):
-            s["segmenter_output"], s["segmenter_output_sha256"] = out, sha
-
-    report = run_golden(load_bundle(make_bundle("swapped", edit=swap_maps)))
+    report = run_golden(load_bundle(make_bundle("swapped", edit=lambda m, d: swap_golden_segmenter_outputs(m))))
     assert not report.ok
     assert any("IoU" in p or "segmenter" in p for s in report.samples for p in s.problems)
 

@@ -109,14 +109,32 @@ def test_latency_is_measured_with_the_edge_runtime_on_one_thread(report):
 def test_every_target_is_marked_met_not_met_or_not_measured(report):
     result, out = report
     ids = [t["id"] for t in result["targets"]]
-    assert ids == ["classifier_in_domain", "classifier_cross_surface", "segmenter_dice", "int8_gap", "classifier_latency",
-                   "segmenter_latency"]
+    crossval = json.loads((BUNDLE / "crossval.json").read_text())  # the shipped bundle carries its leave-one-out figures
+    per_source = [f"segmenter_cross_surface_{r['heldout']}" for r in crossval["segmenter"]]
+    assert per_source and ids == ["classifier_in_domain", "classifier_cross_surface", "classifier_cross_surface_balanced", *per_source,
+                                  "int8_gap", "classifier_latency", "segmenter_latency"]
     for t in result["targets"]:
         assert t["met"] in (True, False, None)
         assert t["measured"]
     assert result["targets"][0]["dataset"] == "heldout:tiny_cls"  # held-out numbers come first
     md = (out / "REPORT.md").read_text()
-    assert md.count("✅ met") + md.count("❌ not met") + md.count("— not measured") >= 6
+    assert md.count("✅ met") + md.count("❌ not met") + md.count("— not measured") >= len(ids)
+    assert "Cross-surface validation (leave one dataset out)" in md
+
+
+def test_cross_surface_targets_are_read_at_the_bundles_pixel_threshold():
+    from trainer.targets import _crossval_checks
+
+    curve = [{"threshold": t, "tolerant_f1": f} for t, f in ((0.3, 0.70), (0.4, 0.80), (0.5, 0.74))]
+    report = {"models": {"segmenter": {"threshold": 0.5}},
+              "crossval": {"segmenter": [{"run": "loo_a", "heldout": "a", "images": 9, "scales": {"model scale": {"curve": curve}}}]}}
+    (check,) = _crossval_checks(report)
+    assert check["id"] == "segmenter_cross_surface_a" and check["value"] == 0.74 and check["met"] is False
+    report["models"]["segmenter"]["threshold"] = 0.4
+    assert _crossval_checks(report)[0]["met"] is True
+    del report["crossval"]  # no leave-one-out runs scored: not measured, never met
+    (missing,) = _crossval_checks(report)
+    assert missing["met"] is None and missing["measured"] == "not measured" and "crossval.json" in missing["note"]
 
 
 def test_report_md_embeds_existing_png_plots(report):

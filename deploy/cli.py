@@ -76,8 +76,21 @@ def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ssh command lines)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """With --json anywhere on the command line, a usage error is a JSON answer too (and the usual line on stderr)."""
+
+    def error(self, message: str):
+        if "--json" in _ARGV:
+            print(json.dumps({"ok": False, "error": message, "kind": "UsageError", "hosts": []}, indent=1))
+            self.exit(2, f"{self.prog}: error: {message}\n")
+        super().error(message)
+
+
+_ARGV: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crack-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="crack-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("push", help="deploy a bundle: verify, copy, stage, activate, confirm health or roll back")
@@ -125,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

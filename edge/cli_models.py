@@ -27,6 +27,7 @@ from edge.bundle import BundleError
 from edge.releases import DeviceLock, Interrupted, ReleaseError, ReleasePolicy, Releases, default_who
 from edge.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 from edge.signing import DEFAULT_ALLOWED_SIGNERS
+from edge import state_location
 from edge.state_location import DEFAULT_CONFIG, RULE, locate_state
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,8 @@ def _trusted_policy_file(path: Path) -> None:
 
 def _load_config(args):
     path = args.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG  # the installed device's policy applies
+    if path is None and state_location.DEFAULT_CONFIG.is_file():
+        path = state_location.DEFAULT_CONFIG  # the installed device's policy applies
     if path is None:
         return None, None
     try:
@@ -137,6 +138,24 @@ def _load_config(args):
         raise UsageError(str(exc)) from None
 
 
+def _at_least_the_devices(policy: ReleasePolicy, device_config: Path) -> ReleasePolicy:
+    """A --config beside the installed device's own config can only add to that config's signature policy."""
+    from edge.config import ConfigError, load_config
+
+    _trusted_policy_file(device_config)
+    try:
+        floor = load_config(device_config).releases
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    latency = [v for v in (policy.max_latency_ms, floor.max_latency_ms) if v is not None]
+    policy = replace(policy, max_latency_ms=min(latency) if latency else None)
+    if not floor.require_signature:
+        return policy
+    extra = (policy.allowed_signers,) if policy.require_signature and Path(policy.allowed_signers) != Path(floor.allowed_signers) else ()
+    return replace(policy, require_signature=True, allowed_signers=Path(floor.allowed_signers),
+                   extra_allowed_signers=(*extra, *policy.extra_allowed_signers))
+
+
 def _resolve(args) -> Releases:
     """State dir and release policy. The config (else the built-in defaults: signatures required) decides the policy;
     command-line flags may only make it stricter. Runtime, threads and keep are plain settings that flags override."""
@@ -148,11 +167,14 @@ def _resolve(args) -> Releases:
         state_dir = locate_state(args.state_dir, args.config).state_dir
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    decided_by = f"{cfg_path} (releases.require_signature)" if cfg_path else f"the default policy (no {DEFAULT_CONFIG})"
+    decided_by = f"{cfg_path} (releases.require_signature)" if cfg_path else f"the default policy (no {state_location.DEFAULT_CONFIG})"
     if cfg is not None:
         r = cfg.releases
         policy = replace(policy, runtime=cfg.model.runtime, threads=cfg.model.threads, require_signature=r.require_signature,
                          allowed_signers=Path(r.allowed_signers), keep=r.keep, max_latency_ms=r.max_latency_ms)
+    device = state_location.DEFAULT_CONFIG
+    if cfg_path is not None and device.is_file() and cfg_path.resolve() != device.resolve():
+        policy, decided_by = _at_least_the_devices(policy, device), f"{device} (releases.require_signature)"
     require = getattr(args, "require_signature", None)
     if require is False and policy.require_signature:
         raise UsageError(f"--no-require-signature: {decided_by} requires signed bundles; command-line options may only make it stricter")
@@ -243,6 +265,8 @@ def _cmd_status(rel: Releases, args) -> dict | None:
 
 
 def _cmd_history(rel: Releases, args) -> dict | None:
+    if args.n < 1:
+        raise UsageError(f"-n: expected at least 1 record, got {args.n}")
     records = rel.history(limit=args.n)
     if args.json:
         return {"history": records}

@@ -496,8 +496,7 @@ class Releases:
         if timeout_s <= 0 or settle_s < 0 or settle_s >= timeout_s:
             raise ValueError(f"settle time {settle_s:g} s must be at least 0 and shorter than the timeout {timeout_s:g} s")
         since = parse_iso(since_iso) or 0.0
-        start = time.monotonic()
-        deadline = start + timeout_s
+        deadline = time.monotonic() + timeout_s
         healthy_since: float | None = None
         frames0 = frames = 0
         last = "no status yet"

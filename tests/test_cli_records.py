@@ -153,6 +153,9 @@ def test_models_history_without_deployments_says_so(tmp_path):
     r = crackd("models", "history", "--config", str(config))
 
     assert r.returncode == 0 and "no deployments recorded" in r.stdout and str(tmp_path / "state") in r.stdout
+    for n in ("0", "-1"):
+        bad = crackd("models", "history", "--config", str(config), "-n", n)
+        assert bad.returncode == 2 and "-n: expected at least 1" in one_line(bad)
 
 
 # --------------------------------------------------------------------------- status and where the state is
@@ -196,3 +199,23 @@ def test_every_command_finds_the_same_state_directory(tmp_path):
     assert events.returncode == 0 and "1 event(s)" in events.stdout
     assert models.returncode == 0 and str(demo) in models.stdout, models.stdout + models.stderr
     assert history.returncode == 0 and str(demo) in history.stdout
+
+
+def test_a_missing_state_directory_is_created_only_with_a_word_about_it(tmp_path):
+    """check-config says the state directory does not exist yet; `crackd run` creates it and logs that it did
+    (as root it would belong to root: the installer makes it for the service user)."""
+    from conftest import write_frames
+
+    state = tmp_path / "not-yet" / "state"
+    write_frames(tmp_path / "frames", "..")
+    config = tmp_path / "crackd.yaml"
+    config.write_text(f"source:\n  type: folder\n  folder: {{path: {tmp_path / 'frames'}, fps: 0, loop: false}}\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n"
+                      f"storage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\nlogging:\n  journald: false\n")
+
+    check = crackd("check-config", str(config))
+    assert check.returncode == 0 and f"state {state} (does not exist yet" in check.stdout
+    assert not state.exists()
+
+    run = crackd("run", "--config", str(config))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert state.is_dir() and f"created the state directory {state}" in run.stderr

@@ -506,10 +506,11 @@ def test_push_json_has_a_json_answer_for_every_outcome(make_bundle):
     refused = _deploy("push", str(make_bundle("json-badsum", edit=wrong_sha)), "no-such-host.invalid", "--json")
     usage = _deploy("push", str(make_bundle("json-usage")), "no-such-host.invalid", "--json", "--settle", "3", "--timeout", "2")
     no_hosts = _deploy("push", str(make_bundle("json-nohosts")), "--json")
+    bad_type = _deploy("push", str(make_bundle("json-badtype")), "no-such-host.invalid", "--json", "--timeout", "soon")
 
     local = json.loads(refused.stdout)
     assert refused.returncode == 1 and local["ok"] is False and local["kind"] == "LocalBundleInvalid"
     assert "classifier.tflite" in local["error"] and local["hosts"] == []
-    for r in (usage, no_hosts):
+    for r in (usage, no_hosts, bad_type):
         payload = json.loads(r.stdout)
         assert r.returncode == 2 and payload["ok"] is False and payload["kind"] == "UsageError" and payload["error"]

@@ -538,3 +538,22 @@ def test_a_stage_stopped_by_sigterm_removes_its_staging_copy_and_says_so(state, 
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
     assert not list((state / "models" / "releases").glob("*"))
     assert Releases(state).history()[-1]["outcome"] == "rejected"
+
+
+def test_another_config_cannot_lower_the_installed_devices_policy(state, make_bundle, signer_keys, tmp_path, monkeypatch, capsys):
+    """Where the device's own config exists, a --config (root-owned, so accepted as a policy source) that switches
+    signatures off is not enough: the device's config stays the floor. (Run in-process with the device config's
+    location pointed at a file in tmp, since the test must not write /etc/crackd.)"""
+    from edge import state_location
+    from edge.cli import main
+
+    device = device_config(tmp_path, True, signer_keys.allowed_signers, name="device.yaml")
+    lax = device_config(tmp_path, False, name="lax.yaml")
+    monkeypatch.setattr(state_location, "DEFAULT_CONFIG", device)
+
+    code = main(["models", "stage", str(make_bundle("lax")), "--state-dir", str(state), "--config", str(lax)])
+
+    assert code == 1 and "not signed" in capsys.readouterr().err
+    assert not list((state / "models" / "releases").glob("*"))
+    monkeypatch.setattr(state_location, "DEFAULT_CONFIG", tmp_path / "absent.yaml")
+    assert main(["models", "stage", str(make_bundle("lax2")), "--state-dir", str(state), "--config", str(lax)]) == 0

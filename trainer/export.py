@@ -239,6 +239,9 @@ def _write_golden(bundle_dir: Path, images: np.ndarray, models: dict) -> dict:
         cls, seg = models["classifier"], models["segmenter"]
         cls_out = cls.run(model_input(image, *cls.input_hw))
         cv2.imwrite(str(bundle_dir / seg_name), seg.run(model_input(image, *seg.input_hw))[..., 0])
-        samples.append({"image": name, "sha256": sha256_file(bundle_dir / name), "classifier_output": int(cls_out.reshape(-1)[0]),
-                        "segmenter_output": seg_name, "segmenter_output_sha256": sha256_file(bundle_dir / seg_name)})
+        # sizes too: the device checks each file's size against the manifest before it reads or copies it
+        samples.append({"image": name, "sha256": sha256_file(bundle_dir / name), "bytes": (bundle_dir / name).stat().st_size,
+                        "classifier_output": int(cls_out.reshape(-1)[0]),
+                        "segmenter_output": seg_name, "segmenter_output_sha256": sha256_file(bundle_dir / seg_name),
+                        "segmenter_output_bytes": (bundle_dir / seg_name).stat().st_size})
     return {"tolerance": GOLDEN_TOLERANCE, "samples": samples}

@@ -28,7 +28,7 @@ if os.environ.get("CRACKD_TEST_WITHOUT_TENSORFLOW"):
     class _NoTensorFlow(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
             if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
-                raise ImportError(f"{name} is not installed (CRACKD_TEST_WITHOUT_TENSORFLOW)")
+                raise ModuleNotFoundError(f"No module named {name!r} (CRACKD_TEST_WITHOUT_TENSORFLOW)", name=name)
             return None
 
     sys.meta_path.insert(0, _NoTensorFlow())

@@ -281,6 +281,7 @@ def _tiny_trained_run(run_dir: Path) -> None:
 
 
 def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_path):
+    pytest.importorskip("tensorflow")  # builds and converts Keras models
     from trainer.sweep import SweepConfig, run_sweep
 
     _tiny_trained_run(tmp_path / "runs" / "cls_a0.35_s32")
@@ -305,6 +306,7 @@ def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_pa
 
 def test_a_sweep_that_trains_writes_the_run_files_crack_train_writes(tmp_path):
     """The sweep's own short training leaves a run that export, evaluate and a later sweep can read back."""
+    pytest.importorskip("tensorflow")  # builds and converts Keras models
     from trainer.assemble import load_arrays
     from trainer.sweep import SweepConfig, run_sweep
 

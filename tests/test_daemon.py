@@ -25,7 +25,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import REPO, fill_disk, remount, wait_until, write_frames
+from conftest import REPO, fill_disk, remount, wait_until, wedging_source, write_frames
 
 from edge.config import config_from_dict
 from edge.daemon import Supervisor
@@ -631,29 +631,9 @@ def test_a_full_disk_at_the_first_start_stops_it_with_one_line(tmp_path, darknes
 
 def test_a_capture_that_hangs_without_a_timeout_is_reported_stalled(tmp_path, darkness_bundle):
     """A driver call that never returns cannot be interrupted: crackd says so, and the watchdog pings stop."""
-    import numpy as np
-
-    from edge.sources import FrameSource
-
-    class Hangs(FrameSource):
-        name = "hangs"
-
-        def __init__(self):
-            super().__init__()
-            self.release = threading.Event()
-
-        def open(self):
-            pass
-
-        def read(self, timeout):
-            if self.health.frames >= 5:
-                self.release.wait()  # ignores its timeout, like a wedged driver
-            time.sleep(0.01)
-            return self._frame(np.full((48, 64, 3), 215, np.uint8))
-
     frames = tmp_path / "frames"
     write_frames(frames, ".")
-    hanging = Hangs()
+    hanging = wedging_source()
     sup = Supervisor(config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__read_timeout_s=0.2)),
                      notifier=Notifier(environ={}), source=hanging)
     sup.HEALTH_WINDOW_MIN_S = 0.5

@@ -17,7 +17,7 @@ import time
 import uuid
 
 import pytest
-from conftest import write_frames
+from conftest import wedging_source, write_frames
 
 from edge.config import config_from_dict
 from edge.notify import Notifier, setup_logging
@@ -130,10 +130,7 @@ def test_watchdog_follows_the_process_not_the_camera(tmp_path, darkness_bundle, 
     undelivered. The pings go on while the camera is away, and stop only for a wedged capture call."""
     import dataclasses
 
-    import numpy as np
-
     from edge.daemon import Supervisor
-    from edge.sources import FrameSource
 
     listener, address = path_socket
     frames = tmp_path / "frames"
@@ -173,23 +170,7 @@ def test_watchdog_follows_the_process_not_the_camera(tmp_path, darkness_bundle, 
         runner.join(10)
     listener.wait_for("STOPPING=1")
 
-    class Wedges(FrameSource):  # a driver call that never returns and ignores its timeout
-        name = "wedges"
-
-        def __init__(self):
-            super().__init__()
-            self.release = threading.Event()
-
-        def open(self):
-            pass
-
-        def read(self, timeout):
-            if self.health.frames >= 5:
-                self.release.wait()
-            time.sleep(0.01)
-            return self._frame(np.full((48, 64, 3), 215, np.uint8))
-
-    wedged = Wedges()
+    wedged = wedging_source()
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, read_timeout_s=0.1))
     sup = Supervisor(cfg, notifier=Notifier(environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}), source=wedged)
     sup.CAPTURE_HANG_MIN_S = 0.5

@@ -137,3 +137,17 @@ def test_balanced_accuracy_averages_the_recall_of_the_classes_present():
     scores = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.6])  # recall 3/4, specificity 1/2
     assert binary_metrics(labels, scores)["balanced_accuracy"] == pytest.approx((0.75 + 0.5) / 2)
     assert binary_metrics(labels[:4], scores[:4])["balanced_accuracy"] == pytest.approx(0.75)  # cracks only: recall
+
+
+def test_classification_images_labelled_crack_never_become_backgrounds(tmp_path):
+    from trainer import assemble
+
+    for label, value in (("positive", 30), ("negative", 200)):
+        (tmp_path / "cls" / label).mkdir(parents=True)
+        for i in range(10):
+            cv2.imwrite(str(tmp_path / "cls" / label / f"{label}_{i}.png"), np.full((40, 40, 3), value, np.uint8))
+    sp = assemble.classifier_splits([str(tmp_path / "cls")], 32, 0, seed=0)
+    pool = assemble.training_pool(sp)
+    assert pool.backgrounds and all(b.mean() == 200 for b in pool.backgrounds)
+    trained_negatives = [p for p in sp.files["cls"]["train"] if "negative" in p]
+    assert len(pool.backgrounds) == len(trained_negatives)

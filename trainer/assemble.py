@@ -45,6 +45,7 @@ class Splits:
     test: dict = field(default_factory=dict)  # name -> (images, labels-or-masks)
     files: dict = field(default_factory=dict)  # name -> {"train": [...], "val": [...], "test": [...]}
     reports: list[LoadReport] = field(default_factory=list)
+    crack_free: list = field(default_factory=list)  # training files known to hold no crack (domain backgrounds)
 
     def stacked(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         chunks = getattr(self, part)
@@ -108,6 +109,7 @@ def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_f
             sp.val.append((cs.images[va], cs.labels[va]))
             sp.test[part_name] = (cs.images[te], cs.labels[te])
             sp.files[part_name] = {part: [cs.paths[i] for i in idx] for part, idx in (("train", tr), ("val", va), ("test", te))}
+            sp.crack_free += [cs.paths[i] for i in tr if cs.labels[i] == 0 and "@" not in cs.paths[i]]
     if n_synth:
         s = _synth_set(n_synth, size, seed + 1000, crack_probability=0.5)
         labels = (s.masks.reshape(len(s.masks), -1).max(axis=1) > 0).astype(np.int32)
@@ -158,6 +160,8 @@ def segmenter_splits(data: list[str], size: int, n_synth: int, seed: int, val_fr
         sp.val.append((images[va], masks[va]))
         sp.test[name] = (images[te], masks[te])
         sp.files[name] = {part: [paths[i] for i in idx] for part, idx in (("train", tr), ("val", va), ("test", te))}
+        if not masks.any():  # a classification folder's crack-free images
+            sp.crack_free += [paths[i] for i in tr]
     if n_synth:
         s = _synth_set(n_synth, size, seed + 2000, crack_probability=0.8)
         tr, va = split_indices(n_synth, val_fraction, seed)
@@ -172,22 +176,19 @@ def segmenter_splits(data: list[str], size: int, n_synth: int, seed: int, val_fr
 
 
 def training_pool(sp: Splits):
-    """The full-resolution training photographs (never validation, test or held-out files) as a domain pool."""
+    """The training photographs with masks, and the training files known to be crack-free, as a domain pool.
+
+    Never validation, test or held-out files; a classification image labelled "crack" is never a background.
+    """
     from trainer import domain
     from trainer.datasets import mask_path_for
 
-    pairs, backgrounds = [], []
+    pairs = set()
     for parts in sp.files.values():
         for p in parts.get("train", []):
-            if p.startswith("synth:"):
-                continue
-            p = p.split("@")[0]
-            mask = mask_path_for(p)
-            if mask is not None:
-                pairs.append((p, mask))
-            else:
-                backgrounds.append(p)
-    return domain.load_pool(sorted(set(pairs)), sorted(set(backgrounds)))
+            if not p.startswith("synth:") and (mask := mask_path_for(p.split("@")[0])) is not None:
+                pairs.add((p.split("@")[0], mask))
+    return domain.load_pool(sorted(pairs), sorted(set(sp.crack_free)))
 
 
 def _add_domain_samples(sp: Splits, n: int, size: int, seed: int, progress, label_min_pixels: int | None) -> None:

@@ -80,11 +80,11 @@ def cmd_segmenter(args) -> int:
     model = build_segmenter(spec, size=None if cfg.crop else spec.size)
     if args.weights:
         model.load_weights(args.weights)  # fine-tune from an earlier run (same architecture)
-    model = train_segmenter(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir, loss=args.loss)
-    if cfg.crop:
-        fixed = build_segmenter(spec)
-        fixed.set_weights(model.get_weights())
-        fixed.save(run_dir / "best.keras")
+    train_segmenter(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir, loss=args.loss)
+    if cfg.crop:  # keep best.keras at the device's input size, as every reader of a finished run expects
+        from trainer.export import load_checkpoint
+
+        load_checkpoint(run_dir).save(run_dir / "best.keras")
     print(f"segmenter trained: {run_dir / 'best.keras'}")
     return 0
 

@@ -247,6 +247,8 @@ def _cmd_status(rel: Releases, args) -> dict | None:
     print(f"current:  {st['current'] or 'none'}   previous: {st['previous'] or 'none'}   installed: {', '.join(st['releases']) or 'none'}")
     if not d:
         print("daemon:   no status.json (not running?)")
+    elif d.get("state") == "stopped":  # its last write: a clean stop, as `crackd status` reports it
+        print(f"daemon:   stopped cleanly at {d.get('updated_at')} (pid {d.get('pid')}), was serving {d.get('bundle_version')}")
     else:
         print(
             f"daemon:   pid {d.get('pid')} {'running' if d.get('pid_alive') else 'NOT running'}, serving {d.get('bundle_version')}, "

@@ -183,6 +183,8 @@ def test_status_after_a_clean_stop_says_stopped_cleanly(tmp_path):
     first = r.stdout.splitlines()[0]
     assert "stopped cleanly at 20" in first and "NOT" not in r.stdout and "DISCONNECTED" not in r.stdout
     assert as_json.returncode == 3 and json.loads(as_json.stdout)["state"] == "stopped"
+    models = crackd("models", "status", "--state-dir", str(state))  # the release view says the same
+    assert "stopped cleanly at 20" in models.stdout and "NOT running" not in models.stdout and "UNHEALTHY" not in models.stdout
 
 
 def test_every_command_finds_the_same_state_directory(tmp_path):

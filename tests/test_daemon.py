@@ -493,6 +493,18 @@ def test_snapshots_stay_within_their_disk_budget_oldest_first_and_only_crack_fra
     assert len(recorded) < 6 * len(BLOCK)
 
 
+def journal_page_limit(sup, pages: int | None) -> None:
+    """SQLite's max_page_count: `pages` (None: the journal's current size) makes the journal really fail with
+    SQLITE_FULL, as on a full SD card; a large value gives the space back."""
+    with sup.journal._lock:
+        conn = sup.journal._conn
+        limit = conn.execute("PRAGMA page_count").fetchone()[0] if pages is None else pages
+        conn.execute(f"PRAGMA max_page_count={limit}")
+
+
+NO_PAGE_LIMIT = 1073741823
+
+
 def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_returns(tmp_path, darkness_bundle):
     """SQLite's max_page_count makes the journal really fail with SQLITE_FULL, as on a full SD card (no root needed).
 
@@ -504,16 +516,12 @@ def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_retu
     d = InProcess(config_from_dict(config))
     try:
         wait_until(lambda: d.sup.events_started >= 1, what="a first event")
-        conn = d.sup.journal._conn
-        with d.sup.journal._lock:
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count={pages}")
+        journal_page_limit(d.sup, None)
         wait_until(lambda: d.sup._pending_writes, timeout=60, what="an event write held while the disk is full")
         assert "full" in (d.sup.status()["journal_error"] or "") and not d.sup.status()["healthy"]
         processed = d.sup.frames_processed
         wait_until(lambda: d.sup.frames_processed > processed + 10, what="frames still processed")
-        with d.sup.journal._lock:
-            conn.execute("PRAGMA max_page_count=1073741823")
+        journal_page_limit(d.sup, NO_PAGE_LIMIT)
         wait_until(lambda: not d.sup._pending_writes, timeout=60, what="held writes saved")
     finally:
         d.stop()
@@ -530,15 +538,12 @@ def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_droppe
     try:
         wait_until(lambda: d.sup.events_started >= 1, what="a first event")
         d.sup.reserve.size = 64 + 3000  # room for a couple of held writes only
-        conn = d.sup.journal._conn
-        with d.sup.journal._lock:
-            conn.execute(f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}")
+        journal_page_limit(d.sup, None)
         wait_until(lambda: d.sup.writes_dropped >= 2, timeout=60, what="writes refused beyond the budget")
         assert d.sup.stats()["journal_writes_dropped"] == d.sup.writes_dropped
         assert "event writes dropped" in d.sup.stats()["journal_error"]
     finally:
-        with d.sup.journal._lock:
-            d.sup.journal._conn.execute("PRAGMA max_page_count=1073741823")
+        journal_page_limit(d.sup, NO_PAGE_LIMIT)
         d.stop()
     dropped = [r for r in caplog.records if r.levelname == "ERROR" and "NOT recorded" in r.getMessage()]
     assert len(dropped) == d.sup.writes_dropped

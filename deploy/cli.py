@@ -46,7 +46,7 @@ from deploy.push import (
     summary_table,
 )
 from deploy.ssh import Remote, RemoteError, SSHOptions, SSHUnreachable
-from edge.releases import describe_daemon
+from edge.releases.manager import describe_daemon
 
 log = logging.getLogger("crack-deploy")
 
@@ -377,7 +377,7 @@ def cmd_install(args) -> int:
 
 
 def cmd_sign(args) -> int:
-    from edge.signing import SignatureError, sign_bundle
+    from edge.releases.signing import SignatureError, sign_bundle
 
     try:
         check_local_bundle(args.bundle)

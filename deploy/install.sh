@@ -213,7 +213,7 @@ for i in "${!CANDIDATES[@]}"; do
     runtime=${CANDIDATES[$i]}
     if ! install_with "$runtime"; then
         log "pip could not install crackd with $runtime for Python $PY_VERSION on $ARCH"
-    elif ! "$VENV/bin/python" -c "from edge.runtime import load_interpreter_class; load_interpreter_class('$runtime')" 2>/dev/null; then
+    elif ! "$VENV/bin/python" -c "from edge.engine.runtime import load_interpreter_class; load_interpreter_class('$runtime')" 2>/dev/null; then
         log "$runtime was installed but does not import in $VENV"
     elif ! self_test "$runtime"; then
         log "the default bundle FAILED its golden self-test with $runtime on this machine"
@@ -237,7 +237,7 @@ else
     BUNDLE_VERSION=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle_version"])' "$SOURCE/models/default/manifest.json")
     log "installing the default bundle $BUNDLE_VERSION (checked on this device: models load, golden samples match)"
     # The shipped default bundle is unsigned; crackd trusts it like its own code (its manifest's sha256 is pinned in
-    # edge/signing.py), so it is staged under the device's normal policy: no option switches signatures off.
+    # edge/releases/signing.py), so it is staged under the device's normal policy: no option switches signatures off.
     "$CRACKD" models stage "$SOURCE/models/default" --state-dir "$STATE_DIR" --runtime "$installed" --who "install.sh" --source "$SOURCE/models/default"
     "$CRACKD" models activate "$BUNDLE_VERSION" --state-dir "$STATE_DIR" --who "install.sh"
 fi

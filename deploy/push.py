@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from deploy.ssh import Remote, RemoteError, SSHUnreachable, remote_join
-from edge.bundle import SIGNATURE, BundleError, Manifest, read_manifest, verify_files
-from edge.releases import describe_daemon
+from edge.engine.bundle import SIGNATURE, BundleError, Manifest, read_manifest, verify_files
+from edge.releases.manager import describe_daemon
 
 log = logging.getLogger(__name__)
 

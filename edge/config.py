@@ -22,7 +22,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from edge.shipped import SHIPPED_BUNDLE  # used when nothing is installed in STATE/models/current
+from edge.layout import DEFAULT_ALLOWED_SIGNERS, INSTALLED_STATE_DIR, SHIPPED_BUNDLE, StateLayout
 
 
 class ConfigError(ValueError):
@@ -131,7 +131,7 @@ class DecisionConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    state_dir: str = _opt("/var/lib/crackd", "state directory: journal, snapshots, status.json, pid, installed models")
+    state_dir: str = _opt(str(INSTALLED_STATE_DIR), "state directory: journal, snapshots, status.json, pid, installed models")
     db: Optional[str] = _opt(None, "journal path (null = STATE/crackd.db)")
     record_frames: Literal["all", "cracks", "none"] = _opt("cracks", "which per-frame results go to the journal")
     retention_days: float = _opt(30.0, "frames and published events older than this are deleted (labelled events are kept)", gt=0)
@@ -154,7 +154,7 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class SparkplugOptions:
-    """Sparkplug B identities (edge.sparkplug): spBv1.0/{group_id}/{type}/{edge_node_id}[/{device_id}]."""
+    """Sparkplug B identities (edge.outputs.sparkplug): spBv1.0/{group_id}/{type}/{edge_node_id}[/{device_id}]."""
 
     group_id: str = _opt("crackd", "Sparkplug group (e.g. the line or plant area)", min_len=1, max_len=64)
     edge_node_id: Optional[str] = _opt(None, "edge node id of this Pi (null = device_id)", min_len=1, max_len=64)
@@ -188,7 +188,7 @@ class MQTTConfig:
 
 @dataclass(frozen=True)
 class HomeAssistantConfig:
-    """MQTT discovery (edge.homeassistant): the device and its entities appear in Home Assistant by themselves."""
+    """MQTT discovery (edge.outputs.homeassistant): the device and its entities appear in Home Assistant by themselves."""
 
     discovery: bool = _opt(True, "announce the device to Home Assistant with retained discovery configs on every connection")
     discovery_prefix: str = _opt("homeassistant", "Home Assistant's discovery prefix (its MQTT integration setting)", min_len=1, max_len=128)
@@ -198,7 +198,7 @@ class HomeAssistantConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """Prometheus metrics (edge.metrics): an HTTP endpoint and/or a node_exporter textfile."""
+    """Prometheus metrics (edge.outputs.metrics): an HTTP endpoint and/or a node_exporter textfile."""
 
     http: bool = _opt(True, "serve /metrics over HTTP (no authentication: keep it on localhost or a trusted network)")
     host: str = _opt("127.0.0.1", "address the HTTP endpoint listens on (0.0.0.0: every interface)", min_len=1)
@@ -215,10 +215,10 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class ReleasesConfig:
-    """Policy of `crackd models stage/activate` (edge.releases) on this device."""
+    """Policy of `crackd models stage/activate` (edge.releases.manager) on this device."""
 
     require_signature: bool = _opt(True, "stage only bundles whose manifest.json.sig verifies against allowed_signers")
-    allowed_signers: str = _opt("/etc/crackd/allowed_signers", "ssh-keygen allowed_signers file of trusted bundle signers")
+    allowed_signers: str = _opt(str(DEFAULT_ALLOWED_SIGNERS), "ssh-keygen allowed_signers file of trusted bundle signers")
     keep: int = _opt(3, "releases kept besides the current one (the previous one is always kept)", min=1, max=100)
     max_latency_ms: Optional[float] = _opt(None, "refuse bundles slower than this per frame on this device (null = report only)", gt=0)
 
@@ -245,14 +245,18 @@ class Config:
         return Path(self.storage.state_dir)
 
     @property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.state_dir)
+
+    @property
     def db_path(self) -> Path:
-        return Path(self.storage.db) if self.storage.db else self.state_dir / "crackd.db"
+        return Path(self.storage.db) if self.storage.db else self.layout.default_db
 
     def bundle_dir(self) -> Path:
         """The bundle to serve: the configured one, else the installed current, else the shipped default."""
         if self.model.bundle:
             return Path(self.model.bundle)
-        current = self.state_dir / "models" / "current"
+        current = self.layout.current
         if current.exists():
             return current
         return SHIPPED_BUNDLE

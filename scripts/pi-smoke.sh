@@ -174,7 +174,7 @@ step "4b. crackd models status" in_root /opt/crackd/venv/bin/crackd models statu
 
 # ------------------------------------------------------------------ 5. each runtime: golden self-test and infer
 
-INSTALLED=$(in_root /opt/crackd/venv/bin/python -c 'from edge.runtime import load_interpreter_class; print(load_interpreter_class()[0])')
+INSTALLED=$(in_root /opt/crackd/venv/bin/python -c 'from edge.engine.runtime import load_interpreter_class; print(load_interpreter_class()[0])')
 say "installed runtime: $INSTALLED"
 OTHER=tflite-runtime
 [ "$INSTALLED" = tflite-runtime ] && OTHER=ai-edge-litert

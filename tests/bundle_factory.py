@@ -56,7 +56,7 @@ def calibration_images(size: int, n: int = 24, seed: int = 0) -> np.ndarray:
 
 
 def build_darkness_bundle(out_dir: Path, version: str = "1.0.0-test") -> Path:
-    from trainer.export import RoleExport, convert_fp32, convert_int8, write_bundle
+    from trainer.export.convert import RoleExport, convert_fp32, convert_int8, write_bundle
 
     classifier, segmenter = darkness_models()
     roles = {}

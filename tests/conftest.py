@@ -52,7 +52,7 @@ def bundle_copy(tmp_path) -> Path:
 
 
 # --------------------------------------------------------------------------- model releases, signing, deploy
-# (edge/releases.py, edge/signing.py, deploy/): throwaway OpenSSH keys and modified copies of the shipped bundle.
+# (edge/releases/manager.py, edge/releases/signing.py, deploy/): throwaway OpenSSH keys and modified copies of the shipped bundle.
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def signer_keys(tmp_path_factory):
     import subprocess
     from types import SimpleNamespace
 
-    from edge.signing import NAMESPACE
+    from edge.releases.signing import NAMESPACE
 
     d = tmp_path_factory.mktemp("signers")
     keys = {}
@@ -82,7 +82,7 @@ def copy_default_bundle(dst: Path, suffix: str, edit=None, sign=None) -> Path:
     """
     import json
 
-    from edge.signing import sign_bundle
+    from edge.releases.signing import sign_bundle
 
     shutil.copytree(DEFAULT_BUNDLE, dst, ignore=shutil.ignore_patterns("reference", "manifest.json.sig"))
     manifest = json.loads((dst / "manifest.json").read_text())
@@ -148,7 +148,7 @@ def make_bundle(tmp_path):
     return make
 
 
-# --------------------------------------------------------------------------- the daemon (edge/daemon.py, publisher, journal)
+# --------------------------------------------------------------------------- the daemon (edge/daemon/supervisor.py, publisher, journal)
 # A real mosquitto on a free loopback port (killable and restartable to simulate outages), a test CA made
 # with openssl for TLS, a password file made with mosquitto_passwd, and an MQTT subscriber that records.
 

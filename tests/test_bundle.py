@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edge import bundle as B
-from edge.runtime import RuntimeUnavailable, load_interpreter_class
+from edge.engine import bundle as B
+from edge.engine.runtime import RuntimeUnavailable, load_interpreter_class
 
 
 def edit_manifest(bundle_dir, change):

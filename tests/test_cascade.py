@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.cascade import Cascade, TilingConfig, tile_grid
-from edge.preprocess import model_input
+from edge.engine.bundle import load_bundle
+from edge.engine.cascade import Cascade, TilingConfig, tile_grid
+from edge.engine.preprocess import model_input
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DEFAULT_BUNDLE, REPO, wait_until
-from edge.decision import EventRecord
-from edge.journal import EventWrite, Journal
+from edge.events.decision import EventRecord
+from edge.events.journal import EventWrite, Journal
 
 
 def crackd(*args, cwd=REPO, env=None, timeout=60):

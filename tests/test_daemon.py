@@ -28,9 +28,9 @@ import yaml
 from conftest import REPO, fill_disk, remount, wait_until, wedging_source, write_frames
 
 from edge.config import config_from_dict
-from edge.daemon import Supervisor
-from edge.journal import Journal, integrity_check
-from edge.notify import Notifier
+from edge.daemon.supervisor import Supervisor
+from edge.events.journal import Journal, integrity_check
+from edge.daemon.notify import Notifier
 
 # 3 crack frames then 5 clear ones: with k=2 of n=3 and m=3 every block is exactly one event.
 BLOCK = "CCC....."
@@ -259,7 +259,7 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
     from datetime import datetime, timezone
 
     from edge.cli import main
-    from edge.releases import pid_alive
+    from edge.releases.manager import pid_alive
 
     (tmp_path / "status.json").write_text(json.dumps({
         "state": "running", "pid": 1, "healthy": True, "version": "0.1.0", "device_id": "cam1",

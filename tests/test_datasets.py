@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.synth import SURFACES, generate, write_dataset
-from trainer.datasets import DatasetError, load_classification, load_segmentation, split_indices
+from edge.sources.synth import SURFACES, generate, write_dataset
+from trainer.data.datasets import DatasetError, load_classification, load_segmentation, split_indices
 
 
 def write_img(path, value=128, size=(40, 40)):
@@ -108,7 +108,7 @@ def test_labelled_event_export_is_training_data(tmp_path):
     """The CSV `crackd events export` writes (operators' labels on snapshots) loads as a classification set."""
     import csv
 
-    from edge.cli_daemon import EXPORT_FIELDS
+    from edge.cli.daemon import EXPORT_FIELDS
 
     snaps = tmp_path / "snapshots"
     for name, value in (("a.jpg", 30), ("b.jpg", 200), ("c.jpg", 90)):

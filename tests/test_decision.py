@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.decision import END, START, UPDATE, Decision, DecisionParams, FrameObservation
+from edge.events.decision import END, START, UPDATE, Decision, DecisionParams, FrameObservation
 
 
 def feed(decision: Decision, scores, t0: float = 1000.0, dt: float = 0.1, measurements=None):

@@ -26,7 +26,7 @@ import pytest
 
 from conftest import REPO, copy_default_bundle, free_port, swap_golden_segmenter_outputs, wait_until
 from edge import __version__
-from edge.releases import ReleasePolicy, Releases
+from edge.releases.manager import ReleasePolicy, Releases
 
 SSHD = Path("/usr/sbin/sshd")
 HOST = "pi-under-test"  # alias in the generated ssh_config
@@ -275,7 +275,7 @@ def test_a_bundle_signed_by_an_untrusted_key_is_refused(sshd, steady_device, mak
 
 
 def test_a_bundle_whose_model_cannot_be_loaded_is_refused(sshd, steady_device, make_bundle, signer_keys):
-    from edge.bundle import sha256_file
+    from edge.engine.bundle import sha256_file
 
     def truncate(m, d):
         p = d / "segmenter.tflite"
@@ -300,7 +300,7 @@ def test_the_pusher_cannot_switch_off_the_devices_signature_policy(sshd, steady_
     that stricter: an unsigned bundle with a one-bit flip in its classifier (the golden samples would not notice) is
     refused with --no-require-signature, and a bundle signed by a stranger is refused although --allowed-signers names
     a file that trusts the stranger."""
-    from edge.bundle import sha256_file
+    from edge.engine.bundle import sha256_file
 
     def flip_a_bit(m, d):
         p = d / "classifier.tflite"

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer import domain
-from trainer.metrics import tolerant_metrics
+from trainer.data import domain
+from trainer.evaluation.metrics import tolerant_metrics
 
 
 def band(h=64, w=64, x=30, width=3):
@@ -105,7 +105,7 @@ def write_seg_folder(root, n, value):
 
 
 def test_leave_one_dataset_out_keeps_every_held_out_image_out_of_training(tmp_path, monkeypatch):
-    from trainer import assemble
+    from trainer.data import assemble
 
     write_seg_folder(tmp_path / "concrete", 12, 180)
     write_seg_folder(tmp_path / "asphalt", 6, 90)
@@ -131,7 +131,7 @@ def test_leave_one_dataset_out_keeps_every_held_out_image_out_of_training(tmp_pa
 
 
 def test_balanced_accuracy_averages_the_recall_of_the_classes_present():
-    from trainer.metrics import binary_metrics
+    from trainer.evaluation.metrics import binary_metrics
 
     labels = np.array([1, 1, 1, 1, 0, 0])
     scores = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.6])  # recall 3/4, specificity 1/2
@@ -140,7 +140,7 @@ def test_balanced_accuracy_averages_the_recall_of_the_classes_present():
 
 
 def test_classification_images_labelled_crack_never_become_backgrounds(tmp_path):
-    from trainer import assemble
+    from trainer.data import assemble
 
     for label, value in (("positive", 30), ("negative", 200)):
         (tmp_path / "cls" / label).mkdir(parents=True)

@@ -1,7 +1,7 @@
 """`crack-train evaluate` and `crack-train sweep`: reports from real TFLite models on small synthetic data sets.
 
 The bundle is the shipped one in models/default (placeholder or trained: nothing here
-depends on its scores). The images come from edge.synth, written in the classification
+depends on its scores). The images come from edge.sources.synth, written in the classification
 (positive/ negative/) and segmentation (images/ + masks/) layouts people have.
 """
 
@@ -14,14 +14,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import synth
-from trainer.assemble import Splits, save_arrays
-from trainer.datasets import DatasetError
-from trainer.evaluate import EvalConfig, curve_from_histograms, evaluate_bundle
-from trainer.metrics import binary_metrics, pixel_metrics, precision_recall_curve, roc_auc
-from trainer.provenance import read_source_txt
-from trainer.sweep_report import choose, pareto_front
-from trainer.targets import HEADLINE
+from edge.sources import synth
+from trainer.data.assemble import Splits, save_arrays
+from trainer.data.datasets import DatasetError
+from trainer.evaluation.evaluate import EvalConfig, curve_from_histograms, evaluate_bundle
+from trainer.evaluation.metrics import binary_metrics, pixel_metrics, precision_recall_curve, roc_auc
+from trainer.export.provenance import read_source_txt
+from trainer.reports.sweep import choose, pareto_front
+from trainer.evaluation.targets import HEADLINE
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,7 +123,7 @@ def test_every_target_is_marked_met_not_met_or_not_measured(report):
 
 
 def test_cross_surface_targets_are_read_at_the_bundles_pixel_threshold():
-    from trainer.targets import _crossval_checks
+    from trainer.evaluation.targets import _crossval_checks
 
     curve = [{"threshold": t, "tolerant_f1": f} for t, f in ((0.3, 0.70), (0.4, 0.80), (0.5, 0.74))]
     report = {"models": {"segmenter": {"threshold": 0.5}},
@@ -259,15 +259,15 @@ def test_choice_is_the_fastest_near_best_inside_the_budget():
 
 def test_sweep_segmenter_names_match_the_model_builders():
     pytest.importorskip("tensorflow")
-    from trainer.models import SEGMENTER_SIZES
-    from trainer.sweep import SEGMENTER_NAMES
+    from trainer.models.architectures import SEGMENTER_SIZES
+    from trainer.training.sweep import SEGMENTER_NAMES
 
     assert SEGMENTER_NAMES == tuple(SEGMENTER_SIZES)
 
 
 def _tiny_trained_run(run_dir: Path) -> None:
     """A run directory as `crack-train classifier` leaves it (an unfitted 32-px model stands in for a trained one)."""
-    from trainer.models import ClassifierSpec, build_classifier
+    from trainer.models.architectures import ClassifierSpec, build_classifier
 
     run_dir.mkdir(parents=True)
     build_classifier(ClassifierSpec(alpha=0.35, size=32)).save(run_dir / "best.keras")
@@ -282,7 +282,7 @@ def _tiny_trained_run(run_dir: Path) -> None:
 
 def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_path):
     pytest.importorskip("tensorflow")  # builds and converts Keras models
-    from trainer.sweep import SweepConfig, run_sweep
+    from trainer.training.sweep import SweepConfig, run_sweep
 
     _tiny_trained_run(tmp_path / "runs" / "cls_a0.35_s32")
     cfg = SweepConfig(alphas=(0.35,), sizes=(32,), segmenters=(), latency_only=True, from_runs=str(tmp_path / "runs"),
@@ -307,8 +307,8 @@ def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_pa
 def test_a_sweep_that_trains_writes_the_run_files_crack_train_writes(tmp_path):
     """The sweep's own short training leaves a run that export, evaluate and a later sweep can read back."""
     pytest.importorskip("tensorflow")  # builds and converts Keras models
-    from trainer.assemble import load_arrays
-    from trainer.sweep import SweepConfig, run_sweep
+    from trainer.data.assemble import load_arrays
+    from trainer.training.sweep import SweepConfig, run_sweep
 
     cfg = SweepConfig(alphas=(0.35,), sizes=(32,), segmenters=(), synth=48, train_images=32, val_images=8, epochs=1,
                       batch_size=16, calibration_images=4, latency_runs=5, latency_rounds=1)

@@ -1,4 +1,4 @@
-"""Home Assistant MQTT discovery (edge/homeassistant.py) against HA's documented fields and a real mosquitto.
+"""Home Assistant MQTT discovery (edge/outputs/homeassistant.py) against HA's documented fields and a real mosquitto.
 
 Home Assistant itself is too heavy to run here, so the payloads are checked against the
 configuration variables its documentation lists for each platform, and the value templates
@@ -23,9 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_daemon import BLOCK, InProcess, daemon_dict
 
 from edge.config import ConfigError, config_from_dict, parse_config
-from edge.homeassistant import ALL_OBJECTS, Discovery, config_topic, entities
-from edge.journal import Journal
-from edge.publisher import Publisher
+from edge.outputs.homeassistant import ALL_OBJECTS, Discovery, config_topic, entities
+from edge.events.journal import Journal
+from edge.outputs.publisher import Publisher
 
 wait = partial(wait_until, timeout=15.0)
 IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.runtime import TFLiteModel
-from edge.synth import generate
+from edge.engine.runtime import TFLiteModel
+from edge.sources.synth import generate
 
 REPO = Path(__file__).resolve().parent.parent
 # Any TFLite model can be the bench's reference; tests use the shipped classifier (an INT8 MobileNetV2 as well)

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import remount
 
-from edge.decision import END, START, EventRecord
-from edge.journal import (
+from edge.events.decision import END, START, EventRecord
+from edge.events.journal import (
     MIGRATIONS,
     SCHEMA_VERSION,
     EventWrite,
@@ -264,7 +264,7 @@ def test_deleting_an_event_removes_its_undelivered_outbox_messages(journal):
 def test_a_zero_byte_journal_is_logged_and_moved_aside(tmp_path, caplog):
     path = tmp_path / "crackd.db"
     path.write_bytes(b"")
-    with caplog.at_level("WARNING", logger="edge.journal"), Journal(path, on_corrupt="stop") as j:
+    with caplog.at_level("WARNING", logger="edge.events.journal"), Journal(path, on_corrupt="stop") as j:
         assert j.moved_aside is not None and j.moved_aside.exists() and j.moved_aside.stat().st_size == 0
         assert j.schema_version == SCHEMA_VERSION
     assert any("0 bytes" in r.getMessage() and str(j.moved_aside) in r.getMessage() for r in caplog.records)
@@ -353,8 +353,8 @@ def test_a_journal_file_of_mode_444_is_refused_for_the_daemon_user():
 
 
 def test_held_writes_survive_the_reserve_file_without_their_pictures(tmp_path):
-    """What a stop on a full disk saves (edge.held_writes): event writes and JSON messages, in place, and back."""
-    from edge.held_writes import Reserve, encoded_size, without_pictures
+    """What a stop on a full disk saves (edge.events.held_writes): event writes and JSON messages, in place, and back."""
+    from edge.events.held_writes import Reserve, encoded_size, without_pictures
 
     reserve = Reserve(tmp_path / "held-writes.reserve", size=64 * 1024)
     assert reserve.ensure() and reserve.load() == []

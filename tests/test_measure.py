@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.measure import measure_mask, skeleton_length, thin
+from edge.engine.measure import measure_mask, skeleton_length, thin
 
 
 def band(length=200, width=6, angle_deg=0.0, size=(480, 640)):

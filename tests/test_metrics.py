@@ -1,4 +1,4 @@
-"""Prometheus metrics (edge/metrics.py): scraped for real from the running daemon and through Debian's node_exporter."""
+"""Prometheus metrics (edge/outputs/metrics.py): scraped for real from the running daemon and through Debian's node_exporter."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_daemon import BLOCK, InProcess, daemon_dict
 
 from edge.config import ConfigError, config_from_dict, parse_config
-from edge.metrics import STAGES, start_for
-from edge.publisher import cpu_temperature_c
+from edge.outputs.metrics import STAGES, start_for
+from edge.outputs.publisher import cpu_temperature_c
 
 wait = partial(wait_until, timeout=30.0)
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"

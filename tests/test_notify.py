@@ -20,7 +20,7 @@ import pytest
 from conftest import wedging_source, write_frames
 
 from edge.config import config_from_dict
-from edge.notify import Notifier, setup_logging
+from edge.daemon.notify import Notifier, setup_logging
 
 
 class Listener:
@@ -130,7 +130,7 @@ def test_watchdog_follows_the_process_not_the_camera(tmp_path, darkness_bundle, 
     undelivered. The pings go on while the camera is away, and stop only for a wedged capture call."""
     import dataclasses
 
-    from edge.daemon import Supervisor
+    from edge.daemon.supervisor import Supervisor
 
     listener, address = path_socket
     frames = tmp_path / "frames"

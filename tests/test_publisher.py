@@ -10,8 +10,8 @@ import pytest
 from conftest import wait_until
 
 from edge.config import config_from_dict
-from edge.journal import Journal, OutboxMessage
-from edge.publisher import Publisher, cpu_temperature_c
+from edge.events.journal import Journal, OutboxMessage
+from edge.outputs.publisher import Publisher, cpu_temperature_c
 
 wait = partial(wait_until, timeout=10.0)  # MQTT round trips on loopback: seconds at most
 
@@ -169,7 +169,7 @@ def test_every_example_in_docs_mqtt_md_matches_its_schema(schemas):
             jsonschema.validate(payload, schemas[topic])
             checked.append(topic)
             m = payload.get("measurements")
-            if m:  # the definitions of edge.measure: a mean width is never above the max width
+            if m:  # the definitions of edge.engine.measure: a mean width is never above the max width
                 assert m["mean_width_px"] <= m["max_width_px"], (topic, m)
     assert sorted(set(checked)) == sorted(schemas) and len(checked) >= 6
 
@@ -189,7 +189,7 @@ def test_another_client_with_our_client_id_is_detected_and_named(mosquitto, jour
     rogue.connect_async("127.0.0.1", mosquitto.port, keepalive=5)
     rogue.loop_start()
     try:
-        with caplog.at_level("ERROR", logger="edge.publisher"):
+        with caplog.at_level("ERROR", logger="edge.outputs.publisher"):
             wait_until(lambda: any("another client uses this client id" in r.getMessage() for r in caplog.records),
                        timeout=30, what="the takeover reported")
         (line,) = [r.getMessage() for r in caplog.records if "another client uses" in r.getMessage()]
@@ -206,7 +206,7 @@ def test_a_broker_restart_is_not_mistaken_for_a_takeover(mosquitto, journal, cap
     pub.start()
     try:
         assert wait(lambda: pub.connected)
-        with caplog.at_level("ERROR", logger="edge.publisher"):
+        with caplog.at_level("ERROR", logger="edge.outputs.publisher"):
             for _ in range(2):
                 mosquitto.stop()
                 wait(lambda: not pub.connected)

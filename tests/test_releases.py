@@ -1,4 +1,4 @@
-"""Model releases on the device (edge/releases.py, `crackd models ...`).
+"""Model releases on the device (edge/releases/manager.py, `crackd models ...`).
 
 Real bundle copies run through the real TFLite runtime, real symlinks, real
 flock between real processes. Versions come from the shipped bundle plus a
@@ -18,10 +18,10 @@ import time
 import pytest
 
 from conftest import REPO, wait_until
-from edge.bundle import ChecksumMismatch, NotTFLite, UnsafePath, sha256_file
-from edge.releases import DeviceBusy, NothingToRollBack, ReleaseNotFound, ReleasePolicy, Releases, VersionConflict
-from edge.selftest import GoldenMismatch
-from edge.signing import SignatureMissing, UnknownSigner
+from edge.engine.bundle import ChecksumMismatch, NotTFLite, UnsafePath, sha256_file
+from edge.releases.manager import DeviceBusy, NothingToRollBack, ReleaseNotFound, ReleasePolicy, Releases, VersionConflict
+from edge.engine.selftest import GoldenMismatch
+from edge.releases.signing import SignatureMissing, UnknownSigner
 
 
 @pytest.fixture
@@ -544,16 +544,16 @@ def test_another_config_cannot_lower_the_installed_devices_policy(state, make_bu
     """Where the device's own config exists, a --config (root-owned, so accepted as a policy source) that switches
     signatures off is not enough: the device's config stays the floor. (Run in-process with the device config's
     location pointed at a file in tmp, since the test must not write /etc/crackd.)"""
-    from edge import state_location
+    from edge import layout
     from edge.cli import main
 
     device = device_config(tmp_path, True, signer_keys.allowed_signers, name="device.yaml")
     lax = device_config(tmp_path, False, name="lax.yaml")
-    monkeypatch.setattr(state_location, "DEFAULT_CONFIG", device)
+    monkeypatch.setattr(layout, "DEFAULT_CONFIG", device)
 
     code = main(["models", "stage", str(make_bundle("lax")), "--state-dir", str(state), "--config", str(lax)])
 
     assert code == 1 and "not signed" in capsys.readouterr().err
     assert not list((state / "models" / "releases").glob("*"))
-    monkeypatch.setattr(state_location, "DEFAULT_CONFIG", tmp_path / "absent.yaml")
+    monkeypatch.setattr(layout, "DEFAULT_CONFIG", tmp_path / "absent.yaml")
     assert main(["models", "stage", str(make_bundle("lax2")), "--state-dir", str(state), "--config", str(lax)]) == 0

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import BundleError, load_bundle, sha256_file
-from edge.runtime import TFLiteModel
-from edge.selftest import CLASSIFIER_SCORE_TOLERANCE, GoldenMismatch, mask_iou, run_golden
+from edge.engine.bundle import BundleError, load_bundle, sha256_file
+from edge.engine.runtime import TFLiteModel
+from edge.engine.selftest import CLASSIFIER_SCORE_TOLERANCE, GoldenMismatch, mask_iou, run_golden
 from conftest import swap_golden_segmenter_outputs
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from edge.signing import (
+from edge.releases.signing import (
     NAMESPACE,
     SignatureInvalid,
     SignatureMissing,
@@ -116,18 +116,18 @@ def test_a_damaged_signature_file_is_reported_as_such(make_bundle, signer_keys):
 
 def test_the_shipped_default_bundle_is_pinned_as_trusted():
     """models/default is unsigned and trusted like the code; re-exporting it means adding its manifest sha256 to
-    edge.signing.SHIPPED_MANIFESTS (else devices that require signatures could not install or serve it)."""
+    edge.releases.signing.SHIPPED_MANIFESTS (else devices that require signatures could not install or serve it)."""
     from conftest import DEFAULT_BUNDLE
-    from edge.bundle import manifest_sha256, read_manifest
-    from edge.signing import SHIPPED_MANIFESTS, check_bundle_trust
+    from edge.engine.bundle import manifest_sha256, read_manifest
+    from edge.releases.signing import SHIPPED_MANIFESTS, check_bundle_trust
 
     sha = manifest_sha256(DEFAULT_BUNDLE)
-    assert SHIPPED_MANIFESTS.get(sha) == read_manifest(DEFAULT_BUNDLE).bundle_version, f"add {sha!r} to edge.signing.SHIPPED_MANIFESTS"
+    assert SHIPPED_MANIFESTS.get(sha) == read_manifest(DEFAULT_BUNDLE).bundle_version, f"add {sha!r} to edge.releases.signing.SHIPPED_MANIFESTS"
     assert check_bundle_trust(DEFAULT_BUNDLE, True, DEFAULT_BUNDLE / "no-such-allowed-signers").shipped
 
 
 def test_a_signature_file_that_is_a_symlink_is_not_followed(make_bundle, signer_keys, tmp_path):
-    from edge.bundle import UnsafePath
+    from edge.engine.bundle import UnsafePath
 
     bundle = make_bundle("sig-link", sign=signer_keys.trusted)
     real = tmp_path / "real.sig"

@@ -1,4 +1,4 @@
-"""The event picture on MQTT (edge/snapshots_mqtt.py): bounded, tagged, retained, through the outbox, newest only."""
+"""The event picture on MQTT (edge/outputs/snapshots_mqtt.py): bounded, tagged, retained, through the outbox, newest only."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from conftest import wait_until, write_frames
 from test_daemon import BLOCK, InProcess, daemon_dict
 
 from edge.config import config_from_dict
-from edge.decision import START, EventRecord
-from edge.journal import Journal, OutboxMessage
-from edge.publisher import Publisher
-from edge.snapshots_mqtt import attach, bounded_jpeg, read_tag, snapshot_message, tag_jpeg
+from edge.events.decision import START, EventRecord
+from edge.events.journal import Journal, OutboxMessage
+from edge.outputs.publisher import Publisher
+from edge.outputs.snapshots_mqtt import attach, bounded_jpeg, read_tag, snapshot_message, tag_jpeg
 
 wait = partial(wait_until, timeout=15.0)
 IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}

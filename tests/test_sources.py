@@ -389,7 +389,7 @@ def _huge_header_jpeg(width=12000, height=12000) -> bytes:
 
 
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_decoding(tmp_path):
-    from edge.images import ImageTooLarge, decode_rgb, header_size, read_rgb
+    from edge.sources.images import ImageTooLarge, decode_rgb, header_size, read_rgb
 
     path = tmp_path / "huge.jpg"
     path.write_bytes(_huge_header_jpeg())

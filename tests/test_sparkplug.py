@@ -1,7 +1,7 @@
-"""Sparkplug B output (edge/sparkplug.py): what a real mosquitto delivers, decoded with edge/proto/sparkplug_b.proto.
+"""Sparkplug B output (edge/outputs/sparkplug.py): what a real mosquitto delivers, decoded with edge/outputs/proto/sparkplug_b.proto.
 
 The decoder is compiled from the .proto by protoc (grpcio-tools) into its own descriptor pool,
-independently of the committed edge/sparkplug_b_pb2.py, so the test decodes with the schema
+independently of the committed edge/outputs/sparkplug_b_pb2.py, so the test decodes with the schema
 itself rather than with the module under test.
 """
 
@@ -18,11 +18,11 @@ from conftest import REPO, wait_until, write_frames
 from test_daemon import BLOCK, InProcess, daemon_dict
 
 from edge.config import ConfigError, config_from_dict, parse_config
-from edge.journal import Journal, OutboxMessage
-from edge.sparkplug import DEVICE_METRICS, SparkplugPublisher
+from edge.events.journal import Journal, OutboxMessage
+from edge.outputs.sparkplug import DEVICE_METRICS, SparkplugPublisher
 
 wait = partial(wait_until, timeout=20.0)
-PROTO = REPO / "edge" / "proto" / "sparkplug_b.proto"
+PROTO = REPO / "edge" / "outputs" / "proto" / "sparkplug_b.proto"
 IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}
 
 
@@ -83,7 +83,7 @@ def metrics(payload) -> dict:
 def test_the_committed_module_is_generated_from_the_vendored_proto(tmp_path):
     from google.protobuf import descriptor_pb2
 
-    from edge import sparkplug_b_pb2
+    from edge.outputs import sparkplug_b_pb2
 
     committed = descriptor_pb2.FileDescriptorProto.FromString(sparkplug_b_pb2.DESCRIPTOR.serialized_pb)
     fresh = compiled_descriptor(tmp_path)

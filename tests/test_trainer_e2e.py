@@ -68,8 +68,8 @@ def test_export_writes_a_bundle_the_device_accepts(toy_runs):
 def test_interrupted_training_resumes_from_the_last_epoch(tmp_path):
     import keras
 
-    from trainer.models import SegmenterSpec, build_segmenter
-    from trainer.train import TrainConfig, train_segmenter
+    from trainer.models.architectures import SegmenterSpec, build_segmenter
+    from trainer.training.train import TrainConfig, train_segmenter
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
@@ -94,7 +94,7 @@ def test_interrupted_training_resumes_from_the_last_epoch(tmp_path):
 def test_export_refuses_a_model_with_float_only_ops():
     import keras
 
-    from trainer.export import ExportError, convert_int8
+    from trainer.export.convert import ExportError, convert_int8
 
     inp = keras.Input((8, 8, 3))
     out = keras.layers.Lambda(lambda t: keras.ops.sin(t))(inp)  # no integer SIN kernel exists

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 
 def split_source(source: Path, n: int, work: Path) -> tuple[Path, list]:
-    from trainer.datasets import segmentation_pairs
+    from trainer.data.datasets import segmentation_pairs
 
     pairs = segmentation_pairs(source)
     site = work / "site" / source.name
@@ -37,12 +37,12 @@ def split_source(source: Path, n: int, work: Path) -> tuple[Path, list]:
 
 
 def score(run_dir: Path, rest: list, size: int, thresholds: np.ndarray) -> dict:
-    from edge.images import read_rgb
-    from edge.preprocess import mask_to_binary, model_input, resize_mask
-    from edge.runtime import TFLiteModel
-    from trainer.crossval import int8_of
-    from trainer.metrics import tolerant_counts, tolerant_from_counts
-    from trainer.predict import predict
+    from edge.sources.images import read_rgb
+    from edge.engine.preprocess import mask_to_binary, model_input, resize_mask
+    from edge.engine.runtime import TFLiteModel
+    from trainer.evaluation.crossval import int8_of
+    from trainer.evaluation.metrics import tolerant_counts, tolerant_from_counts
+    from trainer.evaluation.predict import predict
 
     import cv2
 
@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("adapt_args", nargs="*", help="extra arguments for crack-train adapt (after --)")
     args = ap.parse_args()
 
-    from trainer.export import publish_finetune
+    from trainer.export.convert import publish_finetune
 
     args.work.mkdir(parents=True, exist_ok=True)
     site, rest = split_source(args.source, args.n, args.work)

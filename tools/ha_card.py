@@ -1,7 +1,7 @@
 """Render docs/img/homeassistant-card.png: what Home Assistant shows for a crackd device.
 
 A mock-up in Home Assistant's card style, filled the way HA fills it: the entity names and
-units come from crackd's discovery configs (edge.homeassistant), the values from rendering
+units come from crackd's discovery configs (edge.outputs.homeassistant), the values from rendering
 their value_templates with Jinja2 against real payloads (an event built from `crackd infer`
 on a photograph, the stats example of docs/mqtt.md), and the picture is the overlay crackd
 publishes on the snapshot topic. Needs jinja2 and a headless Chromium (`apt-get install chromium`).
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge.config import config_from_dict  # noqa: E402
-from edge.homeassistant import entities  # noqa: E402
+from edge.outputs.homeassistant import entities  # noqa: E402
 
 
 def doc_example(topic: str) -> dict:

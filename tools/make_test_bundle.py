@@ -24,7 +24,7 @@ OUT = REPO / "tests" / "data" / "darkness-bundle"
 def main() -> int:
     from bundle_factory import build_darkness_bundle
 
-    from edge.bundle import load_bundle
+    from edge.engine.bundle import load_bundle
 
     tmp = OUT.with_name(OUT.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -52,7 +52,7 @@ def rss_mb(pid: int) -> float | None:
 
 
 def make_frames(folder: Path, n: int, width: int, height: int, fmt: str, seed: int) -> list[np.ndarray]:
-    from edge.synth import generate
+    from edge.sources.synth import generate
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -72,8 +72,8 @@ def cpu_seconds(pid: int) -> float:
 
 def engine_only(bundle: Path, frames: list[np.ndarray], seconds: float, threads: int, segment: str, runtime: str) -> tuple[float, float]:
     """(frames per wall second, CPU ms per frame) of Cascade.process alone."""
-    from edge.bundle import load_bundle
-    from edge.cascade import Cascade
+    from edge.engine.bundle import load_bundle
+    from edge.engine.cascade import Cascade
 
     cascade = Cascade(load_bundle(bundle, runtime=runtime, threads=threads), segment=segment)
     for f in frames[:10]:

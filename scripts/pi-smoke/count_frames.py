@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 
-from edge.bundle import load_bundle
-from edge.cascade import Cascade
-from edge.reference_timing import ReferenceModel
-from edge.synth import generate
+from edge.engine.bundle import load_bundle
+from edge.engine.cascade import Cascade
+from edge.engine.reference_timing import ReferenceModel
+from edge.sources.synth import generate
 
 
 def mark(label: str) -> None:

@@ -1,0 +1,151 @@
+"""Every path crackd reads or writes outside a bundle: one definition, used by the daemon, the CLI and the release manager.
+
+Config directory (an installed device, deploy/install.sh): /etc/crackd/crackd.yaml and /etc/crackd/allowed_signers.
+
+State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-state for the demo):
+
+    crackd.db                       the journal (unless storage.db names another file)
+    crackd.pid                      locked by the running daemon; its pid is only informative
+    status.json                     rewritten about every second (schema: docs/schemas/status.schema.json)
+    held-writes.reserve             space kept for journal writes held while the disk is full
+    sparkplug_bdseq                 the Sparkplug B birth/death sequence across restarts
+    snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (and <uuid>.overlay.jpg)
+    models/releases/<version>/      installed bundles, each verified when staged
+    models/current, models/previous symlinks into releases/, switched atomically
+    models/deployments.jsonl        who deployed, activated or rolled back what, when
+    models/.lock, .lock.holder      the device lock of `crackd models` and `crack-deploy`
+
+Which state directory a command uses when none is given is one rule (`locate_state`):
+
+1. `--state-dir DIR`
+2. `--config FILE`: its `storage.state_dir` (and `storage.db`)
+3. `$CRACKD_STATE_DIR`
+4. `/etc/crackd/crackd.yaml` (an installed device): its `storage.state_dir`
+5. `./crackd-state` when it exists (what `crackd run --demo` writes)
+6. `/var/lib/crackd` (where deploy/install.sh puts it)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from edge.shipped import SHIPPED_BUNDLE
+
+CONFIG_DIR = Path("/etc/crackd")
+DEFAULT_CONFIG = CONFIG_DIR / "crackd.yaml"
+DEFAULT_ALLOWED_SIGNERS = CONFIG_DIR / "allowed_signers"
+INSTALLED_STATE_DIR = Path("/var/lib/crackd")
+DEMO_STATE_DIR = "./crackd-state"
+STATE_DIR_ENV = "CRACKD_STATE_DIR"
+RULE = (f"--state-dir, else --config's storage.state_dir, else ${STATE_DIR_ENV}, else {DEFAULT_CONFIG}'s, "
+        f"else {DEMO_STATE_DIR} when it exists, else {INSTALLED_STATE_DIR}")
+
+__all__ = ["SHIPPED_BUNDLE", "StateLayout", "StateLocation", "locate_state"]
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """The paths of one state directory (see the module docstring)."""
+
+    state_dir: Path
+
+    @property
+    def default_db(self) -> Path:
+        return self.state_dir / "crackd.db"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "crackd.pid"
+
+    @property
+    def status_file(self) -> Path:
+        return self.state_dir / "status.json"
+
+    @property
+    def held_writes_reserve(self) -> Path:
+        return self.state_dir / "held-writes.reserve"
+
+    @property
+    def sparkplug_bdseq(self) -> Path:
+        return self.state_dir / "sparkplug_bdseq"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    def snapshot_pictures(self, day: str, uuid: str) -> tuple[str, str]:
+        """The frame and overlay pictures of one event, relative to the state directory (as the journal stores them)."""
+        return f"snapshots/{day}/{uuid}.jpg", f"snapshots/{day}/{uuid}.overlay.jpg"
+
+    @property
+    def models(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def releases(self) -> Path:
+        return self.models / "releases"
+
+    @property
+    def current(self) -> Path:
+        return self.models / "current"
+
+    @property
+    def previous(self) -> Path:
+        return self.models / "previous"
+
+    @property
+    def history(self) -> Path:
+        return self.models / "deployments.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.models / ".lock"
+
+    @property
+    def lock_holder(self) -> Path:
+        return self.models / ".lock.holder"
+
+    def release(self, version: str) -> Path:
+        return self.releases / version
+
+
+@dataclass(frozen=True)
+class StateLocation:
+    state_dir: Path
+    db: Path
+    because: str  # which step of the rule chose it, for messages
+
+    @property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.state_dir)
+
+
+def locate_state(state_dir: Optional[str | Path] = None, config: Optional[str | Path] = None) -> StateLocation:
+    """Apply the rule above; raises edge.config.ConfigError for a config that does not validate."""
+    if state_dir is not None:
+        return _at(Path(state_dir), "--state-dir")
+    if config is not None:
+        return _from_config(Path(config), "--config")
+    env = os.environ.get(STATE_DIR_ENV)
+    if env:
+        return _at(Path(env), f"${STATE_DIR_ENV}")
+    if DEFAULT_CONFIG.is_file():
+        return _from_config(DEFAULT_CONFIG, str(DEFAULT_CONFIG))
+    demo = Path(DEMO_STATE_DIR)
+    if demo.is_dir():
+        return _at(demo.resolve(), f"{DEMO_STATE_DIR} (the demo's)")
+    return _at(INSTALLED_STATE_DIR, "the installed default")
+
+
+def _at(state_dir: Path, because: str) -> StateLocation:
+    return StateLocation(state_dir, StateLayout(state_dir).default_db, because)
+
+
+def _from_config(path: Path, because: str) -> StateLocation:
+    from edge.config import load_config  # config imports this module
+
+    cfg = load_config(path)
+    return StateLocation(cfg.state_dir, cfg.db_path, because)

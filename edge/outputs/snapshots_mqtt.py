@@ -1,0 +1,125 @@
+"""The event's picture on MQTT: `{prefix}/{device_id}/snapshot`, the overlay JPEG as raw bytes, retained.
+
+Operators should see the crack where they already look (Home Assistant's image
+entity, Node-RED, a SCADA) without SSH-ing into the Pi for the file the event
+names. The overlay already written for the event (edge.daemon.supervisor) is published:
+
+- raw JPEG bytes (what Home Assistant's MQTT `image` entity and Frigate-style
+  consumers expect), retained and QoS 1, so a late subscriber sees the latest;
+- when an event starts and each time its peak improves (a new overlay);
+- at most `mqtt.snapshot_max_kb`: re-encoded at lower quality, then smaller,
+  until it fits, so one picture never dominates a slow uplink or the outbox;
+- tagged: a JPEG comment segment (COM) holds `{"uuid", "revision", "device_id"}`,
+  and the event message names the same uuid + revision, so a consumer can match
+  a picture to its event without a second topic (MQTT 3.1.1 has no properties);
+- through the journal's outbox like events (a broker outage loses no picture),
+  but replacing any pending snapshot of this device: only the newest waits, so
+  an outage cannot fill the disk with pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from edge.events.journal import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+TOPIC = "snapshot"
+REENCODE_QUALITY = 70  # an oversized overlay is re-encoded at this quality, then scaled down as needed
+MIN_SIDE_PX = 32  # below this the picture is useless; whatever size it has is sent
+COMMENT_PREFIX = b"crackd:"
+TAG_ROOM = 256  # bytes kept free under the limit for the COM segment
+
+
+def bounded_jpeg(jpeg: bytes, max_bytes: int) -> bytes:
+    """`jpeg` itself when it fits in `max_bytes`, else a re-encoding (lower quality, then smaller) that fits.
+
+    Runs on the inference thread at event starts and updates, so it aims rather than searches:
+    one encoding at REENCODE_QUALITY, then sizes scaled by the square root of the overshoot
+    (JPEG bytes grow about with the pixel count), usually two or three encodings in all."""
+    if len(jpeg) <= max_bytes:
+        return jpeg
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("snapshot is not a decodable JPEG")
+    h, w = img.shape[:2]
+    best, scale, frame = jpeg, 1.0, img
+    while True:
+        ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, REENCODE_QUALITY])
+        if ok and len(data) < len(best):
+            best = data.tobytes()
+        if len(best) <= max_bytes:
+            return best
+        if min(frame.shape[:2]) <= MIN_SIDE_PX:
+            log.warning("snapshot: %d bytes even at %dx%d, over mqtt.snapshot_max_kb; sent anyway", len(best), *frame.shape[1::-1])
+            return best
+        scale *= min(0.9, 0.95 * (max_bytes / len(data)) ** 0.5)
+        size = (max(MIN_SIDE_PX, round(w * scale)), max(MIN_SIDE_PX, round(h * scale)))
+        frame = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def tag_jpeg(jpeg: bytes, meta: dict) -> bytes:
+    """Insert a COM segment right after SOI holding `crackd:` + compact JSON (viewers ignore it)."""
+    if jpeg[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG (no SOI marker)")
+    body = COMMENT_PREFIX + json.dumps(meta, separators=(",", ":")).encode()
+    if len(body) + 2 > 0xFFFF:
+        raise ValueError("snapshot tag too long")
+    return jpeg[:2] + b"\xff\xfe" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
+
+
+def read_tag(jpeg: bytes) -> Optional[dict]:
+    """The `crackd:` COM segment's JSON (see tag_jpeg), or None; walks the header segments up to SOS."""
+    if jpeg[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(jpeg) and jpeg[i] == 0xFF:
+        marker = jpeg[i + 1]
+        if marker == 0xDA:  # start of scan: no more header segments
+            return None
+        length = int.from_bytes(jpeg[i + 2 : i + 4], "big")
+        if marker == 0xFE and jpeg[i + 4 : i + 4 + len(COMMENT_PREFIX)] == COMMENT_PREFIX:
+            try:
+                return json.loads(jpeg[i + 4 + len(COMMENT_PREFIX) : i + 2 + length])
+            except ValueError:
+                return None
+        i += 2 + length
+    return None
+
+
+def snapshot_message(cfg, record, overlay_path: Path) -> Optional[OutboxMessage]:
+    """The outbox message carrying an event's overlay (None when switched off or unreadable).
+
+    `cfg`: edge.config.Config; `record`: edge.events.decision.EventRecord whose snapshot was just (re)written.
+    """
+    m = cfg.mqtt
+    if not (m.enabled and m.snapshots):
+        return None
+    try:
+        data = bounded_jpeg(Path(overlay_path).read_bytes(), m.snapshot_max_kb * 1024 - TAG_ROOM)
+        data = tag_jpeg(data, {"uuid": record.uuid, "revision": record.revision, "device_id": cfg.device_id})
+    except (OSError, ValueError) as exc:
+        log.error("snapshot for event %s not published: %s", record.uuid, exc)
+        return None
+    return OutboxMessage(cfg.topic(TOPIC), data, qos=1, retain=True, event_uuid=record.uuid, replace_pending=True)
+
+
+def attach(cfg, state_dir: Path, record, snap: Optional[dict]) -> Optional[OutboxMessage]:
+    """For a freshly written snapshot `snap` (edge.daemon.supervisor): the MQTT message, and `snap["mqtt"]` naming it.
+
+    The event payload then carries `snapshot.mqtt = {topic, uuid, revision}`; later messages of the
+    event that took no new picture (an `end`) reuse the dict and so name the last picture sent.
+    """
+    if not snap or not snap.get("overlay"):
+        return None
+    message = snapshot_message(cfg, record, Path(state_dir) / snap["overlay"])
+    if message is not None:
+        snap["mqtt"] = {"topic": message.topic, "uuid": record.uuid, "revision": record.revision}
+    return message

@@ -1,0 +1,249 @@
+"""`crack-train`: synthesize data, train, export INT8 bundles, evaluate, sweep."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+log = logging.getLogger("crack-train")
+
+
+def _progress(iterable, desc: str = ""):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit="img", leave=False, disable=None)
+
+
+def cmd_synth(args) -> int:
+    from edge.sources.synth import write_dataset
+    from tqdm import tqdm
+
+    n = write_dataset(args.out, args.n, seed=args.seed, height=args.size, width=args.size,
+                      crack_probability=args.crack_probability, progress=lambda it: tqdm(it, desc="synth", unit="img"))
+    print(f"wrote {n} image/mask pairs to {args.out}/images and {args.out}/masks (labels in labels.csv)")
+    return 0
+
+
+def _train_config(args):
+    from trainer.training.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
+                       seed=args.seed, steps_per_epoch=args.steps_per_epoch, verbose=1 if sys.stdout.isatty() else 2,
+                       crop=getattr(args, "crop", None))
+
+
+def _write_run_meta(run_dir: Path, kind: str, spec, cfg, splits, args) -> None:
+    from trainer.data.assemble import write_run_files
+
+    weights = getattr(args, "weights", "none")
+    write_run_files(run_dir, kind, spec, cfg, splits, args.data, args.synth, getattr(args, "holdout", None),
+                    initial_weights=weights if weights and weights != "none" else None)
+    for r in splits.reports:
+        print(r.summary())
+
+
+def cmd_classifier(args) -> int:
+    from trainer.data.assemble import classifier_splits
+    from trainer.models.architectures import ClassifierSpec, build_classifier
+    from trainer.training.train import train_classifier
+
+    spec = ClassifierSpec(alpha=args.alpha, size=args.size, weights=args.weights)
+    cfg = _train_config(args)
+    splits = classifier_splits(args.data, args.size, args.synth, args.seed, limit_per_class=args.limit_per_class,
+                               holdout=args.holdout, patches_per_image=args.patches_per_image, progress=_progress,
+                               n_domain=args.domain)
+    run_dir = Path(args.out)
+    _write_run_meta(run_dir, "classifier", spec, cfg, splits, args)
+    model = build_classifier(spec)
+    train_classifier(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir)
+    print(f"classifier trained: {run_dir / 'best.keras'}")
+    return 0
+
+
+def cmd_segmenter(args) -> int:
+    from trainer.data.assemble import segmenter_splits
+    from trainer.models.architectures import SEGMENTER_SIZES, SegmenterSpec, build_segmenter
+    from trainer.training.train import train_segmenter
+
+    base = SEGMENTER_SIZES[args.model_size]
+    spec = SegmenterSpec(size=args.size, base=base.base, depth=base.depth, stem_stride=base.stem_stride)
+    cfg = _train_config(args)
+    splits = segmenter_splits(args.data, args.size, args.synth, args.seed, negatives_per_set=args.negatives, progress=_progress,
+                              holdout=args.holdout, n_domain=args.domain)
+    run_dir = Path(args.out)
+    _write_run_meta(run_dir, "segmenter", spec, cfg, splits, args)
+    # Crops need a size-free model for training; the exported one has the device's fixed input size.
+    model = build_segmenter(spec, size=None if cfg.crop else spec.size)
+    if args.weights:
+        model.load_weights(args.weights)  # fine-tune from an earlier run (same architecture)
+    train_segmenter(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir, loss=args.loss)
+    if cfg.crop:  # keep best.keras at the device's input size, as every reader of a finished run expects
+        from trainer.export.convert import load_checkpoint
+
+        load_checkpoint(run_dir).save(run_dir / "best.keras")
+    print(f"segmenter trained: {run_dir / 'best.keras'}")
+    return 0
+
+
+def cmd_crossval(args) -> int:
+    from trainer.evaluation.crossval import run_crossval
+
+    if not args.segmenter_runs and not args.classifier_runs:
+        raise ValueError("nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout)")
+    report = run_crossval([Path(r) for r in args.segmenter_runs], [Path(r) for r in args.classifier_runs], Path(args.out),
+                          classifier_tflite=Path(args.classifier_tflite) if args.classifier_tflite else None)
+    print((Path(args.out) / "CROSSVAL.md").read_text())
+    return 0 if report else 1
+
+
+def cmd_adapt(args) -> int:
+    """Fine-tune a shipped model on a few labelled images of one site (a preset of `segmenter`/`classifier --weights`)."""
+    import json
+
+    base = Path(args.base)
+    meta_path = base.with_suffix(".json")
+    if not base.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"--base {base}: expected a fine-tuning checkpoint (NAME.keras) with its NAME.json beside it, "
+                                "as published in models/finetune/")
+    meta = json.loads(meta_path.read_text())
+    spec = meta["spec"]
+    common = ["--data", *args.data, "--out", args.out, "--epochs", str(args.epochs), "--lr", str(args.lr),
+              "--patience", str(args.patience), "--seed", str(args.seed), "--weights", str(base),
+              "--domain", str(args.domain), "--batch-size", str(args.batch_size)]
+    if args.steps_per_epoch:
+        common += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    if meta["kind"] == "segmenter":
+        argv = ["segmenter", *common, "--model-size", meta["model_size"], "--size", str(spec["size"]), "--negatives", "0",
+                "--crop", str(args.crop)]
+    else:
+        argv = ["classifier", *common, "--alpha", str(spec["alpha"]), "--size", str(spec["size"])]
+    print("crack-train " + " ".join(argv))
+    sub = build_parser().parse_args(argv)
+    return sub.func(sub)
+
+
+def cmd_reference_model(args) -> int:
+    from trainer.models.reference import reference_tflite
+
+    content = reference_tflite(alpha=args.alpha, size=args.size, seed=args.seed, calibration=args.calibration)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(content)
+    print(f"wrote {out} ({len(content)} bytes): INT8 MobileNetV2 alpha {args.alpha}, {args.size}x{args.size}, seed {args.seed}")
+    return 0
+
+
+def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
+    p.add_argument("--data", nargs="+", default=[], metavar="DIR", help="dataset folders (classification or images/+masks/)")
+    p.add_argument("--synth", type=int, default=0, metavar="N", help="add N procedurally generated samples (default 0)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, logs); re-run to resume")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr, help="initial learning rate (cosine decay)")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", nargs="*", default=[], metavar="NAME",
+                   help="data folders kept entirely out of training: the cross-surface (leave-one-dataset-out) test")
+    p.add_argument("--domain", type=int, default=0, metavar="N",
+                   help="add N domain-randomised samples made from the training files: rescaled photographs, procedural "
+                        "cracks 1-30 px wide on real crack-free backgrounds, procedural surfaces, hard negatives (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainer.training.sweep import SEGMENTER_NAMES  # no Keras import: `--help` stays fast
+
+    parser = argparse.ArgumentParser(prog="crack-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write procedurally generated crack images and masks")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--n", type=int, required=True, metavar="N")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crack-probability", type=float, default=0.5)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("classifier", help="train the MobileNetV2 crack/no-crack classifier")
+    _add_training_args(p, epochs=15, batch=32, lr=2e-3)
+    p.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier")
+    p.add_argument("--size", type=int, default=96, help="square input size in pixels")
+    p.add_argument("--weights", default="none", help="none (default, offline) | imagenet | PATH")
+    p.add_argument("--limit-per-class", type=int, default=None, help="read at most N images per class per folder")
+    p.add_argument("--patches-per-image", type=int, default=8, help="patches cut from each segmentation image (half crack, half clean)")
+    p.set_defaults(func=cmd_classifier)
+
+    p = sub.add_parser("segmenter", help="train the U-Net crack segmenter")
+    _add_training_args(p, epochs=40, batch=16, lr=3e-3)
+    p.add_argument("--model-size", choices=SEGMENTER_NAMES, default="fast",
+                   help="U-Net size: fast / fast-wide (half-resolution decoder, bundle 1.1) or tiny / small / medium (bundle 1.0)")
+    p.add_argument("--loss", choices=["bce_dice", "bce_tversky"], default="bce_dice",
+                   help="bce_dice, or bce_tversky (Tversky alpha 0.3 / beta 0.7: a missed crack pixel costs more than a false one)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--crop", type=int, default=None, metavar="PX",
+                   help="train on random PX x PX crops (a multiple of 32; the model is exported at --size)")
+    p.add_argument("--negatives", type=int, default=150, help="crack-free images taken per classification folder")
+    p.add_argument("--weights", default=None, metavar="PATH", help="start from these weights (.keras or .weights.h5 of the same architecture)")
+    p.set_defaults(func=cmd_segmenter)
+
+    p = sub.add_parser("adapt", help="fine-tune a shipped model on a few labelled images of one site",
+                       description="Starts from a published fine-tuning checkpoint (models/finetune/segmenter.keras or "
+                                   "classifier.keras) and trains briefly on the site's images: masks (images/ + masks/) for the "
+                                   "segmenter, labels (positive/negative folders, labels.csv or a `crackd events export` CSV) for "
+                                   "the classifier. Export the run with `crack-train export --keep-from BUNDLE` for the other model.")
+    p.add_argument("--base", required=True, metavar="CHECKPOINT", help="e.g. models/finetune/segmenter.keras")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="the site's labelled images")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--steps-per-epoch", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4, help="a fraction of the training rate: adapt, do not forget")
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--domain", type=int, default=400, metavar="N", help="randomised samples made from the site's images")
+    p.add_argument("--crop", type=int, default=128, help="segmenter training crop")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("crossval", help="score leave-one-dataset-out runs on their held-out source; choose the thresholds there",
+                       description="Converts each run (trained with --holdout SOURCE) to INT8 and scores it on every image of the "
+                                   "held-out source: tolerant F1 (2 px) and Dice of the segmenter at thresholds 0.10-0.97 and at two "
+                                   "scales, F1 and balanced accuracy of the classifier. Writes crossval.json, CROSSVAL.md and plots.")
+    p.add_argument("--segmenter-runs", nargs="*", default=[], metavar="RUN_DIR")
+    p.add_argument("--classifier-runs", nargs="*", default=[], metavar="RUN_DIR")
+    p.add_argument("--classifier-tflite", metavar="MODEL.tflite", help="score this INT8 classifier on the classifier runs' held-out "
+                   "sets instead of their checkpoints (a model trained with the same held-out source and seed)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write (e.g. the bundle directory)")
+    p.set_defaults(func=cmd_crossval)
+
+    p = sub.add_parser("reference-model", help="write the INT8 MobileNetV2 that `crackd bench --reference` times")
+    p.add_argument("--out", required=True, metavar="FILE.tflite")
+    p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0, the published reference)")
+    p.add_argument("--size", type=int, default=224, help="square input size (default 224, the published reference)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and calibration frames (default 0)")
+    p.add_argument("--calibration", type=int, default=8, metavar="N", help="synthetic calibration frames (default 8)")
+    p.set_defaults(func=cmd_reference_model)
+
+    from trainer.cli import evaluate as evaluate_cli
+    from trainer.cli import export as cli_export
+
+    cli_export.register(sub)
+    evaluate_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from trainer.data.datasets import DatasetError
+    from trainer.export.convert import ExportError
+
+    try:
+        return args.func(args)
+    except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"crack-train {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+

@@ -19,10 +19,10 @@ import select
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from deploy.ssh import Remote, RemoteError, SSHUnreachable, remote_join
 from edge.engine.bundle import SIGNATURE, BundleError, Manifest, read_manifest, verify_files

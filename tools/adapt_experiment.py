@@ -37,14 +37,14 @@ def split_source(source: Path, n: int, work: Path) -> tuple[Path, list]:
 
 
 def score(run_dir: Path, rest: list, size: int, thresholds: np.ndarray) -> dict:
-    from edge.sources.images import read_rgb
+    import cv2
+
     from edge.engine.preprocess import mask_to_binary, model_input, resize_mask
     from edge.engine.runtime import TFLiteModel
+    from edge.sources.images import read_rgb
     from trainer.evaluation.crossval import int8_of
     from trainer.evaluation.metrics import tolerant_counts, tolerant_from_counts
     from trainer.evaluation.predict import predict
-
-    import cv2
 
     model = TFLiteModel(content=int8_of(run_dir))
     images = np.stack([model_input(read_rgb(i), size, size) for i, _ in rest])

@@ -17,7 +17,6 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -162,12 +161,12 @@ class MemberFile:
     """A file the manifest lists, with the checksum and (where the manifest says) the size it must have."""
 
     name: str
-    sha256: Optional[str]
-    size: Optional[int]
+    sha256: str | None
+    size: int | None
     what: str  # "classifier model", "golden sample" ...
 
 
-def _hash_fd(fd: int, where: Path, size: Optional[int], sink=None) -> str:
+def _hash_fd(fd: int, where: Path, size: int | None, sink=None) -> str:
     """sha256 of an open member, refusing a size other than the manifest's (checked before reading) or above the cap."""
     st_size = os.fstat(fd).st_size
     if size is not None and st_size != size:
@@ -225,7 +224,7 @@ class TensorSpec:
     zero_point: int
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "TensorSpec":
+    def from_dict(cls, d: dict, where: str) -> TensorSpec:
         try:
             return cls(tuple(int(v) for v in d["shape"]), str(d["dtype"]), float(d["scale"]), int(d["zero_point"]))
         except (KeyError, TypeError, ValueError) as exc:

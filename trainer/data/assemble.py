@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.sources import synth
 from edge.engine.preprocess import model_input
+from edge.sources import synth
 from trainer.data.datasets import (
     ClassificationSet,
     DatasetError,

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.sources.images import IMAGE_SUFFIXES, image_files, read_rgb
 from edge.engine.preprocess import mask_to_binary, model_input, resize_mask
+from edge.sources.images import IMAGE_SUFFIXES, image_files, read_rgb
 
 POSITIVE_DIRS = {"positive", "crack", "cracks", "1"}
 NEGATIVE_DIRS = {"negative", "no_crack", "nocrack", "no-crack", "non_crack", "0"}

@@ -271,7 +271,7 @@ def camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img = img + rng.standard_normal(img.shape).astype(np.float32) * rng.uniform(0, 7)
     out = np.clip(img, 0, 255).astype(np.uint8)
     if rng.random() < 0.5:
-        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
+        _ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
         out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     return out
 

@@ -8,9 +8,8 @@ go through the same path. Results go to `report.json`, `REPORT.md` and PNG plots
 
 from __future__ import annotations
 
-import json
-
 import datetime as dt
+import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
@@ -22,15 +21,15 @@ from edge import __version__
 from edge.engine.bundle import ChecksumMismatch, Manifest, ModelFileMissing, load_bundle, read_manifest, sha256_file
 from edge.engine.preprocess import model_input, resize_mask
 from edge.engine.runtime import TFLiteModel
-from trainer.reports import plots as report_plots
 from trainer.data.datasets import DatasetError
-from trainer.evaluation.sets import EvalSet, folder_sets, heldout_sets, training_data
-from trainer.reports.json_safe import dumps, json_safe
 from trainer.evaluation.latency import machine_description, measure_models
 from trainer.evaluation.metrics import binary_metrics, pixel_metrics, precision_recall_curve, tolerant_metrics
 from trainer.evaluation.predict import model_outputs
-from trainer.export.provenance import bundle_runs, bundle_sources, data_folders, source_entry
+from trainer.evaluation.sets import EvalSet, folder_sets, heldout_sets, training_data
 from trainer.evaluation.targets import HEADLINE, check_targets
+from trainer.export.provenance import bundle_runs, bundle_sources, data_folders, source_entry
+from trainer.reports import plots as report_plots
+from trainer.reports.json_safe import dumps, json_safe
 
 log = logging.getLogger("crack-train.evaluate")
 
@@ -270,7 +269,7 @@ def evaluate_bundle(bundle_dir: str | Path, data: list = (), heldout_runs: list 
     report = {
         "bundle": {"path": str(bundle_dir), "version": manifest.bundle_version, "created": manifest.created,
                    "manifest_sha256": sha256_file(bundle_dir / "manifest.json")},
-        "generated": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "generated": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "generated_by": f"crack-train evaluate {__version__}",
         "config": asdict(cfg),
         "variants": {role: sorted(roles[role].models) for role in ROLES},

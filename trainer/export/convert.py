@@ -21,10 +21,10 @@ import numpy as np
 
 from edge import __version__
 from edge.engine.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file
-from edge.sources.images import read_rgb
 from edge.engine.preprocess import PREPROCESSING, model_input
 from edge.engine.runtime import TFLiteModel, float_tensors
 from edge.engine.selftest import DEFAULT_TOLERANCE as GOLDEN_RULE
+from edge.sources.images import read_rgb
 from trainer.evaluation.metrics import role_quality
 from trainer.evaluation.predict import predict
 
@@ -286,7 +286,7 @@ def write_bundle(out_dir: Path, version: str, roles: dict[str, RoleExport], gold
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "bundle_version": version,
-        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "min_crackd_version": __version__,
         "created_by": f"crack-train {__version__}",
         "models": entries,

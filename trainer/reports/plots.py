@@ -11,8 +11,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 VARIANT_STYLE = {"int8": {"color": "tab:blue", "linestyle": "-"}, "fp32": {"color": "tab:orange", "linestyle": "--"}}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from trainer.reports import plots as report_plots
-from trainer.reports.json_safe import dumps
 from trainer.evaluation.latency import load_note
 from trainer.evaluation.targets import LATENCY_MS
+from trainer.reports import plots as report_plots
+from trainer.reports.json_safe import dumps
 
 QUALITY_TIE = 0.005  # configurations within half a point of the best count as equally good: the faster one wins
 QUALITY_LABEL = {"classifier": "validation F1 (INT8)", "segmenter": "validation Dice (INT8)"}
@@ -210,7 +210,7 @@ def render(result: dict) -> str:
 def write(out_dir: Path, result: dict) -> dict:
     """Annotate `result`, draw the plots, write sweep.json and SWEEP.md; returns the annotated result."""
     out_dir = Path(out_dir)
-    result["generated"] = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    result["generated"] = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     annotate(result)
     result["plots"] = _plots(out_dir, result)
     (out_dir / "sweep.json").write_text(dumps(result))

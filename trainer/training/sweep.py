@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.sources import synth
-from edge.sources.images import read_rgb
 from edge.engine.preprocess import model_input
 from edge.engine.runtime import TFLiteModel
+from edge.sources import synth
+from edge.sources.images import read_rgb
 from trainer.data.assemble import dataset_kind
 from trainer.data.datasets import DatasetError, classification_files, segmentation_pairs
+from trainer.evaluation.latency import machine_description, measure_models
 from trainer.export.convert import with_range_pins
 from trainer.reports.json_safe import dumps
-from trainer.evaluation.latency import machine_description, measure_models
 
 log = logging.getLogger("crack-train.sweep")
 
@@ -231,9 +231,9 @@ def _run_calibration(run_dir: Path, size: int, n: int, seed: int, val_x: np.ndar
 def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig, trained_here: bool) -> dict:
     """INT8 and FP32 validation quality of a trained run (F1 for the classifier, Dice for the segmenter)."""
     from trainer.data.assemble import load_arrays
-    from trainer.export.convert import convert_fp32
     from trainer.evaluation.metrics import role_quality
     from trainer.evaluation.predict import predict
+    from trainer.export.convert import convert_fp32
 
     _, val = load_arrays(run_dir / "heldout.npz")
     x, y = _subset(val, cfg.val_images, cfg.seed)

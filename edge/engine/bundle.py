@@ -17,10 +17,14 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge import __version__
+
+if TYPE_CHECKING:
+    from edge.engine.runtime import TFLiteModel
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -89,10 +93,9 @@ def check_member_name(name: object, where: str) -> str:
     not absolute. The trainer writes only such names, the deploy tool and the
     device refuse anything else before reading a single listed file.
     """
-    ok = (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and not name.startswith("/")
-          and "\\" not in name and "\0" not in name
-          and all(part not in ("", ".", "..") for part in name.split("/")))
-    if not ok:
+    if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and not name.startswith("/")
+            and "\\" not in name and "\0" not in name
+            and all(part not in ("", ".", "..") for part in name.split("/"))):
         raise UnsafePath(f"{where}: {name!r} is not a plain relative name inside the bundle")
     return name
 
@@ -408,8 +411,8 @@ class LoadedBundle:
 
     manifest: Manifest
     sha256: str
-    classifier: object  # edge.engine.runtime.TFLiteModel
-    segmenter: object
+    classifier: TFLiteModel
+    segmenter: TFLiteModel
 
     @property
     def version(self) -> str:

@@ -141,7 +141,7 @@ class Decision:
             ev.last_record_t = obs.t
             self._open = ev
             self._window.clear()
-            return [self._record(START, obs.t)]
+            return [self._record(ev, START, obs.t)]
         ev = self._open
         if obs.score >= p.threshold_off:
             ev.clear_run = 0
@@ -150,23 +150,22 @@ class Decision:
                 ev.dirty = False
                 ev.last_record_t = obs.t
                 ev.revision += 1
-                return [self._record(UPDATE, obs.t)]
+                return [self._record(ev, UPDATE, obs.t)]
             return []
         ev.clear_run += 1
         if ev.clear_run >= p.end_m:
-            return [self._close(obs.t, "clear")]
+            return [self._close(ev, obs.t, "clear")]
         return []
 
     def flush(self, t: float, reason: str = "shutdown") -> list[EventRecord]:
         """End the open event now (daemon stopping); returns its `end` record, if any."""
         if self._open is None:
             return []
-        return [self._close(t, reason)]
+        return [self._close(self._open, t, reason)]
 
-    def _close(self, t: float, reason: str) -> EventRecord:
-        ev = self._open
+    def _close(self, ev: _Open, t: float, reason: str) -> EventRecord:
         ev.revision += 1
-        record = self._record(END, t, ended_at=ev.last_t, reason=reason)
+        record = self._record(ev, END, t, ended_at=ev.last_t, reason=reason)
         self._open = None
         self._window.clear()
         return record
@@ -188,8 +187,8 @@ class Decision:
         if better_score or better_shape:
             ev.dirty = True
 
-    def _record(self, kind: str, t: float, ended_at: float | None = None, reason: str | None = None) -> EventRecord:
-        ev = self._open
+    @staticmethod
+    def _record(ev: _Open, kind: str, t: float, ended_at: float | None = None, reason: str | None = None) -> EventRecord:
         return EventRecord(
             kind=kind,
             uuid=ev.uuid,

@@ -30,8 +30,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge.events.decision import EventRecord
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +132,7 @@ class FrameRow:
 class EventWrite:
     """An EventRecord (edge.events.decision) plus what the journal stores beside it."""
 
-    record: object  # edge.events.decision.EventRecord
+    record: EventRecord
     bundle_version: str
     bundle_sha256: str
     device_id: str
@@ -165,12 +169,9 @@ class OutboxRow:
 class PruneReport:
     frames: int = 0
     events: int = 0
-    files: list = None  # snapshot paths (relative to the state dir) whose events were deleted
+    files: list[str] = field(default_factory=list)  # snapshot paths (relative to the state dir) whose events were deleted
     used_mb: float = 0.0
     over_budget: bool = False
-
-    def __post_init__(self):
-        self.files = self.files or []
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -355,7 +356,7 @@ class Journal:
                 except sqlite3.DatabaseError:
                     pass
                 self._conn.close()
-                self._conn = None
+                self._conn = None  # type: ignore[assignment]  # closed: a later use fails loudly
 
     def __enter__(self):
         return self
@@ -439,7 +440,7 @@ class Journal:
                         "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid) VALUES (?,?,?,?,?,?)",
                         (m.topic, data, m.qos, int(m.retain), now, m.event_uuid),
                     )
-                    ids.append(cur.lastrowid)
+                    ids.append(cur.lastrowid)  # type: ignore[arg-type]  # an INSERT always sets it
         finally:
             if durable:
                 c.execute("PRAGMA synchronous=NORMAL")
@@ -571,7 +572,8 @@ class Journal:
         limit: int | None = None,
         newest_first: bool = True,
     ) -> list[dict]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[float | str] = []
         if since is not None:
             where.append("e.started_at >= ?"); params.append(since)
         if until is not None:

@@ -291,6 +291,7 @@ class Publisher:
 
     def _send_row(self, row, replayed: bool):
         """Publish one outbox row; returns paho's MQTTMessageInfo (None: not now, retry later)."""
+        data: bytes | str
         if isinstance(row.payload, bytes):  # a picture: sent as it is
             data = row.payload
         else:

@@ -86,14 +86,14 @@ def classification_files(root: str | Path) -> list[tuple[Path, int]]:
     """List (path, label) pairs of a classification dataset (folder or labels CSV), sorted for determinism."""
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
-        pairs = labelled_csv_files(root, root.parent)
+        pairs: list[tuple[Path, int]] = labelled_csv_files(root, root.parent)
         if not pairs:
             raise DatasetError(f"{root}: the dataset is empty (no labelled rows; label events with `crackd events label`)")
         return pairs
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; expected a dataset folder with positive/ and negative/ (or crack/ and no_crack/) inside")
     labels_csv = root / "labels.csv"
-    pairs: list[tuple[Path, int]] = []
+    pairs = []
     if labels_csv.is_file():
         pairs = labelled_csv_files(labels_csv, root / "images" if (root / "images").is_dir() else root)
     else:

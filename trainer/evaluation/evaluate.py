@@ -12,8 +12,10 @@ import datetime as dt
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +155,8 @@ def evaluate_segmenter(s: EvalSet, rm: RoleModels, progress=None) -> dict[str, S
 def pooled(outcomes: list[dict[str, SegOutcome]]) -> dict[str, SegOutcome]:
     """One outcome per variant over several sets (pixels pooled, as for a single set)."""
     return {v: SegOutcome(np.concatenate([o[v].masks for o in outcomes]), np.concatenate([o[v].preds for o in outcomes]),
-                          sum(o[v].pos_hist for o in outcomes), sum(o[v].neg_hist for o in outcomes)) for v in outcomes[0]}
+                          np.sum([o[v].pos_hist for o in outcomes], axis=0), np.sum([o[v].neg_hist for o in outcomes], axis=0))
+            for v in outcomes[0]}
 
 
 def overlay_indices(masks: np.ndarray, n: int) -> list[int]:
@@ -250,7 +253,7 @@ def collect_sets(manifest_raw: dict, sizes: dict[str, int], data: list, heldout_
     return sets
 
 
-def evaluate_bundle(bundle_dir: str | Path, data: list = (), heldout_runs: list = (), out_dir: str | Path | None = None,
+def evaluate_bundle(bundle_dir: str | Path, data: Sequence = (), heldout_runs: Sequence = (), out_dir: str | Path | None = None,
                     cfg: EvalConfig = EvalConfig(), progress=None) -> dict:
     """Evaluate `bundle_dir` on the given folders / held-out runs; write report.json, REPORT.md and plots to `out_dir`."""
     from trainer.reports import markdown as report_md
@@ -266,7 +269,7 @@ def evaluate_bundle(bundle_dir: str | Path, data: list = (), heldout_runs: list 
     sizes = {role: roles[role].models["int8"].input_hw[0] for role in ROLES}
     sets = collect_sets(manifest.raw, sizes, list(data), list(heldout_runs), cfg, progress)
 
-    report = {
+    report: dict[str, Any] = {
         "bundle": {"path": str(bundle_dir), "version": manifest.bundle_version, "created": manifest.created,
                    "manifest_sha256": sha256_file(bundle_dir / "manifest.json")},
         "generated": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),

@@ -188,6 +188,14 @@ def publish_finetune(run_dir: Path, role: str, out_dir: Path) -> dict:
     return info
 
 
+def _golden_image(bundle_dir: Path, sample: dict) -> np.ndarray:
+    """A golden sample image of a bundle whose segmenter is kept (its golden samples are kept with it)."""
+    rgb = read_rgb(bundle_dir / sample["image"])
+    if rgb is None:
+        raise ExportError(f"{bundle_dir / sample['image']}: golden sample image is missing or unreadable")
+    return rgb
+
+
 def kept_role(bundle_dir: Path, role: str) -> RoleExport:
     """One model of an existing bundle, unchanged (export a bundle where only the other model was retrained)."""
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
@@ -235,8 +243,9 @@ def export_bundle(classifier_run: Path | None, segmenter_run: Path | None, out_d
     if "segmenter" in validation:
         golden = golden_choice(*validation["segmenter"], cfg.golden_samples)
     else:
+        assert keep_from is not None  # no segmenter run without a bundle to keep it from (checked above)
         kept = json.loads((Path(keep_from) / MANIFEST).read_text())["golden"]["samples"]
-        golden = np.stack([read_rgb(Path(keep_from) / s["image"]) for s in kept])
+        golden = np.stack([_golden_image(Path(keep_from), s) for s in kept])
     provenance = _data_provenance(runs)
     if keep_from is not None and len(runs) < 2:
         provenance["kept_from"] = json.loads((Path(keep_from) / MANIFEST).read_text()).get("data", {})

@@ -183,13 +183,13 @@ def render(result: dict) -> str:
     lines[-1] += ("Such short runs rank configurations roughly; they do not predict the final quality of a fully trained model, "
                   "and differences of a few points between rows are within noise.")
     lines += ["", "## Results", ""] + table_lines(result)
-    generic, reused = "latency from the untrained architecture (same graph as a trained one)", "INT8 file reused from an earlier run of the sweep"
+    generic, reused_note = "latency from the untrained architecture (same graph as a trained one)", "INT8 file reused from an earlier run of the sweep"
     if any(generic in r.get("notes", []) for r in result["rows"]):
         lines += ["Rows without a trained run were timed on the untrained architecture: the same graph, so the same speed.", ""]
-    n_reused = sum(reused in r.get("notes", []) for r in result["rows"])
+    n_reused = sum(reused_note in r.get("notes", []) for r in result["rows"])
     if n_reused:
         lines += [f"{n_reused} INT8 files were converted by an earlier invocation of the sweep from the same source and only re-timed.", ""]
-    special = [(r["name"], n) for r in result["rows"] for n in r.get("notes", []) if n not in (generic, reused)]
+    special = [(r["name"], n) for r in result["rows"] for n in r.get("notes", []) if n not in (generic, reused_note)]
     if special:
         lines += ["Notes:", ""] + [f"- {name}: {note}" for name, note in special] + [""]
     plots = result.get("plots", {})

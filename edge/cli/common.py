@@ -62,13 +62,13 @@ def locate(args: argparse.Namespace) -> StateLocation:
 # ---------------------------------------------------------------------- options
 
 
-def add_state_dir_arg(parser: argparse.ArgumentParser, help: str = STATE_DIR_HELP, type: Optional[Callable[[str], Any]] = None) -> None:
+def add_state_dir_arg(parser: argparse.ArgumentParser, help: str = STATE_DIR_HELP, type: Callable[[str], Any] = str) -> None:
     """--state-dir DIR: where the daemon keeps its journal, status, snapshots and models (None: edge.layout's rule)."""
     parser.add_argument("--state-dir", default=None, type=type, help=help)
 
 
 def add_config_arg(parser: argparse.ArgumentParser, help: str = CONFIG_HELP, default: Optional[str] = None,
-                   type: Optional[Callable[[str], Any]] = None, metavar: Optional[str] = "FILE") -> None:
+                   type: Callable[[str], Any] = str, metavar: Optional[str] = "FILE") -> None:
     """--config FILE: the daemon's YAML config."""
     parser.add_argument("--config", default=default, type=type, metavar=metavar, help=help)
 

@@ -412,7 +412,7 @@ def test_the_folder_camera_skips_an_oversized_image_and_logs_each_bad_file_once_
     write_frames(tmp_path, "C.X")
     (tmp_path / "f000009.jpg").write_bytes(_huge_header_jpeg())
     source = FolderSource(tmp_path, fps=0, loop=True, max_pixels=40_000_000)
-    with caplog.at_level("WARNING", logger="edge.sources"):
+    with caplog.at_level("WARNING", logger="edge.sources.folder"):
         frames = read_all(source, limit=40)  # 20 passes over 2 good and 2 bad files
     assert len(frames) == 40 and source.health.bad_frames >= 38
     lines = [r.getMessage() for r in caplog.records]

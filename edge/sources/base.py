@@ -110,7 +110,8 @@ class SourceAdapter(FrameSource):
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, options: Any, *, read_timeout_s: float, stop: Optional[threading.Event] = None) -> SourceAdapter:
+    def from_config(cls, options: Any, *, read_timeout_s: float,
+                    stop: Optional[threading.Event] = None) -> SourceAdapter:
         """The adapter for its option section; `read_timeout_s` is source.read_timeout_s, `stop` ends waits early."""
 
     @classmethod

@@ -142,7 +142,10 @@ class FolderSource(SourceAdapter):
             return self._frame(rgb, ref=path.name)
 
     def _bad_file(self, path: Path, why: str) -> None:
-        """Log a skipped file the first time, then at most every BAD_FILE_LOG_INTERVAL_S (a looped folder meets it each pass)."""
+        """Log a skipped file the first time, then at most every BAD_FILE_LOG_INTERVAL_S.
+
+        A looped folder meets the same bad file at each pass.
+        """
         now = time.monotonic()
         last, since = self._bad_logged.get(path, (None, 0))
         if last is not None and now - last < BAD_FILE_LOG_INTERVAL_S:

@@ -13,9 +13,11 @@ from edge.sources.base import Frame, Pacer, SourceAdapter, SourceError, SourceEx
 
 @dataclass(frozen=True)
 class OpenCVOptions:
-    url: Optional[str] = option(None, "RTSP/HTTP URL, video file or device path (/dev/video0); or leave null and set index")
+    url: Optional[str] = option(None, "RTSP/HTTP URL, video file or device path (/dev/video0); "
+                                      "or leave null and set index")
     index: Optional[int] = option(None, "V4L2 device index (0 = /dev/video0)", min=0, max=63)
-    width: Optional[int] = option(None, "requested capture width (devices only; null = device default)", min=16, max=8192)
+    width: Optional[int] = option(None, "requested capture width (devices only; null = device default)",
+                                  min=16, max=8192)
     height: Optional[int] = option(None, "requested capture height (devices only)", min=16, max=8192)
     fps: float = option(0.0, "replay rate for video files (0 = as fast as the pipeline takes them, no frame skipped); "
                              "live sources are never paced", min=0, max=1000)
@@ -112,7 +114,7 @@ class OpenCVSource(SourceAdapter):
         return self._frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
     def _check_complete(self) -> None:
-        """At the end of a video file: fewer frames than its header announces means corrupt or truncated, not the end."""
+        """At the end of a video file: fewer frames than its header announces is a corrupt or truncated file."""
         import cv2
 
         announced = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Picamera2Options:
     camera: int = option(0, "camera number (Picamera2(camera))", min=0, max=16)
-    main: tuple[int, int] = option((1280, 960), "main stream size [width, height]; used for snapshots", min=16, max=8192)
+    main: tuple[int, int] = option((1280, 960), "main stream size [width, height]; used for snapshots",
+                                   min=16, max=8192)
     lores: tuple[int, int] = option((320, 240), "lores stream size [width, height] fed to the models", min=16, max=4096)
     lores_format: Literal["YUV420", "RGB888"] = option(
         "YUV420", "YUV420 (Pi 4 and older: converted to RGB with OpenCV) or RGB888 (Pi 5)")

@@ -12,8 +12,15 @@ import threading
 import time
 from typing import Callable, Optional
 
-from edge.sources.base import (Frame, FrameSource, SourceError, SourceExhausted, SourceFailed, SourceHealth,
-                               SourceTimeout)
+from edge.sources.base import (
+    Frame,
+    FrameSource,
+    SourceError,
+    SourceExhausted,
+    SourceFailed,
+    SourceHealth,
+    SourceTimeout,
+)
 
 log = logging.getLogger(__name__)
 

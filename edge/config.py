@@ -5,8 +5,9 @@ typo), a wrong type or an out-of-range value stops the start with ONE line that
 names the key path and the YAML line (`crackd.yaml:12: mqtt.port: expected an
 integer from 1 to 65535, got 'abc'`). Every key and its default is documented in
 `config/crackd.example.yaml`; the dataclasses below, and each camera adapter's
-options (edge.sources), are the single source of the defaults. Secrets (the MQTT password) never sit in the YAML: they come from
-an environment variable (`password_env`) or a file (`password_file`).
+options (edge.sources), are the single source of the defaults. Secrets (the
+MQTT password) never sit in the YAML: they come from an environment variable
+(`password_env`) or a file (`password_file`).
 """
 
 from __future__ import annotations

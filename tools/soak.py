@@ -29,16 +29,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Run as `python tools/soak.py`, Python puts tools/ on sys.path, not the repository root: add it so that `edge`
+# (the daemon measured) and `tests.helpers` (the free port and status.json reading the tests use) import.
 sys.path.insert(0, str(REPO))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers.ports import free_port  # noqa: E402
+from tests.helpers.status import read_status  # noqa: E402
 
 
 def rss_mb(pid: int) -> float | None:
@@ -98,13 +97,6 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen, int]:
         except OSError:
             time.sleep(0.05)
     raise SystemExit("mosquitto did not start")
-
-
-def read_status(state: Path) -> dict:
-    try:
-        return json.loads((state / "status.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def plot_rss(samples: list[tuple[float, float | None]], out: Path, title: str) -> None:

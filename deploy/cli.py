@@ -176,8 +176,7 @@ def _hosts(args) -> list[str]:
             hosts += read_hosts_file(args.hosts_file)
         except OSError as exc:
             raise UsageError(f"{args.hosts_file}: cannot read hosts file ({exc.strerror})") from None
-    seen = set()
-    hosts = [h for h in hosts if not (h in seen or seen.add(h))]
+    hosts = list(dict.fromkeys(hosts))  # duplicates dropped, order kept
     if not hosts:
         raise UsageError("no hosts given (HOST arguments or --hosts-file)")
     if args.parallel < 1:

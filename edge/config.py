@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NoReturn
 
 import yaml
 
@@ -76,17 +76,17 @@ class TilingOptions:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    bundle: Optional[str] = _opt(None, "bundle directory; null = STATE/models/current if installed, else the shipped models/default")
+    bundle: str | None = _opt(None, "bundle directory; null = STATE/models/current if installed, else the shipped models/default")
     runtime: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = _opt("auto", "TFLite runtime")
     threads: int = _opt(1, "interpreter threads per model", min=1, max=16)
     segment: Literal["on-crack", "never", "always"] = _opt("on-crack", "when to run the segmenter")
     tiling: TilingOptions = _section(TilingOptions, "segmenter tiling")
-    mm_per_pixel: Optional[float] = _opt(None, "scale of the camera view; when set, measurements also carry *_mm", gt=0)
+    mm_per_pixel: float | None = _opt(None, "scale of the camera view; when set, measurements also carry *_mm", gt=0)
 
 
 @dataclass(frozen=True)
 class DecisionConfig:
-    threshold: Optional[float] = _opt(None, "score at or above which a frame counts as a crack (null = the bundle's classifier threshold)", min=0, max=1)
+    threshold: float | None = _opt(None, "score at or above which a frame counts as a crack (null = the bundle's classifier threshold)", min=0, max=1)
     hysteresis: float = _opt(0.1, "while an event is open a frame still counts as a crack down to threshold - hysteresis", min=0, max=1)
     start_k: int = _opt(2, "an event starts when k of the last n frames are cracks ...", min=1, max=1000)
     start_n: int = _opt(3, "... (n = window length)", min=1, max=1000)
@@ -100,7 +100,7 @@ class DecisionConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     state_dir: str = _opt(str(INSTALLED_STATE_DIR), "state directory: journal, snapshots, status.json, pid, installed models")
-    db: Optional[str] = _opt(None, "journal path (null = STATE/crackd.db)")
+    db: str | None = _opt(None, "journal path (null = STATE/crackd.db)")
     record_frames: Literal["all", "cracks", "none"] = _opt("cracks", "which per-frame results go to the journal")
     retention_days: float = _opt(30.0, "frames and published events older than this are deleted (labelled events are kept)", gt=0)
     max_db_mb: float = _opt(512.0, "journal size budget; oldest frames, then oldest published events, are deleted beyond it", min=1)
@@ -114,9 +114,9 @@ class StorageConfig:
 @dataclass(frozen=True)
 class TLSConfig:
     enabled: bool = _opt(False, "connect with TLS")
-    ca: Optional[str] = _opt(None, "CA certificate file (null = system CAs)")
-    cert: Optional[str] = _opt(None, "client certificate file (mutual TLS)")
-    key: Optional[str] = _opt(None, "client private key file")
+    ca: str | None = _opt(None, "CA certificate file (null = system CAs)")
+    cert: str | None = _opt(None, "client certificate file (mutual TLS)")
+    key: str | None = _opt(None, "client private key file")
     insecure: bool = _opt(False, "skip the broker hostname check (test rigs only)")
 
 
@@ -125,7 +125,7 @@ class SparkplugOptions:
     """Sparkplug B identities (edge.outputs.sparkplug): spBv1.0/{group_id}/{type}/{edge_node_id}[/{device_id}]."""
 
     group_id: str = _opt("crackd", "Sparkplug group (e.g. the line or plant area)", min_len=1, max_len=64)
-    edge_node_id: Optional[str] = _opt(None, "edge node id of this Pi (null = device_id)", min_len=1, max_len=64)
+    edge_node_id: str | None = _opt(None, "edge node id of this Pi (null = device_id)", min_len=1, max_len=64)
     device_id: str = _opt("camera", "Sparkplug device under the node that carries the crack and health metrics", min_len=1, max_len=64)
 
 
@@ -135,10 +135,10 @@ class MQTTConfig:
     host: str = _opt("localhost", "broker host")
     port: int = _opt(1883, "broker port (8883 is usual with TLS)", min=1, max=65535)
     tls: TLSConfig = _section(TLSConfig, "TLS")
-    username: Optional[str] = _opt(None, "user name")
-    password_env: Optional[str] = _opt(None, "name of the environment variable holding the password")
-    password_file: Optional[str] = _opt(None, "file holding the password (first line; e.g. a systemd credential)")
-    client_id: Optional[str] = _opt(None, "MQTT client id (null = crackd-<device_id>)")
+    username: str | None = _opt(None, "user name")
+    password_env: str | None = _opt(None, "name of the environment variable holding the password")
+    password_file: str | None = _opt(None, "file holding the password (first line; e.g. a systemd credential)")
+    client_id: str | None = _opt(None, "MQTT client id (null = crackd-<device_id>)")
     keepalive: int = _opt(30, "keepalive seconds; the broker sends the last will after 1.5x this without traffic", min=5, max=3600)
     topic_prefix: str = _opt("crackd", "topics are <prefix>/<device_id>/{status,camera,event,stats,frame,snapshot}")
     qos: Literal[0, 1, 2] = _opt(1, "QoS of event messages (1 = at least once, acknowledged by the broker)")
@@ -160,7 +160,7 @@ class HomeAssistantConfig:
 
     discovery: bool = _opt(True, "announce the device to Home Assistant with retained discovery configs on every connection")
     discovery_prefix: str = _opt("homeassistant", "Home Assistant's discovery prefix (its MQTT integration setting)", min_len=1, max_len=128)
-    device_name: Optional[str] = _opt(None, "device name shown in Home Assistant (null = device_id)", min_len=1, max_len=128)
+    device_name: str | None = _opt(None, "device name shown in Home Assistant (null = device_id)", min_len=1, max_len=128)
     remove: bool = _opt(False, "publish empty configs instead, removing the device from Home Assistant (also: crackd homeassistant remove)")
 
 
@@ -171,7 +171,7 @@ class MetricsConfig:
     http: bool = _opt(True, "serve /metrics over HTTP (no authentication: keep it on localhost or a trusted network)")
     host: str = _opt("127.0.0.1", "address the HTTP endpoint listens on (0.0.0.0: every interface)", min_len=1)
     port: int = _opt(9808, "port of the HTTP endpoint", min=1, max=65535)
-    textfile: Optional[str] = _opt(None, "write the metrics to this .prom file for node_exporter's textfile collector (null = off)", min_len=1)
+    textfile: str | None = _opt(None, "write the metrics to this .prom file for node_exporter's textfile collector (null = off)", min_len=1)
     textfile_interval_s: float = _opt(15.0, "how often the textfile is rewritten", min=1, max=3600)
 
 
@@ -188,7 +188,7 @@ class ReleasesConfig:
     require_signature: bool = _opt(True, "stage only bundles whose manifest.json.sig verifies against allowed_signers")
     allowed_signers: str = _opt(str(DEFAULT_ALLOWED_SIGNERS), "ssh-keygen allowed_signers file of trusted bundle signers")
     keep: int = _opt(3, "releases kept besides the current one (the previous one is always kept)", min=1, max=100)
-    max_latency_ms: Optional[float] = _opt(None, "refuse bundles slower than this per frame on this device (null = report only)", gt=0)
+    max_latency_ms: float | None = _opt(None, "refuse bundles slower than this per frame on this device (null = report only)", gt=0)
 
 
 @dataclass(frozen=True)
@@ -203,9 +203,9 @@ class Config:
     metrics: MetricsConfig = _section(MetricsConfig, "Prometheus metrics")
     logging: LoggingConfig = _section(LoggingConfig, "logging")
     releases: ReleasesConfig = _section(ReleasesConfig, "model release policy (crackd models ...)")
-    max_fps: Optional[float] = _opt(None, "process at most this many frames per second (null = as fast as possible)", gt=0)
+    max_fps: float | None = _opt(None, "process at most this many frames per second (null = as fast as possible)", gt=0)
     stats_interval_s: float = _opt(30.0, "how often stats are published on MQTT", min=1, max=86400)
-    source_file: Optional[str] = field(default=None, compare=False, metadata={"internal": True})
+    source_file: str | None = field(default=None, compare=False, metadata={"internal": True})
 
     # Derived paths -----------------------------------------------------------
     @property
@@ -229,7 +229,7 @@ class Config:
             return current
         return SHIPPED_BUNDLE
 
-    def mqtt_password(self) -> Optional[str]:
+    def mqtt_password(self) -> str | None:
         """Read the MQTT password from the environment or its file (raises ConfigError when configured but absent)."""
         m = self.mqtt
         if m.password_env:
@@ -276,7 +276,7 @@ def _check_depth(text: str, filename: str) -> None:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                raise ConfigError(f"{filename}:{event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                raise ConfigError(f"{filename}:{_line(event)}: nested more than {MAX_YAML_DEPTH} levels deep; "
                                   "not a crackd config")
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
@@ -309,7 +309,7 @@ def _line(node) -> int:
     return node.start_mark.line + 1
 
 
-def _fail(filename: str, node, path: str, message: str) -> None:
+def _fail(filename: str, node, path: str, message: str) -> NoReturn:
     line = f":{_line(node)}" if node is not None else ""
     raise ConfigError(f"{filename}{line}: {path or '<top>'}: {message}")
 
@@ -448,7 +448,7 @@ def _build(cls, node, prefix: str, filename: str):
     for key_node, value_node in node.value:
         key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
         path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
+        if key is None or key not in fields:
             close = _close_match(str(key), fields)
             hint = f" (did you mean {close!r}?)" if close else f"; known keys: {', '.join(fields)}"
             _fail(filename, key_node, path, f"unknown key{hint}")
@@ -459,7 +459,7 @@ def _build(cls, node, prefix: str, filename: str):
     return cls(**values)
 
 
-def _close_match(key: str, known) -> Optional[str]:
+def _close_match(key: str, known) -> str | None:
     import difflib
 
     matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
@@ -516,9 +516,9 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
         if any(c in part for c in "+#") or part.startswith("/") or part.endswith("/"):
             fail(path, f"{part!r} must not contain + or # or start/end with /")
     sp = m.sparkplug
-    for key, part in (("group_id", sp.group_id), ("edge_node_id", sp.edge_node_id), ("device_id", sp.device_id)):
-        if part is not None and any(c in part for c in "+#/"):
-            fail(f"mqtt.sparkplug.{key}", f"{part!r}: Sparkplug ids must not contain +, # or /")
+    for key, ident in (("group_id", sp.group_id), ("edge_node_id", sp.edge_node_id), ("device_id", sp.device_id)):
+        if ident is not None and any(c in ident for c in "+#/"):
+            fail(f"mqtt.sparkplug.{key}", f"{ident!r}: Sparkplug ids must not contain +, # or /")
     if m.format == "sparkplug_b" and sp.edge_node_id is None and "/" in cfg.device_id:
         fail("mqtt.sparkplug.edge_node_id", f"device_id {cfg.device_id!r} contains /: set an edge_node_id without it")
     if cfg.metrics.textfile and not cfg.metrics.textfile.endswith(".prom"):
@@ -530,7 +530,7 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
 
 def describe_defaults(cls=Config, prefix: str = "") -> list[tuple[str, object, str]]:
     """(key path, default, doc) for every key: used to check the example config documents them all."""
-    out = []
+    out: list[tuple[str, object, str]] = []
     for f in dataclasses.fields(cls):
         if f.metadata.get("internal"):
             continue
@@ -540,6 +540,7 @@ def describe_defaults(cls=Config, prefix: str = "") -> list[tuple[str, object, s
             out.append((path, None, f.metadata.get("doc", "")))
             out.extend(describe_defaults(tp, path))
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            factory = f.default_factory  # dataclasses.MISSING when the field has a plain default
+            default = factory() if callable(factory) else f.default
             out.append((path, default, f.metadata.get("doc", "")))
     return out

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from edge.layout import RULE, StateLocation, locate_state
 
@@ -35,7 +36,7 @@ def fail(message: str, code: int = EXIT_USAGE, prog: str = "crackd") -> int:
 
 
 def refuse(message: str, code: int, prog: str, *, as_json: bool = False, kind: str = "UsageError",
-           extra: Optional[dict] = None, indent: Optional[int] = None) -> int:
+           extra: dict | None = None, indent: int | None = None) -> int:
     """`fail`, and with --json first the same as one JSON answer on stdout for the program reading it:
     `{"ok": false, "error": MESSAGE, "kind": KIND, **extra}` (crack-deploy reads `crackd models` this way)."""
     if as_json:
@@ -43,7 +44,7 @@ def refuse(message: str, code: int, prog: str, *, as_json: bool = False, kind: s
     return fail(message, code, prog)
 
 
-def print_json(obj: Any, *, indent: Optional[int] = None, default: Optional[Callable[[Any], Any]] = None,
+def print_json(obj: Any, *, indent: int | None = None, default: Callable[[Any], Any] | None = None,
                ensure_ascii: bool = True, flush: bool = False) -> None:
     """One JSON document on stdout (`flush` for line-by-line readers such as crack-deploy over SSH)."""
     print(json.dumps(obj, indent=indent, default=default, ensure_ascii=ensure_ascii), flush=flush)
@@ -67,8 +68,8 @@ def add_state_dir_arg(parser: argparse.ArgumentParser, help: str = STATE_DIR_HEL
     parser.add_argument("--state-dir", default=None, type=type, help=help)
 
 
-def add_config_arg(parser: argparse.ArgumentParser, help: str = CONFIG_HELP, default: Optional[str] = None,
-                   type: Callable[[str], Any] = str, metavar: Optional[str] = "FILE") -> None:
+def add_config_arg(parser: argparse.ArgumentParser, help: str = CONFIG_HELP, default: str | None = None,
+                   type: Callable[[str], Any] = str, metavar: str | None = "FILE") -> None:
     """--config FILE: the daemon's YAML config."""
     parser.add_argument("--config", default=default, type=type, metavar=metavar, help=help)
 
@@ -84,6 +85,6 @@ def add_db_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", help=argparse.SUPPRESS)
 
 
-def add_json_arg(parser: argparse.ArgumentParser, help: Optional[str] = None) -> None:
+def add_json_arg(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """--json: machine-readable output on stdout (the handler says what shape)."""
     parser.add_argument("--json", action="store_true", help=help)

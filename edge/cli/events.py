@@ -12,7 +12,7 @@ import json
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from edge.cli.common import UsageError, add_db_arg, add_json_arg, add_location_args, fail, locate, print_json
@@ -42,7 +42,7 @@ def parse_when(text: str) -> float:
     except ValueError:
         raise UsageError(f"{text!r}: expected a time like 2h, 7d, 2024-05-01, 2024-05-01T12:00:00Z or epoch seconds") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -61,8 +61,8 @@ def _flat(event: dict, state_dir: Path) -> dict:
     row = {k: event.get(k) for k in EXPORT_FIELDS}
     row["started_at"], row["ended_at"] = iso_utc(event.get("started_at"), "seconds"), iso_utc(event.get("ended_at"), "seconds")
     for key in ("snapshot", "overlay"):
-        if row[key]:
-            row[key] = str((state_dir / row[key]).resolve())
+        if relpath := row[key]:
+            row[key] = str((state_dir / relpath).resolve())
     row["length_px"], row["max_width_px"], row["total_area_px"] = m.get("length_px"), m.get("max_width_px"), m.get("total_area_px")
     return row
 

@@ -7,15 +7,14 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from edge.cli.common import add_json_arg, fail, print_json
 from edge.engine.bundle import BundleError
-from edge.sources.images import DEFAULT_MAX_PIXELS, image_files, read_rgb
 from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 from edge.layout import SHIPPED_BUNDLE
+from edge.sources.images import DEFAULT_MAX_PIXELS, image_files, read_rgb
 
 
 def default_bundle() -> Path:
@@ -59,7 +58,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return out
 
 
-def read_image(path: Path, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """RGB uint8 image; raises ValueError naming the file when it cannot be decoded or is over `max_pixels`."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")

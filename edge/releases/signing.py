@@ -15,7 +15,6 @@ valid for anything else (and the other way round).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -24,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.atomic_write import write_bytes_atomic
-from edge.engine.bundle import MANIFEST, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE, BundleError, manifest_sha256, member_exists, read_member
+from edge.engine.bundle import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE,
+    BundleError,
+    manifest_sha256,
+    member_exists,
+    read_member,
+)
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import abc
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,10 +46,10 @@ class Frame:
     rgb: np.ndarray  # HxWx3 uint8, RGB
     seq: int  # 1, 2, ... per source, across reconnects
     t: float  # wall-clock capture time (time.time())
-    ref: Optional[str] = None  # where it came from (file name), if meaningful
+    ref: str | None = None  # where it came from (file name), if meaningful
     # Full-size frame for snapshots, in OpenCV's B, G, R order: picamera2's main stream as libcamera
     # delivers it, left unconverted because only the few frames that become snapshots are ever encoded.
-    main_bgr: Optional[np.ndarray] = None
+    main_bgr: np.ndarray | None = None
     mono: float = field(default_factory=time.monotonic)  # capture time on the monotonic clock (latency)
 
 
@@ -60,7 +60,7 @@ class SourceHealth:
     stalls: int = 0  # reads that timed out
     errors: int = 0  # failures that needed a reconnect
     reconnects: int = 0  # successful reopenings after a failure
-    last_error: Optional[str] = None
+    last_error: str | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -86,10 +86,10 @@ class FrameSource(abc.ABC):
     def read(self, timeout: float) -> Frame:
         """The next frame, within `timeout` seconds where the source can bound its wait."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027  (optional: a source with nothing to release keeps this)
+        """Release the device; the default has nothing to release."""
 
-    def _frame(self, rgb: np.ndarray, ref: Optional[str] = None, main_bgr: Optional[np.ndarray] = None) -> Frame:
+    def _frame(self, rgb: np.ndarray, ref: str | None = None, main_bgr: np.ndarray | None = None) -> Frame:
         self._seq += 1
         self.health.frames += 1
         return Frame(rgb=rgb, seq=self._seq, t=time.time(), ref=ref, main_bgr=main_bgr)
@@ -111,7 +111,7 @@ class SourceAdapter(FrameSource):
     @classmethod
     @abc.abstractmethod
     def from_config(cls, options: Any, *, read_timeout_s: float,
-                    stop: Optional[threading.Event] = None) -> SourceAdapter:
+                    stop: threading.Event | None = None) -> SourceAdapter:
         """The adapter for its option section; `read_timeout_s` is source.read_timeout_s, `stop` ends waits early."""
 
     @classmethod
@@ -131,9 +131,9 @@ class SourceAdapter(FrameSource):
 class Pacer:
     """Sleeps so that frames leave at `fps` (0 = no pacing); interruptible by `stop`."""
 
-    def __init__(self, fps: float, stop: Optional[threading.Event] = None):
+    def __init__(self, fps: float, stop: threading.Event | None = None):
         self.period = 1.0 / fps if fps and fps > 0 else 0.0
-        self.next_t: Optional[float] = None
+        self.next_t: float | None = None
         self.stop = stop or threading.Event()
 
     def wait(self) -> None:

@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from edge.config_fields import option
 from edge.sources.base import Frame, Pacer, SourceAdapter, SourceError, SourceExhausted
@@ -22,7 +22,7 @@ BAD_FILE_LOG_INTERVAL_S = 600.0  # a bad file in a looped folder is logged once,
 
 @dataclass(frozen=True)
 class FolderOptions:
-    path: Optional[str] = option(None, "directory of image files (jpg, png, bmp, tif, webp), read in sorted name order")
+    path: str | None = option(None, "directory of image files (jpg, png, bmp, tif, webp), read in sorted name order")
     fps: float = option(10.0, "replay rate; 0 = as fast as the pipeline takes them (no frame skipped, for bench runs)",
                         min=0, max=10000)
     loop: bool = option(True, "start again at the first file after the last (false: the daemon stops when done)")
@@ -32,7 +32,7 @@ class FolderOptions:
                                             "(memory bound; 0 = no limit)", min=0, max=1000)
 
 
-def _max_pixels(max_image_mpixels: float) -> Optional[int]:
+def _max_pixels(max_image_mpixels: float) -> int | None:
     return int(max_image_mpixels * 1e6) if max_image_mpixels else None
 
 
@@ -52,11 +52,11 @@ class FolderSource(SourceAdapter):
     live = False
 
     def __init__(self, path, fps=10.0, loop=True, stop=None, cache_mb: float = 0.0,
-                 max_pixels: Optional[int] = _max_pixels(FolderOptions.max_image_mpixels)):
+                 max_pixels: int | None = _max_pixels(FolderOptions.max_image_mpixels)):
         super().__init__()
         self.path = Path(path)
         self.max_pixels = max_pixels
-        self._bad_logged: dict[Path, tuple[Optional[float], int]] = {}  # file -> (last logged, times bad since)
+        self._bad_logged: dict[Path, tuple[float | None, int]] = {}  # file -> (last logged, times bad since)
         self.loop = loop
         self.pacer = Pacer(fps, stop)
         self.lossless = not fps
@@ -69,7 +69,7 @@ class FolderSource(SourceAdapter):
 
     @classmethod
     def from_config(cls, options: FolderOptions, *, read_timeout_s: float,
-                    stop: Optional[threading.Event] = None) -> FolderSource:
+                    stop: threading.Event | None = None) -> FolderSource:
         o = options
         return cls(o.path, o.fps, o.loop, stop=stop, cache_mb=o.cache_mb, max_pixels=_max_pixels(o.max_image_mpixels))
 
@@ -155,7 +155,7 @@ class FolderSource(SourceAdapter):
         log.warning("folder source: %s %s; skipped (%d bad frames so far%s)", path, why, self.health.bad_frames, again)
         self._bad_logged[path] = (now, 0)
 
-    def _cached(self, path: Path) -> Optional[np.ndarray]:
+    def _cached(self, path: Path) -> np.ndarray | None:
         entry = self._cache.get(path)
         if entry is None:
             return None

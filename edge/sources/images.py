@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -31,7 +30,7 @@ def image_files(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _jpeg_size(b: bytes) -> Optional[tuple[int, int]]:
+def _jpeg_size(b: bytes) -> tuple[int, int] | None:
     i = 2
     while i + 9 < len(b):
         if b[i] != 0xFF:
@@ -52,7 +51,7 @@ def _jpeg_size(b: bytes) -> Optional[tuple[int, int]]:
     return None
 
 
-def _tiff_size(b: bytes) -> Optional[tuple[int, int]]:
+def _tiff_size(b: bytes) -> tuple[int, int] | None:
     endian = "<" if b[:2] == b"II" else ">"
     try:
         (ifd,) = struct.unpack(endian + "I", b[4:8])
@@ -68,7 +67,7 @@ def _tiff_size(b: bytes) -> Optional[tuple[int, int]]:
         return None
 
 
-def header_size(data: bytes | np.ndarray) -> Optional[tuple[int, int]]:
+def header_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     """(width, height) from an encoded image's header, or None for a format or header not understood."""
     b = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     try:
@@ -96,7 +95,7 @@ def header_size(data: bytes | np.ndarray) -> Optional[tuple[int, int]]:
     return None
 
 
-def check_size(data: bytes | np.ndarray, max_pixels: Optional[int], name: str = "image") -> None:
+def check_size(data: bytes | np.ndarray, max_pixels: int | None, name: str = "image") -> None:
     """Raise ImageTooLarge when the header announces more than `max_pixels` (None: no limit)."""
     if not max_pixels:
         return
@@ -112,7 +111,7 @@ def _is_tiff(data) -> bool:
     return head in (b"II*\x00", b"MM\x00*")  # the first IFD may be anywhere in the file
 
 
-def decode_rgb(data: np.ndarray | None, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray | None:
+def decode_rgb(data: np.ndarray | None, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray | None:
     """Decode encoded image bytes (uint8 array) to RGB uint8, or None when empty or corrupt.
 
     Raises ImageTooLarge (before decoding anything) when the header announces more than `max_pixels`.
@@ -124,7 +123,7 @@ def decode_rgb(data: np.ndarray | None, max_pixels: Optional[int] = DEFAULT_MAX_
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_rgb(path: str | Path, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+def read_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
     """Decode an image file to RGB uint8, or None when it is missing, empty or corrupt (ImageTooLarge: see decode_rgb)."""
     path = Path(path)
     return decode_rgb(np.fromfile(str(path), dtype=np.uint8), max_pixels, str(path)) if path.is_file() else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from edge.config_fields import option
 from edge.sources.base import Frame, Pacer, SourceAdapter, SourceError, SourceExhausted, SourceFailed
@@ -13,12 +13,12 @@ from edge.sources.base import Frame, Pacer, SourceAdapter, SourceError, SourceEx
 
 @dataclass(frozen=True)
 class OpenCVOptions:
-    url: Optional[str] = option(None, "RTSP/HTTP URL, video file or device path (/dev/video0); "
+    url: str | None = option(None, "RTSP/HTTP URL, video file or device path (/dev/video0); "
                                       "or leave null and set index")
-    index: Optional[int] = option(None, "V4L2 device index (0 = /dev/video0)", min=0, max=63)
-    width: Optional[int] = option(None, "requested capture width (devices only; null = device default)",
+    index: int | None = option(None, "V4L2 device index (0 = /dev/video0)", min=0, max=63)
+    width: int | None = option(None, "requested capture width (devices only; null = device default)",
                                   min=16, max=8192)
-    height: Optional[int] = option(None, "requested capture height (devices only)", min=16, max=8192)
+    height: int | None = option(None, "requested capture height (devices only)", min=16, max=8192)
     fps: float = option(0.0, "replay rate for video files (0 = as fast as the pipeline takes them, no frame skipped); "
                              "live sources are never paced", min=0, max=1000)
     loop: bool = option(False, "video files: start again at the end")
@@ -50,7 +50,7 @@ class OpenCVSource(SourceAdapter):
 
     @classmethod
     def from_config(cls, options: OpenCVOptions, *, read_timeout_s: float,
-                    stop: Optional[threading.Event] = None) -> OpenCVSource:
+                    stop: threading.Event | None = None) -> OpenCVSource:
         o = options
         return cls(o.url, o.index, o.width, o.height, o.fps, o.loop, o.open_timeout_s, read_timeout_s, stop=stop)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal
 
 from edge.config_fields import option
 from edge.sources.base import Frame, SourceAdapter, SourceError, SourceTimeout
@@ -56,7 +57,7 @@ class Picamera2Source(SourceAdapter):
     live = True
 
     def __init__(self, camera=0, main=(1280, 960), lores=(320, 240), lores_format="YUV420", fps=10.0,
-                 snapshot_from_main=True, still=False, factory: Optional[Callable] = None):
+                 snapshot_from_main=True, still=False, factory: Callable | None = None):
         super().__init__()
         self.camera, self.main_size, self.lores_size = camera, tuple(main), tuple(lores)
         self.lores_format, self.fps = lores_format, fps
@@ -66,7 +67,7 @@ class Picamera2Source(SourceAdapter):
 
     @classmethod
     def from_config(cls, options: Picamera2Options, *, read_timeout_s: float,
-                    stop: Optional[threading.Event] = None) -> Picamera2Source:
+                    stop: threading.Event | None = None) -> Picamera2Source:
         o = options
         return cls(o.camera, o.main, o.lores, o.lores_format, o.fps, o.snapshot_from_main, o.still)
 

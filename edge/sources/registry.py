@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from edge.sources.base import FrameSource, SourceAdapter
 from edge.sources.folder import FolderSource
@@ -54,7 +54,7 @@ def adapter_for(type_name: str) -> type[SourceAdapter]:
     raise ValueError(f"unknown source type {type_name!r}")
 
 
-def make_source(cfg: SourceConfig, stop: Optional[threading.Event] = None) -> FrameSource:
+def make_source(cfg: SourceConfig, stop: threading.Event | None = None) -> FrameSource:
     """The adapter for a `SourceConfig` (edge.config), built from its option section `source.<type>`."""
     adapter = adapter_for(cfg.type)
     return adapter.from_config(cfg.options, read_timeout_s=cfg.read_timeout_s, stop=stop)

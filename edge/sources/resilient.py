@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from edge.sources.base import (
     Frame,
@@ -42,8 +42,8 @@ class ResilientSource:
         read_timeout_s: float = 5.0,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
-        on_state: Optional[Callable[[str, dict], None]] = None,
-        stop: Optional[threading.Event] = None,
+        on_state: Callable[[str, dict], None] | None = None,
+        stop: threading.Event | None = None,
         stalls_before_reconnect: int = 3,
     ):
         self.source = source
@@ -55,7 +55,7 @@ class ResilientSource:
         self.state = "starting"
         # When the call into the adapter now running began (None between calls): a call that never
         # returns (a wedged driver) is the one camera fault only a restart of the process can cure.
-        self.busy_since: Optional[float] = None
+        self.busy_since: float | None = None
         self._opened = False
         self._ever_opened = False
 
@@ -63,7 +63,7 @@ class ResilientSource:
     def health(self) -> SourceHealth:
         return self.source.health
 
-    def _set_state(self, state: str, detail: Optional[str] = None) -> None:
+    def _set_state(self, state: str, detail: str | None = None) -> None:
         if state == self.state:
             return
         previous, self.state = self.state, state

@@ -60,7 +60,7 @@ def _texture(rng: np.random.Generator, surface: str, h: int, w: int) -> np.ndarr
             cv2.circle(img, c, int(rng.integers(1, 3)), tuple(float(v) for v in color * 0.6), -1, cv2.LINE_AA)
     elif surface == "asphalt":
         img += low * rng.uniform(4, 12) + grain * rng.uniform(10, 22)
-        stones = (rng.random((h, w)) < 0.04).astype(np.float32)
+        stones: np.ndarray = (rng.random((h, w)) < 0.04).astype(np.float32)
         stones = cv2.GaussianBlur(stones, (3, 3), 0)[..., None]
         img += stones * rng.uniform(40, 90)
     elif surface == "painted":
@@ -124,7 +124,7 @@ def _draw_branch(
 def _distractor(rng: np.random.Generator, kind: str, img: np.ndarray) -> None:
     h, w = img.shape[:2]
     if kind == "joint":  # straight saw-cut / formwork joint
-        layer = np.zeros((h, w), np.float32)
+        layer: np.ndarray = np.zeros((h, w), np.float32)
         if rng.random() < 0.5:
             x = int(rng.integers(0, w)); cv2.line(layer, (x, 0), (x, h), 1.0, int(rng.integers(2, 5)))
         else:
@@ -185,7 +185,7 @@ def generate(
         contrast = rng.uniform(0.35, 0.8)
         img *= 1.0 - np.clip(darkness, 0, 1)[..., None] * contrast
     # Camera: slight blur and sensor noise, then global brightness.
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 0.9))
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 0.9)), np.float32)  # float32 in, float32 out
     img += rng.standard_normal(img.shape).astype(np.float32) * rng.uniform(1, 4)
     img *= rng.uniform(0.8, 1.15)
     image = np.clip(img, 0, 255).astype(np.uint8)

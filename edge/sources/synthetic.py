@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from edge.config_fields import option
 from edge.sources.base import Frame, Pacer, SourceAdapter
@@ -22,7 +22,7 @@ class SyntheticOptions:
     crack_probability: float = option(0.3, "probability that a new scene holds cracks", min=0, max=1)
     hold_frames: int = option(5, "frames each generated scene stays in view (a crack passing the camera), jittered",
                               min=1, max=10000)
-    seed: Optional[int] = option(None, "random seed (null = different scenes every run)")
+    seed: int | None = option(None, "random seed (null = different scenes every run)")
 
 
 class SyntheticSource(SourceAdapter):
@@ -48,12 +48,12 @@ class SyntheticSource(SourceAdapter):
         self.lossless = not fps
         self._scene: Any = None
         self._left = 0
-        self.last_mask: Optional[np.ndarray] = None
+        self.last_mask: np.ndarray | None = None
         self.last_has_crack = False
 
     @classmethod
     def from_config(cls, options: SyntheticOptions, *, read_timeout_s: float,
-                    stop: Optional[threading.Event] = None) -> SyntheticSource:
+                    stop: threading.Event | None = None) -> SyntheticSource:
         o = options
         return cls(o.width, o.height, o.fps, o.crack_probability, o.hold_frames, o.seed, stop=stop)
 

@@ -46,14 +46,14 @@ def test_a_manifest_changed_after_signing_is_refused(make_bundle, signer_keys):
     manifest["models"]["classifier"]["threshold"] = 0.01
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
-    with pytest.raises(SignatureInvalid, match="does not match manifest.json"):
+    with pytest.raises(SignatureInvalid, match=r"does not match manifest\.json"):
         verify_bundle_signature(bundle, signer_keys.allowed_signers)
 
 
 def test_a_signature_by_a_key_not_in_allowed_signers_is_refused(make_bundle, signer_keys):
     bundle = make_bundle("stranger", sign=signer_keys.stranger)
 
-    with pytest.raises(UnknownSigner, match="not in .*allowed_signers"):
+    with pytest.raises(UnknownSigner, match=r"not in .*allowed_signers"):
         verify_bundle_signature(bundle, signer_keys.allowed_signers)
 
 
@@ -118,9 +118,9 @@ def test_a_damaged_signature_file_is_reported_as_such(make_bundle, signer_keys):
 def test_the_shipped_default_bundle_is_pinned_as_trusted():
     """models/default is unsigned and trusted like the code; re-exporting it means adding its manifest sha256 to
     edge.releases.signing.SHIPPED_MANIFESTS (else devices that require signatures could not install or serve it)."""
-    from tests.helpers import DEFAULT_BUNDLE
     from edge.engine.bundle import manifest_sha256, read_manifest
     from edge.releases.signing import SHIPPED_MANIFESTS, check_bundle_trust
+    from tests.helpers import DEFAULT_BUNDLE
 
     sha = manifest_sha256(DEFAULT_BUNDLE)
     assert SHIPPED_MANIFESTS.get(sha) == read_manifest(DEFAULT_BUNDLE).bundle_version, f"add {sha!r} to edge.releases.signing.SHIPPED_MANIFESTS"
@@ -134,7 +134,7 @@ def test_a_signature_file_that_is_a_symlink_is_not_followed(make_bundle, signer_
     real = tmp_path / "real.sig"
     (bundle / "manifest.json.sig").rename(real)
     (bundle / "manifest.json.sig").symlink_to(real)
-    with pytest.raises(UnsafePath, match="manifest.json.sig: a symbolic link"):
+    with pytest.raises(UnsafePath, match=r"manifest\.json\.sig: a symbolic link"):
         verify_bundle_signature(bundle, signer_keys.allowed_signers)
 
 

@@ -21,8 +21,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import ConfigError, config_from_dict, parse_config
-from edge.outputs.homeassistant import ALL_OBJECTS, Discovery, config_topic, entities
 from edge.events.journal import Journal
+from edge.outputs.homeassistant import ALL_OBJECTS, Discovery, config_topic, entities
 from edge.outputs.publisher import Publisher
 from tests.helpers import REPO, wait_until, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict

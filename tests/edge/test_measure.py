@@ -83,7 +83,7 @@ def test_thinning_gives_one_pixel_skeleton_of_known_length():
 
 def test_diagonal_skeleton_counts_sqrt2_per_step():
     skel = np.eye(50, dtype=np.uint8)
-    length, ends = skeleton_length(skel)
+    length, _ends = skeleton_length(skel)
     assert length == pytest.approx(49 * math.sqrt(2), rel=1e-3)
 
 

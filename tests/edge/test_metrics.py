@@ -58,7 +58,7 @@ def test_the_running_daemon_serves_metrics_that_prometheus_parses(tmp_path, dark
     assert kinds["crackd_frames_processed"] == "counter" and kinds["crackd_crack_frames"] == "counter"
     assert kinds["crackd_events_started"] == kinds["crackd_journal_write_failures"] == kinds["crackd_camera_reconnects"] == "counter"
     assert kinds["crackd_stage_latency_seconds"] == "histogram" and kinds["crackd_frame_latency_seconds"] == "histogram"
-    assert kinds["crackd_outbox_depth"] == kinds["crackd_mqtt_connected"] == "gauge" 
+    assert kinds["crackd_outbox_depth"] == kinds["crackd_mqtt_connected"] == "gauge"
     assert kinds["crackd_build_info"] == "gauge"  # an info metric: a constant 1 with the versions as labels
     for stage in ("preprocess", "classify", "total"):
         assert value(got, "crackd_stage_latency_seconds", "crackd_stage_latency_seconds_count", stage=stage) >= 10

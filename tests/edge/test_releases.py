@@ -18,9 +18,9 @@ import time
 import pytest
 
 from edge.engine.bundle import ChecksumMismatch, NotTFLite, UnsafePath, sha256_file
+from edge.engine.selftest import GoldenMismatch
 from edge.releases.lock import DeviceBusy
 from edge.releases.manager import NothingToRollBack, ReleaseNotFound, ReleasePolicy, Releases, VersionConflict
-from edge.engine.selftest import GoldenMismatch
 from edge.releases.signing import SignatureMissing, UnknownSigner
 from tests.helpers import REPO, wait_until
 
@@ -93,7 +93,7 @@ def test_a_model_that_does_not_match_its_checksum_is_never_installed(releases, m
     data[len(data) // 2] ^= 0xFF
     (bundle / "classifier.tflite").write_bytes(bytes(data))
 
-    with pytest.raises(ChecksumMismatch, match="classifier.tflite"):
+    with pytest.raises(ChecksumMismatch, match=r"classifier\.tflite"):
         releases.stage(bundle)
 
     assert releases.installed() == []
@@ -369,7 +369,7 @@ def test_a_listed_file_that_is_a_symlink_is_refused_and_its_target_never_hashed(
 
     bundle = make_bundle("symlinked", edit=symlinked_model, sign=signer_keys.trusted)
 
-    with pytest.raises(UnsafePath, match="classifier.tflite: a symbolic link") as info:
+    with pytest.raises(UnsafePath, match=r"classifier\.tflite: a symbolic link") as info:
         releases.stage(bundle)
     assert sha256_file(outside)[:12] not in str(info.value)
     assert releases.installed() == [] and not list(releases.layout.releases.glob("*"))

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from edge.sources import synth
+from tests.helpers import DEFAULT_BUNDLE
 from trainer.data.assemble import Splits, save_arrays
 from trainer.data.datasets import DatasetError
 from trainer.evaluation.evaluate import EvalConfig, curve_from_histograms, evaluate_bundle
 from trainer.evaluation.metrics import binary_metrics, pixel_metrics, precision_recall_curve, roc_auc
+from trainer.evaluation.targets import HEADLINE
 from trainer.export.provenance import read_source_txt
 from trainer.reports.sweep import choose, pareto_front
-from trainer.evaluation.targets import HEADLINE
-from tests.helpers import DEFAULT_BUNDLE
 
 BUNDLE = DEFAULT_BUNDLE
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -263,7 +263,7 @@ def test_sweep_segmenter_names_match_the_model_builders():
     from trainer.models.architectures import SEGMENTER_SIZES
     from trainer.training.sweep import SEGMENTER_NAMES
 
-    assert SEGMENTER_NAMES == tuple(SEGMENTER_SIZES)
+    assert tuple(SEGMENTER_SIZES) == SEGMENTER_NAMES
 
 
 def _tiny_trained_run(run_dir: Path) -> None:

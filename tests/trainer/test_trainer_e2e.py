@@ -85,7 +85,8 @@ def test_interrupted_training_resumes_from_the_last_epoch(tmp_path):
         train_segmenter(build_segmenter(spec), (x, y), (x, y), cfg, tmp_path, extra_callbacks=[Interrupt()])
     assert (tmp_path / "backup").is_dir()
     train_segmenter(build_segmenter(spec), (x, y), (x, y), cfg, tmp_path)
-    epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "log.csv"))]
+    with open(tmp_path / "log.csv") as log_csv:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(log_csv)]
     assert epochs == [0, 1, 2]  # epoch 2 ran after the restart; 0 and 1 were not repeated
     assert not (tmp_path / "backup").exists()  # a finished run clears its resume state
 

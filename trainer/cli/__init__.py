@@ -19,8 +19,9 @@ def _progress(iterable, desc: str = ""):
 
 
 def cmd_synth(args) -> int:
-    from edge.sources.synth import write_dataset
     from tqdm import tqdm
+
+    from edge.sources.synth import write_dataset
 
     n = write_dataset(args.out, args.n, seed=args.seed, height=args.size, width=args.size,
                       crack_probability=args.crack_probability, progress=lambda it: tqdm(it, desc="synth", unit="img"))

@@ -9,7 +9,7 @@ from pathlib import Path
 def cmd_export(args) -> int:
     from trainer.export.convert import ExportConfig, export_bundle
 
-    version = args.version or dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d-%H%M%S")
+    version = args.version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M%S")
     cfg = ExportConfig(calibration_images=args.calibration_images, tolerance=args.tolerance, golden_samples=args.golden)
     thresholds, source = {}, None
     if args.crossval:

@@ -1,7 +1,7 @@
 """Journal writes held while the disk is full, and a reserved file that keeps them across a stop.
 
-When SQLite cannot write (disk full), the supervisor holds event writes (event rows and their
-MQTT messages) in memory and retries them. A stop must not lose them, and a full disk has no
+When SQLite cannot write (disk full), the journal writer (edge.daemon.journal_writer) holds event
+writes (event rows and their MQTT messages) in memory and retries them. A stop must not lose them, and a full disk has no
 room for a new file, so at start crackd reserves `RESERVE_BYTES` of zeros (`STATE/held-writes.reserve`)
 while there is room. On a stop with writes still held they are written INTO that file, over its
 own blocks (no new space needed), and read back at the next start. The same budget bounds what

@@ -572,7 +572,7 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
         filler = fill_disk(small_fs)
         wait_until(lambda: d.sup.journal_writer.held >= 3, timeout=60, what="event writes held on the full disk")
         status = d.sup.status()
-        assert not status["healthy"] and "full" in status["journal_error"]
+        assert not status.healthy and "full" in status.journal_error
         wait_until(lambda: any("skipped" in r.getMessage() and "snapshot" in r.getMessage() for r in caplog.records),
                    what="snapshots shed")
     finally:

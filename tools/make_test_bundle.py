@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the checked-in test bundle tests/data/darkness-bundle (needs TensorFlow; run once, commit the result).
 
-The "darkness" models of tests/bundle_factory.py (a dark pixel is a crack) converted to INT8 TFLite by the
+The "darkness" models of tests/helpers/bundle_factory.py (a dark pixel is a crack) converted to INT8 TFLite by the
 trainer's own exporter. The bundle is committed (a few KB) so the device tests run on a device-only
 install, without TensorFlow, and without rebuilding it at every test session:
 
@@ -15,16 +15,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Run as `python tools/make_test_bundle.py`: put the repository root on sys.path so `edge`, `trainer` and `tests.helpers` import.
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 OUT = REPO / "tests" / "data" / "darkness-bundle"
 
 
 def main() -> int:
-    from bundle_factory import build_darkness_bundle
-
     from edge.engine.bundle import load_bundle
+    from tests.helpers.bundle_factory import build_darkness_bundle
 
     tmp = OUT.with_name(OUT.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -30,19 +30,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Run as `python tools/soak.py`, Python puts tools/ on sys.path, not the repository root: add it so that `edge`
+# (the daemon measured) and `tests.helpers` (the free port and status.json reading the tests use) import.
 sys.path.insert(0, str(REPO))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edge.daemon.status import DaemonStatus  # noqa: E402
-from edge.layout import StateLayout  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers.ports import free_port  # noqa: E402
+from tests.helpers.status import read_status  # noqa: E402
 
 
 def rss_mb(pid: int) -> float | None:
@@ -102,14 +98,6 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen, int]:
         except OSError:
             time.sleep(0.05)
     raise SystemExit("mosquitto did not start")
-
-
-def read_status(state: Path) -> DaemonStatus:
-    """The daemon's STATE/status.json; an empty status (all counters 0) before the first write."""
-    try:
-        return DaemonStatus.read(StateLayout(state).status_file)
-    except (FileNotFoundError, ValueError):
-        return DaemonStatus()
 
 
 def plot_rss(samples: list[tuple[float, float | None]], out: Path, title: str) -> None:

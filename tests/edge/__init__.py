@@ -1,0 +1,1 @@
+"""Tests of the device software (edge/): engine, sources, events, outputs, daemon, releases, CLI. No TensorFlow."""

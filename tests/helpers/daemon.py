@@ -1,0 +1,66 @@
+"""The daemon under test: a config dict for the folder camera and the darkness bundle, and a Supervisor in a thread.
+
+Used by every test that runs the whole pipeline (daemon, Home Assistant, Prometheus, Sparkplug, MQTT snapshots).
+Folder frames come from a pattern (tests/helpers/frames.py); BLOCK is one event's worth of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from edge.daemon.notify import Notifier
+from edge.daemon.supervisor import Supervisor
+
+# 3 crack frames then 5 clear ones: with k=2 of n=3 and m=3 every block is exactly one event.
+BLOCK = "CCC....."
+
+
+def daemon_dict(tmp_path: Path, bundle: Path, frames: Path, port: int | None, **over) -> dict:
+    """A daemon config (as parsed YAML) replaying `frames` once through `bundle`, MQTT on `port` (None: off).
+
+    `over` sets keys by path: `max_fps=40` (top level), `mqtt__publish_frames=True`, `source__folder__loop=True`.
+    """
+    d = {
+        "device_id": "cam1",
+        "source": {"type": "folder", "folder": {"path": str(frames), "fps": 0, "loop": False},
+                   "retry_initial_s": 0.05, "retry_max_s": 0.2, "read_timeout_s": 1.0},
+        "model": {"bundle": str(bundle)},
+        "decision": {"start_k": 2, "start_n": 3, "end_m": 3, "update_interval_s": 60},
+        "storage": {"state_dir": str(tmp_path / "state"), "record_frames": "all"},
+        "mqtt": {"enabled": port is not None, "host": "127.0.0.1", "port": port or 1883, "reconnect_min_s": 1,
+                 "reconnect_max_s": 1, "keepalive": 5, "flush_timeout_s": 10},
+        "logging": {"journald": False},
+        "releases": {"require_signature": False},  # the darkness test bundle is unsigned
+        "stats_interval_s": 1,
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            sub, _, leaf = name.partition("__")
+            if leaf:
+                d[section].setdefault(sub, {})[leaf] = value
+            else:
+                d[section][sub] = value
+        else:
+            d[section] = value
+    return d
+
+
+class InProcess:
+    """A Supervisor running its loop in a thread of this process (no signal handlers)."""
+
+    def __init__(self, cfg, notifier=None):
+        self.sup = Supervisor(cfg, notifier=notifier or Notifier(environ={}))
+        self.sup.start()
+        self.thread = threading.Thread(target=self.sup.run, daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout=20):
+        self.sup.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "daemon did not stop in time"
+
+    def wait_finished(self, timeout=30):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "daemon did not finish"

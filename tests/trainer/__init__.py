@@ -1,0 +1,1 @@
+"""Tests of the trainer (trainer/): data sets, domain images, evaluation, reference model, end-to-end training."""

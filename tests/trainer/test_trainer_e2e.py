@@ -1,0 +1,139 @@
+"""The trainer end to end at toy scale: synthesize -> train both models -> export INT8 -> run on the device path."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO
+
+pytest.importorskip("tensorflow")  # the trainer: absent on a device-only install (pip install .[edge])
+
+
+def crack_train(*args: str) -> None:
+    """`crack-train ARGS` in this process: TensorFlow is imported once for the module, not once per command."""
+    from trainer.cli import main
+
+    assert main(list(args)) == 0
+
+
+def run(*args, timeout=600):
+    out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "synth"
+    crack_train("synth", "--out", str(data), "--n", "36", "--size", "64", "--seed", "3")
+    crack_train("classifier", "--data", str(data), "--alpha", "0.35", "--size", "32", "--epochs", "1",
+        "--steps-per-epoch", "2", "--batch-size", "8", "--out", str(root / "cls"))
+    crack_train("segmenter", "--data", str(data), "--size", "32", "--epochs", "1", "--steps-per-epoch", "2",
+        "--batch-size", "8", "--out", str(root / "seg"))
+    return root
+
+
+def test_training_runs_leave_checkpoints_logs_and_splits(toy_runs):
+    for name in ("cls", "seg"):
+        run_dir = toy_runs / name
+        for f in ("best.keras", "last.keras", "log.csv", "history.json", "splits.json", "run.json", "heldout.npz"):
+            assert (run_dir / f).is_file(), f
+        assert (run_dir / "tensorboard").is_dir()
+
+
+def test_export_writes_a_bundle_the_device_accepts(toy_runs):
+    bundle = toy_runs / "bundle"
+    crack_train("export", "--classifier", str(toy_runs / "cls"), "--segmenter", str(toy_runs / "seg"),
+        "--out", str(bundle), "--version", "0.0.1-e2e", "--tolerance", "1.0", "--calibration-images", "16")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["bundle_version"] == "0.0.1-e2e"
+    for role in ("classifier", "segmenter"):
+        entry = manifest["models"][role]
+        assert entry["input"]["dtype"] == "uint8" and entry["output"]["dtype"] == "uint8"
+        assert "validation_int8" in entry["metrics"] and "validation_fp32" in entry["metrics"]
+        assert (bundle / entry["reference"]["file"]).is_file()
+        assert set(manifest["quantization"][role]) >= {"tolerance"}
+    assert len(manifest["golden"]["samples"]) == 4
+    out = run("-m", "edge.cli", "infer", "--bundle", str(bundle), "--segment", "always", "--json", str(toy_runs / "synth" / "images"))
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 36 and all(r["segmented"] for r in rows)
+
+
+def test_interrupted_training_resumes_from_the_last_epoch(tmp_path):
+    import keras
+
+    from trainer.models.architectures import SegmenterSpec, build_segmenter
+    from trainer.training.train import TrainConfig, train_segmenter
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    y = (rng.random((16, 32, 32)) < 0.05).astype(np.uint8)
+    cfg = TrainConfig(epochs=3, batch_size=8, verbose=0)
+    spec = SegmenterSpec(size=32, base=4, depth=2)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_segmenter(build_segmenter(spec), (x, y), (x, y), cfg, tmp_path, extra_callbacks=[Interrupt()])
+    assert (tmp_path / "backup").is_dir()
+    train_segmenter(build_segmenter(spec), (x, y), (x, y), cfg, tmp_path)
+    epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "log.csv"))]
+    assert epochs == [0, 1, 2]  # epoch 2 ran after the restart; 0 and 1 were not repeated
+    assert not (tmp_path / "backup").exists()  # a finished run clears its resume state
+
+
+def test_export_refuses_a_model_with_float_only_ops():
+    import keras
+
+    from trainer.export.convert import ExportError, convert_int8
+
+    inp = keras.Input((8, 8, 3))
+    out = keras.layers.Lambda(lambda t: keras.ops.sin(t))(inp)  # no integer SIN kernel exists
+    model = keras.Model(inp, out, name="has_sin")
+    calib = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ExportError, match="has_sin: cannot be converted to full-integer INT8"):
+        convert_int8(model, calib)
+
+
+def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path, capsys):
+    """In this process (TensorFlow is loaded already): a subprocess would spend its time importing it."""
+    from trainer.cli import main
+
+    (tmp_path / "positive").mkdir()
+    (tmp_path / "negative").mkdir()
+    assert main(["classifier", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "empty" in err.strip().splitlines()[-1]
+
+
+def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(toy_runs):
+    """The few-shot path: publish fine-tuning checkpoints, adapt on a site's labelled images, export with the other model kept."""
+    bundle, finetune = toy_runs / "bundle-ft", toy_runs / "finetune"
+    crack_train("export", "--classifier", str(toy_runs / "cls"), "--segmenter", str(toy_runs / "seg"),
+        "--out", str(bundle), "--version", "0.0.1-base", "--tolerance", "1.0", "--calibration-images", "16",
+        "--finetune-dir", str(finetune), "--classifier-threshold", "0.4", "--segmenter-threshold", "0.3")
+    meta = json.loads((finetune / "segmenter.json").read_text())
+    assert meta["kind"] == "segmenter" and meta["model_size"] == "fast"
+    site = toy_runs / "site"
+    crack_train("synth", "--out", str(site), "--n", "20", "--size", "64", "--seed", "9")
+    crack_train("adapt", "--base", str(finetune / "segmenter.keras"), "--data", str(site), "--out", str(toy_runs / "adapted"),
+        "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--domain", "8", "--crop", "32")
+    run_meta = json.loads((toy_runs / "adapted" / "run.json").read_text())
+    assert run_meta["initial_weights"] == str(finetune / "segmenter.keras")
+    adapted = toy_runs / "bundle-site"
+    crack_train("export", "--segmenter", str(toy_runs / "adapted"), "--keep-from", str(bundle), "--out", str(adapted),
+        "--version", "0.0.2-site", "--tolerance", "1.0", "--calibration-images", "8")
+    base_m, site_m = (json.loads((b / "manifest.json").read_text()) for b in (bundle, adapted))
+    assert site_m["models"]["classifier"]["sha256"] == base_m["models"]["classifier"]["sha256"]  # kept, byte for byte
+    assert site_m["models"]["classifier"]["threshold"] == 0.4
+    assert site_m["models"]["segmenter"]["sha256"] != base_m["models"]["segmenter"]["sha256"]
+    out = run("-m", "edge.cli", "infer", "--bundle", str(adapted), "--segment", "always", "--json", str(site / "images"))
+    assert len(out.stdout.splitlines()) == 20

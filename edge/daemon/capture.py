@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from edge.config import SourceConfig
 from edge.sources import Frame, FrameSource, ResilientSource, SourceExhausted, SourceFailed, SourceHealth
@@ -35,7 +35,7 @@ class FrameSlot:
         self.skipped = 0
         self.closed = False
 
-    def put(self, frame: Frame, wait: bool = False, stop: Optional[threading.Event] = None) -> None:
+    def put(self, frame: Frame, wait: bool = False, stop: threading.Event | None = None) -> None:
         with self._cond:
             if wait:
                 while len(self._frames) >= self.depth and not self.closed and not (stop and stop.is_set()):
@@ -46,7 +46,7 @@ class FrameSlot:
             self._frames.append(frame)
             self._cond.notify_all()
 
-    def get(self, timeout: float) -> Optional[Frame]:
+    def get(self, timeout: float) -> Frame | None:
         with self._cond:
             if not self._frames and not self.closed:
                 self._cond.wait(timeout)
@@ -68,26 +68,26 @@ class Capture:
     """Owns the source and the thread reading it; reports the camera's state and a capture call that hangs."""
 
     def __init__(self, source: FrameSource, options: SourceConfig, slot: FrameSlot, stop: threading.Event,
-                 on_state: Optional[Callable[[str, dict], None]] = None):
+                 on_state: Callable[[str, dict], None] | None = None):
         """`on_state(state, info)`: called on every camera state change (the supervisor publishes it)."""
         self.source = source
         self.options = options
         self.slot = slot
         self.stop_event = stop
         self.state = "starting"
-        self.last_capture_mono: Optional[float] = None
+        self.last_capture_mono: float | None = None
         self.exit_code = 0  # 1 once the source failed for good (not a normal end)
         self._on_state = on_state
         self.resilient = ResilientSource(source, options.read_timeout_s, options.retry_initial_s, options.retry_max_s,
                                          on_state=self._state_changed, stop=stop)
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     @property
     def health(self) -> SourceHealth:
         return self.resilient.health
 
     @property
-    def busy_since(self) -> Optional[float]:
+    def busy_since(self) -> float | None:
         """When the call into the camera driver now running began (monotonic), None between calls."""
         return self.resilient.busy_since
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class Engine:
     path: Path
 
 
-def build_engine(cfg: Config, bundle_dir: Optional[Path] = None, verify_golden: bool = False) -> Engine:
+def build_engine(cfg: Config, bundle_dir: Path | None = None, verify_golden: bool = False) -> Engine:
     """Load + verify a bundle completely and build its cascade; raises BundleError/RuntimeUnavailable."""
     from edge.engine.cascade import Cascade, TilingConfig
 

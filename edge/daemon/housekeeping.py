@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from edge.config import Config
 from edge.daemon.journal_writer import JournalWriter
@@ -29,7 +29,7 @@ class Housekeeper:
     """Owns the housekeeping thread; the supervisor hands it the parts and the judgements it needs."""
 
     def __init__(self, cfg: Config, stop: threading.Event, notifier: Notifier, pipeline: FramePipeline,
-                 writer: JournalWriter, snapshots: SnapshotStore, publisher: Optional[Publisher], *,
+                 writer: JournalWriter, snapshots: SnapshotStore, publisher: Publisher | None, *,
                  write_status: Callable[[], None], check_capture_hang: Callable[[float], None],
                  process_alive: Callable[[float], bool], status_line: Callable[[], str], stats: Callable[[], dict]):
         self.cfg = cfg
@@ -45,7 +45,7 @@ class Housekeeper:
         self._status_line = status_line
         self._stats = stats
         self._outbox_level = -1
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def use_config(self, cfg: Config) -> None:
         """A reload: stats interval, retention and outbox warning levels apply from the next round."""
@@ -104,9 +104,11 @@ class Housekeeper:
             return
         self.snapshots.delete(report.files)
         if report.frames or report.events:
-            log.info("retention: deleted %d frames and %d events; journal uses %.1f MB", report.frames, report.events, report.used_mb)
+            log.info("retention: deleted %d frames and %d events; journal uses %.1f MB",
+                     report.frames, report.events, report.used_mb)
         if report.over_budget:
-            log.warning("journal uses %.1f MB, over storage.max_db_mb=%g, and nothing more may be deleted (undelivered outbox or labelled events)", report.used_mb, st.max_db_mb)
+            log.warning("journal uses %.1f MB, over storage.max_db_mb=%g, and nothing more may be deleted "
+                        "(undelivered outbox or labelled events)", report.used_mb, st.max_db_mb)
 
     def check_outbox_fill(self) -> None:
         """A loud warning each time the undelivered outbox crosses one of storage.outbox_warn_levels."""
@@ -120,7 +122,8 @@ class Housekeeper:
         level = max((i for i, v in enumerate(levels) if fraction >= v), default=-1)
         if level > self._outbox_level:
             log.warning(
-                "OUTBOX FILLING: %d undelivered MQTT messages use %.0f%% of storage.max_db_mb (%g MB); broker %s:%d unreachable? (%s)",
+                "OUTBOX FILLING: %d undelivered MQTT messages use %.0f%% of storage.max_db_mb (%g MB); "
+                "broker %s:%d unreachable? (%s)",
                 self.writer.outbox_depth, fraction * 100, st.max_db_mb, mqtt.host, mqtt.port,
                 self.publisher.last_error if self.publisher else "mqtt disabled",
             )

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from edge.config import Config
 from edge.daemon.held_writes import HeldItem, Reserve, encoded_size, without_pictures
@@ -33,11 +33,11 @@ HELD_WRITES_MAX = 10000  # event writes held in memory while the journal cannot 
 class JournalWriter:
     """Owns the journal connection, the frame-row batch, the held event writes and the reserve file."""
 
-    def __init__(self, cfg: Config, on_messages: Optional[Callable[[], None]] = None):
+    def __init__(self, cfg: Config, on_messages: Callable[[], None] | None = None):
         """`on_messages`: called after a transaction with outbox messages was committed (wakes the publisher)."""
         self.cfg = cfg
         self.reserve = Reserve(cfg.layout.held_writes_reserve)
-        self.journal: Optional[Journal] = None
+        self._journal: Journal | None = None
         self._on_messages = on_messages
         self._held: deque[tuple[HeldItem, int]] = deque()  # (item, encoded bytes): never dropped silently (see _hold)
         self._held_bytes = 0
@@ -55,17 +55,21 @@ class JournalWriter:
     # ------------------------------------------------------------------ open / close
 
     def open(self) -> None:
-        """Open the journal and write what the last stop held on a full disk; raises JournalError/OSError/sqlite3.Error."""
+        """Open the journal and write what the last stop held on a full disk.
+
+        Raises JournalError, OSError or sqlite3.Error (the supervisor's start turns them into one line)."""
         held = self.reserve.load()  # writes a stop on a full disk kept for us
-        self.journal = self._open_journal()
+        self._journal = self._open_journal()
         if held:
-            log.warning("%d journal writes held by the last run (disk full at its stop) read from %s", len(held), self.reserve.path)
+            log.warning("%d journal writes held by the last run (disk full at its stop) read from %s",
+                        len(held), self.reserve.path)
             for item in held:
                 self._hold(item)
             self.retry_held()
             if self._held and self.reserve.release():
                 # Still full: the reserve's own space makes room to journal them (journalled beats held in memory).
-                log.error("%s: the disk is still full: removed the reserve to journal the held writes", self.reserve.path)
+                log.error("%s: the disk is still full: removed the reserve to journal the held writes",
+                          self.reserve.path)
                 self.retry_held()
             if not self._held:
                 self.reserve.clear()
@@ -73,7 +77,7 @@ class JournalWriter:
         self.reserve.ensure()
 
     def _open_journal(self) -> Journal:
-        """The journal; on a disk too full to open it (SQLite needs room for its -shm file), the reserve gives its space."""
+        """The journal; on a disk too full to open it (SQLite needs room for its -shm file) the reserve makes room."""
         cfg = self.cfg
         try:
             return Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
@@ -93,24 +97,32 @@ class JournalWriter:
             self._save_held()
 
     def close_journal(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
+        if self._journal is not None:
+            self._journal.close()
 
     def _save_held(self) -> None:
         items = [item for item, _ in self._held]
-        write_error = self.journal.write_error if self.journal is not None else None
+        write_error = self._journal.write_error if self._journal is not None else None
         try:
             saved = self.reserve.save(items)
         except OSError as exc:
-            log.error("%d held journal writes (events and their MQTT messages) are LOST: the journal cannot be written (%s) "
-                      "and neither can %s (%s)", len(items), write_error, self.reserve.path, exc.strerror or exc)
+            log.error("%d held journal writes (events and their MQTT messages) are LOST: the journal cannot be "
+                      "written (%s) and neither can %s (%s)", len(items), write_error, self.reserve.path,
+                      exc.strerror or exc)
             return
-        log.warning("the journal cannot be written (%s): %d held event writes saved to %s; they are journalled at the next start",
-                    write_error, saved, self.reserve.path)
+        log.warning("the journal cannot be written (%s): %d held event writes saved to %s; they are journalled at "
+                    "the next start", write_error, saved, self.reserve.path)
         if saved < len(items):
             log.error("%d held journal writes did not fit in %s and are LOST", len(items) - saved, self.reserve.path)
 
     # ------------------------------------------------------------------ state others report
+
+    @property
+    def journal(self) -> Journal:
+        """The open journal (the publisher drains its outbox, retention prunes it, the snapshot store asks it)."""
+        if self._journal is None:
+            raise RuntimeError("the journal is not open yet")
+        return self._journal
 
     @property
     def held(self) -> int:
@@ -124,11 +136,11 @@ class JournalWriter:
     @property
     def blocked(self) -> bool:
         """The journal cannot take writes now (failing, or writes held): pictures are not worth their disk space."""
-        return bool(self._held) or bool(self.journal is not None and self.journal.write_error)
+        return bool(self._held) or bool(self._journal is not None and self._journal.write_error)
 
-    def problem(self) -> Optional[str]:
+    def problem(self) -> str | None:
         """Why the journal is not healthy (writes failing or held, writes dropped), or None."""
-        error = self.journal.write_error if self.journal is not None else None
+        error = self._journal.write_error if self._journal is not None else None
         if not error and not self._held and not self.writes_dropped:
             return None
         parts = [error or "writable again"]
@@ -139,13 +151,13 @@ class JournalWriter:
         return "; ".join(parts)
 
     def refresh_outbox_depth(self) -> int:
-        if self.journal is not None and self.journal.is_open:
-            self.outbox_depth = self.journal.outbox_depth()
+        if self._journal is not None and self._journal.is_open:
+            self.outbox_depth = self._journal.outbox_depth()
         return self.outbox_depth
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, frame_row: Optional[FrameRow], writes: list[EventWrite], messages: list[OutboxMessage]) -> None:
+    def write(self, frame_row: FrameRow | None, writes: list[EventWrite], messages: list[OutboxMessage]) -> None:
         """A frame's result: its frame row is batched; event writes and messages are committed now, with the batch."""
         if frame_row is not None:
             self._frame_rows.append(frame_row)
@@ -173,8 +185,8 @@ class JournalWriter:
         except sqlite3.Error as exc:
             self.write_failures += 1
             self._hold(item)
-            self._journal_log(logging.ERROR, "journal %s: write failed (%s); %d event writes held in memory and retried",
-                              self.cfg.db_path, exc, len(self._held))
+            self._journal_log(logging.ERROR, "journal %s: write failed (%s); %d event writes held in memory and "
+                              "retried", self.cfg.db_path, exc, len(self._held))
             return
         if messages and self._on_messages is not None:
             self._on_messages()
@@ -232,9 +244,11 @@ class JournalWriter:
         size = encoded_size(item)
         if len(self._held) >= HELD_WRITES_MAX or self._held_bytes + size > self.reserve.capacity:
             self.writes_dropped += 1
-            log.error("journal cannot be written and %d held writes fill their %d KB budget: event %s (%s) and its MQTT "
-                      "message are NOT recorded (%d dropped so far)", len(self._held), self.reserve.capacity // 1024,
-                      writes[0].record.uuid if writes else "?", writes[0].record.kind if writes else "message", self.writes_dropped)
+            log.error("journal cannot be written and %d held writes fill their %d KB budget: event %s (%s) and its "
+                      "MQTT message are NOT recorded (%d dropped so far)", len(self._held),
+                      self.reserve.capacity // 1024,
+                      writes[0].record.uuid if writes else "?", writes[0].record.kind if writes else "message",
+                      self.writes_dropped)
             return
         self._held.append((item, size))
         self._held_bytes += size

@@ -12,7 +12,6 @@ import fcntl
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ class PidLock:
     def __init__(self, path: Path, state_dir: Path):
         self.path = path
         self.state_dir = state_dir  # named in the message when another daemon holds it
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
     def acquire(self) -> None:
         """Take the lock and write our pid; raises PidFileLocked when another crackd runs here."""
@@ -40,7 +39,8 @@ class PidLock:
             other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise PidFileLocked(f"{self.state_dir}: another crackd (pid {other}) is running with this state directory") from None
+                raise PidFileLocked(
+                    f"{self.state_dir}: another crackd (pid {other}) is running with this state directory") from None
             raise
         self._fd = fd
         try:

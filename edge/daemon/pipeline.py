@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 WINDOW = 1000  # frames in the latency percentiles
 
 
-def event_message(cfg: Config, record: EventRecord, write: EventWrite, snap: Optional[dict]) -> OutboxMessage:
+def event_message(cfg: Config, record: EventRecord, write: EventWrite, snap: dict | None) -> OutboxMessage:
     """The event's MQTT message for the outbox (QoS per config, not retained, keyed by the event's uuid)."""
     payload = event_payload(record, write.device_id, write.bundle_version, write.bundle_sha256, snap)
     return OutboxMessage(cfg.topic("event"), payload, cfg.mqtt.qos, False, record.uuid)
@@ -62,7 +62,7 @@ def close_interrupted_events(cfg: Config, writer: JournalWriter) -> None:
         writer.write_events(([], [write], messages))
 
 
-def _percentile(values: deque[float], q: float) -> Optional[float]:
+def _percentile(values: deque[float], q: float) -> float | None:
     if not values:
         return None
     return round(float(np.percentile(np.fromiter(values, float), q)), 2)
@@ -72,7 +72,7 @@ class FramePipeline:
     """Runs each frame through the engine and the debounce, records what it decided, and counts."""
 
     def __init__(self, cfg: Config, engine: Engine, writer: JournalWriter, snapshots: SnapshotStore,
-                 publisher: Optional[Publisher], metrics: Optional[Metrics]):
+                 publisher: Publisher | None, metrics: Metrics | None):
         self.cfg = cfg
         self.engine = engine
         self.decision = Decision(decision_params(cfg, engine))
@@ -83,7 +83,7 @@ class FramePipeline:
         self.frames_processed = 0
         self.frames_failed = 0
         self.events_started = 0
-        self.last_frame_mono: Optional[float] = None
+        self.last_frame_mono: float | None = None
         self.latency_ms: deque[float] = deque(maxlen=WINDOW)
         self.inference_ms: deque[float] = deque(maxlen=WINDOW)
         self.fps = 0.0
@@ -91,7 +91,7 @@ class FramePipeline:
         self._fail_log = RateLimitedLog(log)
 
     def swap(self, cfg: Config, engine: Engine) -> None:
-        """A reload, between two frames: the next frame runs on the new engine and settings; an open event stays open."""
+        """A reload, between two frames: the next frame runs on the new engine and settings; an open event goes on."""
         self.cfg = cfg
         self.engine = engine
         self.decision.set_params(decision_params(cfg, engine))
@@ -104,13 +104,13 @@ class FramePipeline:
         self.fps = rate if self.fps == 0 else 0.5 * self.fps + 0.5 * rate
         self._fps_count, self._fps_t = self.frames_processed, now
 
-    def latency_percentiles(self) -> tuple[Optional[float], Optional[float]]:
+    def latency_percentiles(self) -> tuple[float | None, float | None]:
         return _percentile(self.latency_ms, 50), _percentile(self.latency_ms, 95)
 
-    def inference_percentiles(self) -> tuple[Optional[float], Optional[float]]:
+    def inference_percentiles(self) -> tuple[float | None, float | None]:
         return _percentile(self.inference_ms, 50), _percentile(self.inference_ms, 95)
 
-    def last_frame_age_s(self) -> Optional[float]:
+    def last_frame_age_s(self) -> float | None:
         return None if self.last_frame_mono is None else time.monotonic() - self.last_frame_mono
 
     # ------------------------------------------------------------------ the frame path
@@ -133,7 +133,8 @@ class FramePipeline:
         frame_row = None
         if policy == "all" or (policy == "cracks" and (result.crack or event_uuid)):
             frame_row = FrameRow(
-                t=frame.t, seq=frame.seq, crack=bool(result.crack), score=float(result.score), segmented=bool(result.segmented),
+                t=frame.t, seq=frame.seq, crack=bool(result.crack), score=float(result.score),
+                segmented=bool(result.segmented),
                 measurements=measurements, latency_ms=round(result.timings_ms.get("total", 0.0), 3),
                 bundle_version=engine.bundle.version, event_uuid=event_uuid, ref=frame.ref,
             )
@@ -148,15 +149,16 @@ class FramePipeline:
         self.inference_ms.append(result.timings_ms.get("total", 0.0))
         if self.publisher is not None:
             self.publisher.publish_frame(lambda: {
-                "seq": frame.seq, "t": iso_utc(frame.t), "crack": bool(result.crack), "score": round(float(result.score), 4),
+                "seq": frame.seq, "t": iso_utc(frame.t), "crack": bool(result.crack),
+                "score": round(float(result.score), 4),
                 "segmented": bool(result.segmented),
                 "measurements": {k: v for k, v in measurements.items() if k != "components"} if measurements else None,
                 "event_uuid": event_uuid, "latency_ms": round(result.timings_ms.get("total", 0.0), 2),
                 "bundle_version": engine.bundle.version,
             })
 
-    def record(self, records: list[EventRecord], frame_row: Optional[FrameRow],
-               current: Optional[tuple[Frame, FrameResult]]) -> None:
+    def record(self, records: list[EventRecord], frame_row: FrameRow | None,
+               current: tuple[Frame, FrameResult] | None) -> None:
         """Pictures for event records, then ONE journal transaction with the outbox messages."""
         cfg = self.cfg
         b = self.engine.bundle
@@ -166,14 +168,16 @@ class FramePipeline:
             picture = snapshots_mqtt.attach(cfg, cfg.state_dir, r, snap)
             if picture is not None:
                 messages.append(picture)  # before the event that names it: the retained picture is there first
-            write = EventWrite(r, b.version, b.sha256, cfg.device_id, snap and snap["frame"], snap and snap["overlay"])
+            write = EventWrite(r, b.version, b.sha256, cfg.device_id, snap["frame"] if snap else None,
+                               snap["overlay"] if snap else None)
             writes.append(write)
             if cfg.mqtt.enabled:
                 messages.append(event_message(cfg, r, write, snap or self.snapshots.last(r.uuid)))
             if r.kind == START:
                 self.events_started += 1
                 log.warning(
-                    "crack event %s started (score %.2f)", r.uuid, r.peak_score, extra={"EVENT_UUID": r.uuid, "EVENT_TYPE": r.kind}
+                    "crack event %s started (score %.2f)", r.uuid, r.peak_score,
+                    extra={"EVENT_UUID": r.uuid, "EVENT_TYPE": r.kind},
                 )
             elif r.kind == END:
                 log.info("crack event %s ended after %d frames (peak score %.2f)", r.uuid, r.frames, r.peak_score,

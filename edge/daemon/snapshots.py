@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_MIN_FREE_BYTES = 4 * 1024 * 1024  # below this much free disk, pictures are shed so events keep their room
 
 
-def _free_bytes(path: Path) -> Optional[int]:
+def _free_bytes(path: Path) -> int | None:
     try:
         return shutil.disk_usage(path).free
     except OSError:
@@ -47,8 +47,8 @@ class SnapshotStore:
         self.cfg = cfg
         self.journal = journal
         self.state_dir = cfg.state_dir
-        self._peak: Optional[tuple[Frame, FrameResult]] = None
-        self._snap_seq: Optional[int] = None  # the frame the open event's pictures show
+        self._peak: tuple[Frame, FrameResult] | None = None
+        self._snap_seq: int | None = None  # the frame the open event's pictures show
         self._last: dict[str, dict] = {}  # per open event: its latest pictures (named again by later messages)
         self._log = RateLimitedLog(log)
 
@@ -60,7 +60,7 @@ class SnapshotStore:
         """The open event's peak is this frame: a later record retakes the pictures from it."""
         self._peak = (frame, result)
 
-    def last(self, uuid: str) -> Optional[dict]:
+    def last(self, uuid: str) -> dict | None:
         """The pictures last taken for an open event (an `end` without new pictures names them)."""
         return self._last.get(uuid)
 
@@ -68,8 +68,8 @@ class SnapshotStore:
         self._last.pop(uuid, None)
         self._peak, self._snap_seq = None, None
 
-    def take(self, record: EventRecord, current: Optional[tuple[Frame, FrameResult]], active: Optional[str],
-             journal_blocked: bool) -> Optional[dict]:
+    def take(self, record: EventRecord, current: tuple[Frame, FrameResult] | None, active: str | None,
+             journal_blocked: bool) -> dict | None:
         """Write (or rewrite with a better peak) the event's frame + overlay JPEGs; returns their relative paths.
 
         `current`: the frame in hand (a start's pictures); `active`: the open event's uuid (None when none is open).
@@ -84,13 +84,13 @@ class SnapshotStore:
         else:
             return None
         if journal_blocked:
-            self._log(logging.WARNING, "snapshot for event %s skipped: the journal cannot be written (events before pictures)",
-                      record.uuid)
+            self._log(logging.WARNING, "snapshot for event %s skipped: the journal cannot be written "
+                      "(events before pictures)", record.uuid)
             return None
         free = _free_bytes(self.state_dir)
         if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
-            self._log(logging.WARNING, "snapshot for event %s skipped: only %.1f MB free in %s (events before pictures)",
-                      record.uuid, free / 1024 / 1024, self.state_dir)
+            self._log(logging.WARNING, "snapshot for event %s skipped: only %.1f MB free in %s "
+                      "(events before pictures)", record.uuid, free / 1024 / 1024, self.state_dir)
             return None
         frame, result = source
         day = time.strftime("%Y%m%d", time.gmtime(record.started_at))

@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from edge.atomic_write import write_json_atomic
 
@@ -29,21 +29,21 @@ from edge.atomic_write import write_json_atomic
 class Percentiles:
     """p50 and p95 over the last 1000 frames, in ms; None before the first frame."""
 
-    p50: Optional[float] = None
-    p95: Optional[float] = None
+    p50: float | None = None
+    p95: float | None = None
 
 
 @dataclass(frozen=True)
 class CameraStatus:
     """The frame source's counters (edge.sources.SourceHealth) and its type."""
 
-    source: Optional[str] = None
+    source: str | None = None
     frames: int = 0
     bad_frames: int = 0
     stalls: int = 0
     errors: int = 0
     reconnects: int = 0
-    last_error: Optional[str] = None
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,50 +52,50 @@ class LastReload:
 
     time: str
     ok: bool
-    error: Optional[str] = None
-    bundle_version: Optional[str] = None  # the bundle served after the attempt
+    error: str | None = None
+    bundle_version: str | None = None  # the bundle served after the attempt
 
 
 @dataclass(frozen=True)
 class DaemonStatus:
     """One status.json; the field order is the file's key order."""
 
-    pid: Optional[int] = None
-    state: Optional[str] = None  # "running", or "stopped" in the last write of a clean stop
-    version: Optional[str] = None  # crackd's
-    device_id: Optional[str] = None
-    started_at: Optional[str] = None
-    updated_at: Optional[str] = None
+    pid: int | None = None
+    state: str | None = None  # "running", or "stopped" in the last write of a clean stop
+    version: str | None = None  # crackd's
+    device_id: str | None = None
+    started_at: str | None = None
+    updated_at: str | None = None
     uptime_s: float = 0.0
-    bundle_path: Optional[str] = None
-    bundle_version: Optional[str] = None
-    bundle_sha256: Optional[str] = None
+    bundle_path: str | None = None
+    bundle_version: str | None = None
+    bundle_sha256: str | None = None
     frames_processed: int = 0
     frames_skipped: int = 0
     frames_failed: int = 0
     frames_bad: int = 0
     frames_recorded: int = 0
     fps: float = 0.0
-    last_frame_age_s: Optional[float] = None
+    last_frame_age_s: float | None = None
     latency_ms: Percentiles = field(default_factory=Percentiles)
     inference_ms: Percentiles = field(default_factory=Percentiles)
     events_started: int = 0
-    event_open: Optional[str] = None  # the open event's uuid
+    event_open: str | None = None  # the open event's uuid
     outbox_depth: int = 0
     mqtt_enabled: bool = False
     broker_connected: bool = False
-    broker_error: Optional[str] = None
+    broker_error: str | None = None
     mqtt_delivered: int = 0
     mqtt_replayed: int = 0
     pending_writes: int = 0
-    journal_error: Optional[str] = None
+    journal_error: str | None = None
     journal_writes_dropped: int = 0
     frame_rows_dropped: int = 0
-    camera_state: Optional[str] = None
+    camera_state: str | None = None
     camera: CameraStatus = field(default_factory=CameraStatus)
     healthy: bool = False
-    last_reload: Optional[LastReload] = None
-    rss_mb: Optional[float] = None
+    last_reload: LastReload | None = None
+    rss_mb: float | None = None
 
     # ------------------------------------------------------------------ the one writer
 
@@ -106,8 +106,9 @@ class DaemonStatus:
         """Replace `path` atomically (readers never see half a file)."""
         write_json_atomic(path, self.to_json())
 
-    def stats(self, cpu_temp_c: Optional[float], disk_free_mb: Optional[float]) -> dict:
-        """The MQTT `stats` payload's fields (docs/schemas/stats.schema.json; the publisher adds schema_version, device_id, t)."""
+    def stats(self, cpu_temp_c: float | None, disk_free_mb: float | None) -> dict:
+        """The MQTT `stats` payload's fields (docs/schemas/stats.schema.json): the publisher adds
+        schema_version, device_id and t."""
         return {
             "uptime_s": self.uptime_s,
             "fps": self.fps,
@@ -154,7 +155,7 @@ class StatusReading:
     """
 
     status: DaemonStatus
-    age_s: Optional[float]
+    age_s: float | None
     pid_alive: bool
 
     def to_json(self) -> dict:
@@ -162,7 +163,7 @@ class StatusReading:
 
     @classmethod
     def from_json(cls, data: Any) -> StatusReading:
-        """From `to_json`'s form (the deploy tool receives it over SSH); raises ValueError like DaemonStatus.from_json."""
+        """From `to_json`'s form (the deploy tool gets it over SSH); raises ValueError like DaemonStatus.from_json."""
         status = DaemonStatus.from_json(data)
         age, alive = data.get("status_age_s"), data.get("pid_alive", False)
         if age is not None and not _is_number(age):
@@ -199,7 +200,7 @@ def _value(hint: Any, value: Any, key: str):
         if value is None:
             return None
         (hint,) = options
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _from_json(hint, value, f"{key}.")
     ok = _is_number(value) if hint is float else (
         isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint))

@@ -24,8 +24,8 @@ import sqlite3
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from edge import __version__
 from edge.config import Config, ConfigError, load_config
@@ -42,7 +42,9 @@ from edge.daemon.status import CameraStatus, DaemonStatus, LastReload, Percentil
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RuntimeUnavailable
 from edge.events.journal import JournalError
-from edge.outputs import homeassistant, metrics
+from edge.outputs import homeassistant
+from edge.outputs.metrics import Metrics
+from edge.outputs.metrics import start_for as start_metrics
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
 from edge.sources import FrameSource, adapter_for, make_source
 from edge.timestamps import iso_utc
@@ -65,6 +67,23 @@ def _why_unwritable(path: Path) -> str:
         return exc.strerror or str(exc)
 
 
+class NotStarted(RuntimeError):
+    """A part of the daemon was asked for before `Supervisor.start()` built it."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What `start()` built from the config; the supervisor starts, stops and reloads these."""
+
+    writer: JournalWriter
+    snapshots: SnapshotStore
+    publisher: Publisher | None
+    capture: Capture
+    pipeline: FramePipeline
+    housekeeper: Housekeeper
+    metrics: Metrics | None
+
+
 class Supervisor:
     # Frames older than this (or 3 frame periods, or 2 read timeouts for cameras) mean "not healthy":
     # status.json says so and the watchdog pings stop.
@@ -74,8 +93,8 @@ class Supervisor:
     LOOP_STUCK_S = 10.0
     CAPTURE_HANG_MIN_S = 60.0
 
-    def __init__(self, config: Config, config_path: Optional[str | Path] = None, notifier: Optional[Notifier] = None,
-                 source: Optional[FrameSource] = None):
+    def __init__(self, config: Config, config_path: str | Path | None = None, notifier: Notifier | None = None,
+                 source: FrameSource | None = None):
         """`source`: a FrameSource to use instead of the one `config.source` describes (tests, embedding)."""
         self.cfg = config
         self._given_source = source
@@ -85,23 +104,53 @@ class Supervisor:
         self.stop_event = threading.Event()
         self._reload_requested = threading.Event()
         self._reloading = False
-        self._pending: Optional[tuple[Config, Engine]] = None
+        self._pending: tuple[Config, Engine] | None = None
         self._pending_lock = threading.Lock()
         self.slot = FrameSlot()
         self.started_at = time.time()
         self._t0 = time.monotonic()
         self._loop_mono = time.monotonic()  # the main loop's heartbeat (watchdog)
-        self.last_reload: Optional[LastReload] = None
+        self.last_reload: LastReload | None = None
         self._status_log = RateLimitedLog(log)
         self._pid_lock = PidLock(config.layout.pid_file, config.state_dir)
-        self.engine: Optional[Engine] = None
-        self.journal_writer: Optional[JournalWriter] = None
-        self.snapshots: Optional[SnapshotStore] = None
-        self.publisher: Optional[Publisher] = None
-        self.capture: Optional[Capture] = None
-        self.pipeline: Optional[FramePipeline] = None
-        self.housekeeper: Optional[Housekeeper] = None
-        self.metrics: Optional[metrics.Metrics] = None
+        self._engine: Engine | None = None
+        self._publisher: Publisher | None = None
+        self._parts: Parts | None = None
+
+    # ------------------------------------------------------------------ the parts
+
+    @property
+    def started(self) -> bool:
+        return self._parts is not None
+
+    @property
+    def parts(self) -> Parts:
+        if self._parts is None:
+            raise NotStarted("the daemon is not started")
+        return self._parts
+
+    @property
+    def engine(self) -> Engine:
+        """The engine serving now (replaced by a reload)."""
+        if self._engine is None:
+            raise NotStarted("no engine before the daemon started")
+        return self._engine
+
+    @property
+    def pipeline(self) -> FramePipeline:
+        return self.parts.pipeline
+
+    @property
+    def journal_writer(self) -> JournalWriter:
+        return self.parts.writer
+
+    @property
+    def capture(self) -> Capture:
+        return self.parts.capture
+
+    @property
+    def publisher(self) -> Publisher | None:
+        return self._publisher
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,12 +168,12 @@ class Supervisor:
         except PidFileLocked as exc:
             raise StartupError(str(exc)) from None
         try:
-            self._open_parts()
+            parts = self._parts = self._open_parts()
         except StartupError:
             self._pid_lock.release()
             raise
-        self.capture.start()
-        self.housekeeper.start()
+        parts.capture.start()
+        parts.housekeeper.start()
         log.info(
             "crackd %s started: device %s, source %s, bundle %s (%s), state %s, MQTT %s",
             __version__, cfg.device_id, cfg.source.type, self.engine.bundle.version, self.engine.path, self.state_dir,
@@ -133,42 +182,44 @@ class Supervisor:
         self.write_status()
         self.notifier.ready(self._status_line())
 
-    def _open_parts(self) -> None:
+    def _open_parts(self) -> Parts:
         cfg = self.cfg
         try:
-            self.engine = build_engine(cfg)
+            self._engine = build_engine(cfg)
         except (BundleError, RuntimeUnavailable, ValueError) as exc:
             raise StartupError(f"model.bundle: {exc}") from None
-        writer = self.journal_writer = JournalWriter(cfg, on_messages=self._wake_publisher)
+        writer = JournalWriter(cfg, on_messages=self._wake_publisher)
         try:
             writer.open()
         except (JournalError, OSError, sqlite3.Error) as exc:
             raise StartupError(str(exc)) from None
-        self.snapshots = SnapshotStore(cfg, writer.journal)
+        snapshots = SnapshotStore(cfg, writer.journal)
         close_interrupted_events(cfg, writer)
-        if cfg.mqtt.enabled:
-            self.publisher = self._start_publisher()
-        self.capture = Capture(self._given_source or make_source(cfg.source, stop=self.stop_event), cfg.source, self.slot,
-                               self.stop_event, on_state=self._on_camera_state)
-        self.metrics = metrics.start_for(self)
-        self.pipeline = FramePipeline(cfg, self.engine, writer, self.snapshots, self.publisher, self.metrics)
-        self.housekeeper = Housekeeper(
-            cfg, self.stop_event, self.notifier, self.pipeline, writer, self.snapshots, self.publisher,
-            write_status=self.write_status, check_capture_hang=self._check_capture_hang, process_alive=self.process_alive,
-            status_line=self._status_line, stats=self.stats,
+        publisher = self._publisher = self._start_publisher(writer) if cfg.mqtt.enabled else None
+        source = self._given_source or make_source(cfg.source, stop=self.stop_event)
+        capture = Capture(source, cfg.source, self.slot, self.stop_event, on_state=self._on_camera_state)
+        metrics = start_metrics(self)
+        pipeline = FramePipeline(cfg, self.engine, writer, snapshots, publisher, metrics)
+        housekeeper = Housekeeper(
+            cfg, self.stop_event, self.notifier, pipeline, writer, snapshots, publisher,
+            write_status=self.write_status, check_capture_hang=self._check_capture_hang,
+            process_alive=self.process_alive, status_line=self._status_line, stats=self.stats,
         )
+        return Parts(writer, snapshots, publisher, capture, pipeline, housekeeper, metrics)
 
-    def _start_publisher(self) -> Publisher:
+    def _start_publisher(self, writer: JournalWriter) -> Publisher:
         cfg = self.cfg
         try:
             password = cfg.mqtt_password()
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
-        publisher_class = Publisher
+        publisher_class: type[Publisher] = Publisher
         if cfg.mqtt.format == "sparkplug_b":
-            from edge.outputs.sparkplug import SparkplugPublisher as publisher_class
+            from edge.outputs.sparkplug import SparkplugPublisher
+
+            publisher_class = SparkplugPublisher
         try:
-            publisher = publisher_class(cfg, self.journal_writer.journal, self._identity(), password)
+            publisher = publisher_class(cfg, writer.journal, self._identity(), password)
         except RuntimeError as exc:  # a missing optional library
             raise StartupError(str(exc)) from None
         homeassistant.attach(cfg, publisher)
@@ -177,12 +228,12 @@ class Supervisor:
         return publisher
 
     def _wake_publisher(self) -> None:
-        if self.publisher is not None:
-            self.publisher.notify()
+        if self._publisher is not None:
+            self._publisher.notify()
 
     def _on_camera_state(self, state: str, info: dict) -> None:
-        if self.publisher is not None:
-            self.publisher.publish_camera(state, info)
+        if self._publisher is not None:
+            self._publisher.publish_camera(state, info)
 
     def _identity(self) -> dict:
         b = self.engine.bundle
@@ -217,6 +268,7 @@ class Supervisor:
 
     def run(self) -> int:
         """The main loop; returns the exit code when stopped (signal, or a finite source ended)."""
+        parts = self.parts
         next_t = 0.0
         while not self.stop_event.is_set():
             self._loop_mono = time.monotonic()
@@ -228,43 +280,45 @@ class Supervisor:
                     break
             frame = self.slot.get(0.25)
             if frame is None:
-                self.journal_writer.flush_frame_rows_if_due()
+                parts.writer.flush_frame_rows_if_due()
                 if self.slot.closed:
                     break
                 continue
             if max_fps:
                 next_t = max(time.monotonic(), next_t) + 1.0 / max_fps
-            self.pipeline.process(frame)
+            parts.pipeline.process(frame)
         self.shutdown()
-        return self.capture.exit_code
+        return parts.capture.exit_code
 
     def shutdown(self) -> None:
         """Flush and close within a bounded time: end the open event, drain the outbox briefly, close."""
+        parts = self.parts
         self.stop_event.set()
         self.slot.close()
         self.notifier.stopping("stopping: flushing journal and outbox")
         flush_deadline = time.monotonic() + self.cfg.mqtt.flush_timeout_s
         try:
-            self.pipeline.finish()
-            self.journal_writer.close()
+            parts.pipeline.finish()
+            parts.writer.close()
         except Exception:
             log.exception("flushing the open event failed")
-        for part in (self.capture, self.housekeeper):
-            part.join(timeout=max(0.1, min(2.0, flush_deadline - time.monotonic())))
-        if self.publisher is not None:
+        for thread in (parts.capture, parts.housekeeper):
+            thread.join(timeout=max(0.1, min(2.0, flush_deadline - time.monotonic())))
+        if parts.publisher is not None:
             remaining = max(0.0, flush_deadline - time.monotonic())
-            flushed = self.publisher.flush(remaining)
-            depth = self.journal_writer.journal.outbox_depth()
+            flushed = parts.publisher.flush(remaining)
+            depth = parts.writer.journal.outbox_depth()
             if not flushed and depth:
-                log.warning("stopping with %d undelivered MQTT messages in the outbox; they are sent after the next start", depth)
-            self.publisher.stop("shutdown", timeout=1.0)
-        self.capture.close()
+                log.warning("stopping with %d undelivered MQTT messages in the outbox; they are sent after the next "
+                            "start", depth)
+            parts.publisher.stop("shutdown", timeout=1.0)
+        parts.capture.close()
         self.write_status(state="stopped")
-        if self.metrics is not None:
-            self.metrics.stop()
-        self.journal_writer.close_journal()
+        if parts.metrics is not None:
+            parts.metrics.stop()
+        parts.writer.close_journal()
         self._pid_lock.release()
-        log.info("crackd stopped after %d frames", self.pipeline.frames_processed)
+        log.info("crackd stopped after %d frames", parts.pipeline.frames_processed)
 
     # ------------------------------------------------------------------ reload
 
@@ -298,8 +352,10 @@ class Supervisor:
     def _keep_restart_only_settings(self, old: Config, new: Config) -> Config:
         """Source, MQTT, device id and journal location need a restart: keep the running ones, say so."""
         changed = [name for name, a, b in (
-            ("source", old.source, new.source), ("mqtt", old.mqtt, new.mqtt), ("device_id", old.device_id, new.device_id),
-            ("storage.state_dir", old.storage.state_dir, new.storage.state_dir), ("storage.db", old.storage.db, new.storage.db),
+            ("source", old.source, new.source), ("mqtt", old.mqtt, new.mqtt),
+            ("device_id", old.device_id, new.device_id),
+            ("storage.state_dir", old.storage.state_dir, new.storage.state_dir),
+            ("storage.db", old.storage.db, new.storage.db),
             ("homeassistant", old.homeassistant, new.homeassistant), ("metrics", old.metrics, new.metrics),
         ) if a != b]
         if changed:
@@ -309,18 +365,19 @@ class Supervisor:
                                    homeassistant=old.homeassistant, metrics=old.metrics)
 
     def _swap(self, cfg: Config, engine: Engine) -> None:
-        old = self.engine
+        old, parts = self.engine, self.parts
         self.cfg = cfg
-        self.engine = engine
-        self.pipeline.swap(cfg, engine)
-        self.snapshots.use_config(cfg)
-        self.housekeeper.use_config(cfg)
+        self._engine = engine
+        parts.pipeline.swap(cfg, engine)
+        parts.snapshots.use_config(cfg)
+        parts.housekeeper.use_config(cfg)
         logging.getLogger().setLevel(cfg.logging.level.upper())
         log.info("reload: now serving bundle %s (%s), was %s", engine.bundle.version, engine.path, old.bundle.version)
         self._reload_done(ok=True, error=None)
 
-    def _reload_done(self, ok: bool, error: Optional[str]) -> None:
-        self.last_reload = LastReload(time=iso_utc(time.time()), ok=ok, error=error, bundle_version=self.engine.bundle.version)
+    def _reload_done(self, ok: bool, error: str | None) -> None:
+        self.last_reload = LastReload(time=iso_utc(time.time()), ok=ok, error=error,
+                                      bundle_version=self.engine.bundle.version)
         if not ok:
             log.error("reload failed, still serving bundle %s: %s", self.engine.bundle.version, error)
         if self.publisher is not None:
@@ -329,7 +386,8 @@ class Supervisor:
                                            last_reload=dataclasses.asdict(self.last_reload))
         self._reloading = False
         self.write_status()
-        self.notifier.ready(self._status_line() if ok else f"reload failed, serving {self.engine.bundle.version}: {error}"[:200])
+        failed = f"reload failed, serving {self.engine.bundle.version}: {error}"[:200]
+        self.notifier.ready(self._status_line() if ok else failed)
 
     # ------------------------------------------------------------------ health and the watchdog
 
@@ -341,11 +399,11 @@ class Supervisor:
 
     def healthy(self) -> bool:
         """Frames flow (the last one younger than the health window) and the journal takes every write."""
-        age = self.pipeline.last_frame_age_s() if self.pipeline is not None else None
-        frames_ok = self.engine is not None and age is not None and age <= self._health_window_s()
-        return frames_ok and (self.journal_writer is None or self.journal_writer.problem() is None)
+        parts = self.parts
+        age = parts.pipeline.last_frame_age_s()
+        return age is not None and age <= self._health_window_s() and parts.writer.problem() is None
 
-    def process_alive(self, now: Optional[float] = None) -> bool:
+    def process_alive(self, now: float | None = None) -> bool:
         """What the systemd watchdog is fed on: the process works, whatever the camera does.
 
         A camera that is away (unplugged, stalled, reconnecting) is a state, published and in status.json,
@@ -357,25 +415,22 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         if now - self._loop_mono > self.LOOP_STUCK_S:
             return False
-        busy = self.capture.busy_since if self.capture is not None else None
+        busy = self.parts.capture.busy_since
         return busy is None or now - busy <= self.capture_hang_s()
 
     def capture_hang_s(self) -> float:
         return max(self.CAPTURE_HANG_MIN_S, 4.0 * self.cfg.source.read_timeout_s)
 
     def _check_capture_hang(self, now: float) -> None:
-        self.capture.check_hang(now, max(self._health_window_s(), 2.0 * self.cfg.source.read_timeout_s))
+        self.parts.capture.check_hang(now, max(self._health_window_s(), 2.0 * self.cfg.source.read_timeout_s))
 
     # ------------------------------------------------------------------ status.json, stats, the systemd status line
 
     def status(self, state: str = "running") -> DaemonStatus:
         """What STATE/status.json says now (edge.daemon.status): the parts' figures and the supervisor's judgement."""
-        b = self.engine.bundle if self.engine else None
-        pipeline, writer, capture, pub = self.pipeline, self.journal_writer, self.capture, self.publisher
-        age = pipeline.last_frame_age_s() if pipeline else None
-        h = capture.health if capture else None
-        latency = pipeline.latency_percentiles() if pipeline else (None, None)
-        inference = pipeline.inference_percentiles() if pipeline else (None, None)
+        parts, b = self.parts, self.engine.bundle
+        pipeline, writer, capture, pub = parts.pipeline, parts.writer, parts.capture, parts.publisher
+        age, h = pipeline.last_frame_age_s(), capture.health
         return DaemonStatus(
             pid=os.getpid(),
             state=state,
@@ -384,33 +439,33 @@ class Supervisor:
             started_at=iso_utc(self.started_at),
             updated_at=iso_utc(time.time()),
             uptime_s=round(time.monotonic() - self._t0, 1),
-            bundle_path=str(self.engine.path.resolve()) if self.engine else None,
-            bundle_version=b.version if b else None,
-            bundle_sha256=b.sha256 if b else None,
-            frames_processed=pipeline.frames_processed if pipeline else 0,
+            bundle_path=str(self.engine.path.resolve()),
+            bundle_version=b.version,
+            bundle_sha256=b.sha256,
+            frames_processed=pipeline.frames_processed,
             frames_skipped=self.slot.skipped,
-            frames_failed=pipeline.frames_failed if pipeline else 0,
-            frames_bad=h.bad_frames if h else 0,
-            frames_recorded=writer.frames_recorded if writer else 0,
-            fps=round(pipeline.fps if pipeline else 0.0, 2),
+            frames_failed=pipeline.frames_failed,
+            frames_bad=h.bad_frames,
+            frames_recorded=writer.frames_recorded,
+            fps=round(pipeline.fps, 2),
             last_frame_age_s=None if age is None else round(age, 2),
-            latency_ms=Percentiles(*latency),
-            inference_ms=Percentiles(*inference),
-            events_started=pipeline.events_started if pipeline else 0,
-            event_open=pipeline.decision.active if pipeline else None,
-            outbox_depth=writer.outbox_depth if writer else 0,
+            latency_ms=Percentiles(*pipeline.latency_percentiles()),
+            inference_ms=Percentiles(*pipeline.inference_percentiles()),
+            events_started=pipeline.events_started,
+            event_open=pipeline.decision.active,
+            outbox_depth=writer.outbox_depth,
             mqtt_enabled=self.cfg.mqtt.enabled,
             broker_connected=bool(pub and pub.connected),
             broker_error=pub.last_error if pub else None,
             mqtt_delivered=pub.published if pub else 0,
             mqtt_replayed=pub.replayed if pub else 0,
-            pending_writes=writer.held if writer else 0,
-            journal_error=writer.problem() if writer else None,
-            journal_writes_dropped=writer.writes_dropped if writer else 0,
-            frame_rows_dropped=writer.frame_rows_dropped if writer else 0,
-            camera_state=capture.state if capture else "starting",
-            camera=CameraStatus(self.cfg.source.type, h.frames, h.bad_frames, h.stalls, h.errors, h.reconnects, h.last_error)
-            if h else CameraStatus(self.cfg.source.type),
+            pending_writes=writer.held,
+            journal_error=writer.problem(),
+            journal_writes_dropped=writer.writes_dropped,
+            frame_rows_dropped=writer.frame_rows_dropped,
+            camera_state=capture.state,
+            camera=CameraStatus(self.cfg.source.type, h.frames, h.bad_frames, h.stalls, h.errors, h.reconnects,
+                                h.last_error),
             healthy=state == "running" and self.healthy(),
             last_reload=self.last_reload,
             rss_mb=rss_mb(),
@@ -420,8 +475,7 @@ class Supervisor:
         """STATE/status.json, atomically; a failure (a full disk) is logged, rate-limited, and the daemon goes on."""
         path = self.cfg.layout.status_file
         try:
-            if self.journal_writer is not None:
-                self.journal_writer.refresh_outbox_depth()
+            self.parts.writer.refresh_outbox_depth()
             self.status(state).write(path)
         except Exception as exc:
             self._status_log(logging.ERROR, "%s: %s", path, exc)
@@ -431,9 +485,7 @@ class Supervisor:
         return self.status().stats(cpu_temp_c=cpu_temperature_c(), disk_free_mb=disk_free_mb(self.state_dir))
 
     def _status_line(self) -> str:
-        b = self.engine.bundle.version if self.engine else "?"
-        broker = "off" if not self.publisher else ("connected" if self.publisher.connected else "disconnected")
-        fps = self.pipeline.fps if self.pipeline else 0.0
-        camera = self.capture.state if self.capture else "starting"
-        depth = self.journal_writer.outbox_depth if self.journal_writer else 0
-        return f"{fps:.1f} fps, camera {camera}, bundle {b}, outbox {depth}, broker {broker}"
+        parts = self.parts
+        broker = "off" if not parts.publisher else ("connected" if parts.publisher.connected else "disconnected")
+        return (f"{parts.pipeline.fps:.1f} fps, camera {parts.capture.state}, bundle {self.engine.bundle.version}, "
+                f"outbox {parts.writer.outbox_depth}, broker {broker}")

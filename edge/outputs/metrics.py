@@ -41,6 +41,8 @@ class _SupervisorCollector:
 
         from edge.outputs.publisher import cpu_temperature_c
 
+        if not self.sup.started:  # scraped while the daemon is still starting: no figures yet
+            return
         st = self.sup.status()
         writer = self.sup.journal_writer
 
@@ -60,7 +62,7 @@ class _SupervisorCollector:
         yield counter("crackd_frames_bad", "Frames the source delivered unreadable", st.frames_bad)
         yield counter("crackd_events_started", "Crack events started", st.events_started)
         yield counter("crackd_journal_write_failures", "Journal transactions that failed (held in memory and retried, or dropped frame rows)",
-                      writer.write_failures if writer is not None else 0)
+                      writer.write_failures)
         yield counter("crackd_camera_reconnects", "Times the camera was reopened after failing", st.camera.reconnects)
         yield counter("crackd_camera_stalls", "Captures that timed out", st.camera.stalls)
         yield counter("crackd_mqtt_messages_delivered", "Outbox messages acknowledged by the broker", st.mqtt_delivered)

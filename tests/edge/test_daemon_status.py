@@ -28,10 +28,12 @@ def test_the_schema_names_exactly_the_fields_of_daemon_status_in_their_order(sch
     assert list(schema["properties"]["last_reload"]["oneOf"][1]["properties"]) == _field_names(LastReload)
 
 
-def test_the_status_a_running_daemon_writes_matches_its_schema_and_reads_back_unchanged(tmp_path, darkness_bundle, schemas):
+def test_the_status_a_running_daemon_writes_matches_its_schema_and_reads_back_unchanged(tmp_path, darkness_bundle,
+                                                                                        schemas):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
-    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=50, source__folder__loop=True))
+    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=50,
+                                       source__folder__loop=True))
     path = tmp_path / "state" / "status.json"
     d = InProcess(cfg)
     written = []
@@ -59,9 +61,11 @@ def test_stats_are_the_status_figures_and_match_the_stats_schema(tmp_path, darkn
     d = InProcess(config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None)))
     d.wait_finished()
     status, stats = d.sup.status(), d.sup.stats()
-    assert stats["frames_processed"] == status.frames_processed == 16 and stats["events_started"] == status.events_started == 2
+    assert stats["frames_processed"] == status.frames_processed == 16
+    assert stats["events_started"] == status.events_started == 2
     assert stats["latency_ms"] == dataclasses.asdict(status.latency_ms)
-    jsonschema.validate({"schema_version": 1, "device_id": "cam1", "t": "2026-01-01T00:00:00Z", **stats}, schemas["stats"])
+    payload = {"schema_version": 1, "device_id": "cam1", "t": "2026-01-01T00:00:00Z", **stats}  # as published
+    jsonschema.validate(payload, schemas["stats"])
 
 
 def test_a_status_file_of_an_older_crackd_reads_with_defaults_and_unknown_keys_are_ignored(tmp_path):

@@ -1,13 +1,15 @@
 """The Supervisor: builds the daemon's parts from the config, starts them, stops them, reloads them.
 
-Parts (each one job, in its own module):
-  engine.Engine             the bundle and its cascade (swapped as one on reload)
+Parts (each one job, in its own module of edge/daemon/):
+  pidfile.PidLock               STATE/crackd.pid: one daemon per state directory
+  engine.Engine                 the bundle and its cascade (swapped as one on reload)
   journal_writer.JournalWriter  the journal: frame-row batches, event transactions, writes held on a full disk
-  snapshots.SnapshotStore   event pictures and their disk budget
-  capture.Capture           thread `capture`: the source -> FrameSlot (newest frame wins for live cameras)
-  pipeline.FramePipeline    the main thread: frame -> Cascade -> Decision -> journal (+ outbox) -> publisher
-  housekeeping.Housekeeper  thread `housekeeping`: status.json every second, watchdog, stats, retention
-  edge.outputs.publisher    threads `outbox` and paho's: the outbox to MQTT
+  snapshots.SnapshotStore       event pictures and their disk budget
+  capture.Capture               thread `capture`: the source -> FrameSlot (newest frame wins for live cameras)
+  pipeline.FramePipeline        the main thread: frame -> Cascade -> Decision -> journal (+ outbox) -> publisher
+  housekeeping.Housekeeper      thread `housekeeping`: status.json every second, watchdog, stats, retention
+  status.DaemonStatus           what STATE/status.json holds (built by `Supervisor.status`)
+  edge.outputs.publisher        threads `outbox` and paho's: the outbox to MQTT
 Threads of its own: the main loop (`run`), which acts on signals between frames so the frame in
 hand is always finished, and `reload` (SIGHUP), which loads and verifies the new config and bundle
 beside the running ones; the main loop swaps them in between two frames (no frame's result dropped).

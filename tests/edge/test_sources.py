@@ -37,6 +37,7 @@ from edge.sources import (
     yuv420_to_rgb,
 )
 from tests.helpers import write_frames
+from tests.helpers.sources import damaged_video
 
 
 def read_all(source, limit=100):
@@ -425,28 +426,9 @@ def test_the_folder_camera_skips_an_oversized_image_and_logs_each_bad_file_once_
     assert any("f000009.jpg" in m and "12000x12000" in m and "over the limit" in m for m in lines)
 
 
-def _damaged_video(tmp_path, how: str):
-    path = tmp_path / f"{how}.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
-    rng = np.random.default_rng(0)
-    for _ in range(30):
-        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    writer.release()
-    data = bytearray(path.read_bytes())
-    if how == "truncated":
-        data = data[: len(data) // 2]
-    elif how == "scribbled":
-        for offset in range(2000, len(data) - 1000, 50):
-            data[offset:offset + 10] = b"\xff" * 10
-    else:
-        data = bytearray(np.random.default_rng(1).integers(0, 255, 20000, dtype=np.uint8).tobytes())
-    path.write_bytes(bytes(data))
-    return path
-
-
 @pytest.mark.parametrize("how", ["truncated", "scribbled", "garbage"])
 def test_a_corrupt_video_file_is_a_failure_not_an_end(tmp_path, how):
-    path = _damaged_video(tmp_path, how)
+    path = damaged_video(tmp_path, how)
     source = ResilientSource(OpenCVSource(url=str(path)), retry_initial_s=0.01, retry_max_s=0.01)
     with pytest.raises(SourceFailed, match="corrupt"):
         for _ in range(100):

@@ -9,7 +9,7 @@ derived from it too (`DaemonStatus.stats`), so the two never disagree.
 Reading is lenient in one direction only: a file from an older crackd (a deploy replaces the CLI
 before the daemon restarts) lacks newer keys, which read as their defaults; keys a newer crackd
 added are ignored. A value of the wrong type is a ValueError naming the key.
-Schema of the file: docs/schemas/daemon-status.schema.json (not status.schema.json: that is the MQTT status topic).
+Schema of the file: docs/schemas/state/status.schema.json (docs/schemas/status.schema.json is the MQTT status topic).
 """
 
 from __future__ import annotations

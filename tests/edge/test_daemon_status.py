@@ -1,5 +1,5 @@
 """STATE/status.json as a contract (edge/daemon/status.py): what a real daemon writes matches
-docs/schemas/daemon-status.schema.json and reads back unchanged through DaemonStatus; a file of an older
+docs/schemas/state/status.schema.json and reads back unchanged through DaemonStatus; a file of an older
 crackd still reads; a misspelt name or a wrong type fails loudly instead of reading None."""
 
 from __future__ import annotations
@@ -12,24 +12,25 @@ import pytest
 
 from edge.config import config_from_dict
 from edge.daemon.status import CameraStatus, DaemonStatus, LastReload, Percentiles, StatusReading
-from tests.helpers import wait_until, write_frames
+from tests.helpers import SCHEMAS, wait_until, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
+
+STATUS_SCHEMA = json.loads((SCHEMAS / "state" / "status.schema.json").read_text())
 
 
 def _field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def test_the_schema_names_exactly_the_fields_of_daemon_status_in_their_order(schemas):
-    schema = schemas["daemon-status"]
+def test_the_schema_names_exactly_the_fields_of_daemon_status_in_their_order():
+    schema = STATUS_SCHEMA
     assert list(schema["properties"]) == _field_names(DaemonStatus) == schema["required"]
     assert list(schema["properties"]["camera"]["properties"]) == _field_names(CameraStatus)
     assert list(schema["$defs"]["percentiles"]["properties"]) == _field_names(Percentiles)
     assert list(schema["properties"]["last_reload"]["oneOf"][1]["properties"]) == _field_names(LastReload)
 
 
-def test_the_status_a_running_daemon_writes_matches_its_schema_and_reads_back_unchanged(tmp_path, darkness_bundle,
-                                                                                        schemas):
+def test_the_status_a_running_daemon_writes_matches_its_schema_and_reads_back_unchanged(tmp_path, darkness_bundle):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
     cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=50,
@@ -47,7 +48,7 @@ def test_the_status_a_running_daemon_writes_matches_its_schema_and_reads_back_un
     written.append(path.read_bytes())  # the last write of a clean stop
     for data in written:
         raw = json.loads(data)
-        jsonschema.validate(raw, schemas["daemon-status"])
+        jsonschema.validate(raw, STATUS_SCHEMA)
         status = DaemonStatus.from_json(raw)
         assert (json.dumps(status.to_json(), indent=1) + "\n").encode() == data  # nothing lost or reordered
     running, stopped = (DaemonStatus.from_json(json.loads(data)) for data in written)

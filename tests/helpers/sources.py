@@ -1,4 +1,4 @@
-"""Misbehaving cameras for the daemon's watchdog tests (a real FrameSource subclass, not a mock), and damaged video files."""
+"""Misbehaving cameras (a FrameSource subclass, not a mock) and damaged video files, for the source and daemon tests."""
 
 from __future__ import annotations
 

@@ -59,8 +59,8 @@ import cv2
 import numpy as np
 
 from edge.engine.bundle import BundleError, LoadedBundle
-from edge.sources.images import read_rgb
 from edge.engine.preprocess import model_input
+from edge.sources.images import read_rgb
 
 log = logging.getLogger(__name__)
 

@@ -638,9 +638,9 @@ def test_a_snapshot_is_taken_from_the_full_size_main_stream_in_its_own_colours(t
 
 def test_a_corrupt_video_file_ends_the_daemon_with_a_failure_exit_code(tmp_path, darkness_bundle, caplog):
     """Restart=on-failure must see it: a truncated video is not a normal end (exit 0) but exit code 1."""
-    from test_sources import _damaged_video
+    from tests.helpers.frames import damaged_video
 
-    video = _damaged_video(tmp_path, "truncated")
+    video = damaged_video(tmp_path, "truncated")
     config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None)
     config["source"] = {"type": "opencv", "opencv": {"url": str(video)}, "retry_initial_s": 0.05, "retry_max_s": 0.2}
     sup = Supervisor(config_from_dict(config), notifier=Notifier(environ={}))

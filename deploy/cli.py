@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import getpass
-import json
 import logging
 import shlex
 import shutil
@@ -46,6 +45,7 @@ from deploy.push import (
     summary_table,
 )
 from deploy.ssh import Remote, RemoteError, SSHOptions, SSHUnreachable
+from edge.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, add_json_arg, fail, print_json, refuse
 from edge.releases.manager import describe_daemon
 
 log = logging.getLogger("crack-deploy")
@@ -53,10 +53,6 @@ log = logging.getLogger("crack-deploy")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What `install` copies to the device (the package source, the default bundle, config example, unit, installer).
 INSTALL_PAYLOAD = ("pyproject.toml", "setup.py", "README.md", "edge", "deploy", "systemd", "config", "models/default")
-
-
-class UsageError(Exception):
-    pass
 
 
 def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
@@ -72,7 +68,7 @@ def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
                    help="crackd command on the device, used verbatim as a shell prefix (e.g. 'sudo -n /opt/crackd/venv/bin/crackd')")
     p.add_argument("--remote-state-dir", metavar="DIR", help="state directory on the device (default: the device's config, else /var/lib/crackd)")
     p.add_argument("--remote-config", metavar="FILE", help="daemon config on the device, for its state_dir and release policy (default /etc/crackd/crackd.yaml there)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json_arg(p, help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ssh command lines)")
 
 
@@ -81,7 +77,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         if "--json" in _ARGV:
-            print(json.dumps({"ok": False, "error": message, "kind": "UsageError", "hosts": []}, indent=1))
+            print_json({"ok": False, "error": message, "kind": "UsageError", "hosts": []}, indent=1)
             self.exit(2, f"{self.prog}: error: {message}\n")
         super().error(message)
 
@@ -144,17 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        return _refuse(args, exc, 2)
+        return _refuse(args, exc, EXIT_USAGE)
     except KeyboardInterrupt:
         return _refuse(args, "interrupted", 130, kind="Interrupted")
 
 
 def _refuse(args, error, code: int, kind: str | None = None) -> int:
     """Stop before any device was touched: one line on stderr, and with --json the same as a JSON answer on stdout."""
-    if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": str(error), "kind": kind or type(error).__name__, "hosts": []}, indent=1))
-    print(f"crack-deploy {args.command}: {error}", file=sys.stderr)
-    return code
+    return refuse(str(error), code, f"crack-deploy {args.command}", as_json=getattr(args, "json", False),
+                  kind=kind or type(error).__name__, extra={"hosts": []}, indent=1)
 
 
 def _check_wait_options(args) -> None:
@@ -234,7 +228,7 @@ def _who(args) -> str:
 
 def _finish(results: list[HostResult], args, table: str) -> int:
     if args.json:
-        print(json.dumps({"ok": all(r.ok for r in results), "hosts": [r.as_dict() for r in results]}, indent=1))
+        print_json({"ok": all(r.ok for r in results), "hosts": [r.as_dict() for r in results]}, indent=1)
     else:
         print(table)
         ok = sum(r.ok for r in results)
@@ -254,7 +248,7 @@ def cmd_push(args) -> int:
     try:
         manifest = check_local_bundle(args.bundle)
     except LocalBundleInvalid as exc:
-        return _refuse(args, exc, 1)
+        return _refuse(args, exc, EXIT_FAILED)
     signed = is_signed(args.bundle)
     progress("*", f"bundle {manifest.bundle_version} from {args.bundle}: manifest and checksums ok, {'signed' if signed else 'UNSIGNED (devices that require signatures will refuse it)'}")
     opts = PushOptions(
@@ -300,7 +294,7 @@ def cmd_status(args) -> int:
         rows.append([host, st.get("current") or "-", st.get("previous") or "-", d.get("bundle_version") or "-", f"{d.get('fps', 0) or 0:.1f}", state, last_txt])
         payload.append({"host": host, "ok": ok, "status": st})
     if args.json:
-        print(json.dumps({"ok": all_ok, "hosts": payload}, indent=1, default=str))
+        print_json({"ok": all_ok, "hosts": payload}, indent=1, default=str)
     else:
         print(format_table(rows, ["HOST", "CURRENT", "PREVIOUS", "SERVING", "FPS", "STATE", "LAST DEPLOYMENT"]))
     return 0 if all_ok else 1
@@ -383,8 +377,7 @@ def cmd_sign(args) -> int:
         check_local_bundle(args.bundle)
         path = sign_bundle(args.bundle, args.key)
     except (LocalBundleInvalid, SignatureError) as exc:
-        print(f"crack-deploy sign: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc), EXIT_FAILED, "crack-deploy sign")
     print(f"signed {args.bundle} -> {path}")
     return 0
 

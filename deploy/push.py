@@ -19,10 +19,10 @@ import select
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from deploy.ssh import Remote, RemoteError, SSHUnreachable, remote_join
 from edge.engine.bundle import SIGNATURE, BundleError, Manifest, read_manifest, verify_files
@@ -130,8 +130,10 @@ class DeviceLockSession:
     def __init__(self, remote: Remote, dev: DeviceSettings, who: str, wait_s: float, timeout_s: float):
         self.remote = remote
         self.proc = remote.open(dev.models("lock", "--who", who, "--wait", f"{wait_s:g}"))
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s + wait_s)
-        line = self.proc.stdout.readline() if ready else ""
+        stdout = self.proc.stdout
+        assert stdout is not None  # Remote.open pipes it
+        ready, _, _ = select.select([stdout], [], [], timeout_s + wait_s)
+        line = stdout.readline() if ready else ""
         try:
             payload = json.loads(line) if line.strip().startswith("{") else None
         except ValueError:
@@ -157,8 +159,10 @@ class DeviceLockSession:
 
     def close(self) -> None:
         if self.proc.poll() is None:
+            stdin = self.proc.stdin
+            assert stdin is not None  # Remote.open pipes it
             try:
-                self.proc.stdin.close()
+                stdin.close()
             except OSError:
                 pass
             try:

@@ -116,7 +116,7 @@ class Remote:
             result = self._copy(["rsync", "-rtL", "--chmod=D755,F644", "-e", ssh_cmd, f"{local}/", f"{self._host_for_copy()}:{remote_dir}/"], local, timeout_s)
             if result.returncode == 0:
                 return "rsync"
-            if result.returncode == 255 or result.returncode not in (12, 127) and "command not found" not in result.stderr:
+            if result.returncode == 255 or (result.returncode not in (12, 127) and "command not found" not in result.stderr):
                 raise self._copy_error("rsync", local, result)
             log.info("%s: no rsync on the device, copying with scp", self.destination)
         result = self._copy(["scp", "-q", "-r", *self._scp_args(), str(local), f"{self._host_for_copy()}:{remote_dir}"], local, timeout_s)

@@ -4,9 +4,10 @@ Validation is strict because the daemon runs unattended: an unknown key (a
 typo), a wrong type or an out-of-range value stops the start with ONE line that
 names the key path and the YAML line (`crackd.yaml:12: mqtt.port: expected an
 integer from 1 to 65535, got 'abc'`). Every key and its default is documented in
-`config/crackd.example.yaml`; the dataclasses below are the single source of
-the defaults. Secrets (the MQTT password) never sit in the YAML: they come from
-an environment variable (`password_env`) or a file (`password_file`).
+`config/crackd.example.yaml`; the dataclasses below, and each camera adapter's
+options (edge.sources), are the single source of the defaults. Secrets (the
+MQTT password) never sit in the YAML: they come from an environment variable
+(`password_env`) or a file (`password_file`).
 """
 
 from __future__ import annotations
@@ -18,82 +19,49 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
+from edge.config_fields import option as _opt
+from edge.config_fields import section as _section
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, INSTALLED_STATE_DIR, SHIPPED_BUNDLE, StateLayout
+from edge.sources.registry import ADAPTERS, adapter_for
 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; str() is one line naming the file, line and key."""
 
 
-def _opt(default, doc: str, **checks):
-    """A field with a default, a doc line, and optional checks (min, max, gt, min_len, max_len)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **checks})
-    return field(default=default, metadata={"doc": doc, **checks})
-
-
-def _section(cls, doc: str):
-    return field(default_factory=cls, metadata={"doc": doc})
-
-
 # --------------------------------------------------------------------------- source
 
 
-@dataclass(frozen=True)
-class SyntheticOptions:
-    width: int = _opt(320, "frame width in pixels", min=16, max=4096)
-    height: int = _opt(240, "frame height in pixels", min=16, max=4096)
-    fps: float = _opt(10.0, "frames per second; 0 = as fast as the pipeline takes them (no frame skipped)", min=0, max=1000)
-    crack_probability: float = _opt(0.3, "probability that a new scene holds cracks", min=0, max=1)
-    hold_frames: int = _opt(5, "frames each generated scene stays in view (a crack passing the camera), jittered", min=1, max=10000)
-    seed: Optional[int] = _opt(None, "random seed (null = different scenes every run)")
+def _adapter_sections(cls):
+    """Complete SourceConfig from the camera registry (edge.sources.registry): `type` accepts each registered
+    adapter's name, listed in registry order, and each adapter's options dataclass is the section `source.<name>`."""
+    cls.__annotations__["type"] = Literal[tuple(adapter.name for adapter in ADAPTERS)]
+    for adapter in ADAPTERS:
+        if adapter.name in cls.__annotations__:
+            raise TypeError(f"source adapter {adapter.__name__}: name {adapter.name!r} is a key of source itself")
+        cls.__annotations__[adapter.name] = adapter.Options
+        setattr(cls, adapter.name, _section(adapter.Options, f"options for type: {adapter.name}"))
+    return cls
 
 
 @dataclass(frozen=True)
-class FolderOptions:
-    path: Optional[str] = _opt(None, "directory of image files (jpg, png, bmp, tif, webp), read in sorted name order")
-    fps: float = _opt(10.0, "replay rate; 0 = as fast as the pipeline takes them (no frame skipped, for bench runs)", min=0, max=10000)
-    loop: bool = _opt(True, "start again at the first file after the last (false: the daemon stops when done)")
-    cache_mb: float = _opt(0.0, "looped replays: keep decoded frames in memory up to this many MB (bench rigs; 0 = decode every time)", min=0, max=4096)
-    max_image_mpixels: float = _opt(40.0, "files whose header announces more megapixels are skipped undecoded (memory bound; 0 = no limit)", min=0, max=1000)
-
-
-@dataclass(frozen=True)
-class OpenCVOptions:
-    url: Optional[str] = _opt(None, "RTSP/HTTP URL, video file or device path (/dev/video0); or leave null and set index")
-    index: Optional[int] = _opt(None, "V4L2 device index (0 = /dev/video0)", min=0, max=63)
-    width: Optional[int] = _opt(None, "requested capture width (devices only; null = device default)", min=16, max=8192)
-    height: Optional[int] = _opt(None, "requested capture height (devices only)", min=16, max=8192)
-    fps: float = _opt(0.0, "replay rate for video files (0 = as fast as the pipeline takes them, no frame skipped); live sources are never paced", min=0, max=1000)
-    loop: bool = _opt(False, "video files: start again at the end")
-    open_timeout_s: float = _opt(10.0, "how long opening a stream may take", gt=0, max=600)
-
-
-@dataclass(frozen=True)
-class Picamera2Options:
-    camera: int = _opt(0, "camera number (Picamera2(camera))", min=0, max=16)
-    main: tuple[int, int] = _opt((1280, 960), "main stream size [width, height]; used for snapshots", min=16, max=8192)
-    lores: tuple[int, int] = _opt((320, 240), "lores stream size [width, height] fed to the models", min=16, max=4096)
-    lores_format: Literal["YUV420", "RGB888"] = _opt("YUV420", "YUV420 (Pi 4 and older: converted to RGB with OpenCV) or RGB888 (Pi 5)")
-    fps: float = _opt(10.0, "sensor frame rate", gt=0, max=240)
-    snapshot_from_main: bool = _opt(True, "take event snapshots from the full-size main stream")
-    still: bool = _opt(False, "use create_still_configuration instead of create_video_configuration (slow, high resolution rigs)")
-
-
-@dataclass(frozen=True)
+@_adapter_sections
 class SourceConfig:
-    type: Literal["synthetic", "folder", "opencv", "picamera2"] = _opt("synthetic", "which adapter produces frames")
+    """Where frames come from: the keys every source shares, then one option section per adapter (added above)."""
+
+    type: str = _opt("synthetic", "which adapter produces frames")
     read_timeout_s: float = _opt(5.0, "a capture taking longer than this counts as a stall and is retried", gt=0, max=600)
     retry_initial_s: float = _opt(0.5, "first wait before reconnecting a failed source (doubles each failure)", gt=0, max=600)
     retry_max_s: float = _opt(30.0, "longest wait between reconnect attempts", gt=0, max=3600)
-    synthetic: SyntheticOptions = _section(SyntheticOptions, "options for type: synthetic")
-    folder: FolderOptions = _section(FolderOptions, "options for type: folder")
-    opencv: OpenCVOptions = _section(OpenCVOptions, "options for type: opencv")
-    picamera2: Picamera2Options = _section(Picamera2Options, "options for type: picamera2")
+
+    @property
+    def options(self) -> Any:
+        """The option section of the chosen adapter (`source.<type>`)."""
+        return getattr(self, self.type)
 
 
 # --------------------------------------------------------------------------- model, decision
@@ -521,10 +489,8 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
         _fail(filename, _node_at(root, path), path, message)
 
     s = cfg.source
-    if s.type == "folder" and not s.folder.path:
-        fail("source.folder.path", "required when source.type is folder")
-    if s.type == "opencv" and (s.opencv.url is None) == (s.opencv.index is None):
-        fail("source.opencv", "set exactly one of url or index when source.type is opencv")
+    for key, message in adapter_for(s.type).option_problems(s.options):
+        fail(f"source.{s.type}.{key}" if key else f"source.{s.type}", message)
     if s.retry_max_s < s.retry_initial_s:
         fail("source.retry_max_s", f"must be >= source.retry_initial_s ({s.retry_initial_s:g})")
     d = cfg.decision

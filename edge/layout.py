@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from edge.shipped import SHIPPED_BUNDLE
 
@@ -123,7 +122,7 @@ class StateLocation:
         return StateLayout(self.state_dir)
 
 
-def locate_state(state_dir: Optional[str | Path] = None, config: Optional[str | Path] = None) -> StateLocation:
+def locate_state(state_dir: str | Path | None = None, config: str | Path | None = None) -> StateLocation:
     """Apply the rule above; raises edge.config.ConfigError for a config that does not validate."""
     if state_dir is not None:
         return _at(Path(state_dir), "--state-dir")

@@ -37,18 +37,24 @@ def split_source(source: Path, n: int, work: Path) -> tuple[Path, list]:
 
 
 def score(run_dir: Path, rest: list, size: int, thresholds: np.ndarray) -> dict:
-    from edge.sources.images import read_rgb
+    import cv2
+
     from edge.engine.preprocess import mask_to_binary, model_input, resize_mask
     from edge.engine.runtime import TFLiteModel
+    from edge.sources.images import read_rgb
     from trainer.evaluation.crossval import int8_of
     from trainer.evaluation.metrics import tolerant_counts, tolerant_from_counts
     from trainer.evaluation.predict import predict
 
-    import cv2
+    def readable(path: Path, pixels: np.ndarray | None) -> np.ndarray:
+        if pixels is None:
+            raise SystemExit(f"{path}: missing or not a readable image")
+        return pixels
 
     model = TFLiteModel(content=int8_of(run_dir))
-    images = np.stack([model_input(read_rgb(i), size, size) for i, _ in rest])
-    masks = np.stack([resize_mask(mask_to_binary(cv2.imread(str(m), cv2.IMREAD_UNCHANGED)), size, size) for _, m in rest]).astype(bool)
+    images = np.stack([model_input(readable(i, read_rgb(i)), size, size) for i, _ in rest])
+    masks = np.stack([resize_mask(mask_to_binary(readable(m, cv2.imread(str(m), cv2.IMREAD_UNCHANGED))), size, size)
+                      for _, m in rest]).astype(bool)
     probs = predict(model, images)[..., 0]
     out = {}
     for t in thresholds:
@@ -80,7 +86,7 @@ def main() -> int:
     subprocess.run(cmd, check=True, cwd=REPO)
     seconds = time.time() - t0
     size = json.loads((args.run / "run.json").read_text())["spec"]["size"]
-    thresholds = np.round(np.r_[np.arange(0.3, 0.96, 0.05), 0.97], 2)
+    thresholds = np.round(np.append(np.arange(0.3, 0.96, 0.05), 0.97), 2)
     base = score(args.run, rest, size, thresholds)
     new = score(adapted, rest, size, thresholds)
     t_base = args.threshold if args.threshold is not None else float(max(base, key=lambda k: base[k]["tolerant_f1"]))

@@ -33,6 +33,8 @@ from edge.outputs.homeassistant import entities  # noqa: E402
 def doc_example(topic: str) -> dict:
     text = (REPO / "docs" / "mqtt.md").read_text()
     block = re.search(rf"### `crackd/[^/]+/{topic}`.*?```json\n(.*?)```", text, flags=re.S)
+    if block is None:
+        raise SystemExit(f"docs/mqtt.md: no JSON example under a `crackd/<device>/{topic}` heading")
     return json.loads(block.group(1))
 
 

@@ -11,7 +11,7 @@ from edge import __version__
 
 # Modules that add subcommands: each has `register(subparsers)`; a command's
 # handler returns the process exit code (0 ok, 1 some input failed, 2 usage/config error).
-COMMAND_MODULES = ("edge.cli.infer", "edge.cli.daemon", "edge.cli.models", "edge.cli.homeassistant")
+COMMAND_MODULES = ("edge.cli.infer", "edge.cli.daemon", "edge.cli.events", "edge.cli.models", "edge.cli.homeassistant")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
+from edge.cli.common import add_config_arg, fail, print_json
 from edge.config import ConfigError, load_config
 from edge.layout import DEFAULT_CONFIG
-
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"crackd: {message}", file=sys.stderr)
-    return code
 
 
 def cmd_homeassistant(args) -> int:
@@ -22,18 +14,17 @@ def cmd_homeassistant(args) -> int:
         cfg = load_config(args.config)
         password = cfg.mqtt_password() if args.action == "remove" else None
     except ConfigError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if args.action == "show":
         for e in homeassistant.entities(cfg):
-            print(json.dumps({"topic": homeassistant.config_topic(cfg, e.component, e.object_id), "config": e.config},
-                             ensure_ascii=False))
+            print_json({"topic": homeassistant.config_topic(cfg, e.component, e.object_id), "config": e.config}, ensure_ascii=False)
         return 0
     if not cfg.mqtt.enabled:
-        return _fail(f"{args.config}: mqtt.enabled is false: no broker to remove the configs from")
+        return fail(f"{args.config}: mqtt.enabled is false: no broker to remove the configs from")
     try:
         n = homeassistant.remove_now(cfg, password, timeout=args.timeout)
     except ConnectionError as exc:
-        return _fail(str(exc), 1)
+        return fail(str(exc), 1)
     print(f"removed: {n} empty retained configs published under {cfg.homeassistant.discovery_prefix}/ for device {cfg.device_id}"
           " (set homeassistant.discovery: false, or the daemon announces the device again at its next connection)")
     return 0
@@ -42,6 +33,6 @@ def cmd_homeassistant(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("homeassistant", help="Home Assistant MQTT discovery: show the configs, or remove the device from HA")
     p.add_argument("action", choices=("show", "remove"), help="show: print each config topic and payload; remove: publish empty retained configs")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"daemon config (default {DEFAULT_CONFIG})")
+    add_config_arg(p, help=f"daemon config (default {DEFAULT_CONFIG})", default=str(DEFAULT_CONFIG), metavar=None)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
     p.set_defaults(func=cmd_homeassistant)

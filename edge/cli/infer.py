@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -12,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from edge.cli.common import add_json_arg, fail, print_json
 from edge.engine.bundle import BundleError
 from edge.sources.images import DEFAULT_MAX_PIXELS, image_files, read_rgb
 from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
@@ -35,11 +35,6 @@ def process_age_s() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _fail(message: str) -> int:
-    print(f"crackd: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _build_cascade(args):
@@ -92,10 +87,10 @@ def cmd_infer(args) -> int:
     try:
         cascade = _build_cascade(args)
     except (BundleError, RuntimeUnavailable, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(f"error: {exc}")
     files = expand_paths(args.paths)
     if not files:
-        return _fail(f"no images found in {' '.join(args.paths)}")
+        return fail(f"error: no images found in {' '.join(args.paths)}")
     for d in (args.overlay, args.mask_dir):
         if d:
             Path(d).mkdir(parents=True, exist_ok=True)
@@ -110,7 +105,7 @@ def cmd_infer(args) -> int:
         except ValueError as exc:
             failed += 1
             if args.json:
-                print(json.dumps({"path": str(path), "error": str(exc)}), flush=True)
+                print_json({"path": str(path), "error": str(exc)}, flush=True)
             else:
                 print(f"{str(path)[-48:]:<48} ERROR  {exc}")
             continue
@@ -120,7 +115,7 @@ def cmd_infer(args) -> int:
         if args.overlay:
             cv2.imwrite(str(Path(args.overlay) / f"{path.stem}.jpg"), cv2.cvtColor(draw_overlay(rgb, result), cv2.COLOR_RGB2BGR))
         if args.json:
-            print(json.dumps({"path": str(path), **result.to_dict()}), flush=True)
+            print_json({"path": str(path), **result.to_dict()}, flush=True)
         else:
             print(_row(path, result), flush=True)
     if failed and not args.json:
@@ -172,25 +167,25 @@ def cmd_bench(args) -> int:
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
-        return _fail(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 640x480")
+        return fail(f"error: --size {args.size!r}: expected WIDTHxHEIGHT, e.g. 640x480")
     if args.frames < 1:
-        return _fail(f"--frames {args.frames}: expected at least 1 frame to time")
+        return fail(f"error: --frames {args.frames}: expected at least 1 frame to time")
     if args.warmup < 0 or args.reference_runs < 1:
-        return _fail(f"--warmup {args.warmup} / --reference-runs {args.reference_runs}: expected >= 0 / >= 1")
+        return fail(f"error: --warmup {args.warmup} / --reference-runs {args.reference_runs}: expected >= 0 / >= 1")
     if args.reference and not Path(args.reference).is_file():
-        return _fail(f"{args.reference}: no such reference model file")
+        return fail(f"error: {args.reference}: no such reference model file")
     rng = np.random.default_rng(args.seed)
     first = generate(rng, height, width, crack_probability=1.0).image
     try:
         cascade = _build_cascade(args)
     except (BundleError, RuntimeUnavailable, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(f"error: {exc}")
     reference = None
     if args.reference:
         try:  # the same runtime and threads as the bundle's models, or the ratio would compare runtimes
             reference = ReferenceModel(args.reference, runtime=cascade.bundle.classifier.runtime, threads=args.threads)
         except ReferenceError as exc:
-            return _fail(str(exc))
+            return fail(f"error: {exc}")
     cascade.process(first)
     cold_start = process_age_s()
     # A handful of distinct realistic frames, cycled: every frame has a crack so both models run.
@@ -220,7 +215,7 @@ def cmd_bench(args) -> int:
     if reference:
         report.update(_reference_report(reference, ref_before, ref_after, report["stages_ms"], report["no_crack_frame_ms"]))
     if args.json:
-        print(json.dumps(report, indent=1))
+        print_json(report, indent=1)
         return 0
     _print_bench(report, args.threads)
     return 0
@@ -264,7 +259,7 @@ def register(sub) -> None:
     p.add_argument("--max-image-mpixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
                    help=f"skip images whose header announces more megapixels, undecoded (default {DEFAULT_MAX_PIXELS / 1e6:g}; 0 = no limit)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    add_json_arg(p, help="one JSON object per image per line")
     p.add_argument("--overlay", metavar="DIR", help="write annotated images here")
     p.add_argument("--mask-dir", metavar="DIR", help="write predicted masks (0/255 PNG at the input size) here")
     p.set_defaults(func=cmd_infer)
@@ -278,5 +273,5 @@ def register(sub) -> None:
     p.add_argument("--reference", metavar="MODEL.tflite", default=None,
                    help="also time this model (crack-train reference-model) before and after, and state every median as a multiple of it")
     p.add_argument("--reference-runs", type=int, default=50, metavar="N", help="timed runs of the reference before and after (default 50)")
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    add_json_arg(p, help="print the figures as one JSON object")
     p.set_defaults(func=cmd_bench)

@@ -13,7 +13,6 @@ flags may only make it stricter, so nobody allowed to run this command can switc
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import select
@@ -23,18 +22,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from edge.engine.bundle import BundleError
-from edge.releases.manager import DeviceLock, Interrupted, ReleaseError, ReleasePolicy, Releases, default_who
-from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 from edge import layout
-from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG, RULE, locate_state
+from edge.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, add_config_arg, add_json_arg, add_state_dir_arg, locate, print_json, refuse
+from edge.engine.bundle import BundleError
+from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
+from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG, RULE
+from edge.releases.lock import DeviceLock, Interrupted
+from edge.releases.manager import ReleaseError, ReleasePolicy, Releases, default_who
 
 log = logging.getLogger(__name__)
-
-
-
-class UsageError(Exception):
-    """Bad flags or configuration: exit code 2."""
 
 
 def register(sub) -> None:
@@ -44,9 +40,10 @@ def register(sub) -> None:
 
     def add(name: str, help_text: str, func, lock=False) -> argparse.ArgumentParser:
         p = msub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", type=Path, help=f"daemon config to read state_dir and release policy from (default {DEFAULT_CONFIG} when it exists)")
-        p.add_argument("--state-dir", type=Path, help=f"state directory (default: {RULE})")
-        p.add_argument("--json", action="store_true", help="print one JSON object (for crack-deploy)")
+        add_config_arg(p, help=f"daemon config to read state_dir and release policy from (default {DEFAULT_CONFIG} when it exists)",
+                       type=Path, metavar=None)
+        add_state_dir_arg(p, help=f"state directory (default: {RULE})", type=Path)
+        add_json_arg(p, help="print one JSON object (for crack-deploy)")
         if lock:
             p.add_argument("--who", help="who is deploying, for the history (default: user@ssh-client)")
             p.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for another operation to finish (default: fail at once)")
@@ -160,12 +157,7 @@ def _resolve(args) -> Releases:
     command-line flags may only make it stricter. Runtime, threads and keep are plain settings that flags override."""
     cfg, cfg_path = _load_config(args)
     policy = ReleasePolicy()
-    from edge.config import ConfigError
-
-    try:
-        state_dir = locate_state(args.state_dir, args.config).state_dir
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    state_dir = locate(args).state_dir
     decided_by = f"{cfg_path} (releases.require_signature)" if cfg_path else f"the default policy (no {layout.DEFAULT_CONFIG})"
     if cfg is not None:
         r = cfg.releases
@@ -201,22 +193,19 @@ def _run(func, args) -> int:
     try:
         payload = func(_resolve(args), args)
     except UsageError as exc:
-        return _fail(args, exc, 2)
-    except (BundleError, ReleaseError, RuntimeUnavailable) as exc:
-        return _fail(args, exc, 1)
-    except OSError as exc:
-        return _fail(args, exc, 1)
+        return _refuse(args, exc, EXIT_USAGE)
+    except (BundleError, ReleaseError, RuntimeUnavailable, OSError) as exc:
+        return _refuse(args, exc, EXIT_FAILED)
     if payload is not None and args.json:
-        print(json.dumps({"ok": True, **payload}, default=str), flush=True)
+        print_json({"ok": True, **payload}, default=str, flush=True)
     return 0
 
 
-def _fail(args, exc: Exception, code: int) -> int:
+def _refuse(args, exc: Exception, code: int) -> int:
+    """One line on stderr; with --json also {"ok": false, "error", "kind", ...} on stdout for crack-deploy."""
     message = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
-    if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": message, "kind": type(exc).__name__, **getattr(exc, "payload", {})}, default=str), flush=True)
-    print(f"crackd models {args.models_command}: {message}", file=sys.stderr)
-    return code
+    return refuse(message, code, f"crackd models {args.models_command}", as_json=getattr(args, "json", False),
+                  kind=type(exc).__name__, extra=getattr(exc, "payload", {}))
 
 
 def _who(args) -> str:
@@ -227,7 +216,7 @@ def _who(args) -> str:
 
 
 def _cmd_list(rel: Releases, args) -> dict | None:
-    releases = rel.list()
+    releases = rel.installed()
     if args.json:
         return {"releases": releases}
     if not releases:
@@ -347,7 +336,10 @@ def _cmd_lock(rel: Releases, args) -> dict | None:
     try:
         line = ({"ok": True, "locked": True, "token": lock.token, "holder": lock.holder(), "status": rel.status()} if args.json
                 else f"locked {rel.layout.models} (token {lock.token}); close stdin to release")
-        print(json.dumps(line, default=str) if args.json else line, flush=True)
+        if args.json:
+            print_json(line, default=str, flush=True)
+        else:
+            print(line, flush=True)
         deadline = time.monotonic() + args.max_hold
         while not stop and time.monotonic() < deadline:
             ready, _, _ = select.select([sys.stdin], [], [], 0.5)

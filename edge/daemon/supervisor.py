@@ -47,7 +47,7 @@ from edge.events.journal import EventWrite, FrameRow, Journal, JournalError, Jou
 from edge.daemon.notify import Notifier
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, event_payload, rss_mb
 from edge.engine.runtime import RuntimeUnavailable
-from edge.sources import Frame, ResilientSource, SourceExhausted, SourceFailed, make_source
+from edge.sources import Frame, ResilientSource, SourceExhausted, SourceFailed, adapter_for, make_source
 from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
@@ -833,8 +833,9 @@ class Supervisor:
 
     def _health_window_s(self) -> float:
         s = self.cfg.source
-        fps = {"synthetic": s.synthetic.fps, "folder": s.folder.fps, "opencv": s.opencv.fps, "picamera2": s.picamera2.fps}.get(s.type, 0.0)
-        return max(self.HEALTH_WINDOW_MIN_S, 3.0 / fps if fps else 0.0, 2.0 * s.read_timeout_s if s.type in ("opencv", "picamera2") else 0.0)
+        adapter = adapter_for(s.type)
+        fps = adapter.nominal_fps(s.options)
+        return max(self.HEALTH_WINDOW_MIN_S, 3.0 / fps if fps else 0.0, 2.0 * s.read_timeout_s if adapter.live else 0.0)
 
     def last_frame_age_s(self) -> Optional[float]:
         return None if self.last_frame_mono is None else time.monotonic() - self.last_frame_mono

@@ -17,11 +17,14 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge import __version__
+
+if TYPE_CHECKING:
+    from edge.engine.runtime import TFLiteModel
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -90,10 +93,9 @@ def check_member_name(name: object, where: str) -> str:
     not absolute. The trainer writes only such names, the deploy tool and the
     device refuse anything else before reading a single listed file.
     """
-    ok = (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and not name.startswith("/")
-          and "\\" not in name and "\0" not in name
-          and all(part not in ("", ".", "..") for part in name.split("/")))
-    if not ok:
+    if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and not name.startswith("/")
+            and "\\" not in name and "\0" not in name
+            and all(part not in ("", ".", "..") for part in name.split("/"))):
         raise UnsafePath(f"{where}: {name!r} is not a plain relative name inside the bundle")
     return name
 
@@ -162,12 +164,12 @@ class MemberFile:
     """A file the manifest lists, with the checksum and (where the manifest says) the size it must have."""
 
     name: str
-    sha256: Optional[str]
-    size: Optional[int]
+    sha256: str | None
+    size: int | None
     what: str  # "classifier model", "golden sample" ...
 
 
-def _hash_fd(fd: int, where: Path, size: Optional[int], sink=None) -> str:
+def _hash_fd(fd: int, where: Path, size: int | None, sink=None) -> str:
     """sha256 of an open member, refusing a size other than the manifest's (checked before reading) or above the cap."""
     st_size = os.fstat(fd).st_size
     if size is not None and st_size != size:
@@ -225,7 +227,7 @@ class TensorSpec:
     zero_point: int
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "TensorSpec":
+    def from_dict(cls, d: dict, where: str) -> TensorSpec:
         try:
             return cls(tuple(int(v) for v in d["shape"]), str(d["dtype"]), float(d["scale"]), int(d["zero_point"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -409,8 +411,8 @@ class LoadedBundle:
 
     manifest: Manifest
     sha256: str
-    classifier: object  # edge.engine.runtime.TFLiteModel
-    segmenter: object
+    classifier: TFLiteModel
+    segmenter: TFLiteModel
 
     @property
     def version(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -60,7 +61,7 @@ class FrameResult:
     tiles: int = 1
     crack_tiles: int = 0
     # The full-frame mask is built only when someone asks (overlays, snapshots, --mask-dir): most frames never need it.
-    _mask_builder: object = field(default=None, repr=False)
+    _mask_builder: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _mask: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -128,7 +129,7 @@ class Cascade:
     def process(self, frame: np.ndarray) -> FrameResult:
         t0 = time.perf_counter()
         rgb = ensure_rgb_uint8(frame)
-        result = self._process_tiled(rgb) if self.tiling is not None else self._process_whole(rgb)
+        result = self._process_tiled(rgb, self.tiling) if self.tiling is not None else self._process_whole(rgb)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1000.0
         return result
 
@@ -153,9 +154,9 @@ class Cascade:
             result._mask_builder = lambda: self._prob_to_mask(prob_q, h, w)
         return result
 
-    def _process_tiled(self, rgb: np.ndarray) -> FrameResult:
+    def _process_tiled(self, rgb: np.ndarray, tiling: TilingConfig) -> FrameResult:
         h, w = rgb.shape[:2]
-        tiles = tile_grid(h, w, self.tiling)
+        tiles = tile_grid(h, w, tiling)
         timings = {"preprocess": 0.0, "classify": 0.0, "segment": 0.0, "measure": 0.0}
         prob = np.zeros((h, w), np.uint8)
         best, crack_tiles, segmented = 0.0, 0, False

@@ -171,7 +171,7 @@ def _curve_lengths(skeleton: np.ndarray, scale: tuple[float, float]) -> list[tup
     curves = []
     contours, _ = cv2.findContours(skeleton, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     for contour in contours:
-        pts = contour.reshape(-1, 2).astype(np.float32) * np.float32((sx, sy))
+        pts: np.ndarray = contour.reshape(-1, 2).astype(np.float32) * np.array((sx, sy), np.float32)
         if len(pts) > 2:
             pts = cv2.approxPolyDP(pts.reshape(-1, 1, 2), 1.0 * math.sqrt(sx * sy), closed=True)
         x, y = contour[0, 0]
@@ -279,8 +279,10 @@ def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_p
         return CrackMeasurements((w, h), 0, 0.0, 0.0, 0.0, 0.0, None, None, [], mm_per_pixel)
     total_area = sum(c.area_px for c in components)
     total_length = sum(c.length_px for c in components)
-    x0 = min(c.bbox[0] for c in components); y0 = min(c.bbox[1] for c in components)
-    x1 = max(c.bbox[0] + c.bbox[2] for c in components); y1 = max(c.bbox[1] + c.bbox[3] for c in components)
+    left = min(c.bbox[0] for c in components)
+    top = min(c.bbox[1] for c in components)
+    right = max(c.bbox[0] + c.bbox[2] for c in components)
+    bottom = max(c.bbox[1] + c.bbox[3] for c in components)
     return CrackMeasurements(
         frame_size=(w, h),
         total_area_px=total_area,
@@ -290,7 +292,7 @@ def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_p
         # The same definition as a crack's (area / length, at most its max width), weighted by length:
         # never above max_width_px, unlike total_area / total_length.
         mean_width_px=sum(c.mean_width_px * c.length_px for c in components) / total_length,
-        bbox=(x0, y0, x1 - x0, y1 - y0),
+        bbox=(left, top, right - left, bottom - top),
         orientation_deg=components[0].orientation_deg,
         components=components,
         mm_per_pixel=mm_per_pixel,

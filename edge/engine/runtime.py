@@ -11,6 +11,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ def load_interpreter_class(preference: str = "auto") -> tuple[str, type]:
     for name in names:
         module_name, attribute = RUNTIMES[name]
         try:
-            found = importlib.import_module(module_name)
+            found: Any = importlib.import_module(module_name)
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
             continue

@@ -59,8 +59,8 @@ import cv2
 import numpy as np
 
 from edge.engine.bundle import BundleError, LoadedBundle
-from edge.sources.images import read_rgb
 from edge.engine.preprocess import model_input
+from edge.sources.images import read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,9 @@ def run_golden(bundle: LoadedBundle) -> GoldenReport:
 
 
 @dataclass(frozen=True)
-class Latency:
+class BundleLatency:
+    """Per-frame time of a bundle's two models on this device, as `crackd models stage` measures it (medians in ms)."""
+
     classifier_ms_p50: float
     segmenter_ms_p50: float
     total_ms_p50: float
@@ -255,7 +257,7 @@ class Latency:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
-def measure_latency(bundle: LoadedBundle, runs: int = 5) -> Latency:
+def measure_bundle_latency(bundle: LoadedBundle, runs: int = 5) -> BundleLatency:
     """Time classifier and segmenter on this device (after one warm-up run), on the first golden image or a grey frame."""
     samples = (bundle.manifest.golden or {}).get("samples") or []
     if samples:
@@ -276,7 +278,7 @@ def measure_latency(bundle: LoadedBundle, runs: int = 5) -> Latency:
         cls_ms.append((t1 - t0) * 1000)
         seg_ms.append((t2 - t1) * 1000)
     total = np.add(cls_ms, seg_ms)
-    return Latency(float(np.median(cls_ms)), float(np.median(seg_ms)), float(np.median(total)), float(total.max()), len(cls_ms))
+    return BundleLatency(float(np.median(cls_ms)), float(np.median(seg_ms)), float(np.median(total)), float(total.max()), len(cls_ms))
 
 
 def run_cascade(bundle: LoadedBundle) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 START, UPDATE, END = "start", "update", "end"
 
@@ -49,7 +49,7 @@ class FrameObservation:
     seq: int
     t: float  # wall-clock seconds (time.time())
     score: float
-    measurements: Optional[dict] = None  # CrackMeasurements.to_dict() when the frame was segmented
+    measurements: dict | None = None  # CrackMeasurements.to_dict() when the frame was segmented
 
 
 @dataclass(frozen=True)
@@ -61,21 +61,21 @@ class EventRecord:
     revision: int  # 0 for start, then 1, 2, ... per record of this event
     started_at: float
     t: float  # time of the frame that produced this record
-    ended_at: Optional[float]
+    ended_at: float | None
     frames: int  # frames that counted as crack so far
     peak_score: float
-    peak_measurements: Optional[dict]
+    peak_measurements: dict | None
     peak_frame_seq: int
     first_frame_seq: int
     last_frame_seq: int
-    end_reason: Optional[str] = None  # "clear" | "shutdown"
+    end_reason: str | None = None  # "clear" | "shutdown"
 
     @property
     def state(self) -> str:
         return "ended" if self.kind == END else "open"
 
 
-def _size(measurements: Optional[dict]) -> float:
+def _size(measurements: dict | None) -> float:
     """How 'big' a measured crack is, for choosing the peak: area first, then length."""
     if not measurements:
         return -1.0
@@ -89,7 +89,7 @@ class _Open:
     first_frame_seq: int
     frames: int = 0
     peak_score: float = 0.0
-    peak_measurements: Optional[dict] = None
+    peak_measurements: dict | None = None
     peak_frame_seq: int = 0
     last_frame_seq: int = 0
     last_t: float = 0.0
@@ -105,19 +105,19 @@ class Decision:
 
     params: DecisionParams
     _window: deque = field(init=False)
-    _open: Optional[_Open] = field(init=False, default=None)
+    _open: _Open | None = field(init=False, default=None)
     new_uuid: Callable[[], str] = field(default=lambda: str(uuidlib.uuid4()))
 
     def __post_init__(self):
         self._window = deque(maxlen=self.params.start_n)
 
     @property
-    def peak_frame_seq(self) -> Optional[int]:
+    def peak_frame_seq(self) -> int | None:
         """Frame seq of the open event's peak (the daemon keeps that frame for the snapshot)."""
         return self._open.peak_frame_seq if self._open else None
 
     @property
-    def active(self) -> Optional[str]:
+    def active(self) -> str | None:
         """uuid of the open event, if any."""
         return self._open.uuid if self._open else None
 
@@ -141,7 +141,7 @@ class Decision:
             ev.last_record_t = obs.t
             self._open = ev
             self._window.clear()
-            return [self._record(START, obs.t)]
+            return [self._record(ev, START, obs.t)]
         ev = self._open
         if obs.score >= p.threshold_off:
             ev.clear_run = 0
@@ -150,23 +150,22 @@ class Decision:
                 ev.dirty = False
                 ev.last_record_t = obs.t
                 ev.revision += 1
-                return [self._record(UPDATE, obs.t)]
+                return [self._record(ev, UPDATE, obs.t)]
             return []
         ev.clear_run += 1
         if ev.clear_run >= p.end_m:
-            return [self._close(obs.t, "clear")]
+            return [self._close(ev, obs.t, "clear")]
         return []
 
     def flush(self, t: float, reason: str = "shutdown") -> list[EventRecord]:
         """End the open event now (daemon stopping); returns its `end` record, if any."""
         if self._open is None:
             return []
-        return [self._close(t, reason)]
+        return [self._close(self._open, t, reason)]
 
-    def _close(self, t: float, reason: str) -> EventRecord:
-        ev = self._open
+    def _close(self, ev: _Open, t: float, reason: str) -> EventRecord:
         ev.revision += 1
-        record = self._record(END, t, ended_at=ev.last_t, reason=reason)
+        record = self._record(ev, END, t, ended_at=ev.last_t, reason=reason)
         self._open = None
         self._window.clear()
         return record
@@ -188,8 +187,8 @@ class Decision:
         if better_score or better_shape:
             ev.dirty = True
 
-    def _record(self, kind: str, t: float, ended_at: Optional[float] = None, reason: Optional[str] = None) -> EventRecord:
-        ev = self._open
+    @staticmethod
+    def _record(ev: _Open, kind: str, t: float, ended_at: float | None = None, reason: str | None = None) -> EventRecord:
         return EventRecord(
             kind=kind,
             uuid=ev.uuid,

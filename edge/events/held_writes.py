@@ -20,7 +20,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 from edge.atomic_write import write_bytes_atomic
 from edge.events.decision import EventRecord
@@ -147,7 +146,7 @@ class Reserve:
             log.error("cannot clear %s (%s); its writes, already journalled, would be written again at the next "
                       "start (consumers drop the duplicates by uuid and revision)", self.path, exc.strerror)
 
-    def release(self) -> Optional[int]:
+    def release(self) -> int | None:
         """Remove the file to give its space back (disk full at start); returns the bytes freed."""
         try:
             size = self.path.stat().st_size

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -30,9 +29,13 @@ import re
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge.events.decision import EventRecord
 
 log = logging.getLogger(__name__)
 
@@ -118,23 +121,23 @@ class FrameRow:
     crack: bool
     score: float
     segmented: bool
-    measurements: Optional[dict] = None
-    latency_ms: Optional[float] = None
-    bundle_version: Optional[str] = None
-    event_uuid: Optional[str] = None
-    ref: Optional[str] = None
+    measurements: dict | None = None
+    latency_ms: float | None = None
+    bundle_version: str | None = None
+    event_uuid: str | None = None
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
 class EventWrite:
     """An EventRecord (edge.events.decision) plus what the journal stores beside it."""
 
-    record: object  # edge.events.decision.EventRecord
+    record: EventRecord
     bundle_version: str
     bundle_sha256: str
     device_id: str
-    snapshot: Optional[str] = None
-    overlay: Optional[str] = None
+    snapshot: str | None = None
+    overlay: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ class OutboxMessage:
     payload: dict | bytes
     qos: int = 1
     retain: bool = False
-    event_uuid: Optional[str] = None
+    event_uuid: str | None = None
     replace_pending: bool = False
 
 
@@ -159,19 +162,16 @@ class OutboxRow:
     qos: int
     retain: bool
     created_at: float
-    event_uuid: Optional[str]
+    event_uuid: str | None
 
 
 @dataclass
 class PruneReport:
     frames: int = 0
     events: int = 0
-    files: list = None  # snapshot paths (relative to the state dir) whose events were deleted
+    files: list[str] = field(default_factory=list)  # snapshot paths (relative to the state dir) whose events were deleted
     used_mb: float = 0.0
     over_budget: bool = False
-
-    def __post_init__(self):
-        self.files = self.files or []
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -181,7 +181,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _unwritable(path: Path) -> Optional[str]:
+def _unwritable(path: Path) -> str | None:
     """Why the journal at `path` cannot be written (its directory, the file, its WAL/SHM), or None if it can."""
     for target in (path.parent, path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         if target != path.parent and not target.exists():
@@ -210,7 +210,7 @@ def _recovery_hint(path: Path) -> str:
     )
 
 
-def integrity_check(path: Path) -> Optional[str]:
+def integrity_check(path: Path) -> str | None:
     """None when `PRAGMA quick_check` passes, else the problem as one line."""
     try:
         conn = _connect(path)
@@ -240,8 +240,8 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self.moved_aside: Optional[Path] = None
-        self.write_error: Optional[str] = None  # the last write's error, None once a write succeeded
+        self.moved_aside: Path | None = None
+        self.write_error: str | None = None  # the last write's error, None once a write succeeded
         self._reopen = False
         unwritable = _unwritable(self.path) if require_writable else None
         if unwritable:
@@ -356,7 +356,7 @@ class Journal:
                 except sqlite3.DatabaseError:
                     pass
                 self._conn.close()
-                self._conn = None
+                self._conn = None  # type: ignore[assignment]  # closed: a later use fails loudly
 
     def __enter__(self):
         return self
@@ -440,7 +440,7 @@ class Journal:
                         "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid) VALUES (?,?,?,?,?,?)",
                         (m.topic, data, m.qos, int(m.retain), now, m.event_uuid),
                     )
-                    ids.append(cur.lastrowid)
+                    ids.append(cur.lastrowid)  # type: ignore[arg-type]  # an INSERT always sets it
         finally:
             if durable:
                 c.execute("PRAGMA synchronous=NORMAL")
@@ -482,12 +482,11 @@ class Journal:
         ids = list(ids)
         if not ids:
             return 0
-        with self._lock:
-            with self._transaction() as c:
-                n = 0
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i : i + 500]
-                    n += c.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk).rowcount
+        with self._lock, self._transaction() as c:
+            n = 0
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                n += c.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk).rowcount
         return n
 
     def outbox_depth(self) -> int:
@@ -509,7 +508,7 @@ class Journal:
             free = c.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * page_size)
 
-    def prune(self, retention_days: float, max_db_mb: float, now: Optional[float] = None) -> PruneReport:
+    def prune(self, retention_days: float, max_db_mb: float, now: float | None = None) -> PruneReport:
         """Delete by age, then by size (oldest frames first, then oldest delivered unlabelled events)."""
         now = time.time() if now is None else now
         cutoff = now - retention_days * 86400
@@ -565,15 +564,16 @@ class Journal:
 
     def list_events(
         self,
-        since: Optional[float] = None,
-        until: Optional[float] = None,
-        state: Optional[str] = None,
-        min_score: Optional[float] = None,
-        label: Optional[str] = None,
-        limit: Optional[int] = None,
+        since: float | None = None,
+        until: float | None = None,
+        state: str | None = None,
+        min_score: float | None = None,
+        label: str | None = None,
+        limit: int | None = None,
         newest_first: bool = True,
     ) -> list[dict]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[float | str] = []
         if since is not None:
             where.append("e.started_at >= ?"); params.append(since)
         if until is not None:
@@ -597,7 +597,7 @@ class Journal:
             rows = self._conn.execute(sql, params).fetchall()
         return [_event_dict(r) for r in rows]
 
-    def find_event(self, ref: str) -> Optional[dict]:
+    def find_event(self, ref: str) -> dict | None:
         """An event by numeric id, full uuid, or a unique uuid prefix (>= 4 characters).
 
         A uuid may begin with digits only (about one in forty do), so an all-digit
@@ -627,7 +627,7 @@ class Journal:
             rows = self._conn.execute("SELECT * FROM frames WHERE event_uuid = ? ORDER BY id", (uuid,)).fetchall()
         return [dict(r) for r in rows]
 
-    def set_label(self, uuid: str, label: str, note: Optional[str] = None) -> None:
+    def set_label(self, uuid: str, label: str, note: str | None = None) -> None:
         if label not in LABELS:
             raise JournalError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
         with self._lock:
@@ -643,13 +643,12 @@ class Journal:
         A deleted event is not announced afterwards: its queued messages go with it (docs/mqtt.md).
         The caller removes the snapshot files.
         """
-        with self._lock:
-            with self._transaction() as c:
-                row = c.execute("SELECT snapshot, overlay FROM events WHERE uuid = ?", (uuid,)).fetchone()
-                c.execute("DELETE FROM outbox WHERE event_uuid = ?", (uuid,))
-                c.execute("DELETE FROM frames WHERE event_uuid = ?", (uuid,))
-                c.execute("DELETE FROM labels WHERE event_uuid = ?", (uuid,))
-                c.execute("DELETE FROM events WHERE uuid = ?", (uuid,))
+        with self._lock, self._transaction() as c:
+            row = c.execute("SELECT snapshot, overlay FROM events WHERE uuid = ?", (uuid,)).fetchone()
+            c.execute("DELETE FROM outbox WHERE event_uuid = ?", (uuid,))
+            c.execute("DELETE FROM frames WHERE event_uuid = ?", (uuid,))
+            c.execute("DELETE FROM labels WHERE event_uuid = ?", (uuid,))
+            c.execute("DELETE FROM events WHERE uuid = ?", (uuid,))
         return [p for p in (row or (None, None)) if p]
 
     def counts(self) -> dict:
@@ -663,7 +662,7 @@ class Journal:
             }
 
 
-def _json(value) -> Optional[str]:
+def _json(value) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 

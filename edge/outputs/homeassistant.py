@@ -27,7 +27,6 @@ import logging
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Optional
 
 from edge import __version__
 
@@ -158,7 +157,7 @@ class Discovery:
                  len(messages), self.cfg.homeassistant.discovery_prefix)
 
 
-def attach(cfg, publisher) -> Optional[Discovery]:
+def attach(cfg, publisher) -> Discovery | None:
     """Wire discovery into the daemon's publisher (None when switched off, or for Sparkplug B output)."""
     ha = cfg.homeassistant
     if not (ha.discovery or ha.remove) or getattr(cfg.mqtt, "format", "json") != "json":
@@ -166,7 +165,7 @@ def attach(cfg, publisher) -> Optional[Discovery]:
     return Discovery(cfg, publisher)
 
 
-def remove_now(cfg, password: Optional[str], timeout: float = 10.0) -> int:
+def remove_now(cfg, password: str | None, timeout: float = 10.0) -> int:
     """Connect once (own client id) and publish the empty retained configs; returns how many were acknowledged.
 
     Raises ConnectionError with one line when the broker cannot be reached or refuses."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ class Metrics:
         self.registry.register(_SupervisorCollector(supervisor))
         self._server = None
         self._stop = threading.Event()
-        self._writer: Optional[threading.Thread] = None
+        self._writer: threading.Thread | None = None
 
     def observe_frame(self, result, latency_s: float) -> None:
         """One processed frame (edge.engine.cascade.FrameResult): stage times, latency, crack count."""
@@ -163,7 +162,7 @@ class Metrics:
             self._server = None
 
 
-def start_for(supervisor) -> Optional[Metrics]:
+def start_for(supervisor) -> Metrics | None:
     """Metrics for a started Supervisor per `config.metrics`; None when off or prometheus_client is missing."""
     options = supervisor.cfg.metrics
     if not (options.http or options.textfile):

@@ -29,8 +29,8 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -48,7 +48,7 @@ TAKEOVER_COUNT = 3
 TAKEOVER_LOG_INTERVAL_S = 300.0
 
 
-def cpu_temperature_c(root: str = "/sys/class/thermal") -> Optional[float]:
+def cpu_temperature_c(root: str = "/sys/class/thermal") -> float | None:
     """The CPU temperature where the kernel exposes it (thermal zone 'cpu-thermal' preferred), else None."""
     zones = sorted(Path(root).glob("thermal_zone*"))
     readings = []
@@ -62,14 +62,14 @@ def cpu_temperature_c(root: str = "/sys/class/thermal") -> Optional[float]:
     return round(sorted(readings)[0][1], 1) if readings else None
 
 
-def disk_free_mb(path: str | Path) -> Optional[float]:
+def disk_free_mb(path: str | Path) -> float | None:
     try:
         return round(shutil.disk_usage(path).free / 1024 / 1024, 1)
     except OSError:
         return None
 
 
-def rss_mb() -> Optional[float]:
+def rss_mb() -> float | None:
     """Resident memory of this process (Linux /proc), MB."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -83,15 +83,15 @@ def rss_mb() -> Optional[float]:
 class Publisher:
     """One MQTT connection (paho loop thread) plus the outbox drain thread."""
 
-    def __init__(self, config, journal, identity: dict, password: Optional[str] = None):
+    def __init__(self, config, journal, identity: dict, password: str | None = None):
         """`config`: edge.config.Config; `identity`: version, bundle_version, bundle_sha256, started_at (ISO)."""
         self.cfg = config
         self.m = config.mqtt
         self.journal = journal
         self.identity = dict(identity)
         self.connected = False
-        self.connected_since: Optional[float] = None
-        self.last_error: Optional[str] = None
+        self.connected_since: float | None = None
+        self.last_error: str | None = None
         self.published = 0  # outbox messages acknowledged by the broker
         self.replayed = 0
         self._password = password
@@ -104,9 +104,9 @@ class Publisher:
         self._short_connections: deque = deque()  # when connections that lived < TAKEOVER_SHORT_S were closed
         self._takeover_logged = 0.0
         self._ack_error_logged = 0.0
-        self._camera: Optional[dict] = None
+        self._camera: dict | None = None
         self._last_frame_t = 0.0
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._logged_unreachable = False
         self.on_connect_hooks: list[Callable[[mqtt.Client], None]] = []  # extra outputs (edge.outputs.homeassistant), per connection
         self.client = self._make_client()
@@ -116,7 +116,7 @@ class Publisher:
     def topic(self, name: str) -> str:
         return self.cfg.topic(name)
 
-    def _status_payload(self, state: str, reason: Optional[str] = None) -> dict:
+    def _status_payload(self, state: str, reason: str | None = None) -> dict:
         p = {
             "schema_version": PAYLOAD_SCHEMA_VERSION,
             "state": state,
@@ -291,6 +291,7 @@ class Publisher:
 
     def _send_row(self, row, replayed: bool):
         """Publish one outbox row; returns paho's MQTTMessageInfo (None: not now, retry later)."""
+        data: bytes | str
         if isinstance(row.payload, bytes):  # a picture: sent as it is
             data = row.payload
         else:
@@ -405,7 +406,7 @@ class Publisher:
         return self.client.publish(self.topic("frame"), json.dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
-def event_payload(record, device_id: str, bundle_version: str, bundle_sha256: str, snapshot: Optional[dict]) -> dict:
+def event_payload(record, device_id: str, bundle_version: str, bundle_sha256: str, snapshot: dict | None) -> dict:
     """The `event` message body for an EventRecord (seq and replayed are added when it is sent)."""
     return {
         "schema_version": PAYLOAD_SCHEMA_VERSION,

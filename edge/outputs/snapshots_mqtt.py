@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -75,7 +74,7 @@ def tag_jpeg(jpeg: bytes, meta: dict) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
 
 
-def read_tag(jpeg: bytes) -> Optional[dict]:
+def read_tag(jpeg: bytes) -> dict | None:
     """The `crackd:` COM segment's JSON (see tag_jpeg), or None; walks the header segments up to SOS."""
     if jpeg[:2] != b"\xff\xd8":
         return None
@@ -94,7 +93,7 @@ def read_tag(jpeg: bytes) -> Optional[dict]:
     return None
 
 
-def snapshot_message(cfg, record, overlay_path: Path) -> Optional[OutboxMessage]:
+def snapshot_message(cfg, record, overlay_path: Path) -> OutboxMessage | None:
     """The outbox message carrying an event's overlay (None when switched off or unreadable).
 
     `cfg`: edge.config.Config; `record`: edge.events.decision.EventRecord whose snapshot was just (re)written.
@@ -111,7 +110,7 @@ def snapshot_message(cfg, record, overlay_path: Path) -> Optional[OutboxMessage]
     return OutboxMessage(cfg.topic(TOPIC), data, qos=1, retain=True, event_uuid=record.uuid, replace_pending=True)
 
 
-def attach(cfg, state_dir: Path, record, snap: Optional[dict]) -> Optional[OutboxMessage]:
+def attach(cfg, state_dir: Path, record, snap: dict | None) -> OutboxMessage | None:
     """For a freshly written snapshot `snap` (edge.daemon.supervisor): the MQTT message, and `snap["mqtt"]` naming it.
 
     The event payload then carries `snapshot.mqtt = {topic, uuid, revision}`; later messages of the

@@ -28,11 +28,9 @@ import json
 import logging
 import threading
 import time
-from pathlib import Path
-from typing import Optional
 
-from edge.atomic_write import write_bytes_atomic
 from edge import __version__
+from edge.atomic_write import write_bytes_atomic
 from edge.outputs.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -150,7 +148,7 @@ def health_values(stats: dict) -> dict:
 class SparkplugPublisher(Publisher):
     """The daemon's Publisher speaking Sparkplug B (same outbox, same connection handling)."""
 
-    def __init__(self, config, journal, identity: dict, password: Optional[str] = None):
+    def __init__(self, config, journal, identity: dict, password: str | None = None):
         try:
             _pb()
         except ImportError as exc:

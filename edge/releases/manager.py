@@ -7,7 +7,7 @@ Layout under the state directory (shared with the daemon):
     STATE/models/current  -> releases/<version>   what the daemon serves
     STATE/models/previous -> releases/<version>   what `rollback` returns to
     STATE/models/deployments.jsonl      one JSON line per stage/activate/rollback/confirm
-    STATE/models/.lock                  flock: one stage/activate/rollback/deploy at a time
+    STATE/models/.lock                  flock: one stage/activate/rollback/deploy at a time (edge.releases.lock)
     STATE/models/.lock.holder           who holds the lock (JSON), for the "busy" message
 
 A bundle only becomes `releases/<version>` after the full check of `stage`
@@ -23,22 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 import pwd
 import re
-import secrets
 import shutil
 import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.atomic_write import fsync_dir, replace_symlink, write_json_atomic
+from edge.atomic_write import fsync_dir, replace_symlink
 from edge.engine.bundle import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -57,6 +54,8 @@ from edge.engine.bundle import (
     verify_files,
 )
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, StateLayout
+from edge.releases.errors import ReleaseError
+from edge.releases.lock import DeviceLock
 from edge.releases.signing import Trust, check_bundle_trust
 from edge.timestamps import iso_utc, parse_iso
 
@@ -66,10 +65,6 @@ VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 STAGING_SUFFIX = ".staging"
 # status.json is rewritten about every second; older than this means the daemon is not reporting.
 STATUS_FRESH_S = 10.0
-
-
-class ReleaseError(Exception):
-    """A release operation that cannot be done; the message says why and what to do."""
 
 
 class InvalidVersion(ReleaseError):
@@ -102,18 +97,6 @@ class NotHealthy(ReleaseError):
     @property
     def payload(self) -> dict:
         return {"switch": self.result.as_dict()}
-
-
-class DeviceBusy(ReleaseError):
-    """Another stage/activate/rollback/deploy holds the device lock."""
-
-
-class LockTokenMismatch(ReleaseError):
-    pass
-
-
-class Interrupted(ReleaseError):
-    """A signal (SIGTERM, or SIGHUP when the SSH session drops) stopped the operation; what it had begun is undone."""
 
 
 @dataclass(frozen=True)
@@ -242,90 +225,6 @@ class Health:
         return {"ok": self.ok, "message": self.message}
 
 
-class DeviceLock:
-    """Exclusive flock on STATE/models/.lock, with a holder record for clear "busy" messages.
-
-    A lock may be held for a whole deployment by `crackd models lock` (the
-    deploy tool keeps it open over SSH); commands run inside that deployment
-    pass the holder's token instead of taking the lock again.
-    """
-
-    def __init__(self, layout: StateLayout, who: str, action: str):
-        self.layout = layout
-        self.who = who
-        self.action = action
-        self.token = secrets.token_hex(8)
-        self._fd: int | None = None
-
-    def holder(self) -> dict | None:
-        try:
-            return json.loads(self.layout.lock_holder.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def is_held(self) -> bool:
-        """True when some process holds the lock (tested without taking it for long; read access is enough)."""
-        try:
-            fd = os.open(self.layout.lock, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
-    def busy_message(self) -> str:
-        h = self.holder() or {}
-        if not h:
-            return f"{self.layout.models}: device is busy (another crackd models command holds {self.layout.lock.name})"
-        return f"{self.layout.models}: device is busy: {h.get('action', '?')} by {h.get('who', '?')} since {h.get('since', '?')} (pid {h.get('pid', '?')}); try again when it has finished"
-
-    def acquire(self, wait_s: float = 0.0) -> None:
-        self.layout.models.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + max(0.0, wait_s)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise DeviceBusy(self.busy_message()) from None
-                time.sleep(0.2)
-        self._fd = fd
-        write_json_atomic(self.layout.lock_holder, {"who": self.who, "action": self.action, "pid": os.getpid(), "since": iso_utc(time.time(), "seconds"), "token": self.token})
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        h = self.holder()
-        if h and h.get("token") == self.token:
-            with contextlib.suppress(FileNotFoundError):
-                self.layout.lock_holder.unlink()
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
-
-    @contextlib.contextmanager
-    def held(self, wait_s: float = 0.0, token: str | None = None):
-        """Hold the lock for a block; with `token`, join a lock already held by that deployment session."""
-        if token:
-            h = self.holder()
-            if not (h and h.get("token") == token and self.is_held()):
-                raise LockTokenMismatch(f"{self.layout.lock}: the lock token given does not match a held deployment lock (the deploy session ended?)")
-            yield self
-            return
-        self.acquire(wait_s)
-        try:
-            yield self
-        finally:
-            self.release()
-
-
 def _copy_member(source: Path, staging: Path, member: MemberFile, limit: int | None = None) -> None:
     """Copy one file of `source` into `staging`: no symlink followed, regular files only, the size checked before
     reading (against the manifest, or `limit` for the manifest and signature), hashed and compared while copied."""
@@ -355,7 +254,7 @@ class Releases:
     def previous_version(self) -> str | None:
         return _link_version(self.layout.previous)
 
-    def list(self) -> list[dict]:
+    def installed(self) -> list[dict]:
         """Installed releases, newest first, with which is current/previous."""
         if not self.layout.releases.is_dir():
             return []
@@ -364,7 +263,7 @@ class Releases:
         for path in self.layout.releases.iterdir():
             if not path.is_dir() or path.name.endswith(STAGING_SUFFIX):
                 continue
-            entry = {"version": path.name, "current": path.name == current, "previous": path.name == previous, "installed_at": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
+            entry = {"version": path.name, "current": path.name == current, "previous": path.name == previous, "installed_at": iso_utc(path.stat().st_mtime, "seconds")}
             try:
                 manifest = read_manifest(path)
                 entry.update(created=manifest.created, sha256=manifest_sha256(path), signed=(path / SIGNATURE).is_file())
@@ -416,7 +315,7 @@ class Releases:
             "state_dir": str(self.layout.state_dir),
             "current": current,
             "previous": self.previous_version(),
-            "releases": [r["version"] for r in self.list()],
+            "releases": [r["version"] for r in self.installed()],
             "daemon": daemon,
             "serving_current": serving,
             "busy": (lock.holder() or {"who": "?"}) if lock.is_held() else None,
@@ -573,14 +472,14 @@ class Releases:
 
     def _verify(self, staging: Path, version: str, manifest, trust: Trust) -> StageReport:
         """Load both models with this device's runtime, reproduce the golden samples, measure latency."""
-        from edge.engine.selftest import measure_latency, run_cascade, run_golden  # OpenCV: only needed here
+        from edge.engine.selftest import measure_bundle_latency, run_cascade, run_golden  # OpenCV: only needed here
 
         signer = trust.signer
         loaded = load_verified(manifest, runtime=self.policy.runtime, threads=self.policy.threads)
         golden = run_golden(loaded)
         golden.raise_for_failures()
         run_cascade(loaded)
-        latency = measure_latency(loaded, runs=self.policy.latency_runs)
+        latency = measure_bundle_latency(loaded, runs=self.policy.latency_runs)
         limit = self.policy.max_latency_ms
         if limit is not None and latency.total_ms_p50 > limit:
             raise LatencyTooHigh(f"bundle {version}: classifier + segmenter take {latency.total_ms_p50:.1f} ms per frame on this device (median of {latency.runs}), above the limit of {limit:g} ms")
@@ -610,7 +509,7 @@ class Releases:
         with self.lock(who, f"activate {version}").held(wait_s, token):
             target = self.layout.release(version)
             if not target.is_dir():
-                staged = ", ".join(r["version"] for r in self.list()) or "none"
+                staged = ", ".join(r["version"] for r in self.installed()) or "none"
                 raise ReleaseNotFound(f"release {version} is not staged on this device (staged: {staged}); run `crackd models stage BUNDLE_DIR` first")
             try:  # cheap re-check: a trust change, or corruption since staging
                 self._check_trust(target)

@@ -90,8 +90,11 @@ def _run(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedPro
 
 
 def _first_line(data: bytes) -> str:
-    lines = [ln.strip() for ln in data.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "no output"
+    """The first line of what ssh-keygen said, for a one-line error: it states the cause, what follows is the
+    consequence ("Permissions 0644 for 'key' are too open." before "No private key found"). The "@@@" warning
+    banner around it is decoration and skipped."""
+    lines = [ln.strip() for ln in data.decode(errors="replace").splitlines() if ln.strip() and not ln.lstrip().startswith("@")]
+    return lines[0] if lines else "no output"
 
 
 def sign_bundle(bundle_dir: str | Path, key_path: str | Path) -> Path:

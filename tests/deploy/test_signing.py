@@ -13,6 +13,7 @@ import pytest
 
 from edge.releases.signing import (
     NAMESPACE,
+    SignatureError,
     SignatureInvalid,
     SignatureMissing,
     UnknownSigner,
@@ -135,3 +136,15 @@ def test_a_signature_file_that_is_a_symlink_is_not_followed(make_bundle, signer_
     (bundle / "manifest.json.sig").symlink_to(real)
     with pytest.raises(UnsafePath, match="manifest.json.sig: a symbolic link"):
         verify_bundle_signature(bundle, signer_keys.allowed_signers)
+
+
+def test_a_key_ssh_keygen_refuses_is_named_with_the_cause_it_gave_first(make_bundle, signer_keys, tmp_path):
+    # ssh-keygen explains an unusable private key over several lines: the cause first (permissions too open),
+    # then the consequence ("No private key found"); the one-line error carries the cause.
+    key = tmp_path / "open_key"
+    key.write_bytes(signer_keys.trusted.read_bytes())
+    key.chmod(0o644)
+    bundle = make_bundle("open-key")
+
+    with pytest.raises(SignatureError, match=r"ssh-keygen could not sign .*\(Permissions 0644 for '.*open_key' are too open\.\)$"):
+        sign_bundle(bundle, key)

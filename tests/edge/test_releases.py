@@ -18,7 +18,8 @@ import time
 import pytest
 
 from edge.engine.bundle import ChecksumMismatch, NotTFLite, UnsafePath, sha256_file
-from edge.releases.manager import DeviceBusy, NothingToRollBack, ReleaseNotFound, ReleasePolicy, Releases, VersionConflict
+from edge.releases.lock import DeviceBusy
+from edge.releases.manager import NothingToRollBack, ReleaseNotFound, ReleasePolicy, Releases, VersionConflict
 from edge.engine.selftest import GoldenMismatch
 from edge.releases.signing import SignatureMissing, UnknownSigner
 from tests.helpers import REPO, wait_until
@@ -95,7 +96,7 @@ def test_a_model_that_does_not_match_its_checksum_is_never_installed(releases, m
     with pytest.raises(ChecksumMismatch, match="classifier.tflite"):
         releases.stage(bundle)
 
-    assert releases.list() == []
+    assert releases.installed() == []
     assert not list(releases.layout.releases.glob("*"))
     assert outcomes(releases)[-1][2] == "rejected"
     assert "classifier.tflite" in releases.history()[-1]["error"]
@@ -111,7 +112,7 @@ def test_a_model_the_runtime_cannot_load_is_refused(releases, make_bundle, signe
 
     with pytest.raises(NotTFLite, match="could not load"):
         releases.stage(bundle)
-    assert releases.list() == []
+    assert releases.installed() == []
 
 
 def test_a_bundle_whose_golden_samples_are_not_reproduced_is_refused_naming_the_sample(releases, make_bundle, signer_keys):
@@ -124,13 +125,13 @@ def test_a_bundle_whose_golden_samples_are_not_reproduced_is_refused_naming_the_
 
     with pytest.raises(GoldenMismatch, match=f"golden sample {sample_name}: classifier score"):
         releases.stage(bundle)
-    assert releases.list() == []
+    assert releases.installed() == []
 
 
 def test_an_unsigned_bundle_is_refused_when_signatures_are_required(releases, make_bundle):
     with pytest.raises(SignatureMissing):
         releases.stage(make_bundle("unsigned"))
-    assert releases.list() == []
+    assert releases.installed() == []
 
 
 def test_a_bundle_signed_by_an_unknown_key_is_refused(releases, make_bundle, signer_keys):
@@ -209,7 +210,7 @@ def test_old_releases_beyond_keep_are_removed_but_current_and_previous_stay(stat
         versions.append(version_of(bundle))
         time.sleep(0.01)  # distinct install times
 
-    installed = {r["version"] for r in releases.list()}
+    installed = {r["version"] for r in releases.installed()}
     assert installed == set(versions[-3:])  # current + keep=2 (the previous among them)
     assert releases.current_version() == versions[-1] and releases.previous_version() == versions[-2]
 
@@ -371,7 +372,7 @@ def test_a_listed_file_that_is_a_symlink_is_refused_and_its_target_never_hashed(
     with pytest.raises(UnsafePath, match="classifier.tflite: a symbolic link") as info:
         releases.stage(bundle)
     assert sha256_file(outside)[:12] not in str(info.value)
-    assert releases.list() == [] and not list(releases.layout.releases.glob("*"))
+    assert releases.installed() == [] and not list(releases.layout.releases.glob("*"))
 
 
 def test_a_listed_file_that_is_a_fifo_is_refused_without_reading_it(state, make_bundle, signer_keys, tmp_path):

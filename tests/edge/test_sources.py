@@ -19,17 +19,21 @@ import numpy as np
 import pytest
 
 from edge.sources import (
+    ADAPTERS,
     FolderSource,
     Frame,
     FrameSource,
     OpenCVSource,
     Picamera2Source,
     ResilientSource,
+    SourceAdapter,
     SourceError,
     SourceExhausted,
     SourceFailed,
     SourceTimeout,
     SyntheticSource,
+    adapter_for,
+    make_source,
     yuv420_to_rgb,
 )
 from tests.helpers import write_frames
@@ -402,7 +406,7 @@ def test_the_folder_camera_skips_an_oversized_image_and_logs_each_bad_file_once_
     write_frames(tmp_path, "C.X")
     (tmp_path / "f000009.jpg").write_bytes(huge_header_jpeg())
     source = FolderSource(tmp_path, fps=0, loop=True, max_pixels=40_000_000)
-    with caplog.at_level("WARNING", logger="edge.sources"):
+    with caplog.at_level("WARNING", logger="edge.sources.folder"):
         frames = read_all(source, limit=40)  # 20 passes over 2 good and 2 bad files
     assert len(frames) == 40 and source.health.bad_frames >= 38
     lines = [r.getMessage() for r in caplog.records]
@@ -419,3 +423,76 @@ def test_a_corrupt_video_file_is_a_failure_not_an_end(tmp_path, how):
         for _ in range(100):
             source.read()
     assert source.state == "failed"
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_each_registered_adapter_is_a_source_type_with_its_own_option_section():
+    import dataclasses
+    import typing
+
+    from edge.config import SourceConfig
+
+    names = [adapter.name for adapter in ADAPTERS]
+    assert names == ["synthetic", "folder", "opencv", "picamera2"]
+    hints = typing.get_type_hints(SourceConfig)
+    assert typing.get_args(hints["type"]) == tuple(names)
+    for adapter in ADAPTERS:
+        assert hints[adapter.name] is adapter.Options and adapter_for(adapter.name) is adapter
+    assert [f.name for f in dataclasses.fields(SourceConfig)][4:] == names
+    with pytest.raises(ValueError, match="unknown source type 'webcam'"):
+        adapter_for("webcam")
+
+
+def test_make_source_builds_the_configured_adapter_from_its_option_section(tmp_path):
+    from edge.config import config_from_dict
+
+    def source_for(section: dict):
+        cfg = config_from_dict({"source": {"read_timeout_s": 2.5, **section}})
+        return make_source(cfg.source), cfg.source
+
+    folder, cfg = source_for({"type": "folder", "folder": {"path": str(tmp_path), "fps": 0, "max_image_mpixels": 2}})
+    assert isinstance(folder, FolderSource) and folder.path == tmp_path and folder.lossless
+    assert folder.max_pixels == 2_000_000 and FolderSource.nominal_fps(cfg.options) == 0
+    unlimited, _ = source_for({"type": "folder", "folder": {"path": str(tmp_path), "max_image_mpixels": 0}})
+    assert unlimited.max_pixels is None
+    assert FolderSource(tmp_path).max_pixels == 40_000_000  # the option's default
+    camera, cfg = source_for({"type": "opencv", "opencv": {"index": 3, "open_timeout_s": 7}})
+    assert isinstance(camera, OpenCVSource) and camera.target == 3
+    assert (camera.open_timeout_s, camera.read_timeout_s) == (7, 2.5) and OpenCVSource.live
+    pi, cfg = source_for({"type": "picamera2", "picamera2": {"lores": [64, 48], "fps": 15}})
+    assert isinstance(pi, Picamera2Source) and pi.lores_size == (64, 48)
+    assert Picamera2Source.nominal_fps(cfg.options) == 15 and Picamera2Source.live
+    demo, cfg = source_for({"synthetic": {"fps": 4}})
+    assert isinstance(demo, SyntheticSource) and SyntheticSource.nominal_fps(cfg.options) == 4
+    assert not SyntheticSource.live and not FolderSource.live
+
+
+def test_reading_the_config_loads_neither_numpy_nor_opencv():
+    """edge.config imports every adapter for its options; the adapters load numpy and OpenCV only when they run."""
+    import subprocess
+    import sys
+
+    code = "import sys, edge.config; print(sorted(m for m in ('numpy', 'cv2') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_an_adapter_missing_a_declaration_is_refused_when_registered():
+    from edge.sources.registry import _check_declarations
+
+    class Incomplete(SourceAdapter):
+        name = "incomplete"
+        live = True
+
+        def open(self):
+            pass
+
+        def read(self, timeout):
+            raise SourceExhausted("nothing")
+
+    with pytest.raises(TypeError, match="Incomplete: does not define from_config, nominal_fps, Options"):
+        _check_declarations((Incomplete,))
+    with pytest.raises(TypeError, match="its name 'folder' is taken"):
+        _check_declarations((FolderSource, type("Again", (FolderSource,), {})))

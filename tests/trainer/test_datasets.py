@@ -108,7 +108,7 @@ def test_labelled_event_export_is_training_data(tmp_path):
     """The CSV `crackd events export` writes (operators' labels on snapshots) loads as a classification set."""
     import csv
 
-    from edge.cli.daemon import EXPORT_FIELDS
+    from edge.cli.events import EXPORT_FIELDS
 
     snaps = tmp_path / "snapshots"
     for name, value in (("a.jpg", 30), ("b.jpg", 200), ("c.jpg", 90)):

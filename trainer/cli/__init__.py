@@ -238,12 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from edge.cli.common import EXIT_USAGE, fail
     from trainer.data.datasets import DatasetError
     from trainer.export.convert import ExportError
 
     try:
         return args.func(args)
     except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
-        print(f"crack-train {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"error: {exc}", EXIT_USAGE, f"crack-train {args.command}")
 

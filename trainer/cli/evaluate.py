@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from edge.cli.common import EXIT_USAGE, fail
 
 
 def _progress(iterable, desc: str = ""):
@@ -22,9 +23,9 @@ def _add_timing_args(p, runs: int) -> None:
 
 
 def _one_line_error(command: str, exc: Exception) -> int:
+    """A bundle or conversion error as one line: its first line (TFLite converter errors run to pages)."""
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    print(f"crack-train {command}: error: {first}", file=sys.stderr)
-    return 2
+    return fail(f"error: {first}", EXIT_USAGE, f"crack-train {command}")
 
 
 def cmd_evaluate(args) -> int:

@@ -9,13 +9,14 @@ bundle's provenance can name them.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge.sources import synth
 from edge.engine.preprocess import model_input
+from edge.sources import synth
 from trainer.data.datasets import (
     ClassificationSet,
     DatasetError,
@@ -79,7 +80,7 @@ def whole_images(seg: SegmentationSet, size: int, min_crack_fraction: float = 0.
 
 
 def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.1,
-                      limit_per_class: int | None = None, holdout: list[str] = (), patches_per_image: int = 8,
+                      limit_per_class: int | None = None, holdout: Collection[str] = (), patches_per_image: int = 8,
                       progress=None, n_domain: int = 0) -> Splits:
     """Classification sets; segmentation folders contribute crack/no-crack patches.
 
@@ -126,7 +127,7 @@ def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_f
 
 
 def segmenter_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.15,
-                     negatives_per_set: int = 200, progress=None, holdout: list[str] = (), n_domain: int = 0) -> Splits:
+                     negatives_per_set: int = 200, progress=None, holdout: Collection[str] = (), n_domain: int = 0) -> Splits:
     """Segmentation sets; a classification folder contributes its crack-free images as empty masks.
 
     Folders named in `holdout` are kept entirely out of training (all their images are the

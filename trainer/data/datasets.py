@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.sources.images import IMAGE_SUFFIXES, image_files, read_rgb
 from edge.engine.preprocess import mask_to_binary, model_input, resize_mask
+from edge.sources.images import IMAGE_SUFFIXES, image_files, read_rgb
 
 POSITIVE_DIRS = {"positive", "crack", "cracks", "1"}
 NEGATIVE_DIRS = {"negative", "no_crack", "nocrack", "no-crack", "non_crack", "0"}
@@ -86,14 +86,14 @@ def classification_files(root: str | Path) -> list[tuple[Path, int]]:
     """List (path, label) pairs of a classification dataset (folder or labels CSV), sorted for determinism."""
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
-        pairs = labelled_csv_files(root, root.parent)
+        pairs: list[tuple[Path, int]] = labelled_csv_files(root, root.parent)
         if not pairs:
             raise DatasetError(f"{root}: the dataset is empty (no labelled rows; label events with `crackd events label`)")
         return pairs
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; expected a dataset folder with positive/ and negative/ (or crack/ and no_crack/) inside")
     labels_csv = root / "labels.csv"
-    pairs: list[tuple[Path, int]] = []
+    pairs = []
     if labels_csv.is_file():
         pairs = labelled_csv_files(labels_csv, root / "images" if (root / "images").is_dir() else root)
     else:

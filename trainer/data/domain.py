@@ -21,6 +21,7 @@ with the same geometry as the crack. Pure numpy + OpenCV, deterministic by seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class Pool:
     backgrounds: list[np.ndarray]
 
 
-def load_pool(pairs: list[tuple[str, str | None]], backgrounds: list[str], max_side: int = 640) -> Pool:
+def load_pool(pairs: Iterable[tuple[str | Path, str | Path | None]], backgrounds: list[str], max_side: int = 640) -> Pool:
     """Read (image, mask) pairs at up to `max_side` and background photographs; unreadable files are skipped."""
     from edge.engine.preprocess import mask_to_binary
 
@@ -206,7 +207,7 @@ def render_crack(img: np.ndarray, darkness: np.ndarray, mask: np.ndarray, width:
     img *= shade
     if rng.random() < 0.5:  # the far edge catches light
         dy, dx = (int(v) for v in rng.integers(-2, 3, size=2))
-        shift = np.float32([[1, 0, dx], [0, 1, dy]])  # a shift that does not wrap around the frame
+        shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)  # a shift that does not wrap around the frame
         rim = cv2.warpAffine(mask, shift, mask.shape[::-1], flags=cv2.INTER_NEAREST).astype(np.float32) * (1 - mask)
         img += cv2.GaussianBlur(rim, (0, 0), 0.7)[..., None] * rng.uniform(10, 40)
 
@@ -251,10 +252,10 @@ def hard_negative(rng: np.random.Generator, img: np.ndarray, kind: str) -> None:
         img += (hl * layer)[..., None] * rng.uniform(20, 60)
     elif kind == "leaf":
         for _ in range(int(rng.integers(1, 4))):
-            c = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+            center = (int(rng.integers(0, size)), int(rng.integers(0, size)))
             axes = (int(rng.integers(4, size // 8 + 5)), int(rng.integers(2, size // 16 + 3)))
             leafc = rng.uniform([30, 50, 10], [140, 120, 60]).astype(np.float32)
-            cv2.ellipse(layer, c, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
+            cv2.ellipse(layer, center, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
             img[:] = img * (1 - layer[..., None]) + leafc * layer[..., None]
             layer[:] = 0
     else:  # shadow, stain, scratch: the synth module's distractors
@@ -271,7 +272,7 @@ def camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img = img + rng.standard_normal(img.shape).astype(np.float32) * rng.uniform(0, 7)
     out = np.clip(img, 0, 255).astype(np.uint8)
     if rng.random() < 0.5:
-        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
+        _ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
         out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     return out
 
@@ -311,7 +312,7 @@ def generate(pool: Pool | None, n: int, size: int, seed: int, cfg: DomainConfig 
     it = range(n) if progress is None else progress(range(n), desc="domain randomisation")
     for i in it:
         u = rng.random()
-        if have_real and u < cfg.real:
+        if have_real and pool is not None and u < cfg.real:  # (have_real implies a pool; said again for the type checker)
             img, m = rescaled_real(pool, size, rng, cfg.zoom)
             img = camera(img.astype(np.float32), rng) if rng.random() < 0.5 else img
         else:

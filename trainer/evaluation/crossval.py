@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ from edge.engine.runtime import TFLiteModel
 from trainer.evaluation.metrics import binary_metrics, pixel_metrics, tolerant_counts, tolerant_from_counts
 from trainer.evaluation.predict import predict
 
-SEG_THRESHOLDS = np.round(np.r_[np.arange(0.10, 0.96, 0.05), 0.97], 2)
+SEG_THRESHOLDS = np.round(np.append(np.arange(0.10, 0.96, 0.05), 0.97), 2)
 CLS_THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 SCALES = ("model scale", "half scale", "two scales (max)")
 
@@ -96,7 +97,7 @@ def evaluate_segmenter_run(run_dir: Path, progress=print) -> tuple[dict, dict]:
     masks = np.concatenate([y for _, y in ho.sets.values()]).astype(bool)
     full = predict(model, images)[..., 0]
     half = half_scale(model, images)
-    result = {"run": run_dir.name, "heldout": ho.source, "images": int(len(images)), "scales": {}}
+    result: dict[str, Any] = {"run": run_dir.name, "heldout": ho.source, "images": int(len(images)), "scales": {}}
     for name, probs in zip(SCALES, (full, half, np.maximum(full, half))):
         result["scales"][name] = segmenter_scores(probs, masks)
     return result, {"images": images, "masks": masks, "probs": full}
@@ -111,7 +112,7 @@ def evaluate_classifier_run(run_dir: Path, progress=print, tflite: Path | None =
     else:
         progress(f"classifier {tflite}: scoring on the held-out {ho.source} sets of {run_dir.name}")
         model = TFLiteModel(tflite)
-    result = {"run": run_dir.name, "model": str(tflite) if tflite else "the run's best checkpoint", "heldout": ho.source, "sets": {}}
+    result: dict[str, Any] = {"run": run_dir.name, "model": str(tflite) if tflite else "the run's best checkpoint", "heldout": ho.source, "sets": {}}
     for name, (x, y) in ho.sets.items():
         scores = predict(model, x).reshape(len(x), -1)[:, 0]
         rows = []
@@ -187,7 +188,7 @@ def run_crossval(segmenter_runs: list[Path], classifier_runs: list[Path], out_di
         seg.append(r)
         arrays.append(a)
     cls = [evaluate_classifier_run(Path(run), progress, classifier_tflite) for run in classifier_runs]
-    report = {"segmenter": seg, "classifier": cls, "plots": {}}
+    report: dict[str, Any] = {"segmenter": seg, "classifier": cls, "plots": {}}
     if seg:
         t = choose_threshold([r["scales"]["model scale"]["curve"] for r in seg], "tolerant_f1")
         report["segmenter_threshold"] = t

@@ -8,13 +8,14 @@ go through the same path. Results go to `report.json`, `REPORT.md` and PNG plots
 
 from __future__ import annotations
 
-import json
-
 import datetime as dt
+import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,15 +23,15 @@ from edge import __version__
 from edge.engine.bundle import ChecksumMismatch, Manifest, ModelFileMissing, load_bundle, read_manifest, sha256_file
 from edge.engine.preprocess import model_input, resize_mask
 from edge.engine.runtime import TFLiteModel
-from trainer.reports import plots as report_plots
 from trainer.data.datasets import DatasetError
-from trainer.evaluation.sets import EvalSet, folder_sets, heldout_sets, training_data
-from trainer.reports.json_safe import dumps, json_safe
 from trainer.evaluation.latency import machine_description, measure_models
 from trainer.evaluation.metrics import binary_metrics, pixel_metrics, precision_recall_curve, tolerant_metrics
 from trainer.evaluation.predict import model_outputs
-from trainer.export.provenance import bundle_runs, bundle_sources, data_folders, source_entry
+from trainer.evaluation.sets import EvalSet, folder_sets, heldout_sets, training_data
 from trainer.evaluation.targets import HEADLINE, check_targets
+from trainer.export.provenance import bundle_runs, bundle_sources, data_folders, source_entry
+from trainer.reports import plots as report_plots
+from trainer.reports.json_safe import dumps, json_safe
 
 log = logging.getLogger("crack-train.evaluate")
 
@@ -154,7 +155,8 @@ def evaluate_segmenter(s: EvalSet, rm: RoleModels, progress=None) -> dict[str, S
 def pooled(outcomes: list[dict[str, SegOutcome]]) -> dict[str, SegOutcome]:
     """One outcome per variant over several sets (pixels pooled, as for a single set)."""
     return {v: SegOutcome(np.concatenate([o[v].masks for o in outcomes]), np.concatenate([o[v].preds for o in outcomes]),
-                          sum(o[v].pos_hist for o in outcomes), sum(o[v].neg_hist for o in outcomes)) for v in outcomes[0]}
+                          np.sum([o[v].pos_hist for o in outcomes], axis=0), np.sum([o[v].neg_hist for o in outcomes], axis=0))
+            for v in outcomes[0]}
 
 
 def overlay_indices(masks: np.ndarray, n: int) -> list[int]:
@@ -251,7 +253,7 @@ def collect_sets(manifest_raw: dict, sizes: dict[str, int], data: list, heldout_
     return sets
 
 
-def evaluate_bundle(bundle_dir: str | Path, data: list = (), heldout_runs: list = (), out_dir: str | Path | None = None,
+def evaluate_bundle(bundle_dir: str | Path, data: Sequence = (), heldout_runs: Sequence = (), out_dir: str | Path | None = None,
                     cfg: EvalConfig = EvalConfig(), progress=None) -> dict:
     """Evaluate `bundle_dir` on the given folders / held-out runs; write report.json, REPORT.md and plots to `out_dir`."""
     from trainer.reports import markdown as report_md
@@ -267,10 +269,10 @@ def evaluate_bundle(bundle_dir: str | Path, data: list = (), heldout_runs: list 
     sizes = {role: roles[role].models["int8"].input_hw[0] for role in ROLES}
     sets = collect_sets(manifest.raw, sizes, list(data), list(heldout_runs), cfg, progress)
 
-    report = {
+    report: dict[str, Any] = {
         "bundle": {"path": str(bundle_dir), "version": manifest.bundle_version, "created": manifest.created,
                    "manifest_sha256": sha256_file(bundle_dir / "manifest.json")},
-        "generated": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "generated": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "generated_by": f"crack-train evaluate {__version__}",
         "config": asdict(cfg),
         "variants": {role: sorted(roles[role].models) for role in ROLES},

@@ -32,7 +32,9 @@ log = logging.getLogger("crack-train.latency")
 
 
 @dataclass(frozen=True)
-class Latency:
+class ModelLatency:
+    """Interpreter time of one TFLite model, one input at a time, with the conditions it was measured in."""
+
     median_ms: float
     p95_ms: float
     min_ms: float
@@ -72,8 +74,8 @@ def thread_priority(priority: str = "normal"):
         os.sched_setscheduler(0, old_policy, old_param)
 
 
-def measure_latency(model: TFLiteModel, runs: int = 100, warmup: int = 10, tensor: np.ndarray | None = None,
-                    priority: str = "normal") -> Latency:
+def measure_model_latency(model: TFLiteModel, runs: int = 100, warmup: int = 10, tensor: np.ndarray | None = None,
+                          priority: str = "normal") -> ModelLatency:
     """Time `runs` invocations of `model` on `tensor` (default: mid-grey input) after `warmup` untimed ones."""
     if runs < 1:
         raise ValueError(f"latency runs must be >= 1, got {runs}")
@@ -88,7 +90,7 @@ def measure_latency(model: TFLiteModel, runs: int = 100, warmup: int = 10, tenso
             start = time.perf_counter()
             model.run(tensor)
             times[i] = (time.perf_counter() - start) * 1000.0
-    return Latency(float(np.median(times)), float(np.percentile(times, 95)), float(times.min()), float(times.mean()),
+    return ModelLatency(float(np.median(times)), float(np.percentile(times, 95)), float(times.min()), float(times.mean()),
                    runs, model.threads, model.runtime, float(load), applied)
 
 
@@ -96,10 +98,11 @@ def machine_description() -> dict:
     """What the latency numbers were measured on."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
@@ -108,18 +111,18 @@ def machine_description() -> dict:
 
 
 def measure_models(models: dict[str, TFLiteModel], runs: int = 100, warmup: int = 10, priority: str = "normal",
-                   rounds: int = 3, progress=None) -> dict[str, Latency]:
+                   rounds: int = 3, progress=None) -> dict[str, ModelLatency]:
     """Time several models in interleaved rounds and keep, per model, the round with the lowest median.
 
     A burst of load from another job then spoils one round of one model, not the result.
     """
-    best: dict[str, Latency] = {}
+    best: dict[str, ModelLatency] = {}
     schedule = [(r, name) for r in range(rounds) for name in models]
     for _, name in (schedule if progress is None else progress(schedule, desc="timing")):
-        lat = measure_latency(models[name], runs, warmup, priority=priority)
+        lat = measure_model_latency(models[name], runs, warmup, priority=priority)
         if name not in best or lat.median_ms < best[name].median_ms:
             best[name] = lat
-    return {name: Latency(**{**asdict(lat), "rounds": rounds}) for name, lat in best.items()}
+    return {name: ModelLatency(**{**asdict(lat), "rounds": rounds}) for name, lat in best.items()}
 
 
 def load_note(latencies: list[dict]) -> str:

@@ -66,7 +66,9 @@ class TrainingData:
 
 
 def training_data(manifest_raw: dict, role: str) -> TrainingData:
-    folders, holdout, runs = set(), set(), set()
+    folders: set[str] = set()
+    holdout: set[str] = set()
+    runs: set[str] = set()
     for name, run in (manifest_raw.get("data", {}).get("runs") or {}).items():
         if run.get("kind") != role:
             continue

@@ -21,10 +21,10 @@ import numpy as np
 
 from edge import __version__
 from edge.engine.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file
-from edge.sources.images import read_rgb
 from edge.engine.preprocess import PREPROCESSING, model_input
 from edge.engine.runtime import TFLiteModel, float_tensors
 from edge.engine.selftest import DEFAULT_TOLERANCE as GOLDEN_RULE
+from edge.sources.images import read_rgb
 from trainer.evaluation.metrics import role_quality
 from trainer.evaluation.predict import predict
 
@@ -188,6 +188,14 @@ def publish_finetune(run_dir: Path, role: str, out_dir: Path) -> dict:
     return info
 
 
+def _golden_image(bundle_dir: Path, sample: dict) -> np.ndarray:
+    """A golden sample image of a bundle whose segmenter is kept (its golden samples are kept with it)."""
+    rgb = read_rgb(bundle_dir / sample["image"])
+    if rgb is None:
+        raise ExportError(f"{bundle_dir / sample['image']}: golden sample image is missing or unreadable")
+    return rgb
+
+
 def kept_role(bundle_dir: Path, role: str) -> RoleExport:
     """One model of an existing bundle, unchanged (export a bundle where only the other model was retrained)."""
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
@@ -235,8 +243,9 @@ def export_bundle(classifier_run: Path | None, segmenter_run: Path | None, out_d
     if "segmenter" in validation:
         golden = golden_choice(*validation["segmenter"], cfg.golden_samples)
     else:
+        assert keep_from is not None  # no segmenter run without a bundle to keep it from (checked above)
         kept = json.loads((Path(keep_from) / MANIFEST).read_text())["golden"]["samples"]
-        golden = np.stack([read_rgb(Path(keep_from) / s["image"]) for s in kept])
+        golden = np.stack([_golden_image(Path(keep_from), s) for s in kept])
     provenance = _data_provenance(runs)
     if keep_from is not None and len(runs) < 2:
         provenance["kept_from"] = json.loads((Path(keep_from) / MANIFEST).read_text()).get("data", {})
@@ -286,7 +295,7 @@ def write_bundle(out_dir: Path, version: str, roles: dict[str, RoleExport], gold
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "bundle_version": version,
-        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "min_crackd_version": __version__,
         "created_by": f"crack-train {__version__}",
         "models": entries,

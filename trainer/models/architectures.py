@@ -89,7 +89,7 @@ def _conv_bn(x, filters: int, stride: int = 1, separable: bool = True, name: str
     return layers.ReLU(6.0, name=f"{name}_relu")(x)
 
 
-def build_segmenter(spec: SegmenterSpec, size: int | None | str = "spec") -> keras.Model:
+def build_segmenter(spec: SegmenterSpec, size: int | str | None = "spec") -> keras.Model:
     """A light U-Net for cracks 1-30 px wide.
 
     The encoder uses depthwise-separable stages to stay within a few milliseconds in INT8.

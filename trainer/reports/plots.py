@@ -7,14 +7,15 @@ is drawn solid, the FP32 reference dashed, so the quantization cost is visible.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-VARIANT_STYLE = {"int8": {"color": "tab:blue", "linestyle": "-"}, "fp32": {"color": "tab:orange", "linestyle": "--"}}
+VARIANT_STYLE: dict[str, dict[str, Any]] = {"int8": {"color": "tab:blue", "linestyle": "-"}, "fp32": {"color": "tab:orange", "linestyle": "--"}}
 
 
 def _save(fig, path: Path, palette: bool = False) -> Path:

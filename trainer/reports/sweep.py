@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from trainer.reports import plots as report_plots
-from trainer.reports.json_safe import dumps
 from trainer.evaluation.latency import load_note
 from trainer.evaluation.targets import LATENCY_MS
+from trainer.reports import plots as report_plots
+from trainer.reports.json_safe import dumps
 
 QUALITY_TIE = 0.005  # configurations within half a point of the best count as equally good: the faster one wins
 QUALITY_LABEL = {"classifier": "validation F1 (INT8)", "segmenter": "validation Dice (INT8)"}
@@ -183,13 +183,13 @@ def render(result: dict) -> str:
     lines[-1] += ("Such short runs rank configurations roughly; they do not predict the final quality of a fully trained model, "
                   "and differences of a few points between rows are within noise.")
     lines += ["", "## Results", ""] + table_lines(result)
-    generic, reused = "latency from the untrained architecture (same graph as a trained one)", "INT8 file reused from an earlier run of the sweep"
+    generic, reused_note = "latency from the untrained architecture (same graph as a trained one)", "INT8 file reused from an earlier run of the sweep"
     if any(generic in r.get("notes", []) for r in result["rows"]):
         lines += ["Rows without a trained run were timed on the untrained architecture: the same graph, so the same speed.", ""]
-    n_reused = sum(reused in r.get("notes", []) for r in result["rows"])
+    n_reused = sum(reused_note in r.get("notes", []) for r in result["rows"])
     if n_reused:
         lines += [f"{n_reused} INT8 files were converted by an earlier invocation of the sweep from the same source and only re-timed.", ""]
-    special = [(r["name"], n) for r in result["rows"] for n in r.get("notes", []) if n not in (generic, reused)]
+    special = [(r["name"], n) for r in result["rows"] for n in r.get("notes", []) if n not in (generic, reused_note)]
     if special:
         lines += ["Notes:", ""] + [f"- {name}: {note}" for name, note in special] + [""]
     plots = result.get("plots", {})
@@ -210,7 +210,7 @@ def render(result: dict) -> str:
 def write(out_dir: Path, result: dict) -> dict:
     """Annotate `result`, draw the plots, write sweep.json and SWEEP.md; returns the annotated result."""
     out_dir = Path(out_dir)
-    result["generated"] = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    result["generated"] = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     annotate(result)
     result["plots"] = _plots(out_dir, result)
     (out_dir / "sweep.json").write_text(dumps(result))

@@ -25,18 +25,19 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edge.sources import synth
-from edge.sources.images import read_rgb
 from edge.engine.preprocess import model_input
 from edge.engine.runtime import TFLiteModel
+from edge.sources import synth
+from edge.sources.images import read_rgb
 from trainer.data.assemble import dataset_kind
 from trainer.data.datasets import DatasetError, classification_files, segmentation_pairs
+from trainer.evaluation.latency import machine_description, measure_models
 from trainer.export.convert import with_range_pins
 from trainer.reports.json_safe import dumps
-from trainer.evaluation.latency import machine_description, measure_models
 
 log = logging.getLogger("crack-train.sweep")
 
@@ -88,6 +89,8 @@ class Candidate:
         from trainer.models.architectures import SEGMENTER_SIZES, ClassifierSpec
 
         if self.role == "classifier":
+            if self.alpha is None:
+                raise ValueError(f"classifier candidate {self.name}: no alpha given")
             return ClassifierSpec(alpha=self.alpha, size=self.size)
         if self.variant not in SEGMENTER_SIZES:
             raise ValueError(f"unknown U-Net size {self.variant!r}; expected one of {', '.join(SEGMENTER_SIZES)}")
@@ -231,14 +234,14 @@ def _run_calibration(run_dir: Path, size: int, n: int, seed: int, val_x: np.ndar
 def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig, trained_here: bool) -> dict:
     """INT8 and FP32 validation quality of a trained run (F1 for the classifier, Dice for the segmenter)."""
     from trainer.data.assemble import load_arrays
-    from trainer.export.convert import convert_fp32
     from trainer.evaluation.metrics import role_quality
     from trainer.evaluation.predict import predict
+    from trainer.export.convert import convert_fp32
 
     _, val = load_arrays(run_dir / "heldout.npz")
     x, y = _subset(val, cfg.val_images, cfg.seed)
     x = np.stack([model_input(img, c.size, c.size) for img in x])
-    result = {"metric": "f1" if c.role == "classifier" else "dice", "val_images": int(len(x)), "run_dir": str(run_dir),
+    result: dict[str, Any] = {"metric": "f1" if c.role == "classifier" else "dice", "val_images": int(len(x)), "run_dir": str(run_dir),
               "trained_here": trained_here, "epochs_completed": epochs_completed(run_dir)}
     meta = json.loads((run_dir / "run.json").read_text())
     result["schedule"] = {"epochs": meta.get("train", {}).get("epochs"), "train_images": meta.get("counts", {}).get("train"),
@@ -335,7 +338,7 @@ def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[n
         notes = [f"{run_dir / 'best.keras'} could not be read (being rewritten by its training?): quality not measured",
                  "latency from the untrained architecture (same graph as a trained one)"]
         run_dir, source = None, _conversion_source(None, cfg)
-    if run_dir is not None:
+    if run_dir is not None and model is not None:  # (a run whose checkpoint could not be read was dropped above)
         from trainer.data.assemble import load_arrays
 
         if int(model.input_shape[1]) != c.size:

@@ -1,0 +1,237 @@
+"""`crackd events list | show | export | label | delete`: the recorded events in the daemon's journal.
+
+Exit codes: 0 ok; 1 an export could not be written; 2 bad usage, an unknown event
+or an unreadable journal (one line on stderr, no traceback). A reader that closes
+the pipe early (`| head`) ends the command quietly (exit 141, see edge.cli.main).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edge.cli.common import UsageError, add_db_arg, add_json_arg, add_location_args, fail, locate, print_json
+from edge.timestamps import iso_utc
+
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection): such cells get a leading '.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+EXPORT_FIELDS = (
+    "id", "uuid", "state", "started_at", "ended_at", "frames", "peak_score", "label", "label_note",
+    "bundle_version", "device_id", "snapshot", "overlay", "length_px", "max_width_px", "total_area_px",
+)
+
+
+def parse_when(text: str) -> float:
+    """'2h', '30m', '7d', '45s' ago, an ISO date/time, or epoch seconds -> epoch seconds."""
+    text = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return time.time() - float(m.group(1)) * unit
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r}: expected a time like 2h, 7d, 2024-05-01, 2024-05-01T12:00:00Z or epoch seconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _open_journal(args):
+    from edge.events.journal import Journal
+
+    where = locate(args)
+    state_dir, db = where.state_dir, Path(args.db) if getattr(args, "db", None) else where.db
+    if not db.exists():
+        raise UsageError(f"{db}: no journal here (pass --state-dir, --config or --db)")
+    return Journal(db, require_writable=getattr(args, "events_command", None) in ("label", "delete")), state_dir
+
+
+def _flat(event: dict, state_dir: Path) -> dict:
+    m = event.get("peak_measurements") or {}
+    row = {k: event.get(k) for k in EXPORT_FIELDS}
+    row["started_at"], row["ended_at"] = iso_utc(event.get("started_at"), "seconds"), iso_utc(event.get("ended_at"), "seconds")
+    for key in ("snapshot", "overlay"):
+        if row[key]:
+            row[key] = str((state_dir / row[key]).resolve())
+    row["length_px"], row["max_width_px"], row["total_area_px"] = m.get("length_px"), m.get("max_width_px"), m.get("total_area_px")
+    return row
+
+
+def cmd_events(args) -> int:
+    from edge.events.journal import JournalError
+
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        return fail(f"events {args.events_command}: --limit: expected at least 1 (leave it out for all), got {args.limit}")
+    try:
+        journal, state_dir = _open_journal(args)
+    except (UsageError, JournalError) as exc:
+        return fail(str(exc))
+    try:
+        with journal:
+            return EVENT_COMMANDS[args.events_command](args, journal, state_dir)
+    except (UsageError, JournalError) as exc:
+        return fail(str(exc))
+
+
+def _filters(args) -> dict:
+    return {
+        "since": parse_when(args.since) if args.since else None,
+        "until": parse_when(args.until) if args.until else None,
+        "state": args.state,
+        "min_score": args.min_score,
+        "label": args.label,
+    }
+
+
+def _ev_list(args, journal, state_dir) -> int:
+    events = journal.list_events(**_filters(args), limit=args.limit)
+    if args.json:
+        print_json([_flat(e, state_dir) for e in events], indent=1)
+        return 0
+    print(f"{'id':>5}  {'uuid':<8}  {'started (UTC)':<20}  {'state':<6}  {'frames':>6}  {'score':>5}  {'length px':>9}  label")
+    for e in events:
+        m = e.get("peak_measurements") or {}
+        print(f"{e['id']:>5}  {e['uuid'][:8]}  {iso_utc(e['started_at'], 'seconds'):<20}  {e['state']:<6}  {e['frames']:>6}  {e['peak_score']:5.2f}  "
+              f"{m.get('length_px', '-')!s:>9}  {e.get('label') or ''}")
+    print(f"{len(events)} event(s)")
+    return 0
+
+
+def _find(journal, ref: str) -> dict:
+    try:
+        event = journal.find_event(ref)
+    except OverflowError:  # an all-digit reference beyond SQLite's 64-bit ids names no event
+        event = None
+    if event is None:
+        raise UsageError(f"no event {ref!r} in {journal.path}")
+    return event
+
+
+def _ev_show(args, journal, state_dir) -> int:
+    event = _find(journal, args.id)
+    event = {**event, "started_at_iso": iso_utc(event["started_at"], "seconds"), "ended_at_iso": iso_utc(event.get("ended_at"), "seconds")}
+    for key in ("snapshot", "overlay"):
+        if event.get(key):
+            event[key] = str((state_dir / event[key]).resolve())
+    if args.frames:
+        event["frame_results"] = journal.event_frames(event["uuid"])
+    print_json(event, indent=1, default=str)
+    return 0
+
+
+def _csv_safe(value):
+    """A cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) is prefixed with ' (CSV injection)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _write_export(args, journal, state_dir, events, out) -> None:
+    if args.format == "json":
+        rows = []
+        for e in events:
+            row = _flat(e, state_dir)
+            row["peak_measurements"] = e.get("peak_measurements")
+            rows.append(row)
+        json.dump({"exported_at": iso_utc(time.time(), "seconds"), "journal": str(journal.path), "events": rows}, out, indent=1)
+        out.write("\n")
+    else:
+        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+        writer.writeheader()
+        for e in events:
+            writer.writerow({k: _csv_safe(v) for k, v in _flat(e, state_dir).items()})
+
+
+def _ev_export(args, journal, state_dir) -> int:
+    events = journal.list_events(**_filters(args), limit=args.limit, newest_first=False)
+    if args.out in (None, "-"):
+        _write_export(args, journal, state_dir, events, sys.stdout)
+        sys.stdout.flush()
+        return 0
+    path = Path(args.out)
+    if not args.force and (path.exists() or path.is_symlink()):
+        return fail(f"events export: {path} exists; pass --force to overwrite it")
+    created = False
+    try:
+        # "x": created here, never clobbered (no check-then-open race); --force writes in place (also /dev/...)
+        with open(path, "w" if args.force else "x", newline="") as out:
+            created = not args.force
+            _write_export(args, journal, state_dir, events, out)
+    except OSError as exc:
+        if created:
+            path.unlink(missing_ok=True)
+        return fail(f"events export: {path}: cannot write the export ({exc.strerror or exc})", 1)
+    print(f"exported {len(events)} event(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _ev_label(args, journal, state_dir) -> int:
+    event = _find(journal, args.id)
+    journal.set_label(event["uuid"], args.label, args.note)
+    print(f"event {event['id']} ({event['uuid']}) labelled {args.label}")
+    return 0
+
+
+def _ev_delete(args, journal, state_dir) -> int:
+    targets = [_find(journal, ref) for ref in args.ids]
+    for event in targets:
+        for rel in journal.delete_event(event["uuid"]):
+            try:
+                (state_dir / rel).unlink()
+            except OSError:
+                pass
+        print(f"deleted event {event['id']} ({event['uuid']})")
+    return 0
+
+
+EVENT_COMMANDS = {"list": _ev_list, "show": _ev_show, "export": _ev_export, "label": _ev_label, "delete": _ev_delete}
+
+
+def _filter_args(p) -> None:
+    p.add_argument("--since", help="started at or after (2h, 7d, ISO time, epoch)")
+    p.add_argument("--until", help="started before")
+    p.add_argument("--state", choices=["open", "ended"])
+    p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--label", choices=["crack", "no-crack", "none"], help="by operator label (none = unlabelled)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many (at least 1; default all)")
+
+
+def _records_parser(esub, name: str, help_text: str):
+    """One `crackd events ACTION` parser with the journal's location options."""
+    e = esub.add_parser(name, help=help_text)
+    add_location_args(e)
+    add_db_arg(e)
+    return e
+
+
+def register(sub) -> None:
+    p = sub.add_parser("events", help="recorded events: list, show, export, label, delete")
+    esub = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    e = _records_parser(esub, "list", "list events (newest first)")
+    _filter_args(e)
+    add_json_arg(e)
+    e = _records_parser(esub, "show", "one event in full")
+    e.add_argument("id", help="event id, uuid or uuid prefix")
+    e.add_argument("--frames", action="store_true", help="include the recorded frame results")
+    e = _records_parser(esub, "export", "export events as CSV or JSON (labels included: training data)")
+    _filter_args(e)
+    e.add_argument("--format", choices=["csv", "json"], default="csv")
+    e.add_argument("--out", "-o", default="-", help="output file (default stdout); an existing file is kept unless --force")
+    e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    e = _records_parser(esub, "label", "an operator's verdict, kept for retraining")
+    e.add_argument("id")
+    e.add_argument("label", choices=["crack", "no-crack"])
+    e.add_argument("--note", default=None)
+    e = _records_parser(esub, "delete", "delete events with their frames, label and snapshots")
+    e.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_events)

@@ -32,7 +32,7 @@ def huge_header_jpeg(width=12000, height=12000) -> bytes:
     import cv2
     import numpy as np
 
-    ok, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 200, np.uint8))
+    _, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 200, np.uint8))
     data = bytearray(buf.tobytes())
     i = 2
     while data[i + 1] != 0xC0:  # walk the segments to the baseline frame header (SOF0)

@@ -3,7 +3,7 @@
 systemd-python is not installed here, so these exercise crackd's own protocol
 writer (the same datagrams `systemd.daemon.notify` would send). The full
 READY / RELOADING / WATCHDOG / STOPPING sequence of a real daemon process is
-checked in tests/test_daemon.py (the SIGHUP test).
+checked in tests/edge/test_daemon.py (the SIGHUP test).
 """
 
 from __future__ import annotations

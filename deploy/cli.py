@@ -46,6 +46,7 @@ from deploy.push import (
 )
 from deploy.ssh import Remote, RemoteError, SSHOptions, SSHUnreachable
 from edge.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, add_json_arg, fail, print_json, refuse
+from edge.daemon.status import DaemonStatus, StatusReading
 from edge.releases.manager import describe_daemon
 
 log = logging.getLogger("crack-deploy")
@@ -272,6 +273,14 @@ def _status_one(host: str, ssh: SSHOptions, dev: DeviceSettings) -> tuple[str, d
         return host, None, str(exc)
 
 
+def _daemon_status(st: dict) -> DaemonStatus | None:
+    """The device's status.json from its `crackd models status --json`; None when absent or unreadable."""
+    try:
+        return StatusReading.from_json(st["daemon"]).status if st.get("daemon") else None
+    except ValueError:
+        return None
+
+
 def cmd_status(args) -> int:
     hosts = _hosts(args)
     ssh, dev = _ssh(args), _device(args)
@@ -284,13 +293,14 @@ def cmd_status(args) -> int:
             rows.append([host, "-", "-", "-", "-", "unreachable", err])
             payload.append({"host": host, "ok": False, "error": err})
             continue
-        d = st.get("daemon") or {}
+        d = _daemon_status(st)
         ok = bool(st.get("serving_current"))
         all_ok &= ok
         last = st.get("last") or {}
         last_txt = f"{last.get('time', '')} {last.get('action', '')} {last.get('version', '')} {last.get('outcome', '')}".strip()
         state = "healthy" if ok else describe_daemon(st, st.get("current") or "")
-        rows.append([host, st.get("current") or "-", st.get("previous") or "-", d.get("bundle_version") or "-", f"{d.get('fps', 0) or 0:.1f}", state, last_txt])
+        rows.append([host, st.get("current") or "-", st.get("previous") or "-", (d and d.bundle_version) or "-", f"{d.fps if d else 0:.1f}",
+                     state, last_txt])
         payload.append({"host": host, "ok": ok, "status": st})
     if args.json:
         print_json({"ok": all_ok, "hosts": payload}, indent=1, default=str)

@@ -6,7 +6,7 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
 
     crackd.db                       the journal (unless storage.db names another file)
     crackd.pid                      locked by the running daemon; its pid is only informative
-    status.json                     rewritten about every second (schema: docs/schemas/status.schema.json)
+    status.json                     rewritten about every second (edge.daemon.status; docs/schemas/state/status.schema.json)
     held-writes.reserve             space kept for journal writes held while the disk is full
     sparkplug_bdseq                 the Sparkplug B birth/death sequence across restarts
     snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (and <uuid>.overlay.jpg)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import overload
 
 
+@overload
+def iso_utc(t: float, timespec: str = ...) -> str: ...
+@overload
+def iso_utc(t: None, timespec: str = ...) -> None: ...
 def iso_utc(t: float | None, timespec: str = "milliseconds") -> str | None:
     """Wall-clock seconds -> ISO 8601 UTC with a 'Z' ('seconds' or 'milliseconds' precision); None stays None."""
     if t is None:

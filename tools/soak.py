@@ -17,6 +17,7 @@ Targets (issue 4): daemon >= 90 % of the engine-only rate; steady RSS <= 150 MB 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -168,7 +169,7 @@ def main() -> int:
         daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(work / "crackd.yaml")],
                                   cwd=REPO, stdout=log, stderr=log)
         deadline = time.monotonic() + 60
-        while not read_status(state).get("frames_processed") and time.monotonic() < deadline:
+        while not read_status(state).frames_processed and time.monotonic() < deadline:
             if daemon.poll() is not None:
                 raise SystemExit(f"daemon exited: {(work / 'daemon.log').read_text()[-2000:]}")
             time.sleep(0.2)
@@ -182,7 +183,7 @@ def main() -> int:
                 raise SystemExit(f"daemon died: {(work / 'daemon.log').read_text()[-2000:]}")
         time.sleep(1.1)  # let status.json catch up with the end of the window
         s1, t1, cpu1 = read_status(state), time.monotonic(), cpu_seconds(daemon.pid)
-        done = s1["frames_processed"] - s0["frames_processed"]
+        done = s1.frames_processed - s0.frames_processed
         pipeline = done / (t1 - t0)
         daemon_cpu_ms = (cpu1 - cpu0) * 1000 / max(1, done)
         daemon.send_signal(signal.SIGTERM)
@@ -198,7 +199,7 @@ def main() -> int:
             plot_rss(samples, Path(args.plot), f"crackd soak ({args.source}, {args.duration:g} s)")
         half = len(rss) // 2
         report = {
-            "bundle": final.get("bundle_version"),
+            "bundle": final.bundle_version,
             "frame_size": [width, height],
             "segment": args.segment,
             "record_frames": args.record_frames,
@@ -211,12 +212,12 @@ def main() -> int:
             "engine_cpu_ms_per_frame": round(engine_cpu_ms, 3),
             "daemon_cpu_ms_per_frame": round(daemon_cpu_ms, 3),
             "cpu_ratio": round(engine_cpu_ms / daemon_cpu_ms, 3),
-            "frames_processed": final.get("frames_processed"),
-            "frames_skipped": final.get("frames_skipped"),
-            "frames_failed": final.get("frames_failed"),
-            "events": final.get("events_started"),
-            "outbox_depth_at_exit": final.get("outbox_depth"),
-            "latency_ms": final.get("latency_ms"),
+            "frames_processed": final.frames_processed,
+            "frames_skipped": final.frames_skipped,
+            "frames_failed": final.frames_failed,
+            "events": final.events_started,
+            "outbox_depth_at_exit": final.outbox_depth,
+            "latency_ms": dataclasses.asdict(final.latency_ms),
             "rss_mb_start": round(rss[0], 1) if rss else None,
             "rss_mb_end": round(rss[-1], 1) if rss else None,
             "rss_mb_max": round(max(rss), 1) if rss else None,

@@ -121,49 +121,49 @@ def cmd_status(args) -> int:
         return fail(str(exc))
     path = StateLayout(state_dir).status_file
     try:
-        status = read_daemon_status(path)
+        reading = read_daemon_status(path)
     except FileNotFoundError:
         return fail(f"{path}: no status file; the daemon has not run with this state directory", 1)
     except ValueError as exc:
         return fail(f"{path}: unreadable ({exc})", 1)
-    running = status.get("state") == "running" and status["pid_alive"]
-    stopped = status.get("state") == "stopped"  # its last write; a pid reused since says nothing
-    age = status["status_age_s"]
-    status["running"] = running
-    healthy = running and bool(status.get("healthy")) and age is not None and age <= STATUS_FRESH_S
+    d = reading.status
+    running = d.state == "running" and reading.pid_alive
+    stopped = d.state == "stopped"  # its last write; a pid reused since says nothing
+    age = reading.age_s
+    healthy = running and d.healthy and age is not None and age <= STATUS_FRESH_S
     code = 0 if healthy else EXIT_STOPPED if stopped else 1
     if args.json:
-        print_json(status, indent=1)
+        print_json({**reading.to_json(), "running": running}, indent=1)
         return code
     if stopped:
         print("\n".join([
-            f"crackd {status.get('version')} on {status.get('device_id')}: stopped cleanly at {status.get('updated_at')} "
-            f"(pid {status.get('pid')}, started {status.get('started_at')}, up {status.get('uptime_s')} s)",
-            f"  bundle       {status.get('bundle_version')}  sha256 {str(status.get('bundle_sha256'))[:12]}  {status.get('bundle_path')}",
-            f"  frames       {status.get('frames_processed')} processed, {status.get('frames_skipped')} skipped, "
-            f"{status.get('frames_failed')} failed, {status.get('frames_bad')} bad",
-            f"  outbox       {status.get('outbox_depth')} message(s) waiting for the next start",
+            f"crackd {d.version} on {d.device_id}: stopped cleanly at {d.updated_at} "
+            f"(pid {d.pid}, started {d.started_at}, up {d.uptime_s} s)",
+            f"  bundle       {d.bundle_version}  sha256 {str(d.bundle_sha256)[:12]}  {d.bundle_path}",
+            f"  frames       {d.frames_processed} processed, {d.frames_skipped} skipped, "
+            f"{d.frames_failed} failed, {d.frames_bad} bad",
+            f"  outbox       {d.outbox_depth} message(s) waiting for the next start",
         ]))
         return code
-    lat = status.get("latency_ms") or {}
+    lat = d.latency_ms
     lines = [
-        f"crackd {status.get('version')} on {status.get('device_id')}: "
-        + ("running" if running else "NOT RUNNING") + f" (pid {status.get('pid')}), " + ("healthy" if healthy else "NOT HEALTHY"),
-        f"  started      {status.get('started_at')}  (uptime {status.get('uptime_s')} s, status written {status['status_age_s']} s ago)",
-        f"  bundle       {status.get('bundle_version')}  sha256 {str(status.get('bundle_sha256'))[:12]}  {status.get('bundle_path')}",
-        f"  frames       {status.get('frames_processed')} processed, {status.get('frames_skipped')} skipped, "
-        f"{status.get('frames_failed')} failed, {status.get('frames_bad')} bad; {status.get('fps')} fps; last {status.get('last_frame_age_s')} s ago",
-        f"  latency      p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms",
-        f"  camera       {status.get('camera_state')}",
-        "  mqtt         " + ("off" if not status.get("mqtt_enabled") else
-                              ("connected" if status.get("broker_connected") else f"DISCONNECTED ({status.get('broker_error')})"))
-        + f", outbox {status.get('outbox_depth')} waiting",
+        f"crackd {d.version} on {d.device_id}: "
+        + ("running" if running else "NOT RUNNING") + f" (pid {d.pid}), " + ("healthy" if healthy else "NOT HEALTHY"),
+        f"  started      {d.started_at}  (uptime {d.uptime_s} s, status written {age} s ago)",
+        f"  bundle       {d.bundle_version}  sha256 {str(d.bundle_sha256)[:12]}  {d.bundle_path}",
+        f"  frames       {d.frames_processed} processed, {d.frames_skipped} skipped, "
+        f"{d.frames_failed} failed, {d.frames_bad} bad; {d.fps} fps; last {d.last_frame_age_s} s ago",
+        f"  latency      p50 {lat.p50} ms, p95 {lat.p95} ms",
+        f"  camera       {d.camera_state}",
+        "  mqtt         " + ("off" if not d.mqtt_enabled else
+                              ("connected" if d.broker_connected else f"DISCONNECTED ({d.broker_error})"))
+        + f", outbox {d.outbox_depth} waiting",
     ]
-    if status.get("journal_error"):
-        lines.append(f"  journal      PROBLEM: {status['journal_error']}")
-    if status.get("last_reload"):
-        r = status["last_reload"]
-        lines.append(f"  last reload  {r.get('time')}: " + ("ok" if r.get("ok") else f"FAILED: {r.get('error')}"))
+    if d.journal_error:
+        lines.append(f"  journal      PROBLEM: {d.journal_error}")
+    if d.last_reload:
+        r = d.last_reload
+        lines.append(f"  last reload  {r.time}: " + ("ok" if r.ok else f"FAILED: {r.error}"))
     print("\n".join(lines))
     return code
 

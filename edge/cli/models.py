@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edge import layout
 from edge.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, add_config_arg, add_json_arg, add_state_dir_arg, locate, print_json, refuse
+from edge.daemon.status import StatusReading
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG, RULE
@@ -231,20 +232,22 @@ def _cmd_status(rel: Releases, args) -> dict | None:
     st = rel.status()
     if args.json:
         return st
-    d = st["daemon"] or {}
+    reading = StatusReading.from_json(st["daemon"]) if st["daemon"] else None
     print(f"current:  {st['current'] or 'none'}   previous: {st['previous'] or 'none'}   installed: {', '.join(st['releases']) or 'none'}")
-    if not d:
+    if reading is None:
         print("daemon:   no status.json (not running?)")
-    elif d.get("state") == "stopped":  # its last write: a clean stop, as `crackd status` reports it
-        print(f"daemon:   stopped cleanly at {d.get('updated_at')} (pid {d.get('pid')}), was serving {d.get('bundle_version')}")
+    elif reading.status.state == "stopped":  # its last write: a clean stop, as `crackd status` reports it
+        d = reading.status
+        print(f"daemon:   stopped cleanly at {d.updated_at} (pid {d.pid}), was serving {d.bundle_version}")
     else:
+        d = reading.status
         print(
-            f"daemon:   pid {d.get('pid')} {'running' if d.get('pid_alive') else 'NOT running'}, serving {d.get('bundle_version')}, "
-            f"{'healthy' if d.get('healthy') else 'UNHEALTHY'}, {d.get('fps', 0):.1f} fps, camera {d.get('camera_state')}, status {d.get('status_age_s')} s old"
+            f"daemon:   pid {d.pid} {'running' if reading.pid_alive else 'NOT running'}, serving {d.bundle_version}, "
+            f"{'healthy' if d.healthy else 'UNHEALTHY'}, {d.fps:.1f} fps, camera {d.camera_state}, status {reading.age_s} s old"
         )
-        reload = d.get("last_reload") or {}
+        reload = d.last_reload
         if reload:
-            print(f"reload:   {reload.get('time')} {'ok' if reload.get('ok') else 'FAILED: ' + str(reload.get('error'))}")
+            print(f"reload:   {reload.time} {'ok' if reload.ok else 'FAILED: ' + str(reload.error)}")
     print(f"serving current release: {'yes' if st['serving_current'] else 'NO'}")
     if st["busy"]:
         print(f"busy:     {st['busy'].get('action')} by {st['busy'].get('who')} since {st['busy'].get('since')}")

@@ -18,13 +18,12 @@ import os
 import socket
 import sys
 import time
-from typing import Optional
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, environ: Optional[dict] = None, use_systemd_python: bool = True):
+    def __init__(self, environ: dict | None = None, use_systemd_python: bool = True):
         env = os.environ if environ is None else environ
         self.socket_path = env.get("NOTIFY_SOCKET") or None
         self._sd_notify = None
@@ -38,14 +37,14 @@ class Notifier:
             except ImportError:
                 pass
         self.watchdog_usec = _watchdog_usec(env)
-        self._sock: Optional[socket.socket] = None
+        self._sock: socket.socket | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.socket_path)
 
     @property
-    def watchdog_interval_s(self) -> Optional[float]:
+    def watchdog_interval_s(self) -> float | None:
         """How often to ping: half the watchdog timeout (systemd's advice); None when no watchdog."""
         return self.watchdog_usec / 2e6 if self.watchdog_usec else None
 
@@ -72,7 +71,7 @@ class Notifier:
             log.debug("sd_notify to %s failed: %s", self.socket_path, exc)
             return False
 
-    def ready(self, status: Optional[str] = None) -> bool:
+    def ready(self, status: str | None = None) -> bool:
         return self.notify("READY=1", *( [f"STATUS={status}"] if status else []))
 
     def status(self, text: str) -> bool:
@@ -85,11 +84,11 @@ class Notifier:
         # MONOTONIC_USEC lets systemd (Type=notify-reload) match this reload to the signal it sent.
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
-    def stopping(self, status: Optional[str] = None) -> bool:
+    def stopping(self, status: str | None = None) -> bool:
         return self.notify("STOPPING=1", *( [f"STATUS={status}"] if status else []))
 
 
-def _watchdog_usec(env) -> Optional[int]:
+def _watchdog_usec(env) -> int | None:
     try:
         usec = int(env.get("WATCHDOG_USEC", "0"))
     except ValueError:
@@ -114,7 +113,7 @@ class _SyslogPrefixFormatter(logging.Formatter):
         return "\n".join(f"<{prio}>{line}" for line in text.splitlines() or [""])
 
 
-def setup_logging(level: str = "info", journald: bool = True, environ: Optional[dict] = None) -> str:
+def setup_logging(level: str = "info", journald: bool = True, environ: dict | None = None) -> str:
     """Configure the root logger; returns which sink was chosen ('journald', 'stderr-journal', 'stderr').
 
     Under systemd (JOURNAL_STREAM set) logs go to journald with structured fields

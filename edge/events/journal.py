@@ -9,7 +9,7 @@
   (0-byte) file without a WAL holds nothing: it is moved aside and logged.
 - Writability is checked at open (a read-only file or file system is refused with
   one line naming the path). A write that fails later leaves its error in
-  `write_error` (the supervisor reports it) and the next write opens a fresh
+  `write_error` (the daemon reports it) and the next write opens a fresh
   connection: SQLite keeps a connection read-only once it found the file so.
 - A detection (event row, frame row) and its outbox message are written in ONE
   transaction, so an event is never recorded without being queued for MQTT nor
@@ -347,6 +347,11 @@ class Journal:
                     for statement in MIGRATIONS[version]:
                         c.execute(statement)
                     c.execute(f"PRAGMA user_version={version + 1}")
+
+    @property
+    def is_open(self) -> bool:
+        """False once closed: a closed journal has no outbox depth to report."""
+        return self._conn is not None
 
     def close(self) -> None:
         with self._lock:

@@ -9,9 +9,9 @@ Two ways out, because Pis are monitored two ways:
   set-up, with one port and one scrape job per device for system and crackd metrics alike;
   written atomically every `metrics.textfile_interval_s` and at stop.
 
-Counts that the supervisor already keeps (frames, events, skipped, reconnects, outbox depth,
-MQTT state) are read when scraped (a custom collector): nothing is added to the frame path but
-one histogram observation per stage. prometheus_client is imported lazily: without it (a
+Counts the daemon already keeps (frames, events, skipped, reconnects, outbox depth, MQTT state)
+are read from its status (the figures status.json holds) when scraped (a custom collector):
+nothing is added to the frame path but one histogram observation per stage. prometheus_client is imported lazily: without it (a
 minimal install) the daemon runs with a warning and no metrics.
 """
 
@@ -30,20 +30,20 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class _SupervisorCollector:
-    """Reads the supervisor's counters at scrape time (edge.daemon.supervisor.Supervisor)."""
+    """Reads the daemon's figures at scrape time: its status (edge.daemon.status.DaemonStatus) and the journal's failures."""
 
     def __init__(self, supervisor):
-        self.sup = supervisor
+        self.sup = supervisor  # edge.daemon.supervisor.Supervisor
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-        from edge import __version__
         from edge.outputs.publisher import cpu_temperature_c
 
-        sup = self.sup
-        health = sup.resilient.health if getattr(sup, "resilient", None) is not None else None
-        pub = sup.publisher
+        if not self.sup.started:  # scraped while the daemon is still starting: no figures yet
+            return
+        st = self.sup.status()
+        writer = self.sup.journal_writer
 
         def counter(name, doc, value, labels=None):
             family = CounterMetricFamily(name, doc, labels=list(labels or {}))
@@ -55,34 +55,33 @@ class _SupervisorCollector:
             family.add_metric([], value)
             return family
 
-        yield counter("crackd_frames_processed", "Frames run through the models", sup.frames_processed)
-        yield counter("crackd_frames_skipped", "Frames replaced by a newer one before inference (live sources)", sup.slot.skipped)
-        yield counter("crackd_frames_failed", "Frames the models failed on", sup.frames_failed)
-        yield counter("crackd_frames_bad", "Frames the source delivered unreadable", health.bad_frames if health else 0)
-        yield counter("crackd_events_started", "Crack events started", sup.events_started)
+        yield counter("crackd_frames_processed", "Frames run through the models", st.frames_processed)
+        yield counter("crackd_frames_skipped", "Frames replaced by a newer one before inference (live sources)", st.frames_skipped)
+        yield counter("crackd_frames_failed", "Frames the models failed on", st.frames_failed)
+        yield counter("crackd_frames_bad", "Frames the source delivered unreadable", st.frames_bad)
+        yield counter("crackd_events_started", "Crack events started", st.events_started)
         yield counter("crackd_journal_write_failures", "Journal transactions that failed (held in memory and retried, or dropped frame rows)",
-                      getattr(sup, "journal_write_failures", 0))
-        yield counter("crackd_camera_reconnects", "Times the camera was reopened after failing", health.reconnects if health else 0)
-        yield counter("crackd_camera_stalls", "Captures that timed out", health.stalls if health else 0)
-        yield counter("crackd_mqtt_messages_delivered", "Outbox messages acknowledged by the broker", pub.published if pub else 0)
-        yield counter("crackd_mqtt_messages_replayed", "Outbox messages sent after an outage or restart", pub.replayed if pub else 0)
-        yield gauge("crackd_outbox_depth", "Messages waiting in the outbox for the broker", sup._outbox_depth)
+                      writer.write_failures)
+        yield counter("crackd_camera_reconnects", "Times the camera was reopened after failing", st.camera.reconnects)
+        yield counter("crackd_camera_stalls", "Captures that timed out", st.camera.stalls)
+        yield counter("crackd_mqtt_messages_delivered", "Outbox messages acknowledged by the broker", st.mqtt_delivered)
+        yield counter("crackd_mqtt_messages_replayed", "Outbox messages sent after an outage or restart", st.mqtt_replayed)
+        yield gauge("crackd_outbox_depth", "Messages waiting in the outbox for the broker", st.outbox_depth)
         yield gauge("crackd_mqtt_connected", "1 while connected to the broker (0 when disconnected or MQTT is off)",
-                    1 if pub is not None and pub.connected else 0)
-        yield gauge("crackd_fps", "Frames processed per second (moving average)", sup.fps)
-        yield gauge("crackd_event_open", "1 while a crack event is open", 1 if getattr(getattr(sup, "decision", None), "active", None) else 0)
-        yield gauge("crackd_pending_journal_writes", "Event writes held in memory after a journal failure", len(sup._pending_writes))
+                    1 if st.broker_connected else 0)
+        yield gauge("crackd_fps", "Frames processed per second (moving average)", st.fps)
+        yield gauge("crackd_event_open", "1 while a crack event is open", 1 if st.event_open else 0)
+        yield gauge("crackd_pending_journal_writes", "Event writes held in memory after a journal failure", st.pending_writes)
         temp = cpu_temperature_c()
         if temp is not None:
             yield gauge("crackd_cpu_temperature_celsius", "CPU temperature", temp)
         state = GaugeMetricFamily("crackd_camera_state", "1 for the camera's current state", labels=["state"])
         for name in ("starting", "ok", "stalled", "reconnecting", "failed", "finished"):
-            state.add_metric([name], 1 if sup.camera_state == name else 0)
+            state.add_metric([name], 1 if st.camera_state == name else 0)
         yield state
         info = InfoMetricFamily("crackd_build", "crackd version and the model bundle served")
-        bundle = sup.engine.bundle if sup.engine is not None else None
-        info.add_metric([], {"version": __version__, "bundle_version": bundle.version if bundle else "",
-                             "bundle_sha256": bundle.sha256 if bundle else "", "device_id": sup.cfg.device_id})
+        info.add_metric([], {"version": st.version or "", "bundle_version": st.bundle_version or "",
+                             "bundle_sha256": st.bundle_sha256 or "", "device_id": st.device_id or ""})
         yield info
 
 

@@ -2,7 +2,7 @@
 
 Operators should see the crack where they already look (Home Assistant's image
 entity, Node-RED, a SCADA) without SSH-ing into the Pi for the file the event
-names. The overlay already written for the event (edge.daemon.supervisor) is published:
+names. The overlay already written for the event (edge.daemon.snapshots) is published:
 
 - raw JPEG bytes (what Home Assistant's MQTT `image` entity and Frigate-style
   consumers expect), retained and QoS 1, so a late subscriber sees the latest;
@@ -111,7 +111,7 @@ def snapshot_message(cfg, record, overlay_path: Path) -> OutboxMessage | None:
 
 
 def attach(cfg, state_dir: Path, record, snap: dict | None) -> OutboxMessage | None:
-    """For a freshly written snapshot `snap` (edge.daemon.supervisor): the MQTT message, and `snap["mqtt"]` naming it.
+    """For a freshly written snapshot `snap` (edge.daemon.snapshots): the MQTT message, and `snap["mqtt"]` naming it.
 
     The event payload then carries `snapshot.mqtt = {topic, uuid, revision}`; later messages of the
     event that took no new picture (an `end`) reuse the dict and so name the last picture sent.

@@ -53,6 +53,7 @@ from edge.engine.bundle import (
     read_member,
     verify_files,
 )
+from edge.daemon.status import DaemonStatus, StatusReading
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, StateLayout
 from edge.releases.errors import ReleaseError
 from edge.releases.lock import DeviceLock
@@ -172,19 +173,16 @@ def _link_version(link: Path) -> str | None:
     return Path(target).name
 
 
-def read_daemon_status(status_file: Path) -> dict:
-    """status.json as the daemon last wrote it, plus `status_age_s` and whether its pid is alive.
+def read_daemon_status(status_file: Path) -> StatusReading:
+    """status.json as the daemon last wrote it (edge.daemon.status), how old it is and whether its pid is alive.
 
-    Raises FileNotFoundError when there is none and ValueError when it is not JSON.
+    Raises FileNotFoundError when there is none and ValueError when it is not a status.
     """
-    status = json.loads(status_file.read_text())
-    if not isinstance(status, dict):
-        raise ValueError("not a JSON object")
-    updated = parse_iso(status.get("updated_at"))
-    status["status_age_s"] = round(time.time() - updated, 2) if updated else None
-    pid = status.get("pid")
-    status["pid_alive"] = isinstance(pid, int) and pid > 0 and pid_alive(pid)
-    return status
+    status = DaemonStatus.read(status_file)
+    updated = parse_iso(status.updated_at)
+    pid = status.pid
+    return StatusReading(status, age_s=round(time.time() - updated, 2) if updated else None,
+                         pid_alive=pid is not None and pid > 0 and pid_alive(pid))
 
 
 def _looks_like_crackd(pid: int) -> bool:
@@ -199,20 +197,24 @@ def _looks_like_crackd(pid: int) -> bool:
 
 
 def describe_daemon(status: dict, version: str | None) -> str:
-    """One phrase on why the daemon does not count as serving `version` healthily (from `Releases.status()`)."""
-    d = status.get("daemon")
-    if not d:
+    """One phrase on why the daemon does not count as serving `version` healthily (from `Releases.status()`, maybe as JSON)."""
+    if not status.get("daemon"):
         return "daemon not running (no status.json)"
-    if not d.get("pid_alive"):
-        return f"daemon not running (pid {d.get('pid')} is gone)"
-    age = d.get("status_age_s")
+    try:
+        reading = StatusReading.from_json(status["daemon"])
+    except ValueError as exc:
+        return f"daemon status unreadable ({exc})"
+    d = reading.status
+    if not reading.pid_alive:
+        return f"daemon not running (pid {d.pid} is gone)"
+    age = reading.age_s
     if age is None or age > STATUS_FRESH_S:
         return f"daemon status is {age} s old (daemon hung?)"
-    if version and d.get("bundle_version") != version:
-        return f"daemon serves {d.get('bundle_version')}, not {version}"
-    if not d.get("healthy"):
-        return (f"daemon unhealthy: camera {d.get('camera_state')}, last frame {d.get('last_frame_age_s')} s ago, "
-                f"{d.get('frames_failed', 0)} frames failed, {d.get('fps', 0)} fps")
+    if version and d.bundle_version != version:
+        return f"daemon serves {d.bundle_version}, not {version}"
+    if not d.healthy:
+        return (f"daemon unhealthy: camera {d.camera_state}, last frame {d.last_frame_age_s} s ago, "
+                f"{d.frames_failed} frames failed, {d.fps} fps")
     return "healthy"
 
 
@@ -284,7 +286,7 @@ class Releases:
                 records.append(json.loads(line))
         return records
 
-    def daemon_status(self) -> dict | None:
+    def daemon_status(self) -> StatusReading | None:
         """STATE/status.json as the daemon last wrote it (see `read_daemon_status`); None if absent or unreadable."""
         try:
             return read_daemon_status(self.layout.status_file)
@@ -292,16 +294,16 @@ class Releases:
             return None
 
     @staticmethod
-    def _serving(current: str | None, daemon: dict | None) -> bool:
+    def _serving(current: str | None, daemon: StatusReading | None) -> bool:
         """The daemon is alive, reporting, serving `current` and healthy (frames flowing)."""
         return bool(
             current
             and daemon
-            and daemon.get("pid_alive")
-            and daemon.get("status_age_s") is not None
-            and daemon["status_age_s"] <= STATUS_FRESH_S
-            and daemon.get("bundle_version") == current
-            and daemon.get("healthy") is True
+            and daemon.pid_alive
+            and daemon.age_s is not None
+            and daemon.age_s <= STATUS_FRESH_S
+            and daemon.status.bundle_version == current
+            and daemon.status.healthy is True
         )
 
     def status(self) -> dict:
@@ -316,7 +318,7 @@ class Releases:
             "current": current,
             "previous": self.previous_version(),
             "releases": [r["version"] for r in self.installed()],
-            "daemon": daemon,
+            "daemon": daemon.to_json() if daemon else None,
             "serving_current": serving,
             "busy": (lock.holder() or {"who": "?"}) if lock.is_held() else None,
             "last": history[-1] if history else None,
@@ -338,22 +340,21 @@ class Releases:
         last = "no status yet"
         while True:
             current, daemon = self.current_version(), self.daemon_status()
-            st = {"current": current, "daemon": daemon}
-            d = daemon or {}
-            reload = d.get("last_reload") or {}
-            reload_ts = parse_iso(reload.get("time"))
-            if reload and reload.get("ok") is False and reload_ts is not None and reload_ts >= since:
-                return Health(False, f"daemon refused {version} at reload: {reload.get('error')}")
+            st = {"current": current, "daemon": daemon.to_json() if daemon else None}
+            reload = daemon.status.last_reload if daemon else None
+            reload_ts = parse_iso(reload.time) if reload else None
+            if reload and reload.ok is False and reload_ts is not None and reload_ts >= since:
+                return Health(False, f"daemon refused {version} at reload: {reload.error}")
             if current != version:
                 return Health(False, f"models/current changed to {current} while waiting (someone else?)")
             now = time.monotonic()
-            if self._serving(current, daemon):
-                frames = int(d.get("frames_processed") or 0)
+            if daemon is not None and self._serving(current, daemon):
+                frames = daemon.status.frames_processed
                 if healthy_since is None:
                     healthy_since, frames0 = now, frames
                 elif now - healthy_since >= settle_s and frames > frames0:
                     return Health(True, f"serving {version}, healthy, {frames - frames0} frames in {now - healthy_since:.1f} s "
-                                        f"({float(d.get('fps') or 0):.1f} fps)")
+                                        f"({daemon.status.fps:.1f} fps)")
                 last = f"serving {version}, settling"
             else:
                 healthy_since = None
@@ -368,7 +369,7 @@ class Releases:
                         f"{served:.1f} of the {settle_s:g} s settle time")
             else:
                 last = (f"frames_processed stayed at {frames} for {served:.1f} s while status.json said {version} was serving "
-                        f"healthily (written {d.get('status_age_s')} s ago)")
+                        f"healthily (written {daemon.age_s if daemon else None} s ago)")
         return Health(False, f"not serving {version} healthily within {timeout_s:g} s: {last}")
 
     # ------------------------------------------------------------------ history

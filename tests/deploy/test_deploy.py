@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from edge import __version__
+from edge.daemon.status import DaemonStatus
 from edge.releases.manager import ReleasePolicy, Releases
 from tests.helpers import REPO, read_status, wait_until
 from tests.helpers.bundles import copy_default_bundle, swap_golden_segmenter_outputs
@@ -69,15 +70,15 @@ class Device:
                                      cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_serving(self.releases().current_version(), timeout=30)
 
-    def status(self) -> dict:
+    def status(self) -> DaemonStatus:
         return read_status(self.state)
 
-    def wait_serving(self, version: str, timeout: float = 20) -> dict:
+    def wait_serving(self, version: str, timeout: float = 20) -> DaemonStatus:
         def serving():
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {(self.root / 'daemon.log').read_text()[-2000:]}")
             st = self.status()
-            return st if st.get("pid") == self.proc.pid and st.get("bundle_version") == version and st.get("healthy") else None
+            return st if st.pid == self.proc.pid and st.bundle_version == version and st.healthy else None
 
         return wait_until(serving, timeout, f"the daemon to serve {version} healthily", interval=0.1)
 
@@ -165,7 +166,7 @@ def test_push_deploys_a_signed_bundle_that_then_serves_healthily(sshd, device, m
 
     assert r.returncode == 0, r.stdout + r.stderr
     status = device.wait_serving(new, timeout=5)
-    assert status["last_reload"]["ok"] is True
+    assert status.last_reload.ok is True
     rel = device.releases()
     assert rel.current_version() == new and rel.previous_version() == device.initial
     assert {r["version"] for r in rel.installed()} >= {new, device.initial}  # the previous release is kept for rollback
@@ -302,7 +303,7 @@ def test_a_bundle_the_running_daemon_refuses_at_reload_is_rolled_back(sshd, devi
         return lambda m, d: m.__setitem__("min_crackd_version", v)
 
     device = device_factory(make_bundle("old-ok", edit=min_version("0.0.0"), sign=signer_keys.trusted), pythonpath=old_code)
-    assert device.status()["version"] == "0.0.0"
+    assert device.status().version == "0.0.0"
     bundle = make_bundle("needs-new", edit=min_version(__version__), sign=signer_keys.trusted)
 
     r = push(sshd, device, bundle)
@@ -361,7 +362,7 @@ def test_the_health_wait_says_what_it_measured(device):
     rel = device.releases()
     with pytest.raises(ValueError, match="shorter than the timeout"):
         rel.wait_serving(device.initial, iso_utc(time.time()), timeout_s=2, settle_s=3)
-    wait_until(lambda: (device.status().get("frames_processed") or 0) > 0 and rel.daemon_status()["status_age_s"] < 1, 20,
+    wait_until(lambda: device.status().frames_processed > 0 and rel.daemon_status().age_s < 1, 20,
                "a fresh status with frames", interval=0.02)
     device.proc.send_signal(signal.SIGSTOP)
     try:

@@ -79,9 +79,9 @@ def test_events_status_camera_stats_and_frames_match_their_schemas(tmp_path, dar
     assert start["measurements"]["length_px"] > 10 and start["bundle_version"] == "1.0.0-test"
     assert (state / start["snapshot"]["frame"]).is_file() and (state / start["snapshot"]["overlay"]).is_file()
     status = read_status(state)
-    assert status["frames_processed"] == 51 and status["frames_skipped"] == 0
-    assert status["frames_bad"] == 2 and status["frames_failed"] == 0
-    assert status["state"] == "stopped" and status["outbox_depth"] == 0 and status["camera_state"] == "finished"
+    assert status.frames_processed == 51 and status.frames_skipped == 0
+    assert status.frames_bad == 2 and status.frames_failed == 0
+    assert status.state == "stopped" and status.outbox_depth == 0 and status.camera_state == "finished"
     assert sub.on("camera")[-1]["bad_frames"] == 2
     assert [p["state"] for p in sub.on("status")][-1] == "offline"
     assert not (state / "crackd.pid").exists()
@@ -95,8 +95,8 @@ def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(tmp_path, d
     d = InProcess(cfg)
     wait_until(lambda: d.sup.publisher.connected, what="connection")
     mosquitto.stop()
-    wait_until(lambda: d.sup.frames_processed >= 180, what="frames during the outage")
-    assert d.sup.journal.outbox_depth() > 0  # events wait in SQLite while the broker is away
+    wait_until(lambda: d.sup.pipeline.frames_processed >= 180, what="frames during the outage")
+    assert d.sup.journal_writer.journal.outbox_depth() > 0  # events wait in SQLite while the broker is away
     mosquitto.start()
     d.wait_finished(timeout=60)
     state = tmp_path / "state"
@@ -125,12 +125,12 @@ def test_a_source_that_fails_and_comes_back_is_reconnected_and_its_state_publish
         shutil.move(frames, tmp_path / "unplugged")
         sub.wait_for(lambda s: any(p["state"] == "reconnecting" for p in s.on("camera")), what="camera reconnecting")
         # status.json is rewritten about once a second: wait for the write that follows the state change
-        wait_until(lambda: read_status(tmp_path / "state").get("camera_state") in ("reconnecting", "ok"), what="camera state in status.json")
+        wait_until(lambda: read_status(tmp_path / "state").camera_state in ("reconnecting", "ok"), what="camera state in status.json")
         shutil.move(tmp_path / "unplugged", frames)
         back = sub.wait_for(lambda s: [p for p in s.on("camera") if p["state"] == "ok" and p["reconnects"] >= 1], what="camera back")
         assert back[0]["errors"] >= 1
-        n = d.sup.frames_processed
-        wait_until(lambda: d.sup.frames_processed > n + 5, what="frames after the reconnect")
+        n = d.sup.pipeline.frames_processed
+        wait_until(lambda: d.sup.pipeline.frames_processed > n + 5, what="frames after the reconnect")
         # a late subscriber sees the camera state retained
         late = subscriber_factory(mosquitto.port, topic="crackd/cam1/camera")
         late.wait_for(lambda s: s.on("camera") and s.messages[0][2], what="retained camera state")
@@ -160,7 +160,7 @@ def test_stopping_ends_the_open_event_and_flushes_within_the_timeout(tmp_path, d
     write_frames(frames, "C" * 10)
     cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=20, source__folder__loop=True))
     d = InProcess(cfg)
-    wait_until(lambda: d.sup.decision.active, what="an open event")
+    wait_until(lambda: d.sup.pipeline.decision.active, what="an open event")
     t0 = time.monotonic()
     d.stop()
     assert time.monotonic() - t0 < 5
@@ -267,7 +267,7 @@ def test_sigkill_mid_run_then_restart_loses_no_event(tmp_path, darkness_bundle, 
     mosquitto.stop()  # the first run never reaches a broker: everything it detects waits in the outbox
     first = start_daemon(config, tmp_path)
     try:
-        wait_until(lambda: read_status(state).get("events_started", 0) >= 4, timeout=30, what="events in the first run")
+        wait_until(lambda: read_status(state).events_started >= 4, timeout=30, what="events in the first run")
         time.sleep(0.15)
     finally:
         first.kill()  # SIGKILL in the middle of the run
@@ -346,8 +346,8 @@ def test_sighup_switches_to_a_valid_bundle_and_keeps_serving_after_a_corrupt_one
     state = tmp_path / "state"
     proc = start_daemon(config, tmp_path, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"})
     try:
-        wait_until(lambda: read_status(state).get("healthy"), timeout=30, what="healthy daemon")
-        assert read_status(state)["bundle_version"] == "1.0.0-test"
+        wait_until(lambda: read_status(state).healthy, timeout=30, what="healthy daemon")
+        assert read_status(state).bundle_version == "1.0.0-test"
         assert int((state / "crackd.pid").read_text()) == proc.pid
 
         def swap_to(target):
@@ -356,23 +356,23 @@ def test_sighup_switches_to_a_valid_bundle_and_keeps_serving_after_a_corrupt_one
             os.replace(tmp, current)
 
         swap_to(new)
-        before = read_status(state)["frames_processed"]
+        before = read_status(state).frames_processed
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: (read_status(state).get("last_reload") or {}).get("ok"), what="reload ok")
+        wait_until(lambda: (lambda r: r and r.ok)(read_status(state).last_reload), what="reload ok")
         status = read_status(state)
-        assert status["bundle_version"] == "2.0.0-test" and status["frames_failed"] == 0
-        wait_until(lambda: read_status(state)["frames_processed"] > before + 20, what="frames after the switch")
+        assert status.bundle_version == "2.0.0-test" and status.frames_failed == 0
+        wait_until(lambda: read_status(state).frames_processed > before + 20, what="frames after the switch")
         sub.wait_for(lambda s: [p for p in s.on("status") if p["bundle_version"] == "2.0.0-test"], what="birth with the new bundle")
 
         swap_to(corrupt)
         proc.send_signal(signal.SIGHUP)
-        failed = wait_until(lambda: (lambda r: r if r and r.get("ok") is False else None)(read_status(state).get("last_reload")),
+        failed = wait_until(lambda: (lambda r: r if r and r.ok is False else None)(read_status(state).last_reload),
                             what="reload failure")
-        assert "sha256" in failed["error"]
-        n = read_status(state)["frames_processed"]
-        wait_until(lambda: read_status(state)["frames_processed"] > n + 20, what="frames after the failed reload")
+        assert "sha256" in failed.error
+        n = read_status(state).frames_processed
+        wait_until(lambda: read_status(state).frames_processed > n + 20, what="frames after the failed reload")
         status = read_status(state)
-        assert status["bundle_version"] == "2.0.0-test" and status["healthy"]
+        assert status.bundle_version == "2.0.0-test" and status.healthy
         published = sub.wait_for(lambda s: [p for p in s.on("status") if (p.get("last_reload") or {}).get("ok") is False],
                                  what="failed reload published")
         assert published[-1]["bundle_version"] == "2.0.0-test"
@@ -406,15 +406,15 @@ def test_sighup_reloads_the_config_file_and_refuses_a_broken_one(tmp_path, darkn
         config["mqtt"]["port"] = 1999  # needs a restart: kept as it is, with a warning
         path.write_text(yaml.safe_dump(config))
         sup.request_reload()
-        wait_until(lambda: sup.last_reload and sup.last_reload["ok"], what="reload")
-        assert sup.decision.params.end_m == 7 and sup.cfg.mqtt.port == 1883
+        wait_until(lambda: sup.last_reload and sup.last_reload.ok, what="reload")
+        assert sup.pipeline.decision.params.end_m == 7 and sup.cfg.mqtt.port == 1883
         path.write_text(path.read_text().replace("end_m: 7", "end_m: seven"))
         sup.request_reload()
-        wait_until(lambda: sup.last_reload["ok"] is False, what="failed reload")
-        assert "decision.end_m: expected an integer" in sup.last_reload["error"]
-        assert sup.decision.params.end_m == 7
-        n = sup.frames_processed
-        wait_until(lambda: sup.frames_processed > n + 5, what="frames after the failed reload")
+        wait_until(lambda: sup.last_reload.ok is False, what="failed reload")
+        assert "decision.end_m: expected an integer" in sup.last_reload.error
+        assert sup.pipeline.decision.params.end_m == 7
+        n = sup.pipeline.frames_processed
+        wait_until(lambda: sup.pipeline.frames_processed > n + 5, what="frames after the failed reload")
     finally:
         sup.request_stop()
         runner.join(10)
@@ -443,8 +443,8 @@ def test_snapshots_stay_within_their_disk_budget_oldest_first_and_only_crack_fra
 def journal_page_limit(sup, pages: int | None) -> None:
     """SQLite's max_page_count: `pages` (None: the journal's current size) makes the journal really fail with
     SQLITE_FULL, as on a full SD card; a large value gives the space back."""
-    with sup.journal._lock:
-        conn = sup.journal._conn
+    with sup.journal_writer.journal._lock:
+        conn = sup.journal_writer.journal._conn
         limit = conn.execute("PRAGMA page_count").fetchone()[0] if pages is None else pages
         conn.execute(f"PRAGMA max_page_count={limit}")
 
@@ -462,19 +462,19 @@ def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_retu
     config = daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=100, source__folder__loop=True)
     d = InProcess(config_from_dict(config))
     try:
-        wait_until(lambda: d.sup.events_started >= 1, what="a first event")
+        wait_until(lambda: d.sup.pipeline.events_started >= 1, what="a first event")
         journal_page_limit(d.sup, None)
-        wait_until(lambda: d.sup._pending_writes, timeout=60, what="an event write held while the disk is full")
-        assert "full" in (d.sup.status()["journal_error"] or "") and not d.sup.status()["healthy"]
-        processed = d.sup.frames_processed
-        wait_until(lambda: d.sup.frames_processed > processed + 10, what="frames still processed")
+        wait_until(lambda: d.sup.journal_writer.held, timeout=60, what="an event write held while the disk is full")
+        assert "full" in (d.sup.status().journal_error or "") and not d.sup.status().healthy
+        processed = d.sup.pipeline.frames_processed
+        wait_until(lambda: d.sup.pipeline.frames_processed > processed + 10, what="frames still processed")
         journal_page_limit(d.sup, NO_PAGE_LIMIT)
-        wait_until(lambda: not d.sup._pending_writes, timeout=60, what="held writes saved")
+        wait_until(lambda: not d.sup.journal_writer.held, timeout=60, what="held writes saved")
     finally:
         d.stop()
     events = journal_events(tmp_path / "state")
     assert len(events) >= 2 and all(e["state"] == "ended" for e in events)
-    assert len(events) == d.sup.events_started and d.sup.writes_dropped == 0
+    assert len(events) == d.sup.pipeline.events_started and d.sup.journal_writer.writes_dropped == 0
 
 
 def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_dropped_silently(tmp_path, darkness_bundle, caplog):
@@ -483,17 +483,17 @@ def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_droppe
     config = daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=100, source__folder__loop=True)
     d = InProcess(config_from_dict(config))
     try:
-        wait_until(lambda: d.sup.events_started >= 1, what="a first event")
-        d.sup.reserve.size = 64 + 3000  # room for a couple of held writes only
+        wait_until(lambda: d.sup.pipeline.events_started >= 1, what="a first event")
+        d.sup.journal_writer.reserve.size = 64 + 3000  # room for a couple of held writes only
         journal_page_limit(d.sup, None)
-        wait_until(lambda: d.sup.writes_dropped >= 2, timeout=60, what="writes refused beyond the budget")
-        assert d.sup.stats()["journal_writes_dropped"] == d.sup.writes_dropped
+        wait_until(lambda: d.sup.journal_writer.writes_dropped >= 2, timeout=60, what="writes refused beyond the budget")
+        assert d.sup.stats()["journal_writes_dropped"] == d.sup.journal_writer.writes_dropped
         assert "event writes dropped" in d.sup.stats()["journal_error"]
     finally:
         journal_page_limit(d.sup, NO_PAGE_LIMIT)
         d.stop()
     dropped = [r for r in caplog.records if r.levelname == "ERROR" and "NOT recorded" in r.getMessage()]
-    assert len(dropped) == d.sup.writes_dropped
+    assert len(dropped) == d.sup.journal_writer.writes_dropped
 
 
 def _started_uuids(records) -> list[str]:
@@ -515,11 +515,11 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
     caplog.set_level(logging.INFO)
     d = InProcess(config)
     try:
-        wait_until(lambda: d.sup.events_started >= 2, what="events before the disk fills")
+        wait_until(lambda: d.sup.pipeline.events_started >= 2, what="events before the disk fills")
         filler = fill_disk(small_fs)
-        wait_until(lambda: len(d.sup._pending_writes) >= 3, timeout=60, what="event writes held on the full disk")
+        wait_until(lambda: d.sup.journal_writer.held >= 3, timeout=60, what="event writes held on the full disk")
         status = d.sup.status()
-        assert not status["healthy"] and "full" in status["journal_error"]
+        assert not status.healthy and "full" in status.journal_error
         wait_until(lambda: any("skipped" in r.getMessage() and "snapshot" in r.getMessage() for r in caplog.records),
                    what="snapshots shed")
     finally:
@@ -530,7 +530,7 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
     assert not any("no transaction is active" in m for m in errors)
     assert not list(state.rglob("*.tmp")), "a half-written file was left behind"
     assert any("saved to" in r.getMessage() and "held-writes.reserve" in r.getMessage() for r in caplog.records)
-    assert d.sup.writes_dropped == 0
+    assert d.sup.journal_writer.writes_dropped == 0
 
     caplog.clear()
     mosquitto.start()
@@ -540,7 +540,7 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
         sub.wait_for(lambda s: {p["uuid"] for p in s.on("event")} >= set(first_run), timeout=60,
                      what="every event of the first run, from the still-full disk")
         filler.unlink()
-        wait_until(lambda: not d2.sup._pending_writes and d2.sup.journal.write_error is None, timeout=30,
+        wait_until(lambda: not d2.sup.journal_writer.held and d2.sup.journal_writer.journal.write_error is None, timeout=30,
                    what="writable again")
     finally:
         d2.stop()
@@ -593,10 +593,10 @@ def test_a_capture_that_hangs_without_a_timeout_is_reported_stalled(tmp_path, da
     runner = threading.Thread(target=sup.run, daemon=True)
     runner.start()
     try:
-        wait_until(lambda: sup.camera_state == "stalled", timeout=10, what="stalled camera")
-        assert not sup.healthy() and sup.resilient.health.stalls == 1
+        wait_until(lambda: sup.capture.state == "stalled", timeout=10, what="stalled camera")
+        assert not sup.healthy() and sup.capture.health.stalls == 1
         hanging.release.set()
-        wait_until(lambda: sup.camera_state == "ok", timeout=10, what="camera back")
+        wait_until(lambda: sup.capture.state == "ok", timeout=10, what="camera back")
     finally:
         sup.request_stop()
         runner.join(10)
@@ -638,15 +638,15 @@ def test_a_snapshot_is_taken_from_the_full_size_main_stream_in_its_own_colours(t
 
 def test_a_corrupt_video_file_ends_the_daemon_with_a_failure_exit_code(tmp_path, darkness_bundle, caplog):
     """Restart=on-failure must see it: a truncated video is not a normal end (exit 0) but exit code 1."""
-    from test_sources import _damaged_video
+    from tests.helpers.frames import damaged_video
 
-    video = _damaged_video(tmp_path, "truncated")
+    video = damaged_video(tmp_path, "truncated")
     config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None)
     config["source"] = {"type": "opencv", "opencv": {"url": str(video)}, "retry_initial_s": 0.05, "retry_max_s": 0.2}
     sup = Supervisor(config_from_dict(config), notifier=Notifier(environ={}))
     sup.start()
     assert sup.run() == 1
-    assert sup.frames_processed > 0 and sup.camera_state == "failed"
+    assert sup.pipeline.frames_processed > 0 and sup.capture.state == "failed"
     assert any("corrupt or truncated" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
@@ -666,7 +666,7 @@ def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(t
     while kills < 20 and time.monotonic() < budget_end:
         proc = start_daemon(config, tmp_path)
         try:
-            wait_until(lambda: read_status(state).get("pid") == proc.pid and read_status(state).get("frames_processed", 0) > 0,
+            wait_until(lambda: read_status(state).pid == proc.pid and read_status(state).frames_processed > 0,
                        timeout=30, what=f"daemon run {kills + 1} processing frames", interval=0.02)
             time.sleep(rng.uniform(0.0, 0.6))
         finally:
@@ -685,7 +685,7 @@ def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(t
     assert integrity_check(state / "crackd.db") is None
     final = start_daemon(config, tmp_path)
     try:
-        wait_until(lambda: read_status(state).get("pid") == final.pid and read_status(state).get("frames_processed", 0) > 0,
+        wait_until(lambda: read_status(state).pid == final.pid and read_status(state).frames_processed > 0,
                    timeout=30, what="the last run processing frames")
         with Journal(state / "crackd.db") as j:
             wait_until(lambda: j.outbox_depth() == 0, timeout=60, what="the outbox drained")

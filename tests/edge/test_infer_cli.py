@@ -128,9 +128,9 @@ def test_bench_reference_that_is_not_a_model_is_one_line_and_exit_2(tmp_path):
 
 
 def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_the_limit_is_an_option(tmp_path, darkness_bundle):
-    from test_sources import _huge_header_jpeg
+    from tests.helpers.frames import huge_header_jpeg
 
-    (tmp_path / "huge.jpg").write_bytes(_huge_header_jpeg(9000, 9000))
+    (tmp_path / "huge.jpg").write_bytes(huge_header_jpeg(9000, 9000))
     out = crackd("infer", "--bundle", str(darkness_bundle), "--json", str(tmp_path / "huge.jpg"))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     (row,) = [json.loads(line) for line in out.stdout.splitlines()]

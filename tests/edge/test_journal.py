@@ -352,8 +352,8 @@ def test_a_journal_file_of_mode_444_is_refused_for_the_daemon_user():
 
 
 def test_held_writes_survive_the_reserve_file_without_their_pictures(tmp_path):
-    """What a stop on a full disk saves (edge.events.held_writes): event writes and JSON messages, in place, and back."""
-    from edge.events.held_writes import Reserve, encoded_size, without_pictures
+    """What a stop on a full disk saves (edge.daemon.held_writes): event writes and JSON messages, in place, and back."""
+    from edge.daemon.held_writes import Reserve, encoded_size, without_pictures
 
     reserve = Reserve(tmp_path / "held-writes.reserve", size=64 * 1024)
     assert reserve.ensure() and reserve.load() == []

@@ -3,7 +3,7 @@
 systemd-python is not installed here, so these exercise crackd's own protocol
 writer (the same datagrams `systemd.daemon.notify` would send). The full
 READY / RELOADING / WATCHDOG / STOPPING sequence of a real daemon process is
-checked in tests/test_daemon.py (the SIGHUP test).
+checked in tests/edge/test_daemon.py (the SIGHUP test).
 """
 
 from __future__ import annotations
@@ -154,12 +154,12 @@ def test_watchdog_follows_the_process_not_the_camera(tmp_path, darkness_bundle, 
         assert listener.messages.count("WATCHDOG=1") >= 4
         shutil.move(frames, tmp_path / "gone")  # the camera goes away
         deadline = time.monotonic() + 10
-        while sup.camera_state != "reconnecting" and time.monotonic() < deadline:
+        while sup.capture.state != "reconnecting" and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)  # > the 0.5 s health window
         away_from = len(listener.messages)
         time.sleep(1.0)  # five watchdog periods with no frame
-        assert sup.camera_state == "reconnecting" and not sup.healthy()
+        assert sup.capture.state == "reconnecting" and not sup.healthy()
         assert listener.messages[away_from:].count("WATCHDOG=1") >= 3
         shutil.move(tmp_path / "gone", frames)  # it comes back
         deadline = time.monotonic() + 10

@@ -37,6 +37,7 @@ from edge.sources import (
     yuv420_to_rgb,
 )
 from tests.helpers import write_frames
+from tests.helpers.frames import damaged_video, huge_header_jpeg
 
 
 def read_all(source, limit=100):
@@ -381,22 +382,11 @@ def test_a_looped_folder_can_keep_decoded_frames_within_a_budget(tmp_path):
 # --------------------------------------------------------------------------- hostile files
 
 
-def _huge_header_jpeg(width=12000, height=12000) -> bytes:
-    """A real 16x16 JPEG whose frame header claims width x height: decoding it would allocate the claimed size."""
-    ok, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 200, np.uint8))
-    data = bytearray(buf.tobytes())
-    i = 2
-    while data[i + 1] != 0xC0:  # walk the segments to the baseline frame header (SOF0)
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    data[i + 5:i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
-    return bytes(data)
-
-
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_decoding(tmp_path):
     from edge.sources.images import ImageTooLarge, decode_rgb, header_size, read_rgb
 
     path = tmp_path / "huge.jpg"
-    path.write_bytes(_huge_header_jpeg())
+    path.write_bytes(huge_header_jpeg())
     data = np.fromfile(path, np.uint8)
     assert header_size(data) == (12000, 12000)
     with pytest.raises(ImageTooLarge, match=r"huge.jpg: 12000x12000 pixels \(144.0 MP\) is over the limit of 40 MP"):
@@ -414,7 +404,7 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_decodin
 
 def test_the_folder_camera_skips_an_oversized_image_and_logs_each_bad_file_once_per_interval(tmp_path, caplog):
     write_frames(tmp_path, "C.X")
-    (tmp_path / "f000009.jpg").write_bytes(_huge_header_jpeg())
+    (tmp_path / "f000009.jpg").write_bytes(huge_header_jpeg())
     source = FolderSource(tmp_path, fps=0, loop=True, max_pixels=40_000_000)
     with caplog.at_level("WARNING", logger="edge.sources.folder"):
         frames = read_all(source, limit=40)  # 20 passes over 2 good and 2 bad files
@@ -425,28 +415,9 @@ def test_the_folder_camera_skips_an_oversized_image_and_logs_each_bad_file_once_
     assert any("f000009.jpg" in m and "12000x12000" in m and "over the limit" in m for m in lines)
 
 
-def _damaged_video(tmp_path, how: str):
-    path = tmp_path / f"{how}.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
-    rng = np.random.default_rng(0)
-    for _ in range(30):
-        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    writer.release()
-    data = bytearray(path.read_bytes())
-    if how == "truncated":
-        data = data[: len(data) // 2]
-    elif how == "scribbled":
-        for offset in range(2000, len(data) - 1000, 50):
-            data[offset:offset + 10] = b"\xff" * 10
-    else:
-        data = bytearray(np.random.default_rng(1).integers(0, 255, 20000, dtype=np.uint8).tobytes())
-    path.write_bytes(bytes(data))
-    return path
-
-
 @pytest.mark.parametrize("how", ["truncated", "scribbled", "garbage"])
 def test_a_corrupt_video_file_is_a_failure_not_an_end(tmp_path, how):
-    path = _damaged_video(tmp_path, how)
+    path = damaged_video(tmp_path, how)
     source = ResilientSource(OpenCVSource(url=str(path)), retry_initial_s=0.01, retry_max_s=0.01)
     with pytest.raises(SourceFailed, match="corrupt"):
         for _ in range(100):

@@ -1,4 +1,5 @@
-"""Frames on disk for the folder camera: a pattern string says which are cracks, which are clear, which are corrupt."""
+"""Frames and media files on disk: folder-camera frames from a pattern (cracks, clear, corrupt), and damaged files
+(a JPEG whose header lies about its size, a spoilt video) that the sources, the daemon and `crackd infer` must refuse."""
 
 from __future__ import annotations
 
@@ -24,3 +25,40 @@ def write_frames(folder: Path, pattern: str, size=(64, 48), start: int = 0) -> l
             cv2.imwrite(str(path), img)
         paths.append(path)
     return paths
+
+
+def huge_header_jpeg(width=12000, height=12000) -> bytes:
+    """A real 16x16 JPEG whose frame header claims width x height: decoding it would allocate the claimed size."""
+    import cv2
+    import numpy as np
+
+    _, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 200, np.uint8))
+    data = bytearray(buf.tobytes())
+    i = 2
+    while data[i + 1] != 0xC0:  # walk the segments to the baseline frame header (SOF0)
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    data[i + 5:i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def damaged_video(tmp_path: Path, how: str) -> Path:
+    """A 30-frame MJPG .avi spoilt `how`: "truncated" (cut in half), "scribbled" (bytes overwritten), else random bytes."""
+    import cv2
+    import numpy as np
+
+    path = tmp_path / f"{how}.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "scribbled":
+        for offset in range(2000, len(data) - 1000, 50):
+            data[offset:offset + 10] = b"\xff" * 10
+    else:
+        data = bytearray(np.random.default_rng(1).integers(0, 255, 20000, dtype=np.uint8).tobytes())
+    path.write_bytes(bytes(data))
+    return path

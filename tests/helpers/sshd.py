@@ -53,7 +53,7 @@ def start_sshd(d: Path) -> Sshd:
         f"Host pi-unreachable\n  HostName 127.0.0.1\n  Port {free_port()}\n  User root\n  IdentityFile {d / 'user_key'}\n"
         f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n")
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    log = open(d / "sshd.log", "w")  # noqa: SIM115  (sshd writes to it until Sshd.stop closes it)
+    log = open(d / "sshd.log", "w")  # noqa: SIM115 (open while sshd runs; Sshd.stop closes it)
     proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=subprocess.STDOUT)
 
     def accepting():

@@ -1,10 +1,10 @@
 """Journal writes held while the disk is full, and a reserved file that keeps them across a stop.
 
-When SQLite cannot write (disk full), the supervisor holds event writes (event rows and their
-MQTT messages) in memory and retries them. A stop must not lose them, and a full disk has no
-room for a new file, so at start crackd reserves `RESERVE_BYTES` of zeros (`STATE/held-writes.reserve`)
-while there is room. On a stop with writes still held they are written INTO that file, over its
-own blocks (no new space needed), and read back at the next start. The same budget bounds what
+When SQLite cannot write (disk full), the journal writer (edge.daemon.journal_writer) holds event
+writes (event rows and their MQTT messages) in memory and retries them. A stop must not lose them,
+and a full disk has no room for a new file, so at start crackd reserves `RESERVE_BYTES` of zeros
+(`STATE/held-writes.reserve`) while there is room. On a stop with writes still held they are written
+INTO that file, over its own blocks (no new space needed), and read back at the next start. The same budget bounds what
 is held in memory, so whatever is held always fits; a write beyond it is refused loudly.
 If the disk is so full that the journal itself cannot open, the reserve is the emergency room:
 its content is read, the file is removed, and the journal gets its space.

@@ -1,0 +1,156 @@
+"""Event pictures: the frame and its overlay as JPEGs under STATE/snapshots, within their disk budget.
+
+An event's pictures are taken at its start and retaken whenever a later frame becomes its peak, so
+the files show the worst moment seen. Pictures come after events: none is taken while the journal
+cannot be written or the disk is nearly full, and the oldest are deleted (orphans first) once
+`storage.snapshot_budget_mb` is exceeded, the journal forgetting them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from edge.atomic_write import write_bytes_atomic
+from edge.config import Config
+from edge.daemon.rate_limited_log import RateLimitedLog
+from edge.events.decision import START, EventRecord
+from edge.events.journal import Journal
+from edge.sources import Frame
+
+if TYPE_CHECKING:
+    from edge.engine.cascade import FrameResult
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_MIN_FREE_BYTES = 4 * 1024 * 1024  # below this much free disk, pictures are shed so events keep their room
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+class SnapshotStore:
+    """Writes the pictures of events, remembers each open event's peak frame, keeps the budget."""
+
+    def __init__(self, cfg: Config, journal: Journal):
+        self.cfg = cfg
+        self.journal = journal
+        self.state_dir = cfg.state_dir
+        self._peak: tuple[Frame, FrameResult] | None = None
+        self._snap_seq: int | None = None  # the frame the open event's pictures show
+        self._last: dict[str, dict] = {}  # per open event: its latest pictures (named again by later messages)
+        self._log = RateLimitedLog(log)
+
+    def use_config(self, cfg: Config) -> None:
+        """A reload: budget, quality and on/off apply from the next picture (the state directory stays)."""
+        self.cfg = cfg
+
+    def note_peak(self, frame: Frame, result: FrameResult) -> None:
+        """The open event's peak is this frame: a later record retakes the pictures from it."""
+        self._peak = (frame, result)
+
+    def last(self, uuid: str) -> dict | None:
+        """The pictures last taken for an open event (an `end` without new pictures names them)."""
+        return self._last.get(uuid)
+
+    def event_ended(self, uuid: str) -> None:
+        self._last.pop(uuid, None)
+        self._peak, self._snap_seq = None, None
+
+    def take(self, record: EventRecord, current: tuple[Frame, FrameResult] | None, active: str | None,
+             journal_blocked: bool) -> dict | None:
+        """Write (or rewrite with a better peak) the event's frame + overlay JPEGs; returns their relative paths.
+
+        `current`: the frame in hand (a start's pictures); `active`: the open event's uuid (None when none is open).
+        """
+        st = self.cfg.storage
+        if not st.snapshots or st.snapshot_budget_mb <= 0:
+            return None
+        if record.kind == START and current is not None:
+            source = current
+        elif self._peak is not None and self._peak[0].seq != self._snap_seq and active in (None, record.uuid):
+            source = self._peak
+        else:
+            return None
+        if journal_blocked:
+            self._log(logging.WARNING, "snapshot for event %s skipped: the journal cannot be written "
+                      "(events before pictures)", record.uuid)
+            return None
+        free = _free_bytes(self.state_dir)
+        if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
+            self._log(logging.WARNING, "snapshot for event %s skipped: only %.1f MB free in %s "
+                      "(events before pictures)", record.uuid, free / 1024 / 1024, self.state_dir)
+            return None
+        frame, result = source
+        day = time.strftime("%Y%m%d", time.gmtime(record.started_at))
+        layout = self.cfg.layout
+        rel_frame, rel_overlay = layout.snapshot_pictures(day, record.uuid)
+        try:
+            from edge.engine.overlay import draw_overlay
+
+            (layout.snapshots / day).mkdir(parents=True, exist_ok=True)
+            q = [cv2.IMWRITE_JPEG_QUALITY, st.snapshot_quality]
+            picture = frame.main_bgr if frame.main_bgr is not None else cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
+            overlay = cv2.cvtColor(draw_overlay(frame.rgb, result), cv2.COLOR_RGB2BGR)
+            for rel, bgr in ((rel_frame, picture), (rel_overlay, overlay)):
+                ok, data = cv2.imencode(".jpg", np.ascontiguousarray(bgr), q)
+                if not ok:
+                    raise OSError("JPEG encoding failed")
+                write_bytes_atomic(self.state_dir / rel, data.tobytes())  # no half-written picture left behind
+        except Exception as exc:
+            self._log(logging.ERROR, "snapshot for event %s failed: %s", record.uuid, exc)
+            return None
+        self._snap_seq = frame.seq
+        snap = {"frame": rel_frame, "overlay": rel_overlay, "frame_seq": frame.seq}
+        self._last[record.uuid] = snap
+        self._enforce_budget(keep={rel_frame, rel_overlay})
+        return snap
+
+    def delete(self, relpaths: list[str]) -> None:
+        """Remove pictures the journal no longer names (retention); missing files are fine."""
+        for rel in relpaths:
+            try:
+                (self.state_dir / rel).unlink()
+            except OSError:
+                pass
+
+    def _enforce_budget(self, keep: set[str]) -> None:
+        root = self.cfg.layout.snapshots
+        budget = self.cfg.storage.snapshot_budget_mb * 1024 * 1024
+        files = {}
+        for dirpath, _dirs, names in os.walk(root):
+            for n in names:
+                p = Path(dirpath) / n
+                try:
+                    files[str(p.relative_to(self.state_dir))] = p.stat()
+                except OSError:
+                    pass
+        total = sum(s.st_size for s in files.values())
+        if total <= budget:
+            return
+        known = self.journal.snapshot_order()
+        known_set = set(known)
+        orphans = sorted((r for r in files if r not in known_set), key=lambda r: files[r].st_mtime)
+        for rel in orphans + known:
+            if total <= budget:
+                break
+            if rel in keep or rel not in files:
+                continue
+            try:
+                (self.state_dir / rel).unlink()
+            except OSError:
+                continue
+            total -= files[rel].st_size
+            self.journal.forget_snapshot(rel)
+            log.info("snapshot budget: deleted %s", rel)

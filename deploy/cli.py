@@ -209,7 +209,7 @@ class RemoteFactory:
         control.mkdir(mode=0o700)
         return Remote(host, dataclasses.replace(self.ssh, control_dir=control))
 
-    def __enter__(self) -> "RemoteFactory":
+    def __enter__(self) -> RemoteFactory:
         return self
 
     def __exit__(self, *exc) -> None:

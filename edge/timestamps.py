@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import overload
 
 
@@ -14,7 +14,7 @@ def iso_utc(t: float | None, timespec: str = "milliseconds") -> str | None:
     """Wall-clock seconds -> ISO 8601 UTC with a 'Z' ('seconds' or 'milliseconds' precision); None stays None."""
     if t is None:
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def parse_iso(text: str | None) -> float | None:

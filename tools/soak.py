@@ -59,8 +59,12 @@ def make_frames(folder: Path, n: int, width: int, height: int, fmt: str, seed: i
     frames = []
     for i in range(n):
         rgb = generate(rng, height, width, crack_probability=0.5).image
-        cv2.imwrite(str(folder / f"frame_{i:04d}.{fmt}"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        frames.append(cv2.cvtColor(cv2.imread(str(folder / f"frame_{i:04d}.{fmt}")), cv2.COLOR_BGR2RGB))
+        path = folder / f"frame_{i:04d}.{fmt}"
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        written = cv2.imread(str(path))  # as the daemon will see it (lossy formats included)
+        if written is None:
+            raise SystemExit(f"{path}: the frame just written cannot be read back")
+        frames.append(cv2.cvtColor(written, cv2.COLOR_BGR2RGB))
     return frames
 
 
@@ -165,7 +169,7 @@ def main() -> int:
             "stats_interval_s": 10,
         }
         (work / "crackd.yaml").write_text(json.dumps(config))  # JSON is YAML
-        log = open(work / "daemon.log", "wb")
+        log = open(work / "daemon.log", "wb")  # noqa: SIM115  (the daemon's output for the whole soak)
         daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(work / "crackd.yaml")],
                                   cwd=REPO, stdout=log, stderr=log)
         deadline = time.monotonic() + 60

@@ -12,7 +12,16 @@ import logging
 import socket
 from pathlib import Path
 
-from edge.cli.common import UsageError, add_config_arg, add_json_arg, add_location_args, add_state_dir_arg, fail, locate, print_json
+from edge.cli.common import (
+    UsageError,
+    add_config_arg,
+    add_json_arg,
+    add_location_args,
+    add_state_dir_arg,
+    fail,
+    locate,
+    print_json,
+)
 from edge.config import Config, ConfigError, config_from_dict, load_config
 from edge.layout import DEMO_STATE_DIR, SHIPPED_BUNDLE, StateLayout
 from edge.releases.manager import STATUS_FRESH_S, read_daemon_status
@@ -48,8 +57,8 @@ def _broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def cmd_run(args) -> int:
-    from edge.daemon.supervisor import StartupError, Supervisor
     from edge.daemon.notify import setup_logging
+    from edge.daemon.supervisor import StartupError, Supervisor
 
     if args.demo and args.config:
         return fail("run: give either --config FILE or --demo")
@@ -107,7 +116,7 @@ def cmd_check_config(args) -> int:
         return fail(f"{args.file}: model.bundle: {exc}")
     missing = "" if Path(cfg.storage.state_dir).is_dir() else " (does not exist yet: `crackd run` creates it)"
     print(f"{args.file}: ok (device {cfg.device_id}, source {cfg.source.type}, bundle {manifest.bundle_version} at {bundle_dir}, "
-          f"state {cfg.storage.state_dir}{missing}, MQTT {'%s:%d' % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.enabled else 'off'})")
+          f"state {cfg.storage.state_dir}{missing}, MQTT {f'{cfg.mqtt.host}:{cfg.mqtt.port:d}' if cfg.mqtt.enabled else 'off'})")
     return 0
 
 

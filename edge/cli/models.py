@@ -13,6 +13,7 @@ flags may only make it stricter, so nobody allowed to run this command can switc
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import select
@@ -21,9 +22,20 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 from edge import layout
-from edge.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, add_config_arg, add_json_arg, add_state_dir_arg, locate, print_json, refuse
+from edge.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    UsageError,
+    add_config_arg,
+    add_json_arg,
+    add_state_dir_arg,
+    locate,
+    print_json,
+    refuse,
+)
 from edge.daemon.status import StatusReading
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
@@ -346,7 +358,7 @@ def _cmd_lock(rel: Releases, args) -> dict | None:
         deadline = time.monotonic() + args.max_hold
         while not stop and time.monotonic() < deadline:
             ready, _, _ = select.select([sys.stdin], [], [], 0.5)
-            if ready and not sys.stdin.buffer.read1(4096):
+            if ready and not cast(io.BufferedReader, sys.stdin.buffer).read1(4096):  # read1: what is there, no waiting
                 break
         if not stop and time.monotonic() >= deadline:
             log.warning("releasing the device lock after --max-hold %.0f s", args.max_hold)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.atomic_write import fsync_dir, replace_symlink
+from edge.daemon.status import DaemonStatus, StatusReading
 from edge.engine.bundle import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -53,7 +54,6 @@ from edge.engine.bundle import (
     read_member,
     verify_files,
 )
-from edge.daemon.status import DaemonStatus, StatusReading
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, StateLayout
 from edge.releases.errors import ReleaseError
 from edge.releases.lock import DeviceLock
@@ -91,7 +91,7 @@ class LatencyTooHigh(BundleError):
 class NotHealthy(ReleaseError):
     """The switch was made but the daemon did not serve the release healthily in time; `result` says what was switched."""
 
-    def __init__(self, message: str, result: "SwitchResult"):
+    def __init__(self, message: str, result: SwitchResult):
         super().__init__(message)
         self.result = result
 

@@ -65,7 +65,7 @@ class Device:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(self.pythonpath))
-        self.log = open(self.root / "daemon.log", "a")
+        self.log = open(self.root / "daemon.log", "a")  # noqa: SIM115  (the daemon writes to it until stop() closes it)
         self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
                                      cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_serving(self.releases().current_version(), timeout=30)
@@ -175,7 +175,7 @@ def test_push_deploys_a_signed_bundle_that_then_serves_healthily(sshd, device, m
     assert all(h["who"] == "tester@bench" for h in device.history()[-3:])
     assert device.history()[-2]["from_version"] == device.initial
     # the summary table names host, old and new version and the outcome
-    row = [ln for ln in r.stdout.splitlines() if ln.startswith(HOST)][0]
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith(HOST))
     assert device.initial in row and new in row and "deployed" in row
     assert "1/1 host(s) succeeded" in r.stdout
 

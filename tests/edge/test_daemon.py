@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 import jsonschema
@@ -27,9 +28,9 @@ import pytest
 import yaml
 
 from edge.config import config_from_dict
+from edge.daemon.notify import Notifier
 from edge.daemon.supervisor import Supervisor
 from edge.events.journal import Journal, integrity_check
-from edge.daemon.notify import Notifier
 from tests.helpers import REPO, read_status, wait_until, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
 from tests.helpers.disk import fill_disk, remount
@@ -203,14 +204,14 @@ def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bu
 
 def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
     """The service runs as its own user: kill(pid, 0) from an operator's shell gets EPERM, which means alive."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from edge.cli import main
     from edge.releases.manager import pid_alive
 
     (tmp_path / "status.json").write_text(json.dumps({
         "state": "running", "pid": 1, "healthy": True, "version": "0.1.0", "device_id": "cam1",
-        "updated_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }))
     assert pid_alive(1) and not pid_alive(2**22 + 1)  # above the kernel's pid_max: never a process
     assert main(["status", "--state-dir", str(tmp_path), "--json"]) == 0
@@ -287,7 +288,7 @@ def test_sigkill_mid_run_then_restart_loses_no_event(tmp_path, darkness_bundle, 
         assert {e["uuid"] for e in journal_events(state)} >= {e["uuid"] for e in recorded}
         open_at_kill = [e["uuid"] for e in recorded if e["state"] == "open"]
         for uuid in open_at_kill:  # found open after the crash: ended and announced
-            sub.wait_for(lambda s: [p for p in s.on("event") if p["uuid"] == uuid and p["end_reason"] == "interrupted"])
+            sub.wait_for(lambda s, uuid=uuid: [p for p in s.on("event") if p["uuid"] == uuid and p["end_reason"] == "interrupted"])
         replayed = [p for p in sub.on("event") if p["uuid"] in {e["uuid"] for e in recorded}]
         assert all(p["replayed"] for p in replayed)
         sub.wait_for(lambda s: [p for p in s.on("status") if p["state"] == "online"], what="online")
@@ -312,7 +313,7 @@ def _notify_socket(tmp_path):
         while True:
             try:
                 data = sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -666,7 +667,7 @@ def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(t
     while kills < 20 and time.monotonic() < budget_end:
         proc = start_daemon(config, tmp_path)
         try:
-            wait_until(lambda: read_status(state).pid == proc.pid and read_status(state).frames_processed > 0,
+            wait_until(lambda proc=proc: read_status(state).pid == proc.pid and read_status(state).frames_processed > 0,
                        timeout=30, what=f"daemon run {kills + 1} processing frames", interval=0.02)
             time.sleep(rng.uniform(0.0, 0.6))
         finally:

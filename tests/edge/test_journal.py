@@ -339,7 +339,7 @@ def test_a_journal_file_of_mode_444_is_refused_for_the_daemon_user():
                 result = "opened"
             except JournalError as exc:
                 result = str(exc)
-        except BaseException as exc:  # noqa: BLE001  (anything, reported to the parent)
+        except BaseException as exc:
             result = f"child failed: {exc!r}"
         os.write(write, result.encode())
         os._exit(0)

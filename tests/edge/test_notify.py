@@ -40,7 +40,7 @@ class Listener:
         while self._run:
             try:
                 self.messages.append(self.sock.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -171,7 +172,7 @@ class FakePicamera2:
     like a camera whose cable came loose.
     """
 
-    instances: list = []
+    instances: ClassVar[list] = []
 
     def __init__(self, camera_num=0, hang=False):
         self.camera_num = camera_num
@@ -260,7 +261,7 @@ def test_a_hung_picamera2_capture_becomes_a_timeout_not_a_frozen_daemon():
 
 
 def test_missing_picamera2_is_a_clear_source_error():
-    with pytest.raises(SourceError, match="picamera2 is not installed|cannot start camera"):
+    with pytest.raises(SourceError, match=r"picamera2 is not installed|cannot start camera"):
         Picamera2Source().open()
 
 
@@ -375,8 +376,8 @@ def test_a_looped_folder_can_keep_decoded_frames_within_a_budget(tmp_path):
     cv2.imwrite(str(tmp_path / "f000000.png"), np.zeros((48, 64, 3), np.uint8))  # a file that changes is read again
     time.sleep(0.01)
     (tmp_path / "f000000.png").touch()
-    changed = [source.read(1.0) for _ in range(4)][0]
-    assert changed.rgb.max() == 0
+    changed = [source.read(1.0) for _ in range(4)]
+    assert changed[0].rgb.max() == 0
 
 
 # --------------------------------------------------------------------------- hostile files
@@ -396,7 +397,7 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_decodin
     small = np.fromfile(path, np.uint8)
     assert decode_rgb(small, max_pixels=None) is None or True  # no limit: OpenCV decides (garbage or None)
     for ext in (".png", ".bmp", ".tif", ".webp"):
-        ok, buf = cv2.imencode(ext, np.zeros((30, 50, 3), np.uint8))
+        _ok, buf = cv2.imencode(ext, np.zeros((30, 50, 3), np.uint8))
         assert header_size(buf) == (50, 30), ext
         with pytest.raises(ImageTooLarge):
             decode_rgb(buf, max_pixels=1000)

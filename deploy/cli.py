@@ -58,17 +58,44 @@ INSTALL_PAYLOAD = ("pyproject.toml", "setup.py", "README.md", "edge", "deploy", 
 
 def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
     if hosts:
-        p.add_argument("hosts", nargs="*", metavar="HOST", help="devices: ssh aliases, user@host or ssh://user@host:port")
+        p.add_argument(
+            "hosts", nargs="*", metavar="HOST", help="devices: ssh aliases, user@host or ssh://user@host:port"
+        )
         p.add_argument("--hosts-file", type=Path, help="more hosts, one per line (# comments allowed)")
         p.add_argument("--parallel", type=int, default=4, metavar="N", help="devices handled at once (default 4)")
-    p.add_argument("-F", "--ssh-config", type=Path, help="ssh config file (default: ~/.ssh/config as ssh itself reads it)")
-    p.add_argument("-o", "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh option, repeatable (e.g. -o Port=2222)")
+    p.add_argument(
+        "-F", "--ssh-config", type=Path, help="ssh config file (default: ~/.ssh/config as ssh itself reads it)"
+    )
+    p.add_argument(
+        "-o",
+        "--ssh-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra ssh option, repeatable (e.g. -o Port=2222)",
+    )
     p.add_argument("--connect-timeout", type=int, default=10, metavar="S", help="ssh connect timeout (default 10)")
-    p.add_argument("--no-multiplex", action="store_true", help="one SSH connection per command instead of one shared connection per device")
-    p.add_argument("--remote-crackd", default="/opt/crackd/venv/bin/crackd", metavar="CMD",
-                   help="crackd command on the device, used verbatim as a shell prefix (e.g. 'sudo -n /opt/crackd/venv/bin/crackd')")
-    p.add_argument("--remote-state-dir", metavar="DIR", help="state directory on the device (default: the device's config, else /var/lib/crackd)")
-    p.add_argument("--remote-config", metavar="FILE", help="daemon config on the device, for its state_dir and release policy (default /etc/crackd/crackd.yaml there)")
+    p.add_argument(
+        "--no-multiplex",
+        action="store_true",
+        help="one SSH connection per command instead of one shared connection per device",
+    )
+    p.add_argument(
+        "--remote-crackd",
+        default="/opt/crackd/venv/bin/crackd",
+        metavar="CMD",
+        help="crackd command on the device, used verbatim as a shell prefix (e.g. 'sudo -n /opt/crackd/venv/bin/crackd')",
+    )
+    p.add_argument(
+        "--remote-state-dir",
+        metavar="DIR",
+        help="state directory on the device (default: the device's config, else /var/lib/crackd)",
+    )
+    p.add_argument(
+        "--remote-config",
+        metavar="FILE",
+        help="daemon config on the device, for its state_dir and release policy (default /etc/crackd/crackd.yaml there)",
+    )
     add_json_arg(p, help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ssh command lines)")
 
@@ -91,16 +118,57 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("push", help="deploy a bundle: verify, copy, stage, activate, confirm health or roll back")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle directory (manifest.json, models, golden samples)")
+    p.add_argument(
+        "bundle", type=Path, metavar="BUNDLE", help="bundle directory (manifest.json, models, golden samples)"
+    )
     _common(p)
-    p.add_argument("--canary", type=int, default=0, metavar="N", help="deploy to the first N hosts first; stop if any of them fails")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds for the daemon to serve the new bundle healthily (default 60)")
-    p.add_argument("--settle", type=float, default=3.0, metavar="S", help="it must stay healthy, frames counting up, this long (default 3)")
-    p.add_argument("--stage-timeout", type=float, default=600.0, metavar="S", help="seconds allowed for the device-side checks (default 600)")
-    p.add_argument("--lock-wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for another deployment on a device (default: fail at once)")
-    p.add_argument("--force", action="store_true", help="deploy even to a device that is not serving healthily before the deploy (the health check after it still applies)")
-    p.add_argument("--device-option", action="append", default=[], metavar="FLAG",
-                   help="extra flag for the device's `crackd models stage/activate`, repeatable (e.g. --device-option=--max-latency-ms=80)")
+    p.add_argument(
+        "--canary",
+        type=int,
+        default=0,
+        metavar="N",
+        help="deploy to the first N hosts first; stop if any of them fails",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds for the daemon to serve the new bundle healthily (default 60)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="it must stay healthy, frames counting up, this long (default 3)",
+    )
+    p.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds allowed for the device-side checks (default 600)",
+    )
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for another deployment on a device (default: fail at once)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="deploy even to a device that is not serving healthily before the deploy (the health check after it still applies)",
+    )
+    p.add_argument(
+        "--device-option",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra flag for the device's `crackd models stage/activate`, repeatable (e.g. --device-option=--max-latency-ms=80)",
+    )
     p.add_argument("--remote-tmp", default="/tmp", metavar="DIR", help="upload directory on the device (default /tmp)")
     p.add_argument("--who", help="name for the device history (default user@this-host)")
     p.set_defaults(func=cmd_push)
@@ -111,24 +179,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rollback", help="serve the previous release again, and wait until it is healthy")
     _common(p)
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds for the previous release to serve healthily (default 60)")
-    p.add_argument("--settle", type=float, default=3.0, metavar="S", help="it must keep processing frames this long (default 3)")
-    p.add_argument("--lock-wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for a deployment in progress (default: fail at once)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds for the previous release to serve healthily (default 60)",
+    )
+    p.add_argument(
+        "--settle", type=float, default=3.0, metavar="S", help="it must keep processing frames this long (default 3)"
+    )
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for a deployment in progress (default: fail at once)",
+    )
     p.add_argument("--reason", default="manual rollback (crack-deploy)", help="why, for the device history")
     p.add_argument("--who", help="name for the device history")
     p.set_defaults(func=cmd_rollback)
 
-    p = sub.add_parser("install", help="install or upgrade crackd on devices (copies this source tree and runs deploy/install.sh as root)")
+    p = sub.add_parser(
+        "install",
+        help="install or upgrade crackd on devices (copies this source tree and runs deploy/install.sh as root)",
+    )
     _common(p)
-    p.add_argument("--sudo", default="sudo -n", metavar="CMD", help="how to become root on the device (default 'sudo -n'; '' when logging in as root)")
-    p.add_argument("--install-option", action="append", default=[], metavar="FLAG", help="extra flag for install.sh, repeatable (e.g. --install-option=--purge)")
+    p.add_argument(
+        "--sudo",
+        default="sudo -n",
+        metavar="CMD",
+        help="how to become root on the device (default 'sudo -n'; '' when logging in as root)",
+    )
+    p.add_argument(
+        "--install-option",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra flag for install.sh, repeatable (e.g. --install-option=--purge)",
+    )
     p.add_argument("--source", type=Path, default=REPO_ROOT, help="crackd source tree to install (default: this one)")
-    p.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="seconds allowed for the install (pip on a Pi is slow; default 1800)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="seconds allowed for the install (pip on a Pi is slow; default 1800)",
+    )
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("sign", help="sign a bundle's manifest with an OpenSSH ed25519 key (ssh-keygen -Y sign)")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
-    p.add_argument("--key", type=Path, required=True, help="private key, or public key whose private half is in ssh-agent")
+    p.add_argument(
+        "--key", type=Path, required=True, help="private key, or public key whose private half is in ssh-agent"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_sign)
     return parser
@@ -137,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _ARGV[:] = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
@@ -148,8 +254,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _refuse(args, error, code: int, kind: str | None = None) -> int:
     """Stop before any device was touched: one line on stderr, and with --json the same as a JSON answer on stdout."""
-    return refuse(str(error), code, f"crack-deploy {args.command}", as_json=getattr(args, "json", False),
-                  kind=kind or type(error).__name__, extra={"hosts": []}, indent=1)
+    return refuse(
+        str(error),
+        code,
+        f"crack-deploy {args.command}",
+        as_json=getattr(args, "json", False),
+        kind=kind or type(error).__name__,
+        extra={"hosts": []},
+        indent=1,
+    )
 
 
 def _check_wait_options(args) -> None:
@@ -159,8 +272,10 @@ def _check_wait_options(args) -> None:
     if args.settle < 0:
         raise UsageError(f"--settle: expected 0 seconds or more, got {args.settle:g}")
     if args.settle >= args.timeout:
-        raise UsageError(f"--settle {args.settle:g} must be shorter than --timeout {args.timeout:g} (the release must serve "
-                         "healthily, frames counting up, for --settle seconds within --timeout)")
+        raise UsageError(
+            f"--settle {args.settle:g} must be shorter than --timeout {args.timeout:g} (the release must serve "
+            "healthily, frames counting up, for --settle seconds within --timeout)"
+        )
     if getattr(args, "lock_wait", 0) < 0:
         raise UsageError(f"--lock-wait: expected 0 seconds or more, got {args.lock_wait:g}")
     if getattr(args, "stage_timeout", 1) <= 0:
@@ -188,7 +303,9 @@ def _hosts(args) -> list[str]:
 def _ssh(args) -> SSHOptions:
     if args.ssh_config is not None and not args.ssh_config.is_file():
         raise UsageError(f"{args.ssh_config}: ssh config file not found")
-    return SSHOptions(config_file=args.ssh_config, options=tuple(args.ssh_option), connect_timeout_s=args.connect_timeout)
+    return SSHOptions(
+        config_file=args.ssh_config, options=tuple(args.ssh_option), connect_timeout_s=args.connect_timeout
+    )
 
 
 class RemoteFactory:
@@ -218,8 +335,13 @@ class RemoteFactory:
 
 
 def _device(args) -> DeviceSettings:
-    return DeviceSettings(crackd=args.remote_crackd, state_dir=args.remote_state_dir, config=args.remote_config,
-                          device_options=tuple(getattr(args, "device_option", ()) or ()), tmp_dir=getattr(args, "remote_tmp", "/tmp"))
+    return DeviceSettings(
+        crackd=args.remote_crackd,
+        state_dir=args.remote_state_dir,
+        config=args.remote_config,
+        device_options=tuple(getattr(args, "device_option", ()) or ()),
+        tmp_dir=getattr(args, "remote_tmp", "/tmp"),
+    )
 
 
 def _who(args) -> str:
@@ -250,7 +372,10 @@ def cmd_push(args) -> int:
     except LocalBundleInvalid as exc:
         return _refuse(args, exc, EXIT_FAILED)
     signed = is_signed(args.bundle)
-    progress("*", f"bundle {manifest.bundle_version} from {args.bundle}: manifest and checksums ok, {'signed' if signed else 'UNSIGNED (devices that require signatures will refuse it)'}")
+    progress(
+        "*",
+        f"bundle {manifest.bundle_version} from {args.bundle}: manifest and checksums ok, {'signed' if signed else 'UNSIGNED (devices that require signatures will refuse it)'}",
+    )
     opts = PushOptions(
         who=_who(args),
         source=f"{socket.gethostname()}:{args.bundle.resolve()}",
@@ -262,7 +387,17 @@ def cmd_push(args) -> int:
         command_timeout_s=max(30.0, args.connect_timeout + 30.0),
     )
     with RemoteFactory(_ssh(args), not args.no_multiplex) as remotes:
-        results = rollout(hosts, args.bundle, manifest, _device(args), opts, remotes, progress, canary=args.canary, parallel=args.parallel)
+        results = rollout(
+            hosts,
+            args.bundle,
+            manifest,
+            _device(args),
+            opts,
+            remotes,
+            progress,
+            canary=args.canary,
+            parallel=args.parallel,
+        )
     return _finish(results, args, summary_table(results))
 
 
@@ -299,8 +434,17 @@ def cmd_status(args) -> int:
         last = st.get("last") or {}
         last_txt = f"{last.get('time', '')} {last.get('action', '')} {last.get('version', '')} {last.get('outcome', '')}".strip()
         state = "healthy" if ok else describe_daemon(st, st.get("current") or "")
-        rows.append([host, st.get("current") or "-", st.get("previous") or "-", (d and d.bundle_version) or "-", f"{d.fps if d else 0:.1f}",
-                     state, last_txt])
+        rows.append(
+            [
+                host,
+                st.get("current") or "-",
+                st.get("previous") or "-",
+                (d and d.bundle_version) or "-",
+                f"{d.fps if d else 0:.1f}",
+                state,
+                last_txt,
+            ]
+        )
         payload.append({"host": host, "ok": ok, "status": st})
     if args.json:
         print_json({"ok": all_ok, "hosts": payload}, indent=1, default=str)
@@ -315,10 +459,27 @@ def _rollback_one(host: str, ssh: SSHOptions, dev: DeviceSettings, args, progres
     result = HostResult(host, FAILED)
     try:
         progress(host, f"rolling back, waiting up to {args.timeout:g} s for the previous release to serve healthily")
-        back = remote.run_json(dev.models("rollback", "--who", _who(args), "--reason", args.reason, "--wait", f"{args.lock_wait:g}",
-                                          "--wait-healthy", f"{args.timeout:g}", "--settle", f"{args.settle:g}"), 60 + args.timeout + args.lock_wait)
+        back = remote.run_json(
+            dev.models(
+                "rollback",
+                "--who",
+                _who(args),
+                "--reason",
+                args.reason,
+                "--wait",
+                f"{args.lock_wait:g}",
+                "--wait-healthy",
+                f"{args.timeout:g}",
+                "--settle",
+                f"{args.settle:g}",
+            ),
+            60 + args.timeout + args.lock_wait,
+        )
         result.old_version, result.new_version = back.get("from_version"), back.get("version")
-        result.outcome, result.message = RESTORED, f"previous release {back['version']} serving again: {back['health']['message']}"
+        result.outcome, result.message = (
+            RESTORED,
+            f"previous release {back['version']} serving again: {back['health']['message']}",
+        )
     except SSHUnreachable as exc:
         result.outcome, result.message = UNREACHABLE, str(exc)
     except RemoteError as exc:
@@ -335,7 +496,9 @@ def cmd_rollback(args) -> int:
     ssh, dev, progress = _ssh(args), _device(args), make_progress(sys.stderr)
     with ThreadPoolExecutor(max_workers=min(args.parallel, len(hosts))) as pool:
         results = list(pool.map(lambda h: _rollback_one(h, ssh, dev, args, progress), hosts))
-    rows = [[r.host, r.old_version or "-", r.new_version or "-", r.outcome, f"{r.seconds:.1f}", r.message] for r in results]
+    rows = [
+        [r.host, r.old_version or "-", r.new_version or "-", r.outcome, f"{r.seconds:.1f}", r.message] for r in results
+    ]
     return _finish(results, args, format_table(rows, ["HOST", "FROM", "TO", "OUTCOME", "SECONDS", "MESSAGE"]))
 
 
@@ -368,7 +531,9 @@ def cmd_install(args) -> int:
                 progress(host, f"running: {cmd}")
                 rc = subprocess.run(remote.command(cmd), timeout=args.timeout).returncode
                 remote.run(f"{args.sudo} rm -rf -- {shlex.quote(upload)}".strip(), 60, check=False)
-                result.outcome, result.message = (INSTALLED, "install.sh finished") if rc == 0 else (FAILED, f"install.sh exited {rc}")
+                result.outcome, result.message = (
+                    (INSTALLED, "install.sh finished") if rc == 0 else (FAILED, f"install.sh exited {rc}")
+                )
             except SSHUnreachable as exc:
                 result.outcome, result.message = UNREACHABLE, str(exc)
             except (RemoteError, subprocess.TimeoutExpired) as exc:

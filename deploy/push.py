@@ -35,7 +35,15 @@ Progress = Callable[[str, str], None]
 # Outcomes in the summaries. A push succeeds only as DEPLOYED or ALREADY; "rolled back" means the
 # new bundle is NOT serving. RESTORED (manual rollback serving again) and INSTALLED are successes too.
 DEPLOYED, ALREADY, REJECTED, ROLLED_BACK, BUSY, FAILED, SKIPPED, UNREACHABLE = (
-    "deployed", "already serving", "rejected", "rolled back", "busy", "failed", "skipped", "unreachable")
+    "deployed",
+    "already serving",
+    "rejected",
+    "rolled back",
+    "busy",
+    "failed",
+    "skipped",
+    "unreachable",
+)
 RESTORED, INSTALLED = "restored", "installed"
 SUCCESS = {DEPLOYED, ALREADY, RESTORED, INSTALLED}
 
@@ -52,7 +60,9 @@ class DeviceSettings:
     tmp_dir: str = "/tmp"  # where uploads land before staging
 
     def models(self, action: str, *args: str, policy: bool = False) -> str:
-        where = (["--config", self.config] if self.config else []) + (["--state-dir", self.state_dir] if self.state_dir else [])
+        where = (["--config", self.config] if self.config else []) + (
+            ["--state-dir", self.state_dir] if self.state_dir else []
+        )
         extra = list(self.device_options) if policy else []
         return remote_join(self.crackd, ["models", action, *args, *where, "--json", *extra])
 
@@ -85,8 +95,16 @@ class HostResult:
         return self.outcome in SUCCESS
 
     def as_dict(self) -> dict:
-        return {"host": self.host, "ok": self.ok, "outcome": self.outcome, "old_version": self.old_version, "new_version": self.new_version,
-                "seconds": round(self.seconds, 1), "message": self.message, "canary": self.canary}
+        return {
+            "host": self.host,
+            "ok": self.ok,
+            "outcome": self.outcome,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "seconds": round(self.seconds, 1),
+            "message": self.message,
+            "canary": self.canary,
+        }
 
 
 class LocalBundleInvalid(Exception):
@@ -179,8 +197,15 @@ def _device_error(exc: RemoteError) -> str:
     return str(exc.payload.get("error") or exc)
 
 
-def push_host(host: str, bundle: Path, manifest: Manifest, dev: DeviceSettings, opts: PushOptions, remote: Remote,
-              progress: Progress) -> HostResult:
+def push_host(
+    host: str,
+    bundle: Path,
+    manifest: Manifest,
+    dev: DeviceSettings,
+    opts: PushOptions,
+    remote: Remote,
+    progress: Progress,
+) -> HostResult:
     """Deploy to one device; never raises for device-side problems (they become the result)."""
     t0 = time.monotonic()
     version = manifest.bundle_version
@@ -199,9 +224,15 @@ def push_host(host: str, bundle: Path, manifest: Manifest, dev: DeviceSettings, 
                 result.message = f"{version} is already the current release but not serving healthily ({describe_daemon(before, version)}); nothing changed"
             return result
         if not before.get("serving_current") and not opts.force:
-            why = describe_daemon(before, result.old_version) if result.old_version else "no release installed in models/current"
-            result.message = (f"device is not serving healthily before the deploy ({why}); "
-                              "nothing changed (fix the daemon first, or --force to deploy anyway)")
+            why = (
+                describe_daemon(before, result.old_version)
+                if result.old_version
+                else "no release installed in models/current"
+            )
+            result.message = (
+                f"device is not serving healthily before the deploy ({why}); "
+                "nothing changed (fix the daemon first, or --force to deploy anyway)"
+            )
             return result
 
         # A fresh upload directory named after the lock token (random, known only to this deployment).
@@ -212,7 +243,10 @@ def push_host(host: str, bundle: Path, manifest: Manifest, dev: DeviceSettings, 
         except RemoteError:
             remote.run(f"rm -rf -- {shlex.quote(upload)}", opts.command_timeout_s, check=False)
             raise
-        progress(host, f"copied with {tool}; device checks the bundle (checksums, signature, models load, golden samples, latency)")
+        progress(
+            host,
+            f"copied with {tool}; device checks the bundle (checksums, signature, models load, golden samples, latency)",
+        )
         stage = dev.models("stage", upload, "--who", opts.who, "--source", opts.source, *token, policy=True)
         try:  # the upload is removed in the same SSH command, whatever the outcome
             staged = remote.run_json(f"{stage}; rc=$?; rm -rf -- {shlex.quote(upload)}; exit $rc", opts.stage_timeout_s)
@@ -224,13 +258,18 @@ def push_host(host: str, bundle: Path, manifest: Manifest, dev: DeviceSettings, 
             return result
         lat = (staged.get("latency_ms") or {}).get("total_ms_p50")
         signer = (staged.get("signer") or {}).get("principal", "unsigned")
-        progress(host, f"staged: signer {signer}, golden samples ok, {lat} ms/frame; activating (was {result.old_version}) "
-                       f"and waiting up to {opts.health_timeout_s:g} s for it to serve healthily")
+        progress(
+            host,
+            f"staged: signer {signer}, golden samples ok, {lat} ms/frame; activating (was {result.old_version}) "
+            f"and waiting up to {opts.health_timeout_s:g} s for it to serve healthily",
+        )
 
         wait = ["--wait-healthy", f"{opts.health_timeout_s:g}", "--settle", f"{opts.settle_s:g}"]
         try:
-            activated = remote.run_json(dev.models("activate", version, "--who", opts.who, *wait, *token, policy=True),
-                                        opts.command_timeout_s + opts.health_timeout_s)
+            activated = remote.run_json(
+                dev.models("activate", version, "--who", opts.who, *wait, *token, policy=True),
+                opts.command_timeout_s + opts.health_timeout_s,
+            )
         except SSHUnreachable:
             raise
         except RemoteError as exc:
@@ -257,13 +296,23 @@ def push_host(host: str, bundle: Path, manifest: Manifest, dev: DeviceSettings, 
         result.seconds = time.monotonic() - t0
 
 
-def _roll_back(remote: Remote, dev: DeviceSettings, opts: PushOptions, result: HostResult, token: list[str], why: str,
-               progress: Progress) -> HostResult:
+def _roll_back(
+    remote: Remote,
+    dev: DeviceSettings,
+    opts: PushOptions,
+    result: HostResult,
+    token: list[str],
+    why: str,
+    progress: Progress,
+) -> HostResult:
     progress(result.host, f"NOT HEALTHY: {why}; rolling back to {result.old_version}")
     result.outcome, result.message = ROLLED_BACK, f"{why}; rolled back"
     wait = ["--wait-healthy", f"{opts.health_timeout_s:g}", "--settle", f"{opts.settle_s:g}"]
     try:
-        back = remote.run_json(dev.models("rollback", "--who", opts.who, "--reason", why, *wait, *token), opts.command_timeout_s + opts.health_timeout_s)
+        back = remote.run_json(
+            dev.models("rollback", "--who", opts.who, "--reason", why, *wait, *token),
+            opts.command_timeout_s + opts.health_timeout_s,
+        )
         result.message = f"{why}; rolled back to {back['version']}, which serves again"
     except SSHUnreachable as exc:
         result.outcome, result.message = FAILED, f"{why}; ROLLBACK NOT CONFIRMED: {exc}"
@@ -276,8 +325,17 @@ def _roll_back(remote: Remote, dev: DeviceSettings, opts: PushOptions, result: H
     return result
 
 
-def rollout(hosts: list[str], bundle: Path, manifest: Manifest, dev: DeviceSettings, opts: PushOptions, make_remote: Callable[[str], Remote],
-            progress: Progress, canary: int = 0, parallel: int = 4) -> list[HostResult]:
+def rollout(
+    hosts: list[str],
+    bundle: Path,
+    manifest: Manifest,
+    dev: DeviceSettings,
+    opts: PushOptions,
+    make_remote: Callable[[str], Remote],
+    progress: Progress,
+    canary: int = 0,
+    parallel: int = 4,
+) -> list[HostResult]:
     """Deploy to `hosts`: the first `canary` hosts first; if any of them fails the rest are skipped."""
     canaries, rest = hosts[:canary], hosts[canary:]
     results: list[HostResult] = []
@@ -312,7 +370,17 @@ def format_table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def summary_table(results: list[HostResult]) -> str:
-    rows = [[r.host + (" (canary)" if r.canary else ""), r.old_version or "-", r.new_version or "-", r.outcome, f"{r.seconds:.1f}", r.message] for r in results]
+    rows = [
+        [
+            r.host + (" (canary)" if r.canary else ""),
+            r.old_version or "-",
+            r.new_version or "-",
+            r.outcome,
+            f"{r.seconds:.1f}",
+            r.message,
+        ]
+        for r in results
+    ]
     return format_table(rows, ["HOST", "OLD", "NEW", "OUTCOME", "SECONDS", "MESSAGE"])
 
 

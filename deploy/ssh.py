@@ -49,7 +49,14 @@ class SSHOptions:
             args += ["-F", str(self.config_file)]
         if self.batch_mode:
             args += ["-o", "BatchMode=yes"]
-        args += ["-o", f"ConnectTimeout={self.connect_timeout_s}", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
+        args += [
+            "-o",
+            f"ConnectTimeout={self.connect_timeout_s}",
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            "ServerAliveCountMax=3",
+        ]
         if self.control_dir is not None:
             args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=60"]
         for opt in self.options:
@@ -67,12 +74,20 @@ class Remote:
     def command(self, remote_cmd: str) -> list[str]:
         return ["ssh", *self.ssh.argv(), self.destination, remote_cmd]
 
-    def run(self, remote_cmd: str, timeout_s: float, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def run(
+        self, remote_cmd: str, timeout_s: float, input_text: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """Run a shell command line on the device; raises RemoteError on ssh failure or (with check) a non-zero exit."""
         argv = self.command(remote_cmd)
         log.debug("%s$ %s", self.destination, remote_cmd)
         try:
-            result = subprocess.run(argv, input=input_text if input_text is not None else "", capture_output=True, text=True, timeout=timeout_s)
+            result = subprocess.run(
+                argv,
+                input=input_text if input_text is not None else "",
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
         except subprocess.TimeoutExpired:
             raise RemoteError(self.destination, f"no answer within {timeout_s:.0f} s running: {remote_cmd}") from None
         except FileNotFoundError:
@@ -80,7 +95,10 @@ class Remote:
         if result.returncode == 255:
             raise SSHUnreachable(self.destination, f"ssh failed: {_last_line(result.stderr) or 'exit 255'}")
         if check and result.returncode != 0:
-            raise RemoteError(self.destination, f"`{remote_cmd}` exited {result.returncode}: {_last_line(result.stderr) or _last_line(result.stdout)}")
+            raise RemoteError(
+                self.destination,
+                f"`{remote_cmd}` exited {result.returncode}: {_last_line(result.stderr) or _last_line(result.stdout)}",
+            )
         return result
 
     def run_json(self, remote_cmd: str, timeout_s: float) -> dict:
@@ -96,7 +114,9 @@ class Remote:
 
     def open(self, remote_cmd: str) -> subprocess.Popen:
         """Start a long-running remote command with pipes (the deployment lock session)."""
-        return subprocess.Popen(self.command(remote_cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.command(remote_cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def close_shared_connection(self) -> None:
         """End the shared connection (ControlMaster) to this device, if one was opened."""
@@ -113,13 +133,31 @@ class Remote:
         if shutil.which("rsync"):
             port = self._uri_port()
             ssh_cmd = shlex.join(["ssh", *self.ssh.argv(), *(["-p", port] if port else [])])
-            result = self._copy(["rsync", "-rtL", "--chmod=D755,F644", "-e", ssh_cmd, f"{local}/", f"{self._host_for_copy()}:{remote_dir}/"], local, timeout_s)
+            result = self._copy(
+                [
+                    "rsync",
+                    "-rtL",
+                    "--chmod=D755,F644",
+                    "-e",
+                    ssh_cmd,
+                    f"{local}/",
+                    f"{self._host_for_copy()}:{remote_dir}/",
+                ],
+                local,
+                timeout_s,
+            )
             if result.returncode == 0:
                 return "rsync"
-            if result.returncode == 255 or (result.returncode not in (12, 127) and "command not found" not in result.stderr):
+            if result.returncode == 255 or (
+                result.returncode not in (12, 127) and "command not found" not in result.stderr
+            ):
                 raise self._copy_error("rsync", local, result)
             log.info("%s: no rsync on the device, copying with scp", self.destination)
-        result = self._copy(["scp", "-q", "-r", *self._scp_args(), str(local), f"{self._host_for_copy()}:{remote_dir}"], local, timeout_s)
+        result = self._copy(
+            ["scp", "-q", "-r", *self._scp_args(), str(local), f"{self._host_for_copy()}:{remote_dir}"],
+            local,
+            timeout_s,
+        )
         if result.returncode != 0:
             raise self._copy_error("scp", local, result)
         return "scp"
@@ -133,13 +171,15 @@ class Remote:
 
     def _copy_error(self, tool: str, local: Path, result: subprocess.CompletedProcess) -> RemoteError:
         cls = SSHUnreachable if result.returncode == 255 else RemoteError
-        return cls(self.destination, f"{tool} of {local} failed: {_last_line(result.stderr) or f'exit {result.returncode}'}")
+        return cls(
+            self.destination, f"{tool} of {local} failed: {_last_line(result.stderr) or f'exit {result.returncode}'}"
+        )
 
     def _host_for_copy(self) -> str:
         """rsync and scp take [user@]host, not ssh:// URIs; a port in the URI goes to -p/-P instead."""
         dest = self.destination
         if dest.startswith("ssh://"):
-            dest = dest[len("ssh://"):]
+            dest = dest[len("ssh://") :]
             if ":" in dest.rsplit("@", 1)[-1]:
                 dest = dest.rsplit(":", 1)[0]
         return dest

@@ -31,7 +31,9 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None
     removes the temporary and raises.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writing process and thread
+    tmp = path.with_name(
+        f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    )  # one per writing process and thread
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)

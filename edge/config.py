@@ -54,8 +54,12 @@ class SourceConfig:
     """Where frames come from: the keys every source shares, then one option section per adapter (added above)."""
 
     type: str = _opt("synthetic", "which adapter produces frames")
-    read_timeout_s: float = _opt(5.0, "a capture taking longer than this counts as a stall and is retried", gt=0, max=600)
-    retry_initial_s: float = _opt(0.5, "first wait before reconnecting a failed source (doubles each failure)", gt=0, max=600)
+    read_timeout_s: float = _opt(
+        5.0, "a capture taking longer than this counts as a stall and is retried", gt=0, max=600
+    )
+    retry_initial_s: float = _opt(
+        0.5, "first wait before reconnecting a failed source (doubles each failure)", gt=0, max=600
+    )
     retry_max_s: float = _opt(30.0, "longest wait between reconnect attempts", gt=0, max=3600)
 
     @property
@@ -76,7 +80,9 @@ class TilingOptions:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    bundle: str | None = _opt(None, "bundle directory; null = STATE/models/current if installed, else the shipped models/default")
+    bundle: str | None = _opt(
+        None, "bundle directory; null = STATE/models/current if installed, else the shipped models/default"
+    )
     runtime: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = _opt("auto", "TFLite runtime")
     threads: int = _opt(1, "interpreter threads per model", min=1, max=16)
     segment: Literal["on-crack", "never", "always"] = _opt("on-crack", "when to run the segmenter")
@@ -86,12 +92,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DecisionConfig:
-    threshold: float | None = _opt(None, "score at or above which a frame counts as a crack (null = the bundle's classifier threshold)", min=0, max=1)
-    hysteresis: float = _opt(0.1, "while an event is open a frame still counts as a crack down to threshold - hysteresis", min=0, max=1)
+    threshold: float | None = _opt(
+        None,
+        "score at or above which a frame counts as a crack (null = the bundle's classifier threshold)",
+        min=0,
+        max=1,
+    )
+    hysteresis: float = _opt(
+        0.1, "while an event is open a frame still counts as a crack down to threshold - hysteresis", min=0, max=1
+    )
     start_k: int = _opt(2, "an event starts when k of the last n frames are cracks ...", min=1, max=1000)
     start_n: int = _opt(3, "... (n = window length)", min=1, max=1000)
     end_m: int = _opt(5, "an event ends after m consecutive clear frames", min=1, max=100000)
-    update_interval_s: float = _opt(2.0, "an improved peak is published as an `update` at most this often", min=0, max=3600)
+    update_interval_s: float = _opt(
+        2.0, "an improved peak is published as an `update` at most this often", min=0, max=3600
+    )
 
 
 # --------------------------------------------------------------------------- storage, mqtt, logging
@@ -99,16 +114,26 @@ class DecisionConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    state_dir: str = _opt(str(INSTALLED_STATE_DIR), "state directory: journal, snapshots, status.json, pid, installed models")
+    state_dir: str = _opt(
+        str(INSTALLED_STATE_DIR), "state directory: journal, snapshots, status.json, pid, installed models"
+    )
     db: str | None = _opt(None, "journal path (null = STATE/crackd.db)")
     record_frames: Literal["all", "cracks", "none"] = _opt("cracks", "which per-frame results go to the journal")
-    retention_days: float = _opt(30.0, "frames and published events older than this are deleted (labelled events are kept)", gt=0)
-    max_db_mb: float = _opt(512.0, "journal size budget; oldest frames, then oldest published events, are deleted beyond it", min=1)
+    retention_days: float = _opt(
+        30.0, "frames and published events older than this are deleted (labelled events are kept)", gt=0
+    )
+    max_db_mb: float = _opt(
+        512.0, "journal size budget; oldest frames, then oldest published events, are deleted beyond it", min=1
+    )
     snapshots: bool = _opt(True, "write a frame + overlay JPEG per event")
     snapshot_budget_mb: float = _opt(512.0, "disk budget of STATE/snapshots; oldest deleted first", min=0)
     snapshot_quality: int = _opt(85, "JPEG quality", min=10, max=100)
-    outbox_warn_levels: list[float] = _opt([0.5, 0.8, 0.95], "warn loudly when undelivered MQTT messages fill these fractions of max_db_mb", min=0, max=1)
-    on_corrupt_db: Literal["move-aside", "stop"] = _opt("move-aside", "journal fails its integrity check: rename it and start a new one, or refuse to start")
+    outbox_warn_levels: list[float] = _opt(
+        [0.5, 0.8, 0.95], "warn loudly when undelivered MQTT messages fill these fractions of max_db_mb", min=0, max=1
+    )
+    on_corrupt_db: Literal["move-aside", "stop"] = _opt(
+        "move-aside", "journal fails its integrity check: rename it and start a new one, or refuse to start"
+    )
 
 
 @dataclass(frozen=True)
@@ -126,7 +151,9 @@ class SparkplugOptions:
 
     group_id: str = _opt("crackd", "Sparkplug group (e.g. the line or plant area)", min_len=1, max_len=64)
     edge_node_id: str | None = _opt(None, "edge node id of this Pi (null = device_id)", min_len=1, max_len=64)
-    device_id: str = _opt("camera", "Sparkplug device under the node that carries the crack and health metrics", min_len=1, max_len=64)
+    device_id: str = _opt(
+        "camera", "Sparkplug device under the node that carries the crack and health metrics", min_len=1, max_len=64
+    )
 
 
 @dataclass(frozen=True)
@@ -139,7 +166,9 @@ class MQTTConfig:
     password_env: str | None = _opt(None, "name of the environment variable holding the password")
     password_file: str | None = _opt(None, "file holding the password (first line; e.g. a systemd credential)")
     client_id: str | None = _opt(None, "MQTT client id (null = crackd-<device_id>)")
-    keepalive: int = _opt(30, "keepalive seconds; the broker sends the last will after 1.5x this without traffic", min=5, max=3600)
+    keepalive: int = _opt(
+        30, "keepalive seconds; the broker sends the last will after 1.5x this without traffic", min=5, max=3600
+    )
     topic_prefix: str = _opt("crackd", "topics are <prefix>/<device_id>/{status,camera,event,stats,frame,snapshot}")
     qos: Literal[0, 1, 2] = _opt(1, "QoS of event messages (1 = at least once, acknowledged by the broker)")
     reconnect_min_s: float = _opt(1.0, "first reconnect delay (doubles up to reconnect_max_s)", gt=0, max=600)
@@ -148,20 +177,36 @@ class MQTTConfig:
     publish_frames: bool = _opt(False, "also publish per-frame results (QoS 0, rate-limited)")
     frame_rate: float = _opt(1.0, "at most this many frame messages per second", gt=0, max=1000)
     flush_timeout_s: float = _opt(5.0, "on shutdown, wait this long for the outbox to drain", min=0, max=600)
-    snapshots: bool = _opt(True, "publish the latest event's overlay JPEG, retained, on <prefix>/<device_id>/snapshot (needs storage.snapshots)")
-    format: Literal["json", "sparkplug_b"] = _opt("json", "payloads: json (docs/mqtt.md) or sparkplug_b (Sparkplug B protobuf, for SCADA)")
+    snapshots: bool = _opt(
+        True,
+        "publish the latest event's overlay JPEG, retained, on <prefix>/<device_id>/snapshot (needs storage.snapshots)",
+    )
+    format: Literal["json", "sparkplug_b"] = _opt(
+        "json", "payloads: json (docs/mqtt.md) or sparkplug_b (Sparkplug B protobuf, for SCADA)"
+    )
     sparkplug: SparkplugOptions = _section(SparkplugOptions, "Sparkplug B identities (mqtt.format: sparkplug_b)")
-    snapshot_max_kb: int = _opt(150, "largest snapshot message; bigger overlays are re-encoded smaller", min=16, max=16384)
+    snapshot_max_kb: int = _opt(
+        150, "largest snapshot message; bigger overlays are re-encoded smaller", min=16, max=16384
+    )
 
 
 @dataclass(frozen=True)
 class HomeAssistantConfig:
     """MQTT discovery (edge.outputs.homeassistant): the device and its entities appear in Home Assistant by themselves."""
 
-    discovery: bool = _opt(True, "announce the device to Home Assistant with retained discovery configs on every connection")
-    discovery_prefix: str = _opt("homeassistant", "Home Assistant's discovery prefix (its MQTT integration setting)", min_len=1, max_len=128)
-    device_name: str | None = _opt(None, "device name shown in Home Assistant (null = device_id)", min_len=1, max_len=128)
-    remove: bool = _opt(False, "publish empty configs instead, removing the device from Home Assistant (also: crackd homeassistant remove)")
+    discovery: bool = _opt(
+        True, "announce the device to Home Assistant with retained discovery configs on every connection"
+    )
+    discovery_prefix: str = _opt(
+        "homeassistant", "Home Assistant's discovery prefix (its MQTT integration setting)", min_len=1, max_len=128
+    )
+    device_name: str | None = _opt(
+        None, "device name shown in Home Assistant (null = device_id)", min_len=1, max_len=128
+    )
+    remove: bool = _opt(
+        False,
+        "publish empty configs instead, removing the device from Home Assistant (also: crackd homeassistant remove)",
+    )
 
 
 @dataclass(frozen=True)
@@ -171,7 +216,9 @@ class MetricsConfig:
     http: bool = _opt(True, "serve /metrics over HTTP (no authentication: keep it on localhost or a trusted network)")
     host: str = _opt("127.0.0.1", "address the HTTP endpoint listens on (0.0.0.0: every interface)", min_len=1)
     port: int = _opt(9808, "port of the HTTP endpoint", min=1, max=65535)
-    textfile: str | None = _opt(None, "write the metrics to this .prom file for node_exporter's textfile collector (null = off)", min_len=1)
+    textfile: str | None = _opt(
+        None, "write the metrics to this .prom file for node_exporter's textfile collector (null = off)", min_len=1
+    )
     textfile_interval_s: float = _opt(15.0, "how often the textfile is rewritten", min=1, max=3600)
 
 
@@ -186,9 +233,13 @@ class ReleasesConfig:
     """Policy of `crackd models stage/activate` (edge.releases.manager) on this device."""
 
     require_signature: bool = _opt(True, "stage only bundles whose manifest.json.sig verifies against allowed_signers")
-    allowed_signers: str = _opt(str(DEFAULT_ALLOWED_SIGNERS), "ssh-keygen allowed_signers file of trusted bundle signers")
+    allowed_signers: str = _opt(
+        str(DEFAULT_ALLOWED_SIGNERS), "ssh-keygen allowed_signers file of trusted bundle signers"
+    )
     keep: int = _opt(3, "releases kept besides the current one (the previous one is always kept)", min=1, max=100)
-    max_latency_ms: float | None = _opt(None, "refuse bundles slower than this per frame on this device (null = report only)", gt=0)
+    max_latency_ms: float | None = _opt(
+        None, "refuse bundles slower than this per frame on this device (null = report only)", gt=0
+    )
 
 
 @dataclass(frozen=True)
@@ -276,8 +327,9 @@ def _check_depth(text: str, filename: str) -> None:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                raise ConfigError(f"{filename}:{_line(event)}: nested more than {MAX_YAML_DEPTH} levels deep; "
-                                  "not a crackd config")
+                raise ConfigError(
+                    f"{filename}:{_line(event)}: nested more than {MAX_YAML_DEPTH} levels deep; not a crackd config"
+                )
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
 
@@ -372,8 +424,10 @@ def _check_range(value, meta, node, path, filename, expected):
     for v in value if isinstance(value, (tuple, list)) else (value,):
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
-        bad = (meta.get("min") is not None and v < meta["min"]) or (meta.get("max") is not None and v > meta["max"]) or (
-            meta.get("gt") is not None and v <= meta["gt"]
+        bad = (
+            (meta.get("min") is not None and v < meta["min"])
+            or (meta.get("max") is not None and v > meta["max"])
+            or (meta.get("gt") is not None and v <= meta["gt"])
         )
         if bad:
             shown = node.value if isinstance(node, yaml.ScalarNode) else _describe(value)  # as written in the file
@@ -399,7 +453,12 @@ def _convert(tp, node, path, filename, meta):
     expected = _type_name(tp)
     if origin in (tuple, list):
         if not isinstance(node, yaml.SequenceNode):
-            _fail(filename, node, path, f"expected {expected}, got {_describe(_scalar(node, path, filename)) if isinstance(node, yaml.ScalarNode) else 'a mapping'}")
+            _fail(
+                filename,
+                node,
+                path,
+                f"expected {expected}, got {_describe(_scalar(node, path, filename)) if isinstance(node, yaml.ScalarNode) else 'a mapping'}",
+            )
         item_tp = args[0]
         items = [_convert(item_tp, child, f"{path}[{i}]", filename, {}) for i, child in enumerate(node.value)]
         if origin is tuple and len(items) != len(args):
@@ -407,7 +466,12 @@ def _convert(tp, node, path, filename, meta):
         _check_range(items, meta, node, path, filename, expected)
         return tuple(items) if origin is tuple else items
     if not isinstance(node, yaml.ScalarNode):
-        _fail(filename, node, path, f"expected {expected}, got a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+        _fail(
+            filename,
+            node,
+            path,
+            f"expected {expected}, got a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}",
+        )
     value = _scalar(node, path, filename)
     if origin is Literal:
         if value not in args or isinstance(value, bool):
@@ -427,7 +491,12 @@ def _convert(tp, node, path, filename, meta):
         if not math.isfinite(value):  # .nan passes every comparison and would silently disable a check
             _fail(filename, node, path, f"expected a finite number{_range_text(meta)}, got {node.value}")
     elif tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and node.style is None and path.endswith("device_id"):
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and node.style is None
+            and path.endswith("device_id")
+        ):
             value = str(value)  # device ids like 42 are fine as strings
         if not isinstance(value, str):
             _fail(filename, node, path, f"expected a string, got {_describe(value)}")
@@ -511,8 +580,11 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
         fail("mqtt.password_file", f"file not found: {m.password_file}")
     if m.reconnect_max_s < m.reconnect_min_s:
         fail("mqtt.reconnect_max_s", f"must be >= mqtt.reconnect_min_s ({m.reconnect_min_s:g})")
-    for path, part in (("device_id", cfg.device_id), ("mqtt.topic_prefix", m.topic_prefix),
-                       ("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix)):
+    for path, part in (
+        ("device_id", cfg.device_id),
+        ("mqtt.topic_prefix", m.topic_prefix),
+        ("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix),
+    ):
         if any(c in part for c in "+#") or part.startswith("/") or part.endswith("/"):
             fail(path, f"{part!r} must not contain + or # or start/end with /")
     sp = m.sparkplug

@@ -39,8 +39,10 @@ DEFAULT_ALLOWED_SIGNERS = CONFIG_DIR / "allowed_signers"
 INSTALLED_STATE_DIR = Path("/var/lib/crackd")
 DEMO_STATE_DIR = "./crackd-state"
 STATE_DIR_ENV = "CRACKD_STATE_DIR"
-RULE = (f"--state-dir, else --config's storage.state_dir, else ${STATE_DIR_ENV}, else {DEFAULT_CONFIG}'s, "
-        f"else {DEMO_STATE_DIR} when it exists, else {INSTALLED_STATE_DIR}")
+RULE = (
+    f"--state-dir, else --config's storage.state_dir, else ${STATE_DIR_ENV}, else {DEFAULT_CONFIG}'s, "
+    f"else {DEMO_STATE_DIR} when it exists, else {INSTALLED_STATE_DIR}"
+)
 
 __all__ = ["SHIPPED_BUNDLE", "StateLayout", "StateLocation", "locate_state"]
 

@@ -53,8 +53,12 @@ def score(run_dir: Path, rest: list, size: int, thresholds: np.ndarray) -> dict:
 
     model = TFLiteModel(content=int8_of(run_dir))
     images = np.stack([model_input(readable(i, read_rgb(i)), size, size) for i, _ in rest])
-    masks = np.stack([resize_mask(mask_to_binary(readable(m, cv2.imread(str(m), cv2.IMREAD_UNCHANGED))), size, size)
-                      for _, m in rest]).astype(bool)
+    masks = np.stack(
+        [
+            resize_mask(mask_to_binary(readable(m, cv2.imread(str(m), cv2.IMREAD_UNCHANGED))), size, size)
+            for _, m in rest
+        ]
+    ).astype(bool)
     probs = predict(model, images)[..., 0]
     out = {}
     for t in thresholds:
@@ -69,7 +73,9 @@ def main() -> int:
     ap.add_argument("--source", required=True, type=Path, help="the held-out segmentation folder (images/ + masks/)")
     ap.add_argument("--n", type=int, default=20, help="labelled images given to adaptation")
     ap.add_argument("--work", required=True, type=Path)
-    ap.add_argument("--threshold", type=float, default=None, help="pixel threshold to report (default: the best of the base)")
+    ap.add_argument(
+        "--threshold", type=float, default=None, help="pixel threshold to report (default: the best of the base)"
+    )
     ap.add_argument("adapt_args", nargs="*", help="extra arguments for crack-train adapt (after --)")
     args = ap.parse_args()
 
@@ -81,8 +87,19 @@ def main() -> int:
     publish_finetune(args.run, "segmenter", finetune)
     t0 = time.time()
     adapted = args.work / "adapted"
-    cmd = [sys.executable, "-m", "trainer.cli", "adapt", "--base", str(finetune / "segmenter.keras"), "--data", str(site),
-           "--out", str(adapted), *args.adapt_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        "adapt",
+        "--base",
+        str(finetune / "segmenter.keras"),
+        "--data",
+        str(site),
+        "--out",
+        str(adapted),
+        *args.adapt_args,
+    ]
     subprocess.run(cmd, check=True, cwd=REPO)
     seconds = time.time() - t0
     size = json.loads((args.run / "run.json").read_text())["spec"]["size"]
@@ -92,9 +109,17 @@ def main() -> int:
     t_base = args.threshold if args.threshold is not None else float(max(base, key=lambda k: base[k]["tolerant_f1"]))
     key = f"{t_base:.2f}"
     best_new = max(new, key=lambda k: new[k]["tolerant_f1"])
-    result = {"source": args.source.name, "labelled": args.n, "scored": len(rest), "adapt_seconds": round(seconds, 1),
-              "threshold": t_base, "base": base[key], "adapted": new[key],
-              "adapted_best": {"threshold": float(best_new), **new[best_new]}, "command": " ".join(cmd)}
+    result = {
+        "source": args.source.name,
+        "labelled": args.n,
+        "scored": len(rest),
+        "adapt_seconds": round(seconds, 1),
+        "threshold": t_base,
+        "base": base[key],
+        "adapted": new[key],
+        "adapted_best": {"threshold": float(best_new), **new[best_new]},
+        "command": " ".join(cmd),
+    }
     (args.work / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0

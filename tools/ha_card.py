@@ -39,8 +39,24 @@ def doc_example(topic: str) -> dict:
 
 
 def infer(image: Path, mm_per_pixel: float, overlay_dir: Path) -> dict:
-    run = subprocess.run([sys.executable, "-m", "edge.cli", "infer", "--json", "--mm-per-pixel", str(mm_per_pixel),
-                          "--overlay", str(overlay_dir), str(image)], check=True, capture_output=True, text=True, cwd=REPO)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "infer",
+            "--json",
+            "--mm-per-pixel",
+            str(mm_per_pixel),
+            "--overlay",
+            str(overlay_dir),
+            str(image),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     return json.loads(run.stdout.splitlines()[-1])
 
 
@@ -48,7 +64,8 @@ def card_html(rows: list[tuple[str, str]], overlay_jpeg: bytes, device: str, cra
     picture = base64.b64encode(overlay_jpeg).decode()
     items = "\n".join(
         f'<div class="row"><span class="name">{html.escape(n)}</span><span class="state">{html.escape(v)}</span></div>'
-        for n, v in rows)
+        for n, v in rows
+    )
     badge = '<span class="badge on">Detected</span>' if crack_on else '<span class="badge">Clear</span>'
     return f"""<!doctype html><html><head><meta charset="utf-8"><style>
 body {{ margin: 0; background: #fafafa; font-family: Roboto, 'DejaVu Sans', sans-serif; }}
@@ -80,9 +97,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         result = infer(args.image, args.mm_per_pixel, Path(tmp))
         overlay = next(Path(tmp).glob("*.jpg")).read_bytes()
-        event = dict(doc_example("event"), type="start", revision=0, ended_at=None, end_reason=None,
-                     score=result["score"], measurements=result["measurements"])
-        payloads = {cfg.topic("event"): event, cfg.topic("stats"): doc_example("stats"), cfg.topic("status"): doc_example("status")}
+        event = dict(
+            doc_example("event"),
+            type="start",
+            revision=0,
+            ended_at=None,
+            end_reason=None,
+            score=result["score"],
+            measurements=result["measurements"],
+        )
+        payloads = {
+            cfg.topic("event"): event,
+            cfg.topic("stats"): doc_example("stats"),
+            cfg.topic("status"): doc_example("status"),
+        }
         rows = []
         for e in entities(cfg):
             if e.component != "sensor":
@@ -95,9 +123,20 @@ def main() -> int:
         page = Path(tmp) / "card.html"
         page.write_text(card_html(rows, overlay, cfg.device_id, event["type"] != "end"))
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--screenshot={args.out.resolve()}", "--window-size=412,806", page.as_uri()],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--screenshot={args.out.resolve()}",
+                "--window-size=412,806",
+                page.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -74,7 +74,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def engine_only(bundle: Path, frames: list[np.ndarray], seconds: float, threads: int, segment: str, runtime: str) -> tuple[float, float]:
+def engine_only(
+    bundle: Path, frames: list[np.ndarray], seconds: float, threads: int, segment: str, runtime: str
+) -> tuple[float, float]:
     """(frames per wall second, CPU ms per frame) of Cascade.process alone."""
     from edge.engine.bundle import load_bundle
     from edge.engine.cascade import Cascade
@@ -92,9 +94,13 @@ def engine_only(bundle: Path, frames: list[np.ndarray], seconds: float, threads:
 def start_broker(workdir: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    + (f"user {os.environ.get('USER', 'root')}\n" if os.geteuid() == 0 else ""))
-    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        + (f"user {os.environ.get('USER', 'root')}\n" if os.geteuid() == 0 else "")
+    )
+    proc = subprocess.Popen(
+        ["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -133,12 +139,18 @@ def main() -> int:
     ap.add_argument("--size", default="320x240", metavar="WxH", help="frame size of the generated folder")
     ap.add_argument("--frames", type=int, default=64, help="distinct frames in the folder (replayed in a loop)")
     ap.add_argument("--format", default="jpg", choices=["jpg", "png"])
-    ap.add_argument("--cache-mb", type=float, default=0.0, help="folder.cache_mb of the daemon (0: decode every file every time)")
+    ap.add_argument(
+        "--cache-mb", type=float, default=0.0, help="folder.cache_mb of the daemon (0: decode every file every time)"
+    )
     ap.add_argument("--record-frames", default="cracks", choices=["all", "cracks", "none"])
     ap.add_argument("--broker", default=None, metavar="HOST:PORT", help="use this broker instead of starting mosquitto")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--source", default="folder", choices=["folder", "demo"],
-                    help="folder: replay generated files as fast as possible; demo: the `crackd run --demo` camera (synthetic, 10 fps)")
+    ap.add_argument(
+        "--source",
+        default="folder",
+        choices=["folder", "demo"],
+        help="folder: replay generated files as fast as possible; demo: the `crackd run --demo` camera (synthetic, 10 fps)",
+    )
     ap.add_argument("--rss-csv", default=None, metavar="FILE", help="write the RSS samples (seconds, MB) to this CSV")
     ap.add_argument("--plot", default=None, metavar="PNG", help="plot RSS over time to this PNG (matplotlib)")
     ap.add_argument("--json", action="store_true")
@@ -159,10 +171,20 @@ def main() -> int:
         state = work / "state"
         config = {
             "device_id": "soak",
-            "source": ({"type": "folder", "folder": {"path": str(work / "frames"), "fps": 0, "loop": True, "cache_mb": args.cache_mb}}
-                       if args.source == "folder" else
-                       {"type": "synthetic", "synthetic": {"fps": 10, "crack_probability": 0.3, "hold_frames": 8}}),
-            "model": {"bundle": str(Path(args.bundle).resolve()), "threads": args.threads, "segment": args.segment, "runtime": args.runtime},
+            "source": (
+                {
+                    "type": "folder",
+                    "folder": {"path": str(work / "frames"), "fps": 0, "loop": True, "cache_mb": args.cache_mb},
+                }
+                if args.source == "folder"
+                else {"type": "synthetic", "synthetic": {"fps": 10, "crack_probability": 0.3, "hold_frames": 8}}
+            ),
+            "model": {
+                "bundle": str(Path(args.bundle).resolve()),
+                "threads": args.threads,
+                "segment": args.segment,
+                "runtime": args.runtime,
+            },
             "storage": {"state_dir": str(state), "record_frames": args.record_frames},
             "mqtt": {"enabled": True, "host": host, "port": int(port)},
             "logging": {"journald": False, "level": "warning"},
@@ -170,8 +192,12 @@ def main() -> int:
         }
         (work / "crackd.yaml").write_text(json.dumps(config))  # JSON is YAML
         log = open(work / "daemon.log", "wb")  # noqa: SIM115  (the daemon's output for the whole soak)
-        daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(work / "crackd.yaml")],
-                                  cwd=REPO, stdout=log, stderr=log)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", "--config", str(work / "crackd.yaml")],
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+        )
         deadline = time.monotonic() + 60
         while not read_status(state).frames_processed and time.monotonic() < deadline:
             if daemon.poll() is not None:
@@ -198,7 +224,9 @@ def main() -> int:
         engine_cpu_ms = (before[1] + after[1]) / 2
         rss = [r for _, r in samples if r is not None]
         if args.rss_csv:
-            Path(args.rss_csv).write_text("seconds,rss_mb\n" + "".join(f"{t:.1f},{r:.2f}\n" for t, r in samples if r is not None))
+            Path(args.rss_csv).write_text(
+                "seconds,rss_mb\n" + "".join(f"{t:.1f},{r:.2f}\n" for t, r in samples if r is not None)
+            )
         if args.plot:
             plot_rss(samples, Path(args.plot), f"crackd soak ({args.source}, {args.duration:g} s)")
         half = len(rss) // 2
@@ -232,17 +260,29 @@ def main() -> int:
         if args.json:
             print(json.dumps(report, indent=1))
         else:
-            print(f"crackd soak: bundle {report['bundle']}, {width}x{height} {args.format}, segment {args.segment}, "
-                  f"record_frames {args.record_frames}, folder cache {args.cache_mb:g} MB, {report['duration_s']} s measured")
-            print(f"  engine only             {report['engine_only_fps']:8.1f} frames/s  (before {before[0]:.1f}, after {after[0]:.1f}); "
-                  f"{engine_cpu_ms:.3f} CPU ms/frame")
-            print(f"  daemon (journal + MQTT) {report['pipeline_fps']:8.1f} frames/s  wall ratio {report['throughput_ratio']:.1%}; "
-                  f"{daemon_cpu_ms:.3f} CPU ms/frame, CPU ratio {report['cpu_ratio']:.1%}  (target >= 90%)")
-            print("  (wall ratios swing with other load on this machine; the CPU ratio is what a saturated single core would give)")
-            print(f"  frames {report['frames_processed']} processed, {report['frames_skipped']} skipped, {report['frames_failed']} failed; "
-                  f"{report['events']} events; outbox at exit {report['outbox_depth_at_exit']}; latency {report['latency_ms']}")
-            print(f"  RSS  start {report['rss_mb_start']} MB, end {report['rss_mb_end']} MB, max {report['rss_mb_max']} MB "
-                  f"(means: first half {report['rss_mb_first_half_mean']}, second half {report['rss_mb_second_half_mean']}; target <= 150 MB, no growth)")
+            print(
+                f"crackd soak: bundle {report['bundle']}, {width}x{height} {args.format}, segment {args.segment}, "
+                f"record_frames {args.record_frames}, folder cache {args.cache_mb:g} MB, {report['duration_s']} s measured"
+            )
+            print(
+                f"  engine only             {report['engine_only_fps']:8.1f} frames/s  (before {before[0]:.1f}, after {after[0]:.1f}); "
+                f"{engine_cpu_ms:.3f} CPU ms/frame"
+            )
+            print(
+                f"  daemon (journal + MQTT) {report['pipeline_fps']:8.1f} frames/s  wall ratio {report['throughput_ratio']:.1%}; "
+                f"{daemon_cpu_ms:.3f} CPU ms/frame, CPU ratio {report['cpu_ratio']:.1%}  (target >= 90%)"
+            )
+            print(
+                "  (wall ratios swing with other load on this machine; the CPU ratio is what a saturated single core would give)"
+            )
+            print(
+                f"  frames {report['frames_processed']} processed, {report['frames_skipped']} skipped, {report['frames_failed']} failed; "
+                f"{report['events']} events; outbox at exit {report['outbox_depth_at_exit']}; latency {report['latency_ms']}"
+            )
+            print(
+                f"  RSS  start {report['rss_mb_start']} MB, end {report['rss_mb_end']} MB, max {report['rss_mb_max']} MB "
+                f"(means: first half {report['rss_mb_first_half_mean']}, second half {report['rss_mb_second_half_mean']}; target <= 150 MB, no growth)"
+            )
         return 0
     finally:
         if daemon is not None and daemon.poll() is None:

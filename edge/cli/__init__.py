@@ -15,7 +15,10 @@ COMMAND_MODULES = ("edge.cli.infer", "edge.cli.daemon", "edge.cli.events", "edge
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crackd", description="Crack inspection on the edge: infer, benchmark, run the daemon, manage models and records.")
+    parser = argparse.ArgumentParser(
+        prog="crackd",
+        description="Crack inspection on the edge: infer, benchmark, run the daemon, manage models and records.",
+    )
     parser.add_argument("--version", action="version", version=f"crackd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -34,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
@@ -42,4 +47,3 @@ def main(argv: list[str] | None = None) -> int:
         # and point stdout at /dev/null so the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-

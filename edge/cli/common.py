@@ -35,17 +35,33 @@ def fail(message: str, code: int = EXIT_USAGE, prog: str = "crackd") -> int:
     return code
 
 
-def refuse(message: str, code: int, prog: str, *, as_json: bool = False, kind: str = "UsageError",
-           extra: dict | None = None, indent: int | None = None) -> int:
+def refuse(
+    message: str,
+    code: int,
+    prog: str,
+    *,
+    as_json: bool = False,
+    kind: str = "UsageError",
+    extra: dict | None = None,
+    indent: int | None = None,
+) -> int:
     """`fail`, and with --json first the same as one JSON answer on stdout for the program reading it:
     `{"ok": false, "error": MESSAGE, "kind": KIND, **extra}` (crack-deploy reads `crackd models` this way)."""
     if as_json:
-        print_json({"ok": False, "error": message, "kind": kind, **(extra or {})}, indent=indent, default=str, flush=True)
+        print_json(
+            {"ok": False, "error": message, "kind": kind, **(extra or {})}, indent=indent, default=str, flush=True
+        )
     return fail(message, code, prog)
 
 
-def print_json(obj: Any, *, indent: int | None = None, default: Callable[[Any], Any] | None = None,
-               ensure_ascii: bool = True, flush: bool = False) -> None:
+def print_json(
+    obj: Any,
+    *,
+    indent: int | None = None,
+    default: Callable[[Any], Any] | None = None,
+    ensure_ascii: bool = True,
+    flush: bool = False,
+) -> None:
     """One JSON document on stdout (`flush` for line-by-line readers such as crack-deploy over SSH)."""
     print(json.dumps(obj, indent=indent, default=default, ensure_ascii=ensure_ascii), flush=flush)
 
@@ -63,13 +79,20 @@ def locate(args: argparse.Namespace) -> StateLocation:
 # ---------------------------------------------------------------------- options
 
 
-def add_state_dir_arg(parser: argparse.ArgumentParser, help: str = STATE_DIR_HELP, type: Callable[[str], Any] = str) -> None:
+def add_state_dir_arg(
+    parser: argparse.ArgumentParser, help: str = STATE_DIR_HELP, type: Callable[[str], Any] = str
+) -> None:
     """--state-dir DIR: where the daemon keeps its journal, status, snapshots and models (None: edge.layout's rule)."""
     parser.add_argument("--state-dir", default=None, type=type, help=help)
 
 
-def add_config_arg(parser: argparse.ArgumentParser, help: str = CONFIG_HELP, default: str | None = None,
-                   type: Callable[[str], Any] = str, metavar: str | None = "FILE") -> None:
+def add_config_arg(
+    parser: argparse.ArgumentParser,
+    help: str = CONFIG_HELP,
+    default: str | None = None,
+    type: Callable[[str], Any] = str,
+    metavar: str | None = "FILE",
+) -> None:
     """--config FILE: the daemon's YAML config."""
     parser.add_argument("--config", default=default, type=type, metavar=metavar, help=help)
 

@@ -37,15 +37,18 @@ EXIT_STOPPED = 3  # `crackd status`: stopped cleanly, not running
 
 def demo_config(state_dir: str) -> Config:
     """`crackd run --demo`: synthetic camera, shipped bundle, local state, MQTT on localhost if one answers."""
-    return config_from_dict({
-        "device_id": "demo",
-        "source": {"type": "synthetic", "synthetic": {"fps": 10, "crack_probability": 0.3, "hold_frames": 8}},
-        "model": {"bundle": str(SHIPPED_BUNDLE)},
-        "storage": {"state_dir": state_dir, "retention_days": 7, "max_db_mb": 200, "snapshot_budget_mb": 100},
-        "mqtt": {"enabled": True, "host": "localhost", "port": 1883, "reconnect_max_s": 30},
-        "logging": {"journald": False},
-        "stats_interval_s": 10,
-    }, "<demo>")
+    return config_from_dict(
+        {
+            "device_id": "demo",
+            "source": {"type": "synthetic", "synthetic": {"fps": 10, "crack_probability": 0.3, "hold_frames": 8}},
+            "model": {"bundle": str(SHIPPED_BUNDLE)},
+            "storage": {"state_dir": state_dir, "retention_days": 7, "max_db_mb": 200, "snapshot_budget_mb": 100},
+            "mqtt": {"enabled": True, "host": "localhost", "port": 1883, "reconnect_max_s": 30},
+            "logging": {"journald": False},
+            "stats_interval_s": 10,
+        },
+        "<demo>",
+    )
 
 
 def _broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -79,9 +82,15 @@ def cmd_run(args) -> int:
         return fail(str(exc))
     setup_logging("debug" if args.verbose else cfg.logging.level, cfg.logging.journald)
     if args.demo:
-        log.info("demo: synthetic camera, bundle %s, state in %s", SHIPPED_BUNDLE, Path(cfg.storage.state_dir).resolve())
+        log.info(
+            "demo: synthetic camera, bundle %s, state in %s", SHIPPED_BUNDLE, Path(cfg.storage.state_dir).resolve()
+        )
         if not _broker_answers(cfg.mqtt.host, cfg.mqtt.port):
-            log.warning("demo: no MQTT broker answers at %s:%d; events wait in the outbox until one does", cfg.mqtt.host, cfg.mqtt.port)
+            log.warning(
+                "demo: no MQTT broker answers at %s:%d; events wait in the outbox until one does",
+                cfg.mqtt.host,
+                cfg.mqtt.port,
+            )
     state_dir = Path(cfg.storage.state_dir)
     created = not state_dir.exists()
     sup = Supervisor(cfg, None if args.demo else args.config)
@@ -92,8 +101,12 @@ def cmd_run(args) -> int:
         return fail(str(exc))
     if created:  # never silently: as root this makes a root-owned directory the service user cannot write
         st = state_dir.stat()
-        log.warning("created the state directory %s (it did not exist; owner uid %d); a service running as another user "
-                    "needs it to be theirs (deploy/install.sh makes it)", state_dir.resolve(), st.st_uid)
+        log.warning(
+            "created the state directory %s (it did not exist; owner uid %d); a service running as another user "
+            "needs it to be theirs (deploy/install.sh makes it)",
+            state_dir.resolve(),
+            st.st_uid,
+        )
     return sup.run()
 
 
@@ -115,8 +128,10 @@ def cmd_check_config(args) -> int:
     except BundleError as exc:
         return fail(f"{args.file}: model.bundle: {exc}")
     missing = "" if Path(cfg.storage.state_dir).is_dir() else " (does not exist yet: `crackd run` creates it)"
-    print(f"{args.file}: ok (device {cfg.device_id}, source {cfg.source.type}, bundle {manifest.bundle_version} at {bundle_dir}, "
-          f"state {cfg.storage.state_dir}{missing}, MQTT {f'{cfg.mqtt.host}:{cfg.mqtt.port:d}' if cfg.mqtt.enabled else 'off'})")
+    print(
+        f"{args.file}: ok (device {cfg.device_id}, source {cfg.source.type}, bundle {manifest.bundle_version} at {bundle_dir}, "
+        f"state {cfg.storage.state_dir}{missing}, MQTT {f'{cfg.mqtt.host}:{cfg.mqtt.port:d}' if cfg.mqtt.enabled else 'off'})"
+    )
     return 0
 
 
@@ -145,27 +160,33 @@ def cmd_status(args) -> int:
         print_json({**reading.to_json(), "running": running}, indent=1)
         return code
     if stopped:
-        print("\n".join([
-            f"crackd {d.version} on {d.device_id}: stopped cleanly at {d.updated_at} "
-            f"(pid {d.pid}, started {d.started_at}, up {d.uptime_s} s)",
-            f"  bundle       {d.bundle_version}  sha256 {str(d.bundle_sha256)[:12]}  {d.bundle_path}",
-            f"  frames       {d.frames_processed} processed, {d.frames_skipped} skipped, "
-            f"{d.frames_failed} failed, {d.frames_bad} bad",
-            f"  outbox       {d.outbox_depth} message(s) waiting for the next start",
-        ]))
+        print(
+            "\n".join(
+                [
+                    f"crackd {d.version} on {d.device_id}: stopped cleanly at {d.updated_at} "
+                    f"(pid {d.pid}, started {d.started_at}, up {d.uptime_s} s)",
+                    f"  bundle       {d.bundle_version}  sha256 {str(d.bundle_sha256)[:12]}  {d.bundle_path}",
+                    f"  frames       {d.frames_processed} processed, {d.frames_skipped} skipped, "
+                    f"{d.frames_failed} failed, {d.frames_bad} bad",
+                    f"  outbox       {d.outbox_depth} message(s) waiting for the next start",
+                ]
+            )
+        )
         return code
     lat = d.latency_ms
     lines = [
         f"crackd {d.version} on {d.device_id}: "
-        + ("running" if running else "NOT RUNNING") + f" (pid {d.pid}), " + ("healthy" if healthy else "NOT HEALTHY"),
+        + ("running" if running else "NOT RUNNING")
+        + f" (pid {d.pid}), "
+        + ("healthy" if healthy else "NOT HEALTHY"),
         f"  started      {d.started_at}  (uptime {d.uptime_s} s, status written {age} s ago)",
         f"  bundle       {d.bundle_version}  sha256 {str(d.bundle_sha256)[:12]}  {d.bundle_path}",
         f"  frames       {d.frames_processed} processed, {d.frames_skipped} skipped, "
         f"{d.frames_failed} failed, {d.frames_bad} bad; {d.fps} fps; last {d.last_frame_age_s} s ago",
         f"  latency      p50 {lat.p50} ms, p95 {lat.p95} ms",
         f"  camera       {d.camera_state}",
-        "  mqtt         " + ("off" if not d.mqtt_enabled else
-                              ("connected" if d.broker_connected else f"DISCONNECTED ({d.broker_error})"))
+        "  mqtt         "
+        + ("off" if not d.mqtt_enabled else ("connected" if d.broker_connected else f"DISCONNECTED ({d.broker_error})"))
         + f", outbox {d.outbox_depth} waiting",
     ]
     if d.journal_error:
@@ -180,7 +201,11 @@ def cmd_status(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the inspection daemon")
     add_config_arg(p, help="YAML config (see config/crackd.example.yaml)")
-    p.add_argument("--demo", action="store_true", help="synthetic camera, shipped bundle, ./crackd-state, MQTT on localhost if a broker answers")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="synthetic camera, shipped bundle, ./crackd-state, MQTT on localhost if a broker answers",
+    )
     add_state_dir_arg(p, help="override storage.state_dir (demo default ./crackd-state)")
     p.set_defaults(func=cmd_run)
 

@@ -21,8 +21,22 @@ from edge.timestamps import iso_utc
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection): such cells get a leading '.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_FIELDS = (
-    "id", "uuid", "state", "started_at", "ended_at", "frames", "peak_score", "label", "label_note",
-    "bundle_version", "device_id", "snapshot", "overlay", "length_px", "max_width_px", "total_area_px",
+    "id",
+    "uuid",
+    "state",
+    "started_at",
+    "ended_at",
+    "frames",
+    "peak_score",
+    "label",
+    "label_note",
+    "bundle_version",
+    "device_id",
+    "snapshot",
+    "overlay",
+    "length_px",
+    "max_width_px",
+    "total_area_px",
 )
 
 
@@ -40,7 +54,9 @@ def parse_when(text: str) -> float:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"{text!r}: expected a time like 2h, 7d, 2024-05-01, 2024-05-01T12:00:00Z or epoch seconds") from None
+        raise UsageError(
+            f"{text!r}: expected a time like 2h, 7d, 2024-05-01, 2024-05-01T12:00:00Z or epoch seconds"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
@@ -59,11 +75,18 @@ def _open_journal(args):
 def _flat(event: dict, state_dir: Path) -> dict:
     m = event.get("peak_measurements") or {}
     row = {k: event.get(k) for k in EXPORT_FIELDS}
-    row["started_at"], row["ended_at"] = iso_utc(event.get("started_at"), "seconds"), iso_utc(event.get("ended_at"), "seconds")
+    row["started_at"], row["ended_at"] = (
+        iso_utc(event.get("started_at"), "seconds"),
+        iso_utc(event.get("ended_at"), "seconds"),
+    )
     for key in ("snapshot", "overlay"):
         if relpath := row[key]:
             row[key] = str((state_dir / relpath).resolve())
-    row["length_px"], row["max_width_px"], row["total_area_px"] = m.get("length_px"), m.get("max_width_px"), m.get("total_area_px")
+    row["length_px"], row["max_width_px"], row["total_area_px"] = (
+        m.get("length_px"),
+        m.get("max_width_px"),
+        m.get("total_area_px"),
+    )
     return row
 
 
@@ -71,7 +94,9 @@ def cmd_events(args) -> int:
     from edge.events.journal import JournalError
 
     if getattr(args, "limit", None) is not None and args.limit < 1:
-        return fail(f"events {args.events_command}: --limit: expected at least 1 (leave it out for all), got {args.limit}")
+        return fail(
+            f"events {args.events_command}: --limit: expected at least 1 (leave it out for all), got {args.limit}"
+        )
     try:
         journal, state_dir = _open_journal(args)
     except (UsageError, JournalError) as exc:
@@ -98,11 +123,15 @@ def _ev_list(args, journal, state_dir) -> int:
     if args.json:
         print_json([_flat(e, state_dir) for e in events], indent=1)
         return 0
-    print(f"{'id':>5}  {'uuid':<8}  {'started (UTC)':<20}  {'state':<6}  {'frames':>6}  {'score':>5}  {'length px':>9}  label")
+    print(
+        f"{'id':>5}  {'uuid':<8}  {'started (UTC)':<20}  {'state':<6}  {'frames':>6}  {'score':>5}  {'length px':>9}  label"
+    )
     for e in events:
         m = e.get("peak_measurements") or {}
-        print(f"{e['id']:>5}  {e['uuid'][:8]}  {iso_utc(e['started_at'], 'seconds'):<20}  {e['state']:<6}  {e['frames']:>6}  {e['peak_score']:5.2f}  "
-              f"{m.get('length_px', '-')!s:>9}  {e.get('label') or ''}")
+        print(
+            f"{e['id']:>5}  {e['uuid'][:8]}  {iso_utc(e['started_at'], 'seconds'):<20}  {e['state']:<6}  {e['frames']:>6}  {e['peak_score']:5.2f}  "
+            f"{m.get('length_px', '-')!s:>9}  {e.get('label') or ''}"
+        )
     print(f"{len(events)} event(s)")
     return 0
 
@@ -119,7 +148,11 @@ def _find(journal, ref: str) -> dict:
 
 def _ev_show(args, journal, state_dir) -> int:
     event = _find(journal, args.id)
-    event = {**event, "started_at_iso": iso_utc(event["started_at"], "seconds"), "ended_at_iso": iso_utc(event.get("ended_at"), "seconds")}
+    event = {
+        **event,
+        "started_at_iso": iso_utc(event["started_at"], "seconds"),
+        "ended_at_iso": iso_utc(event.get("ended_at"), "seconds"),
+    }
     for key in ("snapshot", "overlay"):
         if event.get(key):
             event[key] = str((state_dir / event[key]).resolve())
@@ -143,7 +176,11 @@ def _write_export(args, journal, state_dir, events, out) -> None:
             row = _flat(e, state_dir)
             row["peak_measurements"] = e.get("peak_measurements")
             rows.append(row)
-        json.dump({"exported_at": iso_utc(time.time(), "seconds"), "journal": str(journal.path), "events": rows}, out, indent=1)
+        json.dump(
+            {"exported_at": iso_utc(time.time(), "seconds"), "journal": str(journal.path), "events": rows},
+            out,
+            indent=1,
+        )
         out.write("\n")
     else:
         writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
@@ -226,7 +263,9 @@ def register(sub) -> None:
     e = _records_parser(esub, "export", "export events as CSV or JSON (labels included: training data)")
     _filter_args(e)
     e.add_argument("--format", choices=["csv", "json"], default="csv")
-    e.add_argument("--out", "-o", default="-", help="output file (default stdout); an existing file is kept unless --force")
+    e.add_argument(
+        "--out", "-o", default="-", help="output file (default stdout); an existing file is kept unless --force"
+    )
     e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     e = _records_parser(esub, "label", "an operator's verdict, kept for retraining")
     e.add_argument("id")

@@ -17,7 +17,10 @@ def cmd_homeassistant(args) -> int:
         return fail(str(exc))
     if args.action == "show":
         for e in homeassistant.entities(cfg):
-            print_json({"topic": homeassistant.config_topic(cfg, e.component, e.object_id), "config": e.config}, ensure_ascii=False)
+            print_json(
+                {"topic": homeassistant.config_topic(cfg, e.component, e.object_id), "config": e.config},
+                ensure_ascii=False,
+            )
         return 0
     if not cfg.mqtt.enabled:
         return fail(f"{args.config}: mqtt.enabled is false: no broker to remove the configs from")
@@ -25,14 +28,22 @@ def cmd_homeassistant(args) -> int:
         n = homeassistant.remove_now(cfg, password, timeout=args.timeout)
     except ConnectionError as exc:
         return fail(str(exc), 1)
-    print(f"removed: {n} empty retained configs published under {cfg.homeassistant.discovery_prefix}/ for device {cfg.device_id}"
-          " (set homeassistant.discovery: false, or the daemon announces the device again at its next connection)")
+    print(
+        f"removed: {n} empty retained configs published under {cfg.homeassistant.discovery_prefix}/ for device {cfg.device_id}"
+        " (set homeassistant.discovery: false, or the daemon announces the device again at its next connection)"
+    )
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("homeassistant", help="Home Assistant MQTT discovery: show the configs, or remove the device from HA")
-    p.add_argument("action", choices=("show", "remove"), help="show: print each config topic and payload; remove: publish empty retained configs")
+    p = sub.add_parser(
+        "homeassistant", help="Home Assistant MQTT discovery: show the configs, or remove the device from HA"
+    )
+    p.add_argument(
+        "action",
+        choices=("show", "remove"),
+        help="show: print each config topic and payload; remove: publish empty retained configs",
+    )
     add_config_arg(p, help=f"daemon config (default {DEFAULT_CONFIG})", default=str(DEFAULT_CONFIG), metavar=None)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
     p.set_defaults(func=cmd_homeassistant)

@@ -44,7 +44,9 @@ def _build_cascade(args):
         raise ValueError(f"--threshold: expected a crack score from 0 to 1, got {args.threshold:g}")
     bundle = load_bundle(args.bundle or default_bundle(), runtime=args.runtime, threads=args.threads)
     tiling = TilingConfig(tile=args.tile) if getattr(args, "tile", None) else None
-    return Cascade(bundle, segment=args.segment, threshold=args.threshold, mm_per_pixel=args.mm_per_pixel, tiling=tiling)
+    return Cascade(
+        bundle, segment=args.segment, threshold=args.threshold, mm_per_pixel=args.mm_per_pixel, tiling=tiling
+    )
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
@@ -112,7 +114,9 @@ def cmd_infer(args) -> int:
             mask = result.mask if result.mask is not None else np.zeros(rgb.shape[:2], np.uint8)
             cv2.imwrite(str(Path(args.mask_dir) / f"{path.stem}.png"), mask)
         if args.overlay:
-            cv2.imwrite(str(Path(args.overlay) / f"{path.stem}.jpg"), cv2.cvtColor(draw_overlay(rgb, result), cv2.COLOR_RGB2BGR))
+            cv2.imwrite(
+                str(Path(args.overlay) / f"{path.stem}.jpg"), cv2.cvtColor(draw_overlay(rgb, result), cv2.COLOR_RGB2BGR)
+            )
         if args.json:
             print_json({"path": str(path), **result.to_dict()}, flush=True)
         else:
@@ -124,7 +128,12 @@ def cmd_infer(args) -> int:
 
 def _percentiles(values: list[float]) -> dict:
     a = np.asarray(values)
-    return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+    return {
+        "median": float(np.median(a)),
+        "p95": float(np.percentile(a, 95)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+    }
 
 
 def _timed_loop(cascade, frames: list[np.ndarray], n: int, warmup: int) -> tuple[dict[str, list[float]], int, float]:
@@ -151,9 +160,15 @@ def _reference_report(reference, before, after, stages_ms: dict, no_crack_ms: di
     medians["crack_frame"] = stages_ms["total"]["median"]
     medians["no_crack_frame"] = no_crack_ms["median"]
     return {
-        "reference": {"path": str(reference.path), "input_shape": reference.input_shape, "runtime": reference.model.runtime,
-                      "threads": reference.model.threads, "median_ms": pooled.median_ms,
-                      "before": before.as_dict(), "after": after.as_dict()},
+        "reference": {
+            "path": str(reference.path),
+            "input_shape": reference.input_shape,
+            "runtime": reference.model.runtime,
+            "threads": reference.model.threads,
+            "median_ms": pooled.median_ms,
+            "before": before.as_dict(),
+            "after": after.as_dict(),
+        },
         "relative_to_reference": relative_to(pooled.median_ms, medians),
     }
 
@@ -212,7 +227,9 @@ def cmd_bench(args) -> int:
         "cold_start_s": cold_start,
     }
     if reference:
-        report.update(_reference_report(reference, ref_before, ref_after, report["stages_ms"], report["no_crack_frame_ms"]))
+        report.update(
+            _reference_report(reference, ref_before, ref_after, report["stages_ms"], report["no_crack_frame_ms"])
+        )
     if args.json:
         print_json(report, indent=1)
         return 0
@@ -223,8 +240,10 @@ def cmd_bench(args) -> int:
 def _print_bench(report: dict, threads: int) -> None:
     width, height = report["frame_size"]
     ratios = report.get("relative_to_reference")
-    print(f"crackd bench: bundle {report['bundle_version']}, runtime {report['runtime']}, {threads} thread(s), "
-          f"{width}x{height}, {report['frames']} frames ({report['segmented_frames']} segmented, mode {report['segment_mode']})")
+    print(
+        f"crackd bench: bundle {report['bundle_version']}, runtime {report['runtime']}, {threads} thread(s), "
+        f"{width}x{height}, {report['frames']} frames ({report['segmented_frames']} segmented, mode {report['segment_mode']})"
+    )
     print(f"{'stage':<14} {'median':>8} {'p95':>8} {'p99':>8}   (ms)" + ("   x reference" if ratios else ""))
     rows = [*report["stages_ms"].items(), ("no-crack frame", report["no_crack_frame_ms"])]
     keys = [*report["stages_ms"], "no_crack_frame"]
@@ -233,9 +252,13 @@ def _print_bench(report: dict, threads: int) -> None:
         print(f"{name:<14} {v['median']:8.3f} {v['p95']:8.3f} {v['p99']:8.3f}{ratio}")
     if ratios:
         ref = report["reference"]
-        print(f"reference      {ref['median_ms']:8.3f} ms median ({Path(ref['path']).name}, input {'x'.join(map(str, ref['input_shape'][1:]))}; "
-              f"before {ref['before']['median_ms']:.3f}, after {ref['after']['median_ms']:.3f})")
-        print(f"crack frame          {ratios['crack_frame']:.3f} x reference   no-crack frame {ratios['no_crack_frame']:.3f} x reference")
+        print(
+            f"reference      {ref['median_ms']:8.3f} ms median ({Path(ref['path']).name}, input {'x'.join(map(str, ref['input_shape'][1:]))}; "
+            f"before {ref['before']['median_ms']:.3f}, after {ref['after']['median_ms']:.3f})"
+        )
+        print(
+            f"crack frame          {ratios['crack_frame']:.3f} x reference   no-crack frame {ratios['no_crack_frame']:.3f} x reference"
+        )
     print(f"throughput           {report['fps']:.1f} frames/s")
     print(f"pipeline efficiency  {report['pipeline_efficiency']:.3f}  (time inside the models / end-to-end)")
     print(f"peak RSS             {report['peak_rss_mb']:.1f} MB")
@@ -244,19 +267,36 @@ def _print_bench(report: dict, threads: int) -> None:
 
 def _add_model_args(p, segment_default: str) -> None:
     p.add_argument("--bundle", default=None, metavar="DIR", help="model bundle (default: the shipped models/default)")
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help="TFLite runtime (default auto: ai-edge-litert, tflite-runtime, tensorflow)")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default="auto",
+        help="TFLite runtime (default auto: ai-edge-litert, tflite-runtime, tensorflow)",
+    )
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
-    p.add_argument("--segment", choices=["never", "on-crack", "always"], default=segment_default, help=f"when to run the segmenter (default {segment_default})")
+    p.add_argument(
+        "--segment",
+        choices=["never", "on-crack", "always"],
+        default=segment_default,
+        help=f"when to run the segmenter (default {segment_default})",
+    )
     p.add_argument("--threshold", type=float, default=None, help="crack score threshold (default: the bundle's)")
     p.add_argument("--mm-per-pixel", type=float, default=None, help="scale for millimetre measurements")
-    p.add_argument("--tile", type=int, default=None, metavar="PX", help="tiling mode for large frames: tile size in pixels")
+    p.add_argument(
+        "--tile", type=int, default=None, metavar="PX", help="tiling mode for large frames: tile size in pixels"
+    )
 
 
 def register(sub) -> None:
     p = sub.add_parser("infer", help="run the models on image files or folders")
     _add_model_args(p, "on-crack")
-    p.add_argument("--max-image-mpixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
-                   help=f"skip images whose header announces more megapixels, undecoded (default {DEFAULT_MAX_PIXELS / 1e6:g}; 0 = no limit)")
+    p.add_argument(
+        "--max-image-mpixels",
+        type=float,
+        default=DEFAULT_MAX_PIXELS / 1e6,
+        metavar="MP",
+        help=f"skip images whose header announces more megapixels, undecoded (default {DEFAULT_MAX_PIXELS / 1e6:g}; 0 = no limit)",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     add_json_arg(p, help="one JSON object per image per line")
     p.add_argument("--overlay", metavar="DIR", help="write annotated images here")
@@ -269,8 +309,18 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
     p.add_argument("--size", default="640x480", metavar="WxH", help="frame size (default 640x480)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic cracked frames (default 0)")
-    p.add_argument("--reference", metavar="MODEL.tflite", default=None,
-                   help="also time this model (crack-train reference-model) before and after, and state every median as a multiple of it")
-    p.add_argument("--reference-runs", type=int, default=50, metavar="N", help="timed runs of the reference before and after (default 50)")
+    p.add_argument(
+        "--reference",
+        metavar="MODEL.tflite",
+        default=None,
+        help="also time this model (crack-train reference-model) before and after, and state every median as a multiple of it",
+    )
+    p.add_argument(
+        "--reference-runs",
+        type=int,
+        default=50,
+        metavar="N",
+        help="timed runs of the reference before and after (default 50)",
+    )
     add_json_arg(p, help="print the figures as one JSON object")
     p.set_defaults(func=cmd_bench)

@@ -47,34 +47,60 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    models = sub.add_parser("models", help="manage installed model bundles (stage, activate, rollback, status)", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    models = sub.add_parser(
+        "models",
+        help="manage installed model bundles (stage, activate, rollback, status)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
     def add(name: str, help_text: str, func, lock=False) -> argparse.ArgumentParser:
         p = msub.add_parser(name, help=help_text, description=help_text)
-        add_config_arg(p, help=f"daemon config to read state_dir and release policy from (default {DEFAULT_CONFIG} when it exists)",
-                       type=Path, metavar=None)
+        add_config_arg(
+            p,
+            help=f"daemon config to read state_dir and release policy from (default {DEFAULT_CONFIG} when it exists)",
+            type=Path,
+            metavar=None,
+        )
         add_state_dir_arg(p, help=f"state directory (default: {RULE})", type=Path)
         add_json_arg(p, help="print one JSON object (for crack-deploy)")
         if lock:
             p.add_argument("--who", help="who is deploying, for the history (default: user@ssh-client)")
-            p.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for another operation to finish (default: fail at once)")
+            p.add_argument(
+                "--wait",
+                type=float,
+                default=0.0,
+                metavar="S",
+                help="wait up to S seconds for another operation to finish (default: fail at once)",
+            )
             p.add_argument("--lock-token", help=argparse.SUPPRESS)
         p.set_defaults(func=lambda args: _run(func, args))
         return p
 
     p = add("list", "list installed releases", _cmd_list)
-    p = add("status", "current release, daemon status and whether the current release is serving and healthy", _cmd_status)
+    p = add(
+        "status", "current release, daemon status and whether the current release is serving and healthy", _cmd_status
+    )
     p = add("history", "recent deployments (deployments.jsonl)", _cmd_history)
     p.add_argument("-n", type=int, default=20, help="how many records (default 20)")
 
-    p = add("stage", "copy a bundle in and check it fully (checksums, signature, models load, golden samples, latency)", _cmd_stage, lock=True)
+    p = add(
+        "stage",
+        "copy a bundle in and check it fully (checksums, signature, models load, golden samples, latency)",
+        _cmd_stage,
+        lock=True,
+    )
     p.add_argument("bundle", type=Path, metavar="DIR", help="bundle directory (e.g. uploaded by crack-deploy)")
     p.add_argument("--source", help="where the bundle came from, for the history")
     _policy_flags(p)
 
-    p = add("activate", "serve a staged release: atomic switch of models/current, then SIGHUP the daemon", _cmd_activate, lock=True)
+    p = add(
+        "activate",
+        "serve a staged release: atomic switch of models/current, then SIGHUP the daemon",
+        _cmd_activate,
+        lock=True,
+    )
     p.add_argument("version", metavar="VERSION")
     p.add_argument("--reason", help="why, for the history")
     _wait_flags(p)
@@ -84,32 +110,71 @@ def register(sub) -> None:
     p.add_argument("--reason", help="why, for the history")
     _wait_flags(p)
 
-    p = add("confirm", "record that VERSION is serving and healthy (crack-deploy does this after its health check)", _cmd_confirm, lock=True)
+    p = add(
+        "confirm",
+        "record that VERSION is serving and healthy (crack-deploy does this after its health check)",
+        _cmd_confirm,
+        lock=True,
+    )
     p.add_argument("version", metavar="VERSION")
     p.add_argument("--message", help="details for the history")
 
-    p = add("lock", "hold the device lock until stdin closes (crack-deploy holds it for a whole deployment)", _cmd_lock, lock=True)
-    p.add_argument("--max-hold", type=float, default=3600.0, metavar="S", help="release after S seconds even if stdin stays open (default 3600)")
+    p = add(
+        "lock",
+        "hold the device lock until stdin closes (crack-deploy holds it for a whole deployment)",
+        _cmd_lock,
+        lock=True,
+    )
+    p.add_argument(
+        "--max-hold",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="release after S seconds even if stdin stays open (default 3600)",
+    )
 
 
 def _wait_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wait-healthy", type=float, metavar="S",
-                   help="then wait up to S seconds for the daemon to serve it healthily (exit 1 if it does not; the switch stays)")
-    p.add_argument("--settle", type=float, default=3.0, metavar="S", help="with --wait-healthy: frames must keep flowing this long (default 3)")
+    p.add_argument(
+        "--wait-healthy",
+        type=float,
+        metavar="S",
+        help="then wait up to S seconds for the daemon to serve it healthily (exit 1 if it does not; the switch stays)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="with --wait-healthy: frames must keep flowing this long (default 3)",
+    )
 
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
     # The device's config decides the signature policy; these flags may only make it stricter.
-    p.add_argument("--require-signature", action=argparse.BooleanOptionalAction, default=None,
-                   help="refuse unsigned bundles (default: the config's releases.require_signature, else on); "
-                        "--no-require-signature is refused where the config requires signatures")
-    p.add_argument("--allowed-signers", type=Path,
-                   help=f"a signature must ALSO verify against this allowed_signers file (where the config does not require "
-                        f"signatures: instead of its file; default {DEFAULT_ALLOWED_SIGNERS})")
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, help="TFLite runtime for the check (default: the config's, else auto)")
+    p.add_argument(
+        "--require-signature",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse unsigned bundles (default: the config's releases.require_signature, else on); "
+        "--no-require-signature is refused where the config requires signatures",
+    )
+    p.add_argument(
+        "--allowed-signers",
+        type=Path,
+        help=f"a signature must ALSO verify against this allowed_signers file (where the config does not require "
+        f"signatures: instead of its file; default {DEFAULT_ALLOWED_SIGNERS})",
+    )
+    p.add_argument(
+        "--runtime", choices=RUNTIME_CHOICES, help="TFLite runtime for the check (default: the config's, else auto)"
+    )
     p.add_argument("--threads", type=int, help="interpreter threads")
     p.add_argument("--keep", type=int, help="releases kept besides the current one (default 3)")
-    p.add_argument("--max-latency-ms", type=float, help="refuse a bundle slower than this per frame on this device (default: report only)")
+    p.add_argument(
+        "--max-latency-ms",
+        type=float,
+        help="refuse a bundle slower than this per frame on this device (default: report only)",
+    )
 
 
 def _trusted_policy_file(path: Path) -> None:
@@ -123,11 +188,15 @@ def _trusted_policy_file(path: Path) -> None:
     except OSError as exc:
         raise UsageError(f"{path}: cannot read config ({exc.strerror})") from None
     if st.st_uid not in (0, os.geteuid()):
-        raise UsageError(f"{path}: owned by uid {st.st_uid}; the release policy is read only from a config owned by root "
-                         "(or by the user running crackd)")
+        raise UsageError(
+            f"{path}: owned by uid {st.st_uid}; the release policy is read only from a config owned by root "
+            "(or by the user running crackd)"
+        )
     if st.st_mode & 0o022:
-        raise UsageError(f"{path}: writable by others (mode {st.st_mode & 0o777:o}); the release policy is read only from a "
-                         "config nobody else can change")
+        raise UsageError(
+            f"{path}: writable by others (mode {st.st_mode & 0o777:o}); the release policy is read only from a "
+            "config nobody else can change"
+        )
 
 
 def _load_config(args):
@@ -139,7 +208,9 @@ def _load_config(args):
     try:
         from edge.config import ConfigError, load_config
     except ImportError:
-        raise UsageError("--config needs edge.config, which this crackd does not have; pass --state-dir instead") from None
+        raise UsageError(
+            "--config needs edge.config, which this crackd does not have; pass --state-dir instead"
+        ) from None
     _trusted_policy_file(Path(path))
     try:
         return load_config(path), Path(path)
@@ -160,9 +231,17 @@ def _at_least_the_devices(policy: ReleasePolicy, device_config: Path) -> Release
     policy = replace(policy, max_latency_ms=min(latency) if latency else None)
     if not floor.require_signature:
         return policy
-    extra = (policy.allowed_signers,) if policy.require_signature and Path(policy.allowed_signers) != Path(floor.allowed_signers) else ()
-    return replace(policy, require_signature=True, allowed_signers=Path(floor.allowed_signers),
-                   extra_allowed_signers=(*extra, *policy.extra_allowed_signers))
+    extra = (
+        (policy.allowed_signers,)
+        if policy.require_signature and Path(policy.allowed_signers) != Path(floor.allowed_signers)
+        else ()
+    )
+    return replace(
+        policy,
+        require_signature=True,
+        allowed_signers=Path(floor.allowed_signers),
+        extra_allowed_signers=(*extra, *policy.extra_allowed_signers),
+    )
 
 
 def _resolve(args) -> Releases:
@@ -171,17 +250,28 @@ def _resolve(args) -> Releases:
     cfg, cfg_path = _load_config(args)
     policy = ReleasePolicy()
     state_dir = locate(args).state_dir
-    decided_by = f"{cfg_path} (releases.require_signature)" if cfg_path else f"the default policy (no {layout.DEFAULT_CONFIG})"
+    decided_by = (
+        f"{cfg_path} (releases.require_signature)" if cfg_path else f"the default policy (no {layout.DEFAULT_CONFIG})"
+    )
     if cfg is not None:
         r = cfg.releases
-        policy = replace(policy, runtime=cfg.model.runtime, threads=cfg.model.threads, require_signature=r.require_signature,
-                         allowed_signers=Path(r.allowed_signers), keep=r.keep, max_latency_ms=r.max_latency_ms)
+        policy = replace(
+            policy,
+            runtime=cfg.model.runtime,
+            threads=cfg.model.threads,
+            require_signature=r.require_signature,
+            allowed_signers=Path(r.allowed_signers),
+            keep=r.keep,
+            max_latency_ms=r.max_latency_ms,
+        )
     device = layout.DEFAULT_CONFIG
     if cfg_path is not None and device.is_file() and cfg_path.resolve() != device.resolve():
         policy, decided_by = _at_least_the_devices(policy, device), f"{device} (releases.require_signature)"
     require = getattr(args, "require_signature", None)
     if require is False and policy.require_signature:
-        raise UsageError(f"--no-require-signature: {decided_by} requires signed bundles; command-line options may only make it stricter")
+        raise UsageError(
+            f"--no-require-signature: {decided_by} requires signed bundles; command-line options may only make it stricter"
+        )
     signers = getattr(args, "allowed_signers", None)
     if signers is not None:
         if policy.require_signature:  # the configured signers stay in force: the extra file narrows, never widens
@@ -192,13 +282,23 @@ def _resolve(args) -> Releases:
         policy = replace(policy, require_signature=True)
     latency = getattr(args, "max_latency_ms", None)
     if latency is not None:
-        policy = replace(policy, max_latency_ms=latency if policy.max_latency_ms is None else min(latency, policy.max_latency_ms))
-    flags = {"runtime": getattr(args, "runtime", None), "threads": getattr(args, "threads", None), "keep": getattr(args, "keep", None)}
+        policy = replace(
+            policy, max_latency_ms=latency if policy.max_latency_ms is None else min(latency, policy.max_latency_ms)
+        )
+    flags = {
+        "runtime": getattr(args, "runtime", None),
+        "threads": getattr(args, "threads", None),
+        "keep": getattr(args, "keep", None),
+    }
     policy = replace(policy, **{k: v for k, v in flags.items() if v is not None})
     if policy.keep < 1:
-        raise UsageError(f"--keep: expected at least 1 (the previous release is needed for rollback), got {policy.keep}")
+        raise UsageError(
+            f"--keep: expected at least 1 (the previous release is needed for rollback), got {policy.keep}"
+        )
     if not Path(state_dir).is_dir():
-        raise UsageError(f"{state_dir}: state directory does not exist (is crackd installed? pass --state-dir or --config)")
+        raise UsageError(
+            f"{state_dir}: state directory does not exist (is crackd installed? pass --state-dir or --config)"
+        )
     return Releases(state_dir, policy)
 
 
@@ -217,8 +317,14 @@ def _run(func, args) -> int:
 def _refuse(args, exc: Exception, code: int) -> int:
     """One line on stderr; with --json also {"ok": false, "error", "kind", ...} on stdout for crack-deploy."""
     message = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
-    return refuse(message, code, f"crackd models {args.models_command}", as_json=getattr(args, "json", False),
-                  kind=type(exc).__name__, extra=getattr(exc, "payload", {}))
+    return refuse(
+        message,
+        code,
+        f"crackd models {args.models_command}",
+        as_json=getattr(args, "json", False),
+        kind=type(exc).__name__,
+        extra=getattr(exc, "payload", {}),
+    )
 
 
 def _who(args) -> str:
@@ -236,7 +342,9 @@ def _cmd_list(rel: Releases, args) -> dict | None:
         print(f"no releases installed in {rel.layout.releases}")
     for r in releases:
         mark = "*" if r["current"] else ("<" if r["previous"] else " ")
-        print(f"{mark} {r['version']:<24} installed {r['installed_at']}  {'signed' if r.get('signed') else 'unsigned'}  {r.get('error', '')}".rstrip())
+        print(
+            f"{mark} {r['version']:<24} installed {r['installed_at']}  {'signed' if r.get('signed') else 'unsigned'}  {r.get('error', '')}".rstrip()
+        )
     return None
 
 
@@ -245,7 +353,9 @@ def _cmd_status(rel: Releases, args) -> dict | None:
     if args.json:
         return st
     reading = StatusReading.from_json(st["daemon"]) if st["daemon"] else None
-    print(f"current:  {st['current'] or 'none'}   previous: {st['previous'] or 'none'}   installed: {', '.join(st['releases']) or 'none'}")
+    print(
+        f"current:  {st['current'] or 'none'}   previous: {st['previous'] or 'none'}   installed: {', '.join(st['releases']) or 'none'}"
+    )
     if reading is None:
         print("daemon:   no status.json (not running?)")
     elif reading.status.state == "stopped":  # its last write: a clean stop, as `crackd status` reports it
@@ -265,7 +375,9 @@ def _cmd_status(rel: Releases, args) -> dict | None:
         print(f"busy:     {st['busy'].get('action')} by {st['busy'].get('who')} since {st['busy'].get('since')}")
     if st["last"]:
         last = st["last"]
-        print(f"last:     {last.get('time')} {last.get('action')} {last.get('version')} {last.get('outcome')} by {last.get('who')}")
+        print(
+            f"last:     {last.get('time')} {last.get('action')} {last.get('version')} {last.get('outcome')} by {last.get('who')}"
+        )
     return None
 
 
@@ -280,7 +392,9 @@ def _cmd_history(rel: Releases, args) -> dict | None:
     for r in records:
         extra = r.get("error") or r.get("reason") or r.get("message") or ""
         frm = f" (from {r['from_version']})" if r.get("from_version") else ""
-        print(f"{r.get('time')}  {r.get('action'):<8} {r.get('version')}{frm}  {r.get('outcome')}  by {r.get('who')}  {extra}".rstrip())
+        print(
+            f"{r.get('time')}  {r.get('action'):<8} {r.get('version')}{frm}  {r.get('outcome')}  by {r.get('who')}  {extra}".rstrip()
+        )
     return None
 
 
@@ -298,8 +412,10 @@ def _cmd_stage(rel: Releases, args) -> dict | None:
         print(f"release {report.version} is already staged (same content)")
     else:
         lat = report.latency_ms
-        print(f"staged release {report.version}: checksums ok, {report.trust}, golden samples {len(report.golden.get('samples', []))} ok, "
-              f"{lat.get('total_ms_p50', 0):.1f} ms per frame ({report.runtime})")
+        print(
+            f"staged release {report.version}: checksums ok, {report.trust}, golden samples {len(report.golden.get('samples', []))} ok, "
+            f"{lat.get('total_ms_p50', 0):.1f} ms per frame ({report.runtime})"
+        )
         print(f"activate it with: crackd models activate {report.version}")
     return None
 
@@ -318,19 +434,40 @@ def _switch_output(result, args) -> dict | None:
 
 def _check_health_wait(args) -> None:
     if args.wait_healthy is not None and (args.wait_healthy <= 0 or not 0 <= args.settle < args.wait_healthy):
-        raise UsageError(f"--wait-healthy {args.wait_healthy:g} --settle {args.settle:g}: expected --settle from 0 to less than --wait-healthy")
+        raise UsageError(
+            f"--wait-healthy {args.wait_healthy:g} --settle {args.settle:g}: expected --settle from 0 to less than --wait-healthy"
+        )
 
 
 def _cmd_activate(rel: Releases, args) -> dict | None:
     _check_health_wait(args)
-    return _switch_output(rel.activate(args.version, who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason,
-                                       wait_healthy_s=args.wait_healthy, settle_s=args.settle), args)
+    return _switch_output(
+        rel.activate(
+            args.version,
+            who=_who(args),
+            wait_s=args.wait,
+            token=args.lock_token,
+            reason=args.reason,
+            wait_healthy_s=args.wait_healthy,
+            settle_s=args.settle,
+        ),
+        args,
+    )
 
 
 def _cmd_rollback(rel: Releases, args) -> dict | None:
     _check_health_wait(args)
-    return _switch_output(rel.rollback(who=_who(args), wait_s=args.wait, token=args.lock_token, reason=args.reason,
-                                       wait_healthy_s=args.wait_healthy, settle_s=args.settle), args)
+    return _switch_output(
+        rel.rollback(
+            who=_who(args),
+            wait_s=args.wait,
+            token=args.lock_token,
+            reason=args.reason,
+            wait_healthy_s=args.wait_healthy,
+            settle_s=args.settle,
+        ),
+        args,
+    )
 
 
 def _cmd_confirm(rel: Releases, args) -> dict | None:
@@ -349,8 +486,11 @@ def _cmd_lock(rel: Releases, args) -> dict | None:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
     try:
-        line = ({"ok": True, "locked": True, "token": lock.token, "holder": lock.holder(), "status": rel.status()} if args.json
-                else f"locked {rel.layout.models} (token {lock.token}); close stdin to release")
+        line = (
+            {"ok": True, "locked": True, "token": lock.token, "holder": lock.holder(), "status": rel.status()}
+            if args.json
+            else f"locked {rel.layout.models} (token {lock.token}); close stdin to release"
+        )
         if args.json:
             print_json(line, default=str, flush=True)
         else:

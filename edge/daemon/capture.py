@@ -67,8 +67,14 @@ class FrameSlot:
 class Capture:
     """Owns the source and the thread reading it; reports the camera's state and a capture call that hangs."""
 
-    def __init__(self, source: FrameSource, options: SourceConfig, slot: FrameSlot, stop: threading.Event,
-                 on_state: Callable[[str, dict], None] | None = None):
+    def __init__(
+        self,
+        source: FrameSource,
+        options: SourceConfig,
+        slot: FrameSlot,
+        stop: threading.Event,
+        on_state: Callable[[str, dict], None] | None = None,
+    ):
         """`on_state(state, info)`: called on every camera state change (the supervisor publishes it)."""
         self.source = source
         self.options = options
@@ -78,8 +84,14 @@ class Capture:
         self.last_capture_mono: float | None = None
         self.exit_code = 0  # 1 once the source failed for good (not a normal end)
         self._on_state = on_state
-        self.resilient = ResilientSource(source, options.read_timeout_s, options.retry_initial_s, options.retry_max_s,
-                                         on_state=self._state_changed, stop=stop)
+        self.resilient = ResilientSource(
+            source,
+            options.read_timeout_s,
+            options.retry_initial_s,
+            options.retry_max_s,
+            on_state=self._state_changed,
+            stop=stop,
+        )
         self._thread: threading.Thread | None = None
 
     @property

@@ -37,8 +37,13 @@ def encode(item: HeldItem) -> dict:
     """The event writes and messages of a held item as plain JSON (frame rows are left out)."""
     _rows, writes, messages = item
     return {
-        "events": [{**{f.name: getattr(w, f.name) for f in dataclasses.fields(w) if f.name != "record"},
-                    "record": dataclasses.asdict(w.record)} for w in writes],
+        "events": [
+            {
+                **{f.name: getattr(w, f.name) for f in dataclasses.fields(w) if f.name != "record"},
+                "record": dataclasses.asdict(w.record),
+            }
+            for w in writes
+        ],
         "messages": [dataclasses.asdict(m) for m in messages],
     }
 
@@ -83,8 +88,13 @@ class Reserve:
             write_bytes_atomic(self.path, bytes(self.size))
             return True
         except OSError as exc:
-            log.warning("cannot reserve %d KB for held journal writes at %s (%s); writes held while the disk "
-                        "is full would be lost at a stop", self.size // 1024, self.path, exc.strerror or exc)
+            log.warning(
+                "cannot reserve %d KB for held journal writes at %s (%s); writes held while the disk "
+                "is full would be lost at a stop",
+                self.size // 1024,
+                self.path,
+                exc.strerror or exc,
+            )
             return False
 
     def load(self) -> list[HeldItem]:
@@ -143,8 +153,12 @@ class Reserve:
                 finally:
                     os.close(fd)
         except OSError as exc:
-            log.error("cannot clear %s (%s); its writes, already journalled, would be written again at the next "
-                      "start (consumers drop the duplicates by uuid and revision)", self.path, exc.strerror)
+            log.error(
+                "cannot clear %s (%s); its writes, already journalled, would be written again at the next "
+                "start (consumers drop the duplicates by uuid and revision)",
+                self.path,
+                exc.strerror,
+            )
 
     def release(self) -> int | None:
         """Remove the file to give its space back (disk full at start); returns the bytes freed."""

@@ -28,10 +28,22 @@ PRUNE_INTERVAL_S = 600.0
 class Housekeeper:
     """Owns the housekeeping thread; the supervisor hands it the parts and the judgements it needs."""
 
-    def __init__(self, cfg: Config, stop: threading.Event, notifier: Notifier, pipeline: FramePipeline,
-                 writer: JournalWriter, snapshots: SnapshotStore, publisher: Publisher | None, *,
-                 write_status: Callable[[], None], check_capture_hang: Callable[[float], None],
-                 process_alive: Callable[[float], bool], status_line: Callable[[], str], stats: Callable[[], dict]):
+    def __init__(
+        self,
+        cfg: Config,
+        stop: threading.Event,
+        notifier: Notifier,
+        pipeline: FramePipeline,
+        writer: JournalWriter,
+        snapshots: SnapshotStore,
+        publisher: Publisher | None,
+        *,
+        write_status: Callable[[], None],
+        check_capture_hang: Callable[[float], None],
+        process_alive: Callable[[float], bool],
+        status_line: Callable[[], str],
+        stats: Callable[[], dict],
+    ):
         self.cfg = cfg
         self.stop_event = stop
         self.notifier = notifier
@@ -104,11 +116,19 @@ class Housekeeper:
             return
         self.snapshots.delete(report.files)
         if report.frames or report.events:
-            log.info("retention: deleted %d frames and %d events; journal uses %.1f MB",
-                     report.frames, report.events, report.used_mb)
+            log.info(
+                "retention: deleted %d frames and %d events; journal uses %.1f MB",
+                report.frames,
+                report.events,
+                report.used_mb,
+            )
         if report.over_budget:
-            log.warning("journal uses %.1f MB, over storage.max_db_mb=%g, and nothing more may be deleted "
-                        "(undelivered outbox or labelled events)", report.used_mb, st.max_db_mb)
+            log.warning(
+                "journal uses %.1f MB, over storage.max_db_mb=%g, and nothing more may be deleted "
+                "(undelivered outbox or labelled events)",
+                report.used_mb,
+                st.max_db_mb,
+            )
 
     def check_outbox_fill(self) -> None:
         """A loud warning each time the undelivered outbox crosses one of storage.outbox_warn_levels."""
@@ -124,7 +144,11 @@ class Housekeeper:
             log.warning(
                 "OUTBOX FILLING: %d undelivered MQTT messages use %.0f%% of storage.max_db_mb (%g MB); "
                 "broker %s:%d unreachable? (%s)",
-                self.writer.outbox_depth, fraction * 100, st.max_db_mb, mqtt.host, mqtt.port,
+                self.writer.outbox_depth,
+                fraction * 100,
+                st.max_db_mb,
+                mqtt.host,
+                mqtt.port,
                 self.publisher.last_error if self.publisher else "mqtt disabled",
             )
         self._outbox_level = level

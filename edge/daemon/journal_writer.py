@@ -61,15 +61,19 @@ class JournalWriter:
         held = self.reserve.load()  # writes a stop on a full disk kept for us
         self._journal = self._open_journal()
         if held:
-            log.warning("%d journal writes held by the last run (disk full at its stop) read from %s",
-                        len(held), self.reserve.path)
+            log.warning(
+                "%d journal writes held by the last run (disk full at its stop) read from %s",
+                len(held),
+                self.reserve.path,
+            )
             for item in held:
                 self._hold(item)
             self.retry_held()
             if self._held and self.reserve.release():
                 # Still full: the reserve's own space makes room to journal them (journalled beats held in memory).
-                log.error("%s: the disk is still full: removed the reserve to journal the held writes",
-                          self.reserve.path)
+                log.error(
+                    "%s: the disk is still full: removed the reserve to journal the held writes", self.reserve.path
+                )
                 self.retry_held()
             if not self._held:
                 self.reserve.clear()
@@ -85,8 +89,12 @@ class JournalWriter:
             freed = self.reserve.release()
             if not freed:
                 raise
-            log.error("%s; the disk is full: removed the %d KB reserve %s so the journal can open and the outbox drain",
-                      exc, freed // 1024, self.reserve.path)
+            log.error(
+                "%s; the disk is full: removed the %d KB reserve %s so the journal can open and the outbox drain",
+                exc,
+                freed // 1024,
+                self.reserve.path,
+            )
             return Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
 
     def close(self) -> None:
@@ -106,12 +114,22 @@ class JournalWriter:
         try:
             saved = self.reserve.save(items)
         except OSError as exc:
-            log.error("%d held journal writes (events and their MQTT messages) are LOST: the journal cannot be "
-                      "written (%s) and neither can %s (%s)", len(items), write_error, self.reserve.path,
-                      exc.strerror or exc)
+            log.error(
+                "%d held journal writes (events and their MQTT messages) are LOST: the journal cannot be "
+                "written (%s) and neither can %s (%s)",
+                len(items),
+                write_error,
+                self.reserve.path,
+                exc.strerror or exc,
+            )
             return
-        log.warning("the journal cannot be written (%s): %d held event writes saved to %s; they are journalled at "
-                    "the next start", write_error, saved, self.reserve.path)
+        log.warning(
+            "the journal cannot be written (%s): %d held event writes saved to %s; they are journalled at "
+            "the next start",
+            write_error,
+            saved,
+            self.reserve.path,
+        )
         if saved < len(items):
             log.error("%d held journal writes did not fit in %s and are LOST", len(items) - saved, self.reserve.path)
 
@@ -163,8 +181,9 @@ class JournalWriter:
             self._frame_rows.append(frame_row)
         if not writes and not messages:
             # Frame-only results are batched (one transaction per FRAME_BATCH_S): SD cards wear with every commit.
-            if self._frame_rows and (len(self._frame_rows) >= FRAME_BATCH_ROWS
-                                     or time.monotonic() - self._frame_rows_since >= FRAME_BATCH_S):
+            if self._frame_rows and (
+                len(self._frame_rows) >= FRAME_BATCH_ROWS or time.monotonic() - self._frame_rows_since >= FRAME_BATCH_S
+            ):
                 self.flush_frame_rows()
             return
         rows, self._frame_rows = self._frame_rows, []
@@ -185,8 +204,13 @@ class JournalWriter:
         except sqlite3.Error as exc:
             self.write_failures += 1
             self._hold(item)
-            self._journal_log(logging.ERROR, "journal %s: write failed (%s); %d event writes held in memory and "
-                              "retried", self.cfg.db_path, exc, len(self._held))
+            self._journal_log(
+                logging.ERROR,
+                "journal %s: write failed (%s); %d event writes held in memory and retried",
+                self.cfg.db_path,
+                exc,
+                len(self._held),
+            )
             return
         if messages and self._on_messages is not None:
             self._on_messages()
@@ -207,8 +231,14 @@ class JournalWriter:
         except sqlite3.Error as exc:  # frame results are not detections: dropped (counted), not held
             self.write_failures += 1
             self.frame_rows_dropped += len(rows)
-            self._journal_log(logging.ERROR, "journal %s: write of %d frame results failed (%s); dropped (%d so far)",
-                              self.cfg.db_path, len(rows), exc, self.frame_rows_dropped)
+            self._journal_log(
+                logging.ERROR,
+                "journal %s: write of %d frame results failed (%s); dropped (%d so far)",
+                self.cfg.db_path,
+                len(rows),
+                exc,
+                self.frame_rows_dropped,
+            )
 
     def retry_held(self) -> None:
         while self._held:
@@ -233,22 +263,33 @@ class JournalWriter:
         """
         item, pictures = without_pictures(item)
         if pictures:
-            self._picture_log(logging.WARNING, "journal cannot be written: %d snapshot picture(s) for MQTT not kept "
-                              "(events before pictures)", pictures)
+            self._picture_log(
+                logging.WARNING,
+                "journal cannot be written: %d snapshot picture(s) for MQTT not kept (events before pictures)",
+                pictures,
+            )
         rows, writes, messages = item
         if not writes and not messages:
             self.frame_rows_dropped += len(rows)
-            self._journal_log(logging.ERROR, "journal cannot be written: %d frame results dropped (%d so far)",
-                              len(rows), self.frame_rows_dropped)
+            self._journal_log(
+                logging.ERROR,
+                "journal cannot be written: %d frame results dropped (%d so far)",
+                len(rows),
+                self.frame_rows_dropped,
+            )
             return
         size = encoded_size(item)
         if len(self._held) >= HELD_WRITES_MAX or self._held_bytes + size > self.reserve.capacity:
             self.writes_dropped += 1
-            log.error("journal cannot be written and %d held writes fill their %d KB budget: event %s (%s) and its "
-                      "MQTT message are NOT recorded (%d dropped so far)", len(self._held),
-                      self.reserve.capacity // 1024,
-                      writes[0].record.uuid if writes else "?", writes[0].record.kind if writes else "message",
-                      self.writes_dropped)
+            log.error(
+                "journal cannot be written and %d held writes fill their %d KB budget: event %s (%s) and its "
+                "MQTT message are NOT recorded (%d dropped so far)",
+                len(self._held),
+                self.reserve.capacity // 1024,
+                writes[0].record.uuid if writes else "?",
+                writes[0].record.kind if writes else "message",
+                self.writes_dropped,
+            )
             return
         self._held.append((item, size))
         self._held_bytes += size

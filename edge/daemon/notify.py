@@ -72,7 +72,7 @@ class Notifier:
             return False
 
     def ready(self, status: str | None = None) -> bool:
-        return self.notify("READY=1", *( [f"STATUS={status}"] if status else []))
+        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
     def status(self, text: str) -> bool:
         return self.notify(f"STATUS={text}")
@@ -85,7 +85,7 @@ class Notifier:
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def stopping(self, status: str | None = None) -> bool:
-        return self.notify("STOPPING=1", *( [f"STATUS={status}"] if status else []))
+        return self.notify("STOPPING=1", *([f"STATUS={status}"] if status else []))
 
 
 def _watchdog_usec(env) -> int | None:

@@ -40,7 +40,8 @@ class PidLock:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
                 raise PidFileLocked(
-                    f"{self.state_dir}: another crackd (pid {other}) is running with this state directory") from None
+                    f"{self.state_dir}: another crackd (pid {other}) is running with this state directory"
+                ) from None
             raise
         self._fd = fd
         try:

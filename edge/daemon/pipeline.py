@@ -48,10 +48,19 @@ def close_interrupted_events(cfg: Config, writer: JournalWriter) -> None:
         if row["uuid"] in held:  # its real end is among the held writes
             continue
         record = EventRecord(
-            kind=END, uuid=row["uuid"], revision=int(row["revision"]) + 1, started_at=row["started_at"], t=time.time(),
-            ended_at=row["updated_at"], frames=row["frames"], peak_score=row["peak_score"],
-            peak_measurements=row["peak_measurements"], peak_frame_seq=row["peak_frame_seq"],
-            first_frame_seq=row["first_frame_seq"], last_frame_seq=row["last_frame_seq"], end_reason="interrupted",
+            kind=END,
+            uuid=row["uuid"],
+            revision=int(row["revision"]) + 1,
+            started_at=row["started_at"],
+            t=time.time(),
+            ended_at=row["updated_at"],
+            frames=row["frames"],
+            peak_score=row["peak_score"],
+            peak_measurements=row["peak_measurements"],
+            peak_frame_seq=row["peak_frame_seq"],
+            first_frame_seq=row["first_frame_seq"],
+            last_frame_seq=row["last_frame_seq"],
+            end_reason="interrupted",
         )
         write = EventWrite(record, row["bundle_version"], row["bundle_sha256"], row["device_id"] or cfg.device_id)
         messages = []
@@ -71,8 +80,15 @@ def _percentile(values: deque[float], q: float) -> float | None:
 class FramePipeline:
     """Runs each frame through the engine and the debounce, records what it decided, and counts."""
 
-    def __init__(self, cfg: Config, engine: Engine, writer: JournalWriter, snapshots: SnapshotStore,
-                 publisher: Publisher | None, metrics: Metrics | None):
+    def __init__(
+        self,
+        cfg: Config,
+        engine: Engine,
+        writer: JournalWriter,
+        snapshots: SnapshotStore,
+        publisher: Publisher | None,
+        metrics: Metrics | None,
+    ):
         self.cfg = cfg
         self.engine = engine
         self.decision = Decision(decision_params(cfg, engine))
@@ -133,10 +149,16 @@ class FramePipeline:
         frame_row = None
         if policy == "all" or (policy == "cracks" and (result.crack or event_uuid)):
             frame_row = FrameRow(
-                t=frame.t, seq=frame.seq, crack=bool(result.crack), score=float(result.score),
+                t=frame.t,
+                seq=frame.seq,
+                crack=bool(result.crack),
+                score=float(result.score),
                 segmented=bool(result.segmented),
-                measurements=measurements, latency_ms=round(result.timings_ms.get("total", 0.0), 3),
-                bundle_version=engine.bundle.version, event_uuid=event_uuid, ref=frame.ref,
+                measurements=measurements,
+                latency_ms=round(result.timings_ms.get("total", 0.0), 3),
+                bundle_version=engine.bundle.version,
+                event_uuid=event_uuid,
+                ref=frame.ref,
             )
         self.writer.retry_held()
         self.record(records, frame_row, (frame, result))
@@ -148,17 +170,25 @@ class FramePipeline:
             self.metrics.observe_frame(result, now - frame.mono)
         self.inference_ms.append(result.timings_ms.get("total", 0.0))
         if self.publisher is not None:
-            self.publisher.publish_frame(lambda: {
-                "seq": frame.seq, "t": iso_utc(frame.t), "crack": bool(result.crack),
-                "score": round(float(result.score), 4),
-                "segmented": bool(result.segmented),
-                "measurements": {k: v for k, v in measurements.items() if k != "components"} if measurements else None,
-                "event_uuid": event_uuid, "latency_ms": round(result.timings_ms.get("total", 0.0), 2),
-                "bundle_version": engine.bundle.version,
-            })
+            self.publisher.publish_frame(
+                lambda: {
+                    "seq": frame.seq,
+                    "t": iso_utc(frame.t),
+                    "crack": bool(result.crack),
+                    "score": round(float(result.score), 4),
+                    "segmented": bool(result.segmented),
+                    "measurements": {k: v for k, v in measurements.items() if k != "components"}
+                    if measurements
+                    else None,
+                    "event_uuid": event_uuid,
+                    "latency_ms": round(result.timings_ms.get("total", 0.0), 2),
+                    "bundle_version": engine.bundle.version,
+                }
+            )
 
-    def record(self, records: list[EventRecord], frame_row: FrameRow | None,
-               current: tuple[Frame, FrameResult] | None) -> None:
+    def record(
+        self, records: list[EventRecord], frame_row: FrameRow | None, current: tuple[Frame, FrameResult] | None
+    ) -> None:
         """Pictures for event records, then ONE journal transaction with the outbox messages."""
         cfg = self.cfg
         b = self.engine.bundle
@@ -168,20 +198,33 @@ class FramePipeline:
             picture = snapshots_mqtt.attach(cfg, cfg.state_dir, r, snap)
             if picture is not None:
                 messages.append(picture)  # before the event that names it: the retained picture is there first
-            write = EventWrite(r, b.version, b.sha256, cfg.device_id, snap["frame"] if snap else None,
-                               snap["overlay"] if snap else None)
+            write = EventWrite(
+                r,
+                b.version,
+                b.sha256,
+                cfg.device_id,
+                snap["frame"] if snap else None,
+                snap["overlay"] if snap else None,
+            )
             writes.append(write)
             if cfg.mqtt.enabled:
                 messages.append(event_message(cfg, r, write, snap or self.snapshots.last(r.uuid)))
             if r.kind == START:
                 self.events_started += 1
                 log.warning(
-                    "crack event %s started (score %.2f)", r.uuid, r.peak_score,
+                    "crack event %s started (score %.2f)",
+                    r.uuid,
+                    r.peak_score,
                     extra={"EVENT_UUID": r.uuid, "EVENT_TYPE": r.kind},
                 )
             elif r.kind == END:
-                log.info("crack event %s ended after %d frames (peak score %.2f)", r.uuid, r.frames, r.peak_score,
-                         extra={"EVENT_UUID": r.uuid, "EVENT_TYPE": r.kind})
+                log.info(
+                    "crack event %s ended after %d frames (peak score %.2f)",
+                    r.uuid,
+                    r.frames,
+                    r.peak_score,
+                    extra={"EVENT_UUID": r.uuid, "EVENT_TYPE": r.kind},
+                )
                 self.snapshots.event_ended(r.uuid)
         self.writer.write(frame_row, writes, messages)
 

@@ -68,8 +68,9 @@ class SnapshotStore:
         self._last.pop(uuid, None)
         self._peak, self._snap_seq = None, None
 
-    def take(self, record: EventRecord, current: tuple[Frame, FrameResult] | None, active: str | None,
-             journal_blocked: bool) -> dict | None:
+    def take(
+        self, record: EventRecord, current: tuple[Frame, FrameResult] | None, active: str | None, journal_blocked: bool
+    ) -> dict | None:
         """Write (or rewrite with a better peak) the event's frame + overlay JPEGs; returns their relative paths.
 
         `current`: the frame in hand (a start's pictures); `active`: the open event's uuid (None when none is open).
@@ -84,13 +85,21 @@ class SnapshotStore:
         else:
             return None
         if journal_blocked:
-            self._log(logging.WARNING, "snapshot for event %s skipped: the journal cannot be written "
-                      "(events before pictures)", record.uuid)
+            self._log(
+                logging.WARNING,
+                "snapshot for event %s skipped: the journal cannot be written (events before pictures)",
+                record.uuid,
+            )
             return None
         free = _free_bytes(self.state_dir)
         if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
-            self._log(logging.WARNING, "snapshot for event %s skipped: only %.1f MB free in %s "
-                      "(events before pictures)", record.uuid, free / 1024 / 1024, self.state_dir)
+            self._log(
+                logging.WARNING,
+                "snapshot for event %s skipped: only %.1f MB free in %s (events before pictures)",
+                record.uuid,
+                free / 1024 / 1024,
+                self.state_dir,
+            )
             return None
         frame, result = source
         day = time.strftime("%Y%m%d", time.gmtime(record.started_at))

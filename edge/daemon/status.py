@@ -202,8 +202,11 @@ def _value(hint: Any, value: Any, key: str):
         (hint,) = options
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _from_json(hint, value, f"{key}.")
-    ok = _is_number(value) if hint is float else (
-        isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint))
+    ok = (
+        _is_number(value)
+        if hint is float
+        else (isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint))
+    )
     if not ok:
         raise ValueError(f"{key}: expected {_EXPECTED.get(hint, hint.__name__)}, got {value!r}")
     return value

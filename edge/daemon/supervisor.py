@@ -95,8 +95,13 @@ class Supervisor:
     LOOP_STUCK_S = 10.0
     CAPTURE_HANG_MIN_S = 60.0
 
-    def __init__(self, config: Config, config_path: str | Path | None = None, notifier: Notifier | None = None,
-                 source: FrameSource | None = None):
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | Path | None = None,
+        notifier: Notifier | None = None,
+        source: FrameSource | None = None,
+    ):
         """`source`: a FrameSource to use instead of the one `config.source` describes (tests, embedding)."""
         self.cfg = config
         self._given_source = source
@@ -178,7 +183,12 @@ class Supervisor:
         parts.housekeeper.start()
         log.info(
             "crackd %s started: device %s, source %s, bundle %s (%s), state %s, MQTT %s",
-            __version__, cfg.device_id, cfg.source.type, self.engine.bundle.version, self.engine.path, self.state_dir,
+            __version__,
+            cfg.device_id,
+            cfg.source.type,
+            self.engine.bundle.version,
+            self.engine.path,
+            self.state_dir,
             f"{cfg.mqtt.host}:{cfg.mqtt.port}" if cfg.mqtt.enabled else "off",
         )
         self.write_status()
@@ -203,9 +213,18 @@ class Supervisor:
         metrics = start_metrics(self)
         pipeline = FramePipeline(cfg, self.engine, writer, snapshots, publisher, metrics)
         housekeeper = Housekeeper(
-            cfg, self.stop_event, self.notifier, pipeline, writer, snapshots, publisher,
-            write_status=self.write_status, check_capture_hang=self._check_capture_hang,
-            process_alive=self.process_alive, status_line=self._status_line, stats=self.stats,
+            cfg,
+            self.stop_event,
+            self.notifier,
+            pipeline,
+            writer,
+            snapshots,
+            publisher,
+            write_status=self.write_status,
+            check_capture_hang=self._check_capture_hang,
+            process_alive=self.process_alive,
+            status_line=self._status_line,
+            stats=self.stats,
         )
         return Parts(writer, snapshots, publisher, capture, pipeline, housekeeper, metrics)
 
@@ -311,8 +330,10 @@ class Supervisor:
             flushed = parts.publisher.flush(remaining)
             depth = parts.writer.journal.outbox_depth()
             if not flushed and depth:
-                log.warning("stopping with %d undelivered MQTT messages in the outbox; they are sent after the next "
-                            "start", depth)
+                log.warning(
+                    "stopping with %d undelivered MQTT messages in the outbox; they are sent after the next start",
+                    depth,
+                )
             parts.publisher.stop("shutdown", timeout=1.0)
         parts.capture.close()
         self.write_status(state="stopped")
@@ -353,18 +374,31 @@ class Supervisor:
 
     def _keep_restart_only_settings(self, old: Config, new: Config) -> Config:
         """Source, MQTT, device id and journal location need a restart: keep the running ones, say so."""
-        changed = [name for name, a, b in (
-            ("source", old.source, new.source), ("mqtt", old.mqtt, new.mqtt),
-            ("device_id", old.device_id, new.device_id),
-            ("storage.state_dir", old.storage.state_dir, new.storage.state_dir),
-            ("storage.db", old.storage.db, new.storage.db),
-            ("homeassistant", old.homeassistant, new.homeassistant), ("metrics", old.metrics, new.metrics),
-        ) if a != b]
+        changed = [
+            name
+            for name, a, b in (
+                ("source", old.source, new.source),
+                ("mqtt", old.mqtt, new.mqtt),
+                ("device_id", old.device_id, new.device_id),
+                ("storage.state_dir", old.storage.state_dir, new.storage.state_dir),
+                ("storage.db", old.storage.db, new.storage.db),
+                ("homeassistant", old.homeassistant, new.homeassistant),
+                ("metrics", old.metrics, new.metrics),
+            )
+            if a != b
+        ]
         if changed:
             log.warning("reload: %s changed; restart crackd to apply (kept the running settings)", ", ".join(changed))
         storage = dataclasses.replace(new.storage, state_dir=old.storage.state_dir, db=old.storage.db)
-        return dataclasses.replace(new, source=old.source, mqtt=old.mqtt, device_id=old.device_id, storage=storage,
-                                   homeassistant=old.homeassistant, metrics=old.metrics)
+        return dataclasses.replace(
+            new,
+            source=old.source,
+            mqtt=old.mqtt,
+            device_id=old.device_id,
+            storage=storage,
+            homeassistant=old.homeassistant,
+            metrics=old.metrics,
+        )
 
     def _swap(self, cfg: Config, engine: Engine) -> None:
         old, parts = self.engine, self.parts
@@ -378,14 +412,16 @@ class Supervisor:
         self._reload_done(ok=True, error=None)
 
     def _reload_done(self, ok: bool, error: str | None) -> None:
-        self.last_reload = LastReload(time=iso_utc(time.time()), ok=ok, error=error,
-                                      bundle_version=self.engine.bundle.version)
+        self.last_reload = LastReload(
+            time=iso_utc(time.time()), ok=ok, error=error, bundle_version=self.engine.bundle.version
+        )
         if not ok:
             log.error("reload failed, still serving bundle %s: %s", self.engine.bundle.version, error)
         if self.publisher is not None:
             b = self.engine.bundle
-            self.publisher.update_identity(bundle_version=b.version, bundle_sha256=b.sha256,
-                                           last_reload=dataclasses.asdict(self.last_reload))
+            self.publisher.update_identity(
+                bundle_version=b.version, bundle_sha256=b.sha256, last_reload=dataclasses.asdict(self.last_reload)
+            )
         self._reloading = False
         self.write_status()
         failed = f"reload failed, serving {self.engine.bundle.version}: {error}"[:200]
@@ -466,8 +502,9 @@ class Supervisor:
             journal_writes_dropped=writer.writes_dropped,
             frame_rows_dropped=writer.frame_rows_dropped,
             camera_state=capture.state,
-            camera=CameraStatus(self.cfg.source.type, h.frames, h.bad_frames, h.stalls, h.errors, h.reconnects,
-                                h.last_error),
+            camera=CameraStatus(
+                self.cfg.source.type, h.frames, h.bad_frames, h.stalls, h.errors, h.reconnects, h.last_error
+            ),
             healthy=state == "running" and self.healthy(),
             last_reload=self.last_reload,
             rss_mb=rss_mb(),
@@ -489,5 +526,7 @@ class Supervisor:
     def _status_line(self) -> str:
         parts = self.parts
         broker = "off" if not parts.publisher else ("connected" if parts.publisher.connected else "disconnected")
-        return (f"{parts.pipeline.fps:.1f} fps, camera {parts.capture.state}, bundle {self.engine.bundle.version}, "
-                f"outbox {parts.writer.outbox_depth}, broker {broker}")
+        return (
+            f"{parts.pipeline.fps:.1f} fps, camera {parts.capture.state}, bundle {self.engine.bundle.version}, "
+            f"outbox {parts.writer.outbox_depth}, broker {broker}"
+        )

@@ -93,9 +93,14 @@ def check_member_name(name: object, where: str) -> str:
     not absolute. The trainer writes only such names, the deploy tool and the
     device refuse anything else before reading a single listed file.
     """
-    if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and not name.startswith("/")
-            and "\\" not in name and "\0" not in name
-            and all(part not in ("", ".", "..") for part in name.split("/"))):
+    if not (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME_LENGTH
+        and not name.startswith("/")
+        and "\\" not in name
+        and "\0" not in name
+        and all(part not in ("", ".", "..") for part in name.split("/"))
+    ):
         raise UnsafePath(f"{where}: {name!r} is not a plain relative name inside the bundle")
     return name
 
@@ -121,7 +126,9 @@ def open_member(bundle_dir: str | Path, name: str) -> int:
                 raise ModelFileMissing(f"{where}: missing") from None
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePath(f"{where}: {part} is not a plain directory (symbolic link?); bundles hold plain files only") from None
+                    raise UnsafePath(
+                        f"{where}: {part} is not a plain directory (symbolic link?); bundles hold plain files only"
+                    ) from None
                 raise
             os.close(dir_fd)
             dir_fd = next_fd
@@ -176,7 +183,9 @@ def _hash_fd(fd: int, where: Path, size: int | None, sink=None) -> str:
         raise ChecksumMismatch(f"{where}: {st_size} bytes, the manifest says {size} (corrupted or altered copy)")
     limit = size if size is not None else MAX_UNDECLARED_FILE_BYTES
     if st_size > limit:
-        raise UnsafePath(f"{where}: {st_size} bytes, more than the {limit} bytes a bundle file may have without a size in the manifest")
+        raise UnsafePath(
+            f"{where}: {st_size} bytes, more than the {limit} bytes a bundle file may have without a size in the manifest"
+        )
     h = hashlib.sha256()
     seen = 0
     with os.fdopen(fd, "rb", closefd=False) as fh:
@@ -200,7 +209,9 @@ def check_member(bundle_dir: str | Path, member: MemberFile, sink=None) -> None:
         os.close(fd)
     if member.sha256 is not None and actual != member.sha256:
         # The file's own hash is not printed: it says nothing useful and could describe a file that is not ours.
-        raise ChecksumMismatch(f"{where}: sha256 does not match the manifest's {member.sha256[:12]}... (corrupted or altered copy)")
+        raise ChecksumMismatch(
+            f"{where}: sha256 does not match the manifest's {member.sha256[:12]}... (corrupted or altered copy)"
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -274,7 +285,9 @@ def _require(d: dict, key: str, where: str, kind=None):
         raise ManifestInvalid(f"{where}: missing key {key!r}")
     value = d[key]
     if kind is not None and not isinstance(value, kind):
-        raise ManifestInvalid(f"{where}.{key}: expected {kind.__name__ if isinstance(kind, type) else kind}, got {type(value).__name__}")
+        raise ManifestInvalid(
+            f"{where}.{key}: expected {kind.__name__ if isinstance(kind, type) else kind}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -294,10 +307,14 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         raise ManifestInvalid(f"{path}: expected a JSON object")
     schema = _require(raw, "schema_version", str(path), int)
     if schema != SCHEMA_VERSION:
-        raise UnsupportedSchema(f"{path}: manifest schema_version {schema} is not supported (this crackd {__version__} reads schema {SCHEMA_VERSION})")
+        raise UnsupportedSchema(
+            f"{path}: manifest schema_version {schema} is not supported (this crackd {__version__} reads schema {SCHEMA_VERSION})"
+        )
     min_version = str(_require(raw, "min_crackd_version", str(path), str))
     if parse_version(min_version) > parse_version(__version__):
-        raise NeedsNewerCrackd(f"{bundle_dir}: bundle needs crackd >= {min_version}, this is crackd {__version__}; upgrade crackd first")
+        raise NeedsNewerCrackd(
+            f"{bundle_dir}: bundle needs crackd >= {min_version}, this is crackd {__version__}; upgrade crackd first"
+        )
     models_raw = _require(raw, "models", str(path), dict)
     models = {}
     for role in MODEL_ROLES:
@@ -309,7 +326,9 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         reference = entry.get("reference")
         if isinstance(reference, dict) and "file" in reference:
             check_member_name(reference["file"], f"{where}.reference.file")
-        if "bytes" in entry and (not isinstance(entry["bytes"], int) or isinstance(entry["bytes"], bool) or entry["bytes"] < 0):
+        if "bytes" in entry and (
+            not isinstance(entry["bytes"], int) or isinstance(entry["bytes"], bool) or entry["bytes"] < 0
+        ):
             raise ManifestInvalid(f"{where}.bytes: expected a size in bytes, got {entry['bytes']!r}")
         models[role] = ModelEntry(
             role=role,
@@ -351,10 +370,17 @@ def listed_files(manifest: Manifest) -> list[MemberFile]:
         size = entry.raw.get("bytes")
         out.append(MemberFile(entry.file, entry.sha256, size if isinstance(size, int) else None, f"{entry.role} model"))
     for sample in manifest.golden.get("samples", []):
-        for key, sha_key, size_key in (("image", "sha256", "bytes"), ("segmenter_output", "segmenter_output_sha256", "segmenter_output_bytes")):
+        for key, sha_key, size_key in (
+            ("image", "sha256", "bytes"),
+            ("segmenter_output", "segmenter_output_sha256", "segmenter_output_bytes"),
+        ):
             if sample.get(key) is not None:
                 size = sample.get(size_key)
-                out.append(MemberFile(sample[key], sample.get(sha_key), size if isinstance(size, int) else None, "golden sample"))
+                out.append(
+                    MemberFile(
+                        sample[key], sample.get(sha_key), size if isinstance(size, int) else None, "golden sample"
+                    )
+                )
     return out
 
 
@@ -375,8 +401,12 @@ def verify_files(manifest: Manifest) -> None:
             check_member(manifest.path, member)
         except ModelFileMissing:
             if member.what == "golden sample":
-                raise ModelFileMissing(f"{manifest.path / member.name}: golden sample file listed in the manifest is missing") from None
-            raise ModelFileMissing(f"{manifest.path / member.name}: {member.what.replace(' model', '')} model file is missing") from None
+                raise ModelFileMissing(
+                    f"{manifest.path / member.name}: golden sample file listed in the manifest is missing"
+                ) from None
+            raise ModelFileMissing(
+                f"{manifest.path / member.name}: {member.what.replace(' model', '')} model file is missing"
+            ) from None
     check_model_headers(manifest)
 
 
@@ -399,10 +429,14 @@ def check_model_tensors(entry: ModelEntry, model) -> None:
                 f"{entry.file}: {name} quantization ({actual.scale:g}, {actual.zero_point}) != manifest ({spec.scale:g}, {spec.zero_point})"
             )
         if actual.dtype.name not in FULL_INTEGER_DTYPES:
-            raise NotFullInteger(f"{entry.file}: {name} tensor is {actual.dtype.name}; crackd serves full-integer (uint8/int8) models only")
+            raise NotFullInteger(
+                f"{entry.file}: {name} tensor is {actual.dtype.name}; crackd serves full-integer (uint8/int8) models only"
+            )
     floats = float_tensors(model)
     if floats:
-        raise NotFullInteger(f"{entry.file}: {len(floats)} float32 tensors (e.g. {floats[0]!r}); re-export with full-integer INT8 quantization")
+        raise NotFullInteger(
+            f"{entry.file}: {len(floats)} float32 tensors (e.g. {floats[0]!r}); re-export with full-integer INT8 quantization"
+        )
 
 
 @dataclass

@@ -39,6 +39,7 @@ class TilingConfig:
 
 def tile_grid(height: int, width: int, cfg: TilingConfig) -> list[tuple[int, int, int, int]]:
     """(x, y, w, h) tiles covering the frame; edge tiles are shifted inwards so all have the full size."""
+
     def starts(extent: int) -> list[int]:
         size = min(cfg.tile, extent)
         if extent <= size:
@@ -73,8 +74,13 @@ class FrameResult:
         return self._mask
 
     def to_dict(self) -> dict:
-        d = {"crack": self.crack, "score": round(self.score, 4), "segmented": self.segmented,
-             "tiles": self.tiles, "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()}}
+        d = {
+            "crack": self.crack,
+            "score": round(self.score, 4),
+            "segmented": self.segmented,
+            "tiles": self.tiles,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
         if self.measurements is not None:
             d["measurements"] = self.measurements.to_dict()
         return d
@@ -83,8 +89,15 @@ class FrameResult:
 class Cascade:
     """Runs a loaded bundle on RGB frames. One instance per bundle; not thread-safe (one inference thread)."""
 
-    def __init__(self, bundle: LoadedBundle, segment: str = "on-crack", threshold: float | None = None,
-                 mm_per_pixel: float | None = None, tiling: TilingConfig | None = None, min_area_px: int = 4):
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        segment: str = "on-crack",
+        threshold: float | None = None,
+        mm_per_pixel: float | None = None,
+        tiling: TilingConfig | None = None,
+        min_area_px: int = 4,
+    ):
         if segment not in SEGMENT_MODES:
             raise ValueError(f"segment mode {segment!r}: expected one of {', '.join(SEGMENT_MODES)}")
         self.bundle = bundle
@@ -178,8 +191,14 @@ class Cascade:
                 timings["preprocess"] += pre_ms + (time.perf_counter() - t0) * 1000.0
                 timings["segment"] += seg_ms
                 segmented = True
-        result = FrameResult(crack=best >= self.threshold, score=best, segmented=segmented, timings_ms=timings,
-                             tiles=len(tiles), crack_tiles=crack_tiles)
+        result = FrameResult(
+            crack=best >= self.threshold,
+            score=best,
+            segmented=segmented,
+            timings_ms=timings,
+            tiles=len(tiles),
+            crack_tiles=crack_tiles,
+        )
         if segmented:
             t0 = time.perf_counter()
             result._mask = np.where(prob >= self._seg_q_threshold, np.uint8(255), np.uint8(0))

@@ -205,8 +205,12 @@ def _per_label_lengths(skeleton: np.ndarray, labels: np.ndarray, n: int, scale: 
     return lengths
 
 
-def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_px: int = 12,
-                 frame_size: tuple[int, int] | None = None) -> CrackMeasurements:
+def measure_mask(
+    mask: np.ndarray,
+    mm_per_pixel: float | None = None,
+    min_area_px: int = 12,
+    frame_size: tuple[int, int] | None = None,
+) -> CrackMeasurements:
     """Measure every crack (8-connected component of >= `min_area_px` mask pixels) of a binary mask (non-zero = crack).
 
     With `frame_size` = (width, height) the mask is taken as a scaled-down view of that frame (the cascade
@@ -226,7 +230,7 @@ def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_p
     rx, ry, rw, rh = cv2.boundingRect(binary)
     components = []
     if rw and rh:
-        img = _padded(binary[ry:ry + rh, rx:rx + rw])
+        img = _padded(binary[ry : ry + rh, rx : rx + rw])
         ox, oy = rx - 1, ry - 1  # mask coordinates of the padded crop's origin
         stride = img.shape[1]
         # Grana's block-based labelling, without statistics: they come cheaper from the pixel list.
@@ -265,15 +269,17 @@ def measure_mask(mask: np.ndarray, mm_per_pixel: float | None = None, min_area_p
                 area_px = int(round(area[label] * sx * sy))
                 bx, by = int(x0[label]) + ox, int(y0[label]) + oy
                 bw, bh = int(x1[label] - x0[label]) + 1, int(y1[label] - y0[label]) + 1
-                components.append(CrackComponent(
-                    area_px=area_px,
-                    bbox=(int(bx * sx), int(by * sy), int(round(bw * sx)), int(round(bh * sy))),
-                    centroid=((cx[label] + ox + 0.5) * sx - 0.5, (cy[label] + oy + 0.5) * sy - 0.5),
-                    length_px=float(length),
-                    max_width_px=float(max_width),
-                    mean_width_px=float(min(max_width, area_px / length)),
-                    orientation_deg=_orientation(mu20[label], mu02[label], mu11[label]),
-                ))
+                components.append(
+                    CrackComponent(
+                        area_px=area_px,
+                        bbox=(int(bx * sx), int(by * sy), int(round(bw * sx)), int(round(bh * sy))),
+                        centroid=((cx[label] + ox + 0.5) * sx - 0.5, (cy[label] + oy + 0.5) * sy - 0.5),
+                        length_px=float(length),
+                        max_width_px=float(max_width),
+                        mean_width_px=float(min(max_width, area_px / length)),
+                        orientation_deg=_orientation(mu20[label], mu02[label], mu11[label]),
+                    )
+                )
     components.sort(key=lambda c: (-c.area_px, c.bbox[1], c.bbox[0]))  # largest first; ties top to bottom
     if not components:
         return CrackMeasurements((w, h), 0, 0.0, 0.0, 0.0, 0.0, None, None, [], mm_per_pixel)

@@ -18,8 +18,12 @@ COLOR_ORDER = "RGB"
 # anti-aliased, so thin cracks survive, and fast) while the image is at least twice the target, then
 # finishes with cv2.INTER_LINEAR (less than 2x left). The halvings of one frame are shared by both
 # models. A plain INTER_AREA to an arbitrary size would cost ~10x more.
-PREPROCESSING = {"color": COLOR_ORDER, "resize": "cv2.INTER_AREA halvings while >= 2x the target, then cv2.INTER_LINEAR",
-                 "dtype": "uint8", "range": [0, 255]}
+PREPROCESSING = {
+    "color": COLOR_ORDER,
+    "resize": "cv2.INTER_AREA halvings while >= 2x the target, then cv2.INTER_LINEAR",
+    "dtype": "uint8",
+    "range": [0, 255],
+}
 
 
 def ensure_rgb_uint8(image: np.ndarray) -> np.ndarray:

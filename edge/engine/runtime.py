@@ -65,7 +65,9 @@ class TFLiteModel:
     must be released (dropped) before `invoke()`, as the runtimes require.
     """
 
-    def __init__(self, path: str | Path | None = None, *, content: bytes | None = None, runtime: str = "auto", threads: int = 1):
+    def __init__(
+        self, path: str | Path | None = None, *, content: bytes | None = None, runtime: str = "auto", threads: int = 1
+    ):
         self.runtime, interpreter_cls = load_interpreter_class(runtime)
         self.threads = threads
         kwargs = {"num_threads": threads}
@@ -107,7 +109,9 @@ class TFLiteModel:
 
 def _tensor_info(d: dict) -> TensorInfo:
     scale, zero_point = d.get("quantization", (0.0, 0))
-    return TensorInfo(int(d["index"]), tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]), float(scale), int(zero_point))
+    return TensorInfo(
+        int(d["index"]), tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]), float(scale), int(zero_point)
+    )
 
 
 def float_tensors(model: TFLiteModel) -> list[str]:

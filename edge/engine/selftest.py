@@ -68,8 +68,11 @@ CLASSIFIER_SCORE_TOLERANCE = 0.12
 SEGMENTER_IOU_FLOOR = 0.7
 SEGMENTER_MEAN_ABS_TOLERANCE = 1.0  # quanta of the raw segmenter map
 MASK_MIN_PIXELS = 50  # below this, IoU of two near-empty masks says nothing; the mean difference still applies
-DEFAULT_TOLERANCE = {"classifier_score": CLASSIFIER_SCORE_TOLERANCE, "segmenter_iou": SEGMENTER_IOU_FLOOR,
-                     "segmenter_mean_abs": SEGMENTER_MEAN_ABS_TOLERANCE}
+DEFAULT_TOLERANCE = {
+    "classifier_score": CLASSIFIER_SCORE_TOLERANCE,
+    "segmenter_iou": SEGMENTER_IOU_FLOOR,
+    "segmenter_mean_abs": SEGMENTER_MEAN_ABS_TOLERANCE,
+}
 SUPERSEDED_TOLERANCE_KEYS = {"classifier", "segmenter_max_fraction_off"}
 
 
@@ -129,10 +132,17 @@ class GoldenReport:
         failed = [s for s in self.samples if not s.ok]
         if failed:
             more = f" (and {len(failed) - 1} more of {len(self.samples)} samples)" if len(failed) > 1 else ""
-            raise GoldenMismatch(f"bundle {self.bundle_version}: golden sample {failed[0].image}: {'; '.join(failed[0].problems)}{more}")
+            raise GoldenMismatch(
+                f"bundle {self.bundle_version}: golden sample {failed[0].image}: {'; '.join(failed[0].problems)}{more}"
+            )
 
     def as_dict(self) -> dict:
-        return {"ok": self.ok, "bundle_version": self.bundle_version, "tolerance": self.tolerance, "samples": [s.as_dict() for s in self.samples]}
+        return {
+            "ok": self.ok,
+            "bundle_version": self.bundle_version,
+            "tolerance": self.tolerance,
+            "samples": [s.as_dict() for s in self.samples],
+        }
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -198,18 +208,24 @@ def _check_segmenter(bundle: LoadedBundle, rgb: np.ndarray, sample: dict, result
     recorded = _squeeze_channels(_read_map(bundle.manifest.path / sample["segmenter_output"])).astype(np.int32)
     name = sample["segmenter_output"]
     if recorded.shape != actual.shape:
-        result.problems.append(f"segmenter output shape {list(actual.shape)} != recorded {list(recorded.shape)} ({name})")
+        result.problems.append(
+            f"segmenter output shape {list(actual.shape)} != recorded {list(recorded.shape)} ({name})"
+        )
         return
     result.segmenter_mean_abs = float(np.abs(actual - recorded).mean())
     if result.segmenter_mean_abs > tol["segmenter_mean_abs"]:
-        result.problems.append(f"segmenter output differs from {name} by {result.segmenter_mean_abs:.2f} quanta on average "
-                               f"(tolerance {tol['segmenter_mean_abs']})")
+        result.problems.append(
+            f"segmenter output differs from {name} by {result.segmenter_mean_abs:.2f} quanta on average "
+            f"(tolerance {tol['segmenter_mean_abs']})"
+        )
     out = seg.output
     q_threshold = int(np.ceil(bundle.manifest.segmenter.threshold / out.scale + out.zero_point))
     result.segmenter_iou = mask_iou(actual >= q_threshold, recorded >= q_threshold)
     if result.segmenter_iou is not None and result.segmenter_iou < tol["segmenter_iou"]:
-        result.problems.append(f"segmenter crack mask overlaps the one of {name} with IoU {result.segmenter_iou:.3f} "
-                               f"(floor {tol['segmenter_iou']})")
+        result.problems.append(
+            f"segmenter crack mask overlaps the one of {name} with IoU {result.segmenter_iou:.3f} "
+            f"(floor {tol['segmenter_iou']})"
+        )
 
 
 def _check_sample(bundle: LoadedBundle, sample: dict, tol: dict) -> SampleResult:
@@ -235,11 +251,15 @@ def run_golden(bundle: LoadedBundle) -> GoldenReport:
     golden = bundle.manifest.golden or {}
     samples = golden.get("samples") or []
     if not samples:
-        raise GoldenMissing(f"{bundle.manifest.path}: the manifest records no golden samples, so this device cannot check it computes what the trainer did; re-export the bundle")
+        raise GoldenMissing(
+            f"{bundle.manifest.path}: the manifest records no golden samples, so this device cannot check it computes what the trainer did; re-export the bundle"
+        )
     tol = _tolerance(golden)
     results = [_check_sample(bundle, s, tol) for s in samples]
     report = GoldenReport(bundle.version, tol, results)
-    log.info("golden self-test of bundle %s: %d/%d samples ok", bundle.version, sum(r.ok for r in results), len(results))
+    log.info(
+        "golden self-test of bundle %s: %d/%d samples ok", bundle.version, sum(r.ok for r in results), len(results)
+    )
     return report
 
 
@@ -278,7 +298,9 @@ def measure_bundle_latency(bundle: LoadedBundle, runs: int = 5) -> BundleLatency
         cls_ms.append((t1 - t0) * 1000)
         seg_ms.append((t2 - t1) * 1000)
     total = np.add(cls_ms, seg_ms)
-    return BundleLatency(float(np.median(cls_ms)), float(np.median(seg_ms)), float(np.median(total)), float(total.max()), len(cls_ms))
+    return BundleLatency(
+        float(np.median(cls_ms)), float(np.median(seg_ms)), float(np.median(total)), float(total.max()), len(cls_ms)
+    )
 
 
 def run_cascade(bundle: LoadedBundle) -> None:
@@ -295,11 +317,15 @@ def run_cascade(bundle: LoadedBundle) -> None:
     try:
         cascade = Cascade(bundle, segment="always")
     except (ValueError, TypeError, ArithmeticError) as exc:
-        raise GoldenError(f"bundle {bundle.version}: the cascade cannot be built from this bundle ({type(exc).__name__}: {exc})") from None
+        raise GoldenError(
+            f"bundle {bundle.version}: the cascade cannot be built from this bundle ({type(exc).__name__}: {exc})"
+        ) from None
     for sample in samples[:1]:  # structure, not accuracy: one image finds it, and measuring a noisy mask is slow
         try:
             cascade.process(_read_rgb(bundle.manifest.path / sample["image"]))
         except GoldenError:
             raise
         except Exception as exc:  # any failure here would be a failure on every camera frame
-            raise GoldenError(f"bundle {bundle.version}: golden sample {sample['image']}: the cascade failed ({type(exc).__name__}: {exc})") from None
+            raise GoldenError(
+                f"bundle {bundle.version}: golden sample {sample['image']}: the cascade failed ({type(exc).__name__}: {exc})"
+            ) from None

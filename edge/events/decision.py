@@ -188,7 +188,9 @@ class Decision:
             ev.dirty = True
 
     @staticmethod
-    def _record(ev: _Open, kind: str, t: float, ended_at: float | None = None, reason: str | None = None) -> EventRecord:
+    def _record(
+        ev: _Open, kind: str, t: float, ended_at: float | None = None, reason: str | None = None
+    ) -> EventRecord:
         return EventRecord(
             kind=kind,
             uuid=ev.uuid,

@@ -169,7 +169,9 @@ class OutboxRow:
 class PruneReport:
     frames: int = 0
     events: int = 0
-    files: list[str] = field(default_factory=list)  # snapshot paths (relative to the state dir) whose events were deleted
+    files: list[str] = field(
+        default_factory=list
+    )  # snapshot paths (relative to the state dir) whose events were deleted
     used_mb: float = 0.0
     over_budget: bool = False
 
@@ -220,12 +222,19 @@ def integrity_check(path: Path) -> str | None:
             conn.close()
     except sqlite3.DatabaseError as exc:
         name = getattr(exc, "sqlite_errorname", "") or ""
-        if name.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_BUSY", "SQLITE_LOCKED")):
+        if name.startswith(
+            ("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_BUSY", "SQLITE_LOCKED")
+        ):
             # Not damage: the disk is full or failing (SQLite cannot create the -shm file on a full disk).
             raise JournalUnavailable(f"{path}: cannot open the journal ({exc}; is the disk full?)") from None
         return str(exc)
-    problems = [line.strip() for r in rows if r[0] != "ok" for line in str(r[0]).splitlines()
-                if line.strip() and not line.startswith("***")]
+    problems = [
+        line.strip()
+        for r in rows
+        if r[0] != "ok"
+        for line in str(r[0]).splitlines()
+        if line.strip() and not line.startswith("***")
+    ]
     if not problems:
         return None
     more = f" and {len(problems) - 2} more problems" if len(problems) > 2 else ""
@@ -245,7 +254,9 @@ class Journal:
         self._reopen = False
         unwritable = _unwritable(self.path) if require_writable else None
         if unwritable:
-            raise JournalError(f"{self.path}: journal is not writable ({unwritable}); crackd needs to write its journal")
+            raise JournalError(
+                f"{self.path}: journal is not writable ({unwritable}); crackd needs to write its journal"
+            )
         wal = Path(f"{self.path}-wal")
         if self.path.exists() and self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
             self.moved_aside = self._move_aside("the file is empty (0 bytes)")
@@ -253,7 +264,9 @@ class Journal:
             problem = integrity_check(self.path)
             if problem:
                 if on_corrupt != "move-aside":
-                    raise JournalCorrupt(f"{self.path}: integrity check failed ({problem}); {_recovery_hint(self.path)}")
+                    raise JournalCorrupt(
+                        f"{self.path}: integrity check failed ({problem}); {_recovery_hint(self.path)}"
+                    )
                 self.moved_aside = self._move_aside(problem)
         self._conn = self._open_connection()
         self._migrate()
@@ -264,7 +277,9 @@ class Journal:
             self._conn.execute("ROLLBACK")
         except sqlite3.OperationalError as exc:
             self._conn.close()
-            raise JournalError(f"{self.path}: journal is not writable ({exc}); crackd needs to write its journal") from None
+            raise JournalError(
+                f"{self.path}: journal is not writable ({exc}); crackd needs to write its journal"
+            ) from None
 
     def _open_connection(self) -> sqlite3.Connection:
         conn = _connect(self.path)
@@ -273,7 +288,9 @@ class Journal:
         except sqlite3.OperationalError as exc:
             conn.close()
             if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
-                raise JournalError(f"{self.path}: journal is not writable ({exc}); crackd needs to write its journal") from None
+                raise JournalError(
+                    f"{self.path}: journal is not writable ({exc}); crackd needs to write its journal"
+                ) from None
             raise JournalUnavailable(f"{self.path}: cannot open the journal ({exc})") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -312,7 +329,10 @@ class Journal:
         log.error(
             "journal %s failed its integrity check (%s): moved it to %s and started a new journal; "
             "to save its rows: sqlite3 %s .recover | sqlite3 recovered.db",
-            self.path, problem, target, target,
+            self.path,
+            problem,
+            target,
+            target,
         )
         return target
 
@@ -341,7 +361,13 @@ class Journal:
                     self._conn.backup(dest)
                 finally:
                     dest.close()
-                log.info("journal %s: backed up to %s before migrating schema %d -> %d", self.path, backup, current, SCHEMA_VERSION)
+                log.info(
+                    "journal %s: backed up to %s before migrating schema %d -> %d",
+                    self.path,
+                    backup,
+                    current,
+                    SCHEMA_VERSION,
+                )
             for version in range(current, SCHEMA_VERSION):
                 with self._transaction() as c:
                     for statement in MIGRATIONS[version]:
@@ -431,8 +457,21 @@ class Journal:
                     c.executemany(
                         "INSERT INTO frames (t, seq, ref, crack, score, segmented, measurements, latency_ms, bundle_version, event_uuid)"
                         " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        [(f.t, f.seq, f.ref, int(f.crack), f.score, int(f.segmented), _json(f.measurements), f.latency_ms,
-                          f.bundle_version, f.event_uuid) for f in frames],
+                        [
+                            (
+                                f.t,
+                                f.seq,
+                                f.ref,
+                                int(f.crack),
+                                f.score,
+                                int(f.segmented),
+                                _json(f.measurements),
+                                f.latency_ms,
+                                f.bundle_version,
+                                f.event_uuid,
+                            )
+                            for f in frames
+                        ],
                     )
                 for ev in events:
                     self._write_event(c, ev)
@@ -455,12 +494,24 @@ class Journal:
     def _write_event(c: sqlite3.Connection, ev: EventWrite) -> None:
         r = ev.record
         values = dict(
-            uuid=r.uuid, state=r.state, started_at=r.started_at, updated_at=r.t, ended_at=r.ended_at,
-            end_reason=r.end_reason, revision=r.revision, frames=r.frames, peak_score=r.peak_score,
-            peak_measurements=_json(r.peak_measurements), peak_frame_seq=r.peak_frame_seq,
-            first_frame_seq=r.first_frame_seq, last_frame_seq=r.last_frame_seq,
-            bundle_version=ev.bundle_version, bundle_sha256=ev.bundle_sha256, device_id=ev.device_id,
-            snapshot=ev.snapshot, overlay=ev.overlay,
+            uuid=r.uuid,
+            state=r.state,
+            started_at=r.started_at,
+            updated_at=r.t,
+            ended_at=r.ended_at,
+            end_reason=r.end_reason,
+            revision=r.revision,
+            frames=r.frames,
+            peak_score=r.peak_score,
+            peak_measurements=_json(r.peak_measurements),
+            peak_frame_seq=r.peak_frame_seq,
+            first_frame_seq=r.first_frame_seq,
+            last_frame_seq=r.last_frame_seq,
+            bundle_version=ev.bundle_version,
+            bundle_sha256=ev.bundle_sha256,
+            device_id=ev.device_id,
+            snapshot=ev.snapshot,
+            overlay=ev.overlay,
         )
         cols = ", ".join(values)
         marks = ", ".join(f":{k}" for k in values)
@@ -480,7 +531,10 @@ class Journal:
                 "SELECT id, topic, payload, qos, retain, created_at, event_uuid FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
-        return [OutboxRow(r["id"], r["topic"], r["payload"], r["qos"], bool(r["retain"]), r["created_at"], r["event_uuid"]) for r in rows]
+        return [
+            OutboxRow(r["id"], r["topic"], r["payload"], r["qos"], bool(r["retain"]), r["created_at"], r["event_uuid"])
+            for r in rows
+        ]
 
     def outbox_ack(self, ids: Iterable[int]) -> int:
         """Delete acknowledged outbox rows; returns how many were deleted."""
@@ -500,7 +554,11 @@ class Journal:
 
     def outbox_bytes(self) -> int:
         with self._lock:
-            return int(self._conn.execute("SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + 64), 0) FROM outbox").fetchone()[0])
+            return int(
+                self._conn.execute(
+                    "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + 64), 0) FROM outbox"
+                ).fetchone()[0]
+            )
 
     # ------------------------------------------------------------------ size and retention
 
@@ -525,7 +583,9 @@ class Journal:
         with self._lock:
             c = self._conn
             report.frames += c.execute("DELETE FROM frames WHERE t < ?", (cutoff,)).rowcount
-            report.events += self._delete_events_where(c, f"{deletable} AND COALESCE(ended_at, updated_at) < ?", (cutoff,), report)
+            report.events += self._delete_events_where(
+                c, f"{deletable} AND COALESCE(ended_at, updated_at) < ?", (cutoff,), report
+            )
             budget = max_db_mb * 1024 * 1024
             while self.used_bytes() > budget:
                 n = c.execute("DELETE FROM frames WHERE id IN (SELECT id FROM frames ORDER BY id LIMIT 2000)").rowcount
@@ -580,17 +640,22 @@ class Journal:
         where: list[str] = []
         params: list[float | str] = []
         if since is not None:
-            where.append("e.started_at >= ?"); params.append(since)
+            where.append("e.started_at >= ?")
+            params.append(since)
         if until is not None:
-            where.append("e.started_at < ?"); params.append(until)
+            where.append("e.started_at < ?")
+            params.append(until)
         if state:
-            where.append("e.state = ?"); params.append(state)
+            where.append("e.state = ?")
+            params.append(state)
         if min_score is not None:
-            where.append("e.peak_score >= ?"); params.append(min_score)
+            where.append("e.peak_score >= ?")
+            params.append(min_score)
         if label == "none":
             where.append("l.label IS NULL")
         elif label:
-            where.append("l.label = ?"); params.append(label)
+            where.append("l.label = ?")
+            params.append(label)
         sql = (
             "SELECT e.*, l.label AS label, l.note AS label_note, l.labelled_at AS labelled_at FROM events e "
             "LEFT JOIN labels l ON l.event_uuid = e.uuid"
@@ -613,8 +678,10 @@ class Journal:
         if not _REFERENCE.fullmatch(ref):
             raise JournalError(f"{ref!r} is not an event id or uuid (expected digits, or hex digits and dashes)")
         ref = ref.lower()
-        sql = ("SELECT e.*, l.label AS label, l.note AS label_note, l.labelled_at AS labelled_at "
-               "FROM events e LEFT JOIN labels l ON l.event_uuid = e.uuid ")
+        sql = (
+            "SELECT e.*, l.label AS label, l.note AS label_note, l.labelled_at AS labelled_at "
+            "FROM events e LEFT JOIN labels l ON l.event_uuid = e.uuid "
+        )
         with self._lock:
             c = self._conn
             rows = c.execute(sql + "WHERE e.uuid = ?", (ref,)).fetchall()

@@ -71,58 +71,150 @@ def entities(cfg, sw_version: str = __version__) -> list[Entity]:
         "sw_version": sw_version,
     }
     common = {
-        "availability": [{"topic": status, "value_template": "{{ value_json.state }}",
-                          "payload_available": "online", "payload_not_available": "offline"}],
+        "availability": [
+            {
+                "topic": status,
+                "value_template": "{{ value_json.state }}",
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+        ],
         "device": device,
     }
 
     def entity(component: str, object_id: str, name: str, **fields) -> Entity:
         qos = {} if component == "image" else {"qos": 1}  # HA's image platform has no qos option
-        return Entity(component, object_id, {"name": name, "unique_id": f"{ident}_{object_id}", **common, **qos, **fields})
+        return Entity(
+            component, object_id, {"name": name, "unique_id": f"{ident}_{object_id}", **common, **qos, **fields}
+        )
 
     out = [
-        entity("binary_sensor", "crack", "Crack", state_topic=event, device_class="problem",
-               value_template="{{ 'OFF' if value_json.type == 'end' else 'ON' }}", payload_on="ON", payload_off="OFF"),
-        entity("sensor", "score", "Crack score", state_topic=event, state_class="measurement",
-               suggested_display_precision=2, icon="mdi:percent", value_template=_numeric("value_json.score")),
+        entity(
+            "binary_sensor",
+            "crack",
+            "Crack",
+            state_topic=event,
+            device_class="problem",
+            value_template="{{ 'OFF' if value_json.type == 'end' else 'ON' }}",
+            payload_on="ON",
+            payload_off="OFF",
+        ),
+        entity(
+            "sensor",
+            "score",
+            "Crack score",
+            state_topic=event,
+            state_class="measurement",
+            suggested_display_precision=2,
+            icon="mdi:percent",
+            value_template=_numeric("value_json.score"),
+        ),
     ]
     if cfg.model.mm_per_pixel:
-        for object_id, name, key in (("crack_length", "Crack length", "length_mm"), ("crack_width", "Crack width", "max_width_mm")):
-            out.append(entity("sensor", object_id, name, state_topic=event, device_class="distance", unit_of_measurement="mm",
-                              state_class="measurement", suggested_display_precision=1,
-                              value_template=_numeric(f"(value_json.measurements or {{}}).{key}")))
+        for object_id, name, key in (
+            ("crack_length", "Crack length", "length_mm"),
+            ("crack_width", "Crack width", "max_width_mm"),
+        ):
+            out.append(
+                entity(
+                    "sensor",
+                    object_id,
+                    name,
+                    state_topic=event,
+                    device_class="distance",
+                    unit_of_measurement="mm",
+                    state_class="measurement",
+                    suggested_display_precision=1,
+                    value_template=_numeric(f"(value_json.measurements or {{}}).{key}"),
+                )
+            )
     out += [
-        entity("sensor", "fps", "Frames per second", state_topic=stats, state_class="measurement", unit_of_measurement="fps",
-               suggested_display_precision=1, entity_category="diagnostic", icon="mdi:speedometer",
-               value_template=_numeric("value_json.fps")),
-        entity("sensor", "latency_p95", "Latency p95", state_topic=stats, device_class="duration", unit_of_measurement="ms",
-               state_class="measurement", suggested_display_precision=1, entity_category="diagnostic",
-               value_template=_numeric("(value_json.latency_ms or {}).p95")),
-        entity("sensor", "outbox_depth", "Outbox depth", state_topic=stats, state_class="measurement",
-               entity_category="diagnostic", icon="mdi:tray-full", value_template=_numeric("value_json.outbox_depth")),
-        entity("sensor", "cpu_temperature", "CPU temperature", state_topic=stats, device_class="temperature",
-               unit_of_measurement="°C", state_class="measurement", suggested_display_precision=1,
-               entity_category="diagnostic", value_template=_numeric("value_json.cpu_temp_c")),
-        entity("sensor", "bundle_version", "Model bundle", state_topic=status, entity_category="diagnostic",
-               icon="mdi:package-variant", value_template="{{ value_json.bundle_version }}"),
+        entity(
+            "sensor",
+            "fps",
+            "Frames per second",
+            state_topic=stats,
+            state_class="measurement",
+            unit_of_measurement="fps",
+            suggested_display_precision=1,
+            entity_category="diagnostic",
+            icon="mdi:speedometer",
+            value_template=_numeric("value_json.fps"),
+        ),
+        entity(
+            "sensor",
+            "latency_p95",
+            "Latency p95",
+            state_topic=stats,
+            device_class="duration",
+            unit_of_measurement="ms",
+            state_class="measurement",
+            suggested_display_precision=1,
+            entity_category="diagnostic",
+            value_template=_numeric("(value_json.latency_ms or {}).p95"),
+        ),
+        entity(
+            "sensor",
+            "outbox_depth",
+            "Outbox depth",
+            state_topic=stats,
+            state_class="measurement",
+            entity_category="diagnostic",
+            icon="mdi:tray-full",
+            value_template=_numeric("value_json.outbox_depth"),
+        ),
+        entity(
+            "sensor",
+            "cpu_temperature",
+            "CPU temperature",
+            state_topic=stats,
+            device_class="temperature",
+            unit_of_measurement="°C",
+            state_class="measurement",
+            suggested_display_precision=1,
+            entity_category="diagnostic",
+            value_template=_numeric("value_json.cpu_temp_c"),
+        ),
+        entity(
+            "sensor",
+            "bundle_version",
+            "Model bundle",
+            state_topic=status,
+            entity_category="diagnostic",
+            icon="mdi:package-variant",
+            value_template="{{ value_json.bundle_version }}",
+        ),
     ]
     if cfg.mqtt.snapshots:
-        out.append(entity("image", "snapshot", "Crack snapshot", image_topic=cfg.topic("snapshot"), content_type="image/jpeg"))
+        out.append(
+            entity("image", "snapshot", "Crack snapshot", image_topic=cfg.topic("snapshot"), content_type="image/jpeg")
+        )
     return out
 
 
 # Everything crackd may ever have announced (removal clears all of it, whatever the config is now).
-ALL_OBJECTS = (("binary_sensor", "crack"), ("sensor", "score"), ("sensor", "crack_length"), ("sensor", "crack_width"),
-               ("sensor", "fps"), ("sensor", "latency_p95"), ("sensor", "outbox_depth"), ("sensor", "cpu_temperature"),
-               ("sensor", "bundle_version"), ("image", "snapshot"))
+ALL_OBJECTS = (
+    ("binary_sensor", "crack"),
+    ("sensor", "score"),
+    ("sensor", "crack_length"),
+    ("sensor", "crack_width"),
+    ("sensor", "fps"),
+    ("sensor", "latency_p95"),
+    ("sensor", "outbox_depth"),
+    ("sensor", "cpu_temperature"),
+    ("sensor", "bundle_version"),
+    ("image", "snapshot"),
+)
 
 
 def discovery_messages(cfg, sw_version: str = __version__) -> list[tuple[str, bytes]]:
     """(topic, payload) to announce the device; with `homeassistant.remove` the empty configs instead."""
     if cfg.homeassistant.remove:
         return removal_messages(cfg)
-    return [(config_topic(cfg, e.component, e.object_id), json.dumps(e.config, ensure_ascii=False).encode())
-            for e in entities(cfg, sw_version)]
+    return [
+        (config_topic(cfg, e.component, e.object_id), json.dumps(e.config, ensure_ascii=False).encode())
+        for e in entities(cfg, sw_version)
+    ]
 
 
 def removal_messages(cfg) -> list[tuple[str, bytes]]:
@@ -153,8 +245,12 @@ class Discovery:
         for topic, payload in messages:
             client.publish(topic, payload, qos=1, retain=True)
         self.published += 1
-        log.info("Home Assistant discovery: %s %d configs under %s/", "removed" if self.cfg.homeassistant.remove else "published",
-                 len(messages), self.cfg.homeassistant.discovery_prefix)
+        log.info(
+            "Home Assistant discovery: %s %d configs under %s/",
+            "removed" if self.cfg.homeassistant.remove else "published",
+            len(messages),
+            self.cfg.homeassistant.discovery_prefix,
+        )
 
 
 def attach(cfg, publisher) -> Discovery | None:
@@ -173,13 +269,22 @@ def remove_now(cfg, password: str | None, timeout: float = 10.0) -> int:
     from paho.mqtt.enums import CallbackAPIVersion
 
     m = cfg.mqtt
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"{cfg.client_id}-ha-remove",
-                         protocol=mqtt.MQTTv311, clean_session=True)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"{cfg.client_id}-ha-remove",
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+    )
     if m.username:
         client.username_pw_set(m.username, password)
     if m.tls.enabled:
-        client.tls_set(ca_certs=m.tls.ca, certfile=m.tls.cert, keyfile=m.tls.key,
-                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.tls_set(
+            ca_certs=m.tls.ca,
+            certfile=m.tls.cert,
+            keyfile=m.tls.key,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
         if m.tls.insecure:
             client.tls_insecure_set(True)
     import threading
@@ -211,7 +316,9 @@ def remove_now(cfg, password: str | None, timeout: float = 10.0) -> int:
                 raise ConnectionError(f"broker {m.host}:{m.port}: {exc}") from None
             done += info.is_published()
         if done < len(infos):
-            raise ConnectionError(f"broker {m.host}:{m.port} acknowledged {done} of {len(infos)} removals within {timeout:g} s")
+            raise ConnectionError(
+                f"broker {m.host}:{m.port} acknowledged {done} of {len(infos)} removals within {timeout:g} s"
+            )
         return done
     finally:
         client.disconnect()

@@ -56,22 +56,34 @@ class _SupervisorCollector:
             return family
 
         yield counter("crackd_frames_processed", "Frames run through the models", st.frames_processed)
-        yield counter("crackd_frames_skipped", "Frames replaced by a newer one before inference (live sources)", st.frames_skipped)
+        yield counter(
+            "crackd_frames_skipped", "Frames replaced by a newer one before inference (live sources)", st.frames_skipped
+        )
         yield counter("crackd_frames_failed", "Frames the models failed on", st.frames_failed)
         yield counter("crackd_frames_bad", "Frames the source delivered unreadable", st.frames_bad)
         yield counter("crackd_events_started", "Crack events started", st.events_started)
-        yield counter("crackd_journal_write_failures", "Journal transactions that failed (held in memory and retried, or dropped frame rows)",
-                      writer.write_failures)
+        yield counter(
+            "crackd_journal_write_failures",
+            "Journal transactions that failed (held in memory and retried, or dropped frame rows)",
+            writer.write_failures,
+        )
         yield counter("crackd_camera_reconnects", "Times the camera was reopened after failing", st.camera.reconnects)
         yield counter("crackd_camera_stalls", "Captures that timed out", st.camera.stalls)
         yield counter("crackd_mqtt_messages_delivered", "Outbox messages acknowledged by the broker", st.mqtt_delivered)
-        yield counter("crackd_mqtt_messages_replayed", "Outbox messages sent after an outage or restart", st.mqtt_replayed)
+        yield counter(
+            "crackd_mqtt_messages_replayed", "Outbox messages sent after an outage or restart", st.mqtt_replayed
+        )
         yield gauge("crackd_outbox_depth", "Messages waiting in the outbox for the broker", st.outbox_depth)
-        yield gauge("crackd_mqtt_connected", "1 while connected to the broker (0 when disconnected or MQTT is off)",
-                    1 if st.broker_connected else 0)
+        yield gauge(
+            "crackd_mqtt_connected",
+            "1 while connected to the broker (0 when disconnected or MQTT is off)",
+            1 if st.broker_connected else 0,
+        )
         yield gauge("crackd_fps", "Frames processed per second (moving average)", st.fps)
         yield gauge("crackd_event_open", "1 while a crack event is open", 1 if st.event_open else 0)
-        yield gauge("crackd_pending_journal_writes", "Event writes held in memory after a journal failure", st.pending_writes)
+        yield gauge(
+            "crackd_pending_journal_writes", "Event writes held in memory after a journal failure", st.pending_writes
+        )
         temp = cpu_temperature_c()
         if temp is not None:
             yield gauge("crackd_cpu_temperature_celsius", "CPU temperature", temp)
@@ -80,8 +92,15 @@ class _SupervisorCollector:
             state.add_metric([name], 1 if st.camera_state == name else 0)
         yield state
         info = InfoMetricFamily("crackd_build", "crackd version and the model bundle served")
-        info.add_metric([], {"version": st.version or "", "bundle_version": st.bundle_version or "",
-                             "bundle_sha256": st.bundle_sha256 or "", "device_id": st.device_id or ""})
+        info.add_metric(
+            [],
+            {
+                "version": st.version or "",
+                "bundle_version": st.bundle_version or "",
+                "bundle_sha256": st.bundle_sha256 or "",
+                "device_id": st.device_id or "",
+            },
+        )
         yield info
 
 
@@ -93,11 +112,22 @@ class Metrics:
 
         self.options = options
         self.registry = CollectorRegistry(auto_describe=False)
-        self.stage_seconds = Histogram("crackd_stage_latency_seconds", "Time per pipeline stage and per frame (total)",
-                                       ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
-        self.frame_latency = Histogram("crackd_frame_latency_seconds", "Capture to end of processing, per frame",
-                                       buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.crack_frames = Counter("crackd_crack_frames", "Frames the classifier called a crack", registry=self.registry)
+        self.stage_seconds = Histogram(
+            "crackd_stage_latency_seconds",
+            "Time per pipeline stage and per frame (total)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.frame_latency = Histogram(
+            "crackd_frame_latency_seconds",
+            "Capture to end of processing, per frame",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.crack_frames = Counter(
+            "crackd_crack_frames", "Frames the classifier called a crack", registry=self.registry
+        )
         self._stages = {s: self.stage_seconds.labels(stage=s) for s in STAGES}
         self.registry.register(_SupervisorCollector(supervisor))
         self._server = None

@@ -108,7 +108,9 @@ class Publisher:
         self._last_frame_t = 0.0
         self._thread: threading.Thread | None = None
         self._logged_unreachable = False
-        self.on_connect_hooks: list[Callable[[mqtt.Client], None]] = []  # extra outputs (edge.outputs.homeassistant), per connection
+        self.on_connect_hooks: list[
+            Callable[[mqtt.Client], None]
+        ] = []  # extra outputs (edge.outputs.homeassistant), per connection
         self.client = self._make_client()
 
     # ------------------------------------------------------------------ connection
@@ -149,8 +151,11 @@ class Publisher:
             client.username_pw_set(m.username, self._password)
         if m.tls.enabled:
             client.tls_set(
-                ca_certs=m.tls.ca, certfile=m.tls.cert, keyfile=m.tls.key,
-                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                ca_certs=m.tls.ca,
+                certfile=m.tls.cert,
+                keyfile=m.tls.key,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             if m.tls.insecure:
                 client.tls_insecure_set(True)
@@ -195,7 +200,9 @@ class Publisher:
     def _on_connect_fail(self, client, userdata) -> None:
         self.last_error = f"cannot reach broker {self.m.host}:{self.m.port}"
         if not self._logged_unreachable:
-            log.warning("MQTT: cannot reach %s:%d; retrying with backoff, events wait in the outbox", self.m.host, self.m.port)
+            log.warning(
+                "MQTT: cannot reach %s:%d; retrying with backoff, events wait in the outbox", self.m.host, self.m.port
+            )
             self._logged_unreachable = True
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -203,7 +210,12 @@ class Publisher:
         self.connected = False
         if was and not self._stop.is_set():
             self.last_error = f"disconnected: {reason_code}"
-            log.warning("MQTT disconnected from %s:%d (%s); reconnecting, events wait in the outbox", self.m.host, self.m.port, reason_code)
+            log.warning(
+                "MQTT disconnected from %s:%d (%s); reconnecting, events wait in the outbox",
+                self.m.host,
+                self.m.port,
+                reason_code,
+            )
             self._check_takeover(time.time())
 
     def _check_takeover(self, now: float) -> None:
@@ -219,8 +231,10 @@ class Publisher:
             self._short_connections.popleft()
         if len(self._short_connections) < TAKEOVER_COUNT:
             return
-        self.last_error = (f"another client uses this client id ({self.cfg.client_id}) / device_id {self.cfg.device_id}: "
-                           "the broker keeps closing this connection")
+        self.last_error = (
+            f"another client uses this client id ({self.cfg.client_id}) / device_id {self.cfg.device_id}: "
+            "the broker keeps closing this connection"
+        )
         if now - self._takeover_logged >= TAKEOVER_LOG_INTERVAL_S:
             self._takeover_logged = now
             log.error(
@@ -228,7 +242,12 @@ class Publisher:
                 "client id (%s) / device_id %s. Give every device its own device_id (or mqtt.client_id), and require "
                 "authentication with a per-device ACL on the broker (docs/mqtt.md, 'Securing the broker'); until then "
                 "consumers see false 'offline' announcements",
-                self.m.host, self.m.port, len(self._short_connections), TAKEOVER_WINDOW_S, self.cfg.client_id, self.cfg.device_id,
+                self.m.host,
+                self.m.port,
+                len(self._short_connections),
+                TAKEOVER_WINDOW_S,
+                self.cfg.client_id,
+                self.cfg.device_id,
             )
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -321,8 +340,12 @@ class Publisher:
                 now = time.monotonic()
                 if now - self._ack_error_logged >= 30.0:
                     self._ack_error_logged = now
-                    log.error("outbox: %d delivered messages cannot be deleted from the journal (%s); retrying, "
-                              "they may be sent again after a reconnect", len(done), exc)
+                    log.error(
+                        "outbox: %d delivered messages cannot be deleted from the journal (%s); retrying, "
+                        "they may be sent again after a reconnect",
+                        len(done),
+                        exc,
+                    )
                 return
             self.published += len(done)
 
@@ -389,7 +412,12 @@ class Publisher:
     def publish_stats(self, stats: dict) -> bool:
         if not self.connected:
             return False
-        payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, "t": iso_utc(time.time()), **stats}
+        payload = {
+            "schema_version": PAYLOAD_SCHEMA_VERSION,
+            "device_id": self.cfg.device_id,
+            "t": iso_utc(time.time()),
+            **stats,
+        }
         return self.client.publish(self.topic("stats"), json.dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def publish_frame(self, build_payload: Callable[[], dict]) -> bool:

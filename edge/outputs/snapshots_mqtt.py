@@ -57,7 +57,11 @@ def bounded_jpeg(jpeg: bytes, max_bytes: int) -> bytes:
         if len(best) <= max_bytes:
             return best
         if min(frame.shape[:2]) <= MIN_SIDE_PX:
-            log.warning("snapshot: %d bytes even at %dx%d, over mqtt.snapshot_max_kb; sent anyway", len(best), *frame.shape[1::-1])
+            log.warning(
+                "snapshot: %d bytes even at %dx%d, over mqtt.snapshot_max_kb; sent anyway",
+                len(best),
+                *frame.shape[1::-1],
+            )
             return best
         scale *= min(0.9, 0.95 * (max_bytes / len(data)) ** 0.5)
         size = (max(MIN_SIDE_PX, round(w * scale)), max(MIN_SIDE_PX, round(h * scale)))

@@ -42,19 +42,19 @@ REBIRTH = "Node Control/Rebirth"
 
 # Device metrics: name -> datatype. Births carry all of them; data messages only what changed.
 EVENT_METRICS = {
-    "Crack/Active": BOOLEAN,           # an event is open (start, update) / ended (end)
+    "Crack/Active": BOOLEAN,  # an event is open (start, update) / ended (end)
     "Crack/Event UUID": STRING,
-    "Crack/Event Revision": INT32,     # with the uuid: deduplicate replays
-    "Crack/Event Type": STRING,        # start | update | end
-    "Crack/End Reason": STRING,        # clear | shutdown | interrupted (null while open)
-    "Crack/Score": FLOAT,              # peak classifier score
+    "Crack/Event Revision": INT32,  # with the uuid: deduplicate replays
+    "Crack/Event Type": STRING,  # start | update | end
+    "Crack/End Reason": STRING,  # clear | shutdown | interrupted (null while open)
+    "Crack/Score": FLOAT,  # peak classifier score
     "Crack/Frames": INT64,
-    "Crack/Count": INT32,              # cracks in the peak frame
+    "Crack/Count": INT32,  # cracks in the peak frame
     "Crack/Length px": DOUBLE,
     "Crack/Max Width px": DOUBLE,
     "Crack/Area px": INT64,
     "Crack/Area Fraction": DOUBLE,
-    "Crack/Length mm": DOUBLE,         # null unless model.mm_per_pixel calibrates the view
+    "Crack/Length mm": DOUBLE,  # null unless model.mm_per_pixel calibrates the view
     "Crack/Max Width mm": DOUBLE,
 }
 HEALTH_METRICS = {
@@ -152,7 +152,9 @@ class SparkplugPublisher(Publisher):
         try:
             _pb()
         except ImportError as exc:
-            raise RuntimeError(f"mqtt.format sparkplug_b needs protobuf >= 4.21 (pip install 'crackd[edge]'): {exc}") from None
+            raise RuntimeError(
+                f"mqtt.format sparkplug_b needs protobuf >= 4.21 (pip install 'crackd[edge]'): {exc}"
+            ) from None
         sp = config.mqtt.sparkplug
         self.group = sp.group_id
         self.node = sp.edge_node_id or config.device_id
@@ -300,5 +302,7 @@ class SparkplugPublisher(Publisher):
             except (RuntimeError, ValueError):
                 pass
         self._born = False
-        self.connected = False  # no JSON `offline` status in Sparkplug mode (base stop publishes it only when connected)
+        self.connected = (
+            False  # no JSON `offline` status in Sparkplug mode (base stop publishes it only when connected)
+        )
         super().stop(reason, timeout)

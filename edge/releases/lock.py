@@ -87,7 +87,16 @@ class DeviceLock:
                     raise DeviceBusy(self.busy_message()) from None
                 time.sleep(0.2)
         self._fd = fd
-        write_json_atomic(self.layout.lock_holder, {"who": self.who, "action": self.action, "pid": os.getpid(), "since": iso_utc(time.time(), "seconds"), "token": self.token})
+        write_json_atomic(
+            self.layout.lock_holder,
+            {
+                "who": self.who,
+                "action": self.action,
+                "pid": os.getpid(),
+                "since": iso_utc(time.time(), "seconds"),
+                "token": self.token,
+            },
+        )
 
     def release(self) -> None:
         if self._fd is None:
@@ -106,7 +115,9 @@ class DeviceLock:
         if token:
             h = self.holder()
             if not (h and h.get("token") == token and self.is_held()):
-                raise LockTokenMismatch(f"{self.layout.lock}: the lock token given does not match a held deployment lock (the deploy session ended?)")
+                raise LockTokenMismatch(
+                    f"{self.layout.lock}: the lock token given does not match a held deployment lock (the deploy session ended?)"
+                )
             yield self
             return
         self.acquire(wait_s)

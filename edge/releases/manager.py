@@ -124,7 +124,9 @@ class StageReport:
     latency_ms: dict
     already_staged: bool = False
     runtime: str = ""
-    trust: str = ""  # why it may be served: "signer NAME", "shipped with this crackd", "unsigned (signature not required)"
+    trust: str = (
+        ""  # why it may be served: "signer NAME", "shipped with this crackd", "unsigned (signature not required)"
+    )
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -160,7 +162,9 @@ def default_who() -> str:
 def check_version(version: str) -> str:
     """A bundle_version becomes a directory name: letters, digits and . _ + - only."""
     if not VERSION_PATTERN.match(version or "") or version.endswith(STAGING_SUFFIX) or ".." in version:
-        raise InvalidVersion(f"bundle_version {version!r} cannot name a release directory (expected letters, digits and . _ + -, at most 64 characters)")
+        raise InvalidVersion(
+            f"bundle_version {version!r} cannot name a release directory (expected letters, digits and . _ + -, at most 64 characters)"
+        )
     return version
 
 
@@ -181,8 +185,11 @@ def read_daemon_status(status_file: Path) -> StatusReading:
     status = DaemonStatus.read(status_file)
     updated = parse_iso(status.updated_at)
     pid = status.pid
-    return StatusReading(status, age_s=round(time.time() - updated, 2) if updated else None,
-                         pid_alive=pid is not None and pid > 0 and pid_alive(pid))
+    return StatusReading(
+        status,
+        age_s=round(time.time() - updated, 2) if updated else None,
+        pid_alive=pid is not None and pid > 0 and pid_alive(pid),
+    )
 
 
 def _looks_like_crackd(pid: int) -> bool:
@@ -213,8 +220,10 @@ def describe_daemon(status: dict, version: str | None) -> str:
     if version and d.bundle_version != version:
         return f"daemon serves {d.bundle_version}, not {version}"
     if not d.healthy:
-        return (f"daemon unhealthy: camera {d.camera_state}, last frame {d.last_frame_age_s} s ago, "
-                f"{d.frames_failed} frames failed, {d.fps} fps")
+        return (
+            f"daemon unhealthy: camera {d.camera_state}, last frame {d.last_frame_age_s} s ago, "
+            f"{d.frames_failed} frames failed, {d.fps} fps"
+        )
     return "healthy"
 
 
@@ -265,10 +274,17 @@ class Releases:
         for path in self.layout.releases.iterdir():
             if not path.is_dir() or path.name.endswith(STAGING_SUFFIX):
                 continue
-            entry = {"version": path.name, "current": path.name == current, "previous": path.name == previous, "installed_at": iso_utc(path.stat().st_mtime, "seconds")}
+            entry = {
+                "version": path.name,
+                "current": path.name == current,
+                "previous": path.name == previous,
+                "installed_at": iso_utc(path.stat().st_mtime, "seconds"),
+            }
             try:
                 manifest = read_manifest(path)
-                entry.update(created=manifest.created, sha256=manifest_sha256(path), signed=(path / SIGNATURE).is_file())
+                entry.update(
+                    created=manifest.created, sha256=manifest_sha256(path), signed=(path / SIGNATURE).is_file()
+                )
             except BundleError as exc:
                 entry.update(error=str(exc))
             out.append(entry)
@@ -324,7 +340,9 @@ class Releases:
             "last": history[-1] if history else None,
         }
 
-    def wait_serving(self, version: str, since_iso: str, timeout_s: float, settle_s: float = 3.0, poll_s: float = 0.25) -> Health:
+    def wait_serving(
+        self, version: str, since_iso: str, timeout_s: float, settle_s: float = 3.0, poll_s: float = 0.25
+    ) -> Health:
         """Wait until the daemon serves `version` healthily, with frames counting up for `settle_s`.
 
         Fails early when the daemon reports a reload after `since_iso` that
@@ -332,7 +350,9 @@ class Releases:
         STATE/status.json and the links, so it is cheap to poll often.
         """
         if timeout_s <= 0 or settle_s < 0 or settle_s >= timeout_s:
-            raise ValueError(f"settle time {settle_s:g} s must be at least 0 and shorter than the timeout {timeout_s:g} s")
+            raise ValueError(
+                f"settle time {settle_s:g} s must be at least 0 and shorter than the timeout {timeout_s:g} s"
+            )
         since = parse_iso(since_iso) or 0.0
         deadline = time.monotonic() + timeout_s
         healthy_since: float | None = None
@@ -353,8 +373,11 @@ class Releases:
                 if healthy_since is None:
                     healthy_since, frames0 = now, frames
                 elif now - healthy_since >= settle_s and frames > frames0:
-                    return Health(True, f"serving {version}, healthy, {frames - frames0} frames in {now - healthy_since:.1f} s "
-                                        f"({daemon.status.fps:.1f} fps)")
+                    return Health(
+                        True,
+                        f"serving {version}, healthy, {frames - frames0} frames in {now - healthy_since:.1f} s "
+                        f"({daemon.status.fps:.1f} fps)",
+                    )
                 last = f"serving {version}, settling"
             else:
                 healthy_since = None
@@ -365,18 +388,28 @@ class Releases:
         if healthy_since is not None:  # say what was measured, not what was hoped for
             served = now - healthy_since
             if frames > frames0:
-                last = (f"serving {version} with frames flowing ({frames - frames0} frames in {served:.1f} s), but only for "
-                        f"{served:.1f} of the {settle_s:g} s settle time")
+                last = (
+                    f"serving {version} with frames flowing ({frames - frames0} frames in {served:.1f} s), but only for "
+                    f"{served:.1f} of the {settle_s:g} s settle time"
+                )
             else:
-                last = (f"frames_processed stayed at {frames} for {served:.1f} s while status.json said {version} was serving "
-                        f"healthily (written {daemon.age_s if daemon else None} s ago)")
+                last = (
+                    f"frames_processed stayed at {frames} for {served:.1f} s while status.json said {version} was serving "
+                    f"healthily (written {daemon.age_s if daemon else None} s ago)"
+                )
         return Health(False, f"not serving {version} healthily within {timeout_s:g} s: {last}")
 
     # ------------------------------------------------------------------ history
 
     def record(self, action: str, version: str | None, outcome: str, who: str, **extra) -> dict:
         """Append one line to deployments.jsonl (time, action, version, who, outcome, ...)."""
-        entry = {"time": iso_utc(time.time(), "seconds"), "action": action, "version": version, "who": who, "outcome": outcome}
+        entry = {
+            "time": iso_utc(time.time(), "seconds"),
+            "action": action,
+            "version": version,
+            "who": who,
+            "outcome": outcome,
+        }
         entry.update({k: v for k, v in extra.items() if v is not None})
         self.layout.models.mkdir(parents=True, exist_ok=True)
         with open(self.layout.history, "a") as fh:
@@ -390,7 +423,14 @@ class Releases:
     def lock(self, who: str, action: str) -> DeviceLock:
         return DeviceLock(self.layout, who, action)
 
-    def stage(self, source: str | Path, who: str | None = None, origin: str | None = None, wait_s: float = 0.0, token: str | None = None) -> StageReport:
+    def stage(
+        self,
+        source: str | Path,
+        who: str | None = None,
+        origin: str | None = None,
+        wait_s: float = 0.0,
+        token: str | None = None,
+    ) -> StageReport:
         """Copy bundle `source` in as releases/<version> after checking everything; raises on any failure (nothing is installed)."""
         who = who or default_who()
         source = Path(source)
@@ -406,8 +446,16 @@ class Releases:
             except (BundleError, ReleaseError, OSError) as exc:
                 self.record("stage", version, "rejected", who, source=origin or str(source), error=str(exc))
                 raise
-            self.record("stage", version, "already staged" if report.already_staged else "staged", who, source=origin or str(source), sha256=report.sha256,
-                        signer=(report.signer or {}).get("principal"), latency_ms=report.latency_ms.get("total_ms_p50"))
+            self.record(
+                "stage",
+                version,
+                "already staged" if report.already_staged else "staged",
+                who,
+                source=origin or str(source),
+                sha256=report.sha256,
+                signer=(report.signer or {}).get("principal"),
+                latency_ms=report.latency_ms.get("total_ms_p50"),
+            )
             return report
 
     def _stage_locked(self, source: Path, version: str) -> StageReport:
@@ -427,8 +475,16 @@ class Releases:
                 )
             trust = self._check_trust(target)
             verify_files(read_manifest(target))
-            return StageReport(version, str(target), manifest_sha256(target), trust.signer.as_dict() if trust.signer else None, {}, {},
-                               already_staged=True, trust=trust.describe())
+            return StageReport(
+                version,
+                str(target),
+                manifest_sha256(target),
+                trust.signer.as_dict() if trust.signer else None,
+                {},
+                {},
+                already_staged=True,
+                trust=trust.describe(),
+            )
         self.layout.releases.mkdir(parents=True, exist_ok=True)
         staging = self.layout.releases / f"{version}{STAGING_SUFFIX}"
         try:
@@ -438,7 +494,9 @@ class Releases:
                 _copy_member(source, staging, MemberFile(SIGNATURE, None, None, "signature"), MAX_SIGNATURE_BYTES)
             manifest = read_manifest(staging)  # names confined to the bundle, version as read before
             if manifest.bundle_version != version:
-                raise InvalidVersion(f"{source}: bundle_version changed during the copy ({version} -> {manifest.bundle_version})")
+                raise InvalidVersion(
+                    f"{source}: bundle_version changed during the copy ({version} -> {manifest.bundle_version})"
+                )
             trust = self._check_trust(staging)
             for member in listed_files(manifest):
                 _copy_member(source, staging, member)
@@ -469,7 +527,9 @@ class Releases:
     def _check_trust(self, bundle_dir: Path) -> Trust:
         """This device's signature policy (edge.releases.signing.check_bundle_trust, the rule the daemon applies too)."""
         p = self.policy
-        return check_bundle_trust(bundle_dir, p.require_signature, (Path(p.allowed_signers), *map(Path, p.extra_allowed_signers)))
+        return check_bundle_trust(
+            bundle_dir, p.require_signature, (Path(p.allowed_signers), *map(Path, p.extra_allowed_signers))
+        )
 
     def _verify(self, staging: Path, version: str, manifest, trust: Trust) -> StageReport:
         """Load both models with this device's runtime, reproduce the golden samples, measure latency."""
@@ -483,9 +543,19 @@ class Releases:
         latency = measure_bundle_latency(loaded, runs=self.policy.latency_runs)
         limit = self.policy.max_latency_ms
         if limit is not None and latency.total_ms_p50 > limit:
-            raise LatencyTooHigh(f"bundle {version}: classifier + segmenter take {latency.total_ms_p50:.1f} ms per frame on this device (median of {latency.runs}), above the limit of {limit:g} ms")
-        return StageReport(version, str(staging), loaded.sha256, signer.as_dict() if signer else None, golden.as_dict(), latency.as_dict(),
-                           runtime=loaded.classifier.runtime, trust=trust.describe())
+            raise LatencyTooHigh(
+                f"bundle {version}: classifier + segmenter take {latency.total_ms_p50:.1f} ms per frame on this device (median of {latency.runs}), above the limit of {limit:g} ms"
+            )
+        return StageReport(
+            version,
+            str(staging),
+            loaded.sha256,
+            signer.as_dict() if signer else None,
+            golden.as_dict(),
+            latency.as_dict(),
+            runtime=loaded.classifier.runtime,
+            trust=trust.describe(),
+        )
 
     def _adopt(self, path: Path) -> None:
         """When run as root (sudo over SSH), give new files to the state directory's owner, the daemon's user."""
@@ -498,8 +568,16 @@ class Releases:
             for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
                 os.lchown(name, st.st_uid, st.st_gid)
 
-    def activate(self, version: str, who: str | None = None, wait_s: float = 0.0, token: str | None = None, reason: str | None = None,
-                 wait_healthy_s: float | None = None, settle_s: float = 3.0) -> SwitchResult:
+    def activate(
+        self,
+        version: str,
+        who: str | None = None,
+        wait_s: float = 0.0,
+        token: str | None = None,
+        reason: str | None = None,
+        wait_healthy_s: float | None = None,
+        settle_s: float = 3.0,
+    ) -> SwitchResult:
         """Point `current` at staged release `version` (atomically) and tell the daemon to reload.
 
         With `wait_healthy_s`, also wait for the daemon to serve it healthily:
@@ -511,7 +589,9 @@ class Releases:
             target = self.layout.release(version)
             if not target.is_dir():
                 staged = ", ".join(r["version"] for r in self.installed()) or "none"
-                raise ReleaseNotFound(f"release {version} is not staged on this device (staged: {staged}); run `crackd models stage BUNDLE_DIR` first")
+                raise ReleaseNotFound(
+                    f"release {version} is not staged on this device (staged: {staged}); run `crackd models stage BUNDLE_DIR` first"
+                )
             try:  # cheap re-check: a trust change, or corruption since staging
                 self._check_trust(target)
                 verify_files(read_manifest(target))
@@ -533,20 +613,31 @@ class Releases:
             raise NotHealthy(health.message, result)
         self.record("confirm", result.version, "healthy", who, message=health.message)
 
-    def rollback(self, who: str | None = None, wait_s: float = 0.0, token: str | None = None, reason: str | None = None,
-                 wait_healthy_s: float | None = None, settle_s: float = 3.0) -> SwitchResult:
+    def rollback(
+        self,
+        who: str | None = None,
+        wait_s: float = 0.0,
+        token: str | None = None,
+        reason: str | None = None,
+        wait_healthy_s: float | None = None,
+        settle_s: float = 3.0,
+    ) -> SwitchResult:
         """Serve the previous release again (current and previous swap); optionally wait until it serves healthily."""
         who = who or default_who()
         with self.lock(who, "rollback").held(wait_s, token):
             old, prev = self.current_version(), self.previous_version()
             if not prev or not self.layout.release(prev).is_dir():
-                raise NothingToRollBack(f"{self.layout.models}: no previous release to roll back to (current: {old or 'none'})")
+                raise NothingToRollBack(
+                    f"{self.layout.models}: no previous release to roll back to (current: {old or 'none'})"
+                )
             result = self._switch("rollback", prev, old, who, reason)
             if wait_healthy_s is not None:
                 self._await_health(result, who, wait_healthy_s, settle_s)
             return result
 
-    def confirm(self, version: str, who: str | None = None, token: str | None = None, message: str | None = None) -> dict:
+    def confirm(
+        self, version: str, who: str | None = None, token: str | None = None, message: str | None = None
+    ) -> dict:
         """Record that `version` was seen serving and healthy after a deployment."""
         who = who or default_who()
         with self.lock(who, f"confirm {version}").held(0.0, token):
@@ -571,15 +662,31 @@ class Releases:
         try:
             pid = int(self.layout.pid_file.read_text().split()[0])
         except (FileNotFoundError, ValueError, IndexError):
-            return {"pid": None, "signalled": False, "message": "daemon not running (no crackd.pid); it serves the new release when it starts"}
+            return {
+                "pid": None,
+                "signalled": False,
+                "message": "daemon not running (no crackd.pid); it serves the new release when it starts",
+            }
         if not pid_alive(pid) or not _looks_like_crackd(pid):
-            return {"pid": pid, "signalled": False, "message": f"daemon not running (stale crackd.pid {pid}); it serves the new release when it starts"}
+            return {
+                "pid": pid,
+                "signalled": False,
+                "message": f"daemon not running (stale crackd.pid {pid}); it serves the new release when it starts",
+            }
         try:
             os.kill(pid, signal.SIGHUP)
         except PermissionError:
-            return {"pid": pid, "signalled": False, "message": f"no permission to signal daemon pid {pid}; run as root or the crackd user, or `systemctl reload crackd`"}
+            return {
+                "pid": pid,
+                "signalled": False,
+                "message": f"no permission to signal daemon pid {pid}; run as root or the crackd user, or `systemctl reload crackd`",
+            }
         except ProcessLookupError:
-            return {"pid": pid, "signalled": False, "message": f"daemon pid {pid} exited; it serves the new release when it starts"}
+            return {
+                "pid": pid,
+                "signalled": False,
+                "message": f"daemon pid {pid} exited; it serves the new release when it starts",
+            }
         return {"pid": pid, "signalled": True, "message": f"sent SIGHUP to daemon pid {pid}"}
 
     def prune(self) -> list[str]:
@@ -590,7 +697,11 @@ class Releases:
         removed = []
         for path in self.layout.releases.glob(f"*{STAGING_SUFFIX}"):
             shutil.rmtree(path, ignore_errors=True)
-        others = [p for p in self.layout.releases.iterdir() if p.is_dir() and p.name not in (current, previous) and not p.name.endswith(STAGING_SUFFIX)]
+        others = [
+            p
+            for p in self.layout.releases.iterdir()
+            if p.is_dir() and p.name not in (current, previous) and not p.name.endswith(STAGING_SUFFIX)
+        ]
         others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         budget = max(0, self.policy.keep - (1 if previous and previous != current else 0))
         for path in others[budget:]:

@@ -49,8 +49,15 @@ ACCEPTED_KEY_TYPES = ("ED25519", "ED25519-SK")
 _GOOD = re.compile(r'Good "(?P<ns>[^"]+)" signature for (?P<principal>.+) with (?P<type>\S+) key (?P<fp>\S+)')
 SSH_KEYGEN_TIMEOUT_S = 60
 # What ssh-keygen says when the signature file itself cannot be decoded (as opposed to "no principal matched").
-_UNREADABLE = ("couldn't parse signature", "couldn't verify signature", "sshsig_armor", "sshsig_dearmor", "invalid format",
-               "incomplete message", "missing header")
+_UNREADABLE = (
+    "couldn't parse signature",
+    "couldn't verify signature",
+    "sshsig_armor",
+    "sshsig_dearmor",
+    "invalid format",
+    "incomplete message",
+    "missing header",
+)
 
 
 class SignatureError(BundleError):
@@ -86,22 +93,36 @@ class SignatureInfo:
 def _ssh_keygen() -> str:
     path = shutil.which("ssh-keygen")
     if path is None:
-        raise SigningUnavailable("ssh-keygen not found; install openssh-client (OpenSSH >= 8.2) to sign or verify bundles")
+        raise SigningUnavailable(
+            "ssh-keygen not found; install openssh-client (OpenSSH >= 8.2) to sign or verify bundles"
+        )
     return path
 
 
 def _run(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(args, input=stdin if stdin is not None else b"", capture_output=True, timeout=SSH_KEYGEN_TIMEOUT_S, check=False)
+        return subprocess.run(
+            args,
+            input=stdin if stdin is not None else b"",
+            capture_output=True,
+            timeout=SSH_KEYGEN_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        raise SignatureError(f"{' '.join(args[:3])}: no answer after {SSH_KEYGEN_TIMEOUT_S} s (waiting for a passphrase or a security key touch?)") from None
+        raise SignatureError(
+            f"{' '.join(args[:3])}: no answer after {SSH_KEYGEN_TIMEOUT_S} s (waiting for a passphrase or a security key touch?)"
+        ) from None
 
 
 def _first_line(data: bytes) -> str:
     """The first line of what ssh-keygen said, for a one-line error: it states the cause, what follows is the
     consequence ("Permissions 0644 for 'key' are too open." before "No private key found"). The "@@@" warning
     banner around it is decoration and skipped."""
-    lines = [ln.strip() for ln in data.decode(errors="replace").splitlines() if ln.strip() and not ln.lstrip().startswith("@")]
+    lines = [
+        ln.strip()
+        for ln in data.decode(errors="replace").splitlines()
+        if ln.strip() and not ln.lstrip().startswith("@")
+    ]
     return lines[0] if lines else "no output"
 
 
@@ -121,7 +142,9 @@ def sign_bundle(bundle_dir: str | Path, key_path: str | Path) -> Path:
         raise SignatureError(f"{key_path}: signing key not found")
     # Sign stdin so ssh-keygen writes the signature to stdout (signing a file
     # would stop at an "Overwrite (y/n)?" prompt when a signature exists).
-    result = _run([_ssh_keygen(), "-q", "-Y", "sign", "-f", str(key_path), "-n", NAMESPACE], stdin=manifest.read_bytes())
+    result = _run(
+        [_ssh_keygen(), "-q", "-Y", "sign", "-f", str(key_path), "-n", NAMESPACE], stdin=manifest.read_bytes()
+    )
     if result.returncode != 0 or b"BEGIN SSH SIGNATURE" not in result.stdout:
         raise SignatureError(f"{key_path}: ssh-keygen could not sign {manifest} ({_first_line(result.stderr)})")
     target = bundle_dir / SIGNATURE
@@ -135,9 +158,13 @@ def verify_bundle_signature(bundle_dir: str | Path, allowed_signers: str | Path)
     bundle_dir = Path(bundle_dir)
     allowed_signers = Path(allowed_signers)
     if not member_exists(bundle_dir, SIGNATURE):
-        raise SignatureMissing(f"{bundle_dir}: not signed (no {SIGNATURE}) and this device requires signed bundles; sign it with `crack-deploy sign BUNDLE --key KEY`")
+        raise SignatureMissing(
+            f"{bundle_dir}: not signed (no {SIGNATURE}) and this device requires signed bundles; sign it with `crack-deploy sign BUNDLE --key KEY`"
+        )
     if not allowed_signers.is_file():
-        raise UnknownSigner(f"{allowed_signers}: allowed_signers file not found; the device trusts no signer (add lines 'NAME namespaces=\"{NAMESPACE}\" ssh-ed25519 AAAA...')")
+        raise UnknownSigner(
+            f"{allowed_signers}: allowed_signers file not found; the device trusts no signer (add lines 'NAME namespaces=\"{NAMESPACE}\" ssh-ed25519 AAAA...')"
+        )
     # Read both once, as plain files of the bundle (no symlink, no FIFO), and verify exactly those bytes.
     manifest_bytes = read_member(bundle_dir, MANIFEST, MAX_MANIFEST_BYTES)
     signature_bytes = read_member(bundle_dir, SIGNATURE, MAX_SIGNATURE_BYTES)
@@ -148,24 +175,47 @@ def verify_bundle_signature(bundle_dir: str | Path, allowed_signers: str | Path)
         return _verify(keygen, bundle_dir, bundle_dir / SIGNATURE, signature, manifest_bytes, allowed_signers)
 
 
-def _verify(keygen: str, bundle_dir: Path, shown: Path, signature: Path, manifest_bytes: bytes, allowed_signers: Path) -> SignatureInfo:
+def _verify(
+    keygen: str, bundle_dir: Path, shown: Path, signature: Path, manifest_bytes: bytes, allowed_signers: Path
+) -> SignatureInfo:
     found = _run([keygen, "-Y", "find-principals", "-s", str(signature), "-f", str(allowed_signers)])
     principals = [p.strip() for p in found.stdout.decode(errors="replace").splitlines() if p.strip()]
     if found.returncode != 0 or not principals:
         err = found.stderr.decode(errors="replace").lower()
         if any(marker in err for marker in _UNREADABLE):
             raise SignatureInvalid(f"{shown}: not a readable OpenSSH signature (damaged?)")
-        raise UnknownSigner(f"{shown}: signed by a key that is not in {allowed_signers} (or not for namespace {NAMESPACE!r})")
+        raise UnknownSigner(
+            f"{shown}: signed by a key that is not in {allowed_signers} (or not for namespace {NAMESPACE!r})"
+        )
     errors = []
     for principal in principals:
-        result = _run([keygen, "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(signature)], stdin=manifest_bytes)
+        result = _run(
+            [
+                keygen,
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed_signers),
+                "-I",
+                principal,
+                "-n",
+                NAMESPACE,
+                "-s",
+                str(signature),
+            ],
+            stdin=manifest_bytes,
+        )
         if result.returncode == 0:
             match = _GOOD.search((result.stdout + result.stderr).decode(errors="replace"))
             if match is None:
-                raise SignatureInvalid(f"{shown}: ssh-keygen accepted it but its report was not understood: {_first_line(result.stdout + result.stderr)}")
+                raise SignatureInvalid(
+                    f"{shown}: ssh-keygen accepted it but its report was not understood: {_first_line(result.stdout + result.stderr)}"
+                )
             info = SignatureInfo(principal=match["principal"], key_type=match["type"], fingerprint=match["fp"])
             if info.key_type.upper() not in ACCEPTED_KEY_TYPES:
-                raise SignatureInvalid(f"{shown}: signed with a {info.key_type} key by {info.principal}; crackd accepts ed25519 keys only")
+                raise SignatureInvalid(
+                    f"{shown}: signed with a {info.key_type} key by {info.principal}; crackd accepts ed25519 keys only"
+                )
             log.info("bundle %s signed by %s (%s %s)", bundle_dir, info.principal, info.key_type, info.fingerprint)
             return info
         errors.append(_first_line(result.stderr))
@@ -182,10 +232,14 @@ class Trust:
     def describe(self) -> str:
         if self.signer:
             return f"signer {self.signer.principal}"
-        return "shipped with this crackd (trusted like its code)" if self.shipped else "unsigned (signature not required)"
+        return (
+            "shipped with this crackd (trusted like its code)" if self.shipped else "unsigned (signature not required)"
+        )
 
 
-def check_bundle_trust(bundle_dir: str | Path, require_signature: bool, allowed_signers: Path | tuple[Path, ...] | list[Path]) -> Trust:
+def check_bundle_trust(
+    bundle_dir: str | Path, require_signature: bool, allowed_signers: Path | tuple[Path, ...] | list[Path]
+) -> Trust:
     """The one signature rule for every path that installs or serves a bundle (stage, activate, daemon start and reload,
     check-config).
 

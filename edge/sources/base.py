@@ -110,8 +110,7 @@ class SourceAdapter(FrameSource):
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, options: Any, *, read_timeout_s: float,
-                    stop: threading.Event | None = None) -> SourceAdapter:
+    def from_config(cls, options: Any, *, read_timeout_s: float, stop: threading.Event | None = None) -> SourceAdapter:
         """The adapter for its option section; `read_timeout_s` is source.read_timeout_s, `stop` ends waits early."""
 
     @classmethod

@@ -23,13 +23,22 @@ BAD_FILE_LOG_INTERVAL_S = 600.0  # a bad file in a looped folder is logged once,
 @dataclass(frozen=True)
 class FolderOptions:
     path: str | None = option(None, "directory of image files (jpg, png, bmp, tif, webp), read in sorted name order")
-    fps: float = option(10.0, "replay rate; 0 = as fast as the pipeline takes them (no frame skipped, for bench runs)",
-                        min=0, max=10000)
+    fps: float = option(
+        10.0, "replay rate; 0 = as fast as the pipeline takes them (no frame skipped, for bench runs)", min=0, max=10000
+    )
     loop: bool = option(True, "start again at the first file after the last (false: the daemon stops when done)")
-    cache_mb: float = option(0.0, "looped replays: keep decoded frames in memory up to this many MB "
-                                  "(bench rigs; 0 = decode every time)", min=0, max=4096)
-    max_image_mpixels: float = option(40.0, "files whose header announces more megapixels are skipped undecoded "
-                                            "(memory bound; 0 = no limit)", min=0, max=1000)
+    cache_mb: float = option(
+        0.0,
+        "looped replays: keep decoded frames in memory up to this many MB (bench rigs; 0 = decode every time)",
+        min=0,
+        max=4096,
+    )
+    max_image_mpixels: float = option(
+        40.0,
+        "files whose header announces more megapixels are skipped undecoded (memory bound; 0 = no limit)",
+        min=0,
+        max=1000,
+    )
 
 
 def _max_pixels(max_image_mpixels: float) -> int | None:
@@ -51,8 +60,15 @@ class FolderSource(SourceAdapter):
     Options = FolderOptions
     live = False
 
-    def __init__(self, path, fps=10.0, loop=True, stop=None, cache_mb: float = 0.0,
-                 max_pixels: int | None = _max_pixels(FolderOptions.max_image_mpixels)):
+    def __init__(
+        self,
+        path,
+        fps=10.0,
+        loop=True,
+        stop=None,
+        cache_mb: float = 0.0,
+        max_pixels: int | None = _max_pixels(FolderOptions.max_image_mpixels),
+    ):
         super().__init__()
         self.path = Path(path)
         self.max_pixels = max_pixels
@@ -68,8 +84,9 @@ class FolderSource(SourceAdapter):
         self._good_this_pass = 0
 
     @classmethod
-    def from_config(cls, options: FolderOptions, *, read_timeout_s: float,
-                    stop: threading.Event | None = None) -> FolderSource:
+    def from_config(
+        cls, options: FolderOptions, *, read_timeout_s: float, stop: threading.Event | None = None
+    ) -> FolderSource:
         o = options
         return cls(o.path, o.fps, o.loop, stop=stop, cache_mb=o.cache_mb, max_pixels=_max_pixels(o.max_image_mpixels))
 

@@ -42,10 +42,10 @@ def _jpeg_size(b: bytes) -> tuple[int, int] | None:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
             i += 2
             continue
-        length = struct.unpack(">H", b[i + 2:i + 4])[0]
+        length = struct.unpack(">H", b[i + 2 : i + 4])[0]
         # SOF0..SOF15 carry the frame size, except DHT (C4), JPG (C8) and DAC (CC).
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h, w = struct.unpack(">HH", b[i + 5:i + 9])
+            h, w = struct.unpack(">HH", b[i + 5 : i + 9])
             return w, h
         i += 2 + length
     return None
@@ -55,13 +55,15 @@ def _tiff_size(b: bytes) -> tuple[int, int] | None:
     endian = "<" if b[:2] == b"II" else ">"
     try:
         (ifd,) = struct.unpack(endian + "I", b[4:8])
-        (count,) = struct.unpack(endian + "H", b[ifd:ifd + 2])
+        (count,) = struct.unpack(endian + "H", b[ifd : ifd + 2])
         size = {}
         for k in range(count):
-            entry = b[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+            entry = b[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
             tag, kind = struct.unpack(endian + "HH", entry[:4])
             if tag in (256, 257):  # ImageWidth, ImageLength (SHORT or LONG)
-                size[tag] = struct.unpack(endian + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12])[0]
+                size[tag] = struct.unpack(
+                    endian + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12]
+                )[0]
         return (size[256], size[257]) if len(size) == 2 else None
     except (struct.error, KeyError):
         return None
@@ -99,11 +101,13 @@ def check_size(data: bytes | np.ndarray, max_pixels: int | None, name: str = "im
     """Raise ImageTooLarge when the header announces more than `max_pixels` (None: no limit)."""
     if not max_pixels:
         return
-    size = header_size(data[:1 << 20] if len(data) > 1 << 20 and not _is_tiff(data) else data)
+    size = header_size(data[: 1 << 20] if len(data) > 1 << 20 and not _is_tiff(data) else data)
     if size is not None and size[0] * size[1] > max_pixels:
         w, h = size
-        raise ImageTooLarge(f"{name}: {w}x{h} pixels ({w * h / 1e6:.1f} MP) is over the limit of "
-                            f"{max_pixels / 1e6:g} MP; not decoded (raise the limit to accept it)")
+        raise ImageTooLarge(
+            f"{name}: {w}x{h} pixels ({w * h / 1e6:.1f} MP) is over the limit of "
+            f"{max_pixels / 1e6:g} MP; not decoded (raise the limit to accept it)"
+        )
 
 
 def _is_tiff(data) -> bool:
@@ -111,7 +115,9 @@ def _is_tiff(data) -> bool:
     return head in (b"II*\x00", b"MM\x00*")  # the first IFD may be anywhere in the file
 
 
-def decode_rgb(data: np.ndarray | None, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray | None:
+def decode_rgb(
+    data: np.ndarray | None, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image"
+) -> np.ndarray | None:
     """Decode encoded image bytes (uint8 array) to RGB uint8, or None when empty or corrupt.
 
     Raises ImageTooLarge (before decoding anything) when the header announces more than `max_pixels`.

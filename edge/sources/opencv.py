@@ -13,14 +13,19 @@ from edge.sources.base import Frame, Pacer, SourceAdapter, SourceError, SourceEx
 
 @dataclass(frozen=True)
 class OpenCVOptions:
-    url: str | None = option(None, "RTSP/HTTP URL, video file or device path (/dev/video0); "
-                                      "or leave null and set index")
+    url: str | None = option(
+        None, "RTSP/HTTP URL, video file or device path (/dev/video0); or leave null and set index"
+    )
     index: int | None = option(None, "V4L2 device index (0 = /dev/video0)", min=0, max=63)
-    width: int | None = option(None, "requested capture width (devices only; null = device default)",
-                                  min=16, max=8192)
+    width: int | None = option(None, "requested capture width (devices only; null = device default)", min=16, max=8192)
     height: int | None = option(None, "requested capture height (devices only)", min=16, max=8192)
-    fps: float = option(0.0, "replay rate for video files (0 = as fast as the pipeline takes them, no frame skipped); "
-                             "live sources are never paced", min=0, max=1000)
+    fps: float = option(
+        0.0,
+        "replay rate for video files (0 = as fast as the pipeline takes them, no frame skipped); "
+        "live sources are never paced",
+        min=0,
+        max=1000,
+    )
     loop: bool = option(False, "video files: start again at the end")
     open_timeout_s: float = option(10.0, "how long opening a stream may take", gt=0, max=600)
 
@@ -32,8 +37,18 @@ class OpenCVSource(SourceAdapter):
     Options = OpenCVOptions
     live = True
 
-    def __init__(self, url=None, index=None, width=None, height=None, fps=0.0, loop=False, open_timeout_s=10.0,
-                 read_timeout_s=5.0, stop=None):
+    def __init__(
+        self,
+        url=None,
+        index=None,
+        width=None,
+        height=None,
+        fps=0.0,
+        loop=False,
+        open_timeout_s=10.0,
+        read_timeout_s=5.0,
+        stop=None,
+    ):
         super().__init__()
         self.url, self.index = url, index
         self.width, self.height = width, height
@@ -49,8 +64,9 @@ class OpenCVSource(SourceAdapter):
         self._pass_frames = 0  # frames decoded since the file was opened or rewound
 
     @classmethod
-    def from_config(cls, options: OpenCVOptions, *, read_timeout_s: float,
-                    stop: threading.Event | None = None) -> OpenCVSource:
+    def from_config(
+        cls, options: OpenCVOptions, *, read_timeout_s: float, stop: threading.Event | None = None
+    ) -> OpenCVSource:
         o = options
         return cls(o.url, o.index, o.width, o.height, o.fps, o.loop, o.open_timeout_s, read_timeout_s, stop=stop)
 
@@ -71,8 +87,12 @@ class OpenCVSource(SourceAdapter):
     def open(self) -> None:
         import cv2
 
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000)]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(self.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(self.read_timeout_s * 1000),
+        ]
         try:
             cap = cv2.VideoCapture(self.target, cv2.CAP_ANY, params)
         except cv2.error:
@@ -121,8 +141,10 @@ class OpenCVSource(SourceAdapter):
         short = announced - max(2, int(0.02 * announced))  # container frame counts may be estimates
         if self._pass_frames == 0 or (announced > 0 and self._pass_frames < short):
             of = f" of the {announced} its header announces" if announced > 0 else ""
-            raise SourceFailed(f"opencv: {self.target}: video file is corrupt or truncated: decoding failed after "
-                               f"{self._pass_frames} frames{of}")
+            raise SourceFailed(
+                f"opencv: {self.target}: video file is corrupt or truncated: decoding failed after "
+                f"{self._pass_frames} frames{of}"
+            )
 
     def close(self) -> None:
         if self._cap is not None:

@@ -20,15 +20,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Picamera2Options:
     camera: int = option(0, "camera number (Picamera2(camera))", min=0, max=16)
-    main: tuple[int, int] = option((1280, 960), "main stream size [width, height]; used for snapshots",
-                                   min=16, max=8192)
+    main: tuple[int, int] = option(
+        (1280, 960), "main stream size [width, height]; used for snapshots", min=16, max=8192
+    )
     lores: tuple[int, int] = option((320, 240), "lores stream size [width, height] fed to the models", min=16, max=4096)
     lores_format: Literal["YUV420", "RGB888"] = option(
-        "YUV420", "YUV420 (Pi 4 and older: converted to RGB with OpenCV) or RGB888 (Pi 5)")
+        "YUV420", "YUV420 (Pi 4 and older: converted to RGB with OpenCV) or RGB888 (Pi 5)"
+    )
     fps: float = option(10.0, "sensor frame rate", gt=0, max=240)
     snapshot_from_main: bool = option(True, "take event snapshots from the full-size main stream")
-    still: bool = option(False, "use create_still_configuration instead of create_video_configuration "
-                                "(slow, high resolution rigs)")
+    still: bool = option(
+        False, "use create_still_configuration instead of create_video_configuration (slow, high resolution rigs)"
+    )
 
 
 def yuv420_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -56,8 +59,17 @@ class Picamera2Source(SourceAdapter):
     Options = Picamera2Options
     live = True
 
-    def __init__(self, camera=0, main=(1280, 960), lores=(320, 240), lores_format="YUV420", fps=10.0,
-                 snapshot_from_main=True, still=False, factory: Callable | None = None):
+    def __init__(
+        self,
+        camera=0,
+        main=(1280, 960),
+        lores=(320, 240),
+        lores_format="YUV420",
+        fps=10.0,
+        snapshot_from_main=True,
+        still=False,
+        factory: Callable | None = None,
+    ):
         super().__init__()
         self.camera, self.main_size, self.lores_size = camera, tuple(main), tuple(lores)
         self.lores_format, self.fps = lores_format, fps
@@ -66,8 +78,9 @@ class Picamera2Source(SourceAdapter):
         self._cam: Any = None
 
     @classmethod
-    def from_config(cls, options: Picamera2Options, *, read_timeout_s: float,
-                    stop: threading.Event | None = None) -> Picamera2Source:
+    def from_config(
+        cls, options: Picamera2Options, *, read_timeout_s: float, stop: threading.Event | None = None
+    ) -> Picamera2Source:
         o = options
         return cls(o.camera, o.main, o.lores, o.lores_format, o.fps, o.snapshot_from_main, o.still)
 
@@ -81,8 +94,9 @@ class Picamera2Source(SourceAdapter):
         try:
             from picamera2 import Picamera2
         except ImportError as exc:
-            raise SourceError(f"picamera2 is not installed ({exc}); on Raspberry Pi OS: "
-                              "sudo apt install python3-picamera2") from None
+            raise SourceError(
+                f"picamera2 is not installed ({exc}); on Raspberry Pi OS: sudo apt install python3-picamera2"
+            ) from None
         return Picamera2(self.camera)
 
     def open(self) -> None:

@@ -102,8 +102,14 @@ def _draw_crack(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, 
 
 
 def _draw_branch(
-    rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray,
-    start: np.ndarray, angle: float, length: float, width: float, depth: int,
+    rng: np.random.Generator,
+    canvas: np.ndarray,
+    mask: np.ndarray,
+    start: np.ndarray,
+    angle: float,
+    length: float,
+    width: float,
+    depth: int,
 ) -> None:
     """One tapering branch; forks recursively (two levels at most)."""
     path = _crack_path(rng, start, angle, length, step=max(2.0, min(mask.shape) / 80))
@@ -117,8 +123,12 @@ def _draw_branch(
         cv2.line(canvas, p0, p1, 1.0, thickness, cv2.LINE_AA)
         cv2.line(mask, p0, p1, 255, thickness, cv2.LINE_8)
         if depth < 2 and rng.random() < 0.025:
-            branch_angle = math.atan2(path[i + 1][1] - path[i][1], path[i + 1][0] - path[i][0]) + rng.choice([-1, 1]) * rng.uniform(0.4, 1.2)
-            _draw_branch(rng, canvas, mask, path[i + 1], branch_angle, (n - i) * rng.uniform(0.2, 0.5) * 2, wd * 0.7, depth + 1)
+            branch_angle = math.atan2(path[i + 1][1] - path[i][1], path[i + 1][0] - path[i][0]) + rng.choice(
+                [-1, 1]
+            ) * rng.uniform(0.4, 1.2)
+            _draw_branch(
+                rng, canvas, mask, path[i + 1], branch_angle, (n - i) * rng.uniform(0.2, 0.5) * 2, wd * 0.7, depth + 1
+            )
 
 
 def _distractor(rng: np.random.Generator, kind: str, img: np.ndarray) -> None:
@@ -126,9 +136,11 @@ def _distractor(rng: np.random.Generator, kind: str, img: np.ndarray) -> None:
     if kind == "joint":  # straight saw-cut / formwork joint
         layer: np.ndarray = np.zeros((h, w), np.float32)
         if rng.random() < 0.5:
-            x = int(rng.integers(0, w)); cv2.line(layer, (x, 0), (x, h), 1.0, int(rng.integers(2, 5)))
+            x = int(rng.integers(0, w))
+            cv2.line(layer, (x, 0), (x, h), 1.0, int(rng.integers(2, 5)))
         else:
-            y = int(rng.integers(0, h)); cv2.line(layer, (0, y), (w, y), 1.0, int(rng.integers(2, 5)))
+            y = int(rng.integers(0, h))
+            cv2.line(layer, (0, y), (w, y), 1.0, int(rng.integers(2, 5)))
         img -= layer[..., None] * rng.uniform(25, 60)
     elif kind == "stain":
         layer = np.zeros((h, w), np.float32)
@@ -140,7 +152,8 @@ def _distractor(rng: np.random.Generator, kind: str, img: np.ndarray) -> None:
     elif kind == "shadow":
         layer = np.zeros((h, w), np.float32)
         pts = rng.integers(0, [w, h], size=(4, 2)).astype(np.int32)
-        pts[0] = (0, pts[0][1]); pts[1] = (0, h)
+        pts[0] = (0, pts[0][1])
+        pts[1] = (0, h)
         cv2.fillPoly(layer, [pts], 1.0)
         layer = cv2.GaussianBlur(layer, (0, 0), rng.uniform(3, 15))
         img *= 1.0 - layer[..., None] * rng.uniform(0.2, 0.45)
@@ -148,7 +161,7 @@ def _distractor(rng: np.random.Generator, kind: str, img: np.ndarray) -> None:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         a = rng.uniform(0, math.pi)
         d = (xx - w / 2) * math.cos(a) + (yy - h / 2) * math.sin(a) - rng.uniform(-w / 3, w / 3)
-        img += (np.tanh(d / 1.5)[..., None] * rng.uniform(8, 25))
+        img += np.tanh(d / 1.5)[..., None] * rng.uniform(8, 25)
     else:  # scratch: short, thin, straight and lighter than the surface
         layer = np.zeros((h, w), np.float32)
         for _ in range(int(rng.integers(1, 4))):
@@ -192,7 +205,9 @@ def generate(
     return SynthSample(image=image, mask=mask, surface=surface, n_cracks=n_cracks, distractors=kinds)
 
 
-def write_dataset(out_dir, n: int, seed: int = 0, height: int = 256, width: int = 256, crack_probability: float = 0.5, progress=None) -> int:
+def write_dataset(
+    out_dir, n: int, seed: int = 0, height: int = 256, width: int = 256, crack_probability: float = 0.5, progress=None
+) -> int:
     """Write `n` pairs as `images/synth_XXXXX.png` + `masks/synth_XXXXX.png`; returns the count written.
 
     Images with no crack are also listed in `labels.csv` so the classification loader can use the set.
@@ -210,6 +225,8 @@ def write_dataset(out_dir, n: int, seed: int = 0, height: int = 256, width: int 
         name = f"synth_{i:05d}.png"
         cv2.imwrite(str(out / "images" / name), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(out / "masks" / name), s.mask)
-        rows.append(f"{name},{'crack' if s.n_cracks else 'no_crack'},{s.surface},{s.n_cracks},{'|'.join(s.distractors)}")
+        rows.append(
+            f"{name},{'crack' if s.n_cracks else 'no_crack'},{s.surface},{s.n_cracks},{'|'.join(s.distractors)}"
+        )
     (out / "labels.csv").write_text("\n".join(rows) + "\n")
     return n

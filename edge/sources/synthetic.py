@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 class SyntheticOptions:
     width: int = option(320, "frame width in pixels", min=16, max=4096)
     height: int = option(240, "frame height in pixels", min=16, max=4096)
-    fps: float = option(10.0, "frames per second; 0 = as fast as the pipeline takes them (no frame skipped)",
-                        min=0, max=1000)
+    fps: float = option(
+        10.0, "frames per second; 0 = as fast as the pipeline takes them (no frame skipped)", min=0, max=1000
+    )
     crack_probability: float = option(0.3, "probability that a new scene holds cracks", min=0, max=1)
-    hold_frames: int = option(5, "frames each generated scene stays in view (a crack passing the camera), jittered",
-                              min=1, max=10000)
+    hold_frames: int = option(
+        5, "frames each generated scene stays in view (a crack passing the camera), jittered", min=1, max=10000
+    )
     seed: int | None = option(None, "random seed (null = different scenes every run)")
 
 
@@ -52,8 +54,9 @@ class SyntheticSource(SourceAdapter):
         self.last_has_crack = False
 
     @classmethod
-    def from_config(cls, options: SyntheticOptions, *, read_timeout_s: float,
-                    stop: threading.Event | None = None) -> SyntheticSource:
+    def from_config(
+        cls, options: SyntheticOptions, *, read_timeout_s: float, stop: threading.Event | None = None
+    ) -> SyntheticSource:
         o = options
         return cls(o.width, o.height, o.fps, o.crack_probability, o.hold_frames, o.seed, stop=stop)
 

@@ -4,6 +4,7 @@ Run under qemu-aarch64 with count_insns.so; each mark() makes the plugin print i
 so the instructions of N frames are the difference between two marks, without Python's start-up.
 Usage: count_frames.py BUNDLE_DIR REFERENCE.tflite RUNTIME [N]
 """
+
 import os
 import sys
 
@@ -31,8 +32,11 @@ ref = ReferenceModel(reference, runtime=runtime, threads=1)
 rng = np.random.default_rng(0)
 frames = [generate(rng, 480, 640, crack_probability=1.0).image for _ in range(2)]
 crack.process(frames[0]), clear.process(frames[0]), ref.time(1, warmup=1)  # warm-up
-for name, step in (("crack", lambda i: crack.process(frames[i % 2])), ("no-crack", lambda i: clear.process(frames[i % 2])),
-                   ("reference", lambda i: ref.model.invoke())):
+for name, step in (
+    ("crack", lambda i: crack.process(frames[i % 2])),
+    ("no-crack", lambda i: clear.process(frames[i % 2])),
+    ("reference", lambda i: ref.model.invoke()),
+):
     mark(f"{name}-start")
     for i in range(n):
         step(i)

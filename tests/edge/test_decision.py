@@ -63,8 +63,11 @@ def test_every_event_gets_its_own_uuid_and_records_share_it():
 def test_the_largest_measurements_are_kept_and_announced_as_updates():
     areas = [10, 50, 30, 80, 20, 0, 0, 0]
     d = Decision(params())
-    records = feed(d, [0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1],
-                   measurements=lambda i: {"total_area_px": areas[i], "length_px": areas[i] / 2})
+    records = feed(
+        d,
+        [0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1],
+        measurements=lambda i: {"total_area_px": areas[i], "length_px": areas[i] / 2},
+    )
     kinds = [r.kind for _, r in records]
     assert kinds == [START, UPDATE, END]  # the peak improved once after the start (area 80 at frame 4)
     start, update, end = (r for _, r in records)

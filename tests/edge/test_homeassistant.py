@@ -28,41 +28,105 @@ from tests.helpers import REPO, wait_until, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
 
 wait = partial(wait_until, timeout=15.0)
-IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}
+IDENTITY = {
+    "version": "0.1.0",
+    "bundle_version": "1.0",
+    "bundle_sha256": "ab" * 32,
+    "started_at": "2024-01-01T00:00:00.000Z",
+}
 
 # Configuration variables of HA's MQTT platforms, from the `{% configuration %}` blocks of
 # home-assistant.io source/_integrations/{binary_sensor,sensor,image}.mqtt.markdown
 # (https://www.home-assistant.io/integrations/binary_sensor.mqtt/, /integrations/sensor.mqtt/,
 # /integrations/image.mqtt/; 2024-2025 versions). `platform` is left out: it is only allowed in
 # device-based discovery messages, and crackd uses per-component discovery.
-_COMMON = {"availability", "availability_mode", "availability_template", "availability_topic", "device",
-           "enabled_by_default", "encoding", "entity_category", "entity_picture", "icon", "json_attributes_template",
-           "json_attributes_topic", "name", "object_id", "unique_id"}
+_COMMON = {
+    "availability",
+    "availability_mode",
+    "availability_template",
+    "availability_topic",
+    "device",
+    "enabled_by_default",
+    "encoding",
+    "entity_category",
+    "entity_picture",
+    "icon",
+    "json_attributes_template",
+    "json_attributes_topic",
+    "name",
+    "object_id",
+    "unique_id",
+}
 DOCUMENTED = {
-    "binary_sensor": _COMMON | {"device_class", "expire_after", "force_update", "off_delay", "payload_available",
-                                "payload_not_available", "payload_off", "payload_on", "qos", "state_topic", "value_template"},
-    "sensor": _COMMON | {"device_class", "expire_after", "force_update", "last_reset_value_template", "options",
-                         "payload_available", "payload_not_available", "suggested_display_precision", "qos", "state_class",
-                         "state_topic", "unit_of_measurement", "value_template"},
+    "binary_sensor": _COMMON
+    | {
+        "device_class",
+        "expire_after",
+        "force_update",
+        "off_delay",
+        "payload_available",
+        "payload_not_available",
+        "payload_off",
+        "payload_on",
+        "qos",
+        "state_topic",
+        "value_template",
+    },
+    "sensor": _COMMON
+    | {
+        "device_class",
+        "expire_after",
+        "force_update",
+        "last_reset_value_template",
+        "options",
+        "payload_available",
+        "payload_not_available",
+        "suggested_display_precision",
+        "qos",
+        "state_class",
+        "state_topic",
+        "unit_of_measurement",
+        "value_template",
+    },
     "image": _COMMON | {"content_type", "image_encoding", "image_topic", "url_template", "url_topic"},
 }
 REQUIRED = {"binary_sensor": {"state_topic"}, "sensor": {"state_topic"}, "image": set()}
-DEVICE_KEYS = {"configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model", "model_id", "name",
-               "serial_number", "suggested_area", "sw_version", "via_device"}
+DEVICE_KEYS = {
+    "configuration_url",
+    "connections",
+    "hw_version",
+    "identifiers",
+    "manufacturer",
+    "model",
+    "model_id",
+    "name",
+    "serial_number",
+    "suggested_area",
+    "sw_version",
+    "via_device",
+}
 AVAILABILITY_KEYS = {"payload_available", "payload_not_available", "topic", "value_template"}
 # Device classes and their units (https://www.home-assistant.io/integrations/sensor/#device-class,
 # /integrations/binary_sensor/#device-class); state classes (developers.home-assistant.io, sensor entity).
-SENSOR_UNITS = {"distance": {"km", "m", "cm", "mm", "mi", "yd", "in", "ft"}, "duration": {"d", "h", "min", "s", "ms"},
-                "temperature": {"°C", "°F", "K"}}
+SENSOR_UNITS = {
+    "distance": {"km", "m", "cm", "mm", "mi", "yd", "in", "ft"},
+    "duration": {"d", "h", "min", "s", "ms"},
+    "temperature": {"°C", "°F", "K"},
+}
 BINARY_CLASSES = {"problem", "safety", "running", "connectivity", "moving", "vibration"}
 STATE_CLASSES = {"measurement", "total", "total_increasing"}
 ENTITY_CATEGORIES = {"config", "diagnostic"}
 
 
 def calibrated(port=1883, **over):
-    return config_from_dict({"device_id": "line3-cam1", "model": {"mm_per_pixel": 0.2},
-                             "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 1, "keepalive": 5},
-                             **over})
+    return config_from_dict(
+        {
+            "device_id": "line3-cam1",
+            "model": {"mm_per_pixel": 0.2},
+            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 1, "keepalive": 5},
+            **over,
+        }
+    )
 
 
 def check_documented(component: str, config: dict) -> None:
@@ -98,7 +162,9 @@ def test_every_config_uses_only_fields_home_assistant_documents():
         check_documented(e.component, e.config)
         json.dumps(e.config)
     assert len({e.config["unique_id"] for e in es}) == len(es)
-    uncalibrated = {e.object_id for e in entities(config_from_dict({"device_id": "cam1", "mqtt": {"snapshots": False}}))}
+    uncalibrated = {
+        e.object_id for e in entities(config_from_dict({"device_id": "cam1", "mqtt": {"snapshots": False}}))
+    }
     assert "crack_length" not in uncalibrated and "crack_width" not in uncalibrated and "snapshot" not in uncalibrated
     assert config_topic(calibrated(), "sensor", "fps") == "homeassistant/sensor/crackd_line3-cam1/fps/config"
     odd = config_from_dict({"device_id": "line 3.cam/1"})
@@ -127,7 +193,11 @@ def test_value_templates_give_the_states_home_assistant_expects_from_real_payloa
 
     end = ex["event"]
     start = dict(end, type="start", revision=0, ended_at=None, end_reason=None)
-    assert (render("crack", start), render("crack", dict(start, type="update")), render("crack", end)) == ("ON", "ON", "OFF")
+    assert (render("crack", start), render("crack", dict(start, type="update")), render("crack", end)) == (
+        "ON",
+        "ON",
+        "OFF",
+    )
     assert render("score", end) == "0.9961"
     assert render("crack_length", end) == "76.23" and render("crack_width", end) == "0.866"
     assert render("crack_length", dict(end, measurements=None)) == "null"  # not segmented: HA shows unknown
@@ -136,7 +206,10 @@ def test_value_templates_give_the_states_home_assistant_expects_from_real_payloa
     assert render("cpu_temperature", dict(ex["stats"], cpu_temp_c=None)) == "null"
     assert render("bundle_version", ex["status"]) == "1.0.0"
     availability = by_id["fps"]["availability"][0]
-    assert env.from_string(availability["value_template"]).render(value_json=ex["status"]) == availability["payload_available"]
+    assert (
+        env.from_string(availability["value_template"]).render(value_json=ex["status"])
+        == availability["payload_available"]
+    )
 
 
 class Retained:
@@ -169,10 +242,13 @@ class Retained:
 
 
 def test_the_daemon_announces_retained_configs_and_crackd_homeassistant_remove_clears_them(
-        tmp_path, darkness_bundle, mosquitto):
+    tmp_path, darkness_bundle, mosquitto
+):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
-    d = daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, model={"bundle": str(darkness_bundle), "mm_per_pixel": 0.2})
+    d = daemon_dict(
+        tmp_path, darkness_bundle, frames, mosquitto.port, model={"bundle": str(darkness_bundle), "mm_per_pixel": 0.2}
+    )
     InProcess(config_from_dict(d)).wait_finished()
     held = Retained(mosquitto.port, "homeassistant/#").messages
     assert set(held) == {f"homeassistant/{c}/crackd_cam1/{o}/config" for c, o in ALL_OBJECTS}
@@ -183,8 +259,12 @@ def test_the_daemon_announces_retained_configs_and_crackd_homeassistant_remove_c
         assert config["availability"][0]["topic"] == "crackd/cam1/status" and config["device"]["sw_version"]
     cfg_file = tmp_path / "crackd.yaml"
     cfg_file.write_text(yaml.safe_dump(d))
-    run = subprocess.run([sys.executable, "-m", "edge.cli", "homeassistant", "remove", "--config", str(cfg_file)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "homeassistant", "remove", "--config", str(cfg_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     assert "removed: 10" in run.stdout
     assert Retained(mosquitto.port, "homeassistant/#").messages == {}
@@ -193,13 +273,18 @@ def test_the_daemon_announces_retained_configs_and_crackd_homeassistant_remove_c
 def test_remove_says_in_one_line_when_the_broker_is_not_there(tmp_path):
     cfg_file = tmp_path / "crackd.yaml"
     cfg_file.write_text(yaml.safe_dump({"device_id": "cam1", "mqtt": {"host": "127.0.0.1", "port": 1}}))
-    run = subprocess.run([sys.executable, "-m", "edge.cli", "homeassistant", "remove", "--config", str(cfg_file), "--timeout", "3"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "homeassistant", "remove", "--config", str(cfg_file), "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 1 and run.stderr.count("\n") == 1 and "cannot reach broker 127.0.0.1:1" in run.stderr
 
 
 def test_configs_are_published_again_when_home_assistant_comes_online_and_the_remove_switch_clears_them(
-        tmp_path, mosquitto, subscriber_factory):
+    tmp_path, mosquitto, subscriber_factory
+):
     sub = subscriber_factory(mosquitto.port, topic="homeassistant/sensor/crackd_line3-cam1/fps/config")
     with Journal(tmp_path / "crackd.db") as journal:
         pub = Publisher(calibrated(mosquitto.port), journal, IDENTITY)
@@ -222,11 +307,23 @@ def test_configs_are_published_again_when_home_assistant_comes_online_and_the_re
     assert Retained(mosquitto.port, "homeassistant/#").messages == {}
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("homeassistant:\n  discovery: yes please\n", "<t>:2: homeassistant.discovery: expected true or false, got 'yes please'"),
-    ("homeassistant:\n  discovery_prefix: ha/#\n", "<t>:2: homeassistant.discovery_prefix: 'ha/#' must not contain + or #"),
-    ("homeassistant:\n  discover: true\n", "<t>:2: homeassistant.discover: unknown key (did you mean 'discovery'?)"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "homeassistant:\n  discovery: yes please\n",
+            "<t>:2: homeassistant.discovery: expected true or false, got 'yes please'",
+        ),
+        (
+            "homeassistant:\n  discovery_prefix: ha/#\n",
+            "<t>:2: homeassistant.discovery_prefix: 'ha/#' must not contain + or #",
+        ),
+        (
+            "homeassistant:\n  discover: true\n",
+            "<t>:2: homeassistant.discover: unknown key (did you mean 'discovery'?)",
+        ),
+    ],
+)
 def test_homeassistant_settings_are_validated_with_their_line(text, expected):
     with pytest.raises(ConfigError) as err:
         parse_config(text, "<t>")

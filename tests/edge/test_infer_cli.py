@@ -18,7 +18,9 @@ SMALL_REFERENCE = REPO / "models" / "default" / "classifier.tflite"
 
 
 def crackd(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=check)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=check
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,16 @@ def test_json_contract_fields_and_types(image_folder, darkness_bundle):
         assert isinstance(r["path"], str) and isinstance(r["crack"], bool) and isinstance(r["segmented"], bool)
         assert isinstance(r["score"], float) and 0.0 <= r["score"] <= 1.0
         m = r["measurements"]
-        for key in ("total_area_px", "area_fraction", "length_px", "max_width_px", "mean_width_px", "count", "components", "bbox"):
+        for key in (
+            "total_area_px",
+            "area_fraction",
+            "length_px",
+            "max_width_px",
+            "mean_width_px",
+            "count",
+            "components",
+            "bbox",
+        ):
             assert key in m
         assert r["timings_ms"]["total"] > 0
 
@@ -62,7 +73,18 @@ def test_all_good_inputs_exit_zero_with_a_table(image_folder, darkness_bundle):
 
 def test_mask_dir_and_overlay_outputs(image_folder, darkness_bundle, tmp_path):
     masks, overlays = tmp_path / "masks", tmp_path / "overlays"
-    crackd("infer", "--bundle", str(darkness_bundle), "--segment", "always", "--mask-dir", str(masks), "--overlay", str(overlays), str(image_folder))
+    crackd(
+        "infer",
+        "--bundle",
+        str(darkness_bundle),
+        "--segment",
+        "always",
+        "--mask-dir",
+        str(masks),
+        "--overlay",
+        str(overlays),
+        str(image_folder),
+    )
     for i in range(3):
         mask = cv2.imread(str(masks / f"frame{i}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (240, 320) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
@@ -86,11 +108,28 @@ def test_bench_prints_stages_and_efficiency():
 
 
 def test_bench_reference_ratios_are_stage_medians_over_the_reference_median():
-    out = crackd("bench", "--frames", "6", "--warmup", "1", "--size", "320x240", "--reference", str(SMALL_REFERENCE),
-                 "--reference-runs", "4", "--json", check=True)
+    out = crackd(
+        "bench",
+        "--frames",
+        "6",
+        "--warmup",
+        "1",
+        "--size",
+        "320x240",
+        "--reference",
+        str(SMALL_REFERENCE),
+        "--reference-runs",
+        "4",
+        "--json",
+        check=True,
+    )
     report = json.loads(out.stdout)
     ref = report["reference"]
-    assert ref["input_shape"] == [1, *TFLiteModel(SMALL_REFERENCE).input.shape[1:]] and ref["runtime"] == report["runtime"] and ref["threads"] == report["threads"]
+    assert (
+        ref["input_shape"] == [1, *TFLiteModel(SMALL_REFERENCE).input.shape[1:]]
+        and ref["runtime"] == report["runtime"]
+        and ref["threads"] == report["threads"]
+    )
     assert ref["before"]["runs"] == 4 and ref["after"]["runs"] == 4 and ref["median_ms"] > 0
     ratios = report["relative_to_reference"]
     for stage, figures in report["stages_ms"].items():
@@ -100,13 +139,27 @@ def test_bench_reference_ratios_are_stage_medians_over_the_reference_median():
 
 
 def test_bench_table_shows_the_reference_multiples():
-    out = crackd("bench", "--frames", "3", "--warmup", "0", "--size", "320x240", "--reference", str(SMALL_REFERENCE),
-                 "--reference-runs", "2", check=True)
+    out = crackd(
+        "bench",
+        "--frames",
+        "3",
+        "--warmup",
+        "0",
+        "--size",
+        "320x240",
+        "--reference",
+        str(SMALL_REFERENCE),
+        "--reference-runs",
+        "2",
+        check=True,
+    )
     assert "x reference" in out.stdout and "crack frame" in out.stdout and "no-crack frame" in out.stdout
 
 
 def test_bench_without_reference_has_no_ratios():
-    report = json.loads(crackd("bench", "--frames", "3", "--warmup", "0", "--size", "160x120", "--json", check=True).stdout)
+    report = json.loads(
+        crackd("bench", "--frames", "3", "--warmup", "0", "--size", "160x120", "--json", check=True).stdout
+    )
     assert "relative_to_reference" not in report and report["no_crack_frame_ms"]["median"] > 0
 
 
@@ -117,17 +170,27 @@ def test_bench_zero_frames_is_one_line_and_exit_2():
 
 def test_bench_missing_reference_is_one_line_and_exit_2(tmp_path):
     out = crackd("bench", "--frames", "2", "--reference", str(tmp_path / "nope.tflite"))
-    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "nope.tflite: no such reference model file" in out.stderr
+    assert (
+        out.returncode == 2
+        and out.stderr.strip().count("\n") == 0
+        and "nope.tflite: no such reference model file" in out.stderr
+    )
 
 
 def test_bench_reference_that_is_not_a_model_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer" * 8)
     out = crackd("bench", "--frames", "2", "--reference", str(bad))
-    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("crackd: error:") and "bad.tflite" in out.stderr
+    assert (
+        out.returncode == 2
+        and out.stderr.strip().splitlines()[-1].startswith("crackd: error:")
+        and "bad.tflite" in out.stderr
+    )
 
 
-def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_the_limit_is_an_option(tmp_path, darkness_bundle):
+def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_the_limit_is_an_option(
+    tmp_path, darkness_bundle
+):
     from tests.helpers.frames import huge_header_jpeg
 
     (tmp_path / "huge.jpg").write_bytes(huge_header_jpeg(9000, 9000))
@@ -135,5 +198,7 @@ def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_the_limit
     assert out.returncode == 1 and "Traceback" not in out.stderr
     (row,) = [json.loads(line) for line in out.stdout.splitlines()]
     assert "9000x9000" in row["error"] and "over the limit of 40 MP" in row["error"]
-    out = crackd("infer", "--bundle", str(darkness_bundle), "--json", "--max-image-mpixels", "10", str(tmp_path / "huge.jpg"))
+    out = crackd(
+        "infer", "--bundle", str(darkness_bundle), "--json", "--max-image-mpixels", "10", str(tmp_path / "huge.jpg")
+    )
     assert "over the limit of 10 MP" in json.loads(out.stdout.splitlines()[0])["error"]

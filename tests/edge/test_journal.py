@@ -24,9 +24,19 @@ from tests.helpers.disk import remount
 
 def record(kind=START, uuid="11111111-2222-3333-4444-555555555555", t=1000.0, score=0.9, area=10):
     return EventRecord(
-        kind=kind, uuid=uuid, revision=0 if kind == START else 1, started_at=t, t=t, ended_at=t if kind == END else None,
-        frames=2, peak_score=score, peak_measurements={"total_area_px": area}, peak_frame_seq=2, first_frame_seq=1,
-        last_frame_seq=2, end_reason="clear" if kind == END else None,
+        kind=kind,
+        uuid=uuid,
+        revision=0 if kind == START else 1,
+        started_at=t,
+        t=t,
+        ended_at=t if kind == END else None,
+        frames=2,
+        peak_score=score,
+        peak_measurements={"total_area_px": area},
+        peak_frame_seq=2,
+        first_frame_seq=1,
+        last_frame_seq=2,
+        end_reason="clear" if kind == END else None,
     )
 
 
@@ -78,7 +88,9 @@ def test_outbox_is_read_in_order_and_rows_go_only_when_acknowledged(journal):
     rows = journal.outbox_fetch(0, 3)
     assert [r.id for r in rows] == sorted(r.id for r in rows)
     assert journal.outbox_ack([rows[0].id, rows[1].id]) == 2
-    assert [r.id for r in journal.outbox_fetch(0, 10)] == [rows[2].id] + [r.id for r in journal.outbox_fetch(rows[2].id, 10)]
+    assert [r.id for r in journal.outbox_fetch(0, 10)] == [rows[2].id] + [
+        r.id for r in journal.outbox_fetch(rows[2].id, 10)
+    ]
     assert journal.outbox_depth() == 3
 
 
@@ -159,8 +171,10 @@ def test_retention_by_age_keeps_labelled_and_undelivered_events(journal):
     old, now = 1000.0, 1000.0 + 40 * 86400
     uuids = [f"0000000{i}-2222-3333-4444-555555555555" for i in range(3)]
     for u in uuids:
-        journal.record(FrameRow(t=old, seq=1, crack=True, score=0.9, segmented=False, event_uuid=u),
-                       [event(record(START, uuid=u, t=old), snapshot=f"snapshots/{u}.jpg"), event(record(END, uuid=u, t=old))])
+        journal.record(
+            FrameRow(t=old, seq=1, crack=True, score=0.9, segmented=False, event_uuid=u),
+            [event(record(START, uuid=u, t=old), snapshot=f"snapshots/{u}.jpg"), event(record(END, uuid=u, t=old))],
+        )
     journal.record(FrameRow(t=now, seq=2, crack=False, score=0.1, segmented=False))
     journal.set_label(uuids[1], "no-crack")
     journal.record(None, [], [message(uuid=uuids[2])])
@@ -185,14 +199,25 @@ def test_snapshots_are_deleted_unlabelled_first_then_oldest(journal):
         u = f"a000000{i}-2222-3333-4444-555555555555"
         journal.record(None, [event(record(START, uuid=u, t=t), snapshot=f"s{i}.jpg")])
     journal.set_label("a0000001-2222-3333-4444-555555555555", "crack")
-    assert journal.snapshot_order() == ["s2.jpg.overlay", "s2.jpg", "s0.jpg.overlay", "s0.jpg", "s1.jpg.overlay", "s1.jpg"]
+    assert journal.snapshot_order() == [
+        "s2.jpg.overlay",
+        "s2.jpg",
+        "s0.jpg.overlay",
+        "s0.jpg",
+        "s1.jpg.overlay",
+        "s1.jpg",
+    ]
     journal.forget_snapshot("s2.jpg")
     assert journal.find_event("a0000002")["snapshot"] is None
 
 
 def test_labels_and_deletes(journal):
-    journal.record(FrameRow(t=1.0, seq=1, crack=True, score=0.9, segmented=False, event_uuid="b0000000-2222-3333-4444-555555555555"),
-                   [event(record(uuid="b0000000-2222-3333-4444-555555555555"), snapshot="x.jpg")])
+    journal.record(
+        FrameRow(
+            t=1.0, seq=1, crack=True, score=0.9, segmented=False, event_uuid="b0000000-2222-3333-4444-555555555555"
+        ),
+        [event(record(uuid="b0000000-2222-3333-4444-555555555555"), snapshot="x.jpg")],
+    )
     journal.set_label("b0000000-2222-3333-4444-555555555555", "no-crack", "a joint, not a crack")
     found = journal.find_event("b000")
     assert found["label"] == "no-crack" and found["label_note"] == "a joint, not a crack"
@@ -298,8 +323,11 @@ def test_a_full_disk_reports_the_real_error_not_the_failed_rollback(small_fs):
     with Journal(path) as j:
         with pytest.raises(sqlite3.Error) as err:
             for n in range(2000):
-                j.record(FrameRow(t=float(n), seq=n, crack=False, score=0.1, segmented=False, ref="r" * 2000),
-                         [event(record(uuid=f"{n:08d}-2222-3333-4444-555555555555"))], [message(n=n)])
+                j.record(
+                    FrameRow(t=float(n), seq=n, crack=False, score=0.1, segmented=False, ref="r" * 2000),
+                    [event(record(uuid=f"{n:08d}-2222-3333-4444-555555555555"))],
+                    [message(n=n)],
+                )
         assert "no transaction is active" not in str(err.value)
         assert "full" in str(err.value).lower() or "disk" in str(err.value).lower()
         assert j.write_error == str(err.value)

@@ -49,20 +49,36 @@ def test_the_running_daemon_serves_metrics_that_prometheus_parses(tmp_path, dark
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 6)
     port = free_port()
-    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, max_fps=15,
-                                       metrics={"http": True, "port": port}))
+    cfg = config_from_dict(
+        daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, max_fps=15, metrics={"http": True, "port": port})
+    )
     d = InProcess(cfg)
-    got = wait(lambda: (f := try_scrape(port)) and value(f, "crackd_frames_processed", "crackd_frames_processed_total") >= 10
-               and value(f, "crackd_mqtt_connected") == 1 and f, what="10 frames in a scrape while connected")
+    got = wait(
+        lambda: (
+            (f := try_scrape(port))
+            and value(f, "crackd_frames_processed", "crackd_frames_processed_total") >= 10
+            and value(f, "crackd_mqtt_connected") == 1
+            and f
+        ),
+        what="10 frames in a scrape while connected",
+    )
     kinds = {name: f.type for name, f in got.items()}
     assert kinds["crackd_frames_processed"] == "counter" and kinds["crackd_crack_frames"] == "counter"
-    assert kinds["crackd_events_started"] == kinds["crackd_journal_write_failures"] == kinds["crackd_camera_reconnects"] == "counter"
+    assert (
+        kinds["crackd_events_started"]
+        == kinds["crackd_journal_write_failures"]
+        == kinds["crackd_camera_reconnects"]
+        == "counter"
+    )
     assert kinds["crackd_stage_latency_seconds"] == "histogram" and kinds["crackd_frame_latency_seconds"] == "histogram"
     assert kinds["crackd_outbox_depth"] == kinds["crackd_mqtt_connected"] == "gauge"
     assert kinds["crackd_build_info"] == "gauge"  # an info metric: a constant 1 with the versions as labels
     for stage in ("preprocess", "classify", "total"):
         assert value(got, "crackd_stage_latency_seconds", "crackd_stage_latency_seconds_count", stage=stage) >= 10
-        assert value(got, "crackd_stage_latency_seconds", "crackd_stage_latency_seconds_bucket", stage=stage, le="+Inf") >= 10
+        assert (
+            value(got, "crackd_stage_latency_seconds", "crackd_stage_latency_seconds_bucket", stage=stage, le="+Inf")
+            >= 10
+        )
     assert value(got, "crackd_build_info", bundle_version="1.0.0-test", device_id="cam1") == 1
     assert value(got, "crackd_camera_state", state="ok") == 1
     d.wait_finished()
@@ -74,13 +90,24 @@ def test_the_textfile_is_read_by_node_exporter_with_the_final_counts(tmp_path, d
     write_frames(frames, BLOCK * 4 + "X")
     textdir = tmp_path / "textfile"
     textdir.mkdir()
-    cfg = config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None,
-                                       metrics={"http": False, "textfile": str(textdir / "crackd.prom")}))
+    cfg = config_from_dict(
+        daemon_dict(
+            tmp_path, darkness_bundle, frames, None, metrics={"http": False, "textfile": str(textdir / "crackd.prom")}
+        )
+    )
     InProcess(cfg).wait_finished()
     port = free_port()
-    exporter = subprocess.Popen([NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
-                                 f"--collector.textfile.directory={textdir}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    exporter = subprocess.Popen(
+        [
+            NODE_EXPORTER,
+            "--collector.disable-defaults",
+            "--collector.textfile",
+            f"--collector.textfile.directory={textdir}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         got = wait(lambda: try_scrape(port), what="node_exporter answering")
     finally:
@@ -100,7 +127,9 @@ def test_the_textfile_is_read_by_node_exporter_with_the_final_counts(tmp_path, d
     assert set(STAGES) >= {s.labels["stage"] for s in got["crackd_stage_latency_seconds"].samples}
     # The Grafana dashboard in docs/ queries only metrics that exist (the temperature only where the kernel has one).
     dashboard = json.loads((REPO / "docs" / "grafana" / "crackd-dashboard.json").read_text())
-    queried = {name for p in dashboard["panels"] for t in p.get("targets", []) for name in re.findall(r"crackd_\w+", t["expr"])}
+    queried = {
+        name for p in dashboard["panels"] for t in p.get("targets", []) for name in re.findall(r"crackd_\w+", t["expr"])
+    }
     exposed = {s.name for f in got.values() for s in f.samples}
     if cpu_temperature_c() is None:
         exposed.add("crackd_cpu_temperature_celsius")
@@ -115,11 +144,17 @@ def test_without_prometheus_client_the_daemon_runs_without_metrics(monkeypatch, 
     assert start_for(SimpleNamespace(cfg=config_from_dict({"metrics": {"http": False}}))) is None
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("metrics:\n  port: 70000\n", "<t>:2: metrics.port: expected an integer from 1 to 65535, got 70000"),
-    ("metrics:\n  textfile: /tmp/crackd.txt\n", "<t>:2: metrics.textfile: '/tmp/crackd.txt': node_exporter reads only files ending in .prom"),
-    ("metrics:\n  htp: true\n", "<t>:2: metrics.htp: unknown key (did you mean 'http'?)"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("metrics:\n  port: 70000\n", "<t>:2: metrics.port: expected an integer from 1 to 65535, got 70000"),
+        (
+            "metrics:\n  textfile: /tmp/crackd.txt\n",
+            "<t>:2: metrics.textfile: '/tmp/crackd.txt': node_exporter reads only files ending in .prom",
+        ),
+        ("metrics:\n  htp: true\n", "<t>:2: metrics.htp: unknown key (did you mean 'http'?)"),
+    ],
+)
 def test_metrics_settings_are_validated_with_their_line(text, expected):
     with pytest.raises(ConfigError) as err:
         parse_config(text, "<t>")

@@ -136,13 +136,20 @@ def test_watchdog_follows_the_process_not_the_camera(tmp_path, darkness_bundle, 
     listener, address = path_socket
     frames = tmp_path / "frames"
     write_frames(frames, "C.....")
-    cfg = config_from_dict({
-        "source": {"type": "folder", "folder": {"path": str(frames), "fps": 50}, "retry_initial_s": 0.05, "retry_max_s": 0.1},
-        "model": {"bundle": str(darkness_bundle)},
-        "storage": {"state_dir": str(tmp_path / "state")},
-        "mqtt": {"enabled": False},
-        "releases": {"require_signature": False},  # the darkness test bundle is unsigned
-    })
+    cfg = config_from_dict(
+        {
+            "source": {
+                "type": "folder",
+                "folder": {"path": str(frames), "fps": 50},
+                "retry_initial_s": 0.05,
+                "retry_max_s": 0.1,
+            },
+            "model": {"bundle": str(darkness_bundle)},
+            "storage": {"state_dir": str(tmp_path / "state")},
+            "mqtt": {"enabled": False},
+            "releases": {"require_signature": False},  # the darkness test bundle is unsigned
+        }
+    )
     sup = Supervisor(cfg, notifier=Notifier(environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}))
     sup.HEALTH_WINDOW_MIN_S = 0.5
     sup.start()
@@ -173,7 +180,9 @@ def test_watchdog_follows_the_process_not_the_camera(tmp_path, darkness_bundle, 
 
     wedged = wedging_source()
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, read_timeout_s=0.1))
-    sup = Supervisor(cfg, notifier=Notifier(environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}), source=wedged)
+    sup = Supervisor(
+        cfg, notifier=Notifier(environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}), source=wedged
+    )
     sup.CAPTURE_HANG_MIN_S = 0.5
     sup.start()
     runner = threading.Thread(target=sup.run, daemon=True)

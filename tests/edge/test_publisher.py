@@ -15,14 +15,28 @@ from tests.helpers import REPO, wait_until
 
 wait = partial(wait_until, timeout=10.0)  # MQTT round trips on loopback: seconds at most
 
-IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}
+IDENTITY = {
+    "version": "0.1.0",
+    "bundle_version": "1.0",
+    "bundle_sha256": "ab" * 32,
+    "started_at": "2024-01-01T00:00:00.000Z",
+}
 
 
 def make_config(port, **mqtt):
-    return config_from_dict({
-        "device_id": "cam1",
-        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 1, "keepalive": 5, **mqtt},
-    })
+    return config_from_dict(
+        {
+            "device_id": "cam1",
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": port,
+                "reconnect_min_s": 1,
+                "reconnect_max_s": 1,
+                "keepalive": 5,
+                **mqtt,
+            },
+        }
+    )
 
 
 @pytest.fixture
@@ -40,7 +54,9 @@ def test_birth_is_retained_and_a_clean_stop_publishes_offline(mosquitto, journal
     pub = Publisher(make_config(mosquitto.port), journal, IDENTITY)
     pub.start()
     assert wait(lambda: pub.connected)
-    late = subscriber_factory(mosquitto.port, topic="crackd/cam1/status")  # subscribes after the birth: gets the retained copy
+    late = subscriber_factory(
+        mosquitto.port, topic="crackd/cam1/status"
+    )  # subscribes after the birth: gets the retained copy
     (birth,) = late.wait_for(lambda s: s.on("status"), what="retained birth")
     assert birth["state"] == "online" and birth["bundle_version"] == "1.0"
     assert late.messages[0][2] is True  # delivered as retained
@@ -68,7 +84,9 @@ def test_outbox_is_drained_in_order_and_rows_deleted_after_puback(mosquitto, jou
     pub.stop()
 
 
-def test_messages_queued_while_the_broker_is_down_are_sent_later_and_marked_replayed(mosquitto, journal, subscriber_factory):
+def test_messages_queued_while_the_broker_is_down_are_sent_later_and_marked_replayed(
+    mosquitto, journal, subscriber_factory
+):
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/event")
     pub = Publisher(make_config(mosquitto.port), journal, IDENTITY)
     pub.start()
@@ -108,8 +126,12 @@ def test_the_outbox_survives_a_restart_of_the_daemon(mosquitto, tmp_path, subscr
 
 
 def test_a_refused_connection_is_not_connected(tls_broker, journal, test_ca):
-    cfg = make_config(tls_broker.port, username="crackd", password_env="X",
-                      tls={"enabled": True, "ca": str(test_ca.ca), "cert": str(test_ca.client_cert), "key": str(test_ca.client_key)})
+    cfg = make_config(
+        tls_broker.port,
+        username="crackd",
+        password_env="X",
+        tls={"enabled": True, "ca": str(test_ca.ca), "cert": str(test_ca.client_cert), "key": str(test_ca.client_key)},
+    )
     pub = Publisher(cfg, journal, IDENTITY, password="wrong")
     pub.start()
     assert wait(lambda: pub.last_error is not None and "refused" in pub.last_error)
@@ -123,8 +145,12 @@ def test_a_refused_connection_is_not_connected(tls_broker, journal, test_ca):
 
 def test_tls_with_client_certificate_and_password(tls_broker, journal, test_ca, subscriber_factory):
     sub = subscriber_factory(tls_broker.port, topic="crackd/cam1/#", tls=test_ca, auth=("crackd", "s3cret"))
-    cfg = make_config(tls_broker.port, username="crackd", password_env="X",
-                      tls={"enabled": True, "ca": str(test_ca.ca), "cert": str(test_ca.client_cert), "key": str(test_ca.client_key)})
+    cfg = make_config(
+        tls_broker.port,
+        username="crackd",
+        password_env="X",
+        tls={"enabled": True, "ca": str(test_ca.ca), "cert": str(test_ca.client_cert), "key": str(test_ca.client_key)},
+    )
     pub = Publisher(cfg, journal, IDENTITY, password="s3cret")
     pub.start()
     assert wait(lambda: pub.connected)
@@ -189,8 +215,11 @@ def test_another_client_with_our_client_id_is_detected_and_named(mosquitto, jour
     rogue.loop_start()
     try:
         with caplog.at_level("ERROR", logger="edge.outputs.publisher"):
-            wait_until(lambda: any("another client uses this client id" in r.getMessage() for r in caplog.records),
-                       timeout=30, what="the takeover reported")
+            wait_until(
+                lambda: any("another client uses this client id" in r.getMessage() for r in caplog.records),
+                timeout=30,
+                what="the takeover reported",
+            )
         (line,) = [r.getMessage() for r in caplog.records if "another client uses" in r.getMessage()]
         assert "crackd-cam1" in line and "device_id cam1" in line and "Securing the broker" in line
         assert "another client uses this client id" in pub.last_error

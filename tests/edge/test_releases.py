@@ -34,11 +34,21 @@ def state(tmp_path):
 
 @pytest.fixture
 def releases(state, signer_keys):
-    return Releases(state, ReleasePolicy(require_signature=True, allowed_signers=signer_keys.allowed_signers, keep=2, latency_runs=1))
+    return Releases(
+        state,
+        ReleasePolicy(require_signature=True, allowed_signers=signer_keys.allowed_signers, keep=2, latency_runs=1),
+    )
 
 
 def crackd(*args, check=False, timeout=120):
-    return subprocess.run([sys.executable, "-m", "edge.cli", "models", *args], cwd=REPO, capture_output=True, text=True, check=check, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", "models", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+    )
 
 
 def version_of(bundle):
@@ -60,7 +70,9 @@ def test_stage_installs_a_fully_checked_release_and_records_it(releases, make_bu
     v = version_of(bundle)
     assert report.version == v and not report.already_staged
     assert report.signer["principal"] == "trusted@test"
-    assert report.golden["ok"] and len(report.golden["samples"]) == len(json.loads((bundle / "manifest.json").read_text())["golden"]["samples"])
+    assert report.golden["ok"] and len(report.golden["samples"]) == len(
+        json.loads((bundle / "manifest.json").read_text())["golden"]["samples"]
+    )
     assert report.latency_ms["total_ms_p50"] > 0
     assert (releases.layout.release(v) / "manifest.json").is_file()
     assert not list(releases.layout.releases.glob("*.staging"))
@@ -106,7 +118,9 @@ def test_a_model_the_runtime_cannot_load_is_refused(releases, make_bundle, signe
     def truncate_classifier(m, d):
         path = d / "classifier.tflite"
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # still starts with the TFL3 header
-        m["models"]["classifier"].update(sha256=sha256_file(path), bytes=path.stat().st_size)  # checksum right, model broken
+        m["models"]["classifier"].update(
+            sha256=sha256_file(path), bytes=path.stat().st_size
+        )  # checksum right, model broken
 
     bundle = make_bundle("unloadable", edit=truncate_classifier, sign=signer_keys.trusted)
 
@@ -115,7 +129,9 @@ def test_a_model_the_runtime_cannot_load_is_refused(releases, make_bundle, signe
     assert releases.installed() == []
 
 
-def test_a_bundle_whose_golden_samples_are_not_reproduced_is_refused_naming_the_sample(releases, make_bundle, signer_keys):
+def test_a_bundle_whose_golden_samples_are_not_reproduced_is_refused_naming_the_sample(
+    releases, make_bundle, signer_keys
+):
     def wrong_expectation(m, d):
         sample = m["golden"]["samples"][1]
         sample["classifier_output"] = (int(sample["classifier_output"]) + 100) % 256
@@ -171,8 +187,11 @@ def test_activate_switches_current_and_keeps_the_previous_for_rollback(releases,
     back = releases.rollback(who="tech", reason="testing")
     assert back.version == version_of(a) and back.from_version == version_of(b)
     assert releases.current_version() == version_of(a) and releases.previous_version() == version_of(b)
-    assert outcomes(releases)[-3:] == [("activate", version_of(a), "activated"), ("activate", version_of(b), "activated"),
-                                        ("rollback", version_of(a), "rolled back")]
+    assert outcomes(releases)[-3:] == [
+        ("activate", version_of(a), "activated"),
+        ("activate", version_of(b), "activated"),
+        ("rollback", version_of(a), "rolled back"),
+    ]
     assert releases.history()[-1]["reason"] == "testing"
 
 
@@ -219,8 +238,24 @@ def test_old_releases_beyond_keep_are_removed_but_current_and_previous_stay(stat
 
 
 def test_a_second_operation_fails_clearly_while_another_holds_the_device(state, make_bundle, signer_keys):
-    holder = subprocess.Popen([sys.executable, "-m", "edge.cli", "models", "lock", "--state-dir", str(state), "--who", "bob@workshop", "--json"],
-                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "models",
+            "lock",
+            "--state-dir",
+            str(state),
+            "--who",
+            "bob@workshop",
+            "--json",
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert json.loads(holder.stdout.readline())["locked"]
         rel = Releases(state, ReleasePolicy(require_signature=False, latency_runs=1))
@@ -237,8 +272,13 @@ def test_a_second_operation_fails_clearly_while_another_holds_the_device(state, 
 
 
 def test_commands_inside_a_deployment_join_its_lock_with_the_token(state, make_bundle):
-    holder = subprocess.Popen([sys.executable, "-m", "edge.cli", "models", "lock", "--state-dir", str(state), "--json"],
-                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "models", "lock", "--state-dir", str(state), "--json"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         token = json.loads(holder.stdout.readline())["token"]
         rel = Releases(state, ReleasePolicy(require_signature=False, latency_runs=1))
@@ -259,7 +299,9 @@ def test_crackd_models_cli_reports_a_refusal_in_one_line_and_json(state, make_bu
     bundle = make_bundle("cli-bad")
     (bundle / "segmenter.tflite").write_bytes(b"not a model")
 
-    r = crackd("stage", str(bundle), "--state-dir", str(state), "--config", str(device_config(tmp_path, False)), "--json")
+    r = crackd(
+        "stage", str(bundle), "--state-dir", str(state), "--config", str(device_config(tmp_path, False)), "--json"
+    )
 
     assert r.returncode == 1
     payload = json.loads(r.stdout)
@@ -360,7 +402,9 @@ def test_stage_copies_only_the_files_the_manifest_lists(releases, make_bundle, s
     assert not any(p.is_symlink() for p in installed.rglob("*"))
 
 
-def test_a_listed_file_that_is_a_symlink_is_refused_and_its_target_never_hashed(releases, make_bundle, signer_keys, tmp_path):
+def test_a_listed_file_that_is_a_symlink_is_refused_and_its_target_never_hashed(
+    releases, make_bundle, signer_keys, tmp_path
+):
     outside = tmp_path / "outside.tflite"
 
     def symlinked_model(m, d):
@@ -390,7 +434,9 @@ def test_a_listed_file_that_is_a_fifo_is_refused_without_reading_it(state, make_
     assert not list((state / "models" / "releases").glob("*"))
 
 
-def test_an_unsigned_bundle_is_refused_before_any_other_file_is_read_or_copied(state, make_bundle, signer_keys, tmp_path):
+def test_an_unsigned_bundle_is_refused_before_any_other_file_is_read_or_copied(
+    state, make_bundle, signer_keys, tmp_path
+):
     def hostile(m, d):
         (d / "classifier.tflite").unlink()
         os.mkfifo(d / "classifier.tflite")  # copying or hashing it would block: proves nothing but the manifest is read
@@ -418,7 +464,9 @@ def test_sizes_are_checked_against_the_manifest_before_copying(releases, make_bu
     assert not list(releases.layout.releases.glob("*"))
 
 
-def test_a_stale_staging_copy_left_by_an_interrupted_stage_is_removed_by_the_next_one(releases, make_bundle, signer_keys):
+def test_a_stale_staging_copy_left_by_an_interrupted_stage_is_removed_by_the_next_one(
+    releases, make_bundle, signer_keys
+):
     stale = releases.layout.releases / "9.9.9-interrupted.staging"
     (stale / "golden").mkdir(parents=True)
     (stale / "classifier.tflite").write_bytes(b"half a copy")
@@ -429,14 +477,19 @@ def test_a_stale_staging_copy_left_by_an_interrupted_stage_is_removed_by_the_nex
     assert not list(releases.layout.releases.glob("*.staging"))
 
 
-@pytest.mark.parametrize("key, value", [
-    ("classifier", "/etc/passwd"),
-    ("classifier", "../outside/classifier.tflite"),
-    ("segmenter", "golden/../../segmenter.tflite"),
-    ("segmenter", "./segmenter.tflite"),
-    ("golden", "/etc/hostname"),
-])
-def test_manifest_paths_outside_the_bundle_are_refused_before_anything_is_copied(releases, make_bundle, signer_keys, key, value):
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("classifier", "/etc/passwd"),
+        ("classifier", "../outside/classifier.tflite"),
+        ("segmenter", "golden/../../segmenter.tflite"),
+        ("segmenter", "./segmenter.tflite"),
+        ("golden", "/etc/hostname"),
+    ],
+)
+def test_manifest_paths_outside_the_bundle_are_refused_before_anything_is_copied(
+    releases, make_bundle, signer_keys, key, value
+):
     def escape(m, d):
         if key == "golden":
             m["golden"]["samples"][0]["image"] = value
@@ -456,11 +509,29 @@ def test_manifest_paths_outside_the_bundle_are_refused_before_anything_is_copied
 def test_command_line_options_cannot_weaken_the_configured_signature_policy(state, make_bundle, signer_keys, tmp_path):
     config = device_config(tmp_path, True, signer_keys.allowed_signers)
     stranger_signers = tmp_path / "stranger_signers"
-    stranger_signers.write_text(f'stranger@test namespaces="crackd-bundle" {signer_keys.stranger.with_suffix(".pub").read_text().strip()}\n')
+    stranger_signers.write_text(
+        f'stranger@test namespaces="crackd-bundle" {signer_keys.stranger.with_suffix(".pub").read_text().strip()}\n'
+    )
 
-    unsigned = crackd("stage", str(make_bundle("unsigned")), "--state-dir", str(state), "--config", str(config), "--no-require-signature")
-    other_keys = crackd("stage", str(make_bundle("stranger", sign=signer_keys.stranger)), "--state-dir", str(state), "--config", str(config),
-                        "--allowed-signers", str(stranger_signers))
+    unsigned = crackd(
+        "stage",
+        str(make_bundle("unsigned")),
+        "--state-dir",
+        str(state),
+        "--config",
+        str(config),
+        "--no-require-signature",
+    )
+    other_keys = crackd(
+        "stage",
+        str(make_bundle("stranger", sign=signer_keys.stranger)),
+        "--state-dir",
+        str(state),
+        "--config",
+        str(config),
+        "--allowed-signers",
+        str(stranger_signers),
+    )
 
     assert unsigned.returncode == 2 and "may only make it stricter" in unsigned.stderr
     assert other_keys.returncode == 1 and "stranger_signers" not in other_keys.stderr.split(":")[0]
@@ -476,8 +547,17 @@ def test_without_a_device_config_the_default_policy_requires_signatures(state, m
 
 def test_command_line_options_can_make_the_policy_stricter(state, make_bundle, signer_keys, tmp_path):
     config = device_config(tmp_path, False)
-    r = crackd("stage", str(make_bundle("stricter")), "--state-dir", str(state), "--config", str(config),
-               "--require-signature", "--allowed-signers", str(signer_keys.allowed_signers))
+    r = crackd(
+        "stage",
+        str(make_bundle("stricter")),
+        "--state-dir",
+        str(state),
+        "--config",
+        str(config),
+        "--require-signature",
+        "--allowed-signers",
+        str(signer_keys.allowed_signers),
+    )
 
     assert r.returncode == 1 and "not signed" in r.stderr
 
@@ -502,30 +582,66 @@ def test_the_shipped_default_bundle_is_trusted_like_the_code_it_ships_with(state
 
 def _daemon_config(tmp_path, bundle, signer_keys, require=True):
     path = tmp_path / "daemon.yaml"
-    path.write_text(f"source:\n  type: synthetic\nmodel:\n  bundle: {bundle}\nstorage:\n  state_dir: {tmp_path / 'dstate'}\n"
-                    f"mqtt:\n  enabled: false\nlogging:\n  journald: false\n"
-                    f"releases:\n  require_signature: {str(require).lower()}\n  allowed_signers: {signer_keys.allowed_signers}\n")
+    path.write_text(
+        f"source:\n  type: synthetic\nmodel:\n  bundle: {bundle}\nstorage:\n  state_dir: {tmp_path / 'dstate'}\n"
+        f"mqtt:\n  enabled: false\nlogging:\n  journald: false\n"
+        f"releases:\n  require_signature: {str(require).lower()}\n  allowed_signers: {signer_keys.allowed_signers}\n"
+    )
     return path
 
 
 def test_a_configured_model_bundle_obeys_the_same_signature_policy(make_bundle, signer_keys, tmp_path):
     unsigned = _daemon_config(tmp_path, make_bundle("configured"), signer_keys)
 
-    check = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(unsigned)], cwd=REPO, capture_output=True, text=True, timeout=60)
-    run = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(unsigned)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "check-config", str(unsigned)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(unsigned)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
     assert check.returncode == 2 and "model.bundle" in check.stderr and "not signed" in check.stderr
     assert run.returncode == 2 and "not signed" in run.stderr and "Traceback" not in run.stderr
     signed = _daemon_config(tmp_path, make_bundle("configured-signed", sign=signer_keys.trusted), signer_keys)
-    ok = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(signed)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "check-config", str(signed)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
 
 
 def test_a_stage_stopped_by_sigterm_removes_its_staging_copy_and_says_so(state, make_bundle, tmp_path):
     bundle = make_bundle("sigterm")
     config = device_config(tmp_path, False)
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "models", "stage", str(bundle), "--state-dir", str(state), "--config", str(config)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "models",
+            "stage",
+            str(bundle),
+            "--state-dir",
+            str(state),
+            "--config",
+            str(config),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     staging = state / "models" / "releases" / f"{version_of(bundle)}.staging"
     try:
         wait_until(lambda: (staging / "manifest.json").exists(), 60, "the stage to begin its copy", interval=0.005)
@@ -541,7 +657,9 @@ def test_a_stage_stopped_by_sigterm_removes_its_staging_copy_and_says_so(state, 
     assert Releases(state).history()[-1]["outcome"] == "rejected"
 
 
-def test_another_config_cannot_lower_the_installed_devices_policy(state, make_bundle, signer_keys, tmp_path, monkeypatch, capsys):
+def test_another_config_cannot_lower_the_installed_devices_policy(
+    state, make_bundle, signer_keys, tmp_path, monkeypatch, capsys
+):
     """Where the device's own config exists, a --config (root-owned, so accepted as a policy source) that switches
     signatures off is not enough: the device's config stays the floor. (Run in-process with the device config's
     location pointed at a file in tmp, since the test must not write /etc/crackd.)"""

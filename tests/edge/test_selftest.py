@@ -40,6 +40,7 @@ def _flip_bias_byte(role: str):
         content[_output_bias_offset(path) + 2] ^= 0x10  # one bit of one byte: the bias moves by 2**20
         path.write_bytes(bytes(content))
         _pin_model(m, d, role)
+
     return edit
 
 
@@ -47,6 +48,7 @@ def _shift_recorded_classifier(sample_index: int, quanta: int):
     def edit(m, d):
         sample = m["golden"]["samples"][sample_index]
         sample["classifier_output"] = int(np.clip(sample["classifier_output"] + quanta, 0, 255))
+
     return edit
 
 
@@ -92,6 +94,7 @@ def test_a_flipped_bit_in_a_weight_byte_fails(make_bundle, role):
 
 def test_images_fed_as_bgr_instead_of_rgb_fail(make_bundle):
     """Wrong preprocessing: the golden images reach the models with red and blue swapped."""
+
     def swap_channels(m, d):
         for s in m["golden"]["samples"]:
             path = d / s["image"]

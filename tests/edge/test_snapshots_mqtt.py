@@ -17,7 +17,12 @@ from tests.helpers import wait_until, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
 
 wait = partial(wait_until, timeout=15.0)
-IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}
+IDENTITY = {
+    "version": "0.1.0",
+    "bundle_version": "1.0",
+    "bundle_sha256": "ab" * 32,
+    "started_at": "2024-01-01T00:00:00.000Z",
+}
 
 
 def noisy_jpeg(w=1280, h=960, quality=95) -> bytes:
@@ -31,8 +36,20 @@ def noisy_jpeg(w=1280, h=960, quality=95) -> bytes:
 
 
 def record(uuid="f84147e9-8af8-4cde-a02f-98b733151eba", revision=0) -> EventRecord:
-    return EventRecord(kind=START, uuid=uuid, revision=revision, started_at=1.0, t=1.0, ended_at=None, frames=2,
-                       peak_score=0.9, peak_measurements=None, peak_frame_seq=3, first_frame_seq=2, last_frame_seq=3)
+    return EventRecord(
+        kind=START,
+        uuid=uuid,
+        revision=revision,
+        started_at=1.0,
+        t=1.0,
+        ended_at=None,
+        frames=2,
+        peak_score=0.9,
+        peak_measurements=None,
+        peak_frame_seq=3,
+        first_frame_seq=2,
+        last_frame_seq=3,
+    )
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -71,7 +88,8 @@ def test_switched_off_there_is_no_message_and_the_event_names_no_picture(tmp_pat
 
 
 def test_the_daemon_publishes_each_events_overlay_retained_bounded_and_named_by_the_event(
-        tmp_path, darkness_bundle, mosquitto, subscriber_factory, schemas):
+    tmp_path, darkness_bundle, mosquitto, subscriber_factory, schemas
+):
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 2, size=(320, 240))
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/#")
@@ -102,12 +120,26 @@ def test_the_daemon_publishes_each_events_overlay_retained_bounded_and_named_by_
     assert late.messages[0][2] is True and (read_tag(retained)["uuid"], read_tag(retained)["revision"]) == tags[-1]
 
 
-def test_an_outage_keeps_only_the_newest_pending_picture_and_delivers_it_on_reconnect(tmp_path, mosquitto, subscriber_factory):
+def test_an_outage_keeps_only_the_newest_pending_picture_and_delivers_it_on_reconnect(
+    tmp_path, mosquitto, subscriber_factory
+):
     big = tmp_path / "overlay.jpg"
     big.write_bytes(noisy_jpeg(320, 240))
-    cfg = config_from_dict({"device_id": "cam1", "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "reconnect_min_s": 1,
-                                                          "reconnect_max_s": 1, "keepalive": 5}})
-    sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/#")  # persistent session: queued for it across the outage
+    cfg = config_from_dict(
+        {
+            "device_id": "cam1",
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": mosquitto.port,
+                "reconnect_min_s": 1,
+                "reconnect_max_s": 1,
+                "keepalive": 5,
+            },
+        }
+    )
+    sub = subscriber_factory(
+        mosquitto.port, topic="crackd/cam1/#"
+    )  # persistent session: queued for it across the outage
     with Journal(tmp_path / "crackd.db") as journal:
         pub = Publisher(cfg, journal, IDENTITY)
         pub.start()
@@ -116,8 +148,14 @@ def test_an_outage_keeps_only_the_newest_pending_picture_and_delivers_it_on_reco
         assert wait(lambda: not pub.connected)
         for i in range(5):  # five events while the broker is away, each with its picture and its start message
             rec = record(uuid=f"00000000-0000-4000-8000-00000000000{i}")
-            journal.record(None, [], [snapshot_message(cfg, rec, big),
-                                      OutboxMessage(cfg.topic("event"), {"uuid": rec.uuid}, 1, False, rec.uuid)])
+            journal.record(
+                None,
+                [],
+                [
+                    snapshot_message(cfg, rec, big),
+                    OutboxMessage(cfg.topic("event"), {"uuid": rec.uuid}, 1, False, rec.uuid),
+                ],
+            )
         assert journal.outbox_depth() == 6  # five events, one picture: the newest
         mosquitto.start()
         sub.wait_for(lambda s: len(s.on("event")) >= 5, what="replayed events")

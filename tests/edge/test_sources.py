@@ -185,11 +185,23 @@ class FakePicamera2:
 
     def create_video_configuration(self, main=None, lores=None, controls=None, buffer_count=4):
         self.calls.append("create_video_configuration")
-        return {"use_case": "video", "main": dict(main), "lores": dict(lores), "controls": controls, "buffer_count": buffer_count}
+        return {
+            "use_case": "video",
+            "main": dict(main),
+            "lores": dict(lores),
+            "controls": controls,
+            "buffer_count": buffer_count,
+        }
 
     def create_still_configuration(self, main=None, lores=None, controls=None, buffer_count=1):
         self.calls.append("create_still_configuration")
-        return {"use_case": "still", "main": dict(main), "lores": dict(lores), "controls": controls, "buffer_count": buffer_count}
+        return {
+            "use_case": "still",
+            "main": dict(main),
+            "lores": dict(lores),
+            "controls": controls,
+            "buffer_count": buffer_count,
+        }
 
     def configure(self, config):
         self.config = config
@@ -246,7 +258,9 @@ def test_picamera2_configures_main_and_lores_and_converts_yuv420_to_rgb():
 
 def test_picamera2_rgb888_lores_and_still_configuration():
     cam = FakePicamera2()
-    source = Picamera2Source(lores=(32, 24), lores_format="RGB888", still=True, snapshot_from_main=False, factory=lambda n: cam)
+    source = Picamera2Source(
+        lores=(32, 24), lores_format="RGB888", still=True, snapshot_from_main=False, factory=lambda n: cam
+    )
     source.open()
     frame = source.read(1.0)
     assert cam.calls == ["create_still_configuration"]
@@ -318,7 +332,9 @@ def test_repeated_stalls_reopen_the_camera():
 def test_a_failed_source_is_reconnected_with_backoff_and_its_state_reported():
     states = []
     src = Flaky("")
-    wrapped = ResilientSource(src, retry_initial_s=0.02, retry_max_s=0.05, on_state=lambda s, info: states.append((s, dict(info))))
+    wrapped = ResilientSource(
+        src, retry_initial_s=0.02, retry_max_s=0.05, on_state=lambda s, info: states.append((s, dict(info)))
+    )
     wrapped.read()
     src.script = ["e"]  # the stream drops, and reopening fails until the camera is back 0.3 s later
     src.down.set()

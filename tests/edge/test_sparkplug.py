@@ -23,7 +23,12 @@ from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
 
 wait = partial(wait_until, timeout=20.0)
 PROTO = REPO / "edge" / "outputs" / "proto" / "sparkplug_b.proto"
-IDENTITY = {"version": "0.1.0", "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "started_at": "2024-01-01T00:00:00.000Z"}
+IDENTITY = {
+    "version": "0.1.0",
+    "bundle_version": "1.0",
+    "bundle_sha256": "ab" * 32,
+    "started_at": "2024-01-01T00:00:00.000Z",
+}
 
 
 def compiled_descriptor(tmp_path):
@@ -31,8 +36,11 @@ def compiled_descriptor(tmp_path):
     from google.protobuf import descriptor_pb2
 
     out = tmp_path / "sparkplug.desc"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}", PROTO.name],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}", PROTO.name],
+        check=True,
+        capture_output=True,
+    )
     (fd,) = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
     return fd
 
@@ -48,19 +56,51 @@ def Payload(tmp_path_factory):
 
 
 def config(port, state_dir, **mqtt):
-    return config_from_dict({
-        "device_id": "cam1", "storage": {"state_dir": str(state_dir)},
-        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 1, "keepalive": 5,
-                 "format": "sparkplug_b", "sparkplug": {"group_id": "line3"}, **mqtt},
-    })
+    return config_from_dict(
+        {
+            "device_id": "cam1",
+            "storage": {"state_dir": str(state_dir)},
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": port,
+                "reconnect_min_s": 1,
+                "reconnect_max_s": 1,
+                "keepalive": 5,
+                "format": "sparkplug_b",
+                "sparkplug": {"group_id": "line3"},
+                **mqtt,
+            },
+        }
+    )
 
 
 def event(i: int, kind: str = "start", t: str = "2026-11-21T09:13:31.562Z") -> dict:
-    return {"schema_version": 1, "type": kind, "uuid": f"00000000-0000-4000-8000-{i:012d}", "revision": 0, "device_id": "cam1",
-            "started_at": t, "t": t, "ended_at": None, "end_reason": None, "frames": 2, "score": 0.97,
-            "measurements": {"count": 1, "length_px": 381.13, "max_width_px": 4.33, "total_area_px": 1894, "area_fraction": 0.0247,
-                             "length_mm": 76.23, "max_width_mm": 0.866},
-            "peak_frame_seq": 3, "bundle_version": "1.0", "bundle_sha256": "ab" * 32, "snapshot": None}
+    return {
+        "schema_version": 1,
+        "type": kind,
+        "uuid": f"00000000-0000-4000-8000-{i:012d}",
+        "revision": 0,
+        "device_id": "cam1",
+        "started_at": t,
+        "t": t,
+        "ended_at": None,
+        "end_reason": None,
+        "frames": 2,
+        "score": 0.97,
+        "measurements": {
+            "count": 1,
+            "length_px": 381.13,
+            "max_width_px": 4.33,
+            "total_area_px": 1894,
+            "area_fraction": 0.0247,
+            "length_mm": 76.23,
+            "max_width_mm": 0.866,
+        },
+        "peak_frame_seq": 3,
+        "bundle_version": "1.0",
+        "bundle_sha256": "ab" * 32,
+        "snapshot": None,
+    }
 
 
 def queue(journal, cfg, events):
@@ -117,19 +157,36 @@ def test_births_data_and_death_decode_and_follow_the_spec(tmp_path, mosquitto, s
         assert born["Crack/Active"].boolean_value is False and born["Crack/Score"].is_null
         queue(journal, cfg, [event(1), event(1, "end")])
         pub.notify()
-        assert pub.publish_stats({"fps": 9.5, "latency_ms": {"p50": 10, "p95": 21.7}, "outbox_depth": 0, "cpu_temp_c": None,
-                                  "camera_state": "ok", "frames_processed": 100, "bundle_version": "1.0"})
+        assert pub.publish_stats(
+            {
+                "fps": 9.5,
+                "latency_ms": {"p50": 10, "p95": 21.7},
+                "outbox_depth": 0,
+                "cpu_temp_c": None,
+                "camera_state": "ok",
+                "frames_processed": 100,
+                "bundle_version": "1.0",
+            }
+        )
         sub.wait_for(lambda s: len(decoded(s, Payload, "DDATA")) >= 3, what="DDATA")
         data = decoded(sub, Payload, "DDATA")
         start, end = [p for p in data if "Crack/Event Type" in metrics(p)]
         (health,) = [p for p in data if "Health/FPS" in metrics(p)]
         assert metrics(start)["Crack/Active"] is True and metrics(end)["Crack/Active"] is False
         assert metrics(start)["Crack/Event UUID"] == "00000000-0000-4000-8000-000000000001"
-        assert abs(metrics(start)["Crack/Length mm"] - 76.23) < 1e-9 and abs(metrics(start)["Crack/Score"] - 0.97) < 1e-6
-        assert all(m.timestamp == 1795252411562 and not m.is_historical for m in start.metrics)  # capture time of the frame
+        assert (
+            abs(metrics(start)["Crack/Length mm"] - 76.23) < 1e-9 and abs(metrics(start)["Crack/Score"] - 0.97) < 1e-6
+        )
+        assert all(
+            m.timestamp == 1795252411562 and not m.is_historical for m in start.metrics
+        )  # capture time of the frame
         assert not metrics(start)["Crack/End Reason"] and metrics(end)["Crack/Event Type"] == "end"
         h = metrics(health)
-        assert abs(h["Health/FPS"] - 9.5) < 1e-6 and h["Health/CPU Temperature C"] is None and h["Health/Camera State"] == "ok"
+        assert (
+            abs(h["Health/FPS"] - 9.5) < 1e-6
+            and h["Health/CPU Temperature C"] is None
+            and h["Health/Camera State"] == "ok"
+        )
         assert wait(lambda: journal.outbox_depth() == 0)
         pub.stop()
     sub.wait_for(lambda s: decoded(s, Payload, "NDEATH"), what="NDEATH")
@@ -173,9 +230,12 @@ def test_an_outage_replays_events_as_historical_after_new_births(tmp_path, mosqu
         assert wait(lambda: journal.outbox_depth() == 0)
         pub.stop()
     kinds = [t.split("/")[2] for t, _, _ in sub.messages]
-    second_session = kinds[kinds.index("NBIRTH", 1):]  # (the broker sent the first session's NDEATH will meanwhile)
+    second_session = kinds[kinds.index("NBIRTH", 1) :]  # (the broker sent the first session's NDEATH will meanwhile)
     assert second_session[:5] == ["NBIRTH", "DBIRTH", "DDATA", "DDATA", "DDATA"]
-    assert all(metrics(d)["bdSeq"] == metrics(decoded(sub, Payload, "NBIRTH")[0])["bdSeq"] for d in decoded(sub, Payload, "NDEATH")[:-1])
+    assert all(
+        metrics(d)["bdSeq"] == metrics(decoded(sub, Payload, "NBIRTH")[0])["bdSeq"]
+        for d in decoded(sub, Payload, "NDEATH")[:-1]
+    )
     nbirths = decoded(sub, Payload, "NBIRTH")
     assert metrics(nbirths[1])["bdSeq"] == (metrics(nbirths[0])["bdSeq"] + 1) % 256 and nbirths[1].seq == 0
     for i, data in enumerate(decoded(sub, Payload, "DDATA")):
@@ -192,7 +252,9 @@ def test_a_lost_connection_gets_the_ndeath_will_of_its_session(tmp_path, mosquit
         sub.wait_for(lambda s: decoded(s, Payload, "DBIRTH"), what="births")
         first = metrics(decoded(sub, Payload, "NBIRTH")[0])["bdSeq"]
         pub.client.socket().shutdown(socket.SHUT_RDWR)  # the network goes away without a DISCONNECT
-        sub.wait_for(lambda s: decoded(s, Payload, "NDEATH") and len(decoded(s, Payload, "NBIRTH")) >= 2, what="will and rebirth")
+        sub.wait_for(
+            lambda s: decoded(s, Payload, "NDEATH") and len(decoded(s, Payload, "NBIRTH")) >= 2, what="will and rebirth"
+        )
         assert metrics(decoded(sub, Payload, "NDEATH")[0])["bdSeq"] == first
         assert metrics(decoded(sub, Payload, "NBIRTH")[1])["bdSeq"] == (first + 1) % 256
         pub.stop()
@@ -204,7 +266,9 @@ def test_the_daemon_speaks_sparkplug_end_to_end(tmp_path, darkness_bundle, mosqu
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 2)
     sub = subscriber_factory(mosquitto.port, topic="#")
-    d = daemon_dict(tmp_path, darkness_bundle, frames, mosquitto.port, mqtt__format="sparkplug_b", mqtt__snapshots=False)
+    d = daemon_dict(
+        tmp_path, darkness_bundle, frames, mosquitto.port, mqtt__format="sparkplug_b", mqtt__snapshots=False
+    )
     InProcess(config_from_dict(d)).wait_finished()
     sub.wait_for(lambda s: decoded(s, Payload, "NDEATH"), what="the run and its NDEATH")
     events = [metrics(p) for p in decoded(sub, Payload, "DDATA")]
@@ -234,8 +298,10 @@ def test_births_come_before_any_data_after_a_rebirth_request(tmp_path, mosquitto
         m = command.metrics.add()
         m.name, m.datatype, m.boolean_value = "Node Control/Rebirth", 11, True
         sub.client.publish("spBv1.0/line3/NCMD/cam1", command.SerializeToString(), qos=1)  # what a SCADA host sends
-        sub.wait_for(lambda s: len(decoded(s, Payload, "NBIRTH")) >= 2 and len(decoded(s, Payload, "DBIRTH")) >= 2,
-                     what="rebirth")
+        sub.wait_for(
+            lambda s: len(decoded(s, Payload, "NBIRTH")) >= 2 and len(decoded(s, Payload, "DBIRTH")) >= 2,
+            what="rebirth",
+        )
         rebirth = decoded(sub, Payload, "NBIRTH")[1]
         assert rebirth.seq == 0 and metrics(rebirth)["bdSeq"] == pub.bdseq  # same session: same bdSeq
         pub.stop()

@@ -62,7 +62,12 @@ def build_darkness_bundle(out_dir: Path, version: str = "1.0.0-test") -> Path:
     roles = {}
     for role, model in (("classifier", classifier), ("segmenter", segmenter)):
         size = int(model.input_shape[1])
-        roles[role] = RoleExport(convert_int8(model, calibration_images(size)), convert_fp32(model),
-                                 {"architecture": f"darkness test {role}"}, {}, {})
+        roles[role] = RoleExport(
+            convert_int8(model, calibration_images(size)),
+            convert_fp32(model),
+            {"architecture": f"darkness test {role}"},
+            {},
+            {},
+        )
     golden = calibration_images(64, n=4, seed=1)[:4]
     return write_bundle(Path(out_dir), version, roles, golden, {"sources": [{"folder": "synthetic test images"}]})

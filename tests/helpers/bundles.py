@@ -24,7 +24,9 @@ def make_signer_keys(d: Path) -> SimpleNamespace:
     keys = {}
     for name in ("trusted", "stranger"):
         key = d / name
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test", "-f", str(key)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test", "-f", str(key)], check=True
+        )
         keys[name] = key
     allowed = d / "allowed_signers"
     allowed.write_text(f'trusted@test namespaces="{NAMESPACE}" {(d / "trusted.pub").read_text().strip()}\n')

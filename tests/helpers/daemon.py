@@ -23,13 +23,25 @@ def daemon_dict(tmp_path: Path, bundle: Path, frames: Path, port: int | None, **
     """
     d = {
         "device_id": "cam1",
-        "source": {"type": "folder", "folder": {"path": str(frames), "fps": 0, "loop": False},
-                   "retry_initial_s": 0.05, "retry_max_s": 0.2, "read_timeout_s": 1.0},
+        "source": {
+            "type": "folder",
+            "folder": {"path": str(frames), "fps": 0, "loop": False},
+            "retry_initial_s": 0.05,
+            "retry_max_s": 0.2,
+            "read_timeout_s": 1.0,
+        },
         "model": {"bundle": str(bundle)},
         "decision": {"start_k": 2, "start_n": 3, "end_m": 3, "update_interval_s": 60},
         "storage": {"state_dir": str(tmp_path / "state"), "record_frames": "all"},
-        "mqtt": {"enabled": port is not None, "host": "127.0.0.1", "port": port or 1883, "reconnect_min_s": 1,
-                 "reconnect_max_s": 1, "keepalive": 5, "flush_timeout_s": 10},
+        "mqtt": {
+            "enabled": port is not None,
+            "host": "127.0.0.1",
+            "port": port or 1883,
+            "reconnect_min_s": 1,
+            "reconnect_max_s": 1,
+            "keepalive": 5,
+            "flush_timeout_s": 10,
+        },
         "logging": {"journald": False},
         "releases": {"require_signature": False},  # the darkness test bundle is unsigned
         "stats_interval_s": 1,

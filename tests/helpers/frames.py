@@ -36,8 +36,8 @@ def huge_header_jpeg(width=12000, height=12000) -> bytes:
     data = bytearray(buf.tobytes())
     i = 2
     while data[i + 1] != 0xC0:  # walk the segments to the baseline frame header (SOF0)
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    data[i + 5:i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    data[i + 5 : i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
 
 
@@ -57,7 +57,7 @@ def damaged_video(tmp_path: Path, how: str) -> Path:
         data = data[: len(data) // 2]
     elif how == "scribbled":
         for offset in range(2000, len(data) - 1000, 50):
-            data[offset:offset + 10] = b"\xff" * 10
+            data[offset : offset + 10] = b"\xff" * 10
     else:
         data = bytearray(np.random.default_rng(1).integers(0, 255, 20000, dtype=np.uint8).tobytes())
     path.write_bytes(bytes(data))

@@ -38,7 +38,10 @@ class Broker:
             f"persistence_location {self.dir}/",
             "autosave_interval 1",
             f"log_dest file {self.dir / 'mosquitto.log'}",
-            "log_type error", "log_type warning", "log_type notice", "log_type information",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
             "max_queued_messages 10000",
         ]
         if os.geteuid() == 0:
@@ -50,7 +53,12 @@ class Broker:
         else:
             lines.append("allow_anonymous true")
         if tls:
-            lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}", "require_certificate true"]
+            lines += [
+                f"cafile {tls.ca}",
+                f"certfile {tls.server_cert}",
+                f"keyfile {tls.server_key}",
+                "require_certificate true",
+            ]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -58,7 +66,9 @@ class Broker:
         import socket
         import time
 
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -101,10 +111,30 @@ def make_test_ca(d: Path) -> SimpleNamespace:
     for name, cn in (("server", "localhost"), ("client", "crackd-test-device")):
         ssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
         extra = ["-extfile", "server.ext"] if name == "server" else []
-        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", *extra)
-    return SimpleNamespace(ca=d / "ca.crt", server_cert=d / "server.crt", server_key=d / "server.key",
-                           client_cert=d / "client.crt", client_key=d / "client.key", dir=d)
+        ssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            *extra,
+        )
+    return SimpleNamespace(
+        ca=d / "ca.crt",
+        server_cert=d / "server.crt",
+        server_key=d / "server.key",
+        client_cert=d / "client.crt",
+        client_key=d / "client.key",
+        dir=d,
+    )
 
 
 class Subscriber:
@@ -121,8 +151,9 @@ class Subscriber:
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.topic = topic
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{uuid.uuid4().hex[:8]}",
-                                  clean_session=False)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{uuid.uuid4().hex[:8]}", clean_session=False
+        )
         if auth:
             self.client.username_pw_set(*auth)
         if tls:
@@ -168,7 +199,9 @@ class Subscriber:
             if result:
                 return result
             time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; got {[(t, p) for t, p, _ in self.messages][-8:]}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}; got {[(t, p) for t, p, _ in self.messages][-8:]}"
+        )
 
     def close(self):
         self.client.disconnect()

@@ -46,12 +46,14 @@ def start_sshd(d: Path) -> Sshd:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin yes\nPubkeyAuthentication yes\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        "Subsystem sftp internal-sftp\nMaxStartups 50:30:100\nMaxSessions 50\nLogLevel ERROR\nPrintMotd no\n")
+        "Subsystem sftp internal-sftp\nMaxStartups 50:30:100\nMaxSessions 50\nLogLevel ERROR\nPrintMotd no\n"
+    )
     (d / "ssh_config").write_text(
         f"Host {HOST} pi-twin\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d / 'user_key'}\n"
         f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n"
         f"Host pi-unreachable\n  HostName 127.0.0.1\n  Port {free_port()}\n  User root\n  IdentityFile {d / 'user_key'}\n"
-        f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n")
+        f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n"
+    )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
     log = open(d / "sshd.log", "w")  # noqa: SIM115 (open while sshd runs; Sshd.stop closes it)
     proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=subprocess.STDOUT)

@@ -52,8 +52,10 @@ def test_folder_without_class_folders_says_what_is_expected(tmp_path):
 def test_segmentation_pairs_with_masks_of_any_size_and_encoding(tmp_path):
     write_img(tmp_path / "images" / "a.jpg", size=(100, 100))
     write_img(tmp_path / "images" / "b.png", size=(60, 80))
-    m255 = np.zeros((100, 100), np.uint8); m255[40:60, :] = 255
-    m01 = np.zeros((30, 40), np.uint8); m01[:, 10:20] = 1  # 0/1 and a different size than its image
+    m255 = np.zeros((100, 100), np.uint8)
+    m255[40:60, :] = 255
+    m01 = np.zeros((30, 40), np.uint8)
+    m01[:, 10:20] = 1  # 0/1 and a different size than its image
     (tmp_path / "masks").mkdir()
     cv2.imwrite(str(tmp_path / "masks" / "a.png"), m255)
     cv2.imwrite(str(tmp_path / "masks" / "b.png"), m01)
@@ -70,7 +72,9 @@ def test_mask_without_image_names_the_files(tmp_path):
     write_img(tmp_path / "images" / "lonely.jpg")
     with pytest.raises(DatasetError) as err:
         load_segmentation(tmp_path, size=16)
-    assert "masks without an image: orphan.png" in str(err.value) and "images without a mask: lonely.jpg" in str(err.value)
+    assert "masks without an image: orphan.png" in str(err.value) and "images without a mask: lonely.jpg" in str(
+        err.value
+    )
 
 
 def test_splits_are_deterministic_by_seed_and_disjoint():

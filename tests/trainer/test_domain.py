@@ -118,8 +118,9 @@ def test_leave_one_dataset_out_keeps_every_held_out_image_out_of_training(tmp_pa
         return real_load_pool(pairs, backgrounds, **kw)
 
     monkeypatch.setattr(domain, "load_pool", recording_load_pool)
-    sp = assemble.segmenter_splits([str(tmp_path / "concrete"), str(tmp_path / "asphalt")], 32, 0, seed=1,
-                                   holdout=["asphalt"], n_domain=10)
+    sp = assemble.segmenter_splits(
+        [str(tmp_path / "concrete"), str(tmp_path / "asphalt")], 32, 0, seed=1, holdout=["asphalt"], n_domain=10
+    )
     assert set(sp.files["asphalt"]) == {"test"} and len(sp.files["asphalt"]["test"]) == 6
     trained = [p for parts in sp.files.values() for k, ps in parts.items() if k != "test" for p in ps]
     assert trained and not any("asphalt" in p for p in trained)

@@ -60,7 +60,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     run = root / "runs" / "cls_tiny"
     run.mkdir(parents=True)
     x = np.stack([synth.generate(rng, 96, 96, crack_probability=p).image for p in (1.0, 0.0, 1.0, 0.0, 1.0)])
-    save_arrays(run / "heldout.npz", Splits(val=[(x[:2], np.array([1, 0]))], test={"tiny_cls": (x, np.array([1, 0, 1, 0, 1]))}))
+    save_arrays(
+        run / "heldout.npz", Splits(val=[(x[:2], np.array([1, 0]))], test={"tiny_cls": (x, np.array([1, 0, 1, 0, 1]))})
+    )
     (run / "run.json").write_text(json.dumps({"kind": "classifier", "holdout": [], "data": [str(cls)]}))
     return {"cls": cls, "seg": seg, "run": run}
 
@@ -68,7 +70,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def report(folders, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("report")
-    cfg = EvalConfig(latency_runs=5, latency_warmup=1, in_domain="tiny_cls", cross_surface="tiny_seg", overlay_samples=2)
+    cfg = EvalConfig(
+        latency_runs=5, latency_warmup=1, in_domain="tiny_cls", cross_surface="tiny_seg", overlay_samples=2
+    )
     result = evaluate_bundle(BUNDLE, [folders["cls"], folders["seg"]], [folders["run"]], out, cfg)
     return result, out
 
@@ -110,10 +114,19 @@ def test_latency_is_measured_with_the_edge_runtime_on_one_thread(report):
 def test_every_target_is_marked_met_not_met_or_not_measured(report):
     result, out = report
     ids = [t["id"] for t in result["targets"]]
-    crossval = json.loads((BUNDLE / "crossval.json").read_text())  # the shipped bundle carries its leave-one-out figures
+    crossval = json.loads(
+        (BUNDLE / "crossval.json").read_text()
+    )  # the shipped bundle carries its leave-one-out figures
     per_source = [f"segmenter_cross_surface_{r['heldout']}" for r in crossval["segmenter"]]
-    assert per_source and ids == ["classifier_in_domain", "classifier_cross_surface", "classifier_cross_surface_balanced", *per_source,
-                                  "int8_gap", "classifier_latency", "segmenter_latency"]
+    assert per_source and ids == [
+        "classifier_in_domain",
+        "classifier_cross_surface",
+        "classifier_cross_surface_balanced",
+        *per_source,
+        "int8_gap",
+        "classifier_latency",
+        "segmenter_latency",
+    ]
     for t in result["targets"]:
         assert t["met"] in (True, False, None)
         assert t["measured"]
@@ -127,8 +140,12 @@ def test_cross_surface_targets_are_read_at_the_bundles_pixel_threshold():
     from trainer.evaluation.targets import _crossval_checks
 
     curve = [{"threshold": t, "tolerant_f1": f} for t, f in ((0.3, 0.70), (0.4, 0.80), (0.5, 0.74))]
-    report = {"models": {"segmenter": {"threshold": 0.5}},
-              "crossval": {"segmenter": [{"run": "loo_a", "heldout": "a", "images": 9, "scales": {"model scale": {"curve": curve}}}]}}
+    report = {
+        "models": {"segmenter": {"threshold": 0.5}},
+        "crossval": {
+            "segmenter": [{"run": "loo_a", "heldout": "a", "images": 9, "scales": {"model scale": {"curve": curve}}}]
+        },
+    }
     (check,) = _crossval_checks(report)
     assert check["id"] == "segmenter_cross_surface_a" and check["value"] == 0.74 and check["met"] is False
     report["models"]["segmenter"]["threshold"] = 0.4
@@ -141,7 +158,12 @@ def test_cross_surface_targets_are_read_at_the_bundles_pixel_threshold():
 def test_report_md_embeds_existing_png_plots(report):
     result, out = report
     md = (out / "REPORT.md").read_text()
-    plots = [p for role in ("classifier", "segmenter") for e in result[role]["datasets"].values() for p in e["plots"].values()]
+    plots = [
+        p
+        for role in ("classifier", "segmenter")
+        for e in result[role]["datasets"].values()
+        for p in e["plots"].values()
+    ]
     kinds = {k for role in ("classifier", "segmenter") for e in result[role]["datasets"].values() for k in e["plots"]}
     assert kinds == {"confusion", "precision_recall", "threshold_sweep", "overlays"}
     for rel in plots:
@@ -241,7 +263,12 @@ def test_source_txt_blocks_continue_on_indented_lines(tmp_path):
 
 
 def _row(name, ms, q):
-    return {"name": name, "role": "classifier", "latency": {"median_ms": ms}, "quality": {"int8": q, "metric": "f1"} if q is not None else None}
+    return {
+        "name": name,
+        "role": "classifier",
+        "latency": {"median_ms": ms},
+        "quality": {"int8": q, "metric": "f1"} if q is not None else None,
+    }
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -277,7 +304,9 @@ def _tiny_trained_run(run_dir: Path) -> None:
     y = np.array([1, 0] * 4)
     save_arrays(run_dir / "heldout.npz", Splits(val=[(x, y)], test={"synth": (x[:2], y[:2])}))
     (run_dir / "splits.json").write_text(json.dumps({"files": {}}))
-    (run_dir / "run.json").write_text(json.dumps({"kind": "classifier", "train": {"epochs": 3}, "counts": {"train": 40}}))
+    (run_dir / "run.json").write_text(
+        json.dumps({"kind": "classifier", "train": {"epochs": 3}, "counts": {"train": 40}})
+    )
     (run_dir / "log.csv").write_text("epoch,loss\n0,0.7\n1,0.6\n")
 
 
@@ -286,8 +315,15 @@ def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_pa
     from trainer.training.sweep import SweepConfig, run_sweep
 
     _tiny_trained_run(tmp_path / "runs" / "cls_a0.35_s32")
-    cfg = SweepConfig(alphas=(0.35,), sizes=(32,), segmenters=(), latency_only=True, from_runs=str(tmp_path / "runs"),
-                      calibration_images=4, latency_runs=5)
+    cfg = SweepConfig(
+        alphas=(0.35,),
+        sizes=(32,),
+        segmenters=(),
+        latency_only=True,
+        from_runs=str(tmp_path / "runs"),
+        calibration_images=4,
+        latency_runs=5,
+    )
     result = run_sweep(tmp_path / "sweep", cfg)
     (row,) = result["rows"]
     assert row["name"] == "cls_a0.35_s32" and row["latency"]["median_ms"] > 0 and row["int8_bytes"] > 0
@@ -299,7 +335,9 @@ def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_pa
     table_row = next(line for line in md.splitlines() if line.startswith("| **cls_a0.35_s32**"))
     assert f"| {row['latency']['median_ms']:.3f} |" in table_row and "2 of 3 epochs" in table_row
     assert "SHORTENED" in md and "cls_a0.35_s32" in md.split("## Choice of the shipped defaults")[1]
-    assert "still training" in md  # the run has no history.json yet: its best checkpoint so far was scored, and SWEEP.md says so
+    assert (
+        "still training" in md
+    )  # the run has no history.json yet: its best checkpoint so far was scored, and SWEEP.md says so
     for png in ("sweep_latency.png", "sweep_pareto.png"):
         assert (tmp_path / "sweep" / png).read_bytes()[:8] == PNG_MAGIC
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"][0]["name"] == "cls_a0.35_s32"
@@ -311,8 +349,19 @@ def test_a_sweep_that_trains_writes_the_run_files_crack_train_writes(tmp_path):
     from trainer.data.assemble import load_arrays
     from trainer.training.sweep import SweepConfig, run_sweep
 
-    cfg = SweepConfig(alphas=(0.35,), sizes=(32,), segmenters=(), synth=48, train_images=32, val_images=8, epochs=1,
-                      batch_size=16, calibration_images=4, latency_runs=5, latency_rounds=1)
+    cfg = SweepConfig(
+        alphas=(0.35,),
+        sizes=(32,),
+        segmenters=(),
+        synth=48,
+        train_images=32,
+        val_images=8,
+        epochs=1,
+        batch_size=16,
+        calibration_images=4,
+        latency_runs=5,
+        latency_rounds=1,
+    )
     (row,) = run_sweep(tmp_path / "sweep", cfg)["rows"]
     q = row["quality"]
     assert q["trained_here"] and q["schedule"] == {"epochs": 1, "train_images": 32, "shortened": True}
@@ -321,4 +370,8 @@ def test_a_sweep_that_trains_writes_the_run_files_crack_train_writes(tmp_path):
     assert meta["kind"] == "classifier" and meta["spec"]["size"] == 32 and meta["sweep"]["shortened"]
     assert meta["counts"]["train"] == 32 and meta["synthetic"] == 48
     _, (val_x, _) = load_arrays(run_dir / "heldout.npz")
-    assert len(val_x) == meta["counts"]["val"] and (run_dir / "splits.json").is_file() and (run_dir / "best.keras").is_file()
+    assert (
+        len(val_x) == meta["counts"]["val"]
+        and (run_dir / "splits.json").is_file()
+        and (run_dir / "best.keras").is_file()
+    )

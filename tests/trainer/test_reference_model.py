@@ -16,8 +16,13 @@ from tests.helpers import REPO
 def small_reference(tmp_path_factory) -> Path:
     """A small reference (alpha 0.35, 32x32) made by the real command: the same graph as the 224x224 one, made faster."""
     out = tmp_path_factory.mktemp("reference") / "ref-0.35-32.tflite"
-    subprocess.run([sys.executable, "-m", "trainer.cli", "reference-model", "--out", str(out), "--alpha", "0.35", "--size", "32"],
-                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "reference-model", "--out", str(out), "--alpha", "0.35", "--size", "32"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return out
 
 

@@ -31,10 +31,38 @@ def toy_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "synth"
     crack_train("synth", "--out", str(data), "--n", "36", "--size", "64", "--seed", "3")
-    crack_train("classifier", "--data", str(data), "--alpha", "0.35", "--size", "32", "--epochs", "1",
-        "--steps-per-epoch", "2", "--batch-size", "8", "--out", str(root / "cls"))
-    crack_train("segmenter", "--data", str(data), "--size", "32", "--epochs", "1", "--steps-per-epoch", "2",
-        "--batch-size", "8", "--out", str(root / "seg"))
+    crack_train(
+        "classifier",
+        "--data",
+        str(data),
+        "--alpha",
+        "0.35",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(root / "cls"),
+    )
+    crack_train(
+        "segmenter",
+        "--data",
+        str(data),
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(root / "seg"),
+    )
     return root
 
 
@@ -48,8 +76,21 @@ def test_training_runs_leave_checkpoints_logs_and_splits(toy_runs):
 
 def test_export_writes_a_bundle_the_device_accepts(toy_runs):
     bundle = toy_runs / "bundle"
-    crack_train("export", "--classifier", str(toy_runs / "cls"), "--segmenter", str(toy_runs / "seg"),
-        "--out", str(bundle), "--version", "0.0.1-e2e", "--tolerance", "1.0", "--calibration-images", "16")
+    crack_train(
+        "export",
+        "--classifier",
+        str(toy_runs / "cls"),
+        "--segmenter",
+        str(toy_runs / "seg"),
+        "--out",
+        str(bundle),
+        "--version",
+        "0.0.1-e2e",
+        "--tolerance",
+        "1.0",
+        "--calibration-images",
+        "16",
+    )
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["bundle_version"] == "0.0.1-e2e"
     for role in ("classifier", "segmenter"):
@@ -59,7 +100,17 @@ def test_export_writes_a_bundle_the_device_accepts(toy_runs):
         assert (bundle / entry["reference"]["file"]).is_file()
         assert set(manifest["quantization"][role]) >= {"tolerance"}
     assert len(manifest["golden"]["samples"]) == 4
-    out = run("-m", "edge.cli", "infer", "--bundle", str(bundle), "--segment", "always", "--json", str(toy_runs / "synth" / "images"))
+    out = run(
+        "-m",
+        "edge.cli",
+        "infer",
+        "--bundle",
+        str(bundle),
+        "--segment",
+        "always",
+        "--json",
+        str(toy_runs / "synth" / "images"),
+    )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(rows) == 36 and all(r["segmented"] for r in rows)
 
@@ -118,23 +169,73 @@ def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path, capsys):
 def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(toy_runs):
     """The few-shot path: publish fine-tuning checkpoints, adapt on a site's labelled images, export with the other model kept."""
     bundle, finetune = toy_runs / "bundle-ft", toy_runs / "finetune"
-    crack_train("export", "--classifier", str(toy_runs / "cls"), "--segmenter", str(toy_runs / "seg"),
-        "--out", str(bundle), "--version", "0.0.1-base", "--tolerance", "1.0", "--calibration-images", "16",
-        "--finetune-dir", str(finetune), "--classifier-threshold", "0.4", "--segmenter-threshold", "0.3")
+    crack_train(
+        "export",
+        "--classifier",
+        str(toy_runs / "cls"),
+        "--segmenter",
+        str(toy_runs / "seg"),
+        "--out",
+        str(bundle),
+        "--version",
+        "0.0.1-base",
+        "--tolerance",
+        "1.0",
+        "--calibration-images",
+        "16",
+        "--finetune-dir",
+        str(finetune),
+        "--classifier-threshold",
+        "0.4",
+        "--segmenter-threshold",
+        "0.3",
+    )
     meta = json.loads((finetune / "segmenter.json").read_text())
     assert meta["kind"] == "segmenter" and meta["model_size"] == "fast"
     site = toy_runs / "site"
     crack_train("synth", "--out", str(site), "--n", "20", "--size", "64", "--seed", "9")
-    crack_train("adapt", "--base", str(finetune / "segmenter.keras"), "--data", str(site), "--out", str(toy_runs / "adapted"),
-        "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--domain", "8", "--crop", "32")
+    crack_train(
+        "adapt",
+        "--base",
+        str(finetune / "segmenter.keras"),
+        "--data",
+        str(site),
+        "--out",
+        str(toy_runs / "adapted"),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "4",
+        "--domain",
+        "8",
+        "--crop",
+        "32",
+    )
     run_meta = json.loads((toy_runs / "adapted" / "run.json").read_text())
     assert run_meta["initial_weights"] == str(finetune / "segmenter.keras")
     adapted = toy_runs / "bundle-site"
-    crack_train("export", "--segmenter", str(toy_runs / "adapted"), "--keep-from", str(bundle), "--out", str(adapted),
-        "--version", "0.0.2-site", "--tolerance", "1.0", "--calibration-images", "8")
+    crack_train(
+        "export",
+        "--segmenter",
+        str(toy_runs / "adapted"),
+        "--keep-from",
+        str(bundle),
+        "--out",
+        str(adapted),
+        "--version",
+        "0.0.2-site",
+        "--tolerance",
+        "1.0",
+        "--calibration-images",
+        "8",
+    )
     base_m, site_m = (json.loads((b / "manifest.json").read_text()) for b in (bundle, adapted))
     assert site_m["models"]["classifier"]["sha256"] == base_m["models"]["classifier"]["sha256"]  # kept, byte for byte
     assert site_m["models"]["classifier"]["threshold"] == 0.4
     assert site_m["models"]["segmenter"]["sha256"] != base_m["models"]["segmenter"]["sha256"]
-    out = run("-m", "edge.cli", "infer", "--bundle", str(adapted), "--segment", "always", "--json", str(site / "images"))
+    out = run(
+        "-m", "edge.cli", "infer", "--bundle", str(adapted), "--segment", "always", "--json", str(site / "images")
+    )
     assert len(out.stdout.splitlines()) == 20

@@ -23,8 +23,15 @@ def cmd_synth(args) -> int:
 
     from edge.sources.synth import write_dataset
 
-    n = write_dataset(args.out, args.n, seed=args.seed, height=args.size, width=args.size,
-                      crack_probability=args.crack_probability, progress=lambda it: tqdm(it, desc="synth", unit="img"))
+    n = write_dataset(
+        args.out,
+        args.n,
+        seed=args.seed,
+        height=args.size,
+        width=args.size,
+        crack_probability=args.crack_probability,
+        progress=lambda it: tqdm(it, desc="synth", unit="img"),
+    )
     print(f"wrote {n} image/mask pairs to {args.out}/images and {args.out}/masks (labels in labels.csv)")
     return 0
 
@@ -32,17 +39,33 @@ def cmd_synth(args) -> int:
 def _train_config(args):
     from trainer.training.train import TrainConfig
 
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
-                       seed=args.seed, steps_per_epoch=args.steps_per_epoch, verbose=1 if sys.stdout.isatty() else 2,
-                       crop=getattr(args, "crop", None))
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        steps_per_epoch=args.steps_per_epoch,
+        verbose=1 if sys.stdout.isatty() else 2,
+        crop=getattr(args, "crop", None),
+    )
 
 
 def _write_run_meta(run_dir: Path, kind: str, spec, cfg, splits, args) -> None:
     from trainer.data.assemble import write_run_files
 
     weights = getattr(args, "weights", "none")
-    write_run_files(run_dir, kind, spec, cfg, splits, args.data, args.synth, getattr(args, "holdout", None),
-                    initial_weights=weights if weights and weights != "none" else None)
+    write_run_files(
+        run_dir,
+        kind,
+        spec,
+        cfg,
+        splits,
+        args.data,
+        args.synth,
+        getattr(args, "holdout", None),
+        initial_weights=weights if weights and weights != "none" else None,
+    )
     for r in splits.reports:
         print(r.summary())
 
@@ -54,9 +77,17 @@ def cmd_classifier(args) -> int:
 
     spec = ClassifierSpec(alpha=args.alpha, size=args.size, weights=args.weights)
     cfg = _train_config(args)
-    splits = classifier_splits(args.data, args.size, args.synth, args.seed, limit_per_class=args.limit_per_class,
-                               holdout=args.holdout, patches_per_image=args.patches_per_image, progress=_progress,
-                               n_domain=args.domain)
+    splits = classifier_splits(
+        args.data,
+        args.size,
+        args.synth,
+        args.seed,
+        limit_per_class=args.limit_per_class,
+        holdout=args.holdout,
+        patches_per_image=args.patches_per_image,
+        progress=_progress,
+        n_domain=args.domain,
+    )
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "classifier", spec, cfg, splits, args)
     model = build_classifier(spec)
@@ -73,8 +104,16 @@ def cmd_segmenter(args) -> int:
     base = SEGMENTER_SIZES[args.model_size]
     spec = SegmenterSpec(size=args.size, base=base.base, depth=base.depth, stem_stride=base.stem_stride)
     cfg = _train_config(args)
-    splits = segmenter_splits(args.data, args.size, args.synth, args.seed, negatives_per_set=args.negatives, progress=_progress,
-                              holdout=args.holdout, n_domain=args.domain)
+    splits = segmenter_splits(
+        args.data,
+        args.size,
+        args.synth,
+        args.seed,
+        negatives_per_set=args.negatives,
+        progress=_progress,
+        holdout=args.holdout,
+        n_domain=args.domain,
+    )
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "segmenter", spec, cfg, splits, args)
     # Crops need a size-free model for training; the exported one has the device's fixed input size.
@@ -94,9 +133,15 @@ def cmd_crossval(args) -> int:
     from trainer.evaluation.crossval import run_crossval
 
     if not args.segmenter_runs and not args.classifier_runs:
-        raise ValueError("nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout)")
-    report = run_crossval([Path(r) for r in args.segmenter_runs], [Path(r) for r in args.classifier_runs], Path(args.out),
-                          classifier_tflite=Path(args.classifier_tflite) if args.classifier_tflite else None)
+        raise ValueError(
+            "nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout)"
+        )
+    report = run_crossval(
+        [Path(r) for r in args.segmenter_runs],
+        [Path(r) for r in args.classifier_runs],
+        Path(args.out),
+        classifier_tflite=Path(args.classifier_tflite) if args.classifier_tflite else None,
+    )
     print((Path(args.out) / "CROSSVAL.md").read_text())
     return 0 if report else 1
 
@@ -108,18 +153,47 @@ def cmd_adapt(args) -> int:
     base = Path(args.base)
     meta_path = base.with_suffix(".json")
     if not base.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"--base {base}: expected a fine-tuning checkpoint (NAME.keras) with its NAME.json beside it, "
-                                "as published in models/finetune/")
+        raise FileNotFoundError(
+            f"--base {base}: expected a fine-tuning checkpoint (NAME.keras) with its NAME.json beside it, "
+            "as published in models/finetune/"
+        )
     meta = json.loads(meta_path.read_text())
     spec = meta["spec"]
-    common = ["--data", *args.data, "--out", args.out, "--epochs", str(args.epochs), "--lr", str(args.lr),
-              "--patience", str(args.patience), "--seed", str(args.seed), "--weights", str(base),
-              "--domain", str(args.domain), "--batch-size", str(args.batch_size)]
+    common = [
+        "--data",
+        *args.data,
+        "--out",
+        args.out,
+        "--epochs",
+        str(args.epochs),
+        "--lr",
+        str(args.lr),
+        "--patience",
+        str(args.patience),
+        "--seed",
+        str(args.seed),
+        "--weights",
+        str(base),
+        "--domain",
+        str(args.domain),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     if args.steps_per_epoch:
         common += ["--steps-per-epoch", str(args.steps_per_epoch)]
     if meta["kind"] == "segmenter":
-        argv = ["segmenter", *common, "--model-size", meta["model_size"], "--size", str(spec["size"]), "--negatives", "0",
-                "--crop", str(args.crop)]
+        argv = [
+            "segmenter",
+            *common,
+            "--model-size",
+            meta["model_size"],
+            "--size",
+            str(spec["size"]),
+            "--negatives",
+            "0",
+            "--crop",
+            str(args.crop),
+        ]
     else:
         argv = ["classifier", *common, "--alpha", str(spec["alpha"]), "--size", str(spec["size"])]
     print("crack-train " + " ".join(argv))
@@ -134,25 +208,41 @@ def cmd_reference_model(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(content)
-    print(f"wrote {out} ({len(content)} bytes): INT8 MobileNetV2 alpha {args.alpha}, {args.size}x{args.size}, seed {args.seed}")
+    print(
+        f"wrote {out} ({len(content)} bytes): INT8 MobileNetV2 alpha {args.alpha}, {args.size}x{args.size}, seed {args.seed}"
+    )
     return 0
 
 
 def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
-    p.add_argument("--data", nargs="+", default=[], metavar="DIR", help="dataset folders (classification or images/+masks/)")
+    p.add_argument(
+        "--data", nargs="+", default=[], metavar="DIR", help="dataset folders (classification or images/+masks/)"
+    )
     p.add_argument("--synth", type=int, default=0, metavar="N", help="add N procedurally generated samples (default 0)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, logs); re-run to resume")
+    p.add_argument(
+        "--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, logs); re-run to resume"
+    )
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=batch)
     p.add_argument("--lr", type=float, default=lr, help="initial learning rate (cosine decay)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--holdout", nargs="*", default=[], metavar="NAME",
-                   help="data folders kept entirely out of training: the cross-surface (leave-one-dataset-out) test")
-    p.add_argument("--domain", type=int, default=0, metavar="N",
-                   help="add N domain-randomised samples made from the training files: rescaled photographs, procedural "
-                        "cracks 1-30 px wide on real crack-free backgrounds, procedural surfaces, hard negatives (default 0)")
+    p.add_argument(
+        "--holdout",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="data folders kept entirely out of training: the cross-surface (leave-one-dataset-out) test",
+    )
+    p.add_argument(
+        "--domain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N domain-randomised samples made from the training files: rescaled photographs, procedural "
+        "cracks 1-30 px wide on real crack-free backgrounds, procedural surfaces, hard negatives (default 0)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,27 +265,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96, help="square input size in pixels")
     p.add_argument("--weights", default="none", help="none (default, offline) | imagenet | PATH")
     p.add_argument("--limit-per-class", type=int, default=None, help="read at most N images per class per folder")
-    p.add_argument("--patches-per-image", type=int, default=8, help="patches cut from each segmentation image (half crack, half clean)")
+    p.add_argument(
+        "--patches-per-image",
+        type=int,
+        default=8,
+        help="patches cut from each segmentation image (half crack, half clean)",
+    )
     p.set_defaults(func=cmd_classifier)
 
     p = sub.add_parser("segmenter", help="train the U-Net crack segmenter")
     _add_training_args(p, epochs=40, batch=16, lr=3e-3)
-    p.add_argument("--model-size", choices=SEGMENTER_NAMES, default="fast",
-                   help="U-Net size: fast / fast-wide (half-resolution decoder, bundle 1.1) or tiny / small / medium (bundle 1.0)")
-    p.add_argument("--loss", choices=["bce_dice", "bce_tversky"], default="bce_dice",
-                   help="bce_dice, or bce_tversky (Tversky alpha 0.3 / beta 0.7: a missed crack pixel costs more than a false one)")
+    p.add_argument(
+        "--model-size",
+        choices=SEGMENTER_NAMES,
+        default="fast",
+        help="U-Net size: fast / fast-wide (half-resolution decoder, bundle 1.1) or tiny / small / medium (bundle 1.0)",
+    )
+    p.add_argument(
+        "--loss",
+        choices=["bce_dice", "bce_tversky"],
+        default="bce_dice",
+        help="bce_dice, or bce_tversky (Tversky alpha 0.3 / beta 0.7: a missed crack pixel costs more than a false one)",
+    )
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--crop", type=int, default=None, metavar="PX",
-                   help="train on random PX x PX crops (a multiple of 32; the model is exported at --size)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="train on random PX x PX crops (a multiple of 32; the model is exported at --size)",
+    )
     p.add_argument("--negatives", type=int, default=150, help="crack-free images taken per classification folder")
-    p.add_argument("--weights", default=None, metavar="PATH", help="start from these weights (.keras or .weights.h5 of the same architecture)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="PATH",
+        help="start from these weights (.keras or .weights.h5 of the same architecture)",
+    )
     p.set_defaults(func=cmd_segmenter)
 
-    p = sub.add_parser("adapt", help="fine-tune a shipped model on a few labelled images of one site",
-                       description="Starts from a published fine-tuning checkpoint (models/finetune/segmenter.keras or "
-                                   "classifier.keras) and trains briefly on the site's images: masks (images/ + masks/) for the "
-                                   "segmenter, labels (positive/negative folders, labels.csv or a `crackd events export` CSV) for "
-                                   "the classifier. Export the run with `crack-train export --keep-from BUNDLE` for the other model.")
+    p = sub.add_parser(
+        "adapt",
+        help="fine-tune a shipped model on a few labelled images of one site",
+        description="Starts from a published fine-tuning checkpoint (models/finetune/segmenter.keras or "
+        "classifier.keras) and trains briefly on the site's images: masks (images/ + masks/) for the "
+        "segmenter, labels (positive/negative folders, labels.csv or a `crackd events export` CSV) for "
+        "the classifier. Export the run with `crack-train export --keep-from BUNDLE` for the other model.",
+    )
     p.add_argument("--base", required=True, metavar="CHECKPOINT", help="e.g. models/finetune/segmenter.keras")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="the site's labelled images")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
@@ -204,19 +320,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4, help="a fraction of the training rate: adapt, do not forget")
     p.add_argument("--patience", type=int, default=4)
-    p.add_argument("--domain", type=int, default=400, metavar="N", help="randomised samples made from the site's images")
+    p.add_argument(
+        "--domain", type=int, default=400, metavar="N", help="randomised samples made from the site's images"
+    )
     p.add_argument("--crop", type=int, default=128, help="segmenter training crop")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_adapt)
 
-    p = sub.add_parser("crossval", help="score leave-one-dataset-out runs on their held-out source; choose the thresholds there",
-                       description="Converts each run (trained with --holdout SOURCE) to INT8 and scores it on every image of the "
-                                   "held-out source: tolerant F1 (2 px) and Dice of the segmenter at thresholds 0.10-0.97 and at two "
-                                   "scales, F1 and balanced accuracy of the classifier. Writes crossval.json, CROSSVAL.md and plots.")
+    p = sub.add_parser(
+        "crossval",
+        help="score leave-one-dataset-out runs on their held-out source; choose the thresholds there",
+        description="Converts each run (trained with --holdout SOURCE) to INT8 and scores it on every image of the "
+        "held-out source: tolerant F1 (2 px) and Dice of the segmenter at thresholds 0.10-0.97 and at two "
+        "scales, F1 and balanced accuracy of the classifier. Writes crossval.json, CROSSVAL.md and plots.",
+    )
     p.add_argument("--segmenter-runs", nargs="*", default=[], metavar="RUN_DIR")
     p.add_argument("--classifier-runs", nargs="*", default=[], metavar="RUN_DIR")
-    p.add_argument("--classifier-tflite", metavar="MODEL.tflite", help="score this INT8 classifier on the classifier runs' held-out "
-                   "sets instead of their checkpoints (a model trained with the same held-out source and seed)")
+    p.add_argument(
+        "--classifier-tflite",
+        metavar="MODEL.tflite",
+        help="score this INT8 classifier on the classifier runs' held-out "
+        "sets instead of their checkpoints (a model trained with the same held-out source and seed)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="where to write (e.g. the bundle directory)")
     p.set_defaults(func=cmd_crossval)
 
@@ -247,4 +372,3 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
         return fail(f"error: {exc}", EXIT_USAGE, f"crack-train {args.command}")
-

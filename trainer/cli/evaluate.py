@@ -14,12 +14,23 @@ def _progress(iterable, desc: str = ""):
 
 
 def _add_timing_args(p, runs: int) -> None:
-    p.add_argument("--latency-runs", type=int, default=runs, metavar="N", help=f"timed runs per model and round (default {runs})")
-    p.add_argument("--latency-rounds", type=int, default=3, metavar="N",
-                   help="interleaved timing rounds over all models; per model the round with the lowest median counts (default 3)")
-    p.add_argument("--timing-priority", choices=["realtime", "normal"], default="realtime",
-                   help="scheduling of the timing thread while it times: realtime (default; SCHED_FIFO for about a second per "
-                        "measurement, so other jobs on the machine do not inflate the numbers; needs root, else falls back) or normal")
+    p.add_argument(
+        "--latency-runs", type=int, default=runs, metavar="N", help=f"timed runs per model and round (default {runs})"
+    )
+    p.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="interleaved timing rounds over all models; per model the round with the lowest median counts (default 3)",
+    )
+    p.add_argument(
+        "--timing-priority",
+        choices=["realtime", "normal"],
+        default="realtime",
+        help="scheduling of the timing thread while it times: realtime (default; SCHED_FIFO for about a second per "
+        "measurement, so other jobs on the machine do not inflate the numbers; needs root, else falls back) or normal",
+    )
 
 
 def _one_line_error(command: str, exc: Exception) -> int:
@@ -33,9 +44,17 @@ def cmd_evaluate(args) -> int:
     from edge.engine.runtime import RuntimeUnavailable
     from trainer.evaluation.evaluate import EvalConfig, evaluate_bundle
 
-    cfg = EvalConfig(limit=args.limit, latency_runs=args.latency_runs, latency_rounds=args.latency_rounds,
-                     timing_priority=args.timing_priority, seed=args.seed,
-                     in_domain=args.in_domain, cross_surface=args.cross_surface, overlay_samples=args.overlay_samples, runtime=args.runtime)
+    cfg = EvalConfig(
+        limit=args.limit,
+        latency_runs=args.latency_runs,
+        latency_rounds=args.latency_rounds,
+        timing_priority=args.timing_priority,
+        seed=args.seed,
+        in_domain=args.in_domain,
+        cross_surface=args.cross_surface,
+        overlay_samples=args.overlay_samples,
+        runtime=args.runtime,
+    )
     out = Path(args.out) if args.out else Path(args.bundle)
     try:
         report = evaluate_bundle(args.bundle, args.data, args.heldout_from, out, cfg, progress=_progress)
@@ -52,11 +71,25 @@ def cmd_sweep(args) -> int:
     from trainer.export.convert import ExportError
     from trainer.training.sweep import SweepConfig, run_sweep
 
-    cfg = SweepConfig(alphas=tuple(args.alphas), sizes=tuple(args.sizes), segmenters=tuple(args.segmenters),
-                      latency_only=args.latency_only, from_runs=args.from_runs, data=tuple(args.data), holdout=tuple(args.holdout),
-                      synth=args.synth, train_images=args.train_images, val_images=args.val_images, epochs=args.epochs,
-                      seg_epochs=args.seg_epochs, calibration_images=args.calibration_images, latency_runs=args.latency_runs,
-                      latency_rounds=args.latency_rounds, timing_priority=args.timing_priority, seed=args.seed)
+    cfg = SweepConfig(
+        alphas=tuple(args.alphas),
+        sizes=tuple(args.sizes),
+        segmenters=tuple(args.segmenters),
+        latency_only=args.latency_only,
+        from_runs=args.from_runs,
+        data=tuple(args.data),
+        holdout=tuple(args.holdout),
+        synth=args.synth,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        epochs=args.epochs,
+        seg_epochs=args.seg_epochs,
+        calibration_images=args.calibration_images,
+        latency_runs=args.latency_runs,
+        latency_rounds=args.latency_rounds,
+        timing_priority=args.timing_priority,
+        seed=args.seed,
+    )
     try:
         result = run_sweep(Path(args.out), cfg, progress=_progress)
     except ExportError as exc:
@@ -71,39 +104,113 @@ def cmd_sweep(args) -> int:
 def register(sub) -> None:
     from trainer.training.sweep import CLASSIFIER_ALPHAS, CLASSIFIER_SIZES, SEGMENTER_NAMES, SweepConfig
 
-    p = sub.add_parser("evaluate", help="evaluate a bundle's INT8 models against their FP32 references; write REPORT.md")
+    p = sub.add_parser(
+        "evaluate", help="evaluate a bundle's INT8 models against their FP32 references; write REPORT.md"
+    )
     p.add_argument("bundle", metavar="BUNDLE", help="model bundle directory (manifest.json, *.tflite, reference/)")
-    p.add_argument("--data", nargs="+", default=[], metavar="DIR",
-                   help="dataset folders: classification (positive/ negative/) or segmentation (images/ + masks/)")
-    p.add_argument("--heldout-from", nargs="+", default=[], metavar="RUN_DIR",
-                   help="training run directories whose heldout.npz (the test split never trained on) gives the headline numbers")
-    p.add_argument("--out", default=None, metavar="DIR", help="where report.json, REPORT.md and plots/ go (default: the bundle directory)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="at most N images per class of a classification folder, N images of any other set (quick looks)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="dataset folders: classification (positive/ negative/) or segmentation (images/ + masks/)",
+    )
+    p.add_argument(
+        "--heldout-from",
+        nargs="+",
+        default=[],
+        metavar="RUN_DIR",
+        help="training run directories whose heldout.npz (the test split never trained on) gives the headline numbers",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where report.json, REPORT.md and plots/ go (default: the bundle directory)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N images per class of a classification folder, N images of any other set (quick looks)",
+    )
     _add_timing_args(p, 100)
-    p.add_argument("--overlay-samples", type=int, default=4, metavar="N", help="segmenter samples per data set in the overlay grid")
-    p.add_argument("--in-domain", default="metu_cls", metavar="NAME", help="data set of the in-domain classifier target (default metu_cls)")
-    p.add_argument("--cross-surface", default="sut_seg", metavar="NAME", help="data set of the cross-surface target (default sut_seg)")
-    p.add_argument("--runtime", default="auto", help="TFLite runtime: auto | ai-edge-litert | tflite-runtime | tensorflow")
+    p.add_argument(
+        "--overlay-samples", type=int, default=4, metavar="N", help="segmenter samples per data set in the overlay grid"
+    )
+    p.add_argument(
+        "--in-domain",
+        default="metu_cls",
+        metavar="NAME",
+        help="data set of the in-domain classifier target (default metu_cls)",
+    )
+    p.add_argument(
+        "--cross-surface",
+        default="sut_seg",
+        metavar="NAME",
+        help="data set of the cross-surface target (default sut_seg)",
+    )
+    p.add_argument(
+        "--runtime", default="auto", help="TFLite runtime: auto | ai-edge-litert | tflite-runtime | tensorflow"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
 
     d = SweepConfig()
-    p = sub.add_parser("sweep", help="model-selection sweep: INT8 latency and short-schedule quality of each configuration")
-    p.add_argument("--out", required=True, metavar="DIR", help="where sweep.json, SWEEP.md, plots and newly trained runs go")
+    p = sub.add_parser(
+        "sweep", help="model-selection sweep: INT8 latency and short-schedule quality of each configuration"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="where sweep.json, SWEEP.md, plots and newly trained runs go"
+    )
     p.add_argument("--data", nargs="+", default=[], metavar="DIR", help="dataset folders for training and calibration")
-    p.add_argument("--holdout", nargs="*", default=[], metavar="NAME", help="folders kept out of classifier training (as `classifier`)")
-    p.add_argument("--synth", type=int, default=d.synth, metavar="N", help=f"synthetic samples added to each training run (default {d.synth})")
-    p.add_argument("--alphas", nargs="*", type=float, default=list(CLASSIFIER_ALPHAS), help="MobileNetV2 width multipliers")
+    p.add_argument(
+        "--holdout",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="folders kept out of classifier training (as `classifier`)",
+    )
+    p.add_argument(
+        "--synth",
+        type=int,
+        default=d.synth,
+        metavar="N",
+        help=f"synthetic samples added to each training run (default {d.synth})",
+    )
+    p.add_argument(
+        "--alphas", nargs="*", type=float, default=list(CLASSIFIER_ALPHAS), help="MobileNetV2 width multipliers"
+    )
     p.add_argument("--sizes", nargs="*", type=int, default=list(CLASSIFIER_SIZES), help="classifier input sizes")
-    p.add_argument("--segmenters", nargs="*", default=list(SEGMENTER_NAMES), choices=list(SEGMENTER_NAMES), help="U-Net sizes")
+    p.add_argument(
+        "--segmenters", nargs="*", default=list(SEGMENTER_NAMES), choices=list(SEGMENTER_NAMES), help="U-Net sizes"
+    )
     p.add_argument("--latency-only", action="store_true", help="convert and time every configuration; train nothing")
-    p.add_argument("--from-runs", default=None, metavar="DIR",
-                   help="reuse trained runs DIR/cls_a{alpha}_s{size} and DIR/seg_{size} where they exist instead of training")
-    p.add_argument("--train-images", type=int, default=d.train_images, help=f"training images per short run (default {d.train_images})")
-    p.add_argument("--val-images", type=int, default=d.val_images, help=f"validation images per run (default {d.val_images})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"classifier epochs of the short schedule (default {d.epochs})")
-    p.add_argument("--seg-epochs", type=int, default=d.seg_epochs, help=f"segmenter epochs of the short schedule (default {d.seg_epochs})")
+    p.add_argument(
+        "--from-runs",
+        default=None,
+        metavar="DIR",
+        help="reuse trained runs DIR/cls_a{alpha}_s{size} and DIR/seg_{size} where they exist instead of training",
+    )
+    p.add_argument(
+        "--train-images",
+        type=int,
+        default=d.train_images,
+        help=f"training images per short run (default {d.train_images})",
+    )
+    p.add_argument(
+        "--val-images", type=int, default=d.val_images, help=f"validation images per run (default {d.val_images})"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=d.epochs, help=f"classifier epochs of the short schedule (default {d.epochs})"
+    )
+    p.add_argument(
+        "--seg-epochs",
+        type=int,
+        default=d.seg_epochs,
+        help=f"segmenter epochs of the short schedule (default {d.seg_epochs})",
+    )
     p.add_argument("--calibration-images", type=int, default=d.calibration_images, help="images for INT8 calibration")
     _add_timing_args(p, d.latency_runs)
     p.add_argument("--seed", type=int, default=0)

@@ -69,19 +69,33 @@ def _synth_set(n: int, size: int, seed: int, crack_probability: float) -> Segmen
         s = synth.generate(rng, size, size, crack_probability)
         imgs.append(s.image)
         masks.append((s.mask > 0).astype(np.uint8))
-    return SegmentationSet(np.stack(imgs), np.stack(masks), [f"synth:{seed}:{i}" for i in range(n)], LoadReport("synthetic", loaded=n))
+    return SegmentationSet(
+        np.stack(imgs), np.stack(masks), [f"synth:{seed}:{i}" for i in range(n)], LoadReport("synthetic", loaded=n)
+    )
 
 
 def whole_images(seg: SegmentationSet, size: int, min_crack_fraction: float = 0.001) -> ClassificationSet:
     """Each segmentation image as one classification sample at `size` (crack if >= 0.1 % of it is crack)."""
     labels = (seg.masks.reshape(len(seg.masks), -1).mean(axis=1) >= min_crack_fraction).astype(np.int32)
     images = np.stack([model_input(img, size, size) for img in seg.images])
-    return ClassificationSet(images, labels, list(seg.paths), LoadReport(f"whole images of {seg.report.source}", loaded=len(labels)))
+    return ClassificationSet(
+        images, labels, list(seg.paths), LoadReport(f"whole images of {seg.report.source}", loaded=len(labels))
+    )
 
 
-def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.1,
-                      limit_per_class: int | None = None, holdout: Collection[str] = (), patches_per_image: int = 8,
-                      progress=None, n_domain: int = 0) -> Splits:
+def classifier_splits(
+    data: list[str],
+    size: int,
+    n_synth: int,
+    seed: int,
+    val_fraction=0.1,
+    test_fraction=0.1,
+    limit_per_class: int | None = None,
+    holdout: Collection[str] = (),
+    patches_per_image: int = 8,
+    progress=None,
+    n_domain: int = 0,
+) -> Splits:
     """Classification sets; segmentation folders contribute crack/no-crack patches.
 
     Folders named in `holdout` are kept entirely out of training (cross-surface test).
@@ -95,7 +109,9 @@ def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_f
             sp.reports.append(seg.report)
             # Patches teach the close-up scale; whole images teach the scale of a camera frame, where the
             # classifier gates the segmenter (a model trained on patches alone misses thin cracks in full frames).
-            parts[name] = patches_from_segmentation(seg, patch=128, out_size=size, seed=seed, per_image=patches_per_image)
+            parts[name] = patches_from_segmentation(
+                seg, patch=128, out_size=size, seed=seed, per_image=patches_per_image
+            )
             parts[f"{name}_whole"] = whole_images(seg, size)
         else:
             parts[name] = load_classification(root, size, limit_per_class=limit_per_class, seed=seed, progress=progress)
@@ -109,7 +125,9 @@ def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_f
             sp.train.append((cs.images[tr], cs.labels[tr]))
             sp.val.append((cs.images[va], cs.labels[va]))
             sp.test[part_name] = (cs.images[te], cs.labels[te])
-            sp.files[part_name] = {part: [cs.paths[i] for i in idx] for part, idx in (("train", tr), ("val", va), ("test", te))}
+            sp.files[part_name] = {
+                part: [cs.paths[i] for i in idx] for part, idx in (("train", tr), ("val", va), ("test", te))
+            }
             sp.crack_free += [cs.paths[i] for i in tr if cs.labels[i] == 0 and "@" not in cs.paths[i]]
     if n_synth:
         s = _synth_set(n_synth, size, seed + 1000, crack_probability=0.5)
@@ -126,8 +144,18 @@ def classifier_splits(data: list[str], size: int, n_synth: int, seed: int, val_f
     return sp
 
 
-def segmenter_splits(data: list[str], size: int, n_synth: int, seed: int, val_fraction=0.1, test_fraction=0.15,
-                     negatives_per_set: int = 200, progress=None, holdout: Collection[str] = (), n_domain: int = 0) -> Splits:
+def segmenter_splits(
+    data: list[str],
+    size: int,
+    n_synth: int,
+    seed: int,
+    val_fraction=0.1,
+    test_fraction=0.15,
+    negatives_per_set: int = 200,
+    progress=None,
+    holdout: Collection[str] = (),
+    n_domain: int = 0,
+) -> Splits:
     """Segmentation sets; a classification folder contributes its crack-free images as empty masks.
 
     Folders named in `holdout` are kept entirely out of training (all their images are the
@@ -139,7 +167,9 @@ def segmenter_splits(data: list[str], size: int, n_synth: int, seed: int, val_fr
         name = Path(root).name
         if root in holdout or name in holdout:
             if dataset_kind(root) != "segmentation":
-                raise DatasetError(f"--holdout {name}: only a segmentation folder can be held out of segmenter training")
+                raise DatasetError(
+                    f"--holdout {name}: only a segmentation folder can be held out of segmenter training"
+                )
             seg = load_segmentation(root, size, progress=progress)
             sp.reports.append(seg.report)
             sp.test[name] = (seg.images, seg.masks)
@@ -198,11 +228,17 @@ def _add_domain_samples(sp: Splits, n: int, size: int, seed: int, progress, labe
 
     pool = training_pool(sp)
     images, masks = domain.generate(pool, n, size, seed + 3000, progress=progress)
-    targets = masks if label_min_pixels is None else (masks.reshape(n, -1).sum(axis=1) >= label_min_pixels).astype(np.int32)
+    targets = (
+        masks if label_min_pixels is None else (masks.reshape(n, -1).sum(axis=1) >= label_min_pixels).astype(np.int32)
+    )
     tr, va = split_indices(n, 0.1, seed)
     sp.train.append((images[tr], targets[tr]))
     sp.val.append((images[va], targets[va]))
-    sp.reports.append(LoadReport(f"domain randomisation ({len(pool.images)} photographs, {len(pool.backgrounds)} backgrounds)", loaded=n))
+    sp.reports.append(
+        LoadReport(
+            f"domain randomisation ({len(pool.images)} photographs, {len(pool.backgrounds)} backgrounds)", loaded=n
+        )
+    )
 
 
 def save_arrays(path: Path, splits: Splits) -> None:
@@ -216,14 +252,26 @@ def save_arrays(path: Path, splits: Splits) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def write_run_files(run_dir: Path, kind: str, spec, train_cfg, splits: Splits, data, synthetic: int, holdout=(), **extra) -> None:
+def write_run_files(
+    run_dir: Path, kind: str, spec, train_cfg, splits: Splits, data, synthetic: int, holdout=(), **extra
+) -> None:
     """run.json (what was trained, how, on what), splits.json and heldout.npz: what export, evaluate and the sweep read back."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": kind, "spec": spec.as_dict(), "train": train_cfg.as_dict(), "data": [str(Path(d).resolve()) for d in data],
-            "synthetic": synthetic, "holdout": list(holdout or []), "loaded": [r.summary() for r in splits.reports],
-            "counts": {"train": int(sum(len(c[0]) for c in splits.train)), "val": int(sum(len(c[0]) for c in splits.val)),
-                       "test": {k: int(len(v[0])) for k, v in splits.test.items()}},
-            **extra}
+    meta = {
+        "kind": kind,
+        "spec": spec.as_dict(),
+        "train": train_cfg.as_dict(),
+        "data": [str(Path(d).resolve()) for d in data],
+        "synthetic": synthetic,
+        "holdout": list(holdout or []),
+        "loaded": [r.summary() for r in splits.reports],
+        "counts": {
+            "train": int(sum(len(c[0]) for c in splits.train)),
+            "val": int(sum(len(c[0]) for c in splits.val)),
+            "test": {k: int(len(v[0])) for k, v in splits.test.items()},
+        },
+        **extra,
+    }
     (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
     splits.write(run_dir / "splits.json")
     save_arrays(run_dir / "heldout.npz", splits)
@@ -237,4 +285,3 @@ def load_arrays(path: Path) -> tuple[dict, tuple]:
             name = key[len("test__") : -3]
             tests[name] = (z[key], z[f"test__{name}__y"])
     return tests, (z["val__x"], z["val__y"])
-

@@ -68,9 +68,17 @@ def labelled_csv_files(csv_path: Path, image_dir: Path) -> list[tuple[Path, int]
     pairs = []
     with csv_path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        column = "file" if "file" in (reader.fieldnames or []) else "snapshot" if "snapshot" in (reader.fieldnames or []) else None
+        column = (
+            "file"
+            if "file" in (reader.fieldnames or [])
+            else "snapshot"
+            if "snapshot" in (reader.fieldnames or [])
+            else None
+        )
         if column is None or "label" not in (reader.fieldnames or []):
-            raise DatasetError(f"{csv_path}: expected columns file,label (or snapshot,label from `crackd events export`), got {reader.fieldnames}")
+            raise DatasetError(
+                f"{csv_path}: expected columns file,label (or snapshot,label from `crackd events export`), got {reader.fieldnames}"
+            )
         for line_no, row in enumerate(reader, start=2):
             word = (row.get("label") or "").strip().lower()
             if not word or not row.get(column):
@@ -88,10 +96,14 @@ def classification_files(root: str | Path) -> list[tuple[Path, int]]:
     if root.is_file() and root.suffix.lower() == ".csv":
         pairs: list[tuple[Path, int]] = labelled_csv_files(root, root.parent)
         if not pairs:
-            raise DatasetError(f"{root}: the dataset is empty (no labelled rows; label events with `crackd events label`)")
+            raise DatasetError(
+                f"{root}: the dataset is empty (no labelled rows; label events with `crackd events label`)"
+            )
         return pairs
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder; expected a dataset folder with positive/ and negative/ (or crack/ and no_crack/) inside")
+        raise DatasetError(
+            f"{root}: not a folder; expected a dataset folder with positive/ and negative/ (or crack/ and no_crack/) inside"
+        )
     labels_csv = root / "labels.csv"
     pairs = []
     if labels_csv.is_file():
@@ -107,11 +119,15 @@ def classification_files(root: str | Path) -> list[tuple[Path, int]]:
                 f"{root}: no class folders found; expected positive/ and negative/ (any case) or crack/ and no_crack/, or a labels.csv"
             )
     if not pairs:
-        raise DatasetError(f"{root}: the dataset is empty (no {', '.join(sorted(IMAGE_SUFFIXES))} files in its class folders)")
+        raise DatasetError(
+            f"{root}: the dataset is empty (no {', '.join(sorted(IMAGE_SUFFIXES))} files in its class folders)"
+        )
     return pairs
 
 
-def load_classification(root: str | Path, size: int, limit_per_class: int | None = None, seed: int = 0, progress=None) -> ClassificationSet:
+def load_classification(
+    root: str | Path, size: int, limit_per_class: int | None = None, seed: int = 0, progress=None
+) -> ClassificationSet:
     """Read a classification folder, resized to `size` through the device preprocessing."""
     pairs = classification_files(root)
     if limit_per_class:
@@ -124,7 +140,7 @@ def load_classification(root: str | Path, size: int, limit_per_class: int | None
         pairs = [pairs[i] for i in sorted(chosen)]
     report = LoadReport(str(root))
     images, labels, paths = [], [], []
-    for path, label in (pairs if progress is None else progress(pairs, desc=f"reading {Path(root).name}")):
+    for path, label in pairs if progress is None else progress(pairs, desc=f"reading {Path(root).name}"):
         rgb = read_rgb(path)
         if rgb is None:
             report.skipped.append(str(path))
@@ -144,7 +160,9 @@ def segmentation_pairs(root: str | Path) -> list[tuple[Path, Path]]:
     img_dir, mask_dir = root / "images", root / "masks"
     for d in (img_dir, mask_dir):
         if not d.is_dir():
-            raise DatasetError(f"{root}: missing {d.name}/ folder; a segmentation dataset needs images/ and masks/ with files matched by stem")
+            raise DatasetError(
+                f"{root}: missing {d.name}/ folder; a segmentation dataset needs images/ and masks/ with files matched by stem"
+            )
     images = {p.stem: p for p in image_files(img_dir)}
     masks = {p.stem: p for p in image_files(mask_dir)}
     no_image = sorted(set(masks) - set(images))
@@ -166,7 +184,7 @@ def load_segmentation(root: str | Path, size: int, progress=None) -> Segmentatio
     pairs = segmentation_pairs(root)
     report = LoadReport(str(root))
     images, masks, paths = [], [], []
-    for img_path, mask_path in (pairs if progress is None else progress(pairs, desc=f"reading {Path(root).name}")):
+    for img_path, mask_path in pairs if progress is None else progress(pairs, desc=f"reading {Path(root).name}"):
         rgb = read_rgb(img_path)
         raw_mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED) if mask_path.stat().st_size else None
         if rgb is None or raw_mask is None:

@@ -54,7 +54,9 @@ class Pool:
     backgrounds: list[np.ndarray]
 
 
-def load_pool(pairs: Iterable[tuple[str | Path, str | Path | None]], backgrounds: list[str], max_side: int = 640) -> Pool:
+def load_pool(
+    pairs: Iterable[tuple[str | Path, str | Path | None]], backgrounds: list[str], max_side: int = 640
+) -> Pool:
     """Read (image, mask) pairs at up to `max_side` and background photographs; unreadable files are skipped."""
     from edge.engine.preprocess import mask_to_binary
 
@@ -70,7 +72,9 @@ def load_pool(pairs: Iterable[tuple[str | Path, str | Path | None]], backgrounds
         f = min(1.0, max_side / max(rgb.shape[:2]))
         if f < 1.0:
             rgb = cv2.resize(rgb, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-            m = (cv2.resize(m.astype(np.float32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
+            m = (
+                cv2.resize(m.astype(np.float32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA) >= 0.5
+            ).astype(np.uint8)
         images.append(rgb)
         masks.append(m)
     for p in backgrounds:
@@ -82,6 +86,7 @@ def load_pool(pairs: Iterable[tuple[str | Path, str | Path | None]], backgrounds
 
 # ---------------------------------------------------------------- real photographs at another scale
 
+
 def _resized(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     h, w = mask.shape
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
@@ -92,7 +97,9 @@ def _resized(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndar
     return img, (m >= (0.25 if scale < 1 else 0.5)).astype(np.uint8)
 
 
-def rescaled_real(pool: Pool, size: int, rng: np.random.Generator, zoom: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def rescaled_real(
+    pool: Pool, size: int, rng: np.random.Generator, zoom: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """A real photograph at a random zoom; below the whole-image view the frame is a mosaic of photographs."""
     z = math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1])))
     canvas = np.zeros((size, size, 3), np.uint8)
@@ -119,6 +126,7 @@ def rescaled_real(pool: Pool, size: int, rng: np.random.Generator, zoom: tuple[f
 
 # ---------------------------------------------------------------- surfaces
 
+
 def _background(pool: Pool, size: int, rng: np.random.Generator) -> np.ndarray:
     """A crack-free real surface: a METU negative, or a crack-free window of a segmentation photograph."""
     use_seg = pool.images and (not pool.backgrounds or rng.random() < 0.5)
@@ -130,7 +138,11 @@ def _background(pool: Pool, size: int, rng: np.random.Generator) -> np.ndarray:
             y, x = int(rng.integers(0, m.shape[0] - side + 1)), int(rng.integers(0, m.shape[1] - side + 1))
             # Keep clear of the crack by a margin: its unlabelled fringe must not become "background".
             if not cv2.dilate(m, np.ones((9, 9), np.uint8))[y : y + side, x : x + side].any():
-                return cv2.resize(img[y : y + side, x : x + side], (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+                return cv2.resize(
+                    img[y : y + side, x : x + side],
+                    (size, size),
+                    interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR,
+                )
     if pool.backgrounds:
         bg = pool.backgrounds[int(rng.integers(len(pool.backgrounds)))]
         side = int(rng.integers(min(bg.shape[:2]) // 2, min(bg.shape[:2]) + 1))
@@ -151,7 +163,9 @@ def procedural_surface(rng: np.random.Generator, surface: str, size: int) -> np.
         for _ in range(n):
             c = (int(rng.integers(0, size)), int(rng.integers(0, size)))
             axes = (max(1, int(rng.uniform(1, r_max))), max(1, int(rng.uniform(1, r_max))))
-            cv2.ellipse(img, c, axes, float(rng.uniform(0, 180)), 0, 360, (float(rng.uniform(60, 200)),) * 3, -1, cv2.LINE_AA)
+            cv2.ellipse(
+                img, c, axes, float(rng.uniform(0, 180)), 0, 360, (float(rng.uniform(60, 200)),) * 3, -1, cv2.LINE_AA
+            )
         img += rng.standard_normal((size, size, 1)).astype(np.float32) * rng.uniform(4, 14)
         return img
     if surface == "tiles":  # ceramic / magnetic tiles: a smooth glaze with grout lines
@@ -165,6 +179,7 @@ def procedural_surface(rng: np.random.Generator, surface: str, size: int) -> np.
 
 
 # ---------------------------------------------------------------- cracks and look-alikes
+
 
 def draw_crack(rng: np.random.Generator, size: int, width: float) -> tuple[np.ndarray, np.ndarray]:
     """One tapering, branching crack of `width` px (at its widest): (darkness 0-1 float32, mask 0/1 uint8).
@@ -186,15 +201,21 @@ def draw_crack(rng: np.random.Generator, size: int, width: float) -> tuple[np.nd
             cv2.line(darkness, p0, p1, 1.0, t, cv2.LINE_8)
             cv2.line(mask, p0, p1, 1, t, cv2.LINE_8)
             if depth < 2 and rng.random() < 0.03:
-                a = math.atan2(path[i + 1][1] - path[i][1], path[i + 1][0] - path[i][0]) + rng.choice([-1, 1]) * rng.uniform(0.4, 1.2)
-                branch(path[i + 1], a, (n - i) * size / 70 * rng.uniform(0.2, 0.5), max(1.0, w * taper[i] * 0.6), depth + 1)
+                a = math.atan2(path[i + 1][1] - path[i][1], path[i + 1][0] - path[i][0]) + rng.choice(
+                    [-1, 1]
+                ) * rng.uniform(0.4, 1.2)
+                branch(
+                    path[i + 1], a, (n - i) * size / 70 * rng.uniform(0.2, 0.5), max(1.0, w * taper[i] * 0.6), depth + 1
+                )
 
     start = np.array([rng.uniform(0, size), rng.uniform(0, size)], np.float32)
     branch(start, rng.uniform(0, 2 * math.pi), rng.uniform(0.5, 1.4) * size, width, 0)
     return darkness, mask
 
 
-def render_crack(img: np.ndarray, darkness: np.ndarray, mask: np.ndarray, width: float, rng: np.random.Generator) -> None:
+def render_crack(
+    img: np.ndarray, darkness: np.ndarray, mask: np.ndarray, width: float, rng: np.random.Generator
+) -> None:
     """Darken `img` (float32, in place) inside the crack: a darker core, texture kept, a lit rim on one side."""
     if width > 3:
         dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
@@ -243,7 +264,9 @@ def hard_negative(rng: np.random.Generator, img: np.ndarray, kind: str) -> None:
     elif kind == "cable":  # a smooth curve of constant width with a highlight along it
         pts = rng.uniform(-0.2, 1.2, size=(4, 2)) * size
         t = np.linspace(0, 1, 60)[:, None]
-        curve = ((1 - t) ** 3 * pts[0] + 3 * (1 - t) ** 2 * t * pts[1] + 3 * (1 - t) * t**2 * pts[2] + t**3 * pts[3]).astype(np.int32)
+        curve = (
+            (1 - t) ** 3 * pts[0] + 3 * (1 - t) ** 2 * t * pts[1] + 3 * (1 - t) * t**2 * pts[2] + t**3 * pts[3]
+        ).astype(np.int32)
         w = int(rng.integers(3, 12))
         cv2.polylines(layer, [curve], False, 1.0, w, cv2.LINE_AA)
         img *= 1.0 - layer[..., None] * rng.uniform(0.4, 0.8)
@@ -281,8 +304,9 @@ def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return math.exp(rng.uniform(math.log(low), math.log(high)))
 
 
-def rendered_sample(pool: Pool | None, size: int, rng: np.random.Generator, cfg: DomainConfig,
-                    real_background: bool) -> tuple[np.ndarray, np.ndarray]:
+def rendered_sample(
+    pool: Pool | None, size: int, rng: np.random.Generator, cfg: DomainConfig, real_background: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """A real or procedural surface, maybe with 1-3 rendered cracks, maybe with hard negatives."""
     if real_background and pool is not None:
         img = _background(pool, size, rng).astype(np.float32)
@@ -303,7 +327,9 @@ def rendered_sample(pool: Pool | None, size: int, rng: np.random.Generator, cfg:
     return camera(img, rng), mask
 
 
-def generate(pool: Pool | None, n: int, size: int, seed: int, cfg: DomainConfig = DomainConfig(), progress=None) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    pool: Pool | None, n: int, size: int, seed: int, cfg: DomainConfig = DomainConfig(), progress=None
+) -> tuple[np.ndarray, np.ndarray]:
     """`n` randomised samples: (uint8 images NxSxSx3, uint8 0/1 masks NxSxS)."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, size, size, 3), np.uint8)
@@ -312,7 +338,9 @@ def generate(pool: Pool | None, n: int, size: int, seed: int, cfg: DomainConfig 
     it = range(n) if progress is None else progress(range(n), desc="domain randomisation")
     for i in it:
         u = rng.random()
-        if have_real and pool is not None and u < cfg.real:  # (have_real implies a pool; said again for the type checker)
+        if (
+            have_real and pool is not None and u < cfg.real
+        ):  # (have_real implies a pool; said again for the type checker)
             img, m = rescaled_real(pool, size, rng, cfg.zoom)
             img = camera(img.astype(np.float32), rng) if rng.random() < 0.5 else img
         else:

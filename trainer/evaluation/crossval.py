@@ -80,12 +80,19 @@ def segmenter_scores(probs: np.ndarray, masks: np.ndarray) -> dict:
     for t in SEG_THRESHOLDS:
         preds = probs >= t
         counts = np.array([tolerant_counts(m, p) for m, p in zip(masks, preds)], np.int64)
-        rows.append({"threshold": float(t), **tolerant_from_counts(counts), "dice": pixel_metrics(masks, preds)["dice"]})
+        rows.append(
+            {"threshold": float(t), **tolerant_from_counts(counts), "dice": pixel_metrics(masks, preds)["dice"]}
+        )
     return {"curve": rows}
 
 
 def per_image_tolerant_f1(probs: np.ndarray, masks: np.ndarray, threshold: float) -> np.ndarray:
-    return np.array([tolerant_from_counts(np.array(tolerant_counts(m, p >= threshold)))["tolerant_f1"] for m, p in zip(masks, probs)])
+    return np.array(
+        [
+            tolerant_from_counts(np.array(tolerant_counts(m, p >= threshold)))["tolerant_f1"]
+            for m, p in zip(masks, probs)
+        ]
+    )
 
 
 def evaluate_segmenter_run(run_dir: Path, progress=print) -> tuple[dict, dict]:
@@ -112,7 +119,12 @@ def evaluate_classifier_run(run_dir: Path, progress=print, tflite: Path | None =
     else:
         progress(f"classifier {tflite}: scoring on the held-out {ho.source} sets of {run_dir.name}")
         model = TFLiteModel(tflite)
-    result: dict[str, Any] = {"run": run_dir.name, "model": str(tflite) if tflite else "the run's best checkpoint", "heldout": ho.source, "sets": {}}
+    result: dict[str, Any] = {
+        "run": run_dir.name,
+        "model": str(tflite) if tflite else "the run's best checkpoint",
+        "heldout": ho.source,
+        "sets": {},
+    }
     for name, (x, y) in ho.sets.items():
         scores = predict(model, x).reshape(len(x), -1)[:, 0]
         rows = []
@@ -177,8 +189,13 @@ def curve_plot(results: list[dict], threshold: float, path: Path) -> Path:
     return report_plots._save(fig, path)
 
 
-def run_crossval(segmenter_runs: list[Path], classifier_runs: list[Path], out_dir: Path, progress=print,
-                 classifier_tflite: Path | None = None) -> dict:
+def run_crossval(
+    segmenter_runs: list[Path],
+    classifier_runs: list[Path],
+    out_dir: Path,
+    progress=print,
+    classifier_tflite: Path | None = None,
+) -> dict:
     """Score every leave-one-out run; write crossval.json, CROSSVAL.md and plots into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(exist_ok=True)
@@ -192,10 +209,16 @@ def run_crossval(segmenter_runs: list[Path], classifier_runs: list[Path], out_di
     if seg:
         t = choose_threshold([r["scales"]["model scale"]["curve"] for r in seg], "tolerant_f1")
         report["segmenter_threshold"] = t
-        report["plots"]["segmenter_curve"] = str(curve_plot(seg, t, out_dir / "plots" / "crossval_segmenter_threshold.png").relative_to(out_dir))
+        report["plots"]["segmenter_curve"] = str(
+            curve_plot(seg, t, out_dir / "plots" / "crossval_segmenter_threshold.png").relative_to(out_dir)
+        )
         for r, a in zip(seg, arrays):
-            p = overlays(a, t, f"held-out {r['heldout']}: best, median and worst images (threshold {t:.2f})",
-                         out_dir / "plots" / f"crossval_segmenter_{r['heldout']}_overlays.png")
+            p = overlays(
+                a,
+                t,
+                f"held-out {r['heldout']}: best, median and worst images (threshold {t:.2f})",
+                out_dir / "plots" / f"crossval_segmenter_{r['heldout']}_overlays.png",
+            )
             report["plots"][f"overlays_{r['heldout']}"] = str(p.relative_to(out_dir))
     if cls:
         curves = [s["curve"] for r in cls for s in r["sets"].values()]
@@ -208,34 +231,63 @@ def run_crossval(segmenter_runs: list[Path], classifier_runs: list[Path], out_di
 def render(report: dict, heading: str = "#") -> str:
     """CROSSVAL.md (and the same section inside REPORT.md, one heading level down)."""
     sub = heading + "#"
-    lines = [f"{heading} Cross-surface validation (leave one dataset out)", "",
-             "Each model below was trained **without** one whole source and scored, in INT8, on every image of it.",
-             "Tolerant F1: a predicted crack pixel counts when a true one lies within 2 px, and vice versa (pixels pooled).", ""]
+    lines = [
+        f"{heading} Cross-surface validation (leave one dataset out)",
+        "",
+        "Each model below was trained **without** one whole source and scored, in INT8, on every image of it.",
+        "Tolerant F1: a predicted crack pixel counts when a true one lies within 2 px, and vice versa (pixels pooled).",
+        "",
+    ]
     if report.get("segmenter"):
         t = report["segmenter_threshold"]
-        lines += [f"{sub} Segmenter", "", f"Pixel threshold chosen on these held-out sources: **{t:.2f}** (best mean tolerant F1).", "",
-                  "| held-out source | images | scale | tolerant F1 | precision | recall | Dice | best threshold (F1) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"{sub} Segmenter",
+            "",
+            f"Pixel threshold chosen on these held-out sources: **{t:.2f}** (best mean tolerant F1).",
+            "",
+            "| held-out source | images | scale | tolerant F1 | precision | recall | Dice | best threshold (F1) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in report["segmenter"]:
             for scale, s in r["scales"].items():
                 row = at(s["curve"], t)
                 best = max(s["curve"], key=lambda p: p["tolerant_f1"])
-                lines.append(f"| {r['heldout']} | {r['images']} | {scale} | {row['tolerant_f1']:.3f} | {row['tolerant_precision']:.3f} | "
-                             f"{row['tolerant_recall']:.3f} | {row['dice']:.3f} | {best['threshold']:.2f} ({best['tolerant_f1']:.3f}) |")
-        lines += ["", "Half scale: the image shown as a 2x2 mosaic of itself (a camera twice as far away); "
-                  "two scales: the pixel-wise max of both (two segmenter runs per frame).", ""]
+                lines.append(
+                    f"| {r['heldout']} | {r['images']} | {scale} | {row['tolerant_f1']:.3f} | {row['tolerant_precision']:.3f} | "
+                    f"{row['tolerant_recall']:.3f} | {row['dice']:.3f} | {best['threshold']:.2f} ({best['tolerant_f1']:.3f}) |"
+                )
+        lines += [
+            "",
+            "Half scale: the image shown as a 2x2 mosaic of itself (a camera twice as far away); "
+            "two scales: the pixel-wise max of both (two segmenter runs per frame).",
+            "",
+        ]
         for key, p in report["plots"].items():
             lines += [f"![{key}]({p})", ""]
     if report.get("classifier"):
         t = report["classifier_threshold"]
-        lines += [f"{sub} Classifier", "", f"Threshold chosen on these held-out sources: **{t:.2f}** (best mean balanced accuracy).", ""]
-        lines += [f"- {r['run']}: {r.get('model', 'the run checkpoint')}, {r['heldout']} held out of its training" for r in report["classifier"]]
-        lines += ["", "| held-out set | images | cracks | threshold | F1 | balanced accuracy | recall | precision |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"{sub} Classifier",
+            "",
+            f"Threshold chosen on these held-out sources: **{t:.2f}** (best mean balanced accuracy).",
+            "",
+        ]
+        lines += [
+            f"- {r['run']}: {r.get('model', 'the run checkpoint')}, {r['heldout']} held out of its training"
+            for r in report["classifier"]
+        ]
+        lines += [
+            "",
+            "| held-out set | images | cracks | threshold | F1 | balanced accuracy | recall | precision |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in report["classifier"]:
             for name, s in r["sets"].items():
                 for thr in sorted({0.5, t}):
                     row = at(s["curve"], thr)
-                    lines.append(f"| {name} | {s['images']} | {s['cracks']} | {thr:.2f} | {row['f1']:.3f} | {row['balanced_accuracy']:.3f} | "
-                                 f"{row['recall']:.3f} | {row['precision']:.3f} |")
+                    lines.append(
+                        f"| {name} | {s['images']} | {s['cracks']} | {thr:.2f} | {row['f1']:.3f} | {row['balanced_accuracy']:.3f} | "
+                        f"{row['recall']:.3f} | {row['precision']:.3f} |"
+                    )
         lines.append("")
     return "\n".join(lines)

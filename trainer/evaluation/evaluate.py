@@ -45,8 +45,12 @@ class EvalConfig:
     limit: int | None = None  # at most N images per class (classification folders) / per set (others)
     latency_runs: int = 100
     latency_warmup: int = 10
-    latency_rounds: int = 3  # interleaved timing rounds; the lowest-median round counts (robust to bursts of other load)
-    timing_priority: str = "normal"  # "realtime": time under SCHED_FIFO so other jobs do not inflate the numbers (needs root)
+    latency_rounds: int = (
+        3  # interleaved timing rounds; the lowest-median round counts (robust to bursts of other load)
+    )
+    timing_priority: str = (
+        "normal"  # "realtime": time under SCHED_FIFO so other jobs do not inflate the numbers (needs root)
+    )
     seed: int = 0
     in_domain: str = "metu_cls"  # data set of the "F1 >= 0.99 on METU-style patches" target
     cross_surface: str = "sut_seg"  # data set of the cross-surface target
@@ -94,8 +98,11 @@ def evaluate_classifier(s: EvalSet, rm: RoleModels, progress=None) -> dict:
     result = {}
     for variant, model in rm.models.items():
         scores = np.array([o.reshape(-1)[0] for o in model_outputs(model, s.images, progress, f"{s.key} {variant}")])
-        result[variant] = {"metrics": binary_metrics(labels, scores, rm.threshold),
-                           "curve": precision_recall_curve(labels, scores, CURVE_THRESHOLDS), "scores": scores}
+        result[variant] = {
+            "metrics": binary_metrics(labels, scores, rm.threshold),
+            "curve": precision_recall_curve(labels, scores, CURVE_THRESHOLDS),
+            "scores": scores,
+        }
     return result
 
 
@@ -114,9 +121,13 @@ class SegOutcome:
         negatives = ~self.masks
         clean = ~self.masks.reshape(len(self.masks), -1).any(axis=1)
         flagged = self.preds.reshape(len(self.preds), -1).any(axis=1)
-        return {**pixel_metrics(self.masks, self.preds), **tolerant_metrics(self.masks, self.preds),
-                "false_alarm_pixel_rate": float((self.preds & negatives).sum() / max(1, negatives.sum())),
-                "clean_images": int(clean.sum()), "clean_images_flagged": int((clean & flagged).sum())}
+        return {
+            **pixel_metrics(self.masks, self.preds),
+            **tolerant_metrics(self.masks, self.preds),
+            "false_alarm_pixel_rate": float((self.preds & negatives).sum() / max(1, negatives.sum())),
+            "clean_images": int(clean.sum()),
+            "clean_images_flagged": int((clean & flagged).sum()),
+        }
 
     def curve(self) -> dict:
         return curve_from_histograms(self.pos_hist, self.neg_hist)
@@ -131,7 +142,12 @@ def curve_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> dict:
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
         dice = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 1.0)
-    return {"threshold": CURVE_THRESHOLDS.tolist(), "precision": precision.tolist(), "recall": recall.tolist(), "f1": dice.tolist()}
+    return {
+        "threshold": CURVE_THRESHOLDS.tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": dice.tolist(),
+    }
 
 
 def evaluate_segmenter(s: EvalSet, rm: RoleModels, progress=None) -> dict[str, SegOutcome]:
@@ -154,9 +170,15 @@ def evaluate_segmenter(s: EvalSet, rm: RoleModels, progress=None) -> dict[str, S
 
 def pooled(outcomes: list[dict[str, SegOutcome]]) -> dict[str, SegOutcome]:
     """One outcome per variant over several sets (pixels pooled, as for a single set)."""
-    return {v: SegOutcome(np.concatenate([o[v].masks for o in outcomes]), np.concatenate([o[v].preds for o in outcomes]),
-                          np.sum([o[v].pos_hist for o in outcomes], axis=0), np.sum([o[v].neg_hist for o in outcomes], axis=0))
-            for v in outcomes[0]}
+    return {
+        v: SegOutcome(
+            np.concatenate([o[v].masks for o in outcomes]),
+            np.concatenate([o[v].preds for o in outcomes]),
+            np.sum([o[v].pos_hist for o in outcomes], axis=0),
+            np.sum([o[v].neg_hist for o in outcomes], axis=0),
+        )
+        for v in outcomes[0]
+    }
 
 
 def overlay_indices(masks: np.ndarray, n: int) -> list[int]:
@@ -164,7 +186,9 @@ def overlay_indices(masks: np.ndarray, n: int) -> list[int]:
     crack = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
     clean = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
     if not len(crack):
-        return [int(clean[i]) for i in np.unique(np.linspace(0, len(clean) - 1, min(n, len(clean))).round().astype(int))]
+        return [
+            int(clean[i]) for i in np.unique(np.linspace(0, len(clean) - 1, min(n, len(clean))).round().astype(int))
+        ]
     k = min(len(crack), n - (1 if len(clean) else 0))
     chosen = [int(crack[i]) for i in np.unique(np.linspace(0, len(crack) - 1, k).round().astype(int))] if k > 0 else []
     if len(clean) and len(chosen) < n:
@@ -179,8 +203,11 @@ def _slug(text: str) -> str:
 def _diff_points(metrics: dict, keys: tuple[str, ...]) -> dict:
     if "fp32" not in metrics:
         return {}
-    return {k: (metrics["int8"][k] - metrics["fp32"][k]) * 100.0 for k in keys
-            if np.isfinite(metrics["int8"][k]) and np.isfinite(metrics["fp32"][k])}
+    return {
+        k: (metrics["int8"][k] - metrics["fp32"][k]) * 100.0
+        for k in keys
+        if np.isfinite(metrics["int8"][k]) and np.isfinite(metrics["fp32"][k])
+    }
 
 
 def _set_entry(s: EvalSet, **extra) -> dict:
@@ -199,8 +226,14 @@ def _classifier_report(s: EvalSet, rm: RoleModels, plots: Path, progress) -> dic
         "threshold_sweep": report_plots.threshold_sweep(curves, rm.threshold, title, plots / f"{stem}_threshold.png"),
     }
     best = {v: _best_threshold(c) for v, c in curves.items()}
-    return _set_entry(s, positives=int(np.sum(s.targets)), **metrics, diff_points=_diff_points(metrics, HEADLINE["classifier"]),
-                      best_f1_threshold=best, plots={k: str(p.relative_to(plots.parent)) for k, p in files.items()})
+    return _set_entry(
+        s,
+        positives=int(np.sum(s.targets)),
+        **metrics,
+        diff_points=_diff_points(metrics, HEADLINE["classifier"]),
+        best_f1_threshold=best,
+        plots={k: str(p.relative_to(plots.parent)) for k, p in files.items()},
+    )
 
 
 def _best_threshold(curve: dict) -> dict:
@@ -208,8 +241,15 @@ def _best_threshold(curve: dict) -> dict:
     return {"threshold": curve["threshold"][i], "f1": curve["f1"][i]}
 
 
-def _segmenter_report(key: str, s: EvalSet | None, outcome: dict[str, SegOutcome], rm: RoleModels, plots: Path, cfg: EvalConfig,
-                      entry: dict) -> dict:
+def _segmenter_report(
+    key: str,
+    s: EvalSet | None,
+    outcome: dict[str, SegOutcome],
+    rm: RoleModels,
+    plots: Path,
+    cfg: EvalConfig,
+    entry: dict,
+) -> dict:
     metrics = {v: o.metrics() for v, o in outcome.items()}
     curves = {v: o.curve() for v, o in outcome.items()}
     title = f"segmenter on {key}"
@@ -218,7 +258,9 @@ def _segmenter_report(key: str, s: EvalSet | None, outcome: dict[str, SegOutcome
     no_cracks = not masks.any()  # precision/recall/Dice mean nothing here; the false-alarm numbers do
     files = {}
     if not no_cracks:
-        files["threshold_sweep"] = report_plots.threshold_sweep(curves, rm.threshold, title, plots / f"{stem}_threshold.png", f1_label="Dice")
+        files["threshold_sweep"] = report_plots.threshold_sweep(
+            curves, rm.threshold, title, plots / f"{stem}_threshold.png", f1_label="Dice"
+        )
     if s is not None:
         h, w = rm.models["int8"].input_hw
         idx = overlay_indices(outcome["int8"].masks, cfg.overlay_samples)
@@ -226,16 +268,29 @@ def _segmenter_report(key: str, s: EvalSet | None, outcome: dict[str, SegOutcome
             images = np.stack([model_input(s.images[i], h, w) for i in idx])
             preds = {v: o.preds[idx] for v, o in outcome.items()}
             dice = {v: [pixel_metrics(outcome[v].masks[i], outcome[v].preds[i])["dice"] for i in idx] for v in outcome}
-            files["overlays"] = report_plots.overlay_grid(images, outcome["int8"].masks[idx], preds, dice,
-                                                          f"{title}: image | true mask | predicted", plots / f"{stem}_overlays.png")
-    return {**entry, "crack_pixel_fraction": float(masks.mean()) if masks.size else 0.0, "no_cracks": no_cracks,
-            "images_with_cracks": int(masks.reshape(len(masks), -1).any(axis=1).sum()), **metrics,
-            "diff_points": {} if no_cracks else _diff_points(metrics, HEADLINE["segmenter"]),
-            "best_f1_threshold": {} if no_cracks else {v: _best_threshold(c) for v, c in curves.items()},
-            "plots": {k: str(p.relative_to(plots.parent)) for k, p in files.items()}}
+            files["overlays"] = report_plots.overlay_grid(
+                images,
+                outcome["int8"].masks[idx],
+                preds,
+                dice,
+                f"{title}: image | true mask | predicted",
+                plots / f"{stem}_overlays.png",
+            )
+    return {
+        **entry,
+        "crack_pixel_fraction": float(masks.mean()) if masks.size else 0.0,
+        "no_cracks": no_cracks,
+        "images_with_cracks": int(masks.reshape(len(masks), -1).any(axis=1).sum()),
+        **metrics,
+        "diff_points": {} if no_cracks else _diff_points(metrics, HEADLINE["segmenter"]),
+        "best_f1_threshold": {} if no_cracks else {v: _best_threshold(c) for v, c in curves.items()},
+        "plots": {k: str(p.relative_to(plots.parent)) for k, p in files.items()},
+    }
 
 
-def collect_sets(manifest_raw: dict, sizes: dict[str, int], data: list, heldout_runs: list, cfg: EvalConfig, progress=None) -> list[EvalSet]:
+def collect_sets(
+    manifest_raw: dict, sizes: dict[str, int], data: list, heldout_runs: list, cfg: EvalConfig, progress=None
+) -> list[EvalSet]:
     """Every set to evaluate: held-out splits of the given runs first, then the given folders."""
     trained = {role: training_data(manifest_raw, role) for role in ROLES}
     bundle_run_names = {role: trained[role].runs for role in ROLES}
@@ -253,15 +308,23 @@ def collect_sets(manifest_raw: dict, sizes: dict[str, int], data: list, heldout_
     return sets
 
 
-def evaluate_bundle(bundle_dir: str | Path, data: Sequence = (), heldout_runs: Sequence = (), out_dir: str | Path | None = None,
-                    cfg: EvalConfig = EvalConfig(), progress=None) -> dict:
+def evaluate_bundle(
+    bundle_dir: str | Path,
+    data: Sequence = (),
+    heldout_runs: Sequence = (),
+    out_dir: str | Path | None = None,
+    cfg: EvalConfig = EvalConfig(),
+    progress=None,
+) -> dict:
     """Evaluate `bundle_dir` on the given folders / held-out runs; write report.json, REPORT.md and plots to `out_dir`."""
     from trainer.reports import markdown as report_md
 
     bundle_dir = Path(bundle_dir)
     read_manifest(bundle_dir)  # a clear BundleError before anything heavy happens
     if not data and not heldout_runs:
-        raise DatasetError("nothing to evaluate: give --data DIR (dataset folders) and/or --heldout-from RUN_DIR (training runs)")
+        raise DatasetError(
+            "nothing to evaluate: give --data DIR (dataset folders) and/or --heldout-from RUN_DIR (training runs)"
+        )
     manifest, roles, notes = load_models(bundle_dir, cfg.runtime)
     out_dir = Path(out_dir) if out_dir is not None else bundle_dir
     plots = out_dir / PLOTS_DIR
@@ -270,15 +333,26 @@ def evaluate_bundle(bundle_dir: str | Path, data: Sequence = (), heldout_runs: S
     sets = collect_sets(manifest.raw, sizes, list(data), list(heldout_runs), cfg, progress)
 
     report: dict[str, Any] = {
-        "bundle": {"path": str(bundle_dir), "version": manifest.bundle_version, "created": manifest.created,
-                   "manifest_sha256": sha256_file(bundle_dir / "manifest.json")},
+        "bundle": {
+            "path": str(bundle_dir),
+            "version": manifest.bundle_version,
+            "created": manifest.created,
+            "manifest_sha256": sha256_file(bundle_dir / "manifest.json"),
+        },
         "generated": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "generated_by": f"crack-train evaluate {__version__}",
         "config": asdict(cfg),
         "variants": {role: sorted(roles[role].models) for role in ROLES},
-        "models": {role: {"threshold": roles[role].threshold, "input_size": list(roles[role].models["int8"].input_hw),
-                          "files": roles[role].files, "architecture": manifest.models[role].raw.get("architecture", {}),
-                          "bytes": (bundle_dir / manifest.models[role].file).stat().st_size} for role in ROLES},
+        "models": {
+            role: {
+                "threshold": roles[role].threshold,
+                "input_size": list(roles[role].models["int8"].input_hw),
+                "files": roles[role].files,
+                "architecture": manifest.models[role].raw.get("architecture", {}),
+                "bytes": (bundle_dir / manifest.models[role].file).stat().st_size,
+            }
+            for role in ROLES
+        },
         "classifier": {"datasets": {}},
         "segmenter": {"datasets": {}},
         "notes": notes,
@@ -298,23 +372,42 @@ def evaluate_bundle(bundle_dir: str | Path, data: Sequence = (), heldout_runs: S
             key = f"{group}:all"
             unseen = [s.unseen for s, _ in items]
             label = {"heldout": "held-out", "folders": "folder"}[group]
-            entry = {"source": f"all {label} segmentation sets, pixels pooled: " + ", ".join(s.key for s, _ in items),
-                     "unseen": True if all(u is True for u in unseen) else False if any(u is False for u in unseen) else None,
-                     "heldout": group == "heldout", "n": int(sum(len(s.targets) for s, _ in items))}
-            report["segmenter"]["datasets"][key] = _segmenter_report(key, None, pooled([o for _, o in items]), roles["segmenter"],
-                                                                     plots, cfg, entry)
+            entry = {
+                "source": f"all {label} segmentation sets, pixels pooled: " + ", ".join(s.key for s, _ in items),
+                "unseen": True
+                if all(u is True for u in unseen)
+                else False
+                if any(u is False for u in unseen)
+                else None,
+                "heldout": group == "heldout",
+                "n": int(sum(len(s.targets) for s, _ in items)),
+            }
+            report["segmenter"]["datasets"][key] = _segmenter_report(
+                key, None, pooled([o for _, o in items]), roles["segmenter"], plots, cfg, entry
+            )
 
-    timed = measure_models({f"{role}/{variant}": m for role in ROLES for variant, m in roles[role].models.items()}, cfg.latency_runs,
-                           cfg.latency_warmup, cfg.timing_priority, cfg.latency_rounds, progress)
-    report["latency"] = {role: {variant: timed[f"{role}/{variant}"].as_dict() for variant in roles[role].models} for role in ROLES}
+    timed = measure_models(
+        {f"{role}/{variant}": m for role in ROLES for variant, m in roles[role].models.items()},
+        cfg.latency_runs,
+        cfg.latency_warmup,
+        cfg.timing_priority,
+        cfg.latency_rounds,
+        progress,
+    )
+    report["latency"] = {
+        role: {variant: timed[f"{role}/{variant}"].as_dict() for variant in roles[role].models} for role in ROLES
+    }
     report["machine"] = machine_description()
     crossval = bundle_dir / "crossval.json"
     if crossval.is_file():  # written by `crack-train crossval` into the bundle directory
         report["crossval"] = json.loads(crossval.read_text())
     report["targets"] = check_targets(report, cfg.in_domain, cfg.cross_surface)
     training = {str(Path(d).resolve()) for d in data_folders(manifest.raw)}
-    report["provenance"] = {"training": bundle_sources(manifest.raw), "runs": bundle_runs(manifest.raw),
-                            "evaluation": [source_entry(Path(d).resolve()) for d in data if str(Path(d).resolve()) not in training]}
+    report["provenance"] = {
+        "training": bundle_sources(manifest.raw),
+        "runs": bundle_runs(manifest.raw),
+        "evaluation": [source_entry(Path(d).resolve()) for d in data if str(Path(d).resolve()) not in training],
+    }
     report = json_safe(report)
     (out_dir / "report.json").write_text(dumps(report))
     (out_dir / "REPORT.md").write_text(report_md.render(report))

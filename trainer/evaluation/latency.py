@@ -65,7 +65,9 @@ def thread_priority(priority: str = "normal"):
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # pid 0: this thread only (Linux)
     except OSError as exc:
-        log.warning("cannot time at real-time priority (%s); timing at normal priority, other jobs may inflate the numbers", exc)
+        log.warning(
+            "cannot time at real-time priority (%s); timing at normal priority, other jobs may inflate the numbers", exc
+        )
         yield "normal"
         return
     try:
@@ -74,8 +76,9 @@ def thread_priority(priority: str = "normal"):
         os.sched_setscheduler(0, old_policy, old_param)
 
 
-def measure_model_latency(model: TFLiteModel, runs: int = 100, warmup: int = 10, tensor: np.ndarray | None = None,
-                          priority: str = "normal") -> ModelLatency:
+def measure_model_latency(
+    model: TFLiteModel, runs: int = 100, warmup: int = 10, tensor: np.ndarray | None = None, priority: str = "normal"
+) -> ModelLatency:
     """Time `runs` invocations of `model` on `tensor` (default: mid-grey input) after `warmup` untimed ones."""
     if runs < 1:
         raise ValueError(f"latency runs must be >= 1, got {runs}")
@@ -90,8 +93,17 @@ def measure_model_latency(model: TFLiteModel, runs: int = 100, warmup: int = 10,
             start = time.perf_counter()
             model.run(tensor)
             times[i] = (time.perf_counter() - start) * 1000.0
-    return ModelLatency(float(np.median(times)), float(np.percentile(times, 95)), float(times.min()), float(times.mean()),
-                   runs, model.threads, model.runtime, float(load), applied)
+    return ModelLatency(
+        float(np.median(times)),
+        float(np.percentile(times, 95)),
+        float(times.min()),
+        float(times.mean()),
+        runs,
+        model.threads,
+        model.runtime,
+        float(load),
+        applied,
+    )
 
 
 def machine_description() -> dict:
@@ -105,20 +117,31 @@ def machine_description() -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
-            "python": platform.python_version(),
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
 
 
-def measure_models(models: dict[str, TFLiteModel], runs: int = 100, warmup: int = 10, priority: str = "normal",
-                   rounds: int = 3, progress=None) -> dict[str, ModelLatency]:
+def measure_models(
+    models: dict[str, TFLiteModel],
+    runs: int = 100,
+    warmup: int = 10,
+    priority: str = "normal",
+    rounds: int = 3,
+    progress=None,
+) -> dict[str, ModelLatency]:
     """Time several models in interleaved rounds and keep, per model, the round with the lowest median.
 
     A burst of load from another job then spoils one round of one model, not the result.
     """
     best: dict[str, ModelLatency] = {}
     schedule = [(r, name) for r in range(rounds) for name in models]
-    for _, name in (schedule if progress is None else progress(schedule, desc="timing")):
+    for _, name in schedule if progress is None else progress(schedule, desc="timing"):
         lat = measure_model_latency(models[name], runs, warmup, priority=priority)
         if name not in best or lat.median_ms < best[name].median_ms:
             best[name] = lat
@@ -132,5 +155,11 @@ def load_note(latencies: list[dict]) -> str:
         return ""
     busy = f"The machine's load average was up to {max(loads):.1f} while timing (other jobs were running)"
     if {lat.get("priority", "normal") for lat in latencies} == {"realtime"}:
-        return busy + "; the timing thread ran at real-time priority (SCHED_FIFO) so that they did not inflate the numbers."
-    return busy + " and timing ran at normal priority, so the numbers may be inflated; an idle machine gives equal or lower numbers."
+        return (
+            busy
+            + "; the timing thread ran at real-time priority (SCHED_FIFO) so that they did not inflate the numbers."
+        )
+    return (
+        busy
+        + " and timing ran at normal priority, so the numbers may be inflated; an idle machine gives equal or lower numbers."
+    )

@@ -17,9 +17,19 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     # The mean recall of the classes present (a set of cracks only has no specificity to average in).
     class_recalls = [v for v, n in ((recall, tp + fn), (tn / (tn + fp) if tn + fp else 0.0, tn + fp)) if n]
-    return {"accuracy": (tp + tn) / max(1, len(y)), "precision": precision, "recall": recall, "f1": f1,
-            "balanced_accuracy": float(np.mean(class_recalls)) if class_recalls else 0.0, "roc_auc": roc_auc(y, s),
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn, "threshold": threshold}
+    return {
+        "accuracy": (tp + tn) / max(1, len(y)),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "balanced_accuracy": float(np.mean(class_recalls)) if class_recalls else 0.0,
+        "roc_auc": roc_auc(y, s),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "threshold": threshold,
+    }
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -46,7 +56,9 @@ def pixel_metrics(true_masks: np.ndarray, pred_masks: np.ndarray) -> dict:
     """Pixel precision, recall, F1 (= Dice) and IoU pooled over all images."""
     t = np.asarray(true_masks).astype(bool)
     p = np.asarray(pred_masks).astype(bool)
-    tp = int(np.sum(t & p)); fp = int(np.sum(~t & p)); fn = int(np.sum(t & ~p))
+    tp = int(np.sum(t & p))
+    fp = int(np.sum(~t & p))
+    fn = int(np.sum(t & ~p))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
@@ -89,8 +101,12 @@ def tolerant_metrics(true_masks: np.ndarray, pred_masks: np.ndarray, tolerance: 
 def precision_recall_curve(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | None = None) -> dict:
     thresholds = np.linspace(0.0, 1.0, 101) if thresholds is None else thresholds
     rows = [binary_metrics(labels, scores, float(t)) for t in thresholds]
-    return {"threshold": thresholds.tolist(), "precision": [r["precision"] for r in rows],
-            "recall": [r["recall"] for r in rows], "f1": [r["f1"] for r in rows]}
+    return {
+        "threshold": thresholds.tolist(),
+        "precision": [r["precision"] for r in rows],
+        "recall": [r["recall"] for r in rows],
+        "f1": [r["f1"] for r in rows],
+    }
 
 
 def role_quality(role: str, targets: np.ndarray, outputs: np.ndarray) -> tuple[str, dict]:

@@ -14,7 +14,9 @@ from edge.engine.preprocess import dequantize, model_input, quantize
 from edge.engine.runtime import TFLiteModel
 
 
-def model_outputs(model: TFLiteModel, images: Iterable[np.ndarray], progress=None, desc: str = "") -> Iterator[np.ndarray]:
+def model_outputs(
+    model: TFLiteModel, images: Iterable[np.ndarray], progress=None, desc: str = ""
+) -> Iterator[np.ndarray]:
     """Yield each image's float output (batch axis dropped); `progress` wraps the iteration (e.g. tqdm)."""
     h, w = model.input_hw
     info = model.input

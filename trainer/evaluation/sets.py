@@ -84,8 +84,14 @@ def _subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
 
 
-def folder_sets(folder: str | Path, sizes: dict[str, int], trained: dict[str, TrainingData], limit: int | None = None,
-                seed: int = 0, progress=None) -> list[EvalSet]:
+def folder_sets(
+    folder: str | Path,
+    sizes: dict[str, int],
+    trained: dict[str, TrainingData],
+    limit: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> list[EvalSet]:
     """The sets one dataset folder gives (see the module docstring); `sizes` maps role -> model input size."""
     folder = Path(folder)
     name = folder.name
@@ -96,19 +102,46 @@ def folder_sets(folder: str | Path, sizes: dict[str, int], trained: dict[str, Tr
         cs = load_classification(folder, sizes["classifier"], limit_per_class=limit, seed=seed, progress=progress)
         _log_skipped(cs.report)
         skipped = f", {len(cs.report.skipped)} unreadable skipped" if cs.report.skipped else ""
-        return [EvalSet(name, "classifier", cs.images, cs.labels, f"folder {folder} ({cs.report.loaded} images{skipped})", unseen_cls)]
+        return [
+            EvalSet(
+                name,
+                "classifier",
+                cs.images,
+                cs.labels,
+                f"folder {folder} ({cs.report.loaded} images{skipped})",
+                unseen_cls,
+            )
+        ]
     seen_seg = trained["segmenter"].saw(folder)
     seg = load_segmentation(folder, sizes["segmenter"], progress=progress)
     _log_skipped(seg.report)
     keep = _subsample(len(seg.images), limit, seed)
-    sets = [EvalSet(name, "segmenter", seg.images[keep], seg.masks[keep], f"folder {folder} ({len(keep)} image/mask pairs)",
-                    None if seen_seg is None else not seen_seg)]
+    sets = [
+        EvalSet(
+            name,
+            "segmenter",
+            seg.images[keep],
+            seg.masks[keep],
+            f"folder {folder} ({len(keep)} image/mask pairs)",
+            None if seen_seg is None else not seen_seg,
+        )
+    ]
     big = load_segmentation(folder, PATCH_SOURCE_SIZE, progress=progress)
     big.images, big.masks, big.paths = big.images[keep], big.masks[keep], [big.paths[i] for i in keep]
-    patches = patches_from_segmentation(big, patch=PATCH_SIZE, out_size=sizes["classifier"], seed=seed, per_image=PATCHES_PER_IMAGE)
-    sets.append(EvalSet(f"{name}:patches", "classifier", patches.images, patches.labels,
-                        f"{len(patches.labels)} crack / no-crack patches ({PATCH_SIZE} px of the image at {PATCH_SOURCE_SIZE} px) "
-                        f"cut from {len(keep)} images of {folder}", unseen_cls))
+    patches = patches_from_segmentation(
+        big, patch=PATCH_SIZE, out_size=sizes["classifier"], seed=seed, per_image=PATCHES_PER_IMAGE
+    )
+    sets.append(
+        EvalSet(
+            f"{name}:patches",
+            "classifier",
+            patches.images,
+            patches.labels,
+            f"{len(patches.labels)} crack / no-crack patches ({PATCH_SIZE} px of the image at {PATCH_SOURCE_SIZE} px) "
+            f"cut from {len(keep)} images of {folder}",
+            unseen_cls,
+        )
+    )
     return sets
 
 
@@ -117,21 +150,29 @@ def _log_skipped(report) -> None:
         log.warning("%s", report.summary())
 
 
-def heldout_sets(run_dir: str | Path, bundle_runs: dict[str, frozenset[str]], limit: int | None = None, seed: int = 0) -> list[EvalSet]:
+def heldout_sets(
+    run_dir: str | Path, bundle_runs: dict[str, frozenset[str]], limit: int | None = None, seed: int = 0
+) -> list[EvalSet]:
     """The test split a training run saved in heldout.npz (never used for training or early stopping)."""
     run_dir = Path(run_dir)
     arrays, meta_path = run_dir / "heldout.npz", run_dir / "run.json"
     if not arrays.is_file() or not meta_path.is_file():
-        raise DatasetError(f"{run_dir}: expected heldout.npz and run.json (a run directory written by `crack-train classifier` "
-                           "or `crack-train segmenter`)")
+        raise DatasetError(
+            f"{run_dir}: expected heldout.npz and run.json (a run directory written by `crack-train classifier` "
+            "or `crack-train segmenter`)"
+        )
     meta = json.loads(meta_path.read_text())
     role = meta.get("kind")
     if role not in ("classifier", "segmenter"):
         raise DatasetError(f"{meta_path}: kind {role!r} is not classifier or segmenter")
     in_bundle = run_dir.name in bundle_runs.get(role, frozenset())
     if not in_bundle:
-        log.warning("%s is not one of the bundle's %s training runs (%s): its held-out split may overlap what the bundle was trained on",
-                    run_dir, role, ", ".join(sorted(bundle_runs.get(role, ()))) or "none recorded")
+        log.warning(
+            "%s is not one of the bundle's %s training runs (%s): its held-out split may overlap what the bundle was trained on",
+            run_dir,
+            role,
+            ", ".join(sorted(bundle_runs.get(role, ()))) or "none recorded",
+        )
     tests, _ = load_arrays(arrays)
     if not tests:
         raise DatasetError(f"{arrays}: holds no test__<name>__x arrays (no held-out split was saved)")
@@ -145,4 +186,3 @@ def heldout_sets(run_dir: str | Path, bundle_runs: dict[str, frozenset[str]], li
             source += " - this run is not one the bundle was built from"
         sets.append(EvalSet(f"heldout:{name}", role, x[keep], y[keep], source, True if in_bundle else None))
     return sets
-

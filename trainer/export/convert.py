@@ -81,12 +81,19 @@ def convert_int8(model, calibration: np.ndarray) -> bytes:
     try:
         content = converter.convert()
     except Exception as exc:  # the converter raises ConverterError / RuntimeError / ValueError with long MLIR text
-        first = next((line for line in str(exc).splitlines() if "error" in line.lower()), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise ExportError(f"{model.name}: cannot be converted to full-integer INT8 (an op has no integer kernel?): {first.strip()}") from None
+        first = next(
+            (line for line in str(exc).splitlines() if "error" in line.lower()),
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
+        raise ExportError(
+            f"{model.name}: cannot be converted to full-integer INT8 (an op has no integer kernel?): {first.strip()}"
+        ) from None
     floats = float_tensors(TFLiteModel(content=content))
     if floats:
-        raise ExportError(f"{model.name}: cannot be converted to full-integer INT8: {len(floats)} float tensors remain "
-                          f"(e.g. {floats[0]}), so some op has no integer kernel; replace it with an INT8-friendly layer")
+        raise ExportError(
+            f"{model.name}: cannot be converted to full-integer INT8: {len(floats)} float tensors remain "
+            f"(e.g. {floats[0]}), so some op has no integer kernel; replace it with an INT8-friendly layer"
+        )
     return content
 
 
@@ -100,7 +107,9 @@ def calibration_set(run_dir: Path, size: int, n: int, seed: int) -> np.ndarray:
     """`n` real training images (from the run's splits.json) through the device preprocessing."""
     files = json.loads((run_dir / "splits.json").read_text())["files"]
     # Patches cut from segmentation images are named "file@x,y": calibrate on their whole source image.
-    paths = sorted({p.split("@")[0] for parts in files.values() for p in parts.get("train", []) if not p.startswith("synth:")})
+    paths = sorted(
+        {p.split("@")[0] for parts in files.values() for p in parts.get("train", []) if not p.startswith("synth:")}
+    )
     rng = np.random.default_rng(seed)
     rng.shuffle(paths)
     images = []
@@ -111,7 +120,9 @@ def calibration_set(run_dir: Path, size: int, n: int, seed: int) -> np.ndarray:
         if len(images) >= n:
             break
     if not images:
-        raise ExportError(f"{run_dir}: no real training images found for calibration (splits.json lists none that are readable)")
+        raise ExportError(
+            f"{run_dir}: no real training images found for calibration (splits.json lists none that are readable)"
+        )
     return with_range_pins(images, size)
 
 
@@ -150,21 +161,31 @@ class RoleExport:
     threshold: float = 0.5
 
 
-def validate_role(role: str, int8: bytes, fp32: bytes, val_x: np.ndarray, val_y: np.ndarray, tolerance: float) -> tuple[dict, dict]:
+def validate_role(
+    role: str, int8: bytes, fp32: bytes, val_x: np.ndarray, val_y: np.ndarray, tolerance: float
+) -> tuple[dict, dict]:
     """INT8 vs FP32 on the validation split: (metrics, agreement); raises ExportError past the tolerance."""
     p8, p32 = predict(TFLiteModel(content=int8), val_x), predict(TFLiteModel(content=fp32), val_x)
     key, met8 = role_quality(role, val_y, p8)
     _, met32 = role_quality(role, val_y, p32)
     if role == "classifier":
         s8, s32 = p8.reshape(-1), p32.reshape(-1)
-        agreement = {"decision_agreement": float(np.mean((s8 >= 0.5) == (s32 >= 0.5))), "mean_abs_score_diff": float(np.mean(np.abs(s8 - s32)))}
+        agreement = {
+            "decision_agreement": float(np.mean((s8 >= 0.5) == (s32 >= 0.5))),
+            "mean_abs_score_diff": float(np.mean(np.abs(s8 - s32))),
+        }
     else:
-        agreement = {"pixel_agreement": float(np.mean((p8 >= 0.5) == (p32 >= 0.5))), "mean_abs_prob_diff": float(np.mean(np.abs(p8 - p32)))}
+        agreement = {
+            "pixel_agreement": float(np.mean((p8 >= 0.5) == (p32 >= 0.5))),
+            "mean_abs_prob_diff": float(np.mean(np.abs(p8 - p32))),
+        }
     drop = met32[key] - met8[key]
     agreement.update({f"{key}_int8": met8[key], f"{key}_fp32": met32[key], "tolerance": tolerance})
     if drop > tolerance:
-        raise ExportError(f"{role}: INT8 {key} {met8[key]:.4f} is {drop:.4f} below FP32 {met32[key]:.4f} (tolerance {tolerance}); "
-                          "check the calibration data or raise --tolerance")
+        raise ExportError(
+            f"{role}: INT8 {key} {met8[key]:.4f} is {drop:.4f} below FP32 {met32[key]:.4f} (tolerance {tolerance}); "
+            "check the calibration data or raise --tolerance"
+        )
     metrics = {"validation_int8": met8, "validation_fp32": met32, "validation_images": int(len(val_x))}
     return metrics, agreement
 
@@ -177,8 +198,14 @@ def publish_finetune(run_dir: Path, role: str, out_dir: Path) -> dict:
     spec = meta["spec"]
     info = {"kind": meta["kind"], "spec": spec, "run": run_dir.name}
     if meta["kind"] == "segmenter":
-        info["model_size"] = next((name for name, s in SEGMENTER_SIZES.items()
-                                   if (s.base, s.depth, s.stem_stride) == (spec["base"], spec["depth"], spec.get("stem_stride", 1))), None)
+        info["model_size"] = next(
+            (
+                name
+                for name, s in SEGMENTER_SIZES.items()
+                if (s.base, s.depth, s.stem_stride) == (spec["base"], spec["depth"], spec.get("stem_stride", 1))
+            ),
+            None,
+        )
         if info["model_size"] is None:
             raise ExportError(f"{run_dir}: segmenter {spec} is not one of the named sizes; adapt needs a named size")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,15 +227,28 @@ def kept_role(bundle_dir: Path, role: str) -> RoleExport:
     """One model of an existing bundle, unchanged (export a bundle where only the other model was retrained)."""
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
     entry = manifest["models"][role]
-    return RoleExport(int8=(bundle_dir / entry["file"]).read_bytes(), fp32=(bundle_dir / entry["reference"]["file"]).read_bytes(),
-                      architecture=entry["architecture"], metrics=entry["metrics"],
-                      quantization=manifest.get("quantization", {}).get(role, {}), threshold=float(entry.get("threshold", 0.5)))
+    return RoleExport(
+        int8=(bundle_dir / entry["file"]).read_bytes(),
+        fp32=(bundle_dir / entry["reference"]["file"]).read_bytes(),
+        architecture=entry["architecture"],
+        metrics=entry["metrics"],
+        quantization=manifest.get("quantization", {}).get(role, {}),
+        threshold=float(entry.get("threshold", 0.5)),
+    )
 
 
-def export_bundle(classifier_run: Path | None, segmenter_run: Path | None, out_dir: Path, version: str,
-                  cfg: ExportConfig = ExportConfig(), progress=print, keep_from: Path | None = None,
-                  thresholds: dict[str, float] | None = None, threshold_source: str | None = None,
-                  finetune_dir: Path | None = None) -> Path:
+def export_bundle(
+    classifier_run: Path | None,
+    segmenter_run: Path | None,
+    out_dir: Path,
+    version: str,
+    cfg: ExportConfig = ExportConfig(),
+    progress=print,
+    keep_from: Path | None = None,
+    thresholds: dict[str, float] | None = None,
+    threshold_source: str | None = None,
+    finetune_dir: Path | None = None,
+) -> Path:
     """Convert both trained runs (or one, keeping the other model of `keep_from`), validate INT8 against FP32,
     and write a verified bundle. `thresholds` (role -> value) are recorded in the manifest with `threshold_source`."""
     from trainer.data.assemble import load_arrays
@@ -217,7 +257,9 @@ def export_bundle(classifier_run: Path | None, segmenter_run: Path | None, out_d
     for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
         if run_dir is None:
             if keep_from is None:
-                raise ExportError(f"no {role} run given: name its run directory, or keep the {role} of a bundle with --keep-from")
+                raise ExportError(
+                    f"no {role} run given: name its run directory, or keep the {role} of a bundle with --keep-from"
+                )
             progress(f"{role}: kept unchanged from {keep_from}")
             roles[role] = kept_role(Path(keep_from), role)
             continue
@@ -250,8 +292,11 @@ def export_bundle(classifier_run: Path | None, segmenter_run: Path | None, out_d
     if keep_from is not None and len(runs) < 2:
         provenance["kept_from"] = json.loads((Path(keep_from) / MANIFEST).read_text()).get("data", {})
     if finetune_dir is not None:
-        provenance["finetune"] = {role: publish_finetune(Path(run), role, Path(finetune_dir))
-                                  for role, run in (("classifier", classifier_run), ("segmenter", segmenter_run)) if run is not None}
+        provenance["finetune"] = {
+            role: publish_finetune(Path(run), role, Path(finetune_dir))
+            for role, run in (("classifier", classifier_run), ("segmenter", segmenter_run))
+            if run is not None
+        }
     out = write_bundle(Path(out_dir), version, roles, golden, provenance)
     progress(f"bundle {version} written to {out}")
     return out
@@ -266,7 +311,9 @@ def golden_choice(images: np.ndarray, masks: np.ndarray, n: int) -> np.ndarray:
     return images[chosen]
 
 
-def write_bundle(out_dir: Path, version: str, roles: dict[str, RoleExport], golden_images: np.ndarray, provenance: dict) -> Path:
+def write_bundle(
+    out_dir: Path, version: str, roles: dict[str, RoleExport], golden_images: np.ndarray, provenance: dict
+) -> Path:
     """Write model files, golden samples and manifest into `out_dir`, verified by the device's own loader first."""
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -284,13 +331,20 @@ def write_bundle(out_dir: Path, version: str, roles: dict[str, RoleExport], gold
             "bytes": len(r.int8),
             "architecture": r.architecture,
             "input": _tensor_dict(m8.input),
-            "output": {**_tensor_dict(m8.output),
-                       "meaning": "P(crack) for the whole image" if role == "classifier" else "per-pixel P(crack) at the input size"},
+            "output": {
+                **_tensor_dict(m8.output),
+                "meaning": "P(crack) for the whole image"
+                if role == "classifier"
+                else "per-pixel P(crack) at the input size",
+            },
             "preprocessing": PREPROCESSING,
             "labels": ["no_crack", "crack"],
             "threshold": r.threshold,
             "metrics": r.metrics,
-            "reference": {"file": f"reference/{role}.fp32.tflite", "sha256": sha256_file(tmp / "reference" / f"{role}.fp32.tflite")},
+            "reference": {
+                "file": f"reference/{role}.fp32.tflite",
+                "sha256": sha256_file(tmp / "reference" / f"{role}.fp32.tflite"),
+            },
         }
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -321,8 +375,15 @@ def _write_golden(bundle_dir: Path, images: np.ndarray, models: dict) -> dict:
         cls_out = cls.run(model_input(image, *cls.input_hw))
         cv2.imwrite(str(bundle_dir / seg_name), seg.run(model_input(image, *seg.input_hw))[..., 0])
         # sizes too: the device checks each file's size against the manifest before it reads or copies it
-        samples.append({"image": name, "sha256": sha256_file(bundle_dir / name), "bytes": (bundle_dir / name).stat().st_size,
-                        "classifier_output": int(cls_out.reshape(-1)[0]),
-                        "segmenter_output": seg_name, "segmenter_output_sha256": sha256_file(bundle_dir / seg_name),
-                        "segmenter_output_bytes": (bundle_dir / seg_name).stat().st_size})
+        samples.append(
+            {
+                "image": name,
+                "sha256": sha256_file(bundle_dir / name),
+                "bytes": (bundle_dir / name).stat().st_size,
+                "classifier_output": int(cls_out.reshape(-1)[0]),
+                "segmenter_output": seg_name,
+                "segmenter_output_sha256": sha256_file(bundle_dir / seg_name),
+                "segmenter_output_bytes": (bundle_dir / seg_name).stat().st_size,
+            }
+        )
     return {"tolerance": GOLDEN_TOLERANCE, "samples": samples}

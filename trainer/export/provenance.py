@@ -48,15 +48,37 @@ def source_entry(folder: str | Path, stored: dict | None = None) -> dict:
     source_txt = Path(folder) / SOURCE_FILE
     if source_txt.is_file():
         f = read_source_txt(source_txt)
-        return {"folder": name, "path": str(folder), "dataset": f.get("dataset", ""), "content": f.get("content", ""),
-                "licence": f.get("licence", ""), "citation": f.get("citation", ""), "source_repo": f.get("source repo", ""),
-                "from": str(source_txt)}
+        return {
+            "folder": name,
+            "path": str(folder),
+            "dataset": f.get("dataset", ""),
+            "content": f.get("content", ""),
+            "licence": f.get("licence", ""),
+            "citation": f.get("citation", ""),
+            "source_repo": f.get("source repo", ""),
+            "from": str(source_txt),
+        }
     if stored:
-        return {"folder": name, "path": str(folder), "dataset": stored.get("dataset", ""), "content": stored.get("content", ""),
-                "licence": stored.get("licence", ""), "citation": stored.get("citation", ""), "source_repo": "",
-                "from": "manifest.json data.sources"}
-    return {"folder": name, "path": str(folder), "dataset": "", "content": "", "licence": "", "citation": "", "source_repo": "",
-            "from": f"not recorded (no {SOURCE_FILE} in the folder)"}
+        return {
+            "folder": name,
+            "path": str(folder),
+            "dataset": stored.get("dataset", ""),
+            "content": stored.get("content", ""),
+            "licence": stored.get("licence", ""),
+            "citation": stored.get("citation", ""),
+            "source_repo": "",
+            "from": "manifest.json data.sources",
+        }
+    return {
+        "folder": name,
+        "path": str(folder),
+        "dataset": "",
+        "content": "",
+        "licence": "",
+        "citation": "",
+        "source_repo": "",
+        "from": f"not recorded (no {SOURCE_FILE} in the folder)",
+    }
 
 
 def bundle_sources(manifest_raw: dict) -> list[dict]:
@@ -70,7 +92,16 @@ def bundle_runs(manifest_raw: dict) -> list[dict]:
     rows = []
     for name, run in (manifest_raw.get("data", {}).get("runs") or {}).items():
         train = run.get("train", {})
-        rows.append({"run": name, "kind": run.get("kind", ""), "spec": run.get("spec", {}),
-                     "data": [Path(d).name for d in run.get("data", [])], "holdout": run.get("holdout", []),
-                     "synthetic": run.get("synthetic", 0), "epochs": train.get("epochs"), "counts": run.get("counts", {})})
+        rows.append(
+            {
+                "run": name,
+                "kind": run.get("kind", ""),
+                "spec": run.get("spec", {}),
+                "data": [Path(d).name for d in run.get("data", [])],
+                "holdout": run.get("holdout", []),
+                "synthetic": run.get("synthetic", 0),
+                "epochs": train.get("epochs"),
+                "counts": run.get("counts", {}),
+            }
+        )
     return rows

@@ -36,14 +36,23 @@ class SegmenterSpec:
     stem_stride: int = 1
 
     def as_dict(self) -> dict:
-        kind = "full-resolution skip" if self.stem_stride == 1 else "stride-2 stem, half-resolution decoder, bilinear output"
+        kind = (
+            "full-resolution skip"
+            if self.stem_stride == 1
+            else "stride-2 stem, half-resolution decoder, bilinear output"
+        )
         return {"architecture": f"U-Net (separable convs, {kind})", **asdict(self)}
 
 
 # The U-Net sizes of the model-selection sweep (INT8, one core here: about 3, 4.3 and 5.2 ms).
-SEGMENTER_SIZES = {"tiny": SegmenterSpec(base=8), "small": SegmenterSpec(base=12), "medium": SegmenterSpec(base=16),
-                   # Half-resolution decoders (bundle 1.1): wider, and cheaper on the device than "tiny".
-                   "fast": SegmenterSpec(base=16, stem_stride=2), "fast-wide": SegmenterSpec(base=24, stem_stride=2)}
+SEGMENTER_SIZES = {
+    "tiny": SegmenterSpec(base=8),
+    "small": SegmenterSpec(base=12),
+    "medium": SegmenterSpec(base=16),
+    # Half-resolution decoders (bundle 1.1): wider, and cheaper on the device than "tiny".
+    "fast": SegmenterSpec(base=16, stem_stride=2),
+    "fast-wide": SegmenterSpec(base=24, stem_stride=2),
+}
 
 
 def build_classifier(spec: ClassifierSpec) -> keras.Model:

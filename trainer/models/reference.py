@@ -48,15 +48,22 @@ def build_reference(alpha: float = DEFAULT_ALPHA, size: int = DEFAULT_SIZE, seed
 
     tf.keras.backend.clear_session()  # layer names (which end up in the file) restart from the same counters
     tf.keras.utils.set_random_seed(seed)
-    return tf.keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None, classes=1000,
-                                             classifier_activation="softmax")
+    return tf.keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), alpha=alpha, weights=None, classes=1000, classifier_activation="softmax"
+    )
 
 
-def reference_tflite(alpha: float = DEFAULT_ALPHA, size: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED,
-                     calibration: int = CALIBRATION_FRAMES) -> bytes:
+def reference_tflite(
+    alpha: float = DEFAULT_ALPHA,
+    size: int = DEFAULT_SIZE,
+    seed: int = DEFAULT_SEED,
+    calibration: int = CALIBRATION_FRAMES,
+) -> bytes:
     """The full-integer INT8 reference model (uint8 in, uint8 out) as TFLite bytes."""
     from trainer.export.convert import convert_int8
 
     model = build_reference(alpha, size, seed)
-    log.info("converting MobileNetV2 alpha %s at %dx%d (%d parameters) to INT8", alpha, size, size, model.count_params())
+    log.info(
+        "converting MobileNetV2 alpha %s at %dx%d (%d parameters) to INT8", alpha, size, size, model.count_params()
+    )
     return convert_int8(model, calibration_frames(size, calibration, seed))

@@ -15,7 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-VARIANT_STYLE: dict[str, dict[str, Any]] = {"int8": {"color": "tab:blue", "linestyle": "-"}, "fp32": {"color": "tab:orange", "linestyle": "--"}}
+VARIANT_STYLE: dict[str, dict[str, Any]] = {
+    "int8": {"color": "tab:blue", "linestyle": "-"},
+    "fp32": {"color": "tab:orange", "linestyle": "--"},
+}
 
 
 def _save(fig, path: Path, palette: bool = False) -> Path:
@@ -73,8 +76,13 @@ def threshold_sweep(curves: dict[str, dict], threshold: float, title: str, path:
     for variant, c in curves.items():
         dash = VARIANT_STYLE.get(variant, {}).get("linestyle", "-")
         for key, colour in colours.items():
-            ax.plot(c["threshold"], c[key], color=colour, linestyle=dash,
-                    label=f"{f1_label if key == 'f1' else key} {variant.upper()}")
+            ax.plot(
+                c["threshold"],
+                c[key],
+                color=colour,
+                linestyle=dash,
+                label=f"{f1_label if key == 'f1' else key} {variant.upper()}",
+            )
     ax.axvline(threshold, color="grey", linewidth=1)
     ax.text(threshold, 1.04, f"bundle threshold {threshold:.2f}", color="grey", fontsize=8, ha="center")
     ax.set_xlabel("threshold on P(crack)")
@@ -93,8 +101,14 @@ def _tint(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np
     return out.astype(np.uint8)
 
 
-def overlay_grid(images: np.ndarray, true_masks: np.ndarray, predictions: dict[str, np.ndarray], dice: dict[str, list[float]],
-                 title: str, path: Path) -> Path:
+def overlay_grid(
+    images: np.ndarray,
+    true_masks: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    dice: dict[str, list[float]],
+    title: str,
+    path: Path,
+) -> Path:
     """Rows of samples: image | true mask (green) | each variant's predicted mask (red), per-image Dice in the titles."""
     n = len(images)
     cols = 2 + len(predictions)
@@ -116,15 +130,36 @@ def pareto(points: list[dict], budget_ms: float | None, quality_label: str, titl
     """Quality against INT8 latency on `ax`; points on the front are filled and joined, the budget is a dashed line."""
     for p in points:
         on = p["on_front"]
-        ax.scatter(p["latency_ms"], p["quality"], s=40 if on else 22, color="tab:red" if on else "tab:grey", zorder=3,
-                   marker="o" if on else "x")
+        ax.scatter(
+            p["latency_ms"],
+            p["quality"],
+            s=40 if on else 22,
+            color="tab:red" if on else "tab:grey",
+            zorder=3,
+            marker="o" if on else "x",
+        )
         ax.annotate(p["label"], (p["latency_ms"], p["quality"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = sorted((p for p in points if p["on_front"]), key=lambda p: p["latency_ms"])
     if front:
-        ax.plot([p["latency_ms"] for p in front], [p["quality"] for p in front], color="tab:red", linewidth=1, label="Pareto front")
+        ax.plot(
+            [p["latency_ms"] for p in front],
+            [p["quality"] for p in front],
+            color="tab:red",
+            linewidth=1,
+            label="Pareto front",
+        )
     chosen = [p for p in points if p.get("chosen")]
     for p in chosen:
-        ax.scatter(p["latency_ms"], p["quality"], s=160, facecolors="none", edgecolors="black", linewidths=1.5, zorder=4, label="chosen")
+        ax.scatter(
+            p["latency_ms"],
+            p["quality"],
+            s=160,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.5,
+            zorder=4,
+            label="chosen",
+        )
     if budget_ms is not None:
         ax.axvline(budget_ms, color="black", linestyle="--", linewidth=1, label=f"budget {budget_ms:g} ms")
     ax.set_xlabel("INT8 latency, median ms (1 thread)")
@@ -140,7 +175,9 @@ def latency_bars(rows: list[dict], budget_ms: float | None, title: str, ax) -> N
     med = [r["latency_ms"] for r in rows]
     p95 = [r["p95_ms"] for r in rows]
     colours = ["tab:green" if budget_ms is None or m <= budget_ms else "tab:grey" for m in med]
-    ax.bar(range(len(rows)), med, color=colours, yerr=[np.zeros(len(med)), np.maximum(0, np.subtract(p95, med))], capsize=2)
+    ax.bar(
+        range(len(rows)), med, color=colours, yerr=[np.zeros(len(med)), np.maximum(0, np.subtract(p95, med))], capsize=2
+    )
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
     if budget_ms is not None:
         ax.axhline(budget_ms, color="black", linestyle="--", linewidth=1, label=f"budget {budget_ms:g} ms")

@@ -43,7 +43,13 @@ log = logging.getLogger("crack-train.sweep")
 
 CLASSIFIER_ALPHAS = (0.35, 0.5, 0.75, 1.0)
 CLASSIFIER_SIZES = (96, 128, 160, 224)
-SEGMENTER_NAMES = ("tiny", "small", "medium", "fast", "fast-wide")  # the keys of trainer.models.architectures.SEGMENTER_SIZES (kept here: no Keras import at CLI start)
+SEGMENTER_NAMES = (
+    "tiny",
+    "small",
+    "medium",
+    "fast",
+    "fast-wide",
+)  # the keys of trainer.models.architectures.SEGMENTER_SIZES (kept here: no Keras import at CLI start)
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,9 @@ class SweepConfig:
     calibration_images: int = 32
     latency_runs: int = 100
     latency_rounds: int = 3  # interleaved timing rounds over all models; the lowest-median round counts
-    timing_priority: str = "normal"  # "realtime": time under SCHED_FIFO so other jobs do not inflate the numbers (needs root)
+    timing_priority: str = (
+        "normal"  # "realtime": time under SCHED_FIFO so other jobs do not inflate the numbers (needs root)
+    )
     seed: int = 0
 
     def as_dict(self) -> dict:
@@ -160,7 +168,9 @@ def calibration_images(raw: list[np.ndarray], size: int, n: int, seed: int) -> n
 
 def finished_run(run_dir: Path) -> bool:
     """A run that can be scored: a best checkpoint and the held-out/validation arrays."""
-    return (run_dir / "best.keras").is_file() and (run_dir / "heldout.npz").is_file() and (run_dir / "run.json").is_file()
+    return (
+        (run_dir / "best.keras").is_file() and (run_dir / "heldout.npz").is_file() and (run_dir / "run.json").is_file()
+    )
 
 
 def epochs_completed(run_dir: Path) -> int | None:
@@ -191,11 +201,24 @@ def short_splits(c: Candidate, cfg: SweepConfig, cache: dict | None = None, prog
     if not cfg.data and not cfg.synth:
         raise DatasetError("sweep: training needs --data folders and/or --synth N (or use --latency-only)")
     if c.role == "classifier":
-        splits = classifier_splits(list(cfg.data), c.size, cfg.synth, cfg.seed, limit_per_class=cfg.train_images,
-                                   holdout=list(cfg.holdout), progress=progress)
+        splits = classifier_splits(
+            list(cfg.data),
+            c.size,
+            cfg.synth,
+            cfg.seed,
+            limit_per_class=cfg.train_images,
+            holdout=list(cfg.holdout),
+            progress=progress,
+        )
     else:
-        splits = segmenter_splits(list(cfg.data), c.size, cfg.synth, cfg.seed, negatives_per_set=max(1, cfg.train_images // 4),
-                                  progress=progress)
+        splits = segmenter_splits(
+            list(cfg.data),
+            c.size,
+            cfg.synth,
+            cfg.seed,
+            negatives_per_set=max(1, cfg.train_images // 4),
+            progress=progress,
+        )
     splits.train = [_subset(splits.stacked("train"), cfg.train_images, cfg.seed)]
     splits.val = [_subset(splits.stacked("val"), cfg.val_images, cfg.seed)]
     if cache is not None:
@@ -210,12 +233,34 @@ def train_short(c: Candidate, cfg: SweepConfig, run_dir: Path, cache: dict | Non
 
     splits = short_splits(c, cfg, cache, progress)
     if c.role == "classifier":
-        tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=2e-3, patience=cfg.epochs, seed=cfg.seed, verbose=2)
+        tc = TrainConfig(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=2e-3,
+            patience=cfg.epochs,
+            seed=cfg.seed,
+            verbose=2,
+        )
     else:
-        tc = TrainConfig(epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size, learning_rate=3e-3, patience=cfg.seg_epochs,
-                         seed=cfg.seed, verbose=2)
-    write_run_files(run_dir, c.role, c.spec(), tc, splits, cfg.data, cfg.synth, cfg.holdout,
-                    sweep={"shortened": True, "train_images": cfg.train_images, "val_images": cfg.val_images})
+        tc = TrainConfig(
+            epochs=cfg.seg_epochs,
+            batch_size=cfg.seg_batch_size,
+            learning_rate=3e-3,
+            patience=cfg.seg_epochs,
+            seed=cfg.seed,
+            verbose=2,
+        )
+    write_run_files(
+        run_dir,
+        c.role,
+        c.spec(),
+        tc,
+        splits,
+        cfg.data,
+        cfg.synth,
+        cfg.holdout,
+        sweep={"shortened": True, "train_images": cfg.train_images, "val_images": cfg.val_images},
+    )
     (train,), (val,) = splits.train, splits.val
     model = c.build()
     (train_classifier if c.role == "classifier" else train_segmenter)(model, train, val, tc, run_dir)
@@ -241,11 +286,19 @@ def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig,
     _, val = load_arrays(run_dir / "heldout.npz")
     x, y = _subset(val, cfg.val_images, cfg.seed)
     x = np.stack([model_input(img, c.size, c.size) for img in x])
-    result: dict[str, Any] = {"metric": "f1" if c.role == "classifier" else "dice", "val_images": int(len(x)), "run_dir": str(run_dir),
-              "trained_here": trained_here, "epochs_completed": epochs_completed(run_dir)}
+    result: dict[str, Any] = {
+        "metric": "f1" if c.role == "classifier" else "dice",
+        "val_images": int(len(x)),
+        "run_dir": str(run_dir),
+        "trained_here": trained_here,
+        "epochs_completed": epochs_completed(run_dir),
+    }
     meta = json.loads((run_dir / "run.json").read_text())
-    result["schedule"] = {"epochs": meta.get("train", {}).get("epochs"), "train_images": meta.get("counts", {}).get("train"),
-                          "shortened": bool(meta.get("sweep", {}).get("shortened", trained_here))}
+    result["schedule"] = {
+        "epochs": meta.get("train", {}).get("epochs"),
+        "train_images": meta.get("counts", {}).get("train"),
+        "shortened": bool(meta.get("sweep", {}).get("shortened", trained_here)),
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         fp32 = convert_fp32(model)
     for variant, content in (("int8", int8), ("fp32", fp32)):
@@ -259,8 +312,9 @@ def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig,
 # ---------------------------------------------------------------- the sweep
 
 
-def find_run(c: Candidate, cfg: SweepConfig, out_dir: Path, cache: dict | None = None,
-             progress=None) -> tuple[Path | None, bool, str]:
+def find_run(
+    c: Candidate, cfg: SweepConfig, out_dir: Path, cache: dict | None = None, progress=None
+) -> tuple[Path | None, bool, str]:
     """The trained run to score for `c`: from --from-runs, from an earlier invocation of this sweep, or trained now
     (unless latency_only). Returns (run directory or None, trained by this sweep, a note for the table or "").
 
@@ -271,7 +325,11 @@ def find_run(c: Candidate, cfg: SweepConfig, out_dir: Path, cache: dict | None =
     if theirs is not None and theirs.is_dir():
         if not finished_run(theirs):
             return None, False, f"{theirs} has no checkpoint yet (still training?): quality not measured"
-        done = "" if (theirs / "history.json").is_file() else f"{theirs} was still training: scored its best checkpoint so far"
+        done = (
+            ""
+            if (theirs / "history.json").is_file()
+            else f"{theirs} was still training: scored its best checkpoint so far"
+        )
         return theirs, False, done
     if finished_run(mine) and (mine / "history.json").is_file():
         return mine, True, ""
@@ -286,7 +344,11 @@ def _conversion_source(run_dir: Path | None, cfg: SweepConfig) -> dict:
     if run_dir is None:
         return {"from": "untrained architecture", "calibration_images": cfg.calibration_images, "data": list(cfg.data)}
     ckpt = run_dir / "best.keras"
-    return {"from": str(run_dir.resolve()), "checkpoint_mtime": ckpt.stat().st_mtime, "calibration_images": cfg.calibration_images}
+    return {
+        "from": str(run_dir.resolve()),
+        "checkpoint_mtime": ckpt.stat().st_mtime,
+        "calibration_images": cfg.calibration_images,
+    }
 
 
 def _load_checkpoint(run_dir: Path, attempts: int = 3):
@@ -308,13 +370,17 @@ def _load_checkpoint(run_dir: Path, attempts: int = 3):
         time.sleep(2.0 * (attempt + 1))
     if (run_dir / "history.json").is_file():
         raise DatasetError(f"{run_dir / 'best.keras'}: cannot be loaded ({str(error).splitlines()[0]})")
-    log.warning("%s: cannot load its checkpoint while it trains (%s); timing the untrained architecture instead",
-                run_dir, str(error).splitlines()[0])
+    log.warning(
+        "%s: cannot load its checkpoint while it trains (%s); timing the untrained architecture instead",
+        run_dir,
+        str(error).splitlines()[0],
+    )
     return None
 
 
-def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[np.ndarray], cache: dict | None = None,
-                      progress=None) -> SweepRow:
+def convert_candidate(
+    c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[np.ndarray], cache: dict | None = None, progress=None
+) -> SweepRow:
     """INT8 model of `c` (written to out_dir/models/) and, when a trained run exists or may be trained, its quality.
     Latency is measured afterwards for all candidates together (see run_sweep)."""
     run_dir, trained_here, note = find_run(c, cfg, out_dir, cache, progress)
@@ -324,10 +390,28 @@ def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[n
     notes = [note] if note else []
     if run_dir is None:
         notes.append("latency from the untrained architecture (same graph as a trained one)")
-    if run_dir is None and model_file.is_file() and meta_file.is_file() and json.loads(meta_file.read_text()).get("source") == source:
-        meta = json.loads(meta_file.read_text())  # converted by an earlier invocation from the same source: re-time only
-        return SweepRow(c.name, c.role, c.alpha, c.size, c.variant, meta["params"], model_file.stat().st_size, {}, None,
-                        meta["convert_s"], notes + ["INT8 file reused from an earlier run of the sweep"])
+    if (
+        run_dir is None
+        and model_file.is_file()
+        and meta_file.is_file()
+        and json.loads(meta_file.read_text()).get("source") == source
+    ):
+        meta = json.loads(
+            meta_file.read_text()
+        )  # converted by an earlier invocation from the same source: re-time only
+        return SweepRow(
+            c.name,
+            c.role,
+            c.alpha,
+            c.size,
+            c.variant,
+            meta["params"],
+            model_file.stat().st_size,
+            {},
+            None,
+            meta["convert_s"],
+            notes + ["INT8 file reused from an earlier run of the sweep"],
+        )
     import keras
 
     from trainer.export.convert import convert_int8
@@ -335,14 +419,18 @@ def convert_candidate(c: Candidate, cfg: SweepConfig, out_dir: Path, raw: list[n
 
     model = _load_checkpoint(run_dir) if run_dir is not None else None
     if run_dir is not None and model is None:
-        notes = [f"{run_dir / 'best.keras'} could not be read (being rewritten by its training?): quality not measured",
-                 "latency from the untrained architecture (same graph as a trained one)"]
+        notes = [
+            f"{run_dir / 'best.keras'} could not be read (being rewritten by its training?): quality not measured",
+            "latency from the untrained architecture (same graph as a trained one)",
+        ]
         run_dir, source = None, _conversion_source(None, cfg)
     if run_dir is not None and model is not None:  # (a run whose checkpoint could not be read was dropped above)
         from trainer.data.assemble import load_arrays
 
         if int(model.input_shape[1]) != c.size:
-            raise DatasetError(f"{run_dir}: model input is {model.input_shape[1]} px, expected {c.size} px for {c.name}")
+            raise DatasetError(
+                f"{run_dir}: model input is {model.input_shape[1]} px, expected {c.size} px for {c.name}"
+            )
         _, (val_x, _) = load_arrays(run_dir / "heldout.npz")
         calib = _run_calibration(run_dir, c.size, cfg.calibration_images, cfg.seed, val_x)
     else:
@@ -376,14 +464,22 @@ def run_sweep(out_dir: Path, cfg: SweepConfig = SweepConfig(), progress=None) ->
     raw = _raw_images(cfg.data, cfg.calibration_images, cfg.seed) if cfg.data else []
     rows: list[SweepRow] = []
     data_cache: dict = {}  # (role, size) -> short-run data, read once per input size
-    for c in (todo if progress is None else progress(todo, desc="sweep")):
+    for c in todo if progress is None else progress(todo, desc="sweep"):
         row = convert_candidate(c, cfg, out_dir, raw, data_cache, progress)
         if row.quality:
-            log.info("%s: validation %s INT8 %.4f, FP32 %.4f", c.name, row.quality["metric"], row.quality["int8"], row.quality["fp32"])
+            log.info(
+                "%s: validation %s INT8 %.4f, FP32 %.4f",
+                c.name,
+                row.quality["metric"],
+                row.quality["int8"],
+                row.quality["fp32"],
+            )
         rows.append(row)
         _write_partial(out_dir, cfg, [asdict(r) for r in rows])
     models = {r.name: TFLiteModel(out_dir / "models" / f"{r.name}.int8.tflite", threads=1) for r in rows}
-    timed = measure_models(models, cfg.latency_runs, priority=cfg.timing_priority, rounds=cfg.latency_rounds, progress=progress)
+    timed = measure_models(
+        models, cfg.latency_runs, priority=cfg.timing_priority, rounds=cfg.latency_rounds, progress=progress
+    )
     for r in rows:
         r.latency = timed[r.name].as_dict()
         log.info("%s: INT8 median %.3f ms (p95 %.3f)", r.name, r.latency["median_ms"], r.latency["p95_ms"])

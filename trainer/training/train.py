@@ -25,7 +25,9 @@ class TrainConfig:
     patience: int = 5  # early stopping on the validation loss
     seed: int = 0
     steps_per_epoch: int | None = None  # None: one pass over the training set
-    crop: int | None = None  # segmenter: train on random square crops of this size (fully convolutional; ~3x cheaper at 128)
+    crop: int | None = (
+        None  # segmenter: train on random square crops of this size (fully convolutional; ~3x cheaper at 128)
+    )
     verbose: int = 1  # Keras progress bar
 
     def as_dict(self) -> dict:
@@ -60,8 +62,9 @@ def _random_crop(image: tf.Tensor, mask: tf.Tensor, size: int, seed: tf.Tensor):
     return both[..., :3], tf.cast(both[..., 3:], mask.dtype)
 
 
-def make_dataset(images: np.ndarray, targets: np.ndarray, batch: int, seed: int, training: bool, masks: bool,
-                 crop: int | None = None) -> tf.data.Dataset:
+def make_dataset(
+    images: np.ndarray, targets: np.ndarray, batch: int, seed: int, training: bool, masks: bool, crop: int | None = None
+) -> tf.data.Dataset:
     """Batches of (float pixels, float targets); in training shuffled and augmented.
 
     `masks`: the targets are HxW masks that must follow the image's flips and rotations
@@ -76,7 +79,9 @@ def make_dataset(images: np.ndarray, targets: np.ndarray, batch: int, seed: int,
 
         def augment(pair, sample_seed):
             image, target = pair
-            image, moved, photometric_seed = _geometric(tf.cast(image, tf.float32), target if masks else None, sample_seed)
+            image, moved, photometric_seed = _geometric(
+                tf.cast(image, tf.float32), target if masks else None, sample_seed
+            )
             if crop:
                 image, moved = _random_crop(image, moved, crop, photometric_seed)
             return _augment_image(image, photometric_seed), moved if masks else target
@@ -130,10 +135,14 @@ def _callbacks(run_dir: Path, cfg: TrainConfig, monitor: str, mode: str) -> list
 
 
 def _schedule(cfg: TrainConfig, steps_per_epoch: int):
-    return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02)
+    return keras.optimizers.schedules.CosineDecay(
+        cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02
+    )
 
 
-def _fit(model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, steps: int, monitor: str, mode: str, extra_callbacks=()):
+def _fit(
+    model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, steps: int, monitor: str, mode: str, extra_callbacks=()
+):
     history = model.fit(
         train_ds.repeat() if cfg.steps_per_epoch else train_ds,
         validation_data=val_ds,
@@ -145,17 +154,26 @@ def _fit(model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, steps: int, m
     best = run_dir / "best.keras"
     if best.exists():
         model = keras.models.load_model(best, compile=False)
-    (run_dir / "history.json").write_text(json.dumps({k: [float(v) for v in vals] for k, vals in history.history.items()}, indent=1))
+    (run_dir / "history.json").write_text(
+        json.dumps({k: [float(v) for v in vals] for k, vals in history.history.items()}, indent=1)
+    )
     return model
 
 
-def train_classifier(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                     cfg: TrainConfig, run_dir: Path, extra_callbacks=()) -> keras.Model:
+def train_classifier(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    run_dir: Path,
+    extra_callbacks=(),
+) -> keras.Model:
     """Train P(crack); classes are balanced with weights inverse to their frequency."""
     keras.utils.set_random_seed(cfg.seed)
     x, y = train
     steps = cfg.steps_per_epoch or int(np.ceil(len(x) / cfg.batch_size))
-    pos = max(1, int(y.sum())); neg = max(1, len(y) - pos)
+    pos = max(1, int(y.sum()))
+    neg = max(1, len(y) - pos)
     model.compile(
         optimizer=keras.optimizers.Adam(_schedule(cfg, steps)),
         loss="binary_crossentropy",
@@ -169,13 +187,22 @@ def train_classifier(model: keras.Model, train: tuple[np.ndarray, np.ndarray], v
     return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_loss", "min", extra_callbacks)
 
 
-def train_segmenter(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                    cfg: TrainConfig, run_dir: Path, extra_callbacks=(), loss: str = "bce_dice") -> keras.Model:
+def train_segmenter(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    run_dir: Path,
+    extra_callbacks=(),
+    loss: str = "bce_dice",
+) -> keras.Model:
     """Train the per-pixel crack probability with BCE + Dice (or BCE + Tversky)."""
     keras.utils.set_random_seed(cfg.seed)
     x, m = train
     steps = cfg.steps_per_epoch or int(np.ceil(len(x) / cfg.batch_size))
-    model.compile(optimizer=keras.optimizers.Adam(_schedule(cfg, steps)), loss=SEGMENTER_LOSSES[loss], metrics=[dice_coefficient])
+    model.compile(
+        optimizer=keras.optimizers.Adam(_schedule(cfg, steps)), loss=SEGMENTER_LOSSES[loss], metrics=[dice_coefficient]
+    )
     train_ds = make_dataset(x, m, cfg.batch_size, cfg.seed, training=True, masks=True, crop=cfg.crop)
     val_ds = make_dataset(*val, cfg.batch_size, cfg.seed, training=False, masks=True)
     return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_dice_coefficient", "max", extra_callbacks)

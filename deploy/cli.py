@@ -84,7 +84,9 @@ def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
         "--remote-crackd",
         default="/opt/crackd/venv/bin/crackd",
         metavar="CMD",
-        help="crackd command on the device, used verbatim as a shell prefix (e.g. 'sudo -n /opt/crackd/venv/bin/crackd')",
+        help=(
+            "crackd command on the device, used verbatim as a shell prefix (e.g. 'sudo -n /opt/crackd/venv/bin/crackd')"
+        ),
     )
     p.add_argument(
         "--remote-state-dir",
@@ -94,7 +96,9 @@ def _common(p: argparse.ArgumentParser, hosts: bool = True) -> None:
     p.add_argument(
         "--remote-config",
         metavar="FILE",
-        help="daemon config on the device, for its state_dir and release policy (default /etc/crackd/crackd.yaml there)",
+        help=(
+            "daemon config on the device, for its state_dir and release policy (default /etc/crackd/crackd.yaml there)"
+        ),
     )
     add_json_arg(p, help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ssh command lines)")
@@ -160,14 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="deploy even to a device that is not serving healthily before the deploy (the health check after it still applies)",
+        help=(
+            "deploy even to a device that is not serving healthily "
+            "before the deploy (the health check after it still applies)"
+        ),
     )
     p.add_argument(
         "--device-option",
         action="append",
         default=[],
         metavar="FLAG",
-        help="extra flag for the device's `crackd models stage/activate`, repeatable (e.g. --device-option=--max-latency-ms=80)",
+        help=(
+            "extra flag for the device's `crackd models stage/activate`, "
+            "repeatable (e.g. --device-option=--max-latency-ms=80)"
+        ),
     )
     p.add_argument("--remote-tmp", default="/tmp", metavar="DIR", help="upload directory on the device (default /tmp)")
     p.add_argument("--who", help="name for the device history (default user@this-host)")
@@ -374,7 +384,8 @@ def cmd_push(args) -> int:
     signed = is_signed(args.bundle)
     progress(
         "*",
-        f"bundle {manifest.bundle_version} from {args.bundle}: manifest and checksums ok, {'signed' if signed else 'UNSIGNED (devices that require signatures will refuse it)'}",
+        f"bundle {manifest.bundle_version} from {args.bundle}: manifest and checksums ok, "
+        f"{'signed' if signed else 'UNSIGNED (devices that require signatures will refuse it)'}",
     )
     opts = PushOptions(
         who=_who(args),
@@ -432,7 +443,9 @@ def cmd_status(args) -> int:
         ok = bool(st.get("serving_current"))
         all_ok &= ok
         last = st.get("last") or {}
-        last_txt = f"{last.get('time', '')} {last.get('action', '')} {last.get('version', '')} {last.get('outcome', '')}".strip()
+        last_txt = (
+            f"{last.get('time', '')} {last.get('action', '')} {last.get('version', '')} {last.get('outcome', '')}"
+        ).strip()
         state = "healthy" if ok else describe_daemon(st, st.get("current") or "")
         rows.append(
             [
@@ -527,7 +540,9 @@ def cmd_install(args) -> int:
                 upload = remote.run("mktemp -d /tmp/crackd-install.XXXXXX", 60).stdout.strip()
                 progress(host, f"copying crackd source to {upload}")
                 remote.upload_dir(payload, upload, args.timeout)
-                cmd = f"{args.sudo} bash {shlex.quote(upload + '/deploy/install.sh')} --source {shlex.quote(upload)} {shlex.join(args.install_option)}".strip()
+                installer = shlex.quote(upload + "/deploy/install.sh")
+                options = shlex.join(args.install_option)
+                cmd = f"{args.sudo} bash {installer} --source {shlex.quote(upload)} {options}".strip()
                 progress(host, f"running: {cmd}")
                 rc = subprocess.run(remote.command(cmd), timeout=args.timeout).returncode
                 remote.run(f"{args.sudo} rm -rf -- {shlex.quote(upload)}".strip(), 60, check=False)

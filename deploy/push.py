@@ -221,7 +221,10 @@ def push_host(
             if before.get("serving_current"):
                 result.outcome, result.message = ALREADY, f"{version} is already serving"
             else:
-                result.message = f"{version} is already the current release but not serving healthily ({describe_daemon(before, version)}); nothing changed"
+                why = describe_daemon(before, version)
+                result.message = (
+                    f"{version} is already the current release but not serving healthily ({why}); nothing changed"
+                )
             return result
         if not before.get("serving_current") and not opts.force:
             why = (
@@ -245,7 +248,8 @@ def push_host(
             raise
         progress(
             host,
-            f"copied with {tool}; device checks the bundle (checksums, signature, models load, golden samples, latency)",
+            f"copied with {tool}; device checks the bundle (checksums, "
+            "signature, models load, golden samples, latency)",
         )
         stage = dev.models("stage", upload, "--who", opts.who, "--source", opts.source, *token, policy=True)
         try:  # the upload is removed in the same SSH command, whatever the outcome

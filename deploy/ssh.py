@@ -102,7 +102,8 @@ class Remote:
         return result
 
     def run_json(self, remote_cmd: str, timeout_s: float) -> dict:
-        """Run a `crackd ... --json` command; returns its JSON, raises RemoteError with the device's own error message."""
+        """Run a `crackd ... --json` command; returns its JSON,
+        raises RemoteError with the device's own error message."""
         result = self.run(remote_cmd, timeout_s, check=False)
         payload = _last_json(result.stdout)
         if payload is None:
@@ -197,7 +198,8 @@ class Remote:
 
 
 def remote_join(prefix: str, args: list[str]) -> str:
-    """A remote shell command line: `prefix` (e.g. `sudo -n /opt/crackd/venv/bin/crackd`) verbatim, then quoted arguments."""
+    """A remote shell command line: `prefix` (e.g. `sudo -n
+    /opt/crackd/venv/bin/crackd`) verbatim, then quoted arguments."""
     return f"{prefix} {shlex.join(args)}" if args else prefix
 
 

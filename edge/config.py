@@ -192,7 +192,8 @@ class MQTTConfig:
 
 @dataclass(frozen=True)
 class HomeAssistantConfig:
-    """MQTT discovery (edge.outputs.homeassistant): the device and its entities appear in Home Assistant by themselves."""
+    """MQTT discovery (edge.outputs.homeassistant): the device
+    and its entities appear in Home Assistant by themselves."""
 
     discovery: bool = _opt(
         True, "announce the device to Home Assistant with retained discovery configs on every connection"
@@ -457,7 +458,8 @@ def _convert(tp, node, path, filename, meta):
                 filename,
                 node,
                 path,
-                f"expected {expected}, got {_describe(_scalar(node, path, filename)) if isinstance(node, yaml.ScalarNode) else 'a mapping'}",
+                f"expected {expected}, got "
+                f"{_describe(_scalar(node, path, filename)) if isinstance(node, yaml.ScalarNode) else 'a mapping'}",
             )
         item_tp = args[0]
         items = [_convert(item_tp, child, f"{path}[{i}]", filename, {}) for i, child in enumerate(node.value)]

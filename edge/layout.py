@@ -1,4 +1,5 @@
-"""Every path crackd reads or writes outside a bundle: one definition, used by the daemon, the CLI and the release manager.
+"""Every path crackd reads or writes outside a bundle: one
+definition, used by the daemon, the CLI and the release manager.
 
 Config directory (an installed device, deploy/install.sh): /etc/crackd/crackd.yaml and /etc/crackd/allowed_signers.
 
@@ -6,7 +7,8 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
 
     crackd.db                       the journal (unless storage.db names another file)
     crackd.pid                      locked by the running daemon; its pid is only informative
-    status.json                     rewritten about every second (edge.daemon.status; docs/schemas/state/status.schema.json)
+    status.json                     rewritten about every second (edge.daemon.status;
+                                    schema: docs/schemas/state/status.schema.json)
     held-writes.reserve             space kept for journal writes held while the disk is full
     sparkplug_bdseq                 the Sparkplug B birth/death sequence across restarts
     snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (and <uuid>.overlay.jpg)

@@ -29,7 +29,7 @@ if os.environ.get("CRACKD_TEST_WITHOUT_TENSORFLOW"):
     sys.meta_path.insert(0, _NoTensorFlow())
 
 
-# --------------------------------------------------------------------------- MQTT (edge outputs and daemon, the installer)
+# ------------------------------------------------------------------------ MQTT (edge outputs and daemon, the installer)
 
 
 @pytest.fixture
@@ -41,7 +41,8 @@ def mosquitto(tmp_path):
 
 
 # --------------------------------------------------------------------------- model releases, signing, deploy
-# (edge/releases/manager.py, edge/releases/signing.py, deploy/): throwaway OpenSSH keys and modified copies of the shipped bundle.
+# (edge/releases/manager.py, edge/releases/signing.py, deploy/): throwaway OpenSSH keys and modified copies of the
+# shipped bundle.
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +53,8 @@ def signer_keys(tmp_path_factory):
 
 @pytest.fixture
 def make_bundle(tmp_path):
-    """Factory: make_bundle(suffix, edit=None, sign=None) -> a changed copy of the shipped bundle (see copy_default_bundle).
+    """Factory: make_bundle(suffix, edit=None, sign=None) -> a
+    changed copy of the shipped bundle (see copy_default_bundle).
 
     Versions are the shipped bundle's version plus `-suffix`, so nothing depends on which bundle is shipped.
     """

@@ -4,7 +4,8 @@ Takes a segmenter run that never saw SOURCE (trained with --holdout SOURCE), lab
 images of SOURCE (sorted by name) as "the site's", runs `crack-train adapt` on them, and scores the
 base and the adapted model in INT8 on the remaining images of SOURCE (tolerant F1, 2 px).
 
-    python tools/adapt_experiment.py --run runs/seg_loo_sut_seg --source ../shared/data/sut_seg --n 20 --work runs/adapt20
+    python tools/adapt_experiment.py --run runs/seg_loo_sut_seg --source ../shared/data/sut_seg \\
+        --n 20 --work runs/adapt20
 """
 
 from __future__ import annotations

@@ -69,11 +69,13 @@ def card_html(rows: list[tuple[str, str]], overlay_jpeg: bytes, device: str, cra
     badge = '<span class="badge on">Detected</span>' if crack_on else '<span class="badge">Clear</span>'
     return f"""<!doctype html><html><head><meta charset="utf-8"><style>
 body {{ margin: 0; background: #fafafa; font-family: Roboto, 'DejaVu Sans', sans-serif; }}
-.card {{ width: 380px; margin: 16px; background: #fff; border-radius: 12px; box-shadow: 0 2px 6px rgba(0,0,0,.15); overflow: hidden; }}
+.card {{ width: 380px; margin: 16px; background: #fff; border-radius: 12px;
+         box-shadow: 0 2px 6px rgba(0,0,0,.15); overflow: hidden; }}
 .card h1 {{ font-size: 20px; font-weight: 400; margin: 0; padding: 16px 16px 8px; color: #212121; }}
 .card img {{ width: 100%; display: block; }}
 .caption {{ padding: 6px 16px; font-size: 12px; color: #727272; }}
-.row {{ display: flex; justify-content: space-between; padding: 9px 16px; font-size: 14px; color: #212121; border-top: 1px solid #eee; }}
+.row {{ display: flex; justify-content: space-between; padding: 9px 16px; font-size: 14px; color: #212121;
+        border-top: 1px solid #eee; }}
 .name {{ color: #212121; }} .state {{ color: #444; }}
 .badge {{ background: #43a047; color: #fff; border-radius: 10px; padding: 1px 9px; font-size: 13px; }}
 .badge.on {{ background: #db4437; }}

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Run as `python tools/make_test_bundle.py`: put the repository root on sys.path so `edge`, `trainer` and `tests.helpers` import.
+# Run as `python tools/make_test_bundle.py`: put the repository root on sys.path so `edge`, `trainer` and
+# `tests.helpers` import.
 sys.path.insert(0, str(REPO))
 
 OUT = REPO / "tests" / "data" / "darkness-bundle"

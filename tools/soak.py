@@ -149,7 +149,10 @@ def main() -> int:
         "--source",
         default="folder",
         choices=["folder", "demo"],
-        help="folder: replay generated files as fast as possible; demo: the `crackd run --demo` camera (synthetic, 10 fps)",
+        help=(
+            "folder: replay generated files as fast as possible; "
+            "demo: the `crackd run --demo` camera (synthetic, 10 fps)"
+        ),
     )
     ap.add_argument("--rss-csv", default=None, metavar="FILE", help="write the RSS samples (seconds, MB) to this CSV")
     ap.add_argument("--plot", default=None, metavar="PNG", help="plot RSS over time to this PNG (matplotlib)")
@@ -261,27 +264,32 @@ def main() -> int:
             print(json.dumps(report, indent=1))
         else:
             print(
-                f"crackd soak: bundle {report['bundle']}, {width}x{height} {args.format}, segment {args.segment}, "
-                f"record_frames {args.record_frames}, folder cache {args.cache_mb:g} MB, {report['duration_s']} s measured"
+                f"crackd soak: bundle {report['bundle']}, {width}x{height} {args.format}, "
+                f"segment {args.segment}, record_frames {args.record_frames}, folder "
+                f"cache {args.cache_mb:g} MB, {report['duration_s']} s measured"
             )
             print(
-                f"  engine only             {report['engine_only_fps']:8.1f} frames/s  (before {before[0]:.1f}, after {after[0]:.1f}); "
-                f"{engine_cpu_ms:.3f} CPU ms/frame"
+                f"  engine only             {report['engine_only_fps']:8.1f} frames/s  (before "
+                f"{before[0]:.1f}, after {after[0]:.1f}); {engine_cpu_ms:.3f} CPU ms/frame"
             )
             print(
-                f"  daemon (journal + MQTT) {report['pipeline_fps']:8.1f} frames/s  wall ratio {report['throughput_ratio']:.1%}; "
-                f"{daemon_cpu_ms:.3f} CPU ms/frame, CPU ratio {report['cpu_ratio']:.1%}  (target >= 90%)"
+                f"  daemon (journal + MQTT) {report['pipeline_fps']:8.1f} frames/s  wall "
+                f"ratio {report['throughput_ratio']:.1%}; {daemon_cpu_ms:.3f} CPU "
+                f"ms/frame, CPU ratio {report['cpu_ratio']:.1%}  (target >= 90%)"
             )
             print(
-                "  (wall ratios swing with other load on this machine; the CPU ratio is what a saturated single core would give)"
+                "  (wall ratios swing with other load on this machine; "
+                "the CPU ratio is what a saturated single core would give)"
             )
             print(
-                f"  frames {report['frames_processed']} processed, {report['frames_skipped']} skipped, {report['frames_failed']} failed; "
-                f"{report['events']} events; outbox at exit {report['outbox_depth_at_exit']}; latency {report['latency_ms']}"
+                f"  frames {report['frames_processed']} processed, {report['frames_skipped']} "
+                f"skipped, {report['frames_failed']} failed; {report['events']} events; outbox "
+                f"at exit {report['outbox_depth_at_exit']}; latency {report['latency_ms']}"
             )
             print(
-                f"  RSS  start {report['rss_mb_start']} MB, end {report['rss_mb_end']} MB, max {report['rss_mb_max']} MB "
-                f"(means: first half {report['rss_mb_first_half_mean']}, second half {report['rss_mb_second_half_mean']}; target <= 150 MB, no growth)"
+                f"  RSS  start {report['rss_mb_start']} MB, end {report['rss_mb_end']} MB, max "
+                f"{report['rss_mb_max']} MB (means: first half {report['rss_mb_first_half_mean']}, "
+                f"second half {report['rss_mb_second_half_mean']}; target <= 150 MB, no growth)"
             )
         return 0
     finally:

@@ -67,7 +67,8 @@ def print_json(
 
 
 def locate(args: argparse.Namespace) -> StateLocation:
-    """The state directory and journal named by --state-dir / --config (edge.layout's rule); a bad config is a UsageError."""
+    """The state directory and journal named by --state-dir /
+    --config (edge.layout's rule); a bad config is a UsageError."""
     from edge.config import ConfigError  # edge.config imports edge.layout; keep `--help` light
 
     try:

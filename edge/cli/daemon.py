@@ -129,8 +129,9 @@ def cmd_check_config(args) -> int:
         return fail(f"{args.file}: model.bundle: {exc}")
     missing = "" if Path(cfg.storage.state_dir).is_dir() else " (does not exist yet: `crackd run` creates it)"
     print(
-        f"{args.file}: ok (device {cfg.device_id}, source {cfg.source.type}, bundle {manifest.bundle_version} at {bundle_dir}, "
-        f"state {cfg.storage.state_dir}{missing}, MQTT {f'{cfg.mqtt.host}:{cfg.mqtt.port:d}' if cfg.mqtt.enabled else 'off'})"
+        f"{args.file}: ok (device {cfg.device_id}, source {cfg.source.type}, bundle "
+        f"{manifest.bundle_version} at {bundle_dir}, state {cfg.storage.state_dir}{missing}, "
+        f"MQTT {f'{cfg.mqtt.host}:{cfg.mqtt.port:d}' if cfg.mqtt.enabled else 'off'})"
     )
     return 0
 

@@ -124,13 +124,14 @@ def _ev_list(args, journal, state_dir) -> int:
         print_json([_flat(e, state_dir) for e in events], indent=1)
         return 0
     print(
-        f"{'id':>5}  {'uuid':<8}  {'started (UTC)':<20}  {'state':<6}  {'frames':>6}  {'score':>5}  {'length px':>9}  label"
+        f"{'id':>5}  {'uuid':<8}  {'started (UTC)':<20}  {'state':<6}  "
+        f"{'frames':>6}  {'score':>5}  {'length px':>9}  label"
     )
     for e in events:
         m = e.get("peak_measurements") or {}
         print(
-            f"{e['id']:>5}  {e['uuid'][:8]}  {iso_utc(e['started_at'], 'seconds'):<20}  {e['state']:<6}  {e['frames']:>6}  {e['peak_score']:5.2f}  "
-            f"{m.get('length_px', '-')!s:>9}  {e.get('label') or ''}"
+            f"{e['id']:>5}  {e['uuid'][:8]}  {iso_utc(e['started_at'], 'seconds'):<20}  {e['state']:<6}  "
+            f"{e['frames']:>6}  {e['peak_score']:5.2f}  {m.get('length_px', '-')!s:>9}  {e.get('label') or ''}"
         )
     print(f"{len(events)} event(s)")
     return 0

@@ -1,4 +1,5 @@
-"""`crackd homeassistant show | remove`: the Home Assistant discovery configs of this device (edge.outputs.homeassistant)."""
+"""`crackd homeassistant show | remove`: the Home Assistant
+discovery configs of this device (edge.outputs.homeassistant)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ def cmd_homeassistant(args) -> int:
     except ConnectionError as exc:
         return fail(str(exc), 1)
     print(
-        f"removed: {n} empty retained configs published under {cfg.homeassistant.discovery_prefix}/ for device {cfg.device_id}"
-        " (set homeassistant.discovery: false, or the daemon announces the device again at its next connection)"
+        f"removed: {n} empty retained configs published under {cfg.homeassistant.discovery_prefix}/ "
+        f"for device {cfg.device_id} (set homeassistant.discovery: false, or the daemon announces "
+        "the device again at its next connection)"
     )
     return 0
 

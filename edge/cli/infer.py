@@ -74,7 +74,10 @@ def _row(path: Path, result) -> str:
     m = result.measurements
     meas = "-"
     if m is not None and m.count:
-        meas = f"{m.count} crack(s), length {m.length_px:.0f}px, max width {m.max_width_px:.1f}px, area {100 * m.area_fraction:.2f}%"
+        meas = (
+            f"{m.count} crack(s), length {m.length_px:.0f}px, max width {m.max_width_px:.1f}px, "
+            f"area {100 * m.area_fraction:.2f}%"
+        )
     elif result.segmented:
         meas = "segmented: no crack pixels"
     return f"{str(path)[-48:]:<48} {'CRACK' if result.crack else 'ok':<6} {result.score:6.3f}  {meas}"
@@ -137,7 +140,8 @@ def _percentiles(values: list[float]) -> dict:
 
 
 def _timed_loop(cascade, frames: list[np.ndarray], n: int, warmup: int) -> tuple[dict[str, list[float]], int, float]:
-    """Process `n` frames (cycling `frames`) after `warmup` untimed ones: (per-stage ms lists, segmented count, wall s)."""
+    """Process `n` frames (cycling `frames`) after `warmup` untimed
+    ones: (per-stage ms lists, segmented count, wall s)."""
     for i in range(warmup):
         cascade.process(frames[i % len(frames)])
     stages: dict[str, list[float]] = {k: [] for k in ("preprocess", "classify", "segment", "measure", "total")}
@@ -241,8 +245,9 @@ def _print_bench(report: dict, threads: int) -> None:
     width, height = report["frame_size"]
     ratios = report.get("relative_to_reference")
     print(
-        f"crackd bench: bundle {report['bundle_version']}, runtime {report['runtime']}, {threads} thread(s), "
-        f"{width}x{height}, {report['frames']} frames ({report['segmented_frames']} segmented, mode {report['segment_mode']})"
+        f"crackd bench: bundle {report['bundle_version']}, runtime {report['runtime']}, "
+        f"{threads} thread(s), {width}x{height}, {report['frames']} frames "
+        f"({report['segmented_frames']} segmented, mode {report['segment_mode']})"
     )
     print(f"{'stage':<14} {'median':>8} {'p95':>8} {'p99':>8}   (ms)" + ("   x reference" if ratios else ""))
     rows = [*report["stages_ms"].items(), ("no-crack frame", report["no_crack_frame_ms"])]
@@ -253,11 +258,13 @@ def _print_bench(report: dict, threads: int) -> None:
     if ratios:
         ref = report["reference"]
         print(
-            f"reference      {ref['median_ms']:8.3f} ms median ({Path(ref['path']).name}, input {'x'.join(map(str, ref['input_shape'][1:]))}; "
-            f"before {ref['before']['median_ms']:.3f}, after {ref['after']['median_ms']:.3f})"
+            f"reference      {ref['median_ms']:8.3f} ms median ({Path(ref['path']).name}, "
+            f"input {'x'.join(map(str, ref['input_shape'][1:]))}; before "
+            f"{ref['before']['median_ms']:.3f}, after {ref['after']['median_ms']:.3f})"
         )
         print(
-            f"crack frame          {ratios['crack_frame']:.3f} x reference   no-crack frame {ratios['no_crack_frame']:.3f} x reference"
+            f"crack frame          {ratios['crack_frame']:.3f} x "
+            f"reference   no-crack frame {ratios['no_crack_frame']:.3f} x reference"
         )
     print(f"throughput           {report['fps']:.1f} frames/s")
     print(f"pipeline efficiency  {report['pipeline_efficiency']:.3f}  (time inside the models / end-to-end)")
@@ -295,7 +302,10 @@ def register(sub) -> None:
         type=float,
         default=DEFAULT_MAX_PIXELS / 1e6,
         metavar="MP",
-        help=f"skip images whose header announces more megapixels, undecoded (default {DEFAULT_MAX_PIXELS / 1e6:g}; 0 = no limit)",
+        help=(
+            "skip images whose header announces more megapixels, undecoded "
+            f"(default {DEFAULT_MAX_PIXELS / 1e6:g}; 0 = no limit)"
+        ),
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     add_json_arg(p, help="one JSON object per image per line")
@@ -313,7 +323,10 @@ def register(sub) -> None:
         "--reference",
         metavar="MODEL.tflite",
         default=None,
-        help="also time this model (crack-train reference-model) before and after, and state every median as a multiple of it",
+        help=(
+            "also time this model (crack-train reference-model) before "
+            "and after, and state every median as a multiple of it"
+        ),
     )
     p.add_argument(
         "--reference-runs",

@@ -270,7 +270,8 @@ def _resolve(args) -> Releases:
     require = getattr(args, "require_signature", None)
     if require is False and policy.require_signature:
         raise UsageError(
-            f"--no-require-signature: {decided_by} requires signed bundles; command-line options may only make it stricter"
+            f"--no-require-signature: {decided_by} requires signed "
+            "bundles; command-line options may only make it stricter"
         )
     signers = getattr(args, "allowed_signers", None)
     if signers is not None:
@@ -343,7 +344,8 @@ def _cmd_list(rel: Releases, args) -> dict | None:
     for r in releases:
         mark = "*" if r["current"] else ("<" if r["previous"] else " ")
         print(
-            f"{mark} {r['version']:<24} installed {r['installed_at']}  {'signed' if r.get('signed') else 'unsigned'}  {r.get('error', '')}".rstrip()
+            f"{mark} {r['version']:<24} installed {r['installed_at']}  "
+            f"{'signed' if r.get('signed') else 'unsigned'}  {r.get('error', '')}".rstrip()
         )
     return None
 
@@ -354,7 +356,8 @@ def _cmd_status(rel: Releases, args) -> dict | None:
         return st
     reading = StatusReading.from_json(st["daemon"]) if st["daemon"] else None
     print(
-        f"current:  {st['current'] or 'none'}   previous: {st['previous'] or 'none'}   installed: {', '.join(st['releases']) or 'none'}"
+        f"current:  {st['current'] or 'none'}   previous: "
+        f"{st['previous'] or 'none'}   installed: {', '.join(st['releases']) or 'none'}"
     )
     if reading is None:
         print("daemon:   no status.json (not running?)")
@@ -364,8 +367,9 @@ def _cmd_status(rel: Releases, args) -> dict | None:
     else:
         d = reading.status
         print(
-            f"daemon:   pid {d.pid} {'running' if reading.pid_alive else 'NOT running'}, serving {d.bundle_version}, "
-            f"{'healthy' if d.healthy else 'UNHEALTHY'}, {d.fps:.1f} fps, camera {d.camera_state}, status {reading.age_s} s old"
+            f"daemon:   pid {d.pid} {'running' if reading.pid_alive else 'NOT running'}, "
+            f"serving {d.bundle_version}, {'healthy' if d.healthy else 'UNHEALTHY'}, "
+            f"{d.fps:.1f} fps, camera {d.camera_state}, status {reading.age_s} s old"
         )
         reload = d.last_reload
         if reload:
@@ -376,7 +380,8 @@ def _cmd_status(rel: Releases, args) -> dict | None:
     if st["last"]:
         last = st["last"]
         print(
-            f"last:     {last.get('time')} {last.get('action')} {last.get('version')} {last.get('outcome')} by {last.get('who')}"
+            f"last:     {last.get('time')} {last.get('action')} "
+            f"{last.get('version')} {last.get('outcome')} by {last.get('who')}"
         )
     return None
 
@@ -393,7 +398,8 @@ def _cmd_history(rel: Releases, args) -> dict | None:
         extra = r.get("error") or r.get("reason") or r.get("message") or ""
         frm = f" (from {r['from_version']})" if r.get("from_version") else ""
         print(
-            f"{r.get('time')}  {r.get('action'):<8} {r.get('version')}{frm}  {r.get('outcome')}  by {r.get('who')}  {extra}".rstrip()
+            f"{r.get('time')}  {r.get('action'):<8} {r.get('version')}{frm}  "
+            f"{r.get('outcome')}  by {r.get('who')}  {extra}".rstrip()
         )
     return None
 
@@ -413,7 +419,8 @@ def _cmd_stage(rel: Releases, args) -> dict | None:
     else:
         lat = report.latency_ms
         print(
-            f"staged release {report.version}: checksums ok, {report.trust}, golden samples {len(report.golden.get('samples', []))} ok, "
+            f"staged release {report.version}: checksums ok, {report.trust}, "
+            f"golden samples {len(report.golden.get('samples', []))} ok, "
             f"{lat.get('total_ms_p50', 0):.1f} ms per frame ({report.runtime})"
         )
         print(f"activate it with: crackd models activate {report.version}")
@@ -435,7 +442,8 @@ def _switch_output(result, args) -> dict | None:
 def _check_health_wait(args) -> None:
     if args.wait_healthy is not None and (args.wait_healthy <= 0 or not 0 <= args.settle < args.wait_healthy):
         raise UsageError(
-            f"--wait-healthy {args.wait_healthy:g} --settle {args.settle:g}: expected --settle from 0 to less than --wait-healthy"
+            f"--wait-healthy {args.wait_healthy:g} --settle {args.settle:g}: "
+            "expected --settle from 0 to less than --wait-healthy"
         )
 
 

@@ -80,7 +80,8 @@ class NotFullInteger(BundleError):
 
 
 class UnsafePath(BundleError):
-    """A manifest name or bundle member that is not a plain file inside the bundle (absolute, `..`, symlink, FIFO ...)."""
+    """A manifest name or bundle member that is not a plain file
+    inside the bundle (absolute, `..`, symlink, FIFO ...)."""
 
 
 # --------------------------------------------------------------------------- members: plain files inside the bundle
@@ -184,7 +185,8 @@ def _hash_fd(fd: int, where: Path, size: int | None, sink=None) -> str:
     limit = size if size is not None else MAX_UNDECLARED_FILE_BYTES
     if st_size > limit:
         raise UnsafePath(
-            f"{where}: {st_size} bytes, more than the {limit} bytes a bundle file may have without a size in the manifest"
+            f"{where}: {st_size} bytes, more than the {limit} bytes "
+            "a bundle file may have without a size in the manifest"
         )
     h = hashlib.sha256()
     seen = 0
@@ -308,7 +310,8 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     schema = _require(raw, "schema_version", str(path), int)
     if schema != SCHEMA_VERSION:
         raise UnsupportedSchema(
-            f"{path}: manifest schema_version {schema} is not supported (this crackd {__version__} reads schema {SCHEMA_VERSION})"
+            f"{path}: manifest schema_version {schema} is not supported "
+            f"(this crackd {__version__} reads schema {SCHEMA_VERSION})"
         )
     min_version = str(_require(raw, "min_crackd_version", str(path), str))
     if parse_version(min_version) > parse_version(__version__):
@@ -426,16 +429,19 @@ def check_model_tensors(entry: ModelEntry, model) -> None:
             raise TensorMismatch(f"{entry.file}: {name} dtype {actual.dtype.name} != manifest {spec.dtype}")
         if not np.isclose(actual.scale, spec.scale, rtol=1e-5, atol=1e-9) or actual.zero_point != spec.zero_point:
             raise TensorMismatch(
-                f"{entry.file}: {name} quantization ({actual.scale:g}, {actual.zero_point}) != manifest ({spec.scale:g}, {spec.zero_point})"
+                f"{entry.file}: {name} quantization ({actual.scale:g}, "
+                f"{actual.zero_point}) != manifest ({spec.scale:g}, {spec.zero_point})"
             )
         if actual.dtype.name not in FULL_INTEGER_DTYPES:
             raise NotFullInteger(
-                f"{entry.file}: {name} tensor is {actual.dtype.name}; crackd serves full-integer (uint8/int8) models only"
+                f"{entry.file}: {name} tensor is {actual.dtype.name}; "
+                "crackd serves full-integer (uint8/int8) models only"
             )
     floats = float_tensors(model)
     if floats:
         raise NotFullInteger(
-            f"{entry.file}: {len(floats)} float32 tensors (e.g. {floats[0]!r}); re-export with full-integer INT8 quantization"
+            f"{entry.file}: {len(floats)} float32 tensors (e.g. "
+            f"{floats[0]!r}); re-export with full-integer INT8 quantization"
         )
 
 

@@ -92,7 +92,8 @@ class TFLiteModel:
         return self._input_tensor()[0]
 
     def invoke(self) -> np.ndarray:
-        """Run the model on what was written into the input view; returns a copy of the raw output (batch axis dropped)."""
+        """Run the model on what was written into the input view;
+        returns a copy of the raw output (batch axis dropped)."""
         self._interpreter.invoke()
         return self._output_tensor()[0].copy()
 

@@ -197,8 +197,9 @@ def _check_classifier(bundle: LoadedBundle, rgb: np.ndarray, sample: dict, resul
     if result.classifier_score_diff > tol["classifier_score"]:
         to_score = lambda q: (q - cls.output.zero_point) * cls.output.scale  # noqa: E731
         result.problems.append(
-            f"classifier score {to_score(actual[0]):.3f} (raw {actual.tolist()}) differs from the recorded {to_score(expected[0]):.3f} "
-            f"(raw {expected.tolist()}) by {result.classifier_score_diff:.3f} (tolerance {tol['classifier_score']})"
+            f"classifier score {to_score(actual[0]):.3f} (raw {actual.tolist()}) differs "
+            f"from the recorded {to_score(expected[0]):.3f} (raw {expected.tolist()}) by "
+            f"{result.classifier_score_diff:.3f} (tolerance {tol['classifier_score']})"
         )
 
 
@@ -252,7 +253,8 @@ def run_golden(bundle: LoadedBundle) -> GoldenReport:
     samples = golden.get("samples") or []
     if not samples:
         raise GoldenMissing(
-            f"{bundle.manifest.path}: the manifest records no golden samples, so this device cannot check it computes what the trainer did; re-export the bundle"
+            f"{bundle.manifest.path}: the manifest records no golden samples, so this "
+            "device cannot check it computes what the trainer did; re-export the bundle"
         )
     tol = _tolerance(golden)
     results = [_check_sample(bundle, s, tol) for s in samples]
@@ -278,7 +280,8 @@ class BundleLatency:
 
 
 def measure_bundle_latency(bundle: LoadedBundle, runs: int = 5) -> BundleLatency:
-    """Time classifier and segmenter on this device (after one warm-up run), on the first golden image or a grey frame."""
+    """Time classifier and segmenter on this device (after one
+    warm-up run), on the first golden image or a grey frame."""
     samples = (bundle.manifest.golden or {}).get("samples") or []
     if samples:
         rgb = _read_rgb(bundle.manifest.path / samples[0]["image"])
@@ -327,5 +330,6 @@ def run_cascade(bundle: LoadedBundle) -> None:
             raise
         except Exception as exc:  # any failure here would be a failure on every camera frame
             raise GoldenError(
-                f"bundle {bundle.version}: golden sample {sample['image']}: the cascade failed ({type(exc).__name__}: {exc})"
+                f"bundle {bundle.version}: golden sample {sample['image']}: "
+                f"the cascade failed ({type(exc).__name__}: {exc})"
             ) from None

@@ -346,8 +346,8 @@ class Journal:
             current = self.schema_version
             if current > SCHEMA_VERSION:
                 raise JournalError(
-                    f"{self.path}: journal schema {current} was written by a newer crackd (this one reads <= {SCHEMA_VERSION}); "
-                    "upgrade crackd or point storage.db at a new file"
+                    f"{self.path}: journal schema {current} was written by a newer crackd (this one "
+                    f"reads <= {SCHEMA_VERSION}); upgrade crackd or point storage.db at a new file"
                 )
             if current == SCHEMA_VERSION:
                 return
@@ -455,8 +455,8 @@ class Journal:
             with self._transaction():
                 if frames:
                     c.executemany(
-                        "INSERT INTO frames (t, seq, ref, crack, score, segmented, measurements, latency_ms, bundle_version, event_uuid)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO frames (t, seq, ref, crack, score, segmented, measurements, "
+                        "latency_ms, bundle_version, event_uuid) VALUES (?,?,?,?,?,?,?,?,?,?)",
                         [
                             (
                                 f.t,
@@ -528,7 +528,8 @@ class Journal:
     def outbox_fetch(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, topic, payload, qos, retain, created_at, event_uuid FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, topic, payload, qos, retain, created_at, "
+                "event_uuid FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
         return [
@@ -704,8 +705,8 @@ class Journal:
             raise JournalError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
         with self._lock:
             self._conn.execute(
-                "INSERT INTO labels (event_uuid, label, note, labelled_at) VALUES (?,?,?,?) "
-                "ON CONFLICT(event_uuid) DO UPDATE SET label=excluded.label, note=excluded.note, labelled_at=excluded.labelled_at",
+                "INSERT INTO labels (event_uuid, label, note, labelled_at) VALUES (?,?,?,?) ON CONFLICT(event_uuid) "
+                "DO UPDATE SET label=excluded.label, note=excluded.note, labelled_at=excluded.labelled_at",
                 (uuid, label, note, time.time()),
             )
 

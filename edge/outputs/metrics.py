@@ -11,8 +11,8 @@ Two ways out, because Pis are monitored two ways:
 
 Counts the daemon already keeps (frames, events, skipped, reconnects, outbox depth, MQTT state)
 are read from its status (the figures status.json holds) when scraped (a custom collector):
-nothing is added to the frame path but one histogram observation per stage. prometheus_client is imported lazily: without it (a
-minimal install) the daemon runs with a warning and no metrics.
+nothing is added to the frame path but one histogram observation per stage. prometheus_client is imported
+lazily: without it (a minimal install) the daemon runs with a warning and no metrics.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class _SupervisorCollector:
-    """Reads the daemon's figures at scrape time: its status (edge.daemon.status.DaemonStatus) and the journal's failures."""
+    """Reads the daemon's figures at scrape time: its status
+    (edge.daemon.status.DaemonStatus) and the journal's failures."""
 
     def __init__(self, supervisor):
         self.sup = supervisor  # edge.daemon.supervisor.Supervisor

@@ -238,10 +238,10 @@ class Publisher:
         if now - self._takeover_logged >= TAKEOVER_LOG_INTERVAL_S:
             self._takeover_logged = now
             log.error(
-                "MQTT %s:%d closed this connection %d times in %.0f s right after accepting it: another client uses this "
-                "client id (%s) / device_id %s. Give every device its own device_id (or mqtt.client_id), and require "
-                "authentication with a per-device ACL on the broker (docs/mqtt.md, 'Securing the broker'); until then "
-                "consumers see false 'offline' announcements",
+                "MQTT %s:%d closed this connection %d times in %.0f s right after accepting it: another "
+                "client uses this client id (%s) / device_id %s. Give every device its own device_id (or "
+                "mqtt.client_id), and require authentication with a per-device ACL on the broker "
+                "(docs/mqtt.md, 'Securing the broker'); until then consumers see false 'offline' announcements",
                 self.m.host,
                 self.m.port,
                 len(self._short_connections),
@@ -350,7 +350,8 @@ class Publisher:
             self.published += len(done)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the outbox is empty (True) or `timeout` passes (False); a broker reconnecting meanwhile is waited for."""
+        """Wait until the outbox is empty (True) or `timeout` passes
+        (False); a broker reconnecting meanwhile is waited for."""
         deadline = time.monotonic() + timeout
         while True:
             if self.journal.outbox_depth() == 0:  # rows go only after their PUBACK: empty = all delivered

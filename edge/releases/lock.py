@@ -71,7 +71,10 @@ class DeviceLock:
         h = self.holder() or {}
         if not h:
             return f"{self.layout.models}: device is busy (another crackd models command holds {self.layout.lock.name})"
-        return f"{self.layout.models}: device is busy: {h.get('action', '?')} by {h.get('who', '?')} since {h.get('since', '?')} (pid {h.get('pid', '?')}); try again when it has finished"
+        return (
+            f"{self.layout.models}: device is busy: {h.get('action', '?')} by {h.get('who', '?')} "
+            f"since {h.get('since', '?')} (pid {h.get('pid', '?')}); try again when it has finished"
+        )
 
     def acquire(self, wait_s: float = 0.0) -> None:
         self.layout.models.mkdir(parents=True, exist_ok=True)
@@ -116,7 +119,8 @@ class DeviceLock:
             h = self.holder()
             if not (h and h.get("token") == token and self.is_held()):
                 raise LockTokenMismatch(
-                    f"{self.layout.lock}: the lock token given does not match a held deployment lock (the deploy session ended?)"
+                    f"{self.layout.lock}: the lock token given does not match "
+                    "a held deployment lock (the deploy session ended?)"
                 )
             yield self
             return

@@ -89,7 +89,8 @@ class LatencyTooHigh(BundleError):
 
 
 class NotHealthy(ReleaseError):
-    """The switch was made but the daemon did not serve the release healthily in time; `result` says what was switched."""
+    """The switch was made but the daemon did not serve the
+    release healthily in time; `result` says what was switched."""
 
     def __init__(self, message: str, result: SwitchResult):
         super().__init__(message)
@@ -163,7 +164,8 @@ def check_version(version: str) -> str:
     """A bundle_version becomes a directory name: letters, digits and . _ + - only."""
     if not VERSION_PATTERN.match(version or "") or version.endswith(STAGING_SUFFIX) or ".." in version:
         raise InvalidVersion(
-            f"bundle_version {version!r} cannot name a release directory (expected letters, digits and . _ + -, at most 64 characters)"
+            f"bundle_version {version!r} cannot name a release directory "
+            "(expected letters, digits and . _ + -, at most 64 characters)"
         )
     return version
 
@@ -204,7 +206,8 @@ def _looks_like_crackd(pid: int) -> bool:
 
 
 def describe_daemon(status: dict, version: str | None) -> str:
-    """One phrase on why the daemon does not count as serving `version` healthily (from `Releases.status()`, maybe as JSON)."""
+    """One phrase on why the daemon does not count as serving
+    `version` healthily (from `Releases.status()`, maybe as JSON)."""
     if not status.get("daemon"):
         return "daemon not running (no status.json)"
     try:
@@ -389,13 +392,13 @@ class Releases:
             served = now - healthy_since
             if frames > frames0:
                 last = (
-                    f"serving {version} with frames flowing ({frames - frames0} frames in {served:.1f} s), but only for "
-                    f"{served:.1f} of the {settle_s:g} s settle time"
+                    f"serving {version} with frames flowing ({frames - frames0} frames in "
+                    f"{served:.1f} s), but only for {served:.1f} of the {settle_s:g} s settle time"
                 )
             else:
                 last = (
-                    f"frames_processed stayed at {frames} for {served:.1f} s while status.json said {version} was serving "
-                    f"healthily (written {daemon.age_s if daemon else None} s ago)"
+                    f"frames_processed stayed at {frames} for {served:.1f} s while status.json said "
+                    f"{version} was serving healthily (written {daemon.age_s if daemon else None} s ago)"
                 )
         return Health(False, f"not serving {version} healthily within {timeout_s:g} s: {last}")
 
@@ -431,7 +434,8 @@ class Releases:
         wait_s: float = 0.0,
         token: str | None = None,
     ) -> StageReport:
-        """Copy bundle `source` in as releases/<version> after checking everything; raises on any failure (nothing is installed)."""
+        """Copy bundle `source` in as releases/<version> after checking
+        everything; raises on any failure (nothing is installed)."""
         who = who or default_who()
         source = Path(source)
         try:
@@ -471,7 +475,9 @@ class Releases:
         if target.exists():
             if manifest_sha256(target) != manifest_sha256(source):
                 raise VersionConflict(
-                    f"release {version} is already installed with different content (manifest sha256 {manifest_sha256(target)[:12]}... vs {manifest_sha256(source)[:12]}...); give the new bundle a new bundle_version"
+                    f"release {version} is already installed with different content (manifest "
+                    f"sha256 {manifest_sha256(target)[:12]}... vs "
+                    f"{manifest_sha256(source)[:12]}...); give the new bundle a new bundle_version"
                 )
             trust = self._check_trust(target)
             verify_files(read_manifest(target))
@@ -525,7 +531,8 @@ class Releases:
             shutil.rmtree(path, ignore_errors=True)
 
     def _check_trust(self, bundle_dir: Path) -> Trust:
-        """This device's signature policy (edge.releases.signing.check_bundle_trust, the rule the daemon applies too)."""
+        """This device's signature policy (edge.releases.signing.check_bundle_trust,
+        the rule the daemon applies too)."""
         p = self.policy
         return check_bundle_trust(
             bundle_dir, p.require_signature, (Path(p.allowed_signers), *map(Path, p.extra_allowed_signers))
@@ -544,7 +551,8 @@ class Releases:
         limit = self.policy.max_latency_ms
         if limit is not None and latency.total_ms_p50 > limit:
             raise LatencyTooHigh(
-                f"bundle {version}: classifier + segmenter take {latency.total_ms_p50:.1f} ms per frame on this device (median of {latency.runs}), above the limit of {limit:g} ms"
+                f"bundle {version}: classifier + segmenter take {latency.total_ms_p50:.1f} ms per "
+                f"frame on this device (median of {latency.runs}), above the limit of {limit:g} ms"
             )
         return StageReport(
             version,
@@ -590,7 +598,8 @@ class Releases:
             if not target.is_dir():
                 staged = ", ".join(r["version"] for r in self.installed()) or "none"
                 raise ReleaseNotFound(
-                    f"release {version} is not staged on this device (staged: {staged}); run `crackd models stage BUNDLE_DIR` first"
+                    f"release {version} is not staged on this device (staged: "
+                    f"{staged}); run `crackd models stage BUNDLE_DIR` first"
                 )
             try:  # cheap re-check: a trust change, or corruption since staging
                 self._check_trust(target)
@@ -679,7 +688,10 @@ class Releases:
             return {
                 "pid": pid,
                 "signalled": False,
-                "message": f"no permission to signal daemon pid {pid}; run as root or the crackd user, or `systemctl reload crackd`",
+                "message": (
+                    f"no permission to signal daemon pid {pid}; run as root or the crackd user, "
+                    "or `systemctl reload crackd`"
+                ),
             }
         except ProcessLookupError:
             return {
@@ -690,7 +702,8 @@ class Releases:
         return {"pid": pid, "signalled": True, "message": f"sent SIGHUP to daemon pid {pid}"}
 
     def prune(self) -> list[str]:
-        """Delete releases beyond `keep` besides current (previous always kept), and stale staging copies. Call with the lock held."""
+        """Delete releases beyond `keep` besides current (previous always
+        kept), and stale staging copies. Call with the lock held."""
         if not self.layout.releases.is_dir():
             return []
         current, previous = self.current_version(), self.previous_version()

@@ -110,7 +110,8 @@ def _run(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedPro
         )
     except subprocess.TimeoutExpired:
         raise SignatureError(
-            f"{' '.join(args[:3])}: no answer after {SSH_KEYGEN_TIMEOUT_S} s (waiting for a passphrase or a security key touch?)"
+            f"{' '.join(args[:3])}: no answer after {SSH_KEYGEN_TIMEOUT_S} "
+            "s (waiting for a passphrase or a security key touch?)"
         ) from None
 
 
@@ -154,16 +155,19 @@ def sign_bundle(bundle_dir: str | Path, key_path: str | Path) -> Path:
 
 
 def verify_bundle_signature(bundle_dir: str | Path, allowed_signers: str | Path) -> SignatureInfo:
-    """Check `manifest.json.sig` against `allowed_signers`; returns who signed, or raises SignatureError naming why not."""
+    """Check `manifest.json.sig` against `allowed_signers`; returns
+    who signed, or raises SignatureError naming why not."""
     bundle_dir = Path(bundle_dir)
     allowed_signers = Path(allowed_signers)
     if not member_exists(bundle_dir, SIGNATURE):
         raise SignatureMissing(
-            f"{bundle_dir}: not signed (no {SIGNATURE}) and this device requires signed bundles; sign it with `crack-deploy sign BUNDLE --key KEY`"
+            f"{bundle_dir}: not signed (no {SIGNATURE}) and this device requires "
+            "signed bundles; sign it with `crack-deploy sign BUNDLE --key KEY`"
         )
     if not allowed_signers.is_file():
         raise UnknownSigner(
-            f"{allowed_signers}: allowed_signers file not found; the device trusts no signer (add lines 'NAME namespaces=\"{NAMESPACE}\" ssh-ed25519 AAAA...')"
+            f"{allowed_signers}: allowed_signers file not found; the device trusts no "
+            f"signer (add lines 'NAME namespaces=\"{NAMESPACE}\" ssh-ed25519 AAAA...')"
         )
     # Read both once, as plain files of the bundle (no symlink, no FIFO), and verify exactly those bytes.
     manifest_bytes = read_member(bundle_dir, MANIFEST, MAX_MANIFEST_BYTES)
@@ -209,7 +213,8 @@ def _verify(
             match = _GOOD.search((result.stdout + result.stderr).decode(errors="replace"))
             if match is None:
                 raise SignatureInvalid(
-                    f"{shown}: ssh-keygen accepted it but its report was not understood: {_first_line(result.stdout + result.stderr)}"
+                    f"{shown}: ssh-keygen accepted it but its report was not "
+                    f"understood: {_first_line(result.stdout + result.stderr)}"
                 )
             info = SignatureInfo(principal=match["principal"], key_type=match["type"], fingerprint=match["fp"])
             if info.key_type.upper() not in ACCEPTED_KEY_TYPES:

@@ -130,6 +130,7 @@ def decode_rgb(
 
 
 def read_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
-    """Decode an image file to RGB uint8, or None when it is missing, empty or corrupt (ImageTooLarge: see decode_rgb)."""
+    """Decode an image file to RGB uint8, or None when it is
+    missing, empty or corrupt (ImageTooLarge: see decode_rgb)."""
     path = Path(path)
     return decode_rgb(np.fromfile(str(path), dtype=np.uint8), max_pixels, str(path)) if path.is_file() else None

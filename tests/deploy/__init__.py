@@ -1,1 +1,2 @@
-"""Tests of getting crackd onto a device: deploy over SSH, bundle signing, the installer and its runtime choice, the wheel."""
+"""Tests of getting crackd onto a device: deploy over SSH, bundle
+signing, the installer and its runtime choice, the wheel."""

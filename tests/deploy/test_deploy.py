@@ -132,7 +132,8 @@ def device(device_factory, make_bundle, signer_keys) -> Device:
 
 @pytest.fixture(scope="module")
 def steady_device(tmp_path_factory, signer_keys):
-    """One device shared by the tests whose bundles must never be activated (each checks it still serves its release)."""
+    """One device shared by the tests whose bundles must never
+    be activated (each checks it still serves its release)."""
     root = tmp_path_factory.mktemp("steady")
     dev = Device(root / "device", copy_default_bundle(root / "base", "steady", sign=signer_keys.trusted), signer_keys)
     yield dev
@@ -261,8 +262,8 @@ def test_a_copy_damaged_on_the_way_is_refused_by_the_device(sshd, steady_device,
     # A wrapper in front of the device's crackd flips bytes of the uploaded classifier just before staging.
     wrapper = tmp_path / "damaging-crackd"
     wrapper.write_text(
-        'if [ "$1 $2" = "models stage" ]; then printf XXXX | dd of="$3/classifier.tflite" bs=1 seek=200 conv=notrunc 2>/dev/null; fi\n'
-        f'exec {REMOTE_CRACKD} "$@"\n'
+        'if [ "$1 $2" = "models stage" ]; then printf XXXX | dd of="$3/classifier.tflite" bs=1 seek=200 conv=notrunc '
+        f'2>/dev/null; fi\nexec {REMOTE_CRACKD} "$@"\n'
     )
     bundle = make_bundle("damaged", sign=signer_keys.trusted)
 

@@ -1,4 +1,5 @@
-"""A wheel of crackd carries the default bundle: installed outside the source tree, `crackd infer` and `crackd run --demo` find it.
+"""A wheel of crackd carries the default bundle: installed outside
+the source tree, `crackd infer` and `crackd run --demo` find it.
 
 The wheel is built from exactly what `crack-deploy install` copies to a device and installed
 with pip into a fresh virtual environment. crackd's dependencies (numpy, OpenCV, PyYAML,

@@ -51,7 +51,8 @@ def tls_broker(tmp_path, test_ca):
 
 @pytest.fixture
 def subscriber_factory():
-    """Factory: subscriber_factory(port, topic=..., tls=..., auth=...) -> a connected Subscriber, closed after the test."""
+    """Factory: subscriber_factory(port, topic=..., tls=...,
+    auth=...) -> a connected Subscriber, closed after the test."""
     made = []
 
     def make(port, **kwargs) -> Subscriber:

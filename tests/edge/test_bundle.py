@@ -154,7 +154,7 @@ def test_unknown_runtime_name():
         load_interpreter_class("onnx")
 
 
-# --------------------------------------------------------------------------- paths in the manifest stay inside the bundle
+# ------------------------------------------------------------------------- paths in the manifest stay inside the bundle
 
 
 @pytest.mark.parametrize(

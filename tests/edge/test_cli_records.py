@@ -201,8 +201,9 @@ def test_status_after_a_clean_stop_says_stopped_cleanly(tmp_path):
     state = tmp_path / "state"
     config = tmp_path / "crackd.yaml"
     config.write_text(
-        f"source:\n  type: synthetic\n  synthetic: {{fps: 20, width: 64, height: 48}}\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n"
-        f"storage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\nlogging:\n  journald: false\n"
+        "source:\n  type: synthetic\n  synthetic: {fps: 20, width: 64, height: 48}\nmodel:\n"
+        f"  bundle: {DEFAULT_BUNDLE}\nstorage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\n"
+        "logging:\n  journald: false\n"
     )
     daemon = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
@@ -263,8 +264,9 @@ def test_a_missing_state_directory_is_created_only_with_a_word_about_it(tmp_path
     write_frames(tmp_path / "frames", "..")
     config = tmp_path / "crackd.yaml"
     config.write_text(
-        f"source:\n  type: folder\n  folder: {{path: {tmp_path / 'frames'}, fps: 0, loop: false}}\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n"
-        f"storage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\nlogging:\n  journald: false\n"
+        f"source:\n  type: folder\n  folder: {{path: {tmp_path / 'frames'}, fps: 0, loop: false}}\nmodel:\n"
+        f"  bundle: {DEFAULT_BUNDLE}\nstorage:\n  state_dir: {state}\n  snapshots: false\nmqtt:\n  enabled: false\n"
+        "logging:\n  journald: false\n"
     )
 
     check = crackd("check-config", str(config))

@@ -1,4 +1,5 @@
-"""The SQLite journal, on real files: WAL, migrations with a backup, integrity check, one-transaction writes, retention."""
+"""The SQLite journal, on real files: WAL, migrations with a
+backup, integrity check, one-transaction writes, retention."""
 
 from __future__ import annotations
 
@@ -258,7 +259,7 @@ def test_records_survive_a_writer_that_is_never_closed(tmp_path):
     j._conn.close()
 
 
-# --------------------------------------------------------------------------- hostile references, empty files, failing disks
+# ----------------------------------------------------------------------- hostile references, empty files, failing disks
 
 
 @pytest.mark.parametrize("ref", ["a%%%", "0___", "%%%%", "____", "a%", "11_1", "1111%"])
@@ -380,7 +381,8 @@ def test_a_journal_file_of_mode_444_is_refused_for_the_daemon_user():
 
 
 def test_held_writes_survive_the_reserve_file_without_their_pictures(tmp_path):
-    """What a stop on a full disk saves (edge.daemon.held_writes): event writes and JSON messages, in place, and back."""
+    """What a stop on a full disk saves (edge.daemon.held_writes):
+    event writes and JSON messages, in place, and back."""
     from edge.daemon.held_writes import Reserve, encoded_size, without_pictures
 
     reserve = Reserve(tmp_path / "held-writes.reserve", size=64 * 1024)

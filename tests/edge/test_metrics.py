@@ -1,4 +1,5 @@
-"""Prometheus metrics (edge/outputs/metrics.py): scraped for real from the running daemon and through Debian's node_exporter."""
+"""Prometheus metrics (edge/outputs/metrics.py): scraped for real
+from the running daemon and through Debian's node_exporter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""systemd integration: the sd_notify protocol on real AF_UNIX datagram sockets, the watchdog rule, journald-friendly logs.
+"""systemd integration: the sd_notify protocol on real AF_UNIX
+datagram sockets, the watchdog rule, journald-friendly logs.
 
 systemd-python is not installed here, so these exercise crackd's own protocol
 writer (the same datagrams `systemd.daemon.notify` would send). The full

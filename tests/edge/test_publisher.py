@@ -1,4 +1,5 @@
-"""The MQTT publisher against a real mosquitto: birth/will, store-and-forward from the journal's outbox, TLS + passwords."""
+"""The MQTT publisher against a real mosquitto: birth/will,
+store-and-forward from the journal's outbox, TLS + passwords."""
 
 from __future__ import annotations
 

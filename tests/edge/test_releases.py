@@ -355,7 +355,7 @@ def test_the_self_test_runs_under_memory_deny_write_execute(state, make_bundle, 
     assert "staged release" in r.stdout
 
 
-# --------------------------------------------------------------------------- hostile bundles (staging copies only what the manifest lists)
+# -------------------------------------------------------- hostile bundles (staging copies only what the manifest lists)
 
 
 def device_config(tmp_path, require_signature=True, allowed_signers=None, name="crackd.yaml"):
@@ -503,7 +503,7 @@ def test_manifest_paths_outside_the_bundle_are_refused_before_anything_is_copied
     assert not list(releases.layout.releases.glob("*"))
 
 
-# --------------------------------------------------------------------------- one signature policy, decided by the device's config
+# ----------------------------------------------------------------- one signature policy, decided by the device's config
 
 
 def test_command_line_options_cannot_weaken_the_configured_signature_policy(state, make_bundle, signer_keys, tmp_path):

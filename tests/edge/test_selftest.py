@@ -53,7 +53,8 @@ def _shift_recorded_classifier(sample_index: int, quanta: int):
 
 
 def _mid_range_sample(manifest: dict) -> int:
-    """The golden sample whose recorded classifier output is farthest from saturation (moves most under other kernels)."""
+    """The golden sample whose recorded classifier output is
+    farthest from saturation (moves most under other kernels)."""
     outputs = [s["classifier_output"] for s in manifest["golden"]["samples"]]
     return int(np.argmin([abs(o - 128) for o in outputs]))
 
@@ -65,7 +66,8 @@ def test_the_shipped_bundle_passes_with_this_runtime(bundle_copy):
 
 
 def test_a_kernel_sized_classifier_difference_passes(make_bundle):
-    """XNNPACK's ARM kernels gave 165 where 172 was recorded (7 quanta); the quanta tolerance of old bundles refused it."""
+    """XNNPACK's ARM kernels gave 165 where 172 was recorded (7
+    quanta); the quanta tolerance of old bundles refused it."""
     manifest = json.loads((make_bundle("probe") / "manifest.json").read_text())
     index = _mid_range_sample(manifest)
     report = run_golden(load_bundle(make_bundle("arm-like", edit=_shift_recorded_classifier(index, -7))))

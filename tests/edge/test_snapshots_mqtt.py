@@ -1,4 +1,5 @@
-"""The event picture on MQTT (edge/outputs/snapshots_mqtt.py): bounded, tagged, retained, through the outbox, newest only."""
+"""The event picture on MQTT (edge/outputs/snapshots_mqtt.py):
+bounded, tagged, retained, through the outbox, newest only."""
 
 from __future__ import annotations
 

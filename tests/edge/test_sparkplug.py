@@ -1,4 +1,5 @@
-"""Sparkplug B output (edge/outputs/sparkplug.py): what a real mosquitto delivers, decoded with edge/outputs/proto/sparkplug_b.proto.
+"""Sparkplug B output (edge/outputs/sparkplug.py): what a real
+mosquitto delivers, decoded with edge/outputs/proto/sparkplug_b.proto.
 
 The decoder is compiled from the .proto by protoc (grpcio-tools) into its own descriptor pool,
 independently of the committed edge/outputs/sparkplug_b_pb2.py, so the test decodes with the schema

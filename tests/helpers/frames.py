@@ -1,5 +1,6 @@
-"""Frames and media files on disk: folder-camera frames from a pattern (cracks, clear, corrupt), and damaged files
-(a JPEG whose header lies about its size, a spoilt video) that the sources, the daemon and `crackd infer` must refuse."""
+"""Frames and media files on disk: folder-camera frames from a pattern (cracks, clear, corrupt), and damaged
+files (a JPEG whose header lies about its size, a spoilt video) that the sources, the daemon and `crackd infer`
+must refuse."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 
 def write_frames(folder: Path, pattern: str, size=(64, 48), start: int = 0) -> list[Path]:
-    """Image files named in replay order from a pattern: 'C' = a dark crack line, '.' = blank light surface, 'X' = corrupt file."""
+    """Image files named in replay order from a pattern: 'C' = a dark
+    crack line, '.' = blank light surface, 'X' = corrupt file."""
     import cv2
     import numpy as np
 
@@ -42,7 +44,8 @@ def huge_header_jpeg(width=12000, height=12000) -> bytes:
 
 
 def damaged_video(tmp_path: Path, how: str) -> Path:
-    """A 30-frame MJPG .avi spoilt `how`: "truncated" (cut in half), "scribbled" (bytes overwritten), else random bytes."""
+    """A 30-frame MJPG .avi spoilt `how`: "truncated" (cut in
+    half), "scribbled" (bytes overwritten), else random bytes."""
     import cv2
     import numpy as np
 

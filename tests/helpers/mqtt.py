@@ -100,7 +100,8 @@ class Broker:
 
 
 def make_test_ca(d: Path) -> SimpleNamespace:
-    """A throwaway CA, a server certificate for localhost/127.0.0.1 and a client certificate (openssl, EC P-256) in `d`."""
+    """A throwaway CA, a server certificate for localhost/127.0.0.1
+    and a client certificate (openssl, EC P-256) in `d`."""
 
     def ssl(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)

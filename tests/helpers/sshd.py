@@ -50,9 +50,10 @@ def start_sshd(d: Path) -> Sshd:
     )
     (d / "ssh_config").write_text(
         f"Host {HOST} pi-twin\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d / 'user_key'}\n"
-        f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n"
-        f"Host pi-unreachable\n  HostName 127.0.0.1\n  Port {free_port()}\n  User root\n  IdentityFile {d / 'user_key'}\n"
-        f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n"
+        f"  LogLevel ERROR\nHost pi-unreachable\n  HostName 127.0.0.1\n  Port {free_port()}\n  User root\n"
+        f"  IdentityFile {d / 'user_key'}\n  UserKnownHostsFile {d / 'known_hosts'}\n"
+        "  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
     log = open(d / "sshd.log", "w")  # noqa: SIM115 (open while sshd runs; Sshd.stop closes it)

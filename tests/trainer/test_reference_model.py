@@ -1,4 +1,5 @@
-"""`crack-train reference-model`: the model `crackd bench --reference` states speed against is the same on every host."""
+"""`crack-train reference-model`: the model `crackd bench
+--reference` states speed against is the same on every host."""
 
 import hashlib
 import subprocess
@@ -14,7 +15,8 @@ from tests.helpers import REPO
 
 @pytest.fixture(scope="module")
 def small_reference(tmp_path_factory) -> Path:
-    """A small reference (alpha 0.35, 32x32) made by the real command: the same graph as the 224x224 one, made faster."""
+    """A small reference (alpha 0.35, 32x32) made by the real
+    command: the same graph as the 224x224 one, made faster."""
     out = tmp_path_factory.mktemp("reference") / "ref-0.35-32.tflite"
     subprocess.run(
         [sys.executable, "-m", "trainer.cli", "reference-model", "--out", str(out), "--alpha", "0.35", "--size", "32"],

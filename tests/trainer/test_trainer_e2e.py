@@ -167,7 +167,8 @@ def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path, capsys):
 
 
 def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(toy_runs):
-    """The few-shot path: publish fine-tuning checkpoints, adapt on a site's labelled images, export with the other model kept."""
+    """The few-shot path: publish fine-tuning checkpoints, adapt on
+    a site's labelled images, export with the other model kept."""
     bundle, finetune = toy_runs / "bundle-ft", toy_runs / "finetune"
     crack_train(
         "export",

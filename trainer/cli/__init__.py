@@ -147,7 +147,8 @@ def cmd_crossval(args) -> int:
 
 
 def cmd_adapt(args) -> int:
-    """Fine-tune a shipped model on a few labelled images of one site (a preset of `segmenter`/`classifier --weights`)."""
+    """Fine-tune a shipped model on a few labelled images of one
+    site (a preset of `segmenter`/`classifier --weights`)."""
     import json
 
     base = Path(args.base)
@@ -209,7 +210,8 @@ def cmd_reference_model(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(content)
     print(
-        f"wrote {out} ({len(content)} bytes): INT8 MobileNetV2 alpha {args.alpha}, {args.size}x{args.size}, seed {args.seed}"
+        f"wrote {out} ({len(content)} bytes): INT8 MobileNetV2 alpha "
+        f"{args.alpha}, {args.size}x{args.size}, seed {args.seed}"
     )
     return 0
 
@@ -285,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss",
         choices=["bce_dice", "bce_tversky"],
         default="bce_dice",
-        help="bce_dice, or bce_tversky (Tversky alpha 0.3 / beta 0.7: a missed crack pixel costs more than a false one)",
+        help=(
+            "bce_dice, or bce_tversky (Tversky alpha 0.3 / beta 0.7: a missed crack pixel costs more than a false one)"
+        ),
     )
     p.add_argument("--size", type=int, default=224)
     p.add_argument(

@@ -255,7 +255,8 @@ def save_arrays(path: Path, splits: Splits) -> None:
 def write_run_files(
     run_dir: Path, kind: str, spec, train_cfg, splits: Splits, data, synthetic: int, holdout=(), **extra
 ) -> None:
-    """run.json (what was trained, how, on what), splits.json and heldout.npz: what export, evaluate and the sweep read back."""
+    """run.json (what was trained, how, on what), splits.json and
+    heldout.npz: what export, evaluate and the sweep read back."""
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "kind": kind,

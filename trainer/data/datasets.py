@@ -3,7 +3,8 @@
 Classification: a folder with one sub-folder per class, named (any letter case)
 `positive`/`crack` for cracks and `negative`/`no_crack`/`nocrack` for clean
 surfaces, or a `labels.csv` (`file,label`) as written by `crack-train synth`, or
-the CSV of `crackd events export` (operators' labels on event snapshots). Segmentation: `images/` and `masks/` matched by file stem.
+the CSV of `crackd events export` (operators' labels on event snapshots). Segmentation: `images/` and
+`masks/` matched by file stem.
 
 Unreadable images are skipped, counted and listed (`LoadReport`); structural
 problems (a mask without its image, an empty folder) raise `DatasetError`.
@@ -77,7 +78,8 @@ def labelled_csv_files(csv_path: Path, image_dir: Path) -> list[tuple[Path, int]
         )
         if column is None or "label" not in (reader.fieldnames or []):
             raise DatasetError(
-                f"{csv_path}: expected columns file,label (or snapshot,label from `crackd events export`), got {reader.fieldnames}"
+                f"{csv_path}: expected columns file,label (or snapshot,label "
+                f"from `crackd events export`), got {reader.fieldnames}"
             )
         for line_no, row in enumerate(reader, start=2):
             word = (row.get("label") or "").strip().lower()
@@ -102,7 +104,8 @@ def classification_files(root: str | Path) -> list[tuple[Path, int]]:
         return pairs
     if not root.is_dir():
         raise DatasetError(
-            f"{root}: not a folder; expected a dataset folder with positive/ and negative/ (or crack/ and no_crack/) inside"
+            f"{root}: not a folder; expected a dataset folder with "
+            "positive/ and negative/ (or crack/ and no_crack/) inside"
         )
     labels_csv = root / "labels.csv"
     pairs = []
@@ -116,7 +119,8 @@ def classification_files(root: str | Path) -> list[tuple[Path, int]]:
                 pairs.extend((p, label) for p in image_files(sub))
         if not any(p.is_dir() and p.name.lower() in POSITIVE_DIRS | NEGATIVE_DIRS for p in root.iterdir()):
             raise DatasetError(
-                f"{root}: no class folders found; expected positive/ and negative/ (any case) or crack/ and no_crack/, or a labels.csv"
+                f"{root}: no class folders found; expected positive/ and "
+                "negative/ (any case) or crack/ and no_crack/, or a labels.csv"
             )
     if not pairs:
         raise DatasetError(
@@ -161,7 +165,8 @@ def segmentation_pairs(root: str | Path) -> list[tuple[Path, Path]]:
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise DatasetError(
-                f"{root}: missing {d.name}/ folder; a segmentation dataset needs images/ and masks/ with files matched by stem"
+                f"{root}: missing {d.name}/ folder; a segmentation dataset "
+                "needs images/ and masks/ with files matched by stem"
             )
     images = {p.stem: p for p in image_files(img_dir)}
     masks = {p.stem: p for p in image_files(mask_dir)}

@@ -111,7 +111,8 @@ def evaluate_segmenter_run(run_dir: Path, progress=print) -> tuple[dict, dict]:
 
 
 def evaluate_classifier_run(run_dir: Path, progress=print, tflite: Path | None = None) -> dict:
-    """Score the run's classifier (or `tflite`: an INT8 model trained with the same held-out source) on its held-out sets."""
+    """Score the run's classifier (or `tflite`: an INT8 model
+    trained with the same held-out source) on its held-out sets."""
     ho = heldout_of(run_dir)
     if tflite is None:
         progress(f"classifier {run_dir.name}: converting to INT8 and scoring on held-out {ho.source}")
@@ -146,7 +147,8 @@ def choose_threshold(curves: list[list[dict]], metric: str) -> float:
 
 
 def overlays(arrays: dict, threshold: float, title: str, path: Path, n_best: int = 3, n_worst: int = 5) -> Path:
-    """Best, median and worst held-out images: image | truth | prediction (green = found, red = missed, blue = false)."""
+    """Best, median and worst held-out images: image | truth |
+    prediction (green = found, red = missed, blue = false)."""
     from trainer.reports import plots as report_plots
 
     f1 = per_image_tolerant_f1(arrays["probs"], arrays["masks"], threshold)
@@ -253,8 +255,9 @@ def render(report: dict, heading: str = "#") -> str:
                 row = at(s["curve"], t)
                 best = max(s["curve"], key=lambda p: p["tolerant_f1"])
                 lines.append(
-                    f"| {r['heldout']} | {r['images']} | {scale} | {row['tolerant_f1']:.3f} | {row['tolerant_precision']:.3f} | "
-                    f"{row['tolerant_recall']:.3f} | {row['dice']:.3f} | {best['threshold']:.2f} ({best['tolerant_f1']:.3f}) |"
+                    f"| {r['heldout']} | {r['images']} | {scale} | {row['tolerant_f1']:.3f} | "
+                    f"{row['tolerant_precision']:.3f} | {row['tolerant_recall']:.3f} | "
+                    f"{row['dice']:.3f} | {best['threshold']:.2f} ({best['tolerant_f1']:.3f}) |"
                 )
         lines += [
             "",
@@ -286,8 +289,8 @@ def render(report: dict, heading: str = "#") -> str:
                 for thr in sorted({0.5, t}):
                     row = at(s["curve"], thr)
                     lines.append(
-                        f"| {name} | {s['images']} | {s['cracks']} | {thr:.2f} | {row['f1']:.3f} | {row['balanced_accuracy']:.3f} | "
-                        f"{row['recall']:.3f} | {row['precision']:.3f} |"
+                        f"| {name} | {s['images']} | {s['cracks']} | {thr:.2f} | {row['f1']:.3f} | "
+                        f"{row['balanced_accuracy']:.3f} | {row['recall']:.3f} | {row['precision']:.3f} |"
                     )
         lines.append("")
     return "\n".join(lines)

@@ -316,7 +316,8 @@ def evaluate_bundle(
     cfg: EvalConfig = EvalConfig(),
     progress=None,
 ) -> dict:
-    """Evaluate `bundle_dir` on the given folders / held-out runs; write report.json, REPORT.md and plots to `out_dir`."""
+    """Evaluate `bundle_dir` on the given folders / held-out
+    runs; write report.json, REPORT.md and plots to `out_dir`."""
     from trainer.reports import markdown as report_md
 
     bundle_dir = Path(bundle_dir)

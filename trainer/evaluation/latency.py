@@ -160,6 +160,6 @@ def load_note(latencies: list[dict]) -> str:
             + "; the timing thread ran at real-time priority (SCHED_FIFO) so that they did not inflate the numbers."
         )
     return (
-        busy
-        + " and timing ran at normal priority, so the numbers may be inflated; an idle machine gives equal or lower numbers."
+        busy + " and timing ran at normal priority, so the numbers may be inflated;"
+        " an idle machine gives equal or lower numbers."
     )

@@ -168,7 +168,8 @@ def heldout_sets(
     in_bundle = run_dir.name in bundle_runs.get(role, frozenset())
     if not in_bundle:
         log.warning(
-            "%s is not one of the bundle's %s training runs (%s): its held-out split may overlap what the bundle was trained on",
+            "%s is not one of the bundle's %s training runs (%s): its "
+            "held-out split may overlap what the bundle was trained on",
             run_dir,
             role,
             ", ".join(sorted(bundle_runs.get(role, ()))) or "none recorded",

@@ -99,7 +99,10 @@ def _latency_check(report: dict, role: str) -> dict:
     }
     if not lat:
         return {**check, "value": None, "measured": "not measured", "met": None, "note": ""}
-    note = f"p95 {lat['p95_ms']:.2f} ms, fastest {lat['min_ms']:.2f} ms over {lat['runs']} runs, {lat['threads']} thread, {lat['runtime']}"
+    note = (
+        f"p95 {lat['p95_ms']:.2f} ms, fastest {lat['min_ms']:.2f} ms over {lat['runs']} runs, "
+        f"{lat['threads']} thread, {lat['runtime']}"
+    )
     if (lat.get("load_average") or 0) > 1.0:
         note += f"; load average {lat['load_average']:.1f} from other jobs, " + (
             "timed at real-time priority"
@@ -133,7 +136,10 @@ def _crossval_checks(report: dict) -> list[dict]:
                 "value": value,
                 "measured": f"{value:.4f} at threshold {row['threshold']:.2f}",
                 "met": bool(value >= SEGMENTER_CROSS_SURFACE_TOLERANT_F1),
-                "note": f"leave-one-dataset-out run {r['run']} ({r['images']} images never seen in training); see CROSSVAL.md",
+                "note": (
+                    f"leave-one-dataset-out run {r['run']} ({r['images']} images never seen in training); "
+                    "see CROSSVAL.md"
+                ),
             }
         )
     if not checks:

@@ -43,7 +43,8 @@ def data_folders(manifest_raw: dict) -> list[str]:
 
 
 def source_entry(folder: str | Path, stored: dict | None = None) -> dict:
-    """folder, dataset, content, licence, citation, source_repo and `from` (where the text came from) for one data folder."""
+    """folder, dataset, content, licence, citation, source_repo
+    and `from` (where the text came from) for one data folder."""
     name = Path(folder).name
     source_txt = Path(folder) / SOURCE_FILE
     if source_txt.is_file():

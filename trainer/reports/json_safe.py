@@ -1,4 +1,5 @@
-"""Strict JSON for reports: numpy values become Python ones and NaN/inf become null (e.g. ROC-AUC of a one-class set)."""
+"""Strict JSON for reports: numpy values become Python ones
+and NaN/inf become null (e.g. ROC-AUC of a one-class set)."""
 
 from __future__ import annotations
 

@@ -64,7 +64,8 @@ def _targets(report: dict) -> list[str]:
         if c.get("note"):
             where = f"{where} ({c['note']})" if where else c["note"]
         lines.append(
-            f"| {_cell(c['name'])} | {_cell(c['requirement'])} | {_cell(c['measured'])} | {RESULT[c['met']]} | {_cell(where)} |"
+            f"| {_cell(c['name'])} | {_cell(c['requirement'])} | "
+            f"{_cell(c['measured'])} | {RESULT[c['met']]} | {_cell(where)} |"
         )
     return lines + [""]
 
@@ -74,17 +75,17 @@ def _how_to_read(report: dict) -> list[str]:
     return [
         "## How to read this report",
         "",
-        "- **INT8** is the model the device runs (`classifier.tflite`, `segmenter.tflite`); **FP32** is the unquantized reference "
-        "kept in `reference/`. The difference column shows what quantization costs, in percentage points (INT8 minus FP32; "
-        "negative means INT8 is worse).",
-        f"- The classifier says crack when P(crack) >= {cls_t:g}; the segmenter marks a pixel as crack when its P(crack) >= {seg_t:g} "
-        "(the thresholds stored in the bundle's manifest).",
-        "- **Precision**: of what the model called crack, the share that really is. **Recall**: of the real cracks, the share the model "
-        "found. **F1** balances the two. **ROC-AUC**: how well the scores rank cracks above clean surfaces at any threshold. "
-        "For the segmenter these are counted per pixel, at the model's input resolution; **Dice** equals the pixel F1 and **IoU** "
-        "is the overlap of predicted and true crack area.",
-        "- **Held out** data sets are the test splits the training runs set aside: the models never saw them, so they are the "
-        "honest numbers. A data set marked *seen in training* overstates real-world quality.",
+        "- **INT8** is the model the device runs (`classifier.tflite`, `segmenter.tflite`); **FP32** "
+        "is the unquantized reference kept in `reference/`. The difference column shows what "
+        "quantization costs, in percentage points (INT8 minus FP32; negative means INT8 is worse).",
+        f"- The classifier says crack when P(crack) >= {cls_t:g}; the segmenter marks a pixel as "
+        f"crack when its P(crack) >= {seg_t:g} (the thresholds stored in the bundle's manifest).",
+        "- **Precision**: of what the model called crack, the share that really is. **Recall**: of the real cracks, "
+        "the share the model found. **F1** balances the two. **ROC-AUC**: how well the scores rank cracks above "
+        "clean surfaces at any threshold. For the segmenter these are counted per pixel, at the model's input "
+        "resolution; **Dice** equals the pixel F1 and **IoU** is the overlap of predicted and true crack area.",
+        "- **Held out** data sets are the test splits the training runs set aside: the models never saw them, "
+        "so they are the honest numbers. A data set marked *seen in training* overstates real-world quality.",
         "",
     ]
 
@@ -104,8 +105,9 @@ def _summary_table(report: dict, role: str) -> list[str]:
                 f"{_pct(e['int8']['false_alarm_pixel_rate'])} | {_pct(fp32)} | {_pts(diff)} |"
             )
             lines.append(
-                f"|  |  | Crack-free images with any crack pixel | {e['int8']['clean_images_flagged']} of {e['int8']['clean_images']} | "
-                f"{e['fp32']['clean_images_flagged'] if e.get('fp32') else 'n/a'} of {e['int8']['clean_images']} |  |"
+                f"|  |  | Crack-free images with any crack pixel | {e['int8']['clean_images_flagged']} of "
+                f"{e['int8']['clean_images']} | {e['fp32']['clean_images_flagged'] if e.get('fp32') else 'n/a'} "
+                f"of {e['int8']['clean_images']} |  |"
             )
             continue
         for i, metric in enumerate(HEADLINE[role]):
@@ -190,9 +192,10 @@ def _latency(report: dict) -> list[str]:
     lines = [
         "## Latency",
         "",
-        f"Measured with the edge runtime on one thread, {mach.get('cpu', '?')} ({mach.get('cpu_count', '?')} cores), "
-        "interpreter call only (input already at the model's size), after warm-up runs; the models were timed in "
-        f"{report['config'].get('latency_rounds', 1)} interleaved rounds and each keeps its round with the lowest median.",
+        f"Measured with the edge runtime on one thread, {mach.get('cpu', '?')} "
+        f"({mach.get('cpu_count', '?')} cores), interpreter call only (input already at the model's "
+        f"size), after warm-up runs; the models were timed in {report['config'].get('latency_rounds', 1)} "
+        "interleaved rounds and each keeps its round with the lowest median.",
         "",
         "| Model | Variant | Median | p95 | Fastest | Runs | Target (INT8 median) |",
         "|---|---|---|---|---|---|---|",
@@ -201,8 +204,8 @@ def _latency(report: dict) -> list[str]:
         for variant, lat in variants.items():
             target = f"<= {LATENCY_MS[role]:g} ms" if variant == "int8" else ""
             lines.append(
-                f"| {role} | {variant.upper()} | {lat['median_ms']:.3f} ms | {lat['p95_ms']:.3f} ms | {lat['min_ms']:.3f} ms | "
-                f"{lat['runs']} | {target} |"
+                f"| {role} | {variant.upper()} | {lat['median_ms']:.3f} ms | "
+                f"{lat['p95_ms']:.3f} ms | {lat['min_ms']:.3f} ms | {lat['runs']} | {target} |"
             )
     note = load_note([lat for variants in report["latency"].values() for lat in variants.values()])
     if note:
@@ -244,8 +247,8 @@ def _provenance(report: dict) -> list[str]:
     lines = [
         "## Training data: provenance and licences",
         "",
-        "The models in this bundle were trained on the data below (plus procedurally generated images where a run says so). "
-        "Cite these data sets wherever the models are shipped.",
+        "The models in this bundle were trained on the data below (plus procedurally generated "
+        "images where a run says so). Cite these data sets wherever the models are shipped.",
         "",
     ]
     lines += _source_lines(prov.get("training", [])) or ["- The bundle's manifest records no training data folders."]
@@ -253,7 +256,8 @@ def _provenance(report: dict) -> list[str]:
     if runs:
         lines += [
             "",
-            "| Training run | Model | Architecture | Data | Kept out | Synthetic | Epochs (max) | Images (train / val / test) |",
+            "| Training run | Model | Architecture | Data | Kept out | "
+            "Synthetic | Epochs (max) | Images (train / val / test) |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in runs:
@@ -281,17 +285,18 @@ def render(report: dict) -> str:
         f"Bundle `{b['path']}` (manifest sha256 `{b['manifest_sha256'][:16]}...`, created {b['created']}). "
         f"Generated {report['generated']} by {report['generated_by']}.",
         "",
-        f"- Classifier: {m['classifier']['architecture'].get('architecture', '?')}, input {m['classifier']['input_size'][0]} px, "
-        f"{m['classifier']['bytes'] / 1024:.0f} KiB INT8.",
-        f"- Segmenter: {m['segmenter']['architecture'].get('architecture', '?')}, input {m['segmenter']['input_size'][0]} px, "
-        f"{m['segmenter']['bytes'] / 1024:.0f} KiB INT8.",
+        f"- Classifier: {m['classifier']['architecture'].get('architecture', '?')}, input "
+        f"{m['classifier']['input_size'][0]} px, {m['classifier']['bytes'] / 1024:.0f} KiB INT8.",
+        f"- Segmenter: {m['segmenter']['architecture'].get('architecture', '?')}, input "
+        f"{m['segmenter']['input_size'][0]} px, {m['segmenter']['bytes'] / 1024:.0f} KiB INT8.",
         "",
     ]
     lines += _targets(report)
     if report.get("crossval"):
         from trainer.evaluation.crossval import render as render_crossval
 
-        # Beside the in-domain figures: the same recipe scored on sources it never saw (chosen on these, not on in-domain).
+        # Beside the in-domain figures: the same recipe scored on sources it never saw (chosen on these, not on
+        # in-domain).
         lines += render_crossval(report["crossval"], heading="##").split("\n")
     lines += _how_to_read(report)
     lines += ["## INT8 against FP32, per data set", "", "### Classifier", ""] + _summary_table(report, "classifier")

@@ -55,7 +55,8 @@ def confusion_matrices(metrics: dict[str, dict], title: str, path: Path) -> Path
 
 
 def precision_recall(curves: dict[str, dict], title: str, path: Path) -> Path:
-    """Precision against recall as the threshold moves, one line per variant (curves from metrics.precision_recall_curve)."""
+    """Precision against recall as the threshold moves, one line
+    per variant (curves from metrics.precision_recall_curve)."""
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
     for variant, c in curves.items():
         ax.plot(c["recall"], c["precision"], label=variant.upper(), **VARIANT_STYLE.get(variant, {}))
@@ -109,7 +110,8 @@ def overlay_grid(
     title: str,
     path: Path,
 ) -> Path:
-    """Rows of samples: image | true mask (green) | each variant's predicted mask (red), per-image Dice in the titles."""
+    """Rows of samples: image | true mask (green) | each variant's
+    predicted mask (red), per-image Dice in the titles."""
     n = len(images)
     cols = 2 + len(predictions)
     fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.3 * n), squeeze=False)

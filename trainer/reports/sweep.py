@@ -24,7 +24,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def choose(rows: list[dict], budget_ms: float) -> tuple[dict | None, str]:
-    """The default for one role, and why: the fastest configuration within QUALITY_TIE of the best quality inside the budget."""
+    """The default for one role, and why: the fastest configuration
+    within QUALITY_TIE of the best quality inside the budget."""
     scored = [r for r in rows if r.get("quality")]
     if not scored:
         inside = [r["name"] for r in rows if r["latency"]["median_ms"] <= budget_ms]
@@ -64,13 +65,14 @@ def _reason(role: str, pick: dict | None, rows: list[dict], budget_ms: float, fa
         why = f"it has the highest validation {metric} of them ({pick['quality']['int8']:.4f})"
     else:
         why = (
-            f"it is the fastest within {QUALITY_TIE * 100:g} points of the best of them, {best['name']} "
-            f"({best['quality']['int8']:.4f} at {best['latency']['median_ms']:.3f} ms), with {pick['quality']['int8']:.4f}"
+            f"it is the fastest within {QUALITY_TIE * 100:g} points of the best of "
+            f"them, {best['name']} ({best['quality']['int8']:.4f} at "
+            f"{best['latency']['median_ms']:.3f} ms), with {pick['quality']['int8']:.4f}"
         )
     text = (
-        f"**{role.capitalize()}: {pick['name']}** ({_describe(pick)}, INT8 median {pick['latency']['median_ms']:.3f} ms). "
-        f"It is on the Pareto front: no other configuration is both faster and better. Of the {len(inside)} (of {len(scored)}) "
-        f"configurations within the {budget_ms:g} ms budget (INT8 median, one thread), {why}."
+        f"**{role.capitalize()}: {pick['name']}** ({_describe(pick)}, INT8 median {pick['latency']['median_ms']:.3f} "
+        f"ms). It is on the Pareto front: no other configuration is both faster and better. Of the {len(inside)} (of "
+        f"{len(scored)}) configurations within the {budget_ms:g} ms budget (INT8 median, one thread), {why}."
     )
     if better_outside:
         text += (
@@ -160,18 +162,19 @@ def table_lines(result: dict) -> list[str]:
         lines += [
             f"### {title}",
             "",
-            f"| Config | {'Alpha' if role == 'classifier' else 'Size'} | Input px | Params | INT8 KiB | Median ms | p95 ms | "
-            f"Val {metric} INT8 | Val {metric} FP32 | Quality from | Pareto front | Within {budget:g} ms |",
+            f"| Config | {'Alpha' if role == 'classifier' else 'Size'} | Input px | Params | INT8 KiB | Median ms | "
+            f"p95 ms | Val {metric} INT8 | Val {metric} FP32 | Quality from | Pareto front | Within {budget:g} ms |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             q = r.get("quality") or {}
             name = f"**{r['name']}** (chosen)" if r.get("chosen") else r["name"]
             lines.append(
-                f"| {name} | {r['alpha'] if role == 'classifier' else r['variant']} | {r['size']} | {r['params']:,} | "
-                f"{r['int8_bytes'] / 1024:.0f} | {r['latency']['median_ms']:.3f} | {r['latency']['p95_ms']:.3f} | "
-                f"{_fmt(q.get('int8'))} | {_fmt(q.get('fp32'))} | {_trained(r)} | "
-                f"{'yes' if r.get('on_front') else ('-' if not q else 'no')} | {'yes' if r.get('within_budget') else 'no'} |"
+                f"| {name} | {r['alpha'] if role == 'classifier' else r['variant']} | {r['size']} | "
+                f"{r['params']:,} | {r['int8_bytes'] / 1024:.0f} | {r['latency']['median_ms']:.3f} "
+                f"| {r['latency']['p95_ms']:.3f} | {_fmt(q.get('int8'))} | {_fmt(q.get('fp32'))} | "
+                f"{_trained(r)} | {'yes' if r.get('on_front') else ('-' if not q else 'no')} | "
+                f"{'yes' if r.get('within_budget') else 'no'} |"
             )
         lines.append("")
     return lines
@@ -219,9 +222,9 @@ def render(result: dict) -> str:
         "",
         f"Generated {result['generated']} on {mach.get('cpu')} ({mach.get('cpu_count')} cores).",
         "",
-        "**Latency**: every configuration converted to full-integer INT8 (calibrated on "
-        f"{cfg['calibration_images']} images through the device preprocessing) and timed with the edge runtime on one thread, "
-        f"median and p95 of {cfg['latency_runs']} runs after warm-up, interpreter call only; all models were timed in "
+        f"**Latency**: every configuration converted to full-integer INT8 (calibrated on {cfg['calibration_images']} "
+        "images through the device preprocessing) and timed with the edge runtime on one thread, median and p95 of "
+        f"{cfg['latency_runs']} runs after warm-up, interpreter call only; all models were timed in "
         f"{cfg.get('latency_rounds', 1)} interleaved rounds and each keeps its round with the lowest median.",
     ]
     note = load_note([r["latency"] for r in result["rows"]])
@@ -230,14 +233,15 @@ def render(result: dict) -> str:
     lines += ["", "**Quality is from a SHORTENED schedule, not the shipped training.** "]
     if here:
         lines[-1] += (
-            f"{len(here)} configurations were trained here for {cfg['epochs']} epochs (classifier) / {cfg['seg_epochs']} "
-            f"(segmenter) on a random subset of {cfg['train_images']} training images "
+            f"{len(here)} configurations were trained here for {cfg['epochs']} epochs (classifier) / "
+            f"{cfg['seg_epochs']} (segmenter) on a random subset of {cfg['train_images']} training images "
             f"(data: {', '.join(Path(d).name for d in cfg['data']) or 'none'}; + {cfg['synth']} synthetic), "
             f"and validated on up to {cfg['val_images']} images of each run's validation split. "
         )
     if reused:
         lines[-1] += (
-            f"{len(reused)} configurations reuse runs from `{cfg['from_runs']}` with their own schedule (see each row). "
+            f"{len(reused)} configurations reuse runs from "
+            f"`{cfg['from_runs']}` with their own schedule (see each row). "
         )
     if not scored:
         lines[-1] += "This was a latency-only sweep: no quality was measured. "
@@ -258,7 +262,8 @@ def render(result: dict) -> str:
     n_reused = sum(reused_note in r.get("notes", []) for r in result["rows"])
     if n_reused:
         lines += [
-            f"{n_reused} INT8 files were converted by an earlier invocation of the sweep from the same source and only re-timed.",
+            f"{n_reused} INT8 files were converted by an earlier invocation "
+            "of the sweep from the same source and only re-timed.",
             "",
         ]
     special = [(r["name"], n) for r in result["rows"] for n in r.get("notes", []) if n not in (generic, reused_note)]
@@ -267,7 +272,8 @@ def render(result: dict) -> str:
     plots = result.get("plots", {})
     if "pareto" in plots:
         lines += [
-            f"![Quality against INT8 latency; the Pareto front in red, the chosen configuration circled]({plots['pareto']})",
+            "![Quality against INT8 latency; the Pareto front in red, "
+            f"the chosen configuration circled]({plots['pareto']})",
             "",
         ]
     if "latency" in plots:
@@ -275,9 +281,10 @@ def render(result: dict) -> str:
     lines += [
         "## Choice of the shipped defaults",
         "",
-        f"Budgets (issue targets, INT8 median on one core): classifier <= {LATENCY_MS['classifier']:g} ms, "
-        f"segmenter <= {LATENCY_MS['segmenter']:g} ms. Rule: inside the budget, take the best validation quality; among "
-        f"configurations within {QUALITY_TIE * 100:g} points of it, take the fastest (so the choice is on the Pareto front).",
+        "Budgets (issue targets, INT8 median on one core): classifier <= "
+        f"{LATENCY_MS['classifier']:g} ms, segmenter <= {LATENCY_MS['segmenter']:g} ms. Rule: inside "
+        "the budget, take the best validation quality; among configurations within "
+        f"{QUALITY_TIE * 100:g} points of it, take the fastest (so the choice is on the Pareto front).",
         "",
     ]
     for role in ("classifier", "segmenter"):

@@ -154,7 +154,8 @@ def _raw_images(folders: tuple[str, ...], n: int, seed: int) -> list[np.ndarray]
 
 
 def calibration_images(raw: list[np.ndarray], size: int, n: int, seed: int) -> np.ndarray:
-    """`n` images at `size` through the device preprocessing (synthetic when no real ones), range-pinned as for export."""
+    """`n` images at `size` through the device preprocessing
+    (synthetic when no real ones), range-pinned as for export."""
     if raw:
         images = [model_input(img, size, size) for img in raw[:n]]
     else:
@@ -190,7 +191,8 @@ def _subset(arrays: tuple[np.ndarray, np.ndarray], n: int, seed: int) -> tuple[n
 
 
 def short_splits(c: Candidate, cfg: SweepConfig, cache: dict | None = None, progress=None):
-    """The data of a short run: train / val subsets of `cfg.train_images` / `cfg.val_images` images at the candidate's size.
+    """The data of a short run: train / val subsets of `cfg.train_images`
+    / `cfg.val_images` images at the candidate's size.
 
     Candidates of the same role and input size share one read of the data (`cache`)."""
     from trainer.data.assemble import classifier_splits, segmenter_splits
@@ -227,7 +229,8 @@ def short_splits(c: Candidate, cfg: SweepConfig, cache: dict | None = None, prog
 
 
 def train_short(c: Candidate, cfg: SweepConfig, run_dir: Path, cache: dict | None = None, progress=None) -> Path:
-    """Train `c` on the SHORT schedule into `run_dir` (run.json, splits.json, heldout.npz, best.keras as `crack-train` does)."""
+    """Train `c` on the SHORT schedule into `run_dir` (run.json,
+    splits.json, heldout.npz, best.keras as `crack-train` does)."""
     from trainer.data.assemble import write_run_files
     from trainer.training.train import TrainConfig, train_classifier, train_segmenter
 
@@ -340,7 +343,8 @@ def find_run(
 
 
 def _conversion_source(run_dir: Path | None, cfg: SweepConfig) -> dict:
-    """What an INT8 file was converted from; an unchanged source lets a re-run reuse the file instead of converting again."""
+    """What an INT8 file was converted from; an unchanged source
+    lets a re-run reuse the file instead of converting again."""
     if run_dir is None:
         return {"from": "untrained architecture", "calibration_images": cfg.calibration_images, "data": list(cfg.data)}
     ckpt = run_dir / "best.keras"

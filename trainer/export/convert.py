@@ -51,7 +51,8 @@ def load_checkpoint(run_dir: Path):
     """
     import keras
 
-    from trainer.training.train import bce_dice_loss, bce_tversky_loss, dice_coefficient  # noqa: F401  (registers custom objects)
+    # imported for their side effect: registering the custom objects the checkpoints name
+    from trainer.training.train import bce_dice_loss, bce_tversky_loss, dice_coefficient  # noqa: F401
 
     model = keras.models.load_model(run_dir / "best.keras", compile=False)
     if model.input_shape[1] is None:

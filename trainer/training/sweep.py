@@ -419,7 +419,9 @@ def convert_candidate(
     import keras
 
     from trainer.export.convert import convert_int8
-    from trainer.training.train import bce_dice_loss, dice_coefficient  # noqa: F401  (registers the segmenter's custom objects)
+
+    # imported for their side effect: registering the segmenter's custom objects
+    from trainer.training.train import bce_dice_loss, dice_coefficient  # noqa: F401
 
     model = _load_checkpoint(run_dir) if run_dir is not None else None
     if run_dir is not None and model is None:

@@ -123,7 +123,7 @@ def test_synthetic_frames_hold_a_scene_with_known_cracks():
 @pytest.fixture
 def video_file(tmp_path):
     path = tmp_path / "line.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 25, (64, 48))
     assert writer.isOpened()
     for i in range(6):
         bgr = np.zeros((48, 64, 3), np.uint8)

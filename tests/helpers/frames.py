@@ -50,7 +50,7 @@ def damaged_video(tmp_path: Path, how: str) -> Path:
     import numpy as np
 
     path = tmp_path / f"{how}.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 25, (64, 48))
     rng = np.random.default_rng(0)
     for _ in range(30):
         writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))

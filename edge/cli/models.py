@@ -447,35 +447,25 @@ def _check_health_wait(args) -> None:
         )
 
 
-def _cmd_activate(rel: Releases, args) -> dict | None:
+def _switch_options(args) -> dict:
+    """What activate and rollback both take from their command line."""
     _check_health_wait(args)
-    return _switch_output(
-        rel.activate(
-            args.version,
-            who=_who(args),
-            wait_s=args.wait,
-            token=args.lock_token,
-            reason=args.reason,
-            wait_healthy_s=args.wait_healthy,
-            settle_s=args.settle,
-        ),
-        args,
-    )
+    return {
+        "who": _who(args),
+        "wait_s": args.wait,
+        "token": args.lock_token,
+        "reason": args.reason,
+        "wait_healthy_s": args.wait_healthy,
+        "settle_s": args.settle,
+    }
+
+
+def _cmd_activate(rel: Releases, args) -> dict | None:
+    return _switch_output(rel.activate(args.version, **_switch_options(args)), args)
 
 
 def _cmd_rollback(rel: Releases, args) -> dict | None:
-    _check_health_wait(args)
-    return _switch_output(
-        rel.rollback(
-            who=_who(args),
-            wait_s=args.wait,
-            token=args.lock_token,
-            reason=args.reason,
-            wait_healthy_s=args.wait_healthy,
-            settle_s=args.settle,
-        ),
-        args,
-    )
+    return _switch_output(rel.rollback(**_switch_options(args)), args)
 
 
 def _cmd_confirm(rel: Releases, args) -> dict | None:

@@ -32,7 +32,7 @@ sample 01's classifier from 172 to 136 (0.14) and the segmenter maps by 1.1
 quanta on average; flipping the sign bit of the largest weight of the
 segmenter's output layer moves its maps by 1.2-1.7 quanta; one bit of a byte of
 an output bias sends the score or the mask to 0; a truncated model does not
-load. tests/test_selftest.py shows the last three (and BGR) fail.
+load. tests/edge/test_selftest.py shows the last three (and BGR) fail.
 
 Manifest format (written by the trainer's exporter):
 

@@ -16,7 +16,7 @@ Configs are republished on every connection and whenever Home Assistant announce
 retained config on every topic crackd may have used (HA deletes the entities).
 
 Payload keys are the long names of HA's documented configuration variables for the
-per-component discovery of binary_sensor, sensor and image (tests/test_homeassistant.py
+per-component discovery of binary_sensor, sensor and image (tests/edge/test_homeassistant.py
 checks them against those lists).
 """
 

@@ -74,7 +74,9 @@ def test_training_runs_leave_checkpoints_logs_and_splits(toy_runs):
         assert (run_dir / "tensorboard").is_dir()
 
 
-def test_export_writes_a_bundle_the_device_accepts(toy_runs):
+@pytest.fixture(scope="module")
+def toy_bundle(toy_runs):
+    """One export of the toy runs, with the fine-tuning checkpoints published (converting is most of the cost)."""
     bundle = toy_runs / "bundle"
     crack_train(
         "export",
@@ -90,7 +92,18 @@ def test_export_writes_a_bundle_the_device_accepts(toy_runs):
         "1.0",
         "--calibration-images",
         "16",
+        "--finetune-dir",
+        str(toy_runs / "finetune"),
+        "--classifier-threshold",
+        "0.4",
+        "--segmenter-threshold",
+        "0.3",
     )
+    return bundle
+
+
+def test_export_writes_a_bundle_the_device_accepts(toy_runs, toy_bundle):
+    bundle = toy_bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["bundle_version"] == "0.0.1-e2e"
     for role in ("classifier", "segmenter"):
@@ -166,31 +179,10 @@ def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path, capsys):
     assert "error:" in err and "empty" in err.strip().splitlines()[-1]
 
 
-def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(toy_runs):
-    """The few-shot path: publish fine-tuning checkpoints, adapt on
+def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(toy_runs, toy_bundle):
+    """The few-shot path: fine-tuning checkpoints published at export, adapt on
     a site's labelled images, export with the other model kept."""
-    bundle, finetune = toy_runs / "bundle-ft", toy_runs / "finetune"
-    crack_train(
-        "export",
-        "--classifier",
-        str(toy_runs / "cls"),
-        "--segmenter",
-        str(toy_runs / "seg"),
-        "--out",
-        str(bundle),
-        "--version",
-        "0.0.1-base",
-        "--tolerance",
-        "1.0",
-        "--calibration-images",
-        "16",
-        "--finetune-dir",
-        str(finetune),
-        "--classifier-threshold",
-        "0.4",
-        "--segmenter-threshold",
-        "0.3",
-    )
+    bundle, finetune = toy_bundle, toy_runs / "finetune"
     meta = json.loads((finetune / "segmenter.json").read_text())
     assert meta["kind"] == "segmenter" and meta["model_size"] == "fast"
     site = toy_runs / "site"

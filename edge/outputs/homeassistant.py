@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import ssl
 from dataclasses import dataclass
 
 from edge import __version__
@@ -268,6 +267,8 @@ def remove_now(cfg, password: str | None, timeout: float = 10.0) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from edge.outputs.publisher import authenticate  # imports paho, as the two lines above do
+
     m = cfg.mqtt
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
@@ -275,18 +276,7 @@ def remove_now(cfg, password: str | None, timeout: float = 10.0) -> int:
         protocol=mqtt.MQTTv311,
         clean_session=True,
     )
-    if m.username:
-        client.username_pw_set(m.username, password)
-    if m.tls.enabled:
-        client.tls_set(
-            ca_certs=m.tls.ca,
-            certfile=m.tls.cert,
-            keyfile=m.tls.key,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        if m.tls.insecure:
-            client.tls_insecure_set(True)
+    authenticate(client, m, password)
     import threading
 
     connack: dict = {}

@@ -80,6 +80,22 @@ def rss_mb() -> float | None:
     return None
 
 
+def authenticate(client: mqtt.Client, m, password: str | None) -> None:
+    """Username/password and TLS from the `mqtt` config section, for every client crackd opens."""
+    if m.username:
+        client.username_pw_set(m.username, password)
+    if m.tls.enabled:
+        client.tls_set(
+            ca_certs=m.tls.ca,
+            certfile=m.tls.cert,
+            keyfile=m.tls.key,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        if m.tls.insecure:
+            client.tls_insecure_set(True)
+
+
 class Publisher:
     """One MQTT connection (paho loop thread) plus the outbox drain thread."""
 
@@ -147,18 +163,7 @@ class Publisher:
         client.reconnect_delay_set(min_delay=max(1, int(m.reconnect_min_s)), max_delay=max(1, int(m.reconnect_max_s)))
         will = self._status_payload("offline", "connection lost")
         client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
-        if m.username:
-            client.username_pw_set(m.username, self._password)
-        if m.tls.enabled:
-            client.tls_set(
-                ca_certs=m.tls.ca,
-                certfile=m.tls.cert,
-                keyfile=m.tls.key,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            if m.tls.insecure:
-                client.tls_insecure_set(True)
+        authenticate(client, m, self._password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

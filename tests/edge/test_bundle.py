@@ -9,6 +9,7 @@ import pytest
 from edge.engine import bundle as B
 from edge.engine.runtime import RuntimeUnavailable, load_interpreter_class
 from tests.helpers import REPO
+from tests.helpers.cli import run_module
 
 
 def edit_manifest(bundle_dir, change):
@@ -201,10 +202,7 @@ def test_a_model_file_that_is_a_symlink_is_not_loaded(bundle_copy, tmp_path):
 
 
 def _cli(module, *args):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return run_module(module, *args, timeout=120)
 
 
 def test_crackd_infer_refuses_a_bundle_whose_manifest_points_outside_it(bundle_copy, tmp_path):

@@ -20,12 +20,7 @@ import pytest
 from edge.events.decision import EventRecord
 from edge.events.journal import EventWrite, Journal
 from tests.helpers import DEFAULT_BUNDLE, REPO, wait_until
-
-
-def crackd(*args, cwd=REPO, env=None, timeout=60):
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+from tests.helpers.cli import crackd
 
 
 def one_line(result) -> str:

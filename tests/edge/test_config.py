@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import yaml
 
 from edge.config import Config, ConfigError, config_from_dict, describe_defaults, load_config, parse_config
 from tests.helpers import REPO
+from tests.helpers.cli import crackd
 
 EXAMPLE = REPO / "config" / "crackd.example.yaml"
 
@@ -141,14 +140,8 @@ def test_bundle_defaults_to_installed_current_then_shipped(tmp_path):
     assert config_from_dict({"model": {"bundle": "/x"}}).bundle_dir() == Path("/x")
 
 
-def _cli(*args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60
-    )
-
-
 def test_check_config_accepts_the_example():
-    result = _cli("check-config", str(EXAMPLE))
+    result = crackd("check-config", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 
@@ -156,7 +149,7 @@ def test_check_config_accepts_the_example():
 def test_check_config_rejects_a_bad_file_with_exit_2_and_one_line(tmp_path):
     bad = tmp_path / "crackd.yaml"
     bad.write_text("device_id: x\nsource:\n  type: folder\n  folder:\n    path: /tmp\n    fsp: 5\n")
-    result = _cli("check-config", str(bad))
+    result = crackd("check-config", str(bad))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"crackd: {bad}:6: source.folder.fsp: unknown key (did you mean 'fps'?)"
@@ -206,7 +199,7 @@ def test_no_float_setting_takes_nan_or_infinity():
 def test_check_config_refuses_a_nan_threshold_in_one_line(tmp_path):
     cfg = tmp_path / "crackd.yaml"
     cfg.write_text("decision:\n  threshold: .nan\n")
-    result = _cli("check-config", str(cfg))
+    result = crackd("check-config", str(cfg))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"crackd: {cfg}:2: decision.threshold: expected a finite number from 0 to 1, got .nan"
@@ -224,7 +217,7 @@ def test_check_config_refuses_a_nan_threshold_in_one_line(tmp_path):
 def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(tmp_path, text):
     cfg = tmp_path / "crackd.yaml"
     cfg.write_text(text)
-    result = _cli("check-config", str(cfg))
+    result = crackd("check-config", str(cfg))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "nested more than" in lines[0] and lines[0].startswith(f"crackd: {cfg}:"), result.stderr[

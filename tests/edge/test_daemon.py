@@ -32,7 +32,8 @@ from edge.daemon.notify import Notifier
 from edge.daemon.supervisor import Supervisor
 from edge.events.journal import Journal, integrity_check
 from tests.helpers import REPO, read_status, wait_until, write_frames
-from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
+from tests.helpers.cli import crackd
+from tests.helpers.daemon import BLOCK, InProcess, daemon_dict, write_config
 from tests.helpers.disk import fill_disk, remount
 from tests.helpers.sources import wedging_source
 
@@ -277,10 +278,8 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
 
 
 def start_daemon(config: dict, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
-    path = tmp_path / "crackd.yaml"
-    path.write_text(yaml.safe_dump(config))
     return subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(write_config(tmp_path, config))],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
@@ -313,15 +312,7 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=20):
 def test_bad_config_exits_2_with_one_line(tmp_path, darkness_bundle, edit, expected):
     config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None)
     edit(config)
-    path = tmp_path / "crackd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = crackd("run", "--config", str(write_config(tmp_path, config)))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
@@ -671,15 +662,7 @@ def test_a_read_only_state_dir_stops_the_start_with_one_line_naming_it(
         Journal(state / "crackd.db").close()
     remount(small_fs, "ro")
     config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None, storage__state_dir=str(state))
-    path = tmp_path / "crackd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = crackd("run", "--config", str(write_config(tmp_path, config)))
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if "Traceback" in line or str(state) in line]
     assert len(lines) == 1 and "not writable" in lines[0] and "Read-only file system" in lines[0], result.stderr
@@ -691,15 +674,7 @@ def test_a_full_disk_at_the_first_start_stops_it_with_one_line(tmp_path, darknes
     state.mkdir()
     fill_disk(small_fs)
     config = daemon_dict(tmp_path, darkness_bundle, tmp_path, None, storage__state_dir=str(state))
-    path = tmp_path / "crackd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = crackd("run", "--config", str(write_config(tmp_path, config)))
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert str(state / "crackd.db") in last and "full" in last, result.stderr

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import threading
 from functools import partial
 
@@ -25,6 +23,7 @@ from edge.events.journal import Journal
 from edge.outputs.homeassistant import ALL_OBJECTS, Discovery, config_topic, entities
 from edge.outputs.publisher import Publisher
 from tests.helpers import REPO, wait_until, write_frames
+from tests.helpers.cli import crackd
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
 
 wait = partial(wait_until, timeout=15.0)
@@ -259,12 +258,7 @@ def test_the_daemon_announces_retained_configs_and_crackd_homeassistant_remove_c
         assert config["availability"][0]["topic"] == "crackd/cam1/status" and config["device"]["sw_version"]
     cfg_file = tmp_path / "crackd.yaml"
     cfg_file.write_text(yaml.safe_dump(d))
-    run = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "homeassistant", "remove", "--config", str(cfg_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = crackd("homeassistant", "remove", "--config", str(cfg_file))
     assert run.returncode == 0, run.stderr
     assert "removed: 10" in run.stdout
     assert Retained(mosquitto.port, "homeassistant/#").messages == {}
@@ -273,12 +267,7 @@ def test_the_daemon_announces_retained_configs_and_crackd_homeassistant_remove_c
 def test_remove_says_in_one_line_when_the_broker_is_not_there(tmp_path):
     cfg_file = tmp_path / "crackd.yaml"
     cfg_file.write_text(yaml.safe_dump({"device_id": "cam1", "mqtt": {"host": "127.0.0.1", "port": 1}}))
-    run = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "homeassistant", "remove", "--config", str(cfg_file), "--timeout", "3"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = crackd("homeassistant", "remove", "--config", str(cfg_file), "--timeout", "3")
     assert run.returncode == 1 and run.stderr.count("\n") == 1 and "cannot reach broker 127.0.0.1:1" in run.stderr
 
 

@@ -1,8 +1,6 @@
 """`crackd infer` and `crackd bench` as a user runs them (a real subprocess, the real default bundle)."""
 
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 from edge.engine.runtime import TFLiteModel
 from edge.sources.synth import generate
 from tests.helpers import REPO
+from tests.helpers.cli import run_module
 
 # Any TFLite model can be the bench's reference; tests use the shipped classifier (an INT8 MobileNetV2 as well)
 # instead of the 224x224 reference, which takes half a minute to make.
@@ -18,9 +17,7 @@ SMALL_REFERENCE = REPO / "models" / "default" / "classifier.tflite"
 
 
 def crackd(*args, check=False):
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=check
-    )
+    return run_module("edge.cli", *args, timeout=120, check=check)
 
 
 @pytest.fixture(scope="module")

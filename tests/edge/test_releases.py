@@ -23,6 +23,7 @@ from edge.releases.lock import DeviceBusy
 from edge.releases.manager import NothingToRollBack, ReleaseNotFound, ReleasePolicy, Releases, VersionConflict
 from edge.releases.signing import SignatureMissing, UnknownSigner
 from tests.helpers import REPO, wait_until
+from tests.helpers.cli import crackd
 
 
 @pytest.fixture
@@ -40,15 +41,8 @@ def releases(state, signer_keys):
     )
 
 
-def crackd(*args, check=False, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "models", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=timeout,
-    )
+def crackd_models(*args, check=False, timeout=120):
+    return crackd("models", *args, check=check, timeout=timeout)
 
 
 def version_of(bundle):
@@ -299,7 +293,7 @@ def test_crackd_models_cli_reports_a_refusal_in_one_line_and_json(state, make_bu
     bundle = make_bundle("cli-bad")
     (bundle / "segmenter.tflite").write_bytes(b"not a model")
 
-    r = crackd(
+    r = crackd_models(
         "stage", str(bundle), "--state-dir", str(state), "--config", str(device_config(tmp_path, False)), "--json"
     )
 
@@ -316,10 +310,10 @@ def test_crackd_models_cli_stage_activate_status_list(state, make_bundle, tmp_pa
     v = version_of(bundle)
     config = str(device_config(tmp_path, False))
 
-    assert crackd("stage", str(bundle), "--state-dir", str(state), "--config", config).returncode == 0
-    act = json.loads(crackd("activate", v, "--state-dir", str(state), "--config", config, "--json").stdout)
-    status = json.loads(crackd("status", "--state-dir", str(state), "--json").stdout)
-    listing = json.loads(crackd("list", "--state-dir", str(state), "--json").stdout)
+    assert crackd_models("stage", str(bundle), "--state-dir", str(state), "--config", config).returncode == 0
+    act = json.loads(crackd_models("activate", v, "--state-dir", str(state), "--config", config, "--json").stdout)
+    status = json.loads(crackd_models("status", "--state-dir", str(state), "--json").stdout)
+    listing = json.loads(crackd_models("list", "--state-dir", str(state), "--json").stdout)
 
     assert act["ok"] and act["version"] == v
     assert status["current"] == v and status["serving_current"] is False and status["daemon"] is None
@@ -327,7 +321,7 @@ def test_crackd_models_cli_stage_activate_status_list(state, make_bundle, tmp_pa
 
 
 def test_crackd_models_cli_usage_errors_exit_2(tmp_path):
-    r = crackd("status", "--state-dir", str(tmp_path / "missing"))
+    r = crackd_models("status", "--state-dir", str(tmp_path / "missing"))
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
@@ -427,7 +421,7 @@ def test_a_listed_file_that_is_a_fifo_is_refused_without_reading_it(state, make_
     bundle = make_bundle("fifo", edit=fifo, sign=signer_keys.trusted)
     config = device_config(tmp_path, True, signer_keys.allowed_signers)
 
-    r = crackd("stage", str(bundle), "--state-dir", str(state), "--config", str(config), timeout=60)
+    r = crackd_models("stage", str(bundle), "--state-dir", str(state), "--config", str(config), timeout=60)
 
     assert r.returncode == 1, r.stderr
     assert "golden/00.png: not a regular file" in r.stderr
@@ -446,7 +440,7 @@ def test_an_unsigned_bundle_is_refused_before_any_other_file_is_read_or_copied(
     bundle = make_bundle("unsigned-hostile", edit=hostile)
     config = device_config(tmp_path, True, signer_keys.allowed_signers)
 
-    r = crackd("stage", str(bundle), "--state-dir", str(state), "--config", str(config), timeout=60)
+    r = crackd_models("stage", str(bundle), "--state-dir", str(state), "--config", str(config), timeout=60)
 
     assert r.returncode == 1
     assert "not signed" in r.stderr and "Traceback" not in r.stderr
@@ -513,7 +507,7 @@ def test_command_line_options_cannot_weaken_the_configured_signature_policy(stat
         f'stranger@test namespaces="crackd-bundle" {signer_keys.stranger.with_suffix(".pub").read_text().strip()}\n'
     )
 
-    unsigned = crackd(
+    unsigned = crackd_models(
         "stage",
         str(make_bundle("unsigned")),
         "--state-dir",
@@ -522,7 +516,7 @@ def test_command_line_options_cannot_weaken_the_configured_signature_policy(stat
         str(config),
         "--no-require-signature",
     )
-    other_keys = crackd(
+    other_keys = crackd_models(
         "stage",
         str(make_bundle("stranger", sign=signer_keys.stranger)),
         "--state-dir",
@@ -540,14 +534,14 @@ def test_command_line_options_cannot_weaken_the_configured_signature_policy(stat
 
 
 def test_without_a_device_config_the_default_policy_requires_signatures(state, make_bundle):
-    r = crackd("stage", str(make_bundle("no-config")), "--state-dir", str(state), "--no-require-signature")
+    r = crackd_models("stage", str(make_bundle("no-config")), "--state-dir", str(state), "--no-require-signature")
 
     assert r.returncode == 2 and "may only make it stricter" in r.stderr
 
 
 def test_command_line_options_can_make_the_policy_stricter(state, make_bundle, signer_keys, tmp_path):
     config = device_config(tmp_path, False)
-    r = crackd(
+    r = crackd_models(
         "stage",
         str(make_bundle("stricter")),
         "--state-dir",
@@ -566,7 +560,7 @@ def test_a_policy_config_that_others_can_write_is_not_trusted(state, make_bundle
     config = device_config(tmp_path, False)
     os.chmod(config, 0o666)
 
-    r = crackd("stage", str(make_bundle("writable")), "--state-dir", str(state), "--config", str(config))
+    r = crackd_models("stage", str(make_bundle("writable")), "--state-dir", str(state), "--config", str(config))
 
     assert r.returncode == 2 and "writable by others" in r.stderr and str(config) in r.stderr
 
@@ -574,7 +568,7 @@ def test_a_policy_config_that_others_can_write_is_not_trusted(state, make_bundle
 def test_the_shipped_default_bundle_is_trusted_like_the_code_it_ships_with(state, signer_keys, tmp_path):
     config = device_config(tmp_path, True, signer_keys.allowed_signers)
 
-    r = crackd("stage", str(REPO / "models" / "default"), "--state-dir", str(state), "--config", str(config))
+    r = crackd_models("stage", str(REPO / "models" / "default"), "--state-dir", str(state), "--config", str(config))
 
     assert r.returncode == 0, r.stderr
     assert "shipped with this crackd" in r.stdout
@@ -593,31 +587,13 @@ def _daemon_config(tmp_path, bundle, signer_keys, require=True):
 def test_a_configured_model_bundle_obeys_the_same_signature_policy(make_bundle, signer_keys, tmp_path):
     unsigned = _daemon_config(tmp_path, make_bundle("configured"), signer_keys)
 
-    check = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "check-config", str(unsigned)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    run = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(unsigned)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    check = crackd("check-config", str(unsigned))
+    run = crackd("run", "--config", str(unsigned))
 
     assert check.returncode == 2 and "model.bundle" in check.stderr and "not signed" in check.stderr
     assert run.returncode == 2 and "not signed" in run.stderr and "Traceback" not in run.stderr
     signed = _daemon_config(tmp_path, make_bundle("configured-signed", sign=signer_keys.trusted), signer_keys)
-    ok = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "check-config", str(signed)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ok = crackd("check-config", str(signed))
     assert ok.returncode == 0, ok.stderr
 
 

@@ -11,7 +11,8 @@
     sshd            start_sshd (real OpenSSH server on loopback), HOST
     bundles         copy_default_bundle, swap_golden_segmenter_outputs, make_signer_keys
     bundle_factory  the "darkness" Keras models behind tests/data/darkness-bundle (needs TensorFlow)
-    daemon          daemon_dict, InProcess (a Supervisor in a thread), BLOCK
+    daemon          daemon_dict, write_config, InProcess (a Supervisor in a thread), BLOCK
+    cli             crackd, run_module (a command as a child process, output captured)
     sources         wedging_source (a camera whose driver call hangs)
 
 Only the light, dependency-free names are re-exported here; import the others from their module.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import yaml
+
 from edge.daemon.notify import Notifier
 from edge.daemon.supervisor import Supervisor
 
@@ -57,6 +59,13 @@ def daemon_dict(tmp_path: Path, bundle: Path, frames: Path, port: int | None, **
         else:
             d[section] = value
     return d
+
+
+def write_config(tmp_path: Path, config: dict) -> Path:
+    """`config` as the daemon's YAML file in `tmp_path` (crackd.yaml)."""
+    path = tmp_path / "crackd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 class InProcess:

@@ -472,8 +472,7 @@ def test_sighup_reloads_the_config_file_and_refuses_a_broken_one(tmp_path, darkn
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
     config = daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=50, source__folder__loop=True)
-    path = tmp_path / "crackd.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(tmp_path, config)
     sup = Supervisor(config_from_dict(config), config_path=path, notifier=Notifier(environ={}))
     sup.start()
     runner = threading.Thread(target=sup.run, daemon=True)

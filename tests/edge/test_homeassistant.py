@@ -15,7 +15,6 @@ from functools import partial
 import jinja2.sandbox
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import ConfigError, config_from_dict, parse_config
@@ -24,7 +23,7 @@ from edge.outputs.homeassistant import ALL_OBJECTS, Discovery, config_topic, ent
 from edge.outputs.publisher import Publisher
 from tests.helpers import REPO, wait_until, write_frames
 from tests.helpers.cli import crackd
-from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
+from tests.helpers.daemon import BLOCK, InProcess, daemon_dict, write_config
 
 wait = partial(wait_until, timeout=15.0)
 IDENTITY = {
@@ -256,17 +255,14 @@ def test_the_daemon_announces_retained_configs_and_crackd_homeassistant_remove_c
         config = json.loads(payload)
         check_documented(component, config)
         assert config["availability"][0]["topic"] == "crackd/cam1/status" and config["device"]["sw_version"]
-    cfg_file = tmp_path / "crackd.yaml"
-    cfg_file.write_text(yaml.safe_dump(d))
-    run = crackd("homeassistant", "remove", "--config", str(cfg_file))
+    run = crackd("homeassistant", "remove", "--config", str(write_config(tmp_path, d)))
     assert run.returncode == 0, run.stderr
     assert "removed: 10" in run.stdout
     assert Retained(mosquitto.port, "homeassistant/#").messages == {}
 
 
 def test_remove_says_in_one_line_when_the_broker_is_not_there(tmp_path):
-    cfg_file = tmp_path / "crackd.yaml"
-    cfg_file.write_text(yaml.safe_dump({"device_id": "cam1", "mqtt": {"host": "127.0.0.1", "port": 1}}))
+    cfg_file = write_config(tmp_path, {"device_id": "cam1", "mqtt": {"host": "127.0.0.1", "port": 1}})
     run = crackd("homeassistant", "remove", "--config", str(cfg_file), "--timeout", "3")
     assert run.returncode == 1 and run.stderr.count("\n") == 1 and "cannot reach broker 127.0.0.1:1" in run.stderr
 

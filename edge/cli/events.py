@@ -18,6 +18,7 @@ from pathlib import Path
 from edge.cli.common import UsageError, add_db_arg, add_json_arg, add_location_args, fail, locate, print_json
 from edge.timestamps import iso_utc
 
+EVENT_TIMES = ("started_at", "updated_at", "ended_at", "labelled_at")  # the journal's epoch seconds, shown as ISO
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection): such cells get a leading '.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_FIELDS = (
@@ -149,16 +150,13 @@ def _find(journal, ref: str) -> dict:
 
 def _ev_show(args, journal, state_dir) -> int:
     event = _find(journal, args.id)
-    event = {
-        **event,
-        "started_at_iso": iso_utc(event["started_at"], "seconds"),
-        "ended_at_iso": iso_utc(event.get("ended_at"), "seconds"),
-    }
+    # Times in ISO 8601 UTC, as `events list`, `events export`, `status` and the MQTT payloads print them.
+    event = {**event, **{key: iso_utc(event.get(key)) for key in EVENT_TIMES if key in event}}
     for key in ("snapshot", "overlay"):
         if event.get(key):
             event[key] = str((state_dir / event[key]).resolve())
     if args.frames:
-        event["frame_results"] = journal.event_frames(event["uuid"])
+        event["frame_results"] = [{**f, "t": iso_utc(f["t"])} for f in journal.event_frames(event["uuid"])]
     print_json(event, indent=1, default=str)
     return 0
 

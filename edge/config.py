@@ -26,6 +26,7 @@ import yaml
 
 from edge.config_fields import option as _opt
 from edge.config_fields import section as _section
+from edge.engine.grouping import CrackGrouping
 from edge.identifiers import identifier_problem
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, INSTALLED_STATE_DIR, SHIPPED_BUNDLE, StateLayout
 from edge.sources.registry import ADAPTERS, adapter_for
@@ -90,6 +91,7 @@ class ModelConfig:
     segment: Literal["on-crack", "never", "always"] = _opt("on-crack", "when to run the segmenter")
     tiling: TilingOptions = _section(TilingOptions, "segmenter tiling")
     mm_per_pixel: float | None = _opt(None, "scale of the camera view; when set, measurements also carry *_mm", gt=0)
+    cracks: CrackGrouping = _section(CrackGrouping, "what counts as one crack in the measurements")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from edge import __version__
 from edge.config import Config, ConfigError, load_config
@@ -269,7 +270,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current frame (twice: exit now). SIGHUP: reload."""
 
-        def on_stop(signum, frame):
+        def on_stop(signum: int, frame: FrameType | None) -> None:
             if self.stop_event.is_set():
                 log.warning("second %s: exiting now", signal.Signals(signum).name)
                 os._exit(1)

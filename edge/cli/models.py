@@ -38,11 +38,12 @@ from edge.cli.common import (
 )
 from edge.daemon_status import StatusReading
 from edge.engine.bundle import BundleError
-from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
+from edge.engine.runtime import RuntimeUnavailable
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG
 from edge.releases.lock import DeviceLock, Interrupted
 from edge.releases.manager import ReleaseError, ReleasePolicy, Releases, default_who
 from edge.state_location import RULE
+from edge.vocabulary import RUNTIME_CHOICES
 
 log = logging.getLogger(__name__)
 

@@ -51,6 +51,7 @@ from edge.outputs.metrics import start_for as start_metrics
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
 from edge.sources import FrameSource, adapter_for, make_source
 from edge.timestamps import iso_utc
+from edge.vocabulary import CameraState
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class Supervisor:
         if self._publisher is not None:
             self._publisher.notify()
 
-    def _on_camera_state(self, state: str, info: dict) -> None:
+    def _on_camera_state(self, state: CameraState, info: dict) -> None:
         if self._publisher is not None:
             self._publisher.publish_camera(state, info)
 

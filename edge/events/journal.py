@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.vocabulary import LABELS
+
 if TYPE_CHECKING:
     from edge.events.decision import EventRecord
 
@@ -111,7 +113,6 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-LABELS = ("crack", "no-crack")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.cli.common import EXIT_USAGE, fail
+from edge.vocabulary import RUNTIME_CHOICES
 
 
 def _progress(iterable, desc: str = ""):
@@ -153,7 +154,7 @@ def register(sub) -> None:
         help="data set of the cross-surface target (default sut_seg)",
     )
     p.add_argument(
-        "--runtime", default="auto", help="TFLite runtime: auto | ai-edge-litert | tflite-runtime | tensorflow"
+        "--runtime", default="auto", choices=RUNTIME_CHOICES, help=f"TFLite runtime: {' | '.join(RUNTIME_CHOICES)}"
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)

@@ -53,7 +53,7 @@ def test_the_config_accepts_each_value_and_names_them_all_for_a_wrong_one(key, v
 
 
 def test_the_runtime_loader_knows_each_runtime_name_in_order_of_preference():
-    assert tuple(RUNTIMES) == RUNTIME_NAMES and RUNTIME_CHOICES == ("auto", *RUNTIME_NAMES)
+    assert tuple(RUNTIMES) == RUNTIME_NAMES and ("auto", *RUNTIME_NAMES) == RUNTIME_CHOICES
 
 
 def test_the_json_schemas_list_exactly_the_camera_states():

@@ -1,6 +1,6 @@
 """The release manager's view of the running daemon: what status.json says, SIGHUP, and waiting until it serves.
 
-Reads only STATE/status.json (edge.daemon.status), STATE/crackd.pid and the links, so it is cheap to poll often.
+Reads only STATE/status.json (edge.daemon_status), STATE/crackd.pid and the links, so it is cheap to poll often.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.daemon.status import DaemonStatus, StatusReading
+from edge.daemon_status import DaemonStatus, StatusReading
 from edge.layout import StateLayout
 from edge.releases.inventory import link_version
 from edge.timestamps import parse_iso
@@ -44,7 +44,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def read_daemon_status(status_file: Path) -> StatusReading:
-    """status.json as the daemon last wrote it (edge.daemon.status), how old it is and whether its pid is alive.
+    """status.json as the daemon last wrote it (edge.daemon_status), how old it is and whether its pid is alive.
 
     Raises FileNotFoundError when there is none and ValueError when it is not a status.
     """

@@ -35,7 +35,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge.daemon.status import StatusReading
+from edge.daemon_status import StatusReading
 from edge.engine.bundle import BundleError, read_manifest, verify_files
 from edge.layout import StateLayout
 from edge.releases.daemon_watch import Health, daemon_status, serving, signal_daemon, wait_serving

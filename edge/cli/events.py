@@ -22,6 +22,7 @@ from edge.timestamps import iso_utc
 if TYPE_CHECKING:
     from edge.events.journal import EventRow
 
+EVENT_TIMES = ("started_at", "updated_at", "ended_at", "labelled_at")  # the journal's epoch seconds, shown as ISO
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection): such cells get a leading '.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_FIELDS = (
@@ -154,16 +155,16 @@ def _find(journal, ref: str) -> EventRow:
 
 def _ev_show(args, journal, state_dir) -> int:
     found = _find(journal, args.id)
-    event = {
-        **found.as_dict(),
-        "started_at_iso": iso_utc(found.started_at, "seconds"),
-        "ended_at_iso": iso_utc(found.ended_at, "seconds"),
-    }
+    event = found.as_dict()
+    # Times in ISO 8601 UTC, as `events list`, `events export`, `status` and the MQTT payloads print them.
+    event.update({key: iso_utc(event[key]) for key in EVENT_TIMES if key in event})
     for key in ("snapshot", "overlay"):
         if event.get(key):
             event[key] = str((state_dir / event[key]).resolve())
     if args.frames:
-        event["frame_results"] = [frame.as_dict() for frame in journal.event_frames(found.uuid)]
+        event["frame_results"] = [
+            {**frame.as_dict(), "t": iso_utc(frame.t)} for frame in journal.event_frames(found.uuid)
+        ]
     print_json(event, indent=1, default=str)
     return 0
 

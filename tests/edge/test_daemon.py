@@ -230,6 +230,10 @@ def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bu
     assert main(["events", "show", "--state-dir", state, uuid, "--frames"]) == 0
     shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert shown["label"] == "no-crack" and len(shown["frame_results"]) >= 3
+    # times in ISO 8601 UTC, as `events list` prints them (not the journal's epoch seconds)
+    assert shown["started_at"].startswith(listed[-1]["started_at"][:19]) and shown["started_at"].endswith("Z")
+    assert all(shown[k].endswith("Z") for k in ("updated_at", "ended_at", "labelled_at"))
+    assert all(f["t"].endswith("Z") for f in shown["frame_results"])
     out = tmp_path / "export.csv"
     assert main(["events", "export", "--state-dir", state, "--label", "no-crack", "--out", str(out)]) == 0
     rows = out.read_text().splitlines()

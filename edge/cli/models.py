@@ -42,6 +42,7 @@ from edge.engine.runtime import RuntimeUnavailable
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG
 from edge.releases.lock import DeviceLock, Interrupted
 from edge.releases.manager import ReleaseError, ReleasePolicy, Releases, default_who
+from edge.releases.owner import become_state_owner
 from edge.state_location import RULE
 from edge.vocabulary import RUNTIME_CHOICES
 
@@ -302,6 +303,7 @@ def _resolve(args) -> Releases:
         raise UsageError(
             f"{state_dir}: state directory does not exist (is crackd installed? pass --state-dir or --config)"
         )
+    become_state_owner(Path(state_dir))  # never root inside the service's state directory (edge.releases.owner)
     return Releases(state_dir, policy)
 
 

@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from edge import __version__
 from edge.config import Config, ConfigError, load_config
@@ -52,6 +53,7 @@ from edge.outputs.metrics import start_for as start_metrics
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
 from edge.sources import FrameSource, adapter_for, make_source
 from edge.timestamps import iso_utc
+from edge.vocabulary import CameraState
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +263,7 @@ class Supervisor:
         if self._publisher is not None:
             self._publisher.update_identity(detections_paused=reason)
 
-    def _on_camera_state(self, state: str, info: dict) -> None:
+    def _on_camera_state(self, state: CameraState, info: dict) -> None:
         if self._publisher is not None:
             self._publisher.publish_camera(state, info)
 
@@ -278,7 +280,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current frame (twice: exit now). SIGHUP: reload."""
 
-        def on_stop(signum, frame):
+        def on_stop(signum: int, frame: FrameType | None) -> None:
             if self.stop_event.is_set():
                 log.warning("second %s: exiting now", signal.Signals(signum).name)
                 os._exit(1)

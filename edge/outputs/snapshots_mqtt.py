@@ -31,6 +31,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +165,7 @@ class DeliveryCheck:
         self.error: str | None = None
         self._lock = threading.Lock()
         self._sent: dict[tuple[object, object], _Sent] = {}  # (uuid, revision) of the picture's tag
+        self._echoed: deque[tuple[object, object]] = deque(maxlen=16)  # the pictures that came back last
         self._subscribed = False  # the broker granted the subscription on this connection
         self._refusal_logged = False
         publisher.client.message_callback_add(self.topic, self._on_echo)
@@ -193,16 +195,21 @@ class DeliveryCheck:
             return
         tag = read_tag(payload)
         if tag:
+            key = (tag.get("uuid"), tag.get("revision"))
             with self._lock:
-                self._sent[(tag.get("uuid"), tag.get("revision"))] = _Sent(len(payload), info)
+                if key not in self._echoed:  # the echo can beat this hook, which runs after publish() returned
+                    self._sent[key] = _Sent(len(payload), info)
 
     def _on_echo(self, client, userdata, message) -> None:  # paho's network thread
         tag = read_tag(message.payload)
         if not tag:
             return
+        key = (tag.get("uuid"), tag.get("revision"))
         with self._lock:
-            if self._sent.pop((tag.get("uuid"), tag.get("revision")), None) is not None:
-                self.error = None  # the latest picture arrived: the limit fits now
+            self._echoed.append(key)
+            was_pending = self._sent.pop(key, None) is not None
+            if was_pending or not message.retain:  # a picture just sent arrived (not the retained one of old)
+                self.error = self.publisher.oversize_error = None
 
     def pending(self) -> int:
         """Pictures sent on this connection and not yet back from the broker."""

@@ -283,7 +283,7 @@ def test_status_says_healthy_but_not_publishing_while_the_broker_is_away(tmp_pat
     from datetime import datetime
 
     from edge.cli import main
-    from edge.daemon.status import DaemonStatus
+    from edge.daemon_status import DaemonStatus
 
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     away = DaemonStatus(pid=os.getpid(), state="running", healthy=True, updated_at=now, mqtt_enabled=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import yaml
 
 from edge.config_fields import option as _opt
 from edge.config_fields import section as _section
+from edge.engine.grouping import CrackGrouping
+from edge.identifiers import identifier_problem
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, INSTALLED_STATE_DIR, SHIPPED_BUNDLE, StateLayout
 from edge.sources.registry import ADAPTERS, adapter_for
 
@@ -88,6 +91,7 @@ class ModelConfig:
     segment: Literal["on-crack", "never", "always"] = _opt("on-crack", "when to run the segmenter")
     tiling: TilingOptions = _section(TilingOptions, "segmenter tiling")
     mm_per_pixel: float | None = _opt(None, "scale of the camera view; when set, measurements also carry *_mm", gt=0)
+    cracks: CrackGrouping = _section(CrackGrouping, "what counts as one crack in the measurements")
 
 
 @dataclass(frozen=True)
@@ -149,10 +153,18 @@ class TLSConfig:
 class SparkplugOptions:
     """Sparkplug B identities (edge.outputs.sparkplug): spBv1.0/{group_id}/{type}/{edge_node_id}[/{device_id}]."""
 
-    group_id: str = _opt("crackd", "Sparkplug group (e.g. the line or plant area)", min_len=1, max_len=64)
-    edge_node_id: str | None = _opt(None, "edge node id of this Pi (null = device_id)", min_len=1, max_len=64)
+    group_id: str = _opt(
+        "crackd", "Sparkplug group (e.g. the line or plant area)", min_len=1, max_len=64, ident="topic_level"
+    )
+    edge_node_id: str | None = _opt(
+        None, "edge node id of this Pi (null = device_id)", min_len=1, max_len=64, ident="topic_level"
+    )
     device_id: str = _opt(
-        "camera", "Sparkplug device under the node that carries the crack and health metrics", min_len=1, max_len=64
+        "camera",
+        "Sparkplug device under the node that carries the crack and health metrics",
+        min_len=1,
+        max_len=64,
+        ident="topic_level",
     )
 
 
@@ -165,11 +177,19 @@ class MQTTConfig:
     username: str | None = _opt(None, "user name")
     password_env: str | None = _opt(None, "name of the environment variable holding the password")
     password_file: str | None = _opt(None, "file holding the password (first line; e.g. a systemd credential)")
-    client_id: str | None = _opt(None, "MQTT client id (null = crackd-<device_id>)")
+    # 128: MQTT only promises 23 characters and brokers differ (mosquitto takes 65,535 bytes, AWS IoT Core 128);
+    # 128 fits the default crackd-<device_id> (at most 71) with room, and what managed brokers accept.
+    client_id: str | None = _opt(None, "MQTT client id (null = crackd-<device_id>)", max_len=128, ident="client_id")
     keepalive: int = _opt(
         30, "keepalive seconds; the broker sends the last will after 1.5x this without traffic", min=5, max=3600
     )
-    topic_prefix: str = _opt("crackd", "topics are <prefix>/<device_id>/{status,camera,event,stats,frame,snapshot}")
+    topic_prefix: str = _opt(
+        "crackd",
+        "topics are <prefix>/<device_id>/{status,camera,event,stats,frame,snapshot}",
+        min_len=1,
+        max_len=128,
+        ident="topic_prefix",
+    )
     qos: Literal[0, 1, 2] = _opt(1, "QoS of event messages (1 = at least once, acknowledged by the broker)")
     reconnect_min_s: float = _opt(1.0, "first reconnect delay (doubles up to reconnect_max_s)", gt=0, max=600)
     reconnect_max_s: float = _opt(60.0, "longest reconnect delay", gt=0, max=3600)
@@ -199,10 +219,14 @@ class HomeAssistantConfig:
         True, "announce the device to Home Assistant with retained discovery configs on every connection"
     )
     discovery_prefix: str = _opt(
-        "homeassistant", "Home Assistant's discovery prefix (its MQTT integration setting)", min_len=1, max_len=128
+        "homeassistant",
+        "Home Assistant's discovery prefix (its MQTT integration setting)",
+        min_len=1,
+        max_len=128,
+        ident="topic_prefix",
     )
     device_name: str | None = _opt(
-        None, "device name shown in Home Assistant (null = device_id)", min_len=1, max_len=128
+        None, "device name shown in Home Assistant (null = device_id)", min_len=1, max_len=128, ident="name"
     )
     remove: bool = _opt(
         False,
@@ -258,7 +282,9 @@ class ReleasesConfig:
 
 @dataclass(frozen=True)
 class Config:
-    device_id: str = _opt("crackd-1", "this device's id: part of every MQTT topic and event", min_len=1, max_len=64)
+    device_id: str = _opt(
+        "crackd-1", "this device's id: part of every MQTT topic and event", min_len=1, max_len=64, ident="topic_level"
+    )
     source: SourceConfig = _section(SourceConfig, "where frames come from")
     model: ModelConfig = _section(ModelConfig, "the model bundle and how to run it")
     decision: DecisionConfig = _section(DecisionConfig, "debounce per-frame results into events")
@@ -328,14 +354,57 @@ def _read_secret(section: str, env: str | None, file: str | None) -> str | None:
 # --------------------------------------------------------------------------- loading
 
 
+# A full crackd config with every key and comment is about 10 KB; anything near this is not one (and reading a
+# device such as /dev/zero, or a log file given by mistake, must not exhaust the Pi's memory).
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (a regular file of at most MAX_CONFIG_BYTES)."""
     path = Path(path)
+    return parse_config(_read_config_text(path), str(path))
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _read_config_text(path: Path) -> str:
+    """The file's text, refusing what is not a regular file or is too large, without reading it unbounded."""
+
+    def refuse(why: str) -> NoReturn:
+        raise ConfigError(f"{path}: {why}; expected a YAML config file")
+
     try:
-        text = path.read_text()
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # checked before opening: opening a device can have effects, a FIFO blocks
+            refuse(f"is {_file_kind(mode)}")
+        # O_NONBLOCK: should a FIFO replace the file between stat and open, open() must not wait for a writer
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                refuse(f"is {_file_kind(mode)}")
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    return parse_config(text, str(path))
+    if len(data) > MAX_CONFIG_BYTES:
+        refuse(f"is larger than {MAX_CONFIG_BYTES / 2**20:g} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start + 1}); expected a YAML config file"
+        ) from None
 
 
 # No crackd setting nests deeper than a handful of levels; YAML's composer recurses per level.
@@ -459,6 +528,9 @@ def _check_range(value, meta, node, path, filename, expected):
             _fail(filename, node, path, "expected a non-empty string")
         if meta.get("max_len") and len(value) > meta["max_len"]:
             _fail(filename, node, path, f"expected at most {meta['max_len']} characters, got {len(value)}")
+        problem = identifier_problem(value, meta["ident"]) if meta.get("ident") else None
+        if problem:
+            _fail(filename, node, path, f"{problem}, got {_describe(value)}")
 
 
 def _convert(tp, node, path, filename, meta):
@@ -598,23 +670,12 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
             fail(f"mqtt.tls.{key}", f"file not found: {value}")
     if m.reconnect_max_s < m.reconnect_min_s:
         fail("mqtt.reconnect_max_s", f"must be >= mqtt.reconnect_min_s ({m.reconnect_min_s:g})")
-    for path, part in (
-        ("device_id", cfg.device_id),
-        ("mqtt.topic_prefix", m.topic_prefix),
-        ("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix),
-    ):
-        if any(c in part for c in "+#") or part.startswith("/") or part.endswith("/"):
-            fail(path, f"{part!r} must not contain + or # or start/end with /")
-    sp = m.sparkplug
-    for key, ident in (("group_id", sp.group_id), ("edge_node_id", sp.edge_node_id), ("device_id", sp.device_id)):
-        if ident is not None and any(c in ident for c in "+#/"):
-            fail(f"mqtt.sparkplug.{key}", f"{ident!r}: Sparkplug ids must not contain +, # or /")
-    if m.format == "sparkplug_b" and sp.edge_node_id is None and "/" in cfg.device_id:
-        fail("mqtt.sparkplug.edge_node_id", f"device_id {cfg.device_id!r} contains /: set an edge_node_id without it")
     mx = cfg.metrics
     _password_checks(fail, "metrics", mx.username, mx.password_env, mx.password_file, in_use=mx.http)
     if mx.username and not (mx.password_env or mx.password_file):
         fail("metrics.username", "basic auth needs a password: set metrics.password_file or metrics.password_env")
+    if mx.username and (":" in mx.username or not mx.username.isprintable()):
+        fail("metrics.username", f"{mx.username!r}: a basic auth user name has no ':' and no control characters")
     if bool(mx.tls.cert) != bool(mx.tls.key):
         fail("metrics.tls.key" if mx.tls.cert else "metrics.tls.cert", "https needs both a certificate and its key")
     if mx.tls.client_ca and not mx.tls.cert:

@@ -12,7 +12,8 @@ from typing import Any
 
 
 def option(default: Any, doc: str, **checks: Any) -> Any:
-    """A field with a default, a doc line, and optional checks (min, max, gt, min_len, max_len)."""
+    """A field with a default, a doc line, and optional checks (min, max, gt, min_len, max_len, and `ident`: the
+    `edge.identifiers` rule a string obeys because it becomes a topic or a name)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **checks})
     return field(default=default, metadata={"doc": doc, **checks})

@@ -7,7 +7,7 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
 
     crackd.db                       the journal (unless storage.db names another file)
     crackd.pid                      locked by the running daemon; its pid is only informative
-    status.json                     rewritten about every second (edge.daemon.status;
+    status.json                     rewritten about every second (edge.daemon_status;
                                     schema: docs/schemas/state/status.schema.json)
     held-writes.reserve             space kept for journal writes held while the disk is full
     sparkplug_bdseq                 the Sparkplug B birth/death sequence across restarts
@@ -17,19 +17,11 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
     models/deployments.jsonl        who deployed, activated or rolled back what, when
     models/.lock, .lock.holder      the device lock of `crackd models` and `crack-deploy`
 
-Which state directory a command uses when none is given is one rule (`locate_state`):
-
-1. `--state-dir DIR`
-2. `--config FILE`: its `storage.state_dir` (and `storage.db`)
-3. `$CRACKD_STATE_DIR`
-4. `/etc/crackd/crackd.yaml` (an installed device): its `storage.state_dir`
-5. `./crackd-state` when it exists (what `crackd run --demo` writes)
-6. `/var/lib/crackd` (where deploy/install.sh puts it)
+Which state directory a command uses when none is given: edge.state_location.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +32,8 @@ DEFAULT_CONFIG = CONFIG_DIR / "crackd.yaml"
 DEFAULT_ALLOWED_SIGNERS = CONFIG_DIR / "allowed_signers"
 INSTALLED_STATE_DIR = Path("/var/lib/crackd")
 DEMO_STATE_DIR = "./crackd-state"
-STATE_DIR_ENV = "CRACKD_STATE_DIR"
-RULE = (
-    f"--state-dir, else --config's storage.state_dir, else ${STATE_DIR_ENV}, else {DEFAULT_CONFIG}'s, "
-    f"else {DEMO_STATE_DIR} when it exists, else {INSTALLED_STATE_DIR}"
-)
 
-__all__ = ["SHIPPED_BUNDLE", "StateLayout", "StateLocation", "locate_state"]
+__all__ = ["SHIPPED_BUNDLE", "StateLayout"]
 
 
 @dataclass(frozen=True)
@@ -113,42 +100,3 @@ class StateLayout:
 
     def release(self, version: str) -> Path:
         return self.releases / version
-
-
-@dataclass(frozen=True)
-class StateLocation:
-    state_dir: Path
-    db: Path
-    because: str  # which step of the rule chose it, for messages
-
-    @property
-    def layout(self) -> StateLayout:
-        return StateLayout(self.state_dir)
-
-
-def locate_state(state_dir: str | Path | None = None, config: str | Path | None = None) -> StateLocation:
-    """Apply the rule above; raises edge.config.ConfigError for a config that does not validate."""
-    if state_dir is not None:
-        return _at(Path(state_dir), "--state-dir")
-    if config is not None:
-        return _from_config(Path(config), "--config")
-    env = os.environ.get(STATE_DIR_ENV)
-    if env:
-        return _at(Path(env), f"${STATE_DIR_ENV}")
-    if DEFAULT_CONFIG.is_file():
-        return _from_config(DEFAULT_CONFIG, str(DEFAULT_CONFIG))
-    demo = Path(DEMO_STATE_DIR)
-    if demo.is_dir():
-        return _at(demo.resolve(), f"{DEMO_STATE_DIR} (the demo's)")
-    return _at(INSTALLED_STATE_DIR, "the installed default")
-
-
-def _at(state_dir: Path, because: str) -> StateLocation:
-    return StateLocation(state_dir, StateLayout(state_dir).default_db, because)
-
-
-def _from_config(path: Path, because: str) -> StateLocation:
-    from edge.config import load_config  # config imports this module
-
-    cfg = load_config(path)
-    return StateLocation(cfg.state_dir, cfg.db_path, because)

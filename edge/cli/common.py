@@ -3,8 +3,8 @@
 `crackd` (edge.cli.*), `crack-train` (trainer.cli) and `crack-deploy` (deploy.cli) all fail the same way: one line
 on stderr naming the command and what was wrong, and an exit code (2 for bad usage or configuration), never a
 traceback. The options several commands take (`--state-dir`, `--config`, `--db`, `--json`) are declared here once,
-so the same flag means the same thing everywhere. Only the standard library and edge.layout are imported: the
-trainer and the deploy tool use this module too, and edge never imports them.
+so the same flag means the same thing everywhere. Only the standard library, edge.layout and edge.state_location are
+imported: the trainer and the deploy tool use this module too, and edge never imports them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from edge.layout import RULE, StateLocation, locate_state
+from edge.state_location import RULE, StateLocation, locate_state
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a record, bundle, host or input failed
@@ -68,8 +68,8 @@ def print_json(
 
 def locate(args: argparse.Namespace) -> StateLocation:
     """The state directory and journal named by --state-dir /
-    --config (edge.layout's rule); a bad config is a UsageError."""
-    from edge.config import ConfigError  # edge.config imports edge.layout; keep `--help` light
+    --config (edge.state_location's rule); a bad config is a UsageError."""
+    from edge.config import ConfigError  # keep `--help` light
 
     try:
         return locate_state(getattr(args, "state_dir", None), getattr(args, "config", None))
@@ -83,7 +83,8 @@ def locate(args: argparse.Namespace) -> StateLocation:
 def add_state_dir_arg(
     parser: argparse.ArgumentParser, help: str = STATE_DIR_HELP, type: Callable[[str], Any] = str
 ) -> None:
-    """--state-dir DIR: where the daemon keeps its journal, status, snapshots and models (None: edge.layout's rule)."""
+    """--state-dir DIR: where the daemon keeps its journal, status, snapshots and models
+    (None: edge.state_location's rule)."""
     parser.add_argument("--state-dir", default=None, type=type, help=help)
 
 

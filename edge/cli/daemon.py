@@ -23,7 +23,8 @@ from edge.cli.common import (
     locate,
     print_json,
 )
-from edge.config import Config, ConfigError, config_from_dict, load_config
+from edge.cli.demo import add_demo_args, demo_config, demo_mqtt_port
+from edge.config import ConfigError, load_config
 from edge.layout import DEMO_STATE_DIR, SHIPPED_BUNDLE, StateLayout
 from edge.releases.manager import STATUS_FRESH_S, read_daemon_status
 
@@ -34,22 +35,6 @@ EXIT_STOPPED = 3  # `crackd status`: stopped cleanly, not running
 
 
 # --------------------------------------------------------------------------- run
-
-
-def demo_config(state_dir: str) -> Config:
-    """`crackd run --demo`: synthetic camera, shipped bundle, local state, MQTT on localhost if one answers."""
-    return config_from_dict(
-        {
-            "device_id": "demo",
-            "source": {"type": "synthetic", "synthetic": {"fps": 10, "crack_probability": 0.3, "hold_frames": 8}},
-            "model": {"bundle": str(SHIPPED_BUNDLE)},
-            "storage": {"state_dir": state_dir, "retention_days": 7, "max_db_mb": 200, "snapshot_budget_mb": 100},
-            "mqtt": {"enabled": True, "host": "localhost", "port": 1883, "reconnect_max_s": 30},
-            "logging": {"journald": False},
-            "stats_interval_s": 10,
-        },
-        "<demo>",
-    )
 
 
 def _broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -67,8 +52,12 @@ def cmd_run(args) -> int:
     if args.demo and args.config:
         return fail("run: give either --config FILE or --demo")
     try:
+        mqtt_port = demo_mqtt_port(args)
+    except ValueError as exc:
+        return fail(f"run: {exc}")
+    try:
         if args.demo:
-            cfg = demo_config(args.state_dir or DEFAULT_DEMO_STATE)
+            cfg = demo_config(args.state_dir or DEFAULT_DEMO_STATE, mqtt_port)
         elif args.config:
             cfg = load_config(args.config)
         else:
@@ -90,7 +79,8 @@ def cmd_run(args) -> int:
         )
         if not _broker_answers(cfg.mqtt.host, cfg.mqtt.port):
             log.warning(
-                "demo: no MQTT broker answers at %s:%d; events wait in the outbox until one does",
+                "demo: no MQTT broker answers at %s:%d; events wait in the outbox until one does "
+                "(scripts/demo.sh starts a private mosquitto when none answers)",
                 cfg.mqtt.host,
                 cfg.mqtt.port,
             )
@@ -221,11 +211,7 @@ def cmd_status(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the inspection daemon")
     add_config_arg(p, help="YAML config (see config/crackd.example.yaml)")
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        help="synthetic camera, shipped bundle, ./crackd-state, MQTT on localhost if a broker answers",
-    )
+    add_demo_args(p, help="synthetic camera, shipped bundle, ./crackd-state, MQTT on localhost if a broker answers")
     add_state_dir_arg(p, help="override storage.state_dir (demo default ./crackd-state)")
     p.set_defaults(func=cmd_run)
 

@@ -14,10 +14,15 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.cli.common import UsageError, add_db_arg, add_json_arg, add_location_args, fail, locate, print_json
 from edge.timestamps import iso_utc
 
+if TYPE_CHECKING:
+    from edge.events.journal import EventRow
+
+EVENT_TIMES = ("started_at", "updated_at", "ended_at", "labelled_at")  # the journal's epoch seconds, shown as ISO
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection): such cells get a leading '.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_FIELDS = (
@@ -72,12 +77,13 @@ def _open_journal(args):
     return Journal(db, require_writable=getattr(args, "events_command", None) in ("label", "delete")), state_dir
 
 
-def _flat(event: dict, state_dir: Path) -> dict:
-    m = event.get("peak_measurements") or {}
-    row = {k: event.get(k) for k in EXPORT_FIELDS}
+def _flat(event: EventRow, state_dir: Path) -> dict:
+    m = event.peak_measurements or {}
+    fields = event.as_dict()
+    row = {k: fields.get(k) for k in EXPORT_FIELDS}
     row["started_at"], row["ended_at"] = (
-        iso_utc(event.get("started_at"), "seconds"),
-        iso_utc(event.get("ended_at"), "seconds"),
+        iso_utc(event.started_at, "seconds"),
+        iso_utc(event.ended_at, "seconds"),
     )
     for key in ("snapshot", "overlay"):
         if relpath := row[key]:
@@ -128,16 +134,16 @@ def _ev_list(args, journal, state_dir) -> int:
         f"{'frames':>6}  {'score':>5}  {'length px':>9}  label"
     )
     for e in events:
-        m = e.get("peak_measurements") or {}
+        m = e.peak_measurements or {}
         print(
-            f"{e['id']:>5}  {e['uuid'][:8]}  {iso_utc(e['started_at'], 'seconds'):<20}  {e['state']:<6}  "
-            f"{e['frames']:>6}  {e['peak_score']:5.2f}  {m.get('length_px', '-')!s:>9}  {e.get('label') or ''}"
+            f"{e.id:>5}  {e.uuid[:8]}  {iso_utc(e.started_at, 'seconds'):<20}  {e.state:<6}  "
+            f"{e.frames:>6}  {e.peak_score:5.2f}  {m.get('length_px', '-')!s:>9}  {e.label or ''}"
         )
     print(f"{len(events)} event(s)")
     return 0
 
 
-def _find(journal, ref: str) -> dict:
+def _find(journal, ref: str) -> EventRow:
     try:
         event = journal.find_event(ref)
     except OverflowError:  # an all-digit reference beyond SQLite's 64-bit ids names no event
@@ -148,17 +154,17 @@ def _find(journal, ref: str) -> dict:
 
 
 def _ev_show(args, journal, state_dir) -> int:
-    event = _find(journal, args.id)
-    event = {
-        **event,
-        "started_at_iso": iso_utc(event["started_at"], "seconds"),
-        "ended_at_iso": iso_utc(event.get("ended_at"), "seconds"),
-    }
+    found = _find(journal, args.id)
+    event = found.as_dict()
+    # Times in ISO 8601 UTC, as `events list`, `events export`, `status` and the MQTT payloads print them.
+    event.update({key: iso_utc(event[key]) for key in EVENT_TIMES if key in event})
     for key in ("snapshot", "overlay"):
         if event.get(key):
             event[key] = str((state_dir / event[key]).resolve())
     if args.frames:
-        event["frame_results"] = journal.event_frames(event["uuid"])
+        event["frame_results"] = [
+            {**frame.as_dict(), "t": iso_utc(frame.t)} for frame in journal.event_frames(found.uuid)
+        ]
     print_json(event, indent=1, default=str)
     return 0
 
@@ -175,7 +181,7 @@ def _write_export(args, journal, state_dir, events, out) -> None:
         rows = []
         for e in events:
             row = _flat(e, state_dir)
-            row["peak_measurements"] = e.get("peak_measurements")
+            row["peak_measurements"] = e.peak_measurements
             rows.append(row)
         json.dump(
             {"exported_at": iso_utc(time.time(), "seconds"), "journal": str(journal.path), "events": rows},
@@ -215,20 +221,20 @@ def _ev_export(args, journal, state_dir) -> int:
 
 def _ev_label(args, journal, state_dir) -> int:
     event = _find(journal, args.id)
-    journal.set_label(event["uuid"], args.label, args.note)
-    print(f"event {event['id']} ({event['uuid']}) labelled {args.label}")
+    journal.set_label(event.uuid, args.label, args.note)
+    print(f"event {event.id} ({event.uuid}) labelled {args.label}")
     return 0
 
 
 def _ev_delete(args, journal, state_dir) -> int:
     targets = [_find(journal, ref) for ref in args.ids]
     for event in targets:
-        for rel in journal.delete_event(event["uuid"]):
+        for rel in journal.delete_event(event.uuid):
             try:
                 (state_dir / rel).unlink()
             except OSError:
                 pass
-        print(f"deleted event {event['id']} ({event['uuid']})")
+        print(f"deleted event {event.id} ({event.uuid})")
     return 0
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from edge.cli.common import add_json_arg, fail, print_json
 from edge.engine.bundle import BundleError
+from edge.engine.grouping import CrackGrouping
 from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
 from edge.layout import SHIPPED_BUNDLE
 from edge.sources.images import DEFAULT_MAX_PIXELS, image_files, read_rgb
@@ -44,8 +45,14 @@ def _build_cascade(args):
         raise ValueError(f"--threshold: expected a crack score from 0 to 1, got {args.threshold:g}")
     bundle = load_bundle(args.bundle or default_bundle(), runtime=args.runtime, threads=args.threads)
     tiling = TilingConfig(tile=args.tile) if getattr(args, "tile", None) else None
+    cracks = CrackGrouping(merge_gap=args.merge_gap, min_length=args.min_crack_length)
     return Cascade(
-        bundle, segment=args.segment, threshold=args.threshold, mm_per_pixel=args.mm_per_pixel, tiling=tiling
+        bundle,
+        segment=args.segment,
+        threshold=args.threshold,
+        mm_per_pixel=args.mm_per_pixel,
+        tiling=tiling,
+        cracks=cracks,
     )
 
 
@@ -289,6 +296,22 @@ def _add_model_args(p, segment_default: str) -> None:
     )
     p.add_argument("--threshold", type=float, default=None, help="crack score threshold (default: the bundle's)")
     p.add_argument("--mm-per-pixel", type=float, default=None, help="scale for millimetre measurements")
+    defaults = CrackGrouping()
+    p.add_argument(
+        "--merge-gap",
+        type=float,
+        default=defaults.merge_gap,
+        metavar="FRACTION",
+        help=f"mask pieces closer than this fraction of the frame diagonal are one crack "
+        f"(default {defaults.merge_gap})",
+    )
+    p.add_argument(
+        "--min-crack-length",
+        type=float,
+        default=defaults.min_length,
+        metavar="FRACTION",
+        help=f"cracks shorter than this fraction of the frame diagonal are not counted (default {defaults.min_length})",
+    )
     p.add_argument(
         "--tile", type=int, default=None, metavar="PX", help="tiling mode for large frames: tile size in pixels"
     )

@@ -36,12 +36,13 @@ from edge.cli.common import (
     print_json,
     refuse,
 )
-from edge.daemon.status import StatusReading
+from edge.daemon_status import StatusReading
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
-from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG, RULE
+from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG
 from edge.releases.lock import DeviceLock, Interrupted
 from edge.releases.manager import ReleaseError, ReleasePolicy, Releases, default_who
+from edge.state_location import RULE
 
 log = logging.getLogger(__name__)
 

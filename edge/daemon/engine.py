@@ -52,6 +52,7 @@ def build_engine(cfg: Config, bundle_dir: Path | None = None, verify_golden: boo
         segment=cfg.model.segment,
         threshold=cfg.decision.threshold,
         mm_per_pixel=cfg.model.mm_per_pixel,
+        cracks=cfg.model.cracks,
         tiling=TilingConfig(tile=t.tile, overlap=t.overlap) if t.enabled else None,
     )
     h, w = bundle.classifier.input_hw

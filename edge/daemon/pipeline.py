@@ -45,27 +45,27 @@ def close_interrupted_events(cfg: Config, writer: JournalWriter) -> None:
     """Events left open by a crash or power cut are ended now (reason `interrupted`) and announced."""
     held = writer.held_event_ends()
     for row in writer.journal.list_events(state="open", newest_first=False):
-        if row["uuid"] in held:  # its real end is among the held writes
+        if row.uuid in held:  # its real end is among the held writes
             continue
         record = EventRecord(
             kind=END,
-            uuid=row["uuid"],
-            revision=int(row["revision"]) + 1,
-            started_at=row["started_at"],
+            uuid=row.uuid,
+            revision=row.revision + 1,
+            started_at=row.started_at,
             t=time.time(),
-            ended_at=row["updated_at"],
-            frames=row["frames"],
-            peak_score=row["peak_score"],
-            peak_measurements=row["peak_measurements"],
-            peak_frame_seq=row["peak_frame_seq"],
-            first_frame_seq=row["first_frame_seq"],
-            last_frame_seq=row["last_frame_seq"],
+            ended_at=row.updated_at,
+            frames=row.frames,
+            peak_score=row.peak_score,
+            peak_measurements=row.peak_measurements,
+            peak_frame_seq=row.peak_frame_seq,
+            first_frame_seq=row.first_frame_seq,
+            last_frame_seq=row.last_frame_seq,
             end_reason="interrupted",
         )
-        write = EventWrite(record, row["bundle_version"], row["bundle_sha256"], row["device_id"] or cfg.device_id)
+        write = EventWrite(record, row.bundle_version, row.bundle_sha256, row.device_id or cfg.device_id)
         messages = []
         if cfg.mqtt.enabled:
-            snap = {"frame": row["snapshot"], "overlay": row["overlay"], "frame_seq": None} if row["snapshot"] else None
+            snap = {"frame": row.snapshot, "overlay": row.overlay, "frame_seq": None} if row.snapshot else None
             messages.append(event_message(cfg, record, write, snap))
         log.warning("event %s was left open by an interrupted run; ended it (reason: interrupted)", record.uuid)
         writer.write_events(([], [write], messages))

@@ -40,7 +40,7 @@ from edge.daemon.pidfile import PidFileLocked, PidLock
 from edge.daemon.pipeline import FramePipeline, close_interrupted_events
 from edge.daemon.rate_limited_log import RateLimitedLog
 from edge.daemon.snapshots import SnapshotStore
-from edge.daemon.status import CameraStatus, DaemonStatus, LastReload, Percentiles
+from edge.daemon_status import CameraStatus, DaemonStatus, LastReload, Percentiles
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RuntimeUnavailable
 from edge.events.journal import JournalError
@@ -465,7 +465,7 @@ class Supervisor:
     # ------------------------------------------------------------------ status.json, stats, the systemd status line
 
     def status(self, state: str = "running") -> DaemonStatus:
-        """What STATE/status.json says now (edge.daemon.status): the parts' figures and the supervisor's judgement."""
+        """What STATE/status.json says now (edge.daemon_status): the parts' figures and the supervisor's judgement."""
         parts, b = self.parts, self.engine.bundle
         pipeline, writer, capture, pub = parts.pipeline, parts.writer, parts.capture, parts.publisher
         age, h = pipeline.last_frame_age_s(), capture.health

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from edge.engine.bundle import LoadedBundle
+from edge.engine.grouping import CrackGrouping
 from edge.engine.measure import CrackMeasurements, measure_mask
 from edge.engine.preprocess import ensure_rgb_uint8, resize_into
 
@@ -97,6 +98,7 @@ class Cascade:
         mm_per_pixel: float | None = None,
         tiling: TilingConfig | None = None,
         min_area_px: int = 4,
+        cracks: CrackGrouping | None = None,
     ):
         if segment not in SEGMENT_MODES:
             raise ValueError(f"segment mode {segment!r}: expected one of {', '.join(SEGMENT_MODES)}")
@@ -106,6 +108,7 @@ class Cascade:
         self.mm_per_pixel = mm_per_pixel
         self.tiling = tiling
         self.min_area_px = min_area_px
+        self.cracks = cracks or CrackGrouping()
         out = bundle.classifier.output
         self._cls_scale, self._cls_zp = out.scale, out.zero_point
         seg_out = bundle.segmenter.output
@@ -139,6 +142,10 @@ class Cascade:
             prob_q = cv2.resize(prob_q, (width, height), interpolation=cv2.INTER_LINEAR)
         return np.where(prob_q >= self._seg_q_threshold, np.uint8(255), np.uint8(0))
 
+    def _measure(self, mask: np.ndarray, frame_size: tuple[int, int]) -> CrackMeasurements:
+        merge_gap_px, min_length_px = self.cracks.in_frame_px(*frame_size)
+        return measure_mask(mask, self.mm_per_pixel, self.min_area_px, frame_size, merge_gap_px, min_length_px)
+
     def process(self, frame: np.ndarray) -> FrameResult:
         t0 = time.perf_counter()
         rgb = ensure_rgb_uint8(frame)
@@ -159,7 +166,7 @@ class Cascade:
             h, w = rgb.shape[:2]
             # Measure on the model-resolution mask: the full-frame mask is only its upsampling.
             small = (prob_q >= self._seg_q_threshold).view(np.uint8)
-            result.measurements = measure_mask(small, self.mm_per_pixel, self.min_area_px, frame_size=(w, h))
+            result.measurements = self._measure(small, (w, h))
             timings["preprocess"] += pre_ms
             timings["segment"] = seg_ms
             timings["measure"] = (time.perf_counter() - t0) * 1000.0
@@ -202,6 +209,6 @@ class Cascade:
         if segmented:
             t0 = time.perf_counter()
             result._mask = np.where(prob >= self._seg_q_threshold, np.uint8(255), np.uint8(0))
-            result.measurements = measure_mask(result._mask, self.mm_per_pixel, self.min_area_px)
+            result.measurements = self._measure(result._mask, (w, h))
             timings["measure"] = (time.perf_counter() - t0) * 1000.0
         return result

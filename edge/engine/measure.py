@@ -205,13 +205,32 @@ def _per_label_lengths(skeleton: np.ndarray, labels: np.ndarray, n: int, scale: 
     return lengths
 
 
+def _group_labels(img: np.ndarray, gap: tuple[float, float]) -> tuple[int, np.ndarray]:
+    """Label the crack pixels of a padded 0/1 image so that pieces closer than `gap` (x, y mask px) share a label.
+
+    Each piece is grown by half the gap (an elliptical kernel, for masks scaled unevenly to the frame) and the
+    grown mask is labelled: two pieces whose grown shapes touch were within the gap of each other. Every
+    pixel of a piece lies inside its own grown shape, so the grown labels label the pieces directly.
+    """
+    kx, ky = (2 * int(round(g / 2)) + 1 for g in gap)
+    grown = cv2.dilate(img, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kx, ky)))
+    return cv2.connectedComponentsWithAlgorithm(grown, 8, cv2.CV_32S, cv2.CCL_GRANA)
+
+
 def measure_mask(
     mask: np.ndarray,
     mm_per_pixel: float | None = None,
     min_area_px: int = 12,
     frame_size: tuple[int, int] | None = None,
+    merge_gap_px: float = 0.0,
+    min_length_px: float = 0.0,
 ) -> CrackMeasurements:
-    """Measure every crack (8-connected component of >= `min_area_px` mask pixels) of a binary mask (non-zero = crack).
+    """Measure every crack of a binary mask (non-zero = crack).
+
+    A crack is an 8-connected component of the mask, or, with `merge_gap_px` > 0, the pieces of the mask
+    closer than that to each other (a crack the segmenter saw broken into fragments is one crack). Cracks of
+    fewer than `min_area_px` mask pixels or shorter than `min_length_px` are specks and are left out.
+    `merge_gap_px` and `min_length_px` are in frame pixels.
 
     With `frame_size` = (width, height) the mask is taken as a scaled-down view of that frame (the cascade
     measures on the model-resolution mask: the full-frame mask is only its upsampling, so no detail is
@@ -234,7 +253,10 @@ def measure_mask(
         ox, oy = rx - 1, ry - 1  # mask coordinates of the padded crop's origin
         stride = img.shape[1]
         # Grana's block-based labelling, without statistics: they come cheaper from the pixel list.
-        n, labels = cv2.connectedComponentsWithAlgorithm(img, 8, cv2.CV_32S, cv2.CCL_GRANA)
+        if merge_gap_px > 0:
+            n, labels = _group_labels(img, (merge_gap_px / sx, merge_gap_px / sy))
+        else:
+            n, labels = cv2.connectedComponentsWithAlgorithm(img, 8, cv2.CV_32S, cv2.CCL_GRANA)
         flat_labels = labels.reshape(-1)
         pixels = _flat_nonzero(img)
         lab = flat_labels[pixels]
@@ -266,6 +288,8 @@ def measure_mask(
                 deepest = max_dist[label] if max_dist[label] > 0 else float(dist[pixels[lab == label]].max())
                 max_width = iso * max(1.0, 2.0 * deepest - 1.0)
                 length = max(iso, lengths[label] + iso * extension[label])
+                if length < min_length_px:
+                    continue
                 area_px = int(round(area[label] * sx * sy))
                 bx, by = int(x0[label]) + ox, int(y0[label]) + oy
                 bw, bh = int(x1[label] - x0[label]) + 1, int(y1[label] - y0[label]) + 1

@@ -37,7 +37,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 class _SupervisorCollector:
     """Reads the daemon's figures at scrape time: its status
-    (edge.daemon.status.DaemonStatus) and the journal's failures."""
+    (edge.daemon_status.DaemonStatus) and the journal's failures."""
 
     def __init__(self, supervisor):
         self.sup = supervisor  # edge.daemon.supervisor.Supervisor

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.atomic_write import fsync_dir, replace_symlink
-from edge.daemon.status import DaemonStatus, StatusReading
+from edge.daemon_status import DaemonStatus, StatusReading
 from edge.engine.bundle import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -180,7 +180,7 @@ def _link_version(link: Path) -> str | None:
 
 
 def read_daemon_status(status_file: Path) -> StatusReading:
-    """status.json as the daemon last wrote it (edge.daemon.status), how old it is and whether its pid is alive.
+    """status.json as the daemon last wrote it (edge.daemon_status), how old it is and whether its pid is alive.
 
     Raises FileNotFoundError when there is none and ValueError when it is not a status.
     """

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from edge.sources.base import FrameSource, SourceAdapter
 from edge.sources.folder import FolderSource
 from edge.sources.opencv import OpenCVSource
 from edge.sources.picamera2 import Picamera2Source
 from edge.sources.synthetic import SyntheticSource
-
-if TYPE_CHECKING:
-    from edge.config import SourceConfig
 
 ADAPTERS: tuple[type[SourceAdapter], ...] = (
     SyntheticSource,
@@ -54,7 +51,21 @@ def adapter_for(type_name: str) -> type[SourceAdapter]:
     raise ValueError(f"unknown source type {type_name!r}")
 
 
-def make_source(cfg: SourceConfig, stop: threading.Event | None = None) -> FrameSource:
+class SourceSettings(Protocol):
+    """What `make_source` reads of edge.config's SourceConfig. That class is built from this registry (edge.config
+    imports it), so the registry names only the fields it needs rather than importing it back."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def read_timeout_s(self) -> float: ...
+
+    @property
+    def options(self) -> Any: ...
+
+
+def make_source(cfg: SourceSettings, stop: threading.Event | None = None) -> FrameSource:
     """The adapter for a `SourceConfig` (edge.config), built from its option section `source.<type>`."""
     adapter = adapter_for(cfg.type)
     return adapter.from_config(cfg.options, read_timeout_s=cfg.read_timeout_s, stop=stop)

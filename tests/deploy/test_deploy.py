@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from edge import __version__
-from edge.daemon.status import DaemonStatus
+from edge.daemon_status import DaemonStatus
 from edge.releases.manager import ReleasePolicy, Releases
 from tests.helpers import REPO, read_status, wait_until
 from tests.helpers.bundles import copy_default_bundle, swap_golden_segmenter_outputs

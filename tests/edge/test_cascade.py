@@ -6,6 +6,7 @@ import pytest
 
 from edge.engine.bundle import load_bundle
 from edge.engine.cascade import Cascade, TilingConfig, tile_grid
+from edge.engine.grouping import CrackGrouping
 from edge.engine.preprocess import model_input
 
 
@@ -96,3 +97,15 @@ def test_result_dict_is_json_ready(bundle):
     d = Cascade(bundle, mm_per_pixel=0.1).process(crack_frame()).to_dict()
     json.dumps(d)
     assert d["measurements"]["length_mm"] == pytest.approx(d["measurements"]["length_px"] * 0.1, rel=1e-2)
+
+
+def test_a_crack_seen_in_fragments_and_specks_counts_as_one_crack(bundle):
+    """Default `model.cracks`: fragments a few pixels apart merge, specks a few pixels long are not counted."""
+    frame = np.full((240, 320, 3), 180, np.uint8)
+    for x in range(40, 280, 36):
+        cv2.line(frame, (x, 120), (x + 30, 124), (15, 15, 15), 4)  # a crack broken every 30 px
+    for x, y in ((40, 40), (150, 200), (290, 60)):
+        cv2.circle(frame, (x, y), 2, (15, 15, 15), -1)  # specks
+    split = Cascade(bundle, segment="always", cracks=CrackGrouping(merge_gap=0, min_length=0)).process(frame)
+    assert split.measurements.count >= 5  # what the segmenter sees, counted piece by piece
+    assert Cascade(bundle, segment="always").process(frame).measurements.count == 1

@@ -143,7 +143,7 @@ def test_a_reader_that_stops_early_is_no_error(state, command, tmp_path):
     args = [*command, "--state-dir", str(state)]
     if command[1] == "show":
         add_events(state, ["x" * 200_000])  # larger than the pipe buffer
-        args.append(Journal(state / "crackd.db").list_events(limit=1)[0]["uuid"])
+        args.append(Journal(state / "crackd.db").list_events(limit=1)[0].uuid)
     else:
         add_events(state, ["long note " * 200] * 200)
     shell = f"{sys.executable} -m edge.cli {' '.join(args)} | head -c 10 >/dev/null; echo ${{PIPESTATUS[0]}} >&2"

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from edge.config import Config, ConfigError, config_from_dict, describe_defaults, load_config, parse_config
+from edge.config import (
+    MAX_CONFIG_BYTES,
+    Config,
+    ConfigError,
+    config_from_dict,
+    describe_defaults,
+    load_config,
+    parse_config,
+)
 from tests.helpers import REPO
 from tests.helpers.cli import crackd
 
@@ -96,7 +105,6 @@ def test_invalid_yaml_names_the_line():
         ),
         ("decision:\n  start_k: 4\n  start_n: 3\n", "decision.start_k: k (4) cannot exceed n (3)"),
         ("mqtt:\n  password_env: X\n", "mqtt.username: a password is configured but no username"),
-        ("device_id: 'line/3'\nmqtt:\n  topic_prefix: 'a/#'\n", "mqtt.topic_prefix: 'a/#' must not contain + or #"),
         (
             "mqtt:\n  tls:\n    enabled: true\n    ca: /nonexistent/ca.crt\n",
             "mqtt.tls.ca: file not found: /nonexistent/ca.crt",
@@ -210,7 +218,7 @@ def test_check_config_refuses_a_nan_threshold_in_one_line(tmp_path):
     "text",
     [
         "mqtt: " + "[" * 5000 + "]" * 5000 + "\n",
-        "".join(f"{'  ' * i}k{i}:\n" for i in range(5000)),
+        "".join(f"{'  ' * i}k{i}:\n" for i in range(700)),  # 2 frames a level: past the recursion limit, under 1 MiB
         "a: &x " + "{b: " * 5000 + "1" + "}" * 5000 + "\n",
     ],
 )
@@ -250,3 +258,51 @@ def test_the_example_marks_every_value_that_is_not_the_default():
     assert set(differing) == {"device_id", "source.type"}
     assert defaults.device_id == "crackd-1" and defaults.source.type == "synthetic"
     assert "marked `default:`" in EXAMPLE.read_text()
+
+
+# --------------------------------------------------------------------------- what the config file may be
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/null", "directory", "fifo"])
+def test_check_config_refuses_what_is_not_a_regular_file_without_reading_it(tmp_path, special):
+    """/dev/zero would otherwise be read until memory runs out, and a FIFO would block the start forever."""
+    if special == "directory":
+        path = str(tmp_path)
+    elif special == "fifo":
+        path = str(tmp_path / "crackd.yaml")
+        os.mkfifo(path)
+    else:
+        path = special
+    kind = {"/dev/zero": "a character device", "/dev/null": "a character device", "directory": "a directory"}
+    result = crackd("check-config", path, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"crackd: {path}: is {kind.get(special, 'a named pipe')}; expected a YAML config file"
+    ]
+
+
+def test_the_daemon_refuses_dev_zero_as_its_config_in_one_line():
+    result = crackd("run", "--config", "/dev/zero", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "crackd: /dev/zero: is a character device; expected a YAML config file"
+    ]
+
+
+def test_a_config_file_over_1_mib_is_refused_in_one_line(tmp_path):
+    big = tmp_path / "crackd.yaml"
+    big.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10) + "device_id: cam1\n")
+    assert MAX_CONFIG_BYTES == 2**20 and big.stat().st_size > MAX_CONFIG_BYTES
+    with pytest.raises(ConfigError) as info:
+        load_config(big)
+    assert str(info.value) == f"{big}: is larger than 1 MiB; expected a YAML config file"
+    big.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10 - 2) + "device_id: cam1\n")
+    assert load_config(big).device_id == "cam1"
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    latin1 = tmp_path / "crackd.yaml"
+    latin1.write_bytes("device_id: cam1\nhomeassistant:\n  device_name: Caméra\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(latin1)
+    assert str(info.value) == f"{latin1}:3: not UTF-8 text (byte 50); expected a YAML config file"

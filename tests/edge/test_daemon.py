@@ -30,7 +30,7 @@ import yaml
 from edge.config import config_from_dict
 from edge.daemon.notify import Notifier
 from edge.daemon.supervisor import Supervisor
-from edge.events.journal import Journal, integrity_check
+from edge.events.journal import EventRow, Journal, integrity_check
 from tests.helpers import REPO, read_status, wait_until, write_frames
 from tests.helpers.cli import crackd
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict, write_config
@@ -38,7 +38,7 @@ from tests.helpers.disk import fill_disk, remount
 from tests.helpers.sources import wedging_source
 
 
-def journal_events(state: Path) -> list[dict]:
+def journal_events(state: Path) -> list[EventRow]:
     with Journal(state / "crackd.db") as j:
         return j.list_events(newest_first=False)
 
@@ -75,7 +75,7 @@ def test_events_status_camera_stats_and_frames_match_their_schemas(
     d.wait_finished()  # the folder is replayed once: the daemon stops by itself, flushing the outbox
     state = tmp_path / "state"
     events = journal_events(state)
-    assert len(events) == 6 and all(e["state"] == "ended" for e in events)
+    assert len(events) == 6 and all(e.state == "ended" for e in events)
     got = sub.wait_for(
         lambda s: len(s.on("event")) >= 12 and [p for p in s.on("status") if p["state"] == "offline"], what="events"
     )
@@ -88,7 +88,7 @@ def test_events_status_camera_stats_and_frames_match_their_schemas(
     by_uuid = {}
     for p in sub.on("event"):
         by_uuid.setdefault(p["uuid"], []).append(p["type"])
-    assert set(by_uuid) == {e["uuid"] for e in events}
+    assert set(by_uuid) == {e.uuid for e in events}
     assert all(kinds == ["start", "end"] for kinds in by_uuid.values())
     start = sub.on("event")[0]
     assert start["measurements"]["length_px"] > 10 and start["bundle_version"] == "1.0.0-test"
@@ -120,7 +120,7 @@ def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(
     recorded = journal_events(state)
     assert len(recorded) == 40
     sub.wait_for(
-        lambda s: {p["uuid"] for p in s.on("event") if p["type"] == "end"} >= {e["uuid"] for e in recorded},
+        lambda s: {p["uuid"] for p in s.on("event") if p["type"] == "end"} >= {e.uuid for e in recorded},
         timeout=20,
         what="every event's end",
     )
@@ -128,7 +128,7 @@ def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(
     firsts = first_occurrences(got, "seq")
     assert [m["seq"] for m in firsts] == sorted(m["seq"] for m in firsts), "events out of order"
     starts = [m["uuid"] for m in firsts if m["type"] == "start"]
-    assert starts == [e["uuid"] for e in recorded]  # every event, in the order detected
+    assert starts == [e.uuid for e in recorded]  # every event, in the order detected
     assert any(m["replayed"] for m in got)
     with Journal(state / "crackd.db") as j:
         assert j.outbox_depth() == 0
@@ -210,7 +210,7 @@ def test_stopping_ends_the_open_event_and_flushes_within_the_timeout(tmp_path, d
     d.stop()
     assert time.monotonic() - t0 < 5
     (event,) = journal_events(tmp_path / "state")
-    assert event["state"] == "ended" and event["end_reason"] == "shutdown"
+    assert event.state == "ended" and event.end_reason == "shutdown"
 
 
 def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bundle, capsys):
@@ -230,6 +230,10 @@ def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bu
     assert main(["events", "show", "--state-dir", state, uuid, "--frames"]) == 0
     shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert shown["label"] == "no-crack" and len(shown["frame_results"]) >= 3
+    # times in ISO 8601 UTC, as `events list` prints them (not the journal's epoch seconds)
+    assert shown["started_at"].startswith(listed[-1]["started_at"][:19]) and shown["started_at"].endswith("Z")
+    assert all(shown[k].endswith("Z") for k in ("updated_at", "ended_at", "labelled_at"))
+    assert all(f["t"].endswith("Z") for f in shown["frame_results"])
     out = tmp_path / "export.csv"
     assert main(["events", "export", "--state-dir", state, "--label", "no-crack", "--out", str(out)]) == 0
     rows = out.read_text().splitlines()
@@ -344,19 +348,19 @@ def test_sigkill_mid_run_then_restart_loses_no_event(tmp_path, darkness_bundle, 
     second = start_daemon(config, tmp_path)
     try:
         sub.wait_for(
-            lambda s: {p["uuid"] for p in s.on("event")} >= {e["uuid"] for e in recorded},
+            lambda s: {p["uuid"] for p in s.on("event")} >= {e.uuid for e in recorded},
             timeout=30,
             what="every event recorded before the kill",
         )
-        assert {e["uuid"] for e in journal_events(state)} >= {e["uuid"] for e in recorded}
-        open_at_kill = [e["uuid"] for e in recorded if e["state"] == "open"]
+        assert {e.uuid for e in journal_events(state)} >= {e.uuid for e in recorded}
+        open_at_kill = [e.uuid for e in recorded if e.state == "open"]
         for uuid in open_at_kill:  # found open after the crash: ended and announced
             sub.wait_for(
                 lambda s, uuid=uuid: [
                     p for p in s.on("event") if p["uuid"] == uuid and p["end_reason"] == "interrupted"
                 ]
             )
-        replayed = [p for p in sub.on("event") if p["uuid"] in {e["uuid"] for e in recorded}]
+        replayed = [p for p in sub.on("event") if p["uuid"] in {e.uuid for e in recorded}]
         assert all(p["replayed"] for p in replayed)
         sub.wait_for(lambda s: [p for p in s.on("status") if p["state"] == "online"], what="online")
         # killed while connected: the broker publishes the last will
@@ -510,10 +514,10 @@ def test_snapshots_stay_within_their_disk_budget_oldest_first_and_only_crack_fra
     assert sum(p.stat().st_size for p in files) <= 0.02 * 1024 * 1024
     events = journal_events(state)
     assert len(events) == 6
-    kept = [e for e in events if e["snapshot"]]
-    assert kept and kept[-1]["uuid"] == events[-1]["uuid"]  # the newest survive, the oldest went first
-    assert all((state / e["snapshot"]).is_file() for e in kept)
-    assert events[0]["snapshot"] is None
+    kept = [e for e in events if e.snapshot]
+    assert kept and kept[-1].uuid == events[-1].uuid  # the newest survive, the oldest went first
+    assert all((state / e.snapshot).is_file() for e in kept)
+    assert events[0].snapshot is None
     with Journal(state / "crackd.db") as j:
         recorded = j._conn.execute("SELECT crack, event_uuid FROM frames").fetchall()
     assert recorded and all(crack or uuid for crack, uuid in recorded)
@@ -553,7 +557,7 @@ def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_retu
     finally:
         d.stop()
     events = journal_events(tmp_path / "state")
-    assert len(events) >= 2 and all(e["state"] == "ended" for e in events)
+    assert len(events) >= 2 and all(e.state == "ended" for e in events)
     assert len(events) == d.sup.pipeline.events_started and d.sup.journal_writer.writes_dropped == 0
 
 
@@ -647,7 +651,7 @@ def test_on_a_full_disk_pictures_go_first_events_survive_a_stop_and_a_start_on_t
     finally:
         d2.stop()
     assert integrity_check(state / "crackd.db") is None
-    journalled = {e["uuid"] for e in journal_events(state)}
+    journalled = {e.uuid for e in journal_events(state)}
     assert set(first_run) <= journalled
 
 
@@ -734,7 +738,7 @@ def test_a_snapshot_is_taken_from_the_full_size_main_stream_in_its_own_colours(t
     sup.start()
     sup.run()
     (event,) = journal_events(tmp_path / "state")
-    snapshot = cv2.imread(str(tmp_path / "state" / event["snapshot"]))
+    snapshot = cv2.imread(str(tmp_path / "state" / event.snapshot))
     assert snapshot.shape == (96, 128, 3)
     b, g, r = snapshot[48, 64].astype(int)
     assert b > 230 and g < 25 and r < 25
@@ -804,7 +808,7 @@ def test_fault_injection_broker_bouncing_and_sigkills_lose_no_journalled_event(
         )
         with Journal(state / "crackd.db") as j:
             wait_until(lambda: j.outbox_depth() == 0, timeout=60, what="the outbox drained")
-            recorded = {e["uuid"] for e in j.list_events()}
+            recorded = {e.uuid for e in j.list_events()}
         sub.wait_for(
             lambda s: {p["uuid"] for p in s.on("event")} >= recorded, timeout=30, what="every journalled event"
         )

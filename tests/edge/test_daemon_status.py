@@ -1,4 +1,4 @@
-"""STATE/status.json as a contract (edge/daemon/status.py): what a real daemon writes matches
+"""STATE/status.json as a contract (edge/daemon_status.py): what a real daemon writes matches
 docs/schemas/state/status.schema.json and reads back unchanged through DaemonStatus; a file of an older
 crackd still reads; a misspelt name or a wrong type fails loudly instead of reading None."""
 
@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from edge.config import config_from_dict
-from edge.daemon.status import CameraStatus, DaemonStatus, LastReload, Percentiles, StatusReading
+from edge.daemon_status import CameraStatus, DaemonStatus, LastReload, Percentiles, StatusReading
 from tests.helpers import SCHEMAS, wait_until, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
 

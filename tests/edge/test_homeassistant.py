@@ -165,7 +165,7 @@ def test_every_config_uses_only_fields_home_assistant_documents():
     }
     assert "crack_length" not in uncalibrated and "crack_width" not in uncalibrated and "snapshot" not in uncalibrated
     assert config_topic(calibrated(), "sensor", "fps") == "homeassistant/sensor/crackd_line3-cam1/fps/config"
-    odd = config_from_dict({"device_id": "line 3.cam/1"})
+    odd = config_from_dict({"device_id": "line 3.cam:1"})
     assert config_topic(odd, "sensor", "fps") == "homeassistant/sensor/crackd_line_3_cam_1/fps/config"
 
 
@@ -301,7 +301,7 @@ def test_configs_are_published_again_when_home_assistant_comes_online_and_the_re
         ),
         (
             "homeassistant:\n  discovery_prefix: ha/#\n",
-            "<t>:2: homeassistant.discovery_prefix: 'ha/#' must not contain + or #",
+            "<t>:2: homeassistant.discovery_prefix: expected a topic prefix without the wildcards + and #, got 'ha/#'",
         ),
         (
             "homeassistant:\n  discover: true\n",

@@ -16,6 +16,7 @@ from edge.events.journal import (
     FrameRow,
     Journal,
     JournalCorrupt,
+    JournalCounts,
     JournalError,
     OutboxMessage,
     integrity_check,
@@ -78,9 +79,9 @@ def test_event_records_update_one_row_and_keep_the_snapshot(journal):
     journal.record(None, [event(record(START), snapshot="snapshots/a.jpg")])
     journal.record(None, [event(record(END, area=99))])
     (row,) = journal.list_events()
-    assert row["state"] == "ended" and row["end_reason"] == "clear"
-    assert row["peak_measurements"] == {"total_area_px": 99}
-    assert row["snapshot"] == "snapshots/a.jpg"
+    assert row.state == "ended" and row.end_reason == "clear"
+    assert row.peak_measurements == {"total_area_px": 99}
+    assert row.snapshot == "snapshots/a.jpg"
 
 
 def test_outbox_is_read_in_order_and_rows_go_only_when_acknowledged(journal):
@@ -157,7 +158,7 @@ def test_a_damaged_journal_can_be_moved_aside_and_a_new_one_started(tmp_path):
     _corrupt(path)
     with Journal(path, on_corrupt="move-aside") as j:
         assert j.moved_aside is not None and j.moved_aside.exists()
-        assert j.counts()["frames"] == 0
+        assert j.counts().frames == 0
     assert integrity_check(path) is None
 
 
@@ -182,7 +183,7 @@ def test_retention_by_age_keeps_labelled_and_undelivered_events(journal):
     report = journal.prune(retention_days=30, max_db_mb=100, now=now)
     assert report.frames == 3 and report.events == 1
     assert report.files == [f"snapshots/{uuids[0]}.jpg", f"snapshots/{uuids[0]}.jpg.overlay"]
-    assert {e["uuid"] for e in journal.list_events()} == set(uuids[1:])
+    assert {e.uuid for e in journal.list_events()} == set(uuids[1:])
 
 
 def test_retention_by_size_deletes_the_oldest_frames_first(journal):
@@ -209,7 +210,7 @@ def test_snapshots_are_deleted_unlabelled_first_then_oldest(journal):
         "s1.jpg",
     ]
     journal.forget_snapshot("s2.jpg")
-    assert journal.find_event("a0000002")["snapshot"] is None
+    assert journal.find_event("a0000002").snapshot is None
 
 
 def test_labels_and_deletes(journal):
@@ -221,31 +222,31 @@ def test_labels_and_deletes(journal):
     )
     journal.set_label("b0000000-2222-3333-4444-555555555555", "no-crack", "a joint, not a crack")
     found = journal.find_event("b000")
-    assert found["label"] == "no-crack" and found["label_note"] == "a joint, not a crack"
+    assert found.label == "no-crack" and found.label_note == "a joint, not a crack"
     assert journal.list_events(label="none") == []
     with pytest.raises(JournalError, match="label must be"):
-        journal.set_label(found["uuid"], "maybe")
-    assert journal.delete_event(found["uuid"]) == ["x.jpg", "x.jpg.overlay"]
-    assert journal.counts() == {"frames": 0, "events": 0, "outbox": 0, "labels": 0}
+        journal.set_label(found.uuid, "maybe")
+    assert journal.delete_event(found.uuid) == ["x.jpg", "x.jpg.overlay"]
+    assert journal.counts() == JournalCounts(frames=0, events=0, outbox=0, labels=0)
 
 
 def test_an_all_digit_uuid_prefix_finds_its_event_and_a_clash_with_an_id_is_refused(journal):
     digits = "75131411-bbe1-4f0b-b82f-a169d3c6de16"
     journal.record(None, [event(record(uuid=digits))])
-    assert journal.find_event("75131411")["uuid"] == digits
-    assert journal.find_event("1")["uuid"] == digits
+    assert journal.find_event("75131411").uuid == digits
+    assert journal.find_event("1").uuid == digits
     # "0001" is both id 1 (the first event) and the prefix of a second event's uuid
     journal.record(None, [event(record(uuid="00010000-2222-3333-4444-555555555555"))])
     with pytest.raises(JournalError, match="ambiguous"):
         journal.find_event("0001")
-    assert journal.find_event("00010")["uuid"].startswith("00010000")
+    assert journal.find_event("00010").uuid.startswith("00010000")
 
 
 def test_a_second_connection_can_label_while_the_writer_is_open(journal):
     journal.record(None, [event(record())])
     with Journal(journal.path) as other:
         other.set_label("11111111-2222-3333-4444-555555555555", "crack")
-    assert journal.find_event("1")["label"] == "crack"
+    assert journal.find_event("1").label == "crack"
 
 
 def test_records_survive_a_writer_that_is_never_closed(tmp_path):
@@ -273,7 +274,7 @@ def test_like_wildcards_in_a_reference_match_nothing(journal, ref):
 def test_a_short_reference_is_refused_before_anything_is_stripped(journal):
     journal.record(None, [event(record(uuid="a1111111-2222-3333-4444-555555555555"))])
     assert journal.find_event("a") is None and journal.find_event("a11") is None
-    assert journal.find_event("A111")["uuid"].startswith("a111")  # uuids are hex: any letter case
+    assert journal.find_event("A111").uuid.startswith("a111")  # uuids are hex: any letter case
 
 
 def test_deleting_an_event_removes_its_undelivered_outbox_messages(journal):

@@ -104,3 +104,41 @@ def test_mean_width_never_exceeds_max_width_for_the_whole_mask_or_any_crack():
     assert m.mean_width_px == pytest.approx(expected)
     single = measure_mask(band(200, 6))
     assert single.mean_width_px == pytest.approx(single.components[0].mean_width_px)
+
+
+def broken_crack(pieces=6, piece=30, gap=3, width=4):
+    """A horizontal crack drawn as `pieces` fragments `piece` px long, `gap` background px apart."""
+    mask = np.zeros((240, 320), np.uint8)
+    for i in range(pieces):
+        x = 20 + i * (piece + gap)
+        mask[100 : 100 + width, x : x + piece] = 255
+    return mask
+
+
+def test_fragments_of_one_crack_closer_than_the_merge_gap_are_one_crack():
+    mask = broken_crack()
+    fragments = measure_mask(mask)
+    assert fragments.count == 6
+    m = measure_mask(mask, merge_gap_px=4)
+    assert m.count == 1
+    c = m.components[0]
+    assert c.bbox == (20, 100, 6 * 30 + 5 * 3, 4)
+    assert c.area_px == 6 * 30 * 4
+    assert c.length_px == pytest.approx(fragments.length_px)  # the fragments' length: gaps are not crack
+    assert measure_mask(mask, merge_gap_px=2).count == 6  # a gap wider than the tolerance still separates
+
+
+def test_merge_gap_is_in_frame_pixels_when_measuring_a_downscaled_mask():
+    small = cv2.resize(broken_crack(gap=4), (160, 120), interpolation=cv2.INTER_NEAREST)
+    assert measure_mask(small, frame_size=(320, 240), merge_gap_px=1).count > 1
+    assert measure_mask(small, frame_size=(320, 240), merge_gap_px=5).count == 1
+
+
+def test_specks_shorter_than_the_minimum_length_are_not_counted():
+    mask = band(200, 6, size=(240, 320))
+    for x in (20, 60, 280):
+        mask[20:24, x : x + 5] = 255  # 20-pixel specks: above min_area_px, a few px long
+    assert measure_mask(mask).count == 4
+    m = measure_mask(mask, min_length_px=12)
+    assert m.count == 1
+    assert m.total_area_px == measure_mask(band(200, 6, size=(240, 320))).total_area_px

@@ -168,6 +168,10 @@ def test_without_prometheus_client_the_daemon_runs_without_metrics(monkeypatch, 
             "<t>:2: metrics.username: basic auth needs a password: set metrics.password_file or metrics.password_env",
         ),
         (
+            "metrics:\n  username: a:b\n  password_env: PW\n",
+            "<t>:2: metrics.username: 'a:b': a basic auth user name has no ':' and no control characters",
+        ),
+        (
             "metrics:\n  password_env: METRICS_PASSWORD\n",
             "<t>:2: metrics.username: a password is configured but no username",
         ),

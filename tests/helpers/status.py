@@ -1,13 +1,13 @@
 """Reading a daemon's status.json from outside, as a monitoring script would (tests and tools/soak.py).
 
-Through edge.daemon.status.DaemonStatus, the one reader: a misspelt field fails the test instead of reading None.
+Through edge.daemon_status.DaemonStatus, the one reader: a misspelt field fails the test instead of reading None.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edge.daemon.status import DaemonStatus
+from edge.daemon_status import DaemonStatus
 from edge.layout import StateLayout
 
 

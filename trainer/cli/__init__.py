@@ -10,6 +10,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger("crack-train")
+# What `pip install crackd[train]` adds to a device install (pyproject.toml); a missing one is named, not a traceback.
+TRAINING_MODULES = frozenset({"tensorflow", "keras", "tf_keras", "tensorboard", "matplotlib", "tqdm"})
 
 
 def _progress(iterable, desc: str = ""):
@@ -372,7 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data.datasets import DatasetError
     from trainer.export.convert import ExportError
 
+    prog = f"crack-train {args.command}"
     try:
         return args.func(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        return fail(
+            f"{exc.name} is not installed: crack-train needs the training extra: pip install 'crackd[train]' "
+            "(in a clone: pip install -e '.[train]')",
+            EXIT_USAGE,
+            prog,
+        )
     except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
-        return fail(f"error: {exc}", EXIT_USAGE, f"crack-train {args.command}")
+        return fail(f"error: {exc}", EXIT_USAGE, prog)

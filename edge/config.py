@@ -30,6 +30,7 @@ from edge.engine.grouping import CrackGrouping
 from edge.identifiers import identifier_problem
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, INSTALLED_STATE_DIR, SHIPPED_BUNDLE, StateLayout
 from edge.sources.registry import ADAPTERS, adapter_for
+from edge.vocabulary import RuntimeChoice, SegmentMode
 
 
 class ConfigError(ValueError):
@@ -86,9 +87,9 @@ class ModelConfig:
     bundle: str | None = _opt(
         None, "bundle directory; null = STATE/models/current if installed, else the shipped models/default"
     )
-    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = _opt("auto", "TFLite runtime")
+    runtime: RuntimeChoice = _opt("auto", "TFLite runtime")
     threads: int = _opt(1, "interpreter threads per model", min=1, max=16)
-    segment: Literal["on-crack", "never", "always"] = _opt("on-crack", "when to run the segmenter")
+    segment: SegmentMode = _opt("on-crack", "when to run the segmenter")
     tiling: TilingOptions = _section(TilingOptions, "segmenter tiling")
     mm_per_pixel: float | None = _opt(None, "scale of the camera view; when set, measurements also carry *_mm", gt=0)
     cracks: CrackGrouping = _section(CrackGrouping, "what counts as one crack in the measurements")

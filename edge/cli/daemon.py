@@ -26,7 +26,7 @@ from edge.cli.common import (
 from edge.cli.demo import add_demo_args, demo_config, demo_mqtt_port
 from edge.config import ConfigError, load_config
 from edge.layout import DEMO_STATE_DIR, SHIPPED_BUNDLE, StateLayout
-from edge.releases.manager import STATUS_FRESH_S, read_daemon_status
+from edge.releases.daemon_watch import STATUS_FRESH_S, read_daemon_status
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edge.config import ConfigError
 from edge.outputs.metrics_http import BasicAuth, MetricsServer, resolve, tls_context
+from edge.vocabulary import CAMERA_STATES
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class _SupervisorCollector:
         if temp is not None:
             yield gauge("crackd_cpu_temperature_celsius", "CPU temperature", temp)
         state = GaugeMetricFamily("crackd_camera_state", "1 for the camera's current state", labels=["state"])
-        for name in ("starting", "ok", "stalled", "reconnecting", "failed", "finished"):
+        for name in CAMERA_STATES:
             state.add_metric([name], 1 if st.camera_state == name else 0)
         yield state
         info = InfoMetricFamily("crackd_build", "crackd version and the model bundle served")

@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from edge import __version__
 from edge.config import Config, ConfigError, load_config
@@ -50,6 +51,7 @@ from edge.outputs.metrics import start_for as start_metrics
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
 from edge.sources import FrameSource, adapter_for, make_source
 from edge.timestamps import iso_utc
+from edge.vocabulary import CameraState
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +257,7 @@ class Supervisor:
         if self._publisher is not None:
             self._publisher.notify()
 
-    def _on_camera_state(self, state: str, info: dict) -> None:
+    def _on_camera_state(self, state: CameraState, info: dict) -> None:
         if self._publisher is not None:
             self._publisher.publish_camera(state, info)
 
@@ -272,7 +274,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current frame (twice: exit now). SIGHUP: reload."""
 
-        def on_stop(signum, frame):
+        def on_stop(signum: int, frame: FrameType | None) -> None:
             if self.stop_event.is_set():
                 log.warning("second %s: exiting now", signal.Signals(signum).name)
                 os._exit(1)

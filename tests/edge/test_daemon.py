@@ -256,7 +256,7 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
     from datetime import datetime
 
     from edge.cli import main
-    from edge.releases.manager import pid_alive
+    from edge.releases.daemon_watch import pid_alive
 
     (tmp_path / "status.json").write_text(
         json.dumps(

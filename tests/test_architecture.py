@@ -180,3 +180,27 @@ def test_the_device_code_imports_neither_the_trainer_nor_the_deploy_tool():
         if a.source.split(".")[0] in MAY_IMPORT and a.target.split(".")[0] not in MAY_IMPORT[a.source.split(".")[0]]
     ]
     assert not wrong, "imports across projects that docs/architecture.md rules out:\n" + "\n".join(wrong)
+
+
+# What only the training host installs (pyproject.toml's `train` extra): a device has 1-4 GB and none of it.
+TRAINING_HOST_ONLY = {"tensorflow", "keras", "tensorboard", "matplotlib", "tqdm"}
+
+
+def test_the_device_code_never_imports_what_only_the_training_host_installs():
+    wrong = []
+    for name, path in KNOWN.items():
+        if name.split(".")[0] != "edge":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                tops = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            wrong += [
+                f"{name} imports {top} ({path.relative_to(ROOT)}:{node.lineno})"
+                for top in tops
+                if top in TRAINING_HOST_ONLY
+            ]
+    assert not wrong, "edge/ runs on the device, which has no TensorFlow:\n" + "\n".join(wrong)

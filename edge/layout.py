@@ -15,6 +15,7 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
     models/releases/<version>/      installed bundles, each verified when staged
     models/current, models/previous symlinks into releases/, switched atomically
     models/deployments.jsonl        who deployed, activated or rolled back what, when
+    models/switch.json              only while activate/rollback switches the links (undone if left behind)
     models/.lock, .lock.holder      the device lock of `crackd models` and `crack-deploy`
 
 Which state directory a command uses when none is given: edge.state_location.
@@ -89,6 +90,10 @@ class StateLayout:
     @property
     def history(self) -> Path:
         return self.models / "deployments.jsonl"
+
+    @property
+    def switch_intent(self) -> Path:
+        return self.models / "switch.json"
 
     @property
     def lock(self) -> Path:

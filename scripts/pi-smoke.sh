@@ -2,9 +2,12 @@
 # Install crackd in an emulated arm64 Raspberry Pi OS-like userland (Debian Bookworm) and check it works there.
 #
 #   sudo scripts/pi-smoke.sh [--cpu cortex-a72|cortex-a76] [--cache DIR] [--frames N] [--keep-going] [--reuse-install]
+#                            [--python PY]
 #
 # Too slow for CI (an hour or so the first time; emulated code runs 100-150x slower than native):
-# run it before a release. Needs root, an x86-64 Debian/Ubuntu host and the Debian mirror apt uses.
+# run it before a release. Needs root, an x86-64 Debian/Ubuntu host and the Debian mirror apt uses, and
+# a host Python with TensorFlow for step 6's reference model (`crack-train reference-model`): --python PY
+# (default: $PYTHON, else this clone's .venv/bin/python; sudo drops PYTHON, so pass --python through sudo).
 #
 # Steps (each reported PASS/FAIL with its duration in the summary at the end):
 #   1. host packages: qemu-user-static + binfmt-support (run arm64 binaries), debootstrap, qemu-user
@@ -32,6 +35,7 @@ CPU=cortex-a72
 FRAMES=3
 KEEP_GOING=0
 REUSE_INSTALL=0
+HOST_PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) CPU=${2:?}; shift 2 ;;
@@ -39,10 +43,18 @@ while [ $# -gt 0 ]; do
         --frames) FRAMES=${2:?}; shift 2 ;;
         --keep-going) KEEP_GOING=1; shift ;;
         --reuse-install) REUSE_INSTALL=1; shift ;;   # keep the crackd installed in the cached rootfs by an earlier run
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --python) HOST_PYTHON=${2:?}; shift 2 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "pi-smoke: unknown option $1" >&2; exit 2 ;;
     esac
 done
+# Checked first, not an hour later at step 6 (a reference model made by an earlier run is reused).
+if [ ! -s "$CACHE/work/ref.tflite" ] && ! PYTHONPATH="$REPO" "$HOST_PYTHON" -c 'import tensorflow' >/dev/null 2>&1; then
+    echo "pi-smoke: step 6 makes its reference model on this host with TensorFlow, and $HOST_PYTHON cannot import" \
+        "tensorflow: set up the training extra (.venv/bin/pip install -e '.[train]') or give a Python that has it" \
+        "with --python PY (sudo drops PYTHON=...)" >&2
+    exit 2
+fi
 [ "$(id -u)" = 0 ] || { echo "pi-smoke: run as root" >&2; exit 2; }
 [ "$(uname -m)" = x86_64 ] || { echo "pi-smoke: expects an x86-64 host" >&2; exit 2; }
 
@@ -207,7 +219,7 @@ done
 # ------------------------------------------------------------------ 6. instruction counts
 
 reference_model() {  # made on the host (TensorFlow), the same bytes on any host
-    [ -s "$WORK/ref.tflite" ] || (cd "$REPO" && PYTHONPATH="$REPO" "${PYTHON:-$REPO/.venv/bin/python}" -m trainer.cli reference-model --out "$WORK/ref.tflite")
+    [ -s "$WORK/ref.tflite" ] || (cd "$REPO" && PYTHONPATH="$REPO" "$HOST_PYTHON" -m trainer.cli reference-model --out "$WORK/ref.tflite")
     cp "$WORK/ref.tflite" "$ROOT/src/ref.tflite"
 }
 step "6a. reference model (crack-train reference-model, host)" reference_model

@@ -28,12 +28,8 @@ if [ ${#need_debs[@]} -gt 0 ]; then
     echo "setup: missing Debian packages (${need_debs[*]}); install them with: sudo apt-get install ${need_debs[*]}" >&2
   fi
 fi
-# The daemon and tests start their own mosquitto/sshd; don't leave the distribution's services holding ports.
-for unit in mosquitto prometheus-node-exporter; do
-  if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
-    systemctl stop "$unit" || true
-  fi
-done
+# Services are left as they are: the tests start their own mosquitto, sshd and node_exporter on free loopback
+# ports, and scripts/demo.sh uses a broker already answering on localhost:1883 (or starts a private one).
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

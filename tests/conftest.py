@@ -6,7 +6,6 @@ Keep fixtures real (real files, real processes); the plain helpers behind them a
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
@@ -18,15 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if os.environ.get("CRACKD_TEST_WITHOUT_TENSORFLOW"):
     # Run the suite as on a device-only install (`pip install .[edge]`): TensorFlow and Keras cannot be
     # imported, and the tests that need them are skipped by their own importorskip.
-    import importlib.abc
+    from tests.helpers.without_tensorflow import block
 
-    class _NoTensorFlow(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
-                raise ModuleNotFoundError(f"No module named {name!r} (CRACKD_TEST_WITHOUT_TENSORFLOW)", name=name)
-            return None
-
-    sys.meta_path.insert(0, _NoTensorFlow())
+    block()
 
 
 # ------------------------------------------------------------------------ MQTT (edge outputs and daemon, the installer)

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 
 from edge.cli.common import UsageError, add_db_arg, add_json_arg, add_location_args, fail, locate, print_json
 from edge.timestamps import iso_utc
+from edge.vocabulary import LABELS
 
 if TYPE_CHECKING:
     from edge.events.journal import EventRow
 
+EVENT_TIMES = ("started_at", "updated_at", "ended_at", "labelled_at")  # the journal's epoch seconds, shown as ISO
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection): such cells get a leading '.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_FIELDS = (
@@ -154,16 +156,16 @@ def _find(journal, ref: str) -> EventRow:
 
 def _ev_show(args, journal, state_dir) -> int:
     found = _find(journal, args.id)
-    event = {
-        **found.as_dict(),
-        "started_at_iso": iso_utc(found.started_at, "seconds"),
-        "ended_at_iso": iso_utc(found.ended_at, "seconds"),
-    }
+    event = found.as_dict()
+    # Times in ISO 8601 UTC, as `events list`, `events export`, `status` and the MQTT payloads print them.
+    event.update({key: iso_utc(event[key]) for key in EVENT_TIMES if key in event})
     for key in ("snapshot", "overlay"):
         if event.get(key):
             event[key] = str((state_dir / event[key]).resolve())
     if args.frames:
-        event["frame_results"] = [frame.as_dict() for frame in journal.event_frames(found.uuid)]
+        event["frame_results"] = [
+            {**frame.as_dict(), "t": iso_utc(frame.t)} for frame in journal.event_frames(found.uuid)
+        ]
     print_json(event, indent=1, default=str)
     return 0
 
@@ -245,7 +247,7 @@ def _filter_args(p) -> None:
     p.add_argument("--until", help="started before")
     p.add_argument("--state", choices=["open", "ended"])
     p.add_argument("--min-score", type=float, default=None)
-    p.add_argument("--label", choices=["crack", "no-crack", "none"], help="by operator label (none = unlabelled)")
+    p.add_argument("--label", choices=[*LABELS, "none"], help="by operator label (none = unlabelled)")
     p.add_argument("--limit", type=int, default=None, help="at most this many (at least 1; default all)")
 
 
@@ -275,7 +277,7 @@ def register(sub) -> None:
     e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     e = _records_parser(esub, "label", "an operator's verdict, kept for retraining")
     e.add_argument("id")
-    e.add_argument("label", choices=["crack", "no-crack"])
+    e.add_argument("label", choices=LABELS)
     e.add_argument("--note", default=None)
     e = _records_parser(esub, "delete", "delete events with their frames, label and snapshots")
     e.add_argument("ids", nargs="+", metavar="ID")

@@ -4,6 +4,7 @@ discovery configs of this device (edge.outputs.homeassistant)."""
 from __future__ import annotations
 
 from edge.cli.common import add_config_arg, fail, print_json
+from edge.cli.demo import add_demo_args, demo_config, demo_mqtt_port
 from edge.config import ConfigError, load_config
 from edge.layout import DEFAULT_CONFIG
 
@@ -11,8 +12,15 @@ from edge.layout import DEFAULT_CONFIG
 def cmd_homeassistant(args) -> int:
     from edge.outputs import homeassistant
 
+    if args.demo and args.config:
+        return fail(f"homeassistant {args.action}: give either --config FILE or --demo")
+    source = "--demo" if args.demo else args.config or str(DEFAULT_CONFIG)
     try:
-        cfg = load_config(args.config)
+        mqtt_port = demo_mqtt_port(args)
+    except ValueError as exc:
+        return fail(f"homeassistant {args.action}: {exc}")
+    try:
+        cfg = demo_config(mqtt_port=mqtt_port) if args.demo else load_config(source)
         password = cfg.mqtt_password() if args.action == "remove" else None
     except ConfigError as exc:
         return fail(str(exc))
@@ -24,7 +32,7 @@ def cmd_homeassistant(args) -> int:
             )
         return 0
     if not cfg.mqtt.enabled:
-        return fail(f"{args.config}: mqtt.enabled is false: no broker to remove the configs from")
+        return fail(f"{source}: mqtt.enabled is false: no broker to remove the configs from")
     try:
         n = homeassistant.remove_now(cfg, password, timeout=args.timeout)
     except ConnectionError as exc:
@@ -46,6 +54,7 @@ def register(sub) -> None:
         choices=("show", "remove"),
         help="show: print each config topic and payload; remove: publish empty retained configs",
     )
-    add_config_arg(p, help=f"daemon config (default {DEFAULT_CONFIG})", default=str(DEFAULT_CONFIG), metavar=None)
+    add_config_arg(p, help=f"daemon config (default {DEFAULT_CONFIG})", metavar=None)
+    add_demo_args(p, help="the demo's device (`crackd run --demo`) instead of a config file")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
     p.set_defaults(func=cmd_homeassistant)

@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from edge import __version__
 from edge.config import Config, ConfigError, load_config
@@ -44,12 +45,13 @@ from edge.daemon_status import CameraStatus, DaemonStatus, LastReload, Percentil
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RuntimeUnavailable
 from edge.events.journal import JournalError
-from edge.outputs import homeassistant
+from edge.outputs import homeassistant, snapshots_mqtt
 from edge.outputs.metrics import Metrics
 from edge.outputs.metrics import start_for as start_metrics
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
 from edge.sources import FrameSource, adapter_for, make_source
 from edge.timestamps import iso_utc
+from edge.vocabulary import CameraState
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,7 @@ class Supervisor:
         self._pid_lock = PidLock(config.layout.pid_file, config.state_dir)
         self._engine: Engine | None = None
         self._publisher: Publisher | None = None
+        self._snapshot_check: snapshots_mqtt.DeliveryCheck | None = None
         self._parts: Parts | None = None
 
     # ------------------------------------------------------------------ the parts
@@ -244,6 +247,8 @@ class Supervisor:
         except RuntimeError as exc:  # a missing optional library
             raise StartupError(str(exc)) from None
         homeassistant.attach(cfg, publisher)
+        if cfg.mqtt.snapshots:
+            self._snapshot_check = snapshots_mqtt.DeliveryCheck(cfg, publisher)
         publisher.publish_camera("starting", {})
         publisher.start()
         return publisher
@@ -252,7 +257,7 @@ class Supervisor:
         if self._publisher is not None:
             self._publisher.notify()
 
-    def _on_camera_state(self, state: str, info: dict) -> None:
+    def _on_camera_state(self, state: CameraState, info: dict) -> None:
         if self._publisher is not None:
             self._publisher.publish_camera(state, info)
 
@@ -269,7 +274,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current frame (twice: exit now). SIGHUP: reload."""
 
-        def on_stop(signum, frame):
+        def on_stop(signum: int, frame: FrameType | None) -> None:
             if self.stop_event.is_set():
                 log.warning("second %s: exiting now", signal.Signals(signum).name)
                 os._exit(1)
@@ -497,6 +502,7 @@ class Supervisor:
             broker_error=pub.last_error if pub else None,
             mqtt_delivered=pub.published if pub else 0,
             mqtt_replayed=pub.replayed if pub else 0,
+            mqtt_snapshot_error=self._snapshot_check.problem() if self._snapshot_check else None,
             pending_writes=writer.held,
             journal_error=writer.problem(),
             journal_writes_dropped=writer.writes_dropped,

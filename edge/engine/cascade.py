@@ -20,8 +20,7 @@ from edge.engine.bundle import LoadedBundle
 from edge.engine.grouping import CrackGrouping
 from edge.engine.measure import CrackMeasurements, measure_mask
 from edge.engine.preprocess import ensure_rgb_uint8, resize_into
-
-SEGMENT_MODES = ("never", "on-crack", "always")
+from edge.vocabulary import SEGMENT_MODES, SegmentMode
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class Cascade:
     def __init__(
         self,
         bundle: LoadedBundle,
-        segment: str = "on-crack",
+        segment: SegmentMode = "on-crack",
         threshold: float | None = None,
         mm_per_pixel: float | None = None,
         tiling: TilingConfig | None = None,

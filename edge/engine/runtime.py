@@ -9,18 +9,65 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-RUNTIMES = {  # name -> (module, attribute holding the Interpreter class)
+from edge.vocabulary import RUNTIME_CHOICES, RuntimeName
+
+RUNTIMES: dict[RuntimeName, tuple[str, str]] = {  # name -> (module, attribute holding the Interpreter class)
     "ai-edge-litert": ("ai_edge_litert.interpreter", "Interpreter"),
     "tflite-runtime": ("tflite_runtime.interpreter", "Interpreter"),
     "tensorflow": ("tensorflow", "lite.Interpreter"),
 }
-RUNTIME_CHOICES = ("auto", *RUNTIMES)
+
+
+# LiteRT and tflite-runtime print this from C++ to the process's stderr the first time a process creates an
+# interpreter with XNNPACK: their minimum log level is compiled in at INFO (TF_CPP_MIN_LOG_LEVEL does not reach it),
+# so every `crackd` command and every daemon start said it. Only this exact line is dropped (see _without_notice).
+XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+_notice = {"seen": False}  # printed once per process: after that, nothing is filtered
+_notice_lock = threading.Lock()
+
+
+@contextmanager
+def _without_notice(notice: bytes = XNNPACK_NOTICE) -> Iterator[None]:
+    """Hold what is written to fd 2 meanwhile, then pass it on without `notice` (errors and warnings get through).
+
+    Other threads' stderr lines written meanwhile are delayed by the model load, not lost.
+    """
+    with _notice_lock:
+        if _notice["seen"]:
+            yield
+            return
+        sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to filter
+            yield
+            return
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                held.seek(0)
+                text = held.read()
+                if notice in text:
+                    _notice["seen"] = True
+                    text = text.replace(notice, b"", 1)
+                if text:
+                    os.write(2, text)
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -71,11 +118,12 @@ class TFLiteModel:
         self.runtime, interpreter_cls = load_interpreter_class(runtime)
         self.threads = threads
         kwargs = {"num_threads": threads}
-        if content is not None:
-            self._interpreter = interpreter_cls(model_content=content, **kwargs)
-        else:
-            self._interpreter = interpreter_cls(model_path=str(path), **kwargs)
-        self._interpreter.allocate_tensors()
+        with _without_notice():
+            if content is not None:
+                self._interpreter = interpreter_cls(model_content=content, **kwargs)
+            else:
+                self._interpreter = interpreter_cls(model_path=str(path), **kwargs)
+            self._interpreter.allocate_tensors()
         (inp,) = self._interpreter.get_input_details()
         (out,) = self._interpreter.get_output_details()
         self.input = _tensor_info(inp)

@@ -281,6 +281,14 @@ def test_check_config_refuses_what_is_not_a_regular_file_without_reading_it(tmp_
     ]
 
 
+def test_the_daemon_refuses_dev_zero_as_its_config_in_one_line():
+    result = crackd("run", "--config", "/dev/zero", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "crackd: /dev/zero: is a character device; expected a YAML config file"
+    ]
+
+
 def test_a_config_file_over_1_mib_is_refused_in_one_line(tmp_path):
     big = tmp_path / "crackd.yaml"
     big.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10) + "device_id: cam1\n")

@@ -10,6 +10,7 @@ SIGKILL run `python -m edge.cli run --config ...` as a real child process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -230,6 +231,10 @@ def test_events_cli_lists_shows_exports_labels_and_deletes(tmp_path, darkness_bu
     assert main(["events", "show", "--state-dir", state, uuid, "--frames"]) == 0
     shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert shown["label"] == "no-crack" and len(shown["frame_results"]) >= 3
+    # times in ISO 8601 UTC, as `events list` prints them (not the journal's epoch seconds)
+    assert shown["started_at"].startswith(listed[-1]["started_at"][:19]) and shown["started_at"].endswith("Z")
+    assert all(shown[k].endswith("Z") for k in ("updated_at", "ended_at", "labelled_at"))
+    assert all(f["t"].endswith("Z") for f in shown["frame_results"])
     out = tmp_path / "export.csv"
     assert main(["events", "export", "--state-dir", state, "--label", "no-crack", "--out", str(out)]) == 0
     rows = out.read_text().splitlines()
@@ -251,7 +256,7 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
     from datetime import datetime
 
     from edge.cli import main
-    from edge.releases.manager import pid_alive
+    from edge.releases.daemon_watch import pid_alive
 
     (tmp_path / "status.json").write_text(
         json.dumps(
@@ -272,6 +277,24 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
     (tmp_path / "status.json").write_text("{truncated")
     assert main(["status", "--state-dir", str(tmp_path)]) == 1
     assert "status.json: unreadable" in capsys.readouterr().err
+
+
+def test_status_says_healthy_but_not_publishing_while_the_broker_is_away(tmp_path, capsys):
+    from datetime import datetime
+
+    from edge.cli import main
+    from edge.daemon_status import DaemonStatus
+
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    away = DaemonStatus(pid=os.getpid(), state="running", healthy=True, updated_at=now, mqtt_enabled=True)
+    away = dataclasses.replace(away, broker_error="cannot reach broker 127.0.0.1:1883")
+    away.write(tmp_path / "status.json")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0  # frames flow and the journal keeps everything
+    out = capsys.readouterr().out
+    assert "healthy, not publishing" in out.splitlines()[0] and "cannot reach broker" in out
+    dataclasses.replace(away, broker_connected=True).write(tmp_path / "status.json")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(", healthy")
 
 
 # --------------------------------------------------------------------------- child processes

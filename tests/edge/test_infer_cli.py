@@ -1,12 +1,14 @@
 """`crackd infer` and `crackd bench` as a user runs them (a real subprocess, the real default bundle)."""
 
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from edge.engine.runtime import TFLiteModel
+from edge.engine.runtime import XNNPACK_NOTICE, TFLiteModel
 from edge.sources.synth import generate
 from tests.helpers import REPO
 from tests.helpers.cli import run_module
@@ -199,3 +201,24 @@ def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_the_limit
         "infer", "--bundle", str(darkness_bundle), "--json", "--max-image-mpixels", "10", str(tmp_path / "huge.jpg")
     )
     assert "over the limit of 10 MP" in json.loads(out.stdout.splitlines()[0])["error"]
+
+
+def test_the_runtime_s_xnnpack_notice_is_not_printed(image_folder):
+    """LiteRT's C++ "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." used to open every command's output."""
+    out = crackd("infer", str(image_folder / "frame0.jpg"))
+    assert out.returncode == 0, out.stderr
+    assert "XNNPACK" not in out.stderr and out.stderr == ""
+
+
+def test_native_stderr_written_during_a_model_load_gets_through_without_the_notice():
+    """Only the notice is dropped: an error or warning the runtime prints meanwhile reaches stderr, in order."""
+    code = (
+        "import os\n"
+        "from edge.engine.runtime import XNNPACK_NOTICE, _without_notice\n"
+        "with _without_notice():\n"
+        "    os.write(2, b'ERROR: a real problem\\n' + XNNPACK_NOTICE + b'WARNING: another\\n')\n"
+        "os.write(2, XNNPACK_NOTICE)\n"  # once seen, nothing is filtered any more
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stderr == "ERROR: a real problem\nWARNING: another\n" + XNNPACK_NOTICE.decode()

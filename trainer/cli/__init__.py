@@ -10,6 +10,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger("crack-train")
+# What `pip install crackd[train]` adds to a device install (pyproject.toml); a missing one is named, not a traceback.
+TRAINING_MODULES = frozenset({"tensorflow", "keras", "tf_keras", "tensorboard", "matplotlib", "tqdm"})
 
 
 def _progress(iterable, desc: str = ""):
@@ -203,7 +205,7 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_reference_model(args) -> int:
-    from trainer.models.reference import reference_tflite
+    from trainer.export.reference import reference_tflite
 
     content = reference_tflite(alpha=args.alpha, size=args.size, seed=args.seed, calibration=args.calibration)
     out = Path(args.out)
@@ -248,7 +250,7 @@ def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.training.sweep import SEGMENTER_NAMES  # no Keras import: `--help` stays fast
+    from trainer.evaluation.sweep import SEGMENTER_NAMES  # no Keras import: `--help` stays fast
 
     parser = argparse.ArgumentParser(prog="crack-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -372,7 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data.datasets import DatasetError
     from trainer.export.convert import ExportError
 
+    prog = f"crack-train {args.command}"
     try:
         return args.func(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        return fail(
+            f"{exc.name} is not installed: crack-train needs the training extra: pip install 'crackd[train]' "
+            "(in a clone: pip install -e '.[train]')",
+            EXIT_USAGE,
+            prog,
+        )
     except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
-        return fail(f"error: {exc}", EXIT_USAGE, f"crack-train {args.command}")
+        return fail(f"error: {exc}", EXIT_USAGE, prog)

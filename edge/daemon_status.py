@@ -88,6 +88,7 @@ class DaemonStatus:
     broker_error: str | None = None
     mqtt_delivered: int = 0
     mqtt_replayed: int = 0
+    mqtt_snapshot_error: str | None = None  # the broker dropped the latest snapshot (too large for it)
     pending_writes: int = 0
     journal_error: str | None = None
     journal_writes_dropped: int = 0

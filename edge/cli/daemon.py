@@ -188,7 +188,13 @@ def cmd_status(args) -> int:
         f"crackd {d.version} on {d.device_id}: "
         + ("running" if running else "NOT RUNNING")
         + f" (pid {d.pid}), "
-        + ("healthy" if healthy else "NOT HEALTHY"),
+        + (
+            "NOT HEALTHY"
+            if not healthy
+            else "healthy"
+            if d.broker_connected or not d.mqtt_enabled
+            else "healthy, not publishing"
+        ),  # detections are kept in the outbox until the broker is back
         f"  started      {d.started_at}  (uptime {d.uptime_s} s, status written {age} s ago)",
         f"  bundle       {d.bundle_version}  sha256 {str(d.bundle_sha256)[:12]}  {d.bundle_path}",
         f"  frames       {d.frames_processed} processed, {d.frames_skipped} skipped, "
@@ -199,6 +205,8 @@ def cmd_status(args) -> int:
         + ("off" if not d.mqtt_enabled else ("connected" if d.broker_connected else f"DISCONNECTED ({d.broker_error})"))
         + f", outbox {d.outbox_depth} waiting",
     ]
+    if d.mqtt_snapshot_error:
+        lines.append(f"  snapshots    NOT ARRIVING: {d.mqtt_snapshot_error}")
     if d.journal_error:
         lines.append(f"  journal      PROBLEM: {d.journal_error}")
     if d.last_reload:

@@ -45,7 +45,7 @@ from edge.daemon_status import CameraStatus, DaemonStatus, LastReload, Percentil
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RuntimeUnavailable
 from edge.events.journal import JournalError
-from edge.outputs import homeassistant
+from edge.outputs import homeassistant, snapshots_mqtt
 from edge.outputs.metrics import Metrics
 from edge.outputs.metrics import start_for as start_metrics
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
@@ -124,6 +124,7 @@ class Supervisor:
         self._pid_lock = PidLock(config.layout.pid_file, config.state_dir)
         self._engine: Engine | None = None
         self._publisher: Publisher | None = None
+        self._snapshot_check: snapshots_mqtt.DeliveryCheck | None = None
         self._parts: Parts | None = None
 
     # ------------------------------------------------------------------ the parts
@@ -246,6 +247,8 @@ class Supervisor:
         except RuntimeError as exc:  # a missing optional library
             raise StartupError(str(exc)) from None
         homeassistant.attach(cfg, publisher)
+        if cfg.mqtt.snapshots:
+            self._snapshot_check = snapshots_mqtt.DeliveryCheck(cfg, publisher)
         publisher.publish_camera("starting", {})
         publisher.start()
         return publisher
@@ -499,6 +502,7 @@ class Supervisor:
             broker_error=pub.last_error if pub else None,
             mqtt_delivered=pub.published if pub else 0,
             mqtt_replayed=pub.replayed if pub else 0,
+            mqtt_snapshot_error=self._snapshot_check.problem() if self._snapshot_check else None,
             pending_writes=writer.held,
             journal_error=writer.problem(),
             journal_writes_dropped=writer.writes_dropped,

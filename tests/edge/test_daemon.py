@@ -10,6 +10,7 @@ SIGKILL run `python -m edge.cli run --config ...` as a real child process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -276,6 +277,24 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
     (tmp_path / "status.json").write_text("{truncated")
     assert main(["status", "--state-dir", str(tmp_path)]) == 1
     assert "status.json: unreadable" in capsys.readouterr().err
+
+
+def test_status_says_healthy_but_not_publishing_while_the_broker_is_away(tmp_path, capsys):
+    from datetime import datetime
+
+    from edge.cli import main
+    from edge.daemon_status import DaemonStatus
+
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    away = DaemonStatus(pid=os.getpid(), state="running", healthy=True, updated_at=now, mqtt_enabled=True)
+    away = dataclasses.replace(away, broker_error="cannot reach broker 127.0.0.1:1883")
+    away.write(tmp_path / "status.json")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0  # frames flow and the journal keeps everything
+    out = capsys.readouterr().out
+    assert "healthy, not publishing" in out.splitlines()[0] and "cannot reach broker" in out
+    dataclasses.replace(away, broker_connected=True).write(tmp_path / "status.json")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(", healthy")
 
 
 # --------------------------------------------------------------------------- child processes

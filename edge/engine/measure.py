@@ -106,7 +106,17 @@ def _group_labels(img: np.ndarray, gap: tuple[float, float]) -> tuple[int, np.nd
     kx, ky = (2 * int(round(g / 2)) + 1 for g in gap)
     if kx > 1 or ky > 1:
         img = cv2.dilate(img, cv2.getStructuringElement(cv2.MORPH_RECT, (kx, ky)))
-    return cv2.connectedComponentsWithAlgorithm(img, 8, cv2.CV_16U, cv2.CCL_GRANA)
+    return _label(img)
+
+
+def _label(img: np.ndarray) -> tuple[int, np.ndarray]:
+    """8-connected labels of a 0/1 image (Grana's block-based algorithm, no statistics: they come cheaper later).
+
+    16-bit labels when they cannot overflow (an image of N pixels has at most N/4 separate 8-connected pieces):
+    half the memory traffic of 32-bit ones, for every mask at model resolution.
+    """
+    ltype = cv2.CV_16U if img.size // 4 < 0xFFFF else cv2.CV_32S
+    return cv2.connectedComponentsWithAlgorithm(img, 8, ltype, cv2.CCL_GRANA)
 
 
 def _outlines(
@@ -187,11 +197,10 @@ def measure_mask(
     if rw and rh:
         img = _padded(binary[ry : ry + rh, rx : rx + rw])
         ox, oy = rx - 1, ry - 1  # mask coordinates of the padded crop's origin
-        # Grana's block-based labelling, without statistics: areas come cheaper from the pixel list.
         if merge_gap_px > 0:
             n, labels = _group_labels(img, (merge_gap_px / sx, merge_gap_px / sy))
         else:
-            n, labels = cv2.connectedComponentsWithAlgorithm(img, 8, cv2.CV_16U, cv2.CCL_GRANA)
+            n, labels = _label(img)
         area = np.bincount(labels.reshape(-1)[_flat_nonzero(img)], minlength=n)
         kept = area >= min_area_px
         kept[0] = False

@@ -47,7 +47,7 @@ from deploy.push import (
 from deploy.ssh import Remote, RemoteError, SSHOptions, SSHUnreachable
 from edge.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, add_json_arg, fail, print_json, refuse
 from edge.daemon_status import DaemonStatus, StatusReading
-from edge.releases.manager import describe_daemon
+from edge.releases.daemon_watch import describe_daemon
 
 log = logging.getLogger("crack-deploy")
 

@@ -234,11 +234,14 @@ install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_GROUP" "$STATE_DIR"
 if [ -e "$STATE_DIR/models/current" ]; then
     log "keeping the installed model release ($(basename "$(readlink "$STATE_DIR/models/current")"))"
 else
-    BUNDLE_VERSION=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle_version"])' "$SOURCE/models/default/manifest.json")
+    # `crackd models` run by root drops to the state directory's owner ($SERVICE_USER), who may not be able to read
+    # the uploaded source tree (crack-deploy's mktemp -d is 0700): stage the installed package's copy of the bundle.
+    SHIPPED=$("$VENV/bin/python" -c 'from edge.shipped import SHIPPED_BUNDLE; print(SHIPPED_BUNDLE)')
+    BUNDLE_VERSION=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle_version"])' "$SHIPPED/manifest.json")
     log "installing the default bundle $BUNDLE_VERSION (checked on this device: models load, golden samples match)"
     # The shipped default bundle is unsigned; crackd trusts it like its own code (its manifest's sha256 is pinned in
     # edge/releases/signing.py), so it is staged under the device's normal policy: no option switches signatures off.
-    "$CRACKD" models stage "$SOURCE/models/default" --state-dir "$STATE_DIR" --runtime "$installed" --who "install.sh" --source "$SOURCE/models/default"
+    "$CRACKD" models stage "$SHIPPED" --state-dir "$STATE_DIR" --runtime "$installed" --who "install.sh" --source "$SHIPPED"
     "$CRACKD" models activate "$BUNDLE_VERSION" --state-dir "$STATE_DIR" --who "install.sh"
 fi
 chown -R "$SERVICE_USER:$SERVICE_GROUP" "$STATE_DIR"

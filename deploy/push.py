@@ -26,7 +26,7 @@ from pathlib import Path
 
 from deploy.ssh import Remote, RemoteError, SSHUnreachable, remote_join
 from edge.engine.bundle import SIGNATURE, BundleError, Manifest, read_manifest, verify_files
-from edge.releases.manager import describe_daemon
+from edge.releases.daemon_watch import describe_daemon
 
 log = logging.getLogger(__name__)
 

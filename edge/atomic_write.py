@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -53,11 +54,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
-def replace_symlink(link: Path, target: str) -> None:
-    """Make `link` a symlink to `target` atomically: a new symlink renamed over the old one."""
+def replace_symlink(link: Path, target: str, before_rename: Callable[[], None] | None = None) -> None:
+    """Make `link` a symlink to `target` atomically: a new symlink renamed over the old one.
+
+    `before_rename` runs once the new link exists (a fault-injection point, edge.releases.faults). A writer killed
+    there leaves `.NAME.tmp-PID` beside `link` (`temporary_links` finds them)."""
     tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(target, tmp)
+    if before_rename is not None:
+        before_rename()
     os.replace(tmp, link)
     fsync_dir(link.parent)
+
+
+def temporary_links(link: Path) -> list[Path]:
+    """The new links `replace_symlink(link, ...)` made and never renamed (their writer was killed)."""
+    return [p for p in link.parent.glob(f".{link.name}.tmp-*") if p.is_symlink()]

@@ -20,9 +20,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from edge.atomic_write import write_json_atomic
+from edge.vocabulary import CameraState
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,13 @@ class DaemonStatus:
     broker_error: str | None = None
     mqtt_delivered: int = 0
     mqtt_replayed: int = 0
+    mqtt_snapshot_error: str | None = None  # the broker dropped the latest snapshot (too large for it)
     pending_writes: int = 0
     journal_error: str | None = None
     journal_writes_dropped: int = 0
     frame_rows_dropped: int = 0
-    camera_state: str | None = None
+    detections_paused: str | None = None  # why no frame is taken now (a detection could not be kept); None: kept
+    camera_state: CameraState | None = None
     camera: CameraStatus = field(default_factory=CameraStatus)
     healthy: bool = False
     last_reload: LastReload | None = None
@@ -200,6 +203,10 @@ def _value(hint: Any, value: Any, key: str):
         if value is None:
             return None
         (hint,) = options
+    if typing.get_origin(hint) is Literal:
+        # Checked as the type of its values, not against them: a newer daemon may report a state this reader does
+        # not know yet, and the reader shows it rather than refusing the whole status.
+        (hint,) = {type(v) for v in typing.get_args(hint)}
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _from_json(hint, value, f"{key}.")
     ok = (

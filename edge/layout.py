@@ -10,11 +10,13 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
     status.json                     rewritten about every second (edge.daemon_status;
                                     schema: docs/schemas/state/status.schema.json)
     held-writes.reserve             space kept for journal writes held while the disk is full
+    journal-open.reserve            space kept for opening the journal on a full disk (SQLite's -shm and -wal)
     sparkplug_bdseq                 the Sparkplug B birth/death sequence across restarts
     snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (and <uuid>.overlay.jpg)
     models/releases/<version>/      installed bundles, each verified when staged
     models/current, models/previous symlinks into releases/, switched atomically
     models/deployments.jsonl        who deployed, activated or rolled back what, when
+    models/switch.json              only while activate/rollback switches the links (undone if left behind)
     models/.lock, .lock.holder      the device lock of `crackd models` and `crack-deploy`
 
 Which state directory a command uses when none is given: edge.state_location.
@@ -59,6 +61,10 @@ class StateLayout:
         return self.state_dir / "held-writes.reserve"
 
     @property
+    def journal_open_reserve(self) -> Path:
+        return self.state_dir / "journal-open.reserve"
+
+    @property
     def sparkplug_bdseq(self) -> Path:
         return self.state_dir / "sparkplug_bdseq"
 
@@ -89,6 +95,10 @@ class StateLayout:
     @property
     def history(self) -> Path:
         return self.models / "deployments.jsonl"
+
+    @property
+    def switch_intent(self) -> Path:
+        return self.models / "switch.json"
 
     @property
     def lock(self) -> Path:

@@ -38,11 +38,13 @@ from edge.cli.common import (
 )
 from edge.daemon_status import StatusReading
 from edge.engine.bundle import BundleError
-from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
+from edge.engine.runtime import RuntimeUnavailable
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG
 from edge.releases.lock import DeviceLock, Interrupted
 from edge.releases.manager import ReleaseError, ReleasePolicy, Releases, default_who
+from edge.releases.owner import become_state_owner
 from edge.state_location import RULE
+from edge.vocabulary import RUNTIME_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +303,7 @@ def _resolve(args) -> Releases:
         raise UsageError(
             f"{state_dir}: state directory does not exist (is crackd installed? pass --state-dir or --config)"
         )
+    become_state_owner(Path(state_dir))  # never root inside the service's state directory (edge.releases.owner)
     return Releases(state_dir, policy)
 
 

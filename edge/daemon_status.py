@@ -93,6 +93,7 @@ class DaemonStatus:
     journal_error: str | None = None
     journal_writes_dropped: int = 0
     frame_rows_dropped: int = 0
+    detections_paused: str | None = None  # why no frame is taken now (a detection could not be kept); None: kept
     camera_state: CameraState | None = None
     camera: CameraStatus = field(default_factory=CameraStatus)
     healthy: bool = False

@@ -209,6 +209,8 @@ def cmd_status(args) -> int:
         lines.append(f"  snapshots    NOT ARRIVING: {d.mqtt_snapshot_error}")
     if d.journal_error:
         lines.append(f"  journal      PROBLEM: {d.journal_error}")
+    if d.detections_paused:
+        lines.append(f"  detections   PAUSED: {d.detections_paused}")
     if d.last_reload:
         r = d.last_reload
         lines.append(f"  last reload  {r.time}: " + ("ok" if r.ok else f"FAILED: {r.error}"))

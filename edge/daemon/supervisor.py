@@ -4,6 +4,7 @@ Parts (each one job, in its own module of edge/daemon/):
   pidfile.PidLock               STATE/crackd.pid: one daemon per state directory
   engine.Engine                 the bundle and its cascade (swapped as one on reload)
   journal_writer.JournalWriter  the journal: frame-row batches, event transactions, writes held on a full disk
+  detection_gate.DetectionGate  no frame taken while a detection could not be kept (a full disk), resumes by itself
   snapshots.SnapshotStore       event pictures and their disk budget
   capture.Capture               thread `capture`: the source -> FrameSlot (newest frame wins for live cameras)
   pipeline.FramePipeline        the main thread: frame -> Cascade -> Decision -> journal (+ outbox) -> publisher
@@ -33,6 +34,7 @@ from types import FrameType
 from edge import __version__
 from edge.config import Config, ConfigError, load_config
 from edge.daemon.capture import Capture, FrameSlot
+from edge.daemon.detection_gate import DetectionGate
 from edge.daemon.engine import Engine, build_engine
 from edge.daemon.housekeeping import Housekeeper
 from edge.daemon.journal_writer import JournalWriter
@@ -81,6 +83,7 @@ class Parts:
     """What `start()` built from the config; the supervisor starts, stops and reloads these."""
 
     writer: JournalWriter
+    gate: DetectionGate
     snapshots: SnapshotStore
     publisher: Publisher | None
     capture: Capture
@@ -237,7 +240,8 @@ class Supervisor:
             status_line=self._status_line,
             stats=self.stats,
         )
-        return Parts(writer, snapshots, publisher, capture, pipeline, housekeeper, metrics)
+        gate = DetectionGate(writer, on_change=self._on_keeping_changed)
+        return Parts(writer, gate, snapshots, publisher, capture, pipeline, housekeeper, metrics)
 
     def _start_publisher(self, writer: JournalWriter) -> Publisher:
         cfg = self.cfg
@@ -264,6 +268,11 @@ class Supervisor:
     def _wake_outputs(self) -> None:
         for output in self._outputs:
             output.notify()
+
+    def _on_keeping_changed(self, reason: str | None) -> None:
+        """Detections kept or not: the retained MQTT status says so at once (status.json within a second)."""
+        if self._publisher is not None:
+            self._publisher.update_identity(detections_paused=reason)
 
     def _on_camera_state(self, state: CameraState, info: dict) -> None:
         if self._publisher is not None:
@@ -312,6 +321,11 @@ class Supervisor:
                 delay = next_t - time.monotonic()
                 if delay > 0 and self.stop_event.wait(delay):
                     break
+            if not parts.gate.check():  # a detection now could not be kept: leave the frames to the camera
+                parts.writer.flush_frame_rows_if_due()
+                if self.stop_event.wait(0.25):
+                    break
+                continue
             frame = self.slot.get(0.25)
             if frame is None:
                 parts.writer.flush_frame_rows_if_due()
@@ -451,10 +465,11 @@ class Supervisor:
         return max(self.HEALTH_WINDOW_MIN_S, 3.0 / fps if fps else 0.0, 2.0 * s.read_timeout_s if adapter.live else 0.0)
 
     def healthy(self) -> bool:
-        """Frames flow (the last one younger than the health window) and the journal takes every write."""
+        """Frames flow (the last one younger than the health window), the journal takes every write, and
+        detections are kept."""
         parts = self.parts
         age = parts.pipeline.last_frame_age_s()
-        return age is not None and age <= self._health_window_s() and parts.writer.problem() is None
+        return age is not None and age <= self._health_window_s() and parts.writer.problem() is None and parts.gate.open
 
     def process_alive(self, now: float | None = None) -> bool:
         """What the systemd watchdog is fed on: the process works, whatever the camera does.
@@ -517,6 +532,7 @@ class Supervisor:
             journal_error=writer.problem(),
             journal_writes_dropped=writer.writes_dropped,
             frame_rows_dropped=writer.frame_rows_dropped,
+            detections_paused=parts.gate.reason,
             camera_state=capture.state,
             camera=CameraStatus(
                 self.cfg.source.type, h.frames, h.bad_frames, h.stalls, h.errors, h.reconnects, h.last_error
@@ -542,7 +558,7 @@ class Supervisor:
     def _status_line(self) -> str:
         parts = self.parts
         broker = "off" if not parts.publisher else ("connected" if parts.publisher.connected else "disconnected")
-        return (
+        return ("NOT KEEPING DETECTIONS (disk full), " if not parts.gate.open else "") + (
             f"{parts.pipeline.fps:.1f} fps, camera {parts.capture.state}, bundle {self.engine.bundle.version}, "
             f"outbox {parts.writer.outbox_depth}, broker {broker}"
         )

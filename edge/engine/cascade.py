@@ -164,7 +164,7 @@ class Cascade:
             t0 = time.perf_counter()
             h, w = rgb.shape[:2]
             # Measure on the model-resolution mask: the full-frame mask is only its upsampling.
-            small = (prob_q >= self._seg_q_threshold).view(np.uint8)
+            small = prob_q >= self._seg_q_threshold
             result.measurements = self._measure(small, (w, h))
             timings["preprocess"] += pre_ms
             timings["segment"] = seg_ms

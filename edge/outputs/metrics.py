@@ -90,6 +90,11 @@ class _SupervisorCollector:
         yield gauge("crackd_fps", "Frames processed per second (moving average)", st.fps)
         yield gauge("crackd_event_open", "1 while a crack event is open", 1 if st.event_open else 0)
         yield gauge(
+            "crackd_keeping_detections",
+            "0 while no frame is taken because a detection could not be kept (disk full); 1 otherwise",
+            0 if st.detections_paused else 1,
+        )
+        yield gauge(
             "crackd_pending_journal_writes", "Event writes held in memory after a journal failure", st.pending_writes
         )
         temp = cpu_temperature_c()

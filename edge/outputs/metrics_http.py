@@ -246,7 +246,7 @@ class MetricsServer:
         status, response_headers, body = await asyncio.get_running_loop().run_in_executor(
             self._render, self._call_app, environ
         )
-        await self._respond(writer, status, response_headers, body)
+        await self._respond(writer, status, response_headers, body, send_body=method != "HEAD")
 
     def _call_app(self, environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
         started: list = []
@@ -261,9 +261,11 @@ class MetricsServer:
             return "500 Internal Server Error", [], b"rendering the metrics failed (see the daemon's log)\n"
         return started[0], started[1], body
 
-    async def _respond(self, writer: asyncio.StreamWriter, status: str, headers: list, body: bytes) -> None:
+    async def _respond(
+        self, writer: asyncio.StreamWriter, status: str, headers: list, body: bytes, send_body: bool = True
+    ) -> None:
         lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers)]
         lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-        writer.write("\r\n".join(lines).encode("latin-1") + body)
+        writer.write("\r\n".join(lines).encode("latin-1") + (body if send_body else b""))  # HEAD: headers only
         writer.close()  # after the buffered response is sent (TLS: and the close_notify)
         await asyncio.wait_for(writer.wait_closed(), self.limits.request_timeout_s)

@@ -190,6 +190,8 @@ class Publisher:
         }
         if state == "online":
             p["last_reload"] = self.identity.get("last_reload")
+            if self.identity.get("detections_paused"):  # only while so: the payload stays as it was otherwise
+                p["detections_paused"] = self.identity["detections_paused"]
         else:
             p["reason"] = reason or "connection lost"
         return p

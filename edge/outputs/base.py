@@ -94,6 +94,7 @@ def build_outputs(context: OutputContext) -> list[EventOutput]:
     """Every registered output the config switches on, in OUTPUT_MODULES order."""
     for module in OUTPUT_MODULES:
         importlib.import_module(module)
+
     def rank(factory: OutputFactory) -> int:
         module = getattr(factory, "__module__", "")
         return OUTPUT_MODULES.index(module) if module in OUTPUT_MODULES else len(OUTPUT_MODULES)

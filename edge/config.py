@@ -30,6 +30,7 @@ from edge.engine.grouping import CrackGrouping
 from edge.identifiers import identifier_problem
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, INSTALLED_STATE_DIR, SHIPPED_BUNDLE, StateLayout
 from edge.sources.registry import ADAPTERS, adapter_for
+from edge.vocabulary import RuntimeChoice, SegmentMode
 
 
 class ConfigError(ValueError):
@@ -86,9 +87,9 @@ class ModelConfig:
     bundle: str | None = _opt(
         None, "bundle directory; null = STATE/models/current if installed, else the shipped models/default"
     )
-    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = _opt("auto", "TFLite runtime")
+    runtime: RuntimeChoice = _opt("auto", "TFLite runtime")
     threads: int = _opt(1, "interpreter threads per model", min=1, max=16)
-    segment: Literal["on-crack", "never", "always"] = _opt("on-crack", "when to run the segmenter")
+    segment: SegmentMode = _opt("on-crack", "when to run the segmenter")
     tiling: TilingOptions = _section(TilingOptions, "segmenter tiling")
     mm_per_pixel: float | None = _opt(None, "scale of the camera view; when set, measurements also carry *_mm", gt=0)
     cracks: CrackGrouping = _section(CrackGrouping, "what counts as one crack in the measurements")
@@ -235,12 +236,25 @@ class HomeAssistantConfig:
 
 
 @dataclass(frozen=True)
+class MetricsTLSConfig:
+    cert: str | None = _opt(None, "server certificate (PEM, chain included): serve https instead of http")
+    key: str | None = _opt(None, "its private key (PEM)")
+    client_ca: str | None = _opt(None, "require client certificates signed by this CA (mutual TLS; null = none)")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics (edge.outputs.metrics): an HTTP endpoint and/or a node_exporter textfile."""
 
-    http: bool = _opt(True, "serve /metrics over HTTP (no authentication: keep it on localhost or a trusted network)")
-    host: str = _opt("127.0.0.1", "address the HTTP endpoint listens on (0.0.0.0: every interface)", min_len=1)
+    http: bool = _opt(True, "serve /metrics over HTTP")
+    host: str = _opt(
+        "127.0.0.1", "address the endpoint listens on; beyond loopback set username and tls (0.0.0.0: all)", min_len=1
+    )
     port: int = _opt(9808, "port of the HTTP endpoint", min=1, max=65535)
+    username: str | None = _opt(None, "require HTTP basic auth with this user name (null = no authentication)")
+    password_env: str | None = _opt(None, "name of the environment variable holding the basic auth password")
+    password_file: str | None = _opt(None, "file holding the basic auth password (first line)")
+    tls: MetricsTLSConfig = _section(MetricsTLSConfig, "https for the endpoint")
     textfile: str | None = _opt(
         None, "write the metrics to this .prom file for node_exporter's textfile collector (null = off)", min_len=1
     )
@@ -309,18 +323,11 @@ class Config:
 
     def mqtt_password(self) -> str | None:
         """Read the MQTT password from the environment or its file (raises ConfigError when configured but absent)."""
-        m = self.mqtt
-        if m.password_env:
-            value = os.environ.get(m.password_env)
-            if value is None:
-                raise ConfigError(f"mqtt.password_env: environment variable {m.password_env} is not set")
-            return value
-        if m.password_file:
-            try:
-                return Path(m.password_file).read_text().splitlines()[0] if Path(m.password_file).stat().st_size else ""
-            except OSError as exc:
-                raise ConfigError(f"mqtt.password_file: cannot read {m.password_file} ({exc.strerror})") from None
-        return None
+        return _read_secret("mqtt", self.mqtt.password_env, self.mqtt.password_file)
+
+    def metrics_password(self) -> str | None:
+        """Read the metrics endpoint's basic auth password (raises ConfigError when configured but absent)."""
+        return _read_secret("metrics", self.metrics.password_env, self.metrics.password_file)
 
     @property
     def client_id(self) -> str:
@@ -328,6 +335,21 @@ class Config:
 
     def topic(self, name: str) -> str:
         return f"{self.mqtt.topic_prefix}/{self.device_id}/{name}"
+
+
+def _read_secret(section: str, env: str | None, file: str | None) -> str | None:
+    """A password from environment variable `env` or the first line of `file` (never from the YAML)."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{section}.password_env: environment variable {env} is not set")
+        return value
+    if file:
+        try:
+            return Path(file).read_text().splitlines()[0] if Path(file).stat().st_size else ""
+        except OSError as exc:
+            raise ConfigError(f"{section}.password_file: cannot read {file} ({exc.strerror})") from None
+    return None
 
 
 # --------------------------------------------------------------------------- loading
@@ -640,25 +662,44 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
     if d.start_k > d.start_n:
         fail("decision.start_k", f"k ({d.start_k}) cannot exceed n ({d.start_n})")
     m = cfg.mqtt
-    if m.password_env and m.password_file:
-        fail("mqtt.password_file", "set only one of password_env and password_file")
-    if (m.password_env or m.password_file) and not m.username:
-        fail("mqtt.username", "a password is configured but no username")
+    _password_checks(fail, "mqtt", m.username, m.password_env, m.password_file, in_use=m.enabled)
     if m.tls.cert and not m.tls.key:
         fail("mqtt.tls.key", "a client certificate needs its key")
     for key in ("ca", "cert", "key"):
         value = getattr(m.tls, key)
         if m.enabled and m.tls.enabled and value and not Path(value).is_file():
             fail(f"mqtt.tls.{key}", f"file not found: {value}")
-    if m.enabled and m.password_file and not Path(m.password_file).is_file():
-        fail("mqtt.password_file", f"file not found: {m.password_file}")
     if m.reconnect_max_s < m.reconnect_min_s:
         fail("mqtt.reconnect_max_s", f"must be >= mqtt.reconnect_min_s ({m.reconnect_min_s:g})")
+    mx = cfg.metrics
+    _password_checks(fail, "metrics", mx.username, mx.password_env, mx.password_file, in_use=mx.http)
+    if mx.username and not (mx.password_env or mx.password_file):
+        fail("metrics.username", "basic auth needs a password: set metrics.password_file or metrics.password_env")
+    if mx.username and (":" in mx.username or not mx.username.isprintable()):
+        fail("metrics.username", f"{mx.username!r}: a basic auth user name has no ':' and no control characters")
+    if bool(mx.tls.cert) != bool(mx.tls.key):
+        fail("metrics.tls.key" if mx.tls.cert else "metrics.tls.cert", "https needs both a certificate and its key")
+    if mx.tls.client_ca and not mx.tls.cert:
+        fail("metrics.tls.client_ca", "client certificates need https: set metrics.tls.cert and metrics.tls.key")
+    for key in ("cert", "key", "client_ca"):
+        value = getattr(mx.tls, key)
+        if mx.http and value and not Path(value).is_file():
+            fail(f"metrics.tls.{key}", f"file not found: {value}")
     if cfg.metrics.textfile and not cfg.metrics.textfile.endswith(".prom"):
         fail("metrics.textfile", f"{cfg.metrics.textfile!r}: node_exporter reads only files ending in .prom")
     levels = list(cfg.storage.outbox_warn_levels)
     if levels != sorted(levels):
         fail("storage.outbox_warn_levels", "levels must be in increasing order")
+
+
+def _password_checks(fail, section: str, username, password_env, password_file, in_use: bool) -> None:
+    """A section's user name and password source (mqtt, metrics): one source, a user to go with it, a file that is."""
+    if password_env and password_file:
+        fail(f"{section}.password_file", "set only one of password_env and password_file")
+    if (password_env or password_file) and not username:
+        fail(f"{section}.username", "a password is configured but no username")
+    if in_use and password_file and not Path(password_file).is_file():
+        fail(f"{section}.password_file", f"file not found: {password_file}")
 
 
 def describe_defaults(cls=Config, prefix: str = "") -> list[tuple[str, object, str]]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from edge.atomic_write import write_json_atomic
 from edge.json_contract import from_json, is_number
+from edge.vocabulary import CameraState
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,13 @@ class DaemonStatus:
     broker_error: str | None = None
     mqtt_delivered: int = 0
     mqtt_replayed: int = 0
+    mqtt_snapshot_error: str | None = None  # the broker dropped the latest snapshot (too large for it)
     pending_writes: int = 0
     journal_error: str | None = None
     journal_writes_dropped: int = 0
     frame_rows_dropped: int = 0
-    camera_state: str | None = None
+    detections_paused: str | None = None  # why no frame is taken now (a detection could not be kept); None: kept
+    camera_state: CameraState | None = None
     camera: CameraStatus = field(default_factory=CameraStatus)
     healthy: bool = False
     last_reload: LastReload | None = None

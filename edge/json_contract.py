@@ -5,8 +5,8 @@ through `from_json`, so a key read under a wrong name is an AttributeError and a
 ValueError naming the key, never a silent None. Lenient in one direction only: a key a newer writer added is
 ignored, a key an older writer lacked takes the field's default.
 
-Types understood: str, int, float, bool, `X | None`, list[X], dict (taken as it is), Any, nested dataclasses, and
-any class with its own `from_json` (a contract that nests another, e.g. StatusReading).
+Types understood: str, int, float, bool, Literal (checked as the type of its values), `X | None`, list[X], dict
+(taken as it is), Any, nested dataclasses, and dataclasses with a reader of their own (StatusReading).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 _EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
 
@@ -81,6 +81,10 @@ def _value(hint: Any, value: Any, key: str):
         if value is None:
             return None
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Literal:
+        # Checked as the type of its values, not against them: a newer writer may report a value (a camera state)
+        # this reader does not know yet, and the reader shows it rather than refusing the whole document.
+        (hint,) = {type(v) for v in typing.get_args(hint)}
     origin = typing.get_origin(hint)
     if origin is list:
         if not isinstance(value, list):

@@ -10,6 +10,7 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
     status.json                     rewritten about every second (edge.daemon_status;
                                     schema: docs/schemas/state/status.schema.json)
     held-writes.reserve             space kept for journal writes held while the disk is full
+    journal-open.reserve            space kept for opening the journal on a full disk (SQLite's -shm and -wal)
     sparkplug_bdseq                 the Sparkplug B birth/death sequence across restarts
     snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (and <uuid>.overlay.jpg)
     models/releases/<version>/      installed bundles, each verified when staged
@@ -58,6 +59,10 @@ class StateLayout:
     @property
     def held_writes_reserve(self) -> Path:
         return self.state_dir / "held-writes.reserve"
+
+    @property
+    def journal_open_reserve(self) -> Path:
+        return self.state_dir / "journal-open.reserve"
 
     @property
     def sparkplug_bdseq(self) -> Path:

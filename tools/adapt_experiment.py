@@ -44,8 +44,8 @@ def score(run_dir: Path, rest: list, size: int, thresholds: np.ndarray) -> dict:
     from edge.engine.runtime import TFLiteModel
     from edge.sources.images import read_rgb
     from trainer.evaluation.crossval import int8_of
-    from trainer.evaluation.metrics import tolerant_counts, tolerant_from_counts
-    from trainer.evaluation.predict import predict
+    from trainer.export.metrics import tolerant_counts, tolerant_from_counts
+    from trainer.export.predict import predict
 
     def readable(path: Path, pixels: np.ndarray | None) -> np.ndarray:
         if pixels is None:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from edge.vocabulary import RUNTIME_CHOICES, SEGMENT_MODES, SegmentMode  # noqa: E402
 from tests.helpers.ports import free_port  # noqa: E402
 from tests.helpers.status import read_status  # noqa: E402
 
@@ -75,7 +76,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def engine_only(
-    bundle: Path, frames: list[np.ndarray], seconds: float, threads: int, segment: str, runtime: str
+    bundle: Path, frames: list[np.ndarray], seconds: float, threads: int, segment: SegmentMode, runtime: str
 ) -> tuple[float, float]:
     """(frames per wall second, CPU ms per frame) of Cascade.process alone."""
     from edge.engine.bundle import load_bundle
@@ -134,8 +135,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--bundle", default=str(REPO / "models" / "default"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runtime", default="auto")
-    ap.add_argument("--segment", default="on-crack", choices=["on-crack", "never", "always"])
+    ap.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES)
+    ap.add_argument("--segment", default="on-crack", choices=SEGMENT_MODES)
     ap.add_argument("--size", default="320x240", metavar="WxH", help="frame size of the generated folder")
     ap.add_argument("--frames", type=int, default=64, help="distinct frames in the folder (replayed in a loop)")
     ap.add_argument("--format", default="jpg", choices=["jpg", "png"])

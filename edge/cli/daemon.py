@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from pathlib import Path
 
 from edge.cli.common import (
@@ -67,6 +68,8 @@ def cmd_run(args) -> int:
             cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, state_dir=args.state_dir))
         if cfg.mqtt.enabled:
             cfg.mqtt_password()  # a missing secret is a config error, found now rather than at the first connect
+        if cfg.metrics.http:
+            cfg.metrics_password()
     except ConfigError as exc:
         return fail(str(exc))
     setup_logging("debug" if args.verbose else cfg.logging.level, cfg.logging.journald)
@@ -105,8 +108,23 @@ def cmd_check_config(args) -> int:
         cfg = load_config(args.file)
         if cfg.mqtt.enabled:
             cfg.mqtt_password()
+        if cfg.metrics.http:
+            cfg.metrics_password()
     except ConfigError as exc:
         return fail(str(exc))
+    from edge.outputs.metrics import endpoint_url, exposure_warning
+    from edge.outputs.metrics_http import tls_context
+
+    tls = cfg.metrics.tls
+    if cfg.metrics.http and tls.cert and tls.key:
+        try:
+            tls_context(tls.cert, tls.key, tls.client_ca)
+        except OSError as exc:  # ssl.SSLError included: not a certificate, not its key, not a CA
+            files = f"cert {tls.cert}, key {tls.key}" + (f", client_ca {tls.client_ca}" if tls.client_ca else "")
+            return fail(f"{args.file}: metrics.tls: cannot use {files} ({exc})")
+    warning = exposure_warning(cfg.metrics)
+    if warning:
+        print(f"{args.file}: WARNING: {warning}", file=sys.stderr)
     bundle_dir = cfg.bundle_dir()
     try:
         from edge.engine.bundle import BundleError, read_manifest, verify_files
@@ -121,7 +139,8 @@ def cmd_check_config(args) -> int:
     print(
         f"{args.file}: ok (device {cfg.device_id}, source {cfg.source.type}, bundle "
         f"{manifest.bundle_version} at {bundle_dir}, state {cfg.storage.state_dir}{missing}, "
-        f"MQTT {f'{cfg.mqtt.host}:{cfg.mqtt.port:d}' if cfg.mqtt.enabled else 'off'})"
+        f"MQTT {f'{cfg.mqtt.host}:{cfg.mqtt.port:d}' if cfg.mqtt.enabled else 'off'}, "
+        f"metrics {endpoint_url(cfg.metrics) if cfg.metrics.http else 'off'})"
     )
     return 0
 
@@ -169,7 +188,13 @@ def cmd_status(args) -> int:
         f"crackd {d.version} on {d.device_id}: "
         + ("running" if running else "NOT RUNNING")
         + f" (pid {d.pid}), "
-        + ("healthy" if healthy else "NOT HEALTHY"),
+        + (
+            "NOT HEALTHY"
+            if not healthy
+            else "healthy"
+            if d.broker_connected or not d.mqtt_enabled
+            else "healthy, not publishing"
+        ),  # detections are kept in the outbox until the broker is back
         f"  started      {d.started_at}  (uptime {d.uptime_s} s, status written {age} s ago)",
         f"  bundle       {d.bundle_version}  sha256 {str(d.bundle_sha256)[:12]}  {d.bundle_path}",
         f"  frames       {d.frames_processed} processed, {d.frames_skipped} skipped, "
@@ -180,8 +205,12 @@ def cmd_status(args) -> int:
         + ("off" if not d.mqtt_enabled else ("connected" if d.broker_connected else f"DISCONNECTED ({d.broker_error})"))
         + f", outbox {d.outbox_depth} waiting",
     ]
+    if d.mqtt_snapshot_error:
+        lines.append(f"  snapshots    NOT ARRIVING: {d.mqtt_snapshot_error}")
     if d.journal_error:
         lines.append(f"  journal      PROBLEM: {d.journal_error}")
+    if d.detections_paused:
+        lines.append(f"  detections   PAUSED: {d.detections_paused}")
     if d.last_reload:
         r = d.last_reload
         lines.append(f"  last reload  {r.time}: " + ("ok" if r.ok else f"FAILED: {r.error}"))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from edge.cli.common import UsageError, add_db_arg, add_json_arg, add_location_args, fail, locate, print_json
 from edge.timestamps import iso_utc
+from edge.vocabulary import LABELS
 
 if TYPE_CHECKING:
     from edge.events.journal import EventRow
@@ -246,7 +247,7 @@ def _filter_args(p) -> None:
     p.add_argument("--until", help="started before")
     p.add_argument("--state", choices=["open", "ended"])
     p.add_argument("--min-score", type=float, default=None)
-    p.add_argument("--label", choices=["crack", "no-crack", "none"], help="by operator label (none = unlabelled)")
+    p.add_argument("--label", choices=[*LABELS, "none"], help="by operator label (none = unlabelled)")
     p.add_argument("--limit", type=int, default=None, help="at most this many (at least 1; default all)")
 
 
@@ -276,7 +277,7 @@ def register(sub) -> None:
     e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     e = _records_parser(esub, "label", "an operator's verdict, kept for retraining")
     e.add_argument("id")
-    e.add_argument("label", choices=["crack", "no-crack"])
+    e.add_argument("label", choices=LABELS)
     e.add_argument("--note", default=None)
     e = _records_parser(esub, "delete", "delete events with their frames, label and snapshots")
     e.add_argument("ids", nargs="+", metavar="ID")

@@ -13,9 +13,10 @@ import numpy as np
 from edge.cli.common import add_json_arg, fail, print_json
 from edge.engine.bundle import BundleError
 from edge.engine.grouping import CrackGrouping
-from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
+from edge.engine.runtime import RuntimeUnavailable
 from edge.layout import SHIPPED_BUNDLE
 from edge.sources.images import DEFAULT_MAX_PIXELS, image_files, read_rgb
+from edge.vocabulary import RUNTIME_CHOICES, RUNTIME_NAMES, SEGMENT_MODES
 
 
 def default_bundle() -> Path:
@@ -285,12 +286,12 @@ def _add_model_args(p, segment_default: str) -> None:
         "--runtime",
         choices=RUNTIME_CHOICES,
         default="auto",
-        help="TFLite runtime (default auto: ai-edge-litert, tflite-runtime, tensorflow)",
+        help=f"TFLite runtime (default auto: {', '.join(RUNTIME_NAMES)})",
     )
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     p.add_argument(
         "--segment",
-        choices=["never", "on-crack", "always"],
+        choices=SEGMENT_MODES,
         default=segment_default,
         help=f"when to run the segmenter (default {segment_default})",
     )

@@ -37,7 +37,7 @@ from edge.cli.common import (
     refuse,
 )
 from edge.engine.bundle import BundleError
-from edge.engine.runtime import RUNTIME_CHOICES, RuntimeUnavailable
+from edge.engine.runtime import RuntimeUnavailable
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG
 from edge.releases.answers import (
     ConfirmAnswer,
@@ -54,6 +54,7 @@ from edge.releases.lock import DeviceLock, Interrupted
 from edge.releases.manager import NotHealthy, ReleaseError, ReleasePolicy, Releases, default_who
 from edge.releases.owner import become_state_owner
 from edge.state_location import RULE
+from edge.vocabulary import RUNTIME_CHOICES
 
 log = logging.getLogger(__name__)
 

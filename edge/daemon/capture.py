@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from edge.config import SourceConfig
 from edge.sources import Frame, FrameSource, ResilientSource, SourceExhausted, SourceFailed, SourceHealth
+from edge.vocabulary import CameraState
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,14 @@ class Capture:
         options: SourceConfig,
         slot: FrameSlot,
         stop: threading.Event,
-        on_state: Callable[[str, dict], None] | None = None,
+        on_state: Callable[[CameraState, dict], None] | None = None,
     ):
         """`on_state(state, info)`: called on every camera state change (the supervisor publishes it)."""
         self.source = source
         self.options = options
         self.slot = slot
         self.stop_event = stop
-        self.state = "starting"
+        self.state: CameraState = "starting"
         self.last_capture_mono: float | None = None
         self.exit_code = 0  # 1 once the source failed for good (not a normal end)
         self._on_state = on_state
@@ -152,7 +153,7 @@ class Capture:
             self.last_capture_mono = time.monotonic()
             self.slot.put(frame, wait=wait, stop=self.stop_event)
 
-    def _state_changed(self, state: str, info: dict) -> None:
+    def _state_changed(self, state: CameraState, info: dict) -> None:
         self.state = state
         if self._on_state is not None:
             self._on_state(state, info)

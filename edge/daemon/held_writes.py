@@ -6,8 +6,12 @@ and a full disk has no room for a new file, so at start crackd reserves `RESERVE
 (`STATE/held-writes.reserve`) while there is room. On a stop with writes still held they are written
 INTO that file, over its own blocks (no new space needed), and read back at the next start. The same budget bounds what
 is held in memory, so whatever is held always fits; a write beyond it is refused loudly.
-If the disk is so full that the journal itself cannot open, the reserve is the emergency room:
-its content is read, the file is removed, and the journal gets its space.
+Opening the journal on a full disk has a smaller reserve of its own (`OPEN_RESERVE_BYTES`,
+`STATE/journal-open.reserve`, released to make room for SQLite's -shm and -wal files), so a start
+on a full disk keeps this one for what it holds. Only if the journal cannot open even then is this
+reserve the emergency room: its content is read, the file is removed, and the journal gets its space.
+Whether a detection can be kept at all is the journal writer's question (JournalWriter.not_keeping_reason):
+without this reserve nothing held survives a stop, so the pipeline takes no frame until it exists again.
 
 File format: one JSON document (`{"version": 1, "items": [...]}`) followed by zero bytes.
 Frame-only results are not detections and are never held here.
@@ -19,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from edge.atomic_write import write_bytes_atomic
@@ -28,6 +33,7 @@ from edge.events.journal import EventWrite, OutboxMessage
 log = logging.getLogger(__name__)
 
 RESERVE_BYTES = 1024 * 1024
+OPEN_RESERVE_BYTES = 256 * 1024  # SQLite's -shm (32 KB) and the first pages of the WAL, with room to spare
 FORMAT_VERSION = 1
 # A held write: (frame rows, event writes, outbox messages), as Journal.record takes them.
 HeldItem = tuple
@@ -71,9 +77,12 @@ def encoded_size(item: HeldItem) -> int:
 class Reserve:
     """The reserved file: zeros when empty, the held writes of the last stop otherwise."""
 
-    def __init__(self, path: Path, size: int = RESERVE_BYTES):
+    def __init__(self, path: Path, size: int = RESERVE_BYTES, purpose: str = "held journal writes"):
+        """`purpose`: what the space is kept for, in log lines."""
         self.path = Path(path)
         self.size = size
+        self.purpose = purpose
+        self.present = False  # the file is there at full size (as far as ensure/release know)
 
     @property
     def capacity(self) -> int:
@@ -82,19 +91,34 @@ class Reserve:
 
     def ensure(self) -> bool:
         """Create the zero-filled file if it is missing or short; False (logged) when there is no room."""
+        self.present = self._ensure(quiet=False)
+        return self.present
+
+    def ensure_quietly(self) -> bool:
+        """`ensure` for retries while the disk is full: no attempt (no write) without room, no log line."""
+        if not self.present:
+            self.present = self._ensure(quiet=True)
+        return self.present
+
+    def _ensure(self, quiet: bool) -> bool:
         try:
             if self.path.exists() and self.path.stat().st_size >= self.size:
                 return True
+            if quiet and shutil.disk_usage(self.path.parent).free < 2 * self.size:
+                return False  # not even worth the SD card's wear of a write that must fail
             write_bytes_atomic(self.path, bytes(self.size))
+            if quiet:
+                log.info("%s: reserved %d KB for %s again", self.path, self.size // 1024, self.purpose)
             return True
         except OSError as exc:
-            log.warning(
-                "cannot reserve %d KB for held journal writes at %s (%s); writes held while the disk "
-                "is full would be lost at a stop",
-                self.size // 1024,
-                self.path,
-                exc.strerror or exc,
-            )
+            if not quiet:
+                log.warning(
+                    "cannot reserve %d KB for %s at %s (%s)",
+                    self.size // 1024,
+                    self.purpose,
+                    self.path,
+                    exc.strerror or exc,
+                )
             return False
 
     def load(self) -> list[HeldItem]:
@@ -162,6 +186,7 @@ class Reserve:
 
     def release(self) -> int | None:
         """Remove the file to give its space back (disk full at start); returns the bytes freed."""
+        self.present = False
         try:
             size = self.path.stat().st_size
             self.path.unlink()

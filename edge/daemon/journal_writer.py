@@ -7,6 +7,10 @@ writes are held in memory in order and retried before anything newer, within the
 the reserve file (edge.daemon.held_writes) that keeps them across a stop; beyond it a write is
 refused with an ERROR line and a count, never silently. Frame results are not detections:
 while the journal fails they are dropped and counted.
+
+A detection is kept when the journal takes it, or when the held-writes reserve can keep it across a
+stop. `not_keeping_reason` says when neither is sure (no reserve on the disk, or the held writes
+near its budget): the supervisor then takes no frame until space returns (edge.daemon.detection_gate).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 
 from edge.config import Config
-from edge.daemon.held_writes import HeldItem, Reserve, encoded_size, without_pictures
+from edge.daemon.held_writes import OPEN_RESERVE_BYTES, HeldItem, Reserve, encoded_size, without_pictures
 from edge.daemon.rate_limited_log import RateLimitedLog
 from edge.events.decision import END
 from edge.events.journal import EventWrite, FrameRow, Journal, JournalUnavailable, OutboxMessage
@@ -28,6 +32,9 @@ log = logging.getLogger(__name__)
 FRAME_BATCH_S = 1.0  # frame-only results are committed together at most this late ...
 FRAME_BATCH_ROWS = 200  # ... or when this many are waiting
 HELD_WRITES_MAX = 10000  # event writes held in memory while the journal cannot be written (also bounded by bytes)
+# Room the held writes must leave in their reserve for a frame to be taken while the journal fails: one frame's
+# event writes and messages (pictures are shed) take 1-3 KB, and the stop's closing of the open event one more.
+HOLD_HEADROOM = 16 * 1024
 
 
 class JournalWriter:
@@ -37,6 +44,7 @@ class JournalWriter:
         """`on_messages`: called after a transaction with outbox messages was committed (wakes the publisher)."""
         self.cfg = cfg
         self.reserve = Reserve(cfg.layout.held_writes_reserve)
+        self.open_reserve = Reserve(cfg.layout.journal_open_reserve, OPEN_RESERVE_BYTES, "opening the journal")
         self._journal: Journal | None = None
         self._on_messages = on_messages
         self._held: deque[tuple[HeldItem, int]] = deque()  # (item, encoded bytes): never dropped silently (see _hold)
@@ -78,24 +86,28 @@ class JournalWriter:
             if not self._held:
                 self.reserve.clear()
                 log.info("held journal writes of the last run are in the journal now")
-        self.reserve.ensure()
+        if not self.reserve.ensure():  # the reserve first: it keeps detections, the other only opens the journal
+            log.error("%s: without it, no detection is taken while the disk is full", self.reserve.path)
+        self.open_reserve.ensure()
 
     def _open_journal(self) -> Journal:
-        """The journal; on a disk too full to open it (SQLite needs room for its -shm file) the reserve makes room."""
+        """The journal; on a disk too full to open it (SQLite needs room for its -shm file) a reserve makes room:
+        the one kept for opening, and only if that is not enough the held-writes reserve (read already)."""
         cfg = self.cfg
-        try:
-            return Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
-        except JournalUnavailable as exc:
-            freed = self.reserve.release()
-            if not freed:
-                raise
-            log.error(
-                "%s; the disk is full: removed the %d KB reserve %s so the journal can open and the outbox drain",
-                exc,
-                freed // 1024,
-                self.reserve.path,
-            )
-            return Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
+        for reserve in (self.open_reserve, self.reserve):
+            try:
+                return Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
+            except JournalUnavailable as exc:
+                freed = reserve.release()
+                if not freed:
+                    continue
+                log.error(
+                    "%s; the disk is full: removed the %d KB reserve %s so the journal can open and the outbox drain",
+                    exc,
+                    freed // 1024,
+                    reserve.path,
+                )
+        return Journal(cfg.db_path, on_corrupt=cfg.storage.on_corrupt_db)
 
     def close(self) -> None:
         """At a stop: commit the batched frame rows, retry the held writes, save what is still held into the reserve."""
@@ -167,6 +179,32 @@ class JournalWriter:
         if self.writes_dropped:
             parts.append(f"{self.writes_dropped} event writes dropped")
         return "; ".join(parts)
+
+    def not_keeping_reason(self) -> str | None:
+        """Why a detection taken now might be lost (so no frame should be taken), or None when it would be kept.
+
+        Kept means: journalled, or held within the reserve that keeps held writes across a stop. Cheap enough
+        to ask before every frame (no system call)."""
+        if not self.reserve.present:
+            return (
+                f"not keeping detections: no room on the disk for {self.reserve.path.name} "
+                f"({self.reserve.size // 1024} KB), which keeps detections across a stop while the journal cannot "
+                "be written"
+            )
+        if self.blocked and self.reserve.capacity - self._held_bytes < HOLD_HEADROOM:
+            error = self._journal.write_error if self._journal is not None else None
+            return (
+                f"not keeping detections: the journal cannot be written ({error or 'writes held'}) and "
+                f"the writes held meanwhile fill their {self.reserve.size // 1024} KB reserve"
+            )
+        return None
+
+    def make_room_again(self) -> None:
+        """While detections are not kept: journal what is held (first: the journal gets the space), then make the
+        reserves again once there is room for them."""
+        self.retry_held()
+        if self.reserve.ensure_quietly():
+            self.open_reserve.ensure_quietly()
 
     def refresh_outbox_depth(self) -> int:
         if self._journal is not None and self._journal.is_open:

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Notifier:
         return self.notify("STOPPING=1", *([f"STATUS={status}"] if status else []))
 
 
-def _watchdog_usec(env) -> int | None:
+def _watchdog_usec(env: Mapping[str, str]) -> int | None:
     try:
         usec = int(env.get("WATCHDOG_USEC", "0"))
     except ValueError:

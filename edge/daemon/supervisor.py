@@ -4,6 +4,7 @@ Parts (each one job, in its own module of edge/daemon/):
   pidfile.PidLock               STATE/crackd.pid: one daemon per state directory
   engine.Engine                 the bundle and its cascade (swapped as one on reload)
   journal_writer.JournalWriter  the journal: frame-row batches, event transactions, writes held on a full disk
+  detection_gate.DetectionGate  no frame taken while a detection could not be kept (a full disk), resumes by itself
   snapshots.SnapshotStore       event pictures and their disk budget
   capture.Capture               thread `capture`: the source -> FrameSlot (newest frame wins for live cameras)
   pipeline.FramePipeline        the main thread: frame -> Cascade -> Decision -> journal (+ outbox) -> publisher
@@ -28,10 +29,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from edge import __version__
 from edge.config import Config, ConfigError, load_config
 from edge.daemon.capture import Capture, FrameSlot
+from edge.daemon.detection_gate import DetectionGate
 from edge.daemon.engine import Engine, build_engine
 from edge.daemon.housekeeping import Housekeeper
 from edge.daemon.journal_writer import JournalWriter
@@ -44,12 +47,13 @@ from edge.daemon_status import CameraStatus, DaemonStatus, LastReload, Percentil
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RuntimeUnavailable
 from edge.events.journal import JournalError
-from edge.outputs import homeassistant
+from edge.outputs import homeassistant, snapshots_mqtt
 from edge.outputs.metrics import Metrics
 from edge.outputs.metrics import start_for as start_metrics
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
 from edge.sources import FrameSource, adapter_for, make_source
 from edge.timestamps import iso_utc
+from edge.vocabulary import CameraState
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class Parts:
     """What `start()` built from the config; the supervisor starts, stops and reloads these."""
 
     writer: JournalWriter
+    gate: DetectionGate
     snapshots: SnapshotStore
     publisher: Publisher | None
     capture: Capture
@@ -122,6 +127,7 @@ class Supervisor:
         self._pid_lock = PidLock(config.layout.pid_file, config.state_dir)
         self._engine: Engine | None = None
         self._publisher: Publisher | None = None
+        self._snapshot_check: snapshots_mqtt.DeliveryCheck | None = None
         self._parts: Parts | None = None
 
     # ------------------------------------------------------------------ the parts
@@ -226,7 +232,8 @@ class Supervisor:
             status_line=self._status_line,
             stats=self.stats,
         )
-        return Parts(writer, snapshots, publisher, capture, pipeline, housekeeper, metrics)
+        gate = DetectionGate(writer, on_change=self._on_keeping_changed)
+        return Parts(writer, gate, snapshots, publisher, capture, pipeline, housekeeper, metrics)
 
     def _start_publisher(self, writer: JournalWriter) -> Publisher:
         cfg = self.cfg
@@ -244,6 +251,8 @@ class Supervisor:
         except RuntimeError as exc:  # a missing optional library
             raise StartupError(str(exc)) from None
         homeassistant.attach(cfg, publisher)
+        if cfg.mqtt.snapshots:
+            self._snapshot_check = snapshots_mqtt.DeliveryCheck(cfg, publisher)
         publisher.publish_camera("starting", {})
         publisher.start()
         return publisher
@@ -252,7 +261,12 @@ class Supervisor:
         if self._publisher is not None:
             self._publisher.notify()
 
-    def _on_camera_state(self, state: str, info: dict) -> None:
+    def _on_keeping_changed(self, reason: str | None) -> None:
+        """Detections kept or not: the retained MQTT status says so at once (status.json within a second)."""
+        if self._publisher is not None:
+            self._publisher.update_identity(detections_paused=reason)
+
+    def _on_camera_state(self, state: CameraState, info: dict) -> None:
         if self._publisher is not None:
             self._publisher.publish_camera(state, info)
 
@@ -269,7 +283,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current frame (twice: exit now). SIGHUP: reload."""
 
-        def on_stop(signum, frame):
+        def on_stop(signum: int, frame: FrameType | None) -> None:
             if self.stop_event.is_set():
                 log.warning("second %s: exiting now", signal.Signals(signum).name)
                 os._exit(1)
@@ -299,6 +313,11 @@ class Supervisor:
                 delay = next_t - time.monotonic()
                 if delay > 0 and self.stop_event.wait(delay):
                     break
+            if not parts.gate.check():  # a detection now could not be kept: leave the frames to the camera
+                parts.writer.flush_frame_rows_if_due()
+                if self.stop_event.wait(0.25):
+                    break
+                continue
             frame = self.slot.get(0.25)
             if frame is None:
                 parts.writer.flush_frame_rows_if_due()
@@ -436,10 +455,11 @@ class Supervisor:
         return max(self.HEALTH_WINDOW_MIN_S, 3.0 / fps if fps else 0.0, 2.0 * s.read_timeout_s if adapter.live else 0.0)
 
     def healthy(self) -> bool:
-        """Frames flow (the last one younger than the health window) and the journal takes every write."""
+        """Frames flow (the last one younger than the health window), the journal takes every write, and
+        detections are kept."""
         parts = self.parts
         age = parts.pipeline.last_frame_age_s()
-        return age is not None and age <= self._health_window_s() and parts.writer.problem() is None
+        return age is not None and age <= self._health_window_s() and parts.writer.problem() is None and parts.gate.open
 
     def process_alive(self, now: float | None = None) -> bool:
         """What the systemd watchdog is fed on: the process works, whatever the camera does.
@@ -497,10 +517,12 @@ class Supervisor:
             broker_error=pub.last_error if pub else None,
             mqtt_delivered=pub.published if pub else 0,
             mqtt_replayed=pub.replayed if pub else 0,
+            mqtt_snapshot_error=self._snapshot_check.problem() if self._snapshot_check else None,
             pending_writes=writer.held,
             journal_error=writer.problem(),
             journal_writes_dropped=writer.writes_dropped,
             frame_rows_dropped=writer.frame_rows_dropped,
+            detections_paused=parts.gate.reason,
             camera_state=capture.state,
             camera=CameraStatus(
                 self.cfg.source.type, h.frames, h.bad_frames, h.stalls, h.errors, h.reconnects, h.last_error
@@ -526,7 +548,7 @@ class Supervisor:
     def _status_line(self) -> str:
         parts = self.parts
         broker = "off" if not parts.publisher else ("connected" if parts.publisher.connected else "disconnected")
-        return (
+        return ("NOT KEEPING DETECTIONS (disk full), " if not parts.gate.open else "") + (
             f"{parts.pipeline.fps:.1f} fps, camera {parts.capture.state}, bundle {self.engine.bundle.version}, "
             f"outbox {parts.writer.outbox_depth}, broker {broker}"
         )

@@ -20,8 +20,7 @@ from edge.engine.bundle import LoadedBundle
 from edge.engine.grouping import CrackGrouping
 from edge.engine.measure import CrackMeasurements, measure_mask
 from edge.engine.preprocess import ensure_rgb_uint8, resize_into
-
-SEGMENT_MODES = ("never", "on-crack", "always")
+from edge.vocabulary import SEGMENT_MODES, SegmentMode
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class Cascade:
     def __init__(
         self,
         bundle: LoadedBundle,
-        segment: str = "on-crack",
+        segment: SegmentMode = "on-crack",
         threshold: float | None = None,
         mm_per_pixel: float | None = None,
         tiling: TilingConfig | None = None,
@@ -165,7 +164,7 @@ class Cascade:
             t0 = time.perf_counter()
             h, w = rgb.shape[:2]
             # Measure on the model-resolution mask: the full-frame mask is only its upsampling.
-            small = (prob_q >= self._seg_q_threshold).view(np.uint8)
+            small = prob_q >= self._seg_q_threshold
             result.measurements = self._measure(small, (w, h))
             timings["preprocess"] += pre_ms
             timings["segment"] = seg_ms

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-RUNTIMES = {  # name -> (module, attribute holding the Interpreter class)
+from edge.vocabulary import RUNTIME_CHOICES, RuntimeName
+
+RUNTIMES: dict[RuntimeName, tuple[str, str]] = {  # name -> (module, attribute holding the Interpreter class)
     "ai-edge-litert": ("ai_edge_litert.interpreter", "Interpreter"),
     "tflite-runtime": ("tflite_runtime.interpreter", "Interpreter"),
     "tensorflow": ("tensorflow", "lite.Interpreter"),
 }
-RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
 
 # LiteRT and tflite-runtime print this from C++ to the process's stderr the first time a process creates an

@@ -9,11 +9,16 @@ crackd announces one device with:
   the view), score, fps, p95 latency, outbox depth, CPU temperature, bundle version;
 - image `snapshot`: the overlay JPEG of the latest event (edge.outputs.snapshots_mqtt).
 
-The entities read crackd's own topics through `value_template`s (no extra state topics to
-keep in step), and all share the retained `status` birth/will as their availability.
-Configs are republished on every connection and whenever Home Assistant announces itself
-(`{discovery_prefix}/status` = `online`), as HA's docs recommend. Removal publishes an empty
-retained config on every topic crackd may have used (HA deletes the entities).
+The entities read crackd's own topics through `value_template`s, and all share the retained
+`status` birth/will as their availability. The one exception is the crack binary sensor: the
+`event` topic is not retained, so a Home Assistant that restarts between two events would show
+it as unknown; it reads the retained `crack` topic (`ON`/`OFF`), which this module publishes
+whenever an event message goes out.
+Configs are republished on every connection and when Home Assistant announces itself
+(`{discovery_prefix}/status` = `online`), as HA's docs recommend, at most once per
+REANNOUNCE_MIN_S: a burst of births (a flapping HA, or anyone who may publish that topic)
+costs one re-announcement, not one per birth. Removal publishes an empty retained config on
+every topic crackd may have used (HA deletes the entities).
 
 Payload keys are the long names of HA's documented configuration variables for the
 per-component discovery of binary_sensor, sensor and image (tests/edge/test_homeassistant.py
@@ -25,6 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from dataclasses import dataclass
 
 from edge import __version__
@@ -33,6 +40,9 @@ log = logging.getLogger(__name__)
 
 MANUFACTURER = "crackd"
 MODEL = "crackd crack inspection camera"
+# Home Assistant births closer together than this share one re-announcement (sent at the window's end).
+REANNOUNCE_MIN_S = 5.0
+CRACK_TOPIC = "crack"  # retained ON/OFF: the crack binary sensor's state
 
 
 @dataclass(frozen=True)
@@ -92,9 +102,8 @@ def entities(cfg, sw_version: str = __version__) -> list[Entity]:
             "binary_sensor",
             "crack",
             "Crack",
-            state_topic=event,
+            state_topic=cfg.topic(CRACK_TOPIC),
             device_class="problem",
-            value_template="{{ 'OFF' if value_json.type == 'end' else 'ON' }}",
             payload_on="ON",
             payload_off="OFF",
         ),
@@ -220,26 +229,69 @@ def removal_messages(cfg) -> list[tuple[str, bytes]]:
     return [(config_topic(cfg, component, object_id), b"") for component, object_id in ALL_OBJECTS]
 
 
-class Discovery:
-    """Publishes the configs on every connection of a Publisher and when Home Assistant comes online."""
+def crack_state(event: dict) -> str:
+    """The crack binary sensor's state after an `event` message: ON from its start to its end."""
+    return "OFF" if event.get("type") == "end" else "ON"
 
-    def __init__(self, cfg, publisher):
+
+class Discovery:
+    """Publishes the configs on every connection of a Publisher and when Home Assistant comes online,
+    and keeps the crack sensor's retained state in step with the event messages sent."""
+
+    def __init__(self, cfg, publisher, reannounce_min_s: float = REANNOUNCE_MIN_S):
         self.cfg = cfg
         self.publisher = publisher
-        self.published = 0
+        self.reannounce_min_s = reannounce_min_s
+        self.published = 0  # announcements (each: every config once)
+        self.births = 0  # `online` messages seen on the HA status topic
         self.ha_status_topic = f"{cfg.homeassistant.discovery_prefix}/status"
+        self._event_topic = cfg.topic("event")
+        self._crack_sent: str | None = None  # the state last published on this connection
+        self._lock = threading.Lock()
+        self._last_announce = float("-inf")  # time.monotonic()
+        self._deferred: threading.Timer | None = None
         publisher.client.message_callback_add(self.ha_status_topic, self._on_ha_status)
         publisher.on_connect_hooks.append(self._on_connect)
+        publisher.on_sent_hooks.append(self._on_sent)
 
     def _on_connect(self, client) -> None:
+        self._crack_sent = None
         client.subscribe(self.ha_status_topic, qos=1)
         self.publish(client)
 
     def _on_ha_status(self, client, userdata, message) -> None:
-        if message.payload == b"online":  # HA restarted: it may have lost the configs
+        if message.payload != b"online":
+            return
+        # HA restarted: it may have lost the configs. Called on paho's network thread: never block it.
+        with self._lock:
+            self.births += 1
+            wait = self._last_announce + self.reannounce_min_s - time.monotonic()
+            if wait > 0:
+                if self._deferred is None:  # one re-announcement at the window's end serves every birth until then
+                    self._deferred = threading.Timer(wait, self._deferred_publish, (client,))
+                    self._deferred.daemon = True
+                    self._deferred.start()
+                return
+        self.publish(client)
+
+    def _deferred_publish(self, client) -> None:
+        with self._lock:
+            self._deferred = None
+        if self.publisher.connected:  # otherwise the next connection announces anyway
             self.publish(client)
 
+    def _on_sent(self, topic: str, payload: dict | bytes, info: object) -> None:
+        """An outbox message went out (drain thread): an event message moves the crack sensor's retained state."""
+        if topic != self._event_topic or not isinstance(payload, dict) or self.cfg.homeassistant.remove:
+            return
+        state = crack_state(payload)
+        if state != self._crack_sent:
+            self._crack_sent = state
+            self.publisher.client.publish(self.cfg.topic(CRACK_TOPIC), state, qos=1, retain=True)
+
     def publish(self, client) -> None:
+        with self._lock:
+            self._last_announce = time.monotonic()
         messages = discovery_messages(self.cfg, self.publisher.identity.get("version") or __version__)
         for topic, payload in messages:
             client.publish(topic, payload, qos=1, retain=True)
@@ -250,6 +302,12 @@ class Discovery:
             len(messages),
             self.cfg.homeassistant.discovery_prefix,
         )
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._deferred is not None:
+                self._deferred.cancel()
+                self._deferred = None
 
 
 def attach(cfg, publisher) -> Discovery | None:

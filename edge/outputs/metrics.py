@@ -1,9 +1,10 @@
 """Prometheus metrics of the daemon (prometheus_client), by HTTP on localhost and/or as a node_exporter textfile.
 
 Two ways out, because Pis are monitored two ways:
-- `metrics.http` (default on, 127.0.0.1:9808): a scrape endpoint. Prometheus scrapes it
-  directly, through an SSH tunnel or a local agent (Grafana Alloy, vmagent); it is bound to
-  localhost by default because the endpoint has no authentication.
+- `metrics.http` (default on, 127.0.0.1:9808): a scrape endpoint (edge.outputs.metrics_http).
+  Prometheus scrapes it directly, through an SSH tunnel or a local agent (Grafana Alloy, vmagent);
+  it is bound to localhost by default, and listening beyond loopback without basic auth and TLS
+  is warned about (check-config and the log) because anyone who reaches the port could read it.
 - `metrics.textfile` (off): the file node_exporter's textfile collector reads (Debian's
   `prometheus-node-exporter` reads /var/lib/prometheus/node-exporter/*.prom). The usual Pi
   set-up, with one port and one scrape job per device for system and crackd metrics alike;
@@ -17,9 +18,15 @@ lazily: without it (a minimal install) the daemon runs with a warning and no met
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import logging
 import threading
 from pathlib import Path
+
+from edge.config import ConfigError
+from edge.outputs.metrics_http import BasicAuth, MetricsServer, resolve, tls_context
+from edge.vocabulary import CAMERA_STATES
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +90,18 @@ class _SupervisorCollector:
         yield gauge("crackd_fps", "Frames processed per second (moving average)", st.fps)
         yield gauge("crackd_event_open", "1 while a crack event is open", 1 if st.event_open else 0)
         yield gauge(
+            "crackd_keeping_detections",
+            "0 while no frame is taken because a detection could not be kept (disk full); 1 otherwise",
+            0 if st.detections_paused else 1,
+        )
+        yield gauge(
             "crackd_pending_journal_writes", "Event writes held in memory after a journal failure", st.pending_writes
         )
         temp = cpu_temperature_c()
         if temp is not None:
             yield gauge("crackd_cpu_temperature_celsius", "CPU temperature", temp)
         state = GaugeMetricFamily("crackd_camera_state", "1 for the camera's current state", labels=["state"])
-        for name in ("starting", "ok", "stalled", "reconnecting", "failed", "finished"):
+        for name in CAMERA_STATES:
             state.add_metric([name], 1 if st.camera_state == name else 0)
         yield state
         info = InfoMetricFamily("crackd_build", "crackd version and the model bundle served")
@@ -131,7 +143,7 @@ class Metrics:
         )
         self._stages = {s: self.stage_seconds.labels(stage=s) for s in STAGES}
         self.registry.register(_SupervisorCollector(supervisor))
-        self._server = None
+        self._server: MetricsServer | None = None
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
 
@@ -150,19 +162,35 @@ class Metrics:
 
         return generate_latest(self.registry)
 
-    def start(self) -> None:
+    def start(self, password: str | None) -> None:
         o = self.options
         if o.http:
-            from prometheus_client import start_http_server
-
-            try:
-                self._server, _thread = start_http_server(o.port, addr=o.host, registry=self.registry)
-                log.info("metrics: http://%s:%d/metrics", o.host, o.port)
-            except OSError as exc:
-                log.error("metrics: cannot listen on %s:%d (%s); no HTTP metrics", o.host, o.port, exc.strerror or exc)
+            self._start_http(password)
         if o.textfile:
             self._writer = threading.Thread(target=self._textfile_loop, name="metrics-textfile", daemon=True)
             self._writer.start()
+
+    def _start_http(self, password: str | None) -> None:
+        from prometheus_client import make_wsgi_app
+
+        o = self.options
+        warning = exposure_warning(o)
+        if warning:
+            log.warning("%s", warning)
+        try:
+            tls = tls_context(o.tls.cert, o.tls.key, o.tls.client_ca) if o.tls.cert and o.tls.key else None
+        except OSError as exc:  # ssl.SSLError included: not a certificate, not its key, not a CA
+            log.error("metrics.tls: cannot use its files (%s); no HTTP metrics", exc)
+            return
+        auth = BasicAuth(o.username, password or "") if o.username else None
+        server = MetricsServer(make_wsgi_app(self.registry), o.host, o.port, auth=auth, tls=tls)
+        try:
+            server.start()
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d (%s); no HTTP metrics", o.host, o.port, exc.strerror or exc)
+            return
+        self._server = server
+        log.info("metrics: %s", endpoint_url(o))
 
     def write_textfile(self) -> bool:
         from prometheus_client import write_to_textfile
@@ -187,8 +215,7 @@ class Metrics:
             self._writer.join(5)
             self.write_textfile()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
 
@@ -204,6 +231,52 @@ def start_for(supervisor) -> Metrics | None:
         return None
     if options.textfile and not Path(options.textfile).parent.is_dir():
         log.error("metrics.textfile: directory %s does not exist; no textfile metrics", Path(options.textfile).parent)
+    try:
+        password = supervisor.cfg.metrics_password() if options.http else None
+    except ConfigError as exc:  # `crackd run` reads it before starting: only a file gone since gets here
+        log.error("%s; no HTTP metrics", exc)
+        options = dataclasses.replace(options, http=False)
     metrics = Metrics(options, supervisor)
-    metrics.start()
+    metrics.start(password)
     return metrics
+
+
+def endpoint_url(options) -> str:
+    """Where the HTTP endpoint (`metrics` config) listens and how it is guarded, for people to read."""
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    guards = [
+        name for name, on in (("basic auth", options.username), ("client certificates", options.tls.client_ca)) if on
+    ]
+    url = f"{'https' if options.tls.cert else 'http'}://{host}:{options.port}/metrics"
+    return url + (f" with {' and '.join(guards)}" if guards else "")
+
+
+def exposure_warning(options) -> str | None:
+    """What is wrong with who can reach the HTTP endpoint (`metrics` config), or None: it listens on loopback only,
+    or beyond it with both basic auth and TLS. Said by check-config and logged at WARNING when the daemon starts."""
+    if not options.http:
+        return None
+    where = f"metrics.host {options.host}"
+    try:
+        _family, sockaddr = resolve(options.host, options.port)
+    except OSError as exc:
+        return f"{where}: cannot resolve it ({exc.strerror or exc}); the daemon will serve no HTTP metrics"
+    address = ipaddress.ip_address(sockaddr[0].split("%")[0])  # an IPv6 scope (fe80::1%eth0) is not part of it
+    if address.is_loopback:
+        return None
+    if sockaddr[0] != options.host:
+        where += f" ({sockaddr[0]})"
+    exposed = f"{where} listens beyond loopback on port {options.port}"
+    see = "or firewall the port (docs/mqtt.md, 'Securing the broker')"
+    auth, tls = options.username is not None, options.tls.cert is not None
+    if tls and (auth or options.tls.client_ca):  # a password or a client certificate, over TLS
+        return None
+    if auth:
+        return f"{exposed} without TLS: the basic auth password crosses the network readable; set metrics.tls, {see}"
+    if tls:
+        fix = "set metrics.username or metrics.tls.client_ca"
+        return f"{exposed} without authentication: anyone who reaches it reads the metrics; {fix}, {see}"
+    return (
+        f"{exposed} with no authentication and no TLS: anyone who reaches it reads this device's metrics; "
+        f"set metrics.username, metrics.password_file and metrics.tls, {see}"
+    )

@@ -46,6 +46,8 @@ TAKEOVER_SHORT_S = 10.0
 TAKEOVER_WINDOW_S = 60.0
 TAKEOVER_COUNT = 3
 TAKEOVER_LOG_INTERVAL_S = 300.0
+# Connections lost in a row while the same picture was in flight before it is taken as too large for the broker.
+OVERSIZE_LOSSES = 3
 
 
 def cpu_temperature_c(root: str = "/sys/class/thermal") -> float | None:
@@ -96,6 +98,38 @@ def authenticate(client: mqtt.Client, m, password: str | None) -> None:
             client.tls_insecure_set(True)
 
 
+class WatchedClient(mqtt.Client):
+    """paho's client whose network thread (loop_start) records the exception that ended it.
+
+    paho's thread dies on an exception it does not handle, and nothing in its API says so; the
+    Publisher's drain thread checks `network_alive()` and starts the loop again."""
+
+    network_error: str | None = None
+    network_exc: BaseException | None = None
+
+    def _thread_main(self) -> None:  # paho's loop_start target; it clears self._thread when it returns
+        try:
+            super()._thread_main()
+        except Exception as exc:  # logged by the Publisher (with the traceback the first time)
+            self.network_exc = exc
+            self.network_error = f"{type(exc).__name__}: {exc}"[:300]
+
+    def forget_unacknowledged(self) -> None:
+        """Drop paho's own copies of the messages the lost connection left unacknowledged.
+
+        paho resends them after reconnecting, whatever clean_session says; crackd resends every
+        unacknowledged outbox row itself and republishes its state messages on each connection, so
+        paho's copies are only duplicates, and a picture the broker refuses (closing the
+        connection) would be resent by paho forever."""
+        with self._out_message_mutex:
+            self._out_messages.clear()
+            self._inflight_messages = 0
+
+    def network_alive(self) -> bool:
+        """False once the thread loop_start() started has ended without loop_stop() being asked for."""
+        return self.network_error is None
+
+
 class Publisher:
     """One MQTT connection (paho loop thread) plus the outbox drain thread."""
 
@@ -117,6 +151,9 @@ class Publisher:
         self._acks: deque = deque()
         self._inflight: dict[int, int] = {}  # mid -> outbox row id (drain thread only)
         self._acked_rows: list[int] = []  # acknowledged rows whose delete failed, retried
+        self._pictures_in_flight: dict[int, int] = {}  # outbox row id -> bytes, of pictures sent (drain thread)
+        self._picture_losses: dict[int, int] = {}  # picture row id -> connections lost in a row while it was sent
+        self.oversize_error: str | None = None  # the last picture dropped because the broker kept refusing it
         self._short_connections: deque = deque()  # when connections that lived < TAKEOVER_SHORT_S were closed
         self._takeover_logged = 0.0
         self._ack_error_logged = 0.0
@@ -124,9 +161,14 @@ class Publisher:
         self._last_frame_t = 0.0
         self._thread: threading.Thread | None = None
         self._logged_unreachable = False
-        self.on_connect_hooks: list[
-            Callable[[mqtt.Client], None]
-        ] = []  # extra outputs (edge.outputs.homeassistant), per connection
+        # extra outputs (edge.outputs.homeassistant): per connection, and per outbox message sent (drain thread)
+        self.on_connect_hooks: list[Callable[[mqtt.Client], None]] = []
+        self.on_sent_hooks: list[Callable[[str, dict | bytes, mqtt.MQTTMessageInfo], None]] = []
+        self.on_suback_hooks: dict[str, Callable[[bool], None]] = {}  # topic filter -> called with "granted"
+        self._subscriptions: dict[int, str] = {}  # SUBSCRIBE mid -> topic filter
+        self.network_restarts = 0  # times paho's network thread died and was started again
+        self._network_restart_at: float | None = None  # time.monotonic() of the next restart
+        self._network_backoff = 0.0
         self.client = self._make_client()
 
     # ------------------------------------------------------------------ connection
@@ -147,13 +189,15 @@ class Publisher:
         }
         if state == "online":
             p["last_reload"] = self.identity.get("last_reload")
+            if self.identity.get("detections_paused"):  # only while so: the payload stays as it was otherwise
+                p["detections_paused"] = self.identity["detections_paused"]
         else:
             p["reason"] = reason or "connection lost"
         return p
 
     def _make_client(self) -> mqtt.Client:
         m = self.m
-        client = mqtt.Client(
+        client = WatchedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.cfg.client_id,
             protocol=mqtt.MQTTv311,
@@ -168,6 +212,7 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
         return client
 
     def start(self) -> None:
@@ -196,6 +241,17 @@ class Publisher:
                 log.exception("MQTT on-connect hook %r failed", hook)
         self._wake.set()
 
+    def subscribe(self, client: mqtt.Client, topic: str, qos: int) -> None:
+        """Subscribe (from an on-connect hook); the SUBACK goes to on_suback_hooks[topic]."""
+        _, mid = client.subscribe(topic, qos=qos)
+        if mid is not None:
+            self._subscriptions[mid] = topic
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        hook = self.on_suback_hooks.get(self._subscriptions.pop(mid, ""))
+        if hook is not None:
+            hook(all(not rc.is_failure for rc in reason_codes))
+
     def _announce(self, client) -> None:
         """What every new connection starts with: the retained birth and camera state (Sparkplug: NBIRTH/DBIRTH)."""
         self._publish_retained("status", self._status_payload("online"))
@@ -213,6 +269,8 @@ class Publisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected
         self.connected = False
+        if isinstance(client, WatchedClient):
+            client.forget_unacknowledged()
         if was and not self._stop.is_set():
             self.last_error = f"disconnected: {reason_code}"
             log.warning(
@@ -221,7 +279,8 @@ class Publisher:
                 self.m.port,
                 reason_code,
             )
-            self._check_takeover(time.time())
+            if not self._pictures_in_flight:  # else more likely a picture over the broker's limit (_check_oversized)
+                self._check_takeover(time.time())
 
     def _check_takeover(self, now: float) -> None:
         """Several connections the broker closed soon after accepting them: another client has our client id.
@@ -276,10 +335,12 @@ class Publisher:
                 self._apply_acks()
                 if self._stop.is_set() and not self.connected:
                     break
+                self._watch_network_thread()
                 if not self.connected:
                     continue
                 if generation != self._generation:  # new connection: resend everything not acknowledged
                     generation = self._generation
+                    self._check_oversized(set(self._inflight.values()))
                     self._inflight.clear()
                     last_sent = 0
                 room = self.m.max_inflight - len(self._inflight)
@@ -304,6 +365,8 @@ class Publisher:
                         self._acks.append(("row", row.id))  # QoS 0 has no acknowledgement: done once sent
                     else:
                         self._inflight[info.mid] = row.id
+                    if isinstance(row.payload, bytes):
+                        self._pictures_in_flight[row.id] = len(row.payload)
                     last_sent = row.id
                     if replayed:
                         self.replayed += 1
@@ -313,17 +376,85 @@ class Publisher:
                 log.exception("outbox drain failed; retrying")
                 self._stop.wait(1.0)
 
+    def _watch_network_thread(self) -> None:
+        """paho's network thread ends for good on an exception it does not handle (one raised in a
+        callback, a CONNECT it cannot encode): then nothing is sent or received, no disconnect is
+        reported and the outbox only grows. Say so and start the thread again, with back-off."""
+        client = self.client
+        if isinstance(client, WatchedClient) and client.network_alive():
+            self._network_backoff = 0.0
+            return
+        if self._stop.is_set() or not isinstance(client, WatchedClient):
+            return
+        now = time.monotonic()
+        if self._network_restart_at is None:  # just found dead
+            self.connected = False
+            self._network_backoff = min(
+                max(float(self.m.reconnect_min_s), 2 * self._network_backoff), float(self.m.reconnect_max_s)
+            )
+            self._network_restart_at = now + self._network_backoff
+            self.last_error = f"MQTT network thread stopped ({client.network_error}); not publishing, restarting"
+            log.error(
+                "MQTT: paho's network thread stopped (%s); nothing is published, events wait in the outbox; "
+                "starting it again in %.0f s",
+                client.network_error,
+                self._network_backoff,
+                exc_info=client.network_exc if self.network_restarts == 0 else None,  # the traceback once
+            )
+            return
+        if now < self._network_restart_at:
+            return
+        self._network_restart_at = None
+        self.network_restarts += 1
+        client.network_error = None
+        # A fresh connection (the old socket is closed by paho's reconnect), so the drain resends
+        # what was in flight and the births are published again.
+        client.connect_async(self.m.host, self.m.port, keepalive=self.m.keepalive)
+        client.loop_start()
+
+    def _check_oversized(self, unacknowledged: set[int]) -> None:
+        """A picture over the broker's packet limit (mosquitto `max_packet_size`) makes it close the
+        connection; resent after each reconnection, it would stall the outbox for good. A picture in
+        flight when OVERSIZE_LOSSES connections in a row ended is dropped from the outbox (the event
+        messages behind it go on; the file stays on the device) and the limit needed is reported."""
+        losses = {
+            row: self._picture_losses.get(row, 0) + 1 for row in unacknowledged if row in self._pictures_in_flight
+        }
+        self._picture_losses = losses
+        sizes, self._pictures_in_flight = self._pictures_in_flight, {}
+        for row, count in list(losses.items()):
+            if count < OVERSIZE_LOSSES:
+                continue
+            del self._picture_losses[row]
+            self.oversize_error = (
+                f"the broker closed the connection {count} times in a row while a snapshot of {sizes[row]} bytes was "
+                f"in flight: its packet size limit is below it (mosquitto: max_packet_size >= {sizes[row] + 1024}); "
+                f"that picture was dropped; raise the limit or lower mqtt.snapshot_max_kb "
+                f"(now {self.m.snapshot_max_kb})"
+            )
+            log.error("MQTT: %s", self.oversize_error)
+            self.journal.outbox_ack([row])
+
     def _send_row(self, row, replayed: bool):
         """Publish one outbox row; returns paho's MQTTMessageInfo (None: not now, retry later)."""
         data: bytes | str
+        payload: dict | bytes
         if isinstance(row.payload, bytes):  # a picture: sent as it is
-            data = row.payload
+            data = payload = row.payload
         else:
-            payload = json.loads(row.payload)
-            payload["seq"] = row.id
-            payload["replayed"] = replayed
-            data = json.dumps(payload, separators=(",", ":"))
-        return self.client.publish(row.topic, data, qos=row.qos, retain=row.retain)
+            event: dict = json.loads(row.payload)
+            event["seq"] = row.id
+            event["replayed"] = replayed
+            data = json.dumps(event, separators=(",", ":"))
+            payload = event
+        info = self.client.publish(row.topic, data, qos=row.qos, retain=row.retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            for hook in self.on_sent_hooks:
+                try:
+                    hook(row.topic, payload, info)
+                except Exception:
+                    log.exception("MQTT on-sent hook %r failed", hook)
+        return info
 
     def _apply_acks(self) -> None:
         # Rows acknowledged but not yet deleted (the delete failed: disk full) are kept and retried, so a
@@ -337,6 +468,8 @@ class Publisher:
             row = self._inflight.pop(item, None)
             if row is not None:
                 done.append(row)
+        for row_id in done:
+            self._pictures_in_flight.pop(row_id, None)
         if done:
             try:
                 self.journal.outbox_ack(done)

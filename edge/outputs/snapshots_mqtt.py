@@ -15,12 +15,24 @@ names. The overlay already written for the event (edge.daemon.snapshots) is publ
 - through the journal's outbox like events (a broker outage loses no picture),
   but replacing any pending snapshot of this device: only the newest waits, so
   an outage cannot fill the disk with pictures.
+
+A broker whose message size limit is below the picture (mosquitto's `message_size_limit`)
+acknowledges it and drops it without a word on MQTT 3.1.1. (MQTT 5 would answer with a
+PUBACK reason code, but mosquitto 2.0 sends 0x95, which the spec does not allow on a PUBACK,
+and paho 2 then drops the connection as a protocol error: the outbox would resend the picture
+forever.) So `DeliveryCheck` subscribes to the device's own snapshot topic and expects each
+picture back from the broker: one that does not come within ECHO_TIMEOUT_S of its PUBACK is
+reported (log, status.json `mqtt_snapshot_error`, `crackd status`), naming the limit needed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -35,6 +47,9 @@ REENCODE_QUALITY = 70  # an oversized overlay is re-encoded at this quality, the
 MIN_SIDE_PX = 32  # below this the picture is useless; whatever size it has is sent
 COMMENT_PREFIX = b"crackd:"
 TAG_ROOM = 256  # bytes kept free under the limit for the COM segment
+# A picture acknowledged by the broker but not delivered back to crackd within this is taken as dropped
+# (generous: a slow uplink carries the picture down again, behind whatever else is queued).
+ECHO_TIMEOUT_S = 30.0
 
 
 def bounded_jpeg(jpeg: bytes, max_bytes: int) -> bytes:
@@ -126,3 +141,101 @@ def attach(cfg, state_dir: Path, record, snap: dict | None) -> OutboxMessage | N
     if message is not None:
         snap["mqtt"] = {"topic": message.topic, "uuid": record.uuid, "revision": record.revision}
     return message
+
+
+@dataclass
+class _Sent:
+    size: int  # payload bytes
+    info: object  # paho's MQTTMessageInfo: is_published() once the broker acknowledged it
+    acked_at: float | None = None  # time.monotonic() when the acknowledgement was first seen
+
+
+class DeliveryCheck:
+    """Expects each snapshot crackd publishes back from the broker (it subscribes to its own topic).
+
+    Attached to a Publisher (hooks on connect and on each outbox message sent); `problem()` is
+    polled by the daemon's status writer about every second."""
+
+    def __init__(self, cfg, publisher, timeout_s: float = ECHO_TIMEOUT_S):
+        self.cfg = cfg
+        self.publisher = publisher
+        self.timeout_s = timeout_s
+        self.topic = cfg.topic(TOPIC)
+        self.dropped = 0  # pictures the broker acknowledged and did not deliver
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._sent: dict[tuple[object, object], _Sent] = {}  # (uuid, revision) of the picture's tag
+        self._echoed: deque[tuple[object, object]] = deque(maxlen=16)  # the pictures that came back last
+        self._subscribed = False  # the broker granted the subscription on this connection
+        self._refusal_logged = False
+        publisher.client.message_callback_add(self.topic, self._on_echo)
+        publisher.on_connect_hooks.append(self._on_connect)
+        publisher.on_sent_hooks.append(self._on_sent)
+        publisher.on_suback_hooks[self.topic] = self._on_suback
+
+    def _on_connect(self, client) -> None:
+        with self._lock:
+            self._sent.clear()  # what was in flight on the last connection: unknown, not a drop
+            self._subscribed = False
+        self.publisher.subscribe(client, self.topic, qos=0)
+
+    def _on_suback(self, granted: bool) -> None:
+        with self._lock:
+            self._subscribed = granted
+        if not granted and not self._refusal_logged:
+            self._refusal_logged = True
+            log.warning(
+                "MQTT: the broker refused crackd's subscription to its own %s (ACL), so a snapshot the broker "
+                "drops for its size cannot be noticed; allow the device to read that topic (docs/mqtt.md)",
+                self.topic,
+            )
+
+    def _on_sent(self, topic: str, payload: dict | bytes, info: object) -> None:
+        if topic != self.topic or not isinstance(payload, bytes):
+            return
+        tag = read_tag(payload)
+        if tag:
+            key = (tag.get("uuid"), tag.get("revision"))
+            with self._lock:
+                if key not in self._echoed:  # the echo can beat this hook, which runs after publish() returned
+                    self._sent[key] = _Sent(len(payload), info)
+
+    def _on_echo(self, client, userdata, message) -> None:  # paho's network thread
+        tag = read_tag(message.payload)
+        if not tag:
+            return
+        key = (tag.get("uuid"), tag.get("revision"))
+        with self._lock:
+            self._echoed.append(key)
+            was_pending = self._sent.pop(key, None) is not None
+            if was_pending or not message.retain:  # a picture just sent arrived (not the retained one of old)
+                self.error = self.publisher.oversize_error = None
+
+    def pending(self) -> int:
+        """Pictures sent on this connection and not yet back from the broker."""
+        with self._lock:
+            return len(self._sent)
+
+    def problem(self, now: float | None = None) -> str | None:
+        """Why the last dropped picture did not arrive (None: every picture came back, or none is overdue)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if not self._subscribed:
+                return self.error or self.publisher.oversize_error
+            for key, sent in list(self._sent.items()):
+                if sent.acked_at is None:
+                    if sent.info.is_published():  # type: ignore[attr-defined]
+                        sent.acked_at = now
+                    continue
+                if now - sent.acked_at < self.timeout_s:
+                    continue
+                del self._sent[key]
+                self.dropped += 1
+                self.error = (
+                    f"the broker acknowledged the snapshot of event {key[0]} ({sent.size} bytes) but did not deliver "
+                    f"it: its message size limit is too small; raise it (mosquitto: message_size_limit >= "
+                    f"{sent.size}, or max_packet_size >= {sent.size + len(self.topic) + 16}) or lower "
+                    f"mqtt.snapshot_max_kb (now {self.cfg.mqtt.snapshot_max_kb})"
+                )
+                log.error("MQTT: %s", self.error)
+            return self.error or self.publisher.oversize_error

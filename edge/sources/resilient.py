@@ -21,6 +21,7 @@ from edge.sources.base import (
     SourceHealth,
     SourceTimeout,
 )
+from edge.vocabulary import CameraState
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ResilientSource:
         read_timeout_s: float = 5.0,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
-        on_state: Callable[[str, dict], None] | None = None,
+        on_state: Callable[[CameraState, dict], None] | None = None,
         stop: threading.Event | None = None,
         stalls_before_reconnect: int = 3,
     ):
@@ -52,7 +53,7 @@ class ResilientSource:
         self.on_state = on_state
         self.stop = stop or threading.Event()
         self.stalls_before_reconnect = stalls_before_reconnect
-        self.state = "starting"
+        self.state: CameraState = "starting"
         # When the call into the adapter now running began (None between calls): a call that never
         # returns (a wedged driver) is the one camera fault only a restart of the process can cure.
         self.busy_since: float | None = None
@@ -63,7 +64,7 @@ class ResilientSource:
     def health(self) -> SourceHealth:
         return self.source.health
 
-    def _set_state(self, state: str, detail: str | None = None) -> None:
+    def _set_state(self, state: CameraState, detail: str | None = None) -> None:
         if state == self.state:
             return
         previous, self.state = self.state, state

@@ -10,6 +10,7 @@ SIGKILL run `python -m edge.cli run --config ...` as a real child process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -276,6 +277,24 @@ def test_status_counts_a_daemon_of_another_user_as_running(tmp_path, capsys):
     (tmp_path / "status.json").write_text("{truncated")
     assert main(["status", "--state-dir", str(tmp_path)]) == 1
     assert "status.json: unreadable" in capsys.readouterr().err
+
+
+def test_status_says_healthy_but_not_publishing_while_the_broker_is_away(tmp_path, capsys):
+    from datetime import datetime
+
+    from edge.cli import main
+    from edge.daemon_status import DaemonStatus
+
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    away = DaemonStatus(pid=os.getpid(), state="running", healthy=True, updated_at=now, mqtt_enabled=True)
+    away = dataclasses.replace(away, broker_error="cannot reach broker 127.0.0.1:1883")
+    away.write(tmp_path / "status.json")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0  # frames flow and the journal keeps everything
+    out = capsys.readouterr().out
+    assert "healthy, not publishing" in out.splitlines()[0] and "cannot reach broker" in out
+    dataclasses.replace(away, broker_connected=True).write(tmp_path / "status.json")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(", healthy")
 
 
 # --------------------------------------------------------------------------- child processes
@@ -561,9 +580,11 @@ def test_a_full_disk_holds_event_writes_in_memory_and_saves_them_when_space_retu
     assert len(events) == d.sup.pipeline.events_started and d.sup.journal_writer.writes_dropped == 0
 
 
-def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_dropped_silently(
+def test_held_writes_near_their_budget_pause_the_pipeline_instead_of_dropping_and_it_resumes_by_itself(
     tmp_path, darkness_bundle, caplog
 ):
+    """Once the held writes would outgrow what the reserve keeps across a stop, no frame is taken (none is
+    dropped); when the journal takes writes again the held ones are saved and frames flow again."""
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK)
     config = daemon_dict(tmp_path, darkness_bundle, frames, None, source__folder__fps=100, source__folder__loop=True)
@@ -572,16 +593,22 @@ def test_event_writes_beyond_the_held_budget_are_counted_and_logged_never_droppe
         wait_until(lambda: d.sup.pipeline.events_started >= 1, what="a first event")
         d.sup.journal_writer.reserve.size = 64 + 3000  # room for a couple of held writes only
         journal_page_limit(d.sup, None)
-        wait_until(
-            lambda: d.sup.journal_writer.writes_dropped >= 2, timeout=60, what="writes refused beyond the budget"
-        )
-        assert d.sup.stats()["journal_writes_dropped"] == d.sup.journal_writer.writes_dropped
-        assert "event writes dropped" in d.sup.stats()["journal_error"]
+        reason = wait_until(lambda: d.sup.status().detections_paused, timeout=60, what="detections paused")
+        assert "not keeping detections" in reason and "journal cannot be written" in reason
+        assert not d.sup.status().healthy
+        processed, skipped = d.sup.pipeline.frames_processed, d.sup.slot.skipped
+        # the source (fps 100, like a live camera) goes on; its frames are replaced in the slot, none is taken
+        wait_until(lambda: d.sup.slot.skipped > skipped + 10, what="frames passing by untaken")
+        assert d.sup.pipeline.frames_processed == processed
+        journal_page_limit(d.sup, NO_PAGE_LIMIT)
+        wait_until(lambda: d.sup.pipeline.frames_processed > processed + 10, what="frames taken again")
+        assert d.sup.status().detections_paused is None and not d.sup.journal_writer.held
     finally:
         journal_page_limit(d.sup, NO_PAGE_LIMIT)
         d.stop()
-    dropped = [r for r in caplog.records if r.levelname == "ERROR" and "NOT recorded" in r.getMessage()]
-    assert len(dropped) == d.sup.journal_writer.writes_dropped
+    assert d.sup.journal_writer.writes_dropped == 0
+    assert not [r for r in caplog.records if "NOT recorded" in r.getMessage()]
+    assert len(journal_events(tmp_path / "state")) == d.sup.pipeline.events_started
 
 
 def _started_uuids(records) -> list[str]:

@@ -18,8 +18,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import ConfigError, config_from_dict, parse_config
-from edge.events.journal import Journal
-from edge.outputs.homeassistant import ALL_OBJECTS, Discovery, config_topic, entities
+from edge.events.journal import Journal, OutboxMessage
+from edge.outputs.homeassistant import ALL_OBJECTS, Discovery, config_topic, crack_state, entities
 from edge.outputs.publisher import Publisher
 from tests.helpers import REPO, wait_until, write_frames
 from tests.helpers.cli import crackd
@@ -191,11 +191,8 @@ def test_value_templates_give_the_states_home_assistant_expects_from_real_payloa
 
     end = ex["event"]
     start = dict(end, type="start", revision=0, ended_at=None, end_reason=None)
-    assert (render("crack", start), render("crack", dict(start, type="update")), render("crack", end)) == (
-        "ON",
-        "ON",
-        "OFF",
-    )
+    assert [crack_state(p) for p in (start, dict(start, type="update"), end)] == ["ON", "ON", "OFF"]
+    assert "value_template" not in by_id["crack"]  # it reads the retained `crack` topic as it is
     assert render("score", end) == "0.9961"
     assert render("crack_length", end) == "76.23" and render("crack_width", end) == "0.866"
     assert render("crack_length", dict(end, measurements=None)) == "null"  # not segmented: HA shows unknown
@@ -273,7 +270,7 @@ def test_configs_are_published_again_when_home_assistant_comes_online_and_the_re
     sub = subscriber_factory(mosquitto.port, topic="homeassistant/sensor/crackd_line3-cam1/fps/config")
     with Journal(tmp_path / "crackd.db") as journal:
         pub = Publisher(calibrated(mosquitto.port), journal, IDENTITY)
-        discovery = Discovery(pub.cfg, pub)
+        discovery = Discovery(pub.cfg, pub, reannounce_min_s=0.2)
         pub.start()
         sub.wait_for(lambda s: len(s.messages) == 1, what="the first announcement")
         ha = subscriber_factory(mosquitto.port, topic="unused/#")
@@ -290,6 +287,48 @@ def test_configs_are_published_again_when_home_assistant_comes_online_and_the_re
         assert sub.messages[-1][1] == b""
         pub.stop()
     assert Retained(mosquitto.port, "homeassistant/#").messages == {}
+
+
+def test_a_burst_of_home_assistant_births_costs_one_reannouncement_not_one_each(
+    tmp_path, mosquitto, subscriber_factory
+):
+    configs = subscriber_factory(mosquitto.port, topic="homeassistant/+/crackd_line3-cam1/+/config")
+    with Journal(tmp_path / "crackd.db") as journal:
+        pub = Publisher(calibrated(mosquitto.port), journal, IDENTITY)
+        discovery = Discovery(pub.cfg, pub, reannounce_min_s=3600)  # the whole burst falls inside one window
+        pub.start()
+        per_announcement = len(entities(pub.cfg))
+        configs.wait_for(lambda s: len(s.messages) == per_announcement, what="the first announcement")
+        ha = subscriber_factory(mosquitto.port, topic="unused/#")
+        for _ in range(200):
+            ha.client.publish("homeassistant/status", b"online", qos=1)
+        assert wait(lambda: discovery.births == 200)
+        # a marker published now arrives behind anything a birth made crackd publish
+        pub.client.publish("homeassistant/sensor/crackd_line3-cam1/marker/config", b"m", qos=1)
+        configs.wait_for(lambda s: s.messages[-1][1] == b"m", what="the marker")
+        assert len(configs.messages) == per_announcement + 1 and discovery.published == 1
+        discovery.stop()  # cancels the one re-announcement deferred to the window's end
+        pub.stop()
+
+
+def test_the_crack_sensor_state_is_retained_so_a_restarted_home_assistant_sees_it(
+    tmp_path, mosquitto, subscriber_factory
+):
+    crack = "crackd/line3-cam1/crack"
+    with Journal(tmp_path / "crackd.db") as journal:
+        pub = Publisher(calibrated(mosquitto.port), journal, IDENTITY)
+        Discovery(pub.cfg, pub)
+        pub.start()
+        assert wait(lambda: pub.connected)
+        for kind in ("start", "update"):
+            journal.record(None, [], [OutboxMessage("crackd/line3-cam1/event", {"type": kind}, 1, False, "u1")])
+        pub.notify()
+        # Home Assistant (re)starts after the event began: the retained state is what it reads first
+        assert wait(lambda: Retained(mosquitto.port, "crackd/line3-cam1/crack").messages == {crack: b"ON"})
+        journal.record(None, [], [OutboxMessage("crackd/line3-cam1/event", {"type": "end"}, 1, False, "u1")])
+        pub.notify()
+        assert wait(lambda: Retained(mosquitto.port, "crackd/line3-cam1/crack").messages == {crack: b"OFF"})
+        pub.stop()
 
 
 @pytest.mark.parametrize(

@@ -244,3 +244,28 @@ def test_a_broker_restart_is_not_mistaken_for_a_takeover(mosquitto, journal, cap
         assert not any("another client uses" in r.getMessage() for r in caplog.records)
     finally:
         pub.stop()
+
+
+def test_a_dead_network_thread_is_reported_and_started_again_and_the_outbox_still_drains(
+    mosquitto, journal, subscriber_factory, caplog
+):
+    """paho's network thread ends for good on an exception it does not handle (here one raised in a
+    message callback; a CONNECT it cannot encode does the same): it must not pass for connected."""
+    sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/event")
+    pub = Publisher(make_config(mosquitto.port), journal, IDENTITY)
+
+    def broken_callback(client, userdata, message):
+        raise RuntimeError("bug in a callback")
+
+    pub.client.message_callback_add("crackd-test/boom", broken_callback)
+    pub.start()
+    assert wait(lambda: pub.connected)
+    pub.client.subscribe("crackd-test/boom", qos=1)
+    assert wait(lambda: pub.client.publish("crackd-test/boom", b"x", qos=1).rc == 0)
+    assert wait(lambda: not pub.connected and "MQTT network thread stopped" in (pub.last_error or ""))
+    queue(journal, 3)
+    pub.notify()
+    sub.wait_for(lambda s: len(s.on("event")) >= 3, what="events after the restart of the network thread")
+    assert wait(lambda: pub.connected and journal.outbox_depth() == 0) and pub.network_restarts == 1
+    assert "paho's network thread stopped (RuntimeError: bug in a callback)" in caplog.text
+    pub.stop()

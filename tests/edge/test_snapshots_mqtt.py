@@ -13,9 +13,17 @@ from edge.config import config_from_dict
 from edge.events.decision import START, EventRecord
 from edge.events.journal import Journal, OutboxMessage
 from edge.outputs.publisher import Publisher
-from edge.outputs.snapshots_mqtt import attach, bounded_jpeg, read_tag, snapshot_message, tag_jpeg
+from edge.outputs.snapshots_mqtt import (
+    DeliveryCheck,
+    attach,
+    bounded_jpeg,
+    read_tag,
+    snapshot_message,
+    tag_jpeg,
+)
 from tests.helpers import wait_until, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
+from tests.helpers.mqtt import Broker
 
 wait = partial(wait_until, timeout=15.0)
 IDENTITY = {
@@ -166,3 +174,72 @@ def test_an_outage_keeps_only_the_newest_pending_picture_and_delivers_it_on_reco
         assert read_tag(retained)["uuid"] == "00000000-0000-4000-8000-000000000004"
         assert [read_tag(p)["uuid"] for p in sub.on("snapshot")] == ["00000000-0000-4000-8000-000000000004"]
         pub.stop()
+
+
+def test_a_picture_the_broker_drops_for_its_size_limit_is_reported_with_the_limit_needed(tmp_path):
+    """mosquitto's message_size_limit: the broker acknowledges the picture and delivers it to nobody."""
+    broker = Broker(tmp_path / "broker", extra=("message_size_limit 20000",)).start()
+    small, big = tmp_path / "small.jpg", tmp_path / "big.jpg"
+    small.write_bytes(noisy_jpeg(64, 48))
+    big.write_bytes(noisy_jpeg(320, 240))
+    cfg = config_from_dict(
+        {
+            "device_id": "cam1",
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 1, "keepalive": 5},
+        }
+    )
+    try:
+        with Journal(tmp_path / "crackd.db") as journal:
+            pub = Publisher(cfg, journal, IDENTITY)
+            check = DeliveryCheck(cfg, pub, timeout_s=2.0)
+            pub.start()
+
+            def send(picture, revision):
+                journal.record(None, [], [snapshot_message(cfg, record(revision=revision), picture)])
+                pub.notify()
+                assert wait(lambda: journal.outbox_depth() == 0)  # acknowledged by the broker either way
+
+            send(small, 0)
+            assert wait(lambda: check.pending() == 0) and check.problem() is None  # it came back
+            send(big, 1)
+            assert len(snapshot_message(cfg, record(), big).payload) > 20000
+            assert wait(lambda: check.problem() is not None)
+            assert check.dropped == 1 and "message_size_limit >= " in check.problem()
+            assert "f84147e9-8af8-4cde-a02f-98b733151eba" in check.problem()
+            send(small, 2)  # a picture that fits again clears the report
+            assert wait(lambda: check.problem() is None)
+            pub.stop()
+    finally:
+        broker.kill()
+
+
+def test_a_picture_over_the_brokers_packet_limit_does_not_stall_the_events_behind_it(tmp_path, subscriber_factory):
+    """mosquitto's max_packet_size: the broker closes the connection on the picture, at every resend."""
+    broker = Broker(tmp_path / "broker", extra=("max_packet_size 20000",)).start()
+    big = tmp_path / "big.jpg"
+    big.write_bytes(noisy_jpeg(320, 240))
+    cfg = config_from_dict(
+        {
+            "device_id": "cam1",
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 1, "keepalive": 5},
+        }
+    )
+    try:
+        sub = subscriber_factory(broker.port, topic="crackd/cam1/event")
+        with Journal(tmp_path / "crackd.db") as journal:
+            rec = record()
+            journal.record(
+                None,
+                [],
+                [snapshot_message(cfg, rec, big)]
+                + [OutboxMessage(cfg.topic("event"), {"n": i}, 1, False, rec.uuid) for i in range(3)],
+            )
+            pub = Publisher(cfg, journal, IDENTITY)
+            check = DeliveryCheck(cfg, pub)
+            pub.start()
+            sub.wait_for(lambda s: len(s.on("event")) >= 3, what="the events behind the picture")
+            assert wait(lambda: journal.outbox_depth() == 0)
+            assert "max_packet_size >= " in (check.problem() or "")
+            pub.stop()
+    finally:
+        broker.kill()

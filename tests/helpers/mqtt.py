@@ -24,7 +24,8 @@ class Broker:
     Retained messages and persistent sessions survive restarts (persistence on), like a production broker.
     """
 
-    def __init__(self, workdir: Path, tls=None, password: tuple[str, str] | None = None):
+    def __init__(self, workdir: Path, tls=None, password: tuple[str, str] | None = None, extra: tuple[str, ...] = ()):
+        """`extra`: more mosquitto.conf lines (e.g. "message_size_limit 20000")."""
         import getpass
 
         self.dir = Path(workdir)
@@ -59,6 +60,7 @@ class Broker:
                 f"keyfile {tls.server_key}",
                 "require_certificate true",
             ]
+        lines += extra
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
 

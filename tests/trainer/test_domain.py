@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from trainer.data import domain
-from trainer.evaluation.metrics import tolerant_metrics
+from trainer.export.metrics import tolerant_metrics
 
 
 def band(h=64, w=64, x=30, width=3):
@@ -132,7 +132,7 @@ def test_leave_one_dataset_out_keeps_every_held_out_image_out_of_training(tmp_pa
 
 
 def test_balanced_accuracy_averages_the_recall_of_the_classes_present():
-    from trainer.evaluation.metrics import binary_metrics
+    from trainer.export.metrics import binary_metrics
 
     labels = np.array([1, 1, 1, 1, 0, 0])
     scores = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.6])  # recall 3/4, specificity 1/2

@@ -19,9 +19,11 @@ from tests.helpers import DEFAULT_BUNDLE
 from trainer.data.assemble import Splits, save_arrays
 from trainer.data.datasets import DatasetError
 from trainer.evaluation.evaluate import EvalConfig, curve_from_histograms, evaluate_bundle
-from trainer.evaluation.metrics import binary_metrics, pixel_metrics, precision_recall_curve, roc_auc
 from trainer.evaluation.targets import HEADLINE
+from trainer.export.metrics import binary_metrics, pixel_metrics, precision_recall_curve, roc_auc
 from trainer.export.provenance import read_source_txt
+from trainer.reports import markdown as report_md
+from trainer.reports import sweep as sweep_report
 from trainer.reports.sweep import choose, pareto_front
 
 BUNDLE = DEFAULT_BUNDLE
@@ -74,6 +76,7 @@ def report(folders, tmp_path_factory) -> tuple[dict, Path]:
         latency_runs=5, latency_warmup=1, in_domain="tiny_cls", cross_surface="tiny_seg", overlay_samples=2
     )
     result = evaluate_bundle(BUNDLE, [folders["cls"], folders["seg"]], [folders["run"]], out, cfg)
+    report_md.write(out, result)
     return result, out
 
 
@@ -287,8 +290,8 @@ def test_choice_is_the_fastest_near_best_inside_the_budget():
 
 def test_sweep_segmenter_names_match_the_model_builders():
     pytest.importorskip("tensorflow")
+    from trainer.evaluation.sweep import SEGMENTER_NAMES
     from trainer.models.architectures import SEGMENTER_SIZES
-    from trainer.training.sweep import SEGMENTER_NAMES
 
     assert tuple(SEGMENTER_SIZES) == SEGMENTER_NAMES
 
@@ -312,7 +315,7 @@ def _tiny_trained_run(run_dir: Path) -> None:
 
 def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_path):
     pytest.importorskip("tensorflow")  # builds and converts Keras models
-    from trainer.training.sweep import SweepConfig, run_sweep
+    from trainer.evaluation.sweep import SweepConfig, run_sweep
 
     _tiny_trained_run(tmp_path / "runs" / "cls_a0.35_s32")
     cfg = SweepConfig(
@@ -324,7 +327,7 @@ def test_sweep_of_one_tiny_config_writes_a_table_with_latency_and_quality(tmp_pa
         calibration_images=4,
         latency_runs=5,
     )
-    result = run_sweep(tmp_path / "sweep", cfg)
+    result = sweep_report.write(tmp_path / "sweep", run_sweep(tmp_path / "sweep", cfg))
     (row,) = result["rows"]
     assert row["name"] == "cls_a0.35_s32" and row["latency"]["median_ms"] > 0 and row["int8_bytes"] > 0
     q = row["quality"]
@@ -347,7 +350,7 @@ def test_a_sweep_that_trains_writes_the_run_files_crack_train_writes(tmp_path):
     """The sweep's own short training leaves a run that export, evaluate and a later sweep can read back."""
     pytest.importorskip("tensorflow")  # builds and converts Keras models
     from trainer.data.assemble import load_arrays
-    from trainer.training.sweep import SweepConfig, run_sweep
+    from trainer.evaluation.sweep import SweepConfig, run_sweep
 
     cfg = SweepConfig(
         alphas=(0.35,),

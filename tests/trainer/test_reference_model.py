@@ -38,7 +38,7 @@ def test_reference_model_is_full_integer_with_uint8_io(small_reference):
 
 def test_reference_model_is_reproduced_byte_for_byte(small_reference):
     pytest.importorskip("tensorflow")  # rebuilding the reference model needs the trainer
-    from trainer.models.reference import reference_tflite
+    from trainer.export.reference import reference_tflite
 
     again = reference_tflite(alpha=0.35, size=32)  # in this process, the fixture's in another
     assert hashlib.sha256(again).hexdigest() == hashlib.sha256(small_reference.read_bytes()).hexdigest()

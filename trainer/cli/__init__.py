@@ -205,7 +205,7 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_reference_model(args) -> int:
-    from trainer.models.reference import reference_tflite
+    from trainer.export.reference import reference_tflite
 
     content = reference_tflite(alpha=args.alpha, size=args.size, seed=args.seed, calibration=args.calibration)
     out = Path(args.out)
@@ -250,7 +250,7 @@ def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.training.sweep import SEGMENTER_NAMES  # no Keras import: `--help` stays fast
+    from trainer.evaluation.sweep import SEGMENTER_NAMES  # no Keras import: `--help` stays fast
 
     parser = argparse.ArgumentParser(prog="crack-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.cli.common import EXIT_USAGE, fail
+from edge.vocabulary import RUNTIME_CHOICES
 
 
 def _progress(iterable, desc: str = ""):
@@ -43,6 +44,7 @@ def cmd_evaluate(args) -> int:
     from edge.engine.bundle import BundleError
     from edge.engine.runtime import RuntimeUnavailable
     from trainer.evaluation.evaluate import EvalConfig, evaluate_bundle
+    from trainer.reports import markdown as report_md
 
     cfg = EvalConfig(
         limit=args.limit,
@@ -58,6 +60,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out) if args.out else Path(args.bundle)
     try:
         report = evaluate_bundle(args.bundle, args.data, args.heldout_from, out, cfg, progress=_progress)
+        report_md.write(out, report)
     except (BundleError, RuntimeUnavailable) as exc:
         return _one_line_error("evaluate", exc)
     result = {True: "met", False: "NOT met", None: "not measured"}
@@ -68,8 +71,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from trainer.evaluation.sweep import SweepConfig, run_sweep
     from trainer.export.convert import ExportError
-    from trainer.training.sweep import SweepConfig, run_sweep
+    from trainer.reports import sweep as sweep_report
 
     cfg = SweepConfig(
         alphas=tuple(args.alphas),
@@ -91,18 +95,16 @@ def cmd_sweep(args) -> int:
         seed=args.seed,
     )
     try:
-        result = run_sweep(Path(args.out), cfg, progress=_progress)
+        result = sweep_report.write(Path(args.out), run_sweep(Path(args.out), cfg, progress=_progress))
     except ExportError as exc:
         return _one_line_error("sweep", exc)
-    from trainer.reports.sweep import table_lines
-
-    print("\n".join(table_lines(result)))
+    print("\n".join(sweep_report.table_lines(result)))
     print(f"sweep: {Path(args.out) / 'SWEEP.md'} (data: {Path(args.out) / 'sweep.json'})")
     return 0
 
 
 def register(sub) -> None:
-    from trainer.training.sweep import CLASSIFIER_ALPHAS, CLASSIFIER_SIZES, SEGMENTER_NAMES, SweepConfig
+    from trainer.evaluation.sweep import CLASSIFIER_ALPHAS, CLASSIFIER_SIZES, SEGMENTER_NAMES, SweepConfig
 
     p = sub.add_parser(
         "evaluate", help="evaluate a bundle's INT8 models against their FP32 references; write REPORT.md"
@@ -152,7 +154,7 @@ def register(sub) -> None:
         help="data set of the cross-surface target (default sut_seg)",
     )
     p.add_argument(
-        "--runtime", default="auto", help="TFLite runtime: auto | ai-edge-litert | tflite-runtime | tensorflow"
+        "--runtime", default="auto", choices=RUNTIME_CHOICES, help=f"TFLite runtime: {' | '.join(RUNTIME_CHOICES)}"
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)

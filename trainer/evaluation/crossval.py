@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 
 from edge.engine.runtime import TFLiteModel
-from trainer.evaluation.metrics import binary_metrics, pixel_metrics, tolerant_counts, tolerant_from_counts
-from trainer.evaluation.predict import predict
+from trainer.export.metrics import binary_metrics, pixel_metrics, tolerant_counts, tolerant_from_counts
+from trainer.export.predict import predict
 
 SEG_THRESHOLDS = np.round(np.append(np.arange(0.10, 0.96, 0.05), 0.97), 2)
 CLS_THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -149,7 +149,7 @@ def choose_threshold(curves: list[list[dict]], metric: str) -> float:
 def overlays(arrays: dict, threshold: float, title: str, path: Path, n_best: int = 3, n_worst: int = 5) -> Path:
     """Best, median and worst held-out images: image | truth |
     prediction (green = found, red = missed, blue = false)."""
-    from trainer.reports import plots as report_plots
+    from trainer.evaluation import plots as report_plots
 
     f1 = per_image_tolerant_f1(arrays["probs"], arrays["masks"], threshold)
     order = np.argsort(f1)
@@ -174,7 +174,7 @@ def overlays(arrays: dict, threshold: float, title: str, path: Path, n_best: int
 
 
 def curve_plot(results: list[dict], threshold: float, path: Path) -> Path:
-    from trainer.reports import plots as report_plots
+    from trainer.evaluation import plots as report_plots
 
     plt = report_plots.plt
     fig, ax = plt.subplots(figsize=(5.6, 3.8))

@@ -3,7 +3,8 @@
 The INT8 models are loaded through the device's own bundle loader (`edge.engine.bundle.load_bundle`,
 which verifies checksums and the full-integer graph) and fed through the device's own
 preprocessing (`edge.engine.preprocess.model_input`). The FP32 references (`reference/*.fp32.tflite`)
-go through the same path. Results go to `report.json`, `REPORT.md` and PNG plots.
+go through the same path. Results go to `report.json` and PNG plots; `trainer.reports.markdown.write` turns the
+returned report into `REPORT.md`.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from edge.engine.bundle import ChecksumMismatch, Manifest, ModelFileMissing, loa
 from edge.engine.preprocess import model_input, resize_mask
 from edge.engine.runtime import TFLiteModel
 from trainer.data.datasets import DatasetError
+from trainer.evaluation import plots as report_plots
+from trainer.evaluation.json_safe import dumps, json_safe
 from trainer.evaluation.latency import machine_description, measure_models
-from trainer.evaluation.metrics import binary_metrics, pixel_metrics, precision_recall_curve, tolerant_metrics
-from trainer.evaluation.predict import model_outputs
 from trainer.evaluation.sets import EvalSet, folder_sets, heldout_sets, training_data
 from trainer.evaluation.targets import HEADLINE, check_targets
+from trainer.export.metrics import binary_metrics, pixel_metrics, precision_recall_curve, tolerant_metrics
+from trainer.export.predict import model_outputs
 from trainer.export.provenance import bundle_runs, bundle_sources, data_folders, source_entry
-from trainer.reports import plots as report_plots
-from trainer.reports.json_safe import dumps, json_safe
 
 log = logging.getLogger("crack-train.evaluate")
 
@@ -316,10 +317,8 @@ def evaluate_bundle(
     cfg: EvalConfig = EvalConfig(),
     progress=None,
 ) -> dict:
-    """Evaluate `bundle_dir` on the given folders / held-out
-    runs; write report.json, REPORT.md and plots to `out_dir`."""
-    from trainer.reports import markdown as report_md
-
+    """Evaluate `bundle_dir` on the given folders / held-out runs; write report.json and plots to `out_dir`
+    (default: the bundle directory) and return the report."""
     bundle_dir = Path(bundle_dir)
     read_manifest(bundle_dir)  # a clear BundleError before anything heavy happens
     if not data and not heldout_runs:
@@ -411,6 +410,5 @@ def evaluate_bundle(
     }
     report = json_safe(report)
     (out_dir / "report.json").write_text(dumps(report))
-    (out_dir / "REPORT.md").write_text(report_md.render(report))
-    log.info("wrote %s and %s", out_dir / "report.json", out_dir / "REPORT.md")
+    log.info("wrote %s", out_dir / "report.json")
     return report

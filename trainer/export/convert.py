@@ -25,8 +25,8 @@ from edge.engine.preprocess import PREPROCESSING, model_input
 from edge.engine.runtime import TFLiteModel, float_tensors
 from edge.engine.selftest import DEFAULT_TOLERANCE as GOLDEN_RULE
 from edge.sources.images import read_rgb
-from trainer.evaluation.metrics import role_quality
-from trainer.evaluation.predict import predict
+from trainer.export.metrics import role_quality
+from trainer.export.predict import predict
 
 GOLDEN_TOLERANCE = dict(GOLDEN_RULE)  # what the device's self-test accepts (see edge.engine.selftest)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from trainer.evaluation.latency import load_note
 from trainer.evaluation.targets import HEADLINE
+
+log = logging.getLogger("crack-train.report")
 
 METRIC_NAMES = {
     "accuracy": "Accuracy",
@@ -309,3 +314,11 @@ def render(report: dict) -> str:
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     return "\n".join(lines)
+
+
+def write(out_dir: Path, report: dict) -> Path:
+    """REPORT.md of `report` (trainer.evaluation.evaluate.evaluate_bundle's result) in `out_dir`; returns its path."""
+    path = Path(out_dir) / "REPORT.md"
+    path.write_text(render(report))
+    log.info("wrote %s", path)
+    return path

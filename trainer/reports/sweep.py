@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from trainer.evaluation import plots as report_plots
+from trainer.evaluation.json_safe import dumps
 from trainer.evaluation.latency import load_note
 from trainer.evaluation.targets import LATENCY_MS
-from trainer.reports import plots as report_plots
-from trainer.reports.json_safe import dumps
 
 QUALITY_TIE = 0.005  # configurations within half a point of the best count as equally good: the faster one wins
 QUALITY_LABEL = {"classifier": "validation F1 (INT8)", "segmenter": "validation Dice (INT8)"}

@@ -35,7 +35,7 @@ from edge.events.journal.rows import (
     PruneReport,
     RecordedFrame,
 )
-from edge.events.journal.schema import LABELS, MIGRATIONS, SCHEMA_VERSION
+from edge.events.journal.schema import MIGRATIONS, SCHEMA_VERSION
 from edge.events.journal.writes import EventWrites
 
 
@@ -45,7 +45,6 @@ class Journal(EventWrites, OutboxQueue, EventQueries, Retention):
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
-    "LABELS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "EventRow",

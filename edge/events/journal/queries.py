@@ -8,7 +8,7 @@ import time
 from edge.events.journal.connection import JournalConnection
 from edge.events.journal.errors import JournalError
 from edge.events.journal.rows import EventRow, JournalCounts, RecordedFrame
-from edge.events.journal.schema import LABELS
+from edge.vocabulary import LABELS
 
 # A reference is an event id (digits) or a uuid / uuid prefix: hex digits and dashes only.
 _REFERENCE = re.compile(r"[0-9a-fA-F-]+")

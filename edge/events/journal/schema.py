@@ -69,7 +69,6 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-LABELS = ("crack", "no-crack")
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -11,7 +11,7 @@ segmenter at each size of `trainer.models.architectures.SEGMENTER_SIZES`. For ea
   The run is reused from `--from-runs DIR/<name>` when it exists, or trained here
   on a SHORTENED schedule (a data subset, a few epochs) unless `latency_only`.
 
-`trainer.reports.sweep` then marks the Pareto front and picks the defaults.
+`trainer.reports.sweep` then marks the Pareto front, picks the defaults and writes SWEEP.md.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from edge.sources import synth
 from edge.sources.images import read_rgb
 from trainer.data.assemble import dataset_kind
 from trainer.data.datasets import DatasetError, classification_files, segmentation_pairs
+from trainer.evaluation.json_safe import dumps
 from trainer.evaluation.latency import machine_description, measure_models
 from trainer.export.convert import with_range_pins
-from trainer.reports.json_safe import dumps
 
 log = logging.getLogger("crack-train.sweep")
 
@@ -282,9 +282,9 @@ def _run_calibration(run_dir: Path, size: int, n: int, seed: int, val_x: np.ndar
 def score_run(c: Candidate, model, run_dir: Path, int8: bytes, cfg: SweepConfig, trained_here: bool) -> dict:
     """INT8 and FP32 validation quality of a trained run (F1 for the classifier, Dice for the segmenter)."""
     from trainer.data.assemble import load_arrays
-    from trainer.evaluation.metrics import role_quality
-    from trainer.evaluation.predict import predict
     from trainer.export.convert import convert_fp32
+    from trainer.export.metrics import role_quality
+    from trainer.export.predict import predict
 
     _, val = load_arrays(run_dir / "heldout.npz")
     x, y = _subset(val, cfg.val_images, cfg.seed)
@@ -459,9 +459,8 @@ def convert_candidate(
 
 def run_sweep(out_dir: Path, cfg: SweepConfig = SweepConfig(), progress=None) -> dict:
     """Convert (and where possible score) every candidate, then time all INT8 models together in interleaved rounds;
-    write sweep.json, SWEEP.md and the plots to `out_dir`; returns the result."""
-    from trainer.reports import sweep as sweep_report
-
+    the models go to `out_dir`, and the result is returned for `trainer.reports.sweep.write` (sweep.json, SWEEP.md,
+    plots)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = candidates(cfg)
@@ -489,8 +488,7 @@ def run_sweep(out_dir: Path, cfg: SweepConfig = SweepConfig(), progress=None) ->
     for r in rows:
         r.latency = timed[r.name].as_dict()
         log.info("%s: INT8 median %.3f ms (p95 %.3f)", r.name, r.latency["median_ms"], r.latency["p95_ms"])
-    result = {"config": cfg.as_dict(), "machine": machine_description(), "rows": [asdict(r) for r in rows]}
-    return sweep_report.write(out_dir, result)
+    return {"config": cfg.as_dict(), "machine": machine_description(), "rows": [asdict(r) for r in rows]}
 
 
 def _write_partial(out_dir: Path, cfg: SweepConfig, rows: list[dict]) -> None:

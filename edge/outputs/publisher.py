@@ -35,11 +35,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from edge.outputs.payloads import PAYLOAD_SCHEMA_VERSION
 from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
-PAYLOAD_SCHEMA_VERSION = 1
+OUTPUT = "mqtt"  # the outbox rows this publisher delivers (edge.outputs.mqtt_events writes them)
 # Client-id takeover: TAKEOVER_COUNT connections closed by the broker within TAKEOVER_SHORT_S of being
 # accepted, inside TAKEOVER_WINDOW_S, are reported (at most every TAKEOVER_LOG_INTERVAL_S).
 TAKEOVER_SHORT_S = 10.0
@@ -346,7 +347,7 @@ class Publisher:
                 room = self.m.max_inflight - len(self._inflight)
                 if room <= 0:
                     continue
-                rows = self.journal.outbox_fetch(after_id=last_sent, limit=room)
+                rows = self.journal.outbox_fetch(after_id=last_sent, limit=room, output=OUTPUT)
                 if not rows and not self._inflight:
                     if self._stop.is_set():
                         break
@@ -492,7 +493,7 @@ class Publisher:
         (False); a broker reconnecting meanwhile is waited for."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.journal.outbox_depth() == 0:  # rows go only after their PUBACK: empty = all delivered
+            if self.journal.outbox_depth(OUTPUT) == 0:  # rows go only after their PUBACK: empty = all delivered
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -571,25 +572,3 @@ class Publisher:
         self._last_frame_t = now
         payload = {"schema_version": PAYLOAD_SCHEMA_VERSION, "device_id": self.cfg.device_id, **build_payload()}
         return self.client.publish(self.topic("frame"), json.dumps(payload), qos=0).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-
-
-def event_payload(record, device_id: str, bundle_version: str, bundle_sha256: str, snapshot: dict | None) -> dict:
-    """The `event` message body for an EventRecord (seq and replayed are added when it is sent)."""
-    return {
-        "schema_version": PAYLOAD_SCHEMA_VERSION,
-        "type": record.kind,
-        "uuid": record.uuid,
-        "revision": record.revision,
-        "device_id": device_id,
-        "started_at": iso_utc(record.started_at),
-        "t": iso_utc(record.t),
-        "ended_at": iso_utc(record.ended_at),
-        "end_reason": record.end_reason,
-        "frames": record.frames,
-        "score": round(float(record.peak_score), 4),
-        "measurements": record.peak_measurements,
-        "peak_frame_seq": record.peak_frame_seq,
-        "bundle_version": bundle_version,
-        "bundle_sha256": bundle_sha256,
-        "snapshot": snapshot,
-    }

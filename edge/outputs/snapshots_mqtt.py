@@ -129,20 +129,6 @@ def snapshot_message(cfg, record, overlay_path: Path) -> OutboxMessage | None:
     return OutboxMessage(cfg.topic(TOPIC), data, qos=1, retain=True, event_uuid=record.uuid, replace_pending=True)
 
 
-def attach(cfg, state_dir: Path, record, snap: dict | None) -> OutboxMessage | None:
-    """For a freshly written snapshot `snap` (edge.daemon.snapshots): the MQTT message, and `snap["mqtt"]` naming it.
-
-    The event payload then carries `snapshot.mqtt = {topic, uuid, revision}`; later messages of the
-    event that took no new picture (an `end`) reuse the dict and so name the last picture sent.
-    """
-    if not snap or not snap.get("overlay"):
-        return None
-    message = snapshot_message(cfg, record, Path(state_dir) / snap["overlay"])
-    if message is not None:
-        snap["mqtt"] = {"topic": message.topic, "uuid": record.uuid, "revision": record.revision}
-    return message
-
-
 @dataclass
 class _Sent:
     size: int  # payload bytes

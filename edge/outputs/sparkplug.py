@@ -109,7 +109,7 @@ def add_metric(payload, name: str, datatype: int, value, timestamp: int, histori
 
 
 def event_values(event: dict) -> dict:
-    """Device metric values from an `event` payload (edge.outputs.publisher.event_payload)."""
+    """Device metric values from an `event` payload (edge.outputs.payloads.event_payload)."""
     m = event.get("measurements") or {}
     return {
         "Crack/Active": event["type"] != "end",

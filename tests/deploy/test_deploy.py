@@ -27,6 +27,7 @@ from edge.daemon_status import DaemonStatus
 from edge.releases.manager import ReleasePolicy, Releases
 from tests.helpers import REPO, read_status, wait_until
 from tests.helpers.bundles import copy_default_bundle, swap_golden_segmenter_outputs
+from tests.helpers.releases import version_of
 from tests.helpers.sshd import HOST, SSHD
 
 REMOTE_CRACKD = f"env PYTHONPATH={REPO} {sys.executable} -m edge.cli"
@@ -191,10 +192,6 @@ def deploy_cli(sshd, device: Device, command: str, *args: str):
         str(device.config),
     ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
-def version_of(bundle: Path) -> str:
-    return json.loads((bundle / "manifest.json").read_text())["bundle_version"]
 
 
 def assert_untouched(device: Device, result) -> None:

@@ -29,8 +29,8 @@ from edge.releases.answers import (
     SwitchResult,
 )
 from edge.releases.signing import SignatureInfo
-from tests.edge.test_releases import crackd_models, device_config, version_of
 from tests.helpers import REPO, SCHEMAS
+from tests.helpers.releases import crackd_models, device_config, version_of
 
 SCHEMA = json.loads((SCHEMAS / "models" / "answers.schema.json").read_text())
 DEFINITIONS = {
@@ -50,13 +50,6 @@ DEFINITIONS = {
     "confirm_answer": ConfirmAnswer,
     "refusal": Refusal,
 }
-
-
-@pytest.fixture
-def state(tmp_path):
-    d = tmp_path / "state"
-    d.mkdir()
-    return d
 
 
 def valid(answer: dict, definition: str) -> dict:

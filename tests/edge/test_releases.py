@@ -24,13 +24,7 @@ from edge.releases.manager import NothingToRollBack, ReleaseNotFound, ReleasePol
 from edge.releases.signing import SignatureMissing, UnknownSigner
 from tests.helpers import REPO, wait_until
 from tests.helpers.cli import crackd
-
-
-@pytest.fixture
-def state(tmp_path):
-    d = tmp_path / "state"
-    d.mkdir()
-    return d
+from tests.helpers.releases import crackd_models, device_config, version_of
 
 
 @pytest.fixture
@@ -39,14 +33,6 @@ def releases(state, signer_keys):
         state,
         ReleasePolicy(require_signature=True, allowed_signers=signer_keys.allowed_signers, keep=2, latency_runs=1),
     )
-
-
-def crackd_models(*args, check=False, timeout=120):
-    return crackd("models", *args, check=check, timeout=timeout)
-
-
-def version_of(bundle):
-    return json.loads((bundle / "manifest.json").read_text())["bundle_version"]
 
 
 def outcomes(rel):
@@ -350,16 +336,6 @@ def test_the_self_test_runs_under_memory_deny_write_execute(state, make_bundle, 
 
 
 # -------------------------------------------------------- hostile bundles (staging copies only what the manifest lists)
-
-
-def device_config(tmp_path, require_signature=True, allowed_signers=None, name="crackd.yaml"):
-    """A device config file (root-owned like /etc/crackd/crackd.yaml) holding the release policy."""
-    path = tmp_path / name
-    lines = ["releases:", f"  require_signature: {str(require_signature).lower()}"]
-    if allowed_signers is not None:
-        lines.append(f"  allowed_signers: {allowed_signers}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def listed_names(bundle):

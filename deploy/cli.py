@@ -40,13 +40,15 @@ from deploy.push import (
     format_table,
     is_signed,
     make_progress,
+    read_answer,
     read_hosts_file,
+    refusal_of,
     rollout,
     summary_table,
 )
 from deploy.ssh import Remote, RemoteError, SSHOptions, SSHUnreachable
 from edge.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, add_json_arg, fail, print_json, refuse
-from edge.daemon_status import DaemonStatus, StatusReading
+from edge.releases.answers import ModelsStatus, SwitchResult
 from edge.releases.daemon_watch import describe_daemon
 
 log = logging.getLogger("crack-deploy")
@@ -412,19 +414,12 @@ def cmd_push(args) -> int:
     return _finish(results, args, summary_table(results))
 
 
-def _status_one(host: str, ssh: SSHOptions, dev: DeviceSettings) -> tuple[str, dict | None, str]:
+def _status_one(host: str, ssh: SSHOptions, dev: DeviceSettings) -> tuple[str, ModelsStatus | None, str]:
     try:
-        return host, Remote(host, ssh).run_json(dev.models("status"), 60), ""
+        answer = Remote(host, ssh).run_json(dev.models("status"), 60)
+        return host, read_answer(ModelsStatus, answer, host, "crackd models status"), ""
     except RemoteError as exc:
         return host, None, str(exc)
-
-
-def _daemon_status(st: dict) -> DaemonStatus | None:
-    """The device's status.json from its `crackd models status --json`; None when absent or unreadable."""
-    try:
-        return StatusReading.from_json(st["daemon"]).status if st.get("daemon") else None
-    except ValueError:
-        return None
 
 
 def cmd_status(args) -> int:
@@ -439,26 +434,24 @@ def cmd_status(args) -> int:
             rows.append([host, "-", "-", "-", "-", "unreachable", err])
             payload.append({"host": host, "ok": False, "error": err})
             continue
-        d = _daemon_status(st)
-        ok = bool(st.get("serving_current"))
+        d = st.daemon.status if st.daemon else None
+        ok = st.serving_current
         all_ok &= ok
-        last = st.get("last") or {}
-        last_txt = (
-            f"{last.get('time', '')} {last.get('action', '')} {last.get('version', '')} {last.get('outcome', '')}"
-        ).strip()
-        state = "healthy" if ok else describe_daemon(st, st.get("current") or "")
+        last = st.last
+        last_txt = f"{last.time} {last.action} {last.version} {last.outcome}" if last else ""
+        state = "healthy" if ok else describe_daemon(st.daemon, st.current or "")
         rows.append(
             [
                 host,
-                st.get("current") or "-",
-                st.get("previous") or "-",
+                st.current or "-",
+                st.previous or "-",
                 (d and d.bundle_version) or "-",
                 f"{d.fps if d else 0:.1f}",
                 state,
                 last_txt,
             ]
         )
-        payload.append({"host": host, "ok": ok, "status": st})
+        payload.append({"host": host, "ok": ok, "status": st.to_json()})
     if args.json:
         print_json({"ok": all_ok, "hosts": payload}, indent=1, default=str)
     else:
@@ -472,7 +465,7 @@ def _rollback_one(host: str, ssh: SSHOptions, dev: DeviceSettings, args, progres
     result = HostResult(host, FAILED)
     try:
         progress(host, f"rolling back, waiting up to {args.timeout:g} s for the previous release to serve healthily")
-        back = remote.run_json(
+        answer = remote.run_json(
             dev.models(
                 "rollback",
                 "--who",
@@ -488,17 +481,18 @@ def _rollback_one(host: str, ssh: SSHOptions, dev: DeviceSettings, args, progres
             ),
             60 + args.timeout + args.lock_wait,
         )
-        result.old_version, result.new_version = back.get("from_version"), back.get("version")
-        result.outcome, result.message = (
-            RESTORED,
-            f"previous release {back['version']} serving again: {back['health']['message']}",
-        )
+        back = read_answer(SwitchResult, answer, host, "crackd models rollback")
+        result.old_version, result.new_version = back.from_version, back.version
+        health = back.health.message if back.health else "serving"
+        result.outcome, result.message = RESTORED, f"previous release {back.version} serving again: {health}"
     except SSHUnreachable as exc:
         result.outcome, result.message = UNREACHABLE, str(exc)
     except RemoteError as exc:
-        switch = exc.payload.get("switch") or {}
-        result.old_version, result.new_version = switch.get("from_version"), switch.get("version")
-        result.message = str(exc.payload.get("error") or exc) + (" (the switch was made)" if switch else "")
+        refusal = refusal_of(exc.payload)
+        switch = refusal.switch if refusal else None
+        if switch:
+            result.old_version, result.new_version = switch.from_version, switch.version
+        result.message = (refusal.error if refusal else str(exc)) + (" (the switch was made)" if switch else "")
     result.seconds = time.monotonic() - t0
     return result
 

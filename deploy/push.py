@@ -23,10 +23,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from deploy.ssh import Remote, RemoteError, SSHUnreachable, remote_join
 from edge.engine.bundle import SIGNATURE, BundleError, Manifest, read_manifest, verify_files
+from edge.releases.answers import JsonContract, LockAnswer, ModelsStatus, Refusal, StageReport, SwitchResult
 from edge.releases.daemon_watch import describe_daemon
+
+A = TypeVar("A", bound=JsonContract)
 
 log = logging.getLogger(__name__)
 
@@ -156,16 +160,18 @@ class DeviceLockSession:
             payload = json.loads(line) if line.strip().startswith("{") else None
         except ValueError:
             payload = None
-        if not payload or not payload.get("ok"):
+        if not payload or payload.get("ok") is not True:
             self.close()
-            err = (payload or {}).get("error") or self._stderr_tail() or f"no answer within {timeout_s + wait_s:.0f} s"
-            if payload and payload.get("kind") == "DeviceBusy":
+            refusal = refusal_of(payload or {})
+            err = (refusal and refusal.error) or self._stderr_tail() or f"no answer within {timeout_s + wait_s:.0f} s"
+            if refusal and refusal.kind == "DeviceBusy":
                 raise DeviceBusyRemote(remote.destination, err, payload)
             if self.proc.returncode == 255:
                 raise SSHUnreachable(remote.destination, f"ssh failed: {err}")
             raise RemoteError(remote.destination, f"could not take the device lock: {err}", payload or {})
-        self.token: str = payload["token"]
-        self.status: dict = payload.get("status") or {}
+        answer = read_answer(LockAnswer, payload, remote.destination, "crackd models lock")
+        self.token: str = answer.token
+        self.status: ModelsStatus = answer.status
 
     def _stderr_tail(self) -> str:
         try:
@@ -193,8 +199,26 @@ class DeviceLockSession:
                 stream.close()
 
 
+def read_answer(cls: type[A], payload: dict, host: str, command: str) -> A:
+    """A device's `--json` answer through its contract (edge.releases.answers); one that does not fit is a
+    RemoteError naming the key."""
+    try:
+        return cls.from_json(payload)
+    except ValueError as exc:
+        raise RemoteError(host, f"`{command}` answered something crack-deploy cannot read: {exc}", payload) from None
+
+
+def refusal_of(payload: dict) -> Refusal | None:
+    """The device's `{"ok": false, ...}` answer, or None when there was none (no JSON, or not a refusal)."""
+    try:
+        return Refusal.from_json(payload) if payload.get("ok") is False else None
+    except ValueError:
+        return None
+
+
 def _device_error(exc: RemoteError) -> str:
-    return str(exc.payload.get("error") or exc)
+    refusal = refusal_of(exc.payload)
+    return refusal.error if refusal else str(exc)
 
 
 def push_host(
@@ -216,19 +240,19 @@ def push_host(
         session = DeviceLockSession(remote, dev, opts.who, opts.lock_wait_s, opts.command_timeout_s)
         token = ["--lock-token", session.token]
         before = session.status
-        result.old_version = before.get("current")
-        if before.get("current") == version:
-            if before.get("serving_current"):
+        result.old_version = before.current
+        if before.current == version:
+            if before.serving_current:
                 result.outcome, result.message = ALREADY, f"{version} is already serving"
             else:
-                why = describe_daemon(before, version)
+                why = describe_daemon(before.daemon, version)
                 result.message = (
                     f"{version} is already the current release but not serving healthily ({why}); nothing changed"
                 )
             return result
-        if not before.get("serving_current") and not opts.force:
+        if not before.serving_current and not opts.force:
             why = (
-                describe_daemon(before, result.old_version)
+                describe_daemon(before.daemon, result.old_version)
                 if result.old_version
                 else "no release installed in models/current"
             )
@@ -253,15 +277,16 @@ def push_host(
         )
         stage = dev.models("stage", upload, "--who", opts.who, "--source", opts.source, *token, policy=True)
         try:  # the upload is removed in the same SSH command, whatever the outcome
-            staged = remote.run_json(f"{stage}; rc=$?; rm -rf -- {shlex.quote(upload)}; exit $rc", opts.stage_timeout_s)
+            answer = remote.run_json(f"{stage}; rc=$?; rm -rf -- {shlex.quote(upload)}; exit $rc", opts.stage_timeout_s)
         except SSHUnreachable:
             raise
         except RemoteError as exc:
             result.outcome, result.message = REJECTED, f"device refused the bundle: {_device_error(exc)}"
             progress(host, f"REFUSED, nothing changed: {_device_error(exc)}")
             return result
-        lat = (staged.get("latency_ms") or {}).get("total_ms_p50")
-        signer = (staged.get("signer") or {}).get("principal", "unsigned")
+        staged = read_answer(StageReport, answer, host, "crackd models stage")
+        lat = staged.latency_ms.total_ms_p50 if staged.latency_ms else None
+        signer = staged.signer.principal if staged.signer else "unsigned"
         progress(
             host,
             f"staged: signer {signer}, golden samples ok, {lat} ms/frame; activating (was {result.old_version}) "
@@ -270,18 +295,24 @@ def push_host(
 
         wait = ["--wait-healthy", f"{opts.health_timeout_s:g}", "--settle", f"{opts.settle_s:g}"]
         try:
-            activated = remote.run_json(
-                dev.models("activate", version, "--who", opts.who, *wait, *token, policy=True),
-                opts.command_timeout_s + opts.health_timeout_s,
+            activated = read_answer(
+                SwitchResult,
+                remote.run_json(
+                    dev.models("activate", version, "--who", opts.who, *wait, *token, policy=True),
+                    opts.command_timeout_s + opts.health_timeout_s,
+                ),
+                host,
+                "crackd models activate",
             )
         except SSHUnreachable:
             raise
         except RemoteError as exc:
-            if exc.payload.get("kind") != "NotHealthy":
+            refusal = refusal_of(exc.payload)
+            if not (refusal and refusal.kind == "NotHealthy"):
                 result.outcome, result.message = REJECTED, f"activation refused: {_device_error(exc)}"
                 return result
             return _roll_back(remote, dev, opts, result, token, _device_error(exc), progress)
-        result.outcome, result.message = DEPLOYED, (activated.get("health") or {}).get("message", "serving")
+        result.outcome, result.message = DEPLOYED, activated.health.message if activated.health else "serving"
         progress(host, f"OK: {result.message}")
         return result
     except DeviceBusyRemote as exc:
@@ -313,16 +344,22 @@ def _roll_back(
     result.outcome, result.message = ROLLED_BACK, f"{why}; rolled back"
     wait = ["--wait-healthy", f"{opts.health_timeout_s:g}", "--settle", f"{opts.settle_s:g}"]
     try:
-        back = remote.run_json(
-            dev.models("rollback", "--who", opts.who, "--reason", why, *wait, *token),
-            opts.command_timeout_s + opts.health_timeout_s,
+        back = read_answer(
+            SwitchResult,
+            remote.run_json(
+                dev.models("rollback", "--who", opts.who, "--reason", why, *wait, *token),
+                opts.command_timeout_s + opts.health_timeout_s,
+            ),
+            result.host,
+            "crackd models rollback",
         )
-        result.message = f"{why}; rolled back to {back['version']}, which serves again"
+        result.message = f"{why}; rolled back to {back.version}, which serves again"
     except SSHUnreachable as exc:
         result.outcome, result.message = FAILED, f"{why}; ROLLBACK NOT CONFIRMED: {exc}"
     except RemoteError as exc:
-        if exc.payload.get("kind") == "NotHealthy":
-            result.message = f"{why}; rolled back to {exc.payload['switch']['version']} (but: {_device_error(exc)})"
+        refusal = refusal_of(exc.payload)
+        if refusal and refusal.kind == "NotHealthy" and refusal.switch:
+            result.message = f"{why}; rolled back to {refusal.switch.version} (but: {_device_error(exc)})"
         else:
             result.outcome, result.message = FAILED, f"{why}; ROLLBACK FAILED: {_device_error(exc)}"
     progress(result.host, result.message)

@@ -236,6 +236,26 @@ class HomeAssistantConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """HTTP POST of every event message (edge.outputs.webhook, docs/webhook.md), from its own outbox rows."""
+
+    enabled: bool = _opt(False, "POST each event message (start, update, end) to url")
+    url: str | None = _opt(None, "the receiver: http:// or https:// URL", min_len=1)
+    secret_env: str | None = _opt(
+        None, "environment variable holding the HMAC-SHA256 key of the X-Crackd-Signature header"
+    )
+    secret_file: str | None = _opt(None, "file holding that key (first line; e.g. a systemd credential)")
+    include_snapshot: bool = _opt(
+        False, "also send the overlay JPEG (base64) with messages that took a new picture (needs storage.snapshots)"
+    )
+    timeout_s: float = _opt(10.0, "one POST's connect + answer timeout", gt=0, max=300)
+    retry_min_s: float = _opt(1.0, "first wait after a failed POST (doubles up to retry_max_s)", gt=0, max=3600)
+    retry_max_s: float = _opt(300.0, "longest wait between retries", gt=0, max=86400)
+    ca: str | None = _opt(None, "CA certificate file for https (null = the system's CAs)")
+    verify_tls: bool = _opt(True, "verify the receiver's certificate and host name (false: test rigs only)")
+
+
+@dataclass(frozen=True)
 class MetricsTLSConfig:
     cert: str | None = _opt(None, "server certificate (PEM, chain included): serve https instead of http")
     key: str | None = _opt(None, "its private key (PEM)")
@@ -293,6 +313,7 @@ class Config:
     mqtt: MQTTConfig = _section(MQTTConfig, "the broker")
     homeassistant: HomeAssistantConfig = _section(HomeAssistantConfig, "Home Assistant MQTT discovery")
     metrics: MetricsConfig = _section(MetricsConfig, "Prometheus metrics")
+    webhook: WebhookConfig = _section(WebhookConfig, "HTTP POST of event messages")
     logging: LoggingConfig = _section(LoggingConfig, "logging")
     releases: ReleasesConfig = _section(ReleasesConfig, "model release policy (crackd models ...)")
     max_fps: float | None = _opt(None, "process at most this many frames per second (null = as fast as possible)", gt=0)
@@ -325,6 +346,10 @@ class Config:
         """Read the MQTT password from the environment or its file (raises ConfigError when configured but absent)."""
         return _read_secret("mqtt", self.mqtt.password_env, self.mqtt.password_file)
 
+    def webhook_secret(self) -> str | None:
+        """Read the webhook's HMAC key (raises ConfigError when configured but absent)."""
+        return _read_secret("webhook", self.webhook.secret_env, self.webhook.secret_file, "secret")
+
     def metrics_password(self) -> str | None:
         """Read the metrics endpoint's basic auth password (raises ConfigError when configured but absent)."""
         return _read_secret("metrics", self.metrics.password_env, self.metrics.password_file)
@@ -337,18 +362,19 @@ class Config:
         return f"{self.mqtt.topic_prefix}/{self.device_id}/{name}"
 
 
-def _read_secret(section: str, env: str | None, file: str | None) -> str | None:
-    """A password from environment variable `env` or the first line of `file` (never from the YAML)."""
+def _read_secret(section: str, env: str | None, file: str | None, kind: str = "password") -> str | None:
+    """A secret from environment variable `env` or the first line of `file` (never from the YAML);
+    `kind` names the keys (`{kind}_env`, `{kind}_file`) in errors."""
     if env:
         value = os.environ.get(env)
         if value is None:
-            raise ConfigError(f"{section}.password_env: environment variable {env} is not set")
+            raise ConfigError(f"{section}.{kind}_env: environment variable {env} is not set")
         return value
     if file:
         try:
             return Path(file).read_text().splitlines()[0] if Path(file).stat().st_size else ""
         except OSError as exc:
-            raise ConfigError(f"{section}.password_file: cannot read {file} ({exc.strerror})") from None
+            raise ConfigError(f"{section}.{kind}_file: cannot read {file} ({exc.strerror})") from None
     return None
 
 
@@ -687,6 +713,19 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
             fail(f"metrics.tls.{key}", f"file not found: {value}")
     if cfg.metrics.textfile and not cfg.metrics.textfile.endswith(".prom"):
         fail("metrics.textfile", f"{cfg.metrics.textfile!r}: node_exporter reads only files ending in .prom")
+    w = cfg.webhook
+    if w.enabled and not w.url:
+        fail("webhook.url", "the webhook is enabled but has no url")
+    if w.url and not w.url.startswith(("http://", "https://")):
+        fail("webhook.url", f"{w.url!r}: expected an http:// or https:// URL")
+    if w.secret_env and w.secret_file:
+        fail("webhook.secret_file", "set only one of secret_env and secret_file")
+    if w.enabled and w.secret_file and not Path(w.secret_file).is_file():
+        fail("webhook.secret_file", f"file not found: {w.secret_file}")
+    if w.enabled and w.ca and not Path(w.ca).is_file():
+        fail("webhook.ca", f"file not found: {w.ca}")
+    if w.retry_max_s < w.retry_min_s:
+        fail("webhook.retry_max_s", f"must be >= webhook.retry_min_s ({w.retry_min_s:g})")
     levels = list(cfg.storage.outbox_warn_levels)
     if levels != sorted(levels):
         fail("storage.outbox_warn_levels", "levels must be in increasing order")

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 from edge.atomic_write import write_json_atomic
+from edge.json_contract import from_json, is_number
 from edge.vocabulary import CameraState
 
 
@@ -137,7 +136,7 @@ class DaemonStatus:
     @classmethod
     def from_json(cls, data: Any) -> DaemonStatus:
         """Raises ValueError naming the key whose value has the wrong type."""
-        return _from_json(cls, data, "")
+        return from_json(cls, data, what="status")
 
     @classmethod
     def read(cls, path: Path) -> DaemonStatus:
@@ -169,51 +168,8 @@ class StatusReading:
         """From `to_json`'s form (the deploy tool gets it over SSH); raises ValueError like DaemonStatus.from_json."""
         status = DaemonStatus.from_json(data)
         age, alive = data.get("status_age_s"), data.get("pid_alive", False)
-        if age is not None and not _is_number(age):
+        if age is not None and not is_number(age):
             raise ValueError(f"status_age_s: expected a number, got {age!r}")
         if not isinstance(alive, bool):
             raise ValueError(f"pid_alive: expected true or false, got {alive!r}")
         return cls(status, age, alive)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _from_json(cls: type, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where.rstrip('.') or 'status'}: expected a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            values[f.name] = _value(hints[f.name], data[f.name], f"{where}{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"{where}{f.name}: missing")
-        # else an older writer: the default stands
-    return cls(**values)
-
-
-def _value(hint: Any, value: Any, key: str):
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        (hint,) = options
-    if typing.get_origin(hint) is Literal:
-        # Checked as the type of its values, not against them: a newer daemon may report a state this reader does
-        # not know yet, and the reader shows it rather than refusing the whole status.
-        (hint,) = {type(v) for v in typing.get_args(hint)}
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _from_json(hint, value, f"{key}.")
-    ok = (
-        _is_number(value)
-        if hint is float
-        else (isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint))
-    )
-    if not ok:
-        raise ValueError(f"{key}: expected {_EXPECTED.get(hint, hint.__name__)}, got {value!r}")
-    return value

@@ -84,7 +84,14 @@ if [ "$WATCH" = 1 ]; then
   echo "demo: watch it (snapshots left out):  mosquitto_sub -h localhost$P -v -t 'crackd/#' -T 'crackd/+/snapshot'"
   echo "demo: save the latest snapshot:       mosquitto_sub -h localhost$P -C 1 -N -t crackd/demo/snapshot > snapshot.jpg"
 fi
-echo "demo: and the daemon's own view:      .venv/bin/crackd status --state-dir crackd-state"
+STATE=crackd-state
+for ((i = 0; i < ${#CRACKD_ARGS[@]}; i++)); do
+  case "${CRACKD_ARGS[$i]}" in
+    --state-dir) STATE=${CRACKD_ARGS[$((i + 1))]:-$STATE} ;;
+    --state-dir=*) STATE=${CRACKD_ARGS[$i]#*=} ;;
+  esac
+done
+echo "demo: and the daemon's own view:      .venv/bin/crackd status --state-dir $STATE"
 
 # In the background with its signals forwarded, so the broker outlives the daemon's final flush and is stopped after.
 .venv/bin/crackd run --demo --mqtt-port "$PORT" "${CRACKD_ARGS[@]}" &

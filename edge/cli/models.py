@@ -36,12 +36,22 @@ from edge.cli.common import (
     print_json,
     refuse,
 )
-from edge.daemon_status import StatusReading
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RuntimeUnavailable
 from edge.layout import DEFAULT_ALLOWED_SIGNERS, DEFAULT_CONFIG
+from edge.releases.answers import (
+    ConfirmAnswer,
+    HistoryAnswer,
+    LockAnswer,
+    LockHolder,
+    ModelsStatus,
+    Refusal,
+    ReleaseList,
+    StageReport,
+    SwitchResult,
+)
 from edge.releases.lock import DeviceLock, Interrupted
-from edge.releases.manager import ReleaseError, ReleasePolicy, Releases, default_who
+from edge.releases.manager import NotHealthy, ReleaseError, ReleasePolicy, Releases, default_who
 from edge.releases.owner import become_state_owner
 from edge.state_location import RULE
 from edge.vocabulary import RUNTIME_CHOICES
@@ -315,20 +325,21 @@ def _run(func, args) -> int:
     except (BundleError, ReleaseError, RuntimeUnavailable, OSError) as exc:
         return _refuse(args, exc, EXIT_FAILED)
     if payload is not None and args.json:
-        print_json({"ok": True, **payload}, default=str, flush=True)
+        print_json({"ok": True, **payload.to_json()}, flush=True)
     return 0
 
 
 def _refuse(args, exc: Exception, code: int) -> int:
     """One line on stderr; with --json also {"ok": false, "error", "kind", ...} on stdout for crack-deploy."""
     message = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
+    answer = Refusal(message, type(exc).__name__, exc.result if isinstance(exc, NotHealthy) else None).to_json()
     return refuse(
         message,
         code,
         f"crackd models {args.models_command}",
         as_json=getattr(args, "json", False),
-        kind=type(exc).__name__,
-        extra=getattr(exc, "payload", {}),
+        kind=answer["kind"],
+        extra={k: v for k, v in answer.items() if k not in ("error", "kind")},
     )
 
 
@@ -339,29 +350,29 @@ def _who(args) -> str:
 # ---------------------------------------------------------------------- commands
 
 
-def _cmd_list(rel: Releases, args) -> dict | None:
+def _cmd_list(rel: Releases, args) -> ReleaseList | None:
     releases = rel.installed()
     if args.json:
-        return {"releases": releases}
+        return ReleaseList(releases)
     if not releases:
         print(f"no releases installed in {rel.layout.releases}")
     for r in releases:
-        mark = "*" if r["current"] else ("<" if r["previous"] else " ")
+        mark = "*" if r.current else ("<" if r.previous else " ")
         print(
-            f"{mark} {r['version']:<24} installed {r['installed_at']}  "
-            f"{'signed' if r.get('signed') else 'unsigned'}  {r.get('error', '')}".rstrip()
+            f"{mark} {r.version:<24} installed {r.installed_at}  "
+            f"{'signed' if r.signed else 'unsigned'}  {r.error or ''}".rstrip()
         )
     return None
 
 
-def _cmd_status(rel: Releases, args) -> dict | None:
+def _cmd_status(rel: Releases, args) -> ModelsStatus | None:
     st = rel.status()
     if args.json:
         return st
-    reading = StatusReading.from_json(st["daemon"]) if st["daemon"] else None
+    reading = st.daemon
     print(
-        f"current:  {st['current'] or 'none'}   previous: "
-        f"{st['previous'] or 'none'}   installed: {', '.join(st['releases']) or 'none'}"
+        f"current:  {st.current or 'none'}   previous: "
+        f"{st.previous or 'none'}   installed: {', '.join(st.releases) or 'none'}"
     )
     if reading is None:
         print("daemon:   no status.json (not running?)")
@@ -378,33 +389,29 @@ def _cmd_status(rel: Releases, args) -> dict | None:
         reload = d.last_reload
         if reload:
             print(f"reload:   {reload.time} {'ok' if reload.ok else 'FAILED: ' + str(reload.error)}")
-    print(f"serving current release: {'yes' if st['serving_current'] else 'NO'}")
-    if st["busy"]:
-        print(f"busy:     {st['busy'].get('action')} by {st['busy'].get('who')} since {st['busy'].get('since')}")
-    if st["last"]:
-        last = st["last"]
-        print(
-            f"last:     {last.get('time')} {last.get('action')} "
-            f"{last.get('version')} {last.get('outcome')} by {last.get('who')}"
-        )
+    print(f"serving current release: {'yes' if st.serving_current else 'NO'}")
+    if st.busy:
+        print(f"busy:     {st.busy.action} by {st.busy.who} since {st.busy.since}")
+    if st.interrupted:
+        print(f"interrupted: {st.interrupted} was stopped half-way; the next crackd models command undoes it")
+    if st.last:
+        last = st.last
+        print(f"last:     {last.time} {last.action} {last.version} {last.outcome} by {last.who}")
     return None
 
 
-def _cmd_history(rel: Releases, args) -> dict | None:
+def _cmd_history(rel: Releases, args) -> HistoryAnswer | None:
     if args.n < 1:
         raise UsageError(f"-n: expected at least 1 record, got {args.n}")
     records = rel.history(limit=args.n)
     if args.json:
-        return {"history": records}
+        return HistoryAnswer(records)
     if not records:
         print(f"no deployments recorded in {rel.layout.history}")
     for r in records:
-        extra = r.get("error") or r.get("reason") or r.get("message") or ""
-        frm = f" (from {r['from_version']})" if r.get("from_version") else ""
-        print(
-            f"{r.get('time')}  {r.get('action'):<8} {r.get('version')}{frm}  "
-            f"{r.get('outcome')}  by {r.get('who')}  {extra}".rstrip()
-        )
+        extra = r.error or r.reason or r.message or ""
+        frm = f" (from {r.from_version})" if r.from_version else ""
+        print(f"{r.time}  {r.action:<8} {r.version}{frm}  {r.outcome}  by {r.who}  {extra}".rstrip())
     return None
 
 
@@ -412,32 +419,31 @@ def _interrupt(signum, frame) -> None:
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}; the partial staging copy was removed")
 
 
-def _cmd_stage(rel: Releases, args) -> dict | None:
+def _cmd_stage(rel: Releases, args) -> StageReport | None:
     for sig in (signal.SIGTERM, signal.SIGHUP):  # clean up the staging copy, record the refusal, one line
         signal.signal(sig, _interrupt)
     report = rel.stage(args.bundle, who=_who(args), origin=args.source, wait_s=args.wait, token=args.lock_token)
     if args.json:
-        return report.as_dict()
-    if report.already_staged:
+        return report
+    if report.already_staged or report.latency_ms is None:
         print(f"release {report.version} is already staged (same content)")
     else:
-        lat = report.latency_ms
         print(
             f"staged release {report.version}: checksums ok, {report.trust}, "
             f"golden samples {len(report.golden.get('samples', []))} ok, "
-            f"{lat.get('total_ms_p50', 0):.1f} ms per frame ({report.runtime})"
+            f"{report.latency_ms.total_ms_p50 or 0:.1f} ms per frame ({report.runtime})"
         )
         print(f"activate it with: crackd models activate {report.version}")
     return None
 
 
-def _switch_output(result, args) -> dict | None:
+def _switch_output(result: SwitchResult, args) -> SwitchResult | None:
     if args.json:
-        return result.as_dict()
+        return result
     verb = "activated" if result.action == "activate" else "rolled back to"
-    print(f"{verb} {result.version} (was {result.from_version or 'none'}); {result.daemon.get('message', '')}")
+    print(f"{verb} {result.version} (was {result.from_version or 'none'}); {result.daemon.message}")
     if result.health:
-        print(result.health["message"])
+        print(result.health.message)
     if result.removed:
         print(f"removed old releases: {', '.join(result.removed)}")
     return None
@@ -464,23 +470,23 @@ def _switch_options(args) -> dict:
     }
 
 
-def _cmd_activate(rel: Releases, args) -> dict | None:
+def _cmd_activate(rel: Releases, args) -> SwitchResult | None:
     return _switch_output(rel.activate(args.version, **_switch_options(args)), args)
 
 
-def _cmd_rollback(rel: Releases, args) -> dict | None:
+def _cmd_rollback(rel: Releases, args) -> SwitchResult | None:
     return _switch_output(rel.rollback(**_switch_options(args)), args)
 
 
-def _cmd_confirm(rel: Releases, args) -> dict | None:
+def _cmd_confirm(rel: Releases, args) -> ConfirmAnswer | None:
     entry = rel.confirm(args.version, who=_who(args), token=args.lock_token, message=args.message)
     if args.json:
-        return {"record": entry}
+        return ConfirmAnswer(entry)
     print(f"recorded: {args.version} healthy")
     return None
 
 
-def _cmd_lock(rel: Releases, args) -> dict | None:
+def _cmd_lock(rel: Releases, args) -> None:
     """Hold the lock while stdin is open; prints the token commands inside the deployment pass with --lock-token."""
     lock = DeviceLock(rel.layout, _who(args), "deploy")
     lock.acquire(args.wait)
@@ -488,15 +494,11 @@ def _cmd_lock(rel: Releases, args) -> dict | None:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
     try:
-        line = (
-            {"ok": True, "locked": True, "token": lock.token, "holder": lock.holder(), "status": rel.status()}
-            if args.json
-            else f"locked {rel.layout.models} (token {lock.token}); close stdin to release"
-        )
         if args.json:
-            print_json(line, default=str, flush=True)
+            holder = LockHolder.from_json(lock.holder() or {})
+            print_json({"ok": True, **LockAnswer(True, lock.token, holder, rel.status()).to_json()}, flush=True)
         else:
-            print(line, flush=True)
+            print(f"locked {rel.layout.models} (token {lock.token}); close stdin to release", flush=True)
         deadline = time.monotonic() + args.max_hold
         while not stop and time.monotonic() < deadline:
             ready, _, _ = select.select([sys.stdin], [], [], 0.5)

@@ -21,8 +21,8 @@ from edge.daemon.rate_limited_log import RateLimitedLog
 from edge.daemon.snapshots import SnapshotStore
 from edge.events.decision import END, START, Decision, EventRecord, FrameObservation
 from edge.events.journal import EventWrite, FrameRow, OutboxMessage
-from edge.outputs import snapshots_mqtt
-from edge.outputs.publisher import Publisher, event_payload
+from edge.outputs.base import EventOut, EventOutput, Pictures
+from edge.outputs.publisher import Publisher
 from edge.sources import Frame
 from edge.timestamps import iso_utc
 
@@ -35,13 +35,7 @@ log = logging.getLogger(__name__)
 WINDOW = 1000  # frames in the latency percentiles
 
 
-def event_message(cfg: Config, record: EventRecord, write: EventWrite, snap: dict | None) -> OutboxMessage:
-    """The event's MQTT message for the outbox (QoS per config, not retained, keyed by the event's uuid)."""
-    payload = event_payload(record, write.device_id, write.bundle_version, write.bundle_sha256, snap)
-    return OutboxMessage(cfg.topic("event"), payload, cfg.mqtt.qos, False, record.uuid)
-
-
-def close_interrupted_events(cfg: Config, writer: JournalWriter) -> None:
+def close_interrupted_events(writer: JournalWriter, outputs: list[EventOutput]) -> None:
     """Events left open by a crash or power cut are ended now (reason `interrupted`) and announced."""
     held = writer.held_event_ends()
     for row in writer.journal.list_events(state="open", newest_first=False):
@@ -62,11 +56,10 @@ def close_interrupted_events(cfg: Config, writer: JournalWriter) -> None:
             last_frame_seq=row.last_frame_seq,
             end_reason="interrupted",
         )
-        write = EventWrite(record, row.bundle_version, row.bundle_sha256, row.device_id or cfg.device_id)
-        messages = []
-        if cfg.mqtt.enabled:
-            snap = {"frame": row.snapshot, "overlay": row.overlay, "frame_seq": None} if row.snapshot else None
-            messages.append(event_message(cfg, record, write, snap))
+        write = EventWrite(record, row.bundle_version, row.bundle_sha256, row.device_id or writer.cfg.device_id)
+        pictures = Pictures(row.snapshot, row.overlay, None) if row.snapshot and row.overlay else None
+        event = EventOut(write, pictures, new_pictures=False)
+        messages = [m for output in outputs for m in output.messages(event)]
         log.warning("event %s was left open by an interrupted run; ended it (reason: interrupted)", record.uuid)
         writer.write_events(([], [write], messages))
 
@@ -86,14 +79,17 @@ class FramePipeline:
         engine: Engine,
         writer: JournalWriter,
         snapshots: SnapshotStore,
+        outputs: list[EventOutput],
         publisher: Publisher | None,
         metrics: Metrics | None,
     ):
+        """`outputs`: where events go (edge.outputs.base); `publisher`: the MQTT connection, for `frame` messages."""
         self.cfg = cfg
         self.engine = engine
         self.decision = Decision(decision_params(cfg, engine))
         self.writer = writer
         self.snapshots = snapshots
+        self.outputs = outputs
         self.publisher = publisher
         self.metrics = metrics
         self.frames_processed = 0
@@ -189,26 +185,25 @@ class FramePipeline:
     def record(
         self, records: list[EventRecord], frame_row: FrameRow | None, current: tuple[Frame, FrameResult] | None
     ) -> None:
-        """Pictures for event records, then ONE journal transaction with the outbox messages."""
-        cfg = self.cfg
+        """Pictures for event records, then ONE journal transaction with every output's outbox messages."""
         b = self.engine.bundle
-        writes, messages = [], []
+        writes: list[EventWrite] = []
+        messages: list[OutboxMessage] = []
         for r in records:
-            snap = self.snapshots.take(r, current, self.decision.active, self.writer.blocked)
-            picture = snapshots_mqtt.attach(cfg, cfg.state_dir, r, snap)
-            if picture is not None:
-                messages.append(picture)  # before the event that names it: the retained picture is there first
+            taken = self.snapshots.take(r, current, self.decision.active, self.writer.blocked)
+            pictures = taken or self.snapshots.last(r.uuid)
             write = EventWrite(
                 r,
                 b.version,
                 b.sha256,
-                cfg.device_id,
-                snap["frame"] if snap else None,
-                snap["overlay"] if snap else None,
+                self.cfg.device_id,
+                taken.frame if taken else None,
+                taken.overlay if taken else None,
             )
             writes.append(write)
-            if cfg.mqtt.enabled:
-                messages.append(event_message(cfg, r, write, snap or self.snapshots.last(r.uuid)))
+            event = EventOut(write, pictures, new_pictures=taken is not None)
+            for output in self.outputs:
+                messages += output.messages(event)
             if r.kind == START:
                 self.events_started += 1
                 log.warning(

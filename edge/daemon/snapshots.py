@@ -23,6 +23,7 @@ from edge.config import Config
 from edge.daemon.rate_limited_log import RateLimitedLog
 from edge.events.decision import START, EventRecord
 from edge.events.journal import Journal
+from edge.outputs.payloads import Pictures
 from edge.sources import Frame
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class SnapshotStore:
         self.state_dir = cfg.state_dir
         self._peak: tuple[Frame, FrameResult] | None = None
         self._snap_seq: int | None = None  # the frame the open event's pictures show
-        self._last: dict[str, dict] = {}  # per open event: its latest pictures (named again by later messages)
+        self._last: dict[str, Pictures] = {}  # per open event: its latest pictures (named again by later messages)
         self._log = RateLimitedLog(log)
 
     def use_config(self, cfg: Config) -> None:
@@ -60,7 +61,7 @@ class SnapshotStore:
         """The open event's peak is this frame: a later record retakes the pictures from it."""
         self._peak = (frame, result)
 
-    def last(self, uuid: str) -> dict | None:
+    def last(self, uuid: str) -> Pictures | None:
         """The pictures last taken for an open event (an `end` without new pictures names them)."""
         return self._last.get(uuid)
 
@@ -70,7 +71,7 @@ class SnapshotStore:
 
     def take(
         self, record: EventRecord, current: tuple[Frame, FrameResult] | None, active: str | None, journal_blocked: bool
-    ) -> dict | None:
+    ) -> Pictures | None:
         """Write (or rewrite with a better peak) the event's frame + overlay JPEGs; returns their relative paths.
 
         `current`: the frame in hand (a start's pictures); `active`: the open event's uuid (None when none is open).
@@ -121,10 +122,10 @@ class SnapshotStore:
             self._log(logging.ERROR, "snapshot for event %s failed: %s", record.uuid, exc)
             return None
         self._snap_seq = frame.seq
-        snap = {"frame": rel_frame, "overlay": rel_overlay, "frame_seq": frame.seq}
-        self._last[record.uuid] = snap
+        pictures = Pictures(rel_frame, rel_overlay, frame.seq)
+        self._last[record.uuid] = pictures
         self._enforce_budget(keep={rel_frame, rel_overlay})
-        return snap
+        return pictures
 
     def delete(self, relpaths: list[str]) -> None:
         """Remove pictures the journal no longer names (retention); missing files are fine."""

@@ -48,6 +48,7 @@ from edge.engine.bundle import BundleError
 from edge.engine.runtime import RuntimeUnavailable
 from edge.events.journal import JournalError
 from edge.outputs import homeassistant, snapshots_mqtt
+from edge.outputs.base import EventOutput, OutputContext, build_outputs
 from edge.outputs.metrics import Metrics
 from edge.outputs.metrics import start_for as start_metrics
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
@@ -127,6 +128,7 @@ class Supervisor:
         self._pid_lock = PidLock(config.layout.pid_file, config.state_dir)
         self._engine: Engine | None = None
         self._publisher: Publisher | None = None
+        self._outputs: list[EventOutput] = []
         self._snapshot_check: snapshots_mqtt.DeliveryCheck | None = None
         self._parts: Parts | None = None
 
@@ -206,18 +208,24 @@ class Supervisor:
             self._engine = build_engine(cfg)
         except (BundleError, RuntimeUnavailable, ValueError) as exc:
             raise StartupError(f"model.bundle: {exc}") from None
-        writer = JournalWriter(cfg, on_messages=self._wake_publisher)
+        writer = JournalWriter(cfg, on_messages=self._wake_outputs)
         try:
             writer.open()
         except (JournalError, OSError, sqlite3.Error) as exc:
             raise StartupError(str(exc)) from None
         snapshots = SnapshotStore(cfg, writer.journal)
-        close_interrupted_events(cfg, writer)
         publisher = self._publisher = self._start_publisher(writer) if cfg.mqtt.enabled else None
+        try:
+            outputs = self._outputs = build_outputs(OutputContext(cfg, writer.journal, publisher))
+        except ConfigError as exc:  # a secret named in the config is missing
+            raise StartupError(str(exc)) from None
+        close_interrupted_events(writer, outputs)
+        for output in outputs:
+            output.start()
         source = self._given_source or make_source(cfg.source, stop=self.stop_event)
         capture = Capture(source, cfg.source, self.slot, self.stop_event, on_state=self._on_camera_state)
         metrics = start_metrics(self)
-        pipeline = FramePipeline(cfg, self.engine, writer, snapshots, publisher, metrics)
+        pipeline = FramePipeline(cfg, self.engine, writer, snapshots, outputs, publisher, metrics)
         housekeeper = Housekeeper(
             cfg,
             self.stop_event,
@@ -257,9 +265,9 @@ class Supervisor:
         publisher.start()
         return publisher
 
-    def _wake_publisher(self) -> None:
-        if self._publisher is not None:
-            self._publisher.notify()
+    def _wake_outputs(self) -> None:
+        for output in self._outputs:
+            output.notify()
 
     def _on_keeping_changed(self, reason: str | None) -> None:
         """Detections kept or not: the retained MQTT status says so at once (status.json within a second)."""
@@ -344,15 +352,17 @@ class Supervisor:
             log.exception("flushing the open event failed")
         for thread in (parts.capture, parts.housekeeper):
             thread.join(timeout=max(0.1, min(2.0, flush_deadline - time.monotonic())))
-        if parts.publisher is not None:
+        for output in self._outputs:
             remaining = max(0.0, flush_deadline - time.monotonic())
-            flushed = parts.publisher.flush(remaining)
-            depth = parts.writer.journal.outbox_depth()
-            if not flushed and depth:
+            depth = 0 if output.flush(remaining) else parts.writer.journal.outbox_depth(output.name)
+            if depth:
                 log.warning(
-                    "stopping with %d undelivered MQTT messages in the outbox; they are sent after the next start",
+                    "stopping with %d undelivered %s messages in the outbox; they are sent after the next start",
                     depth,
+                    output.name,
                 )
+            output.stop(timeout=1.0)
+        if parts.publisher is not None:
             parts.publisher.stop("shutdown", timeout=1.0)
         parts.capture.close()
         self.write_status(state="stopped")

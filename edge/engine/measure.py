@@ -106,7 +106,17 @@ def _group_labels(img: np.ndarray, gap: tuple[float, float]) -> tuple[int, np.nd
     kx, ky = (2 * int(round(g / 2)) + 1 for g in gap)
     if kx > 1 or ky > 1:
         img = cv2.dilate(img, cv2.getStructuringElement(cv2.MORPH_RECT, (kx, ky)))
-    return cv2.connectedComponentsWithAlgorithm(img, 8, cv2.CV_32S, cv2.CCL_GRANA)
+    return _label(img)
+
+
+def _label(img: np.ndarray) -> tuple[int, np.ndarray]:
+    """8-connected labels of a 0/1 image (Grana's block-based algorithm, no statistics: they come cheaper later).
+
+    16-bit labels when they cannot overflow (an image of N pixels has at most N/4 separate 8-connected pieces):
+    half the memory traffic of 32-bit ones, for every mask at model resolution.
+    """
+    ltype = cv2.CV_16U if img.size // 4 < 0xFFFF else cv2.CV_32S
+    return cv2.connectedComponentsWithAlgorithm(img, 8, ltype, cv2.CCL_GRANA)
 
 
 def _outlines(
@@ -120,12 +130,16 @@ def _outlines(
     (exact for a rectangle); a hole's contour runs outside the hole's edge and gets nothing.
     """
     sx, sy = scale
+    to_frame = np.array((sx, sy), np.float32)
     contours, hierarchy = cv2.findContours(img, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    if hierarchy is None:
+        return {}
+    keep = kept.tolist()
     out: dict[int, tuple[float, int, tuple[int, int, int, int]]] = {}
-    for contour, (_, _, _, parent) in zip(contours, hierarchy[0] if hierarchy is not None else ()):
-        x, y = contour[0, 0]
+    for contour, parent in zip(contours, hierarchy[0, :, 3].tolist()):
+        x, y = contour[0, 0].tolist()
         label = int(labels[y, x])
-        if not kept[label]:
+        if not keep[label]:
             continue
         total, pieces, box = out.get(label, (0.0, 0, (1 << 30, 1 << 30, -1, -1)))
         if parent < 0:  # an outer contour: one piece of the crack
@@ -135,8 +149,7 @@ def _outlines(
             box = (min(box[0], bx), min(box[1], by), max(box[2], bx + bw), max(box[3], by + bh))
         if len(contour) > 2:  # simplified in mask pixels, then scaled: only the polyline's corners are scaled
             contour = cv2.approxPolyDP(contour, 1.0, closed=True)
-        pts = contour.reshape(-1, 1, 2).astype(np.float32) * np.array((sx, sy), np.float32)
-        out[label] = (total + cv2.arcLength(pts, closed=True) / 2.0, pieces, box)
+        out[label] = (total + cv2.arcLength(contour.astype(np.float32) * to_frame, closed=True) / 2.0, pieces, box)
     return out
 
 
@@ -184,11 +197,10 @@ def measure_mask(
     if rw and rh:
         img = _padded(binary[ry : ry + rh, rx : rx + rw])
         ox, oy = rx - 1, ry - 1  # mask coordinates of the padded crop's origin
-        # Grana's block-based labelling, without statistics: areas come cheaper from the pixel list.
         if merge_gap_px > 0:
             n, labels = _group_labels(img, (merge_gap_px / sx, merge_gap_px / sy))
         else:
-            n, labels = cv2.connectedComponentsWithAlgorithm(img, 8, cv2.CV_32S, cv2.CCL_GRANA)
+            n, labels = _label(img)
         area = np.bincount(labels.reshape(-1)[_flat_nonzero(img)], minlength=n)
         kept = area >= min_area_px
         kept[0] = False
@@ -204,9 +216,8 @@ def measure_mask(
                 if length < min_length_px:
                     continue
                 # The crack's own pixels within its box (grown labels also cover background between pieces).
-                own = labels[by0:by1, bx0:bx1] == label
-                own &= img[by0:by1, bx0:bx1].view(np.bool_)
-                own8 = own.view(np.uint8)
+                own8 = (labels[by0:by1, bx0:bx1] == label).view(np.uint8)
+                own8 &= img[by0:by1, bx0:bx1]
                 mo = cv2.moments(own8, binaryImage=True)
                 deepest = cv2.minMaxLoc(dist[by0:by1, bx0:bx1], own8)[1]
                 max_width = iso * max(1.0, 2.0 * deepest - 1.0)

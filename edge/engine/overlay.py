@@ -114,9 +114,12 @@ def draw_overlay(rgb: np.ndarray, result) -> np.ndarray:
         on = mask > 0
         img[on] = (img[on].astype(np.float32) * 0.4 + TINT * 0.6).astype(np.uint8)
     m = result.measurements
-    head = f"{'CRACK' if result.crack else 'no crack'}  p={result.score:.2f}"
+    # The header's longest form that fits the width (a 160 px frame has room for the verdict only).
+    heads = [f"{'CRACK' if result.crack else 'no crack'}  p={result.score:.2f}"]
     if m is not None and m.count:
-        head += f"  {m.count} crack(s)  area {100 * m.area_fraction:.2f}%"
+        heads.insert(0, f"{heads[0]}  {m.count} crack(s)")
+        heads.insert(0, f"{heads[0]}  area {100 * m.area_fraction:.2f}%")
+    head = next((h for h in heads if _label_size(h, scale)[0] <= width), heads[-1])
     hw, hh = _label_size(head, scale)
     head_rect = Rect(0, 0, min(hw, width), min(hh, height))
     _draw_label(img, head, head_rect, scale, TEXT_CRACK if result.crack else TEXT_OK)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -37,6 +37,13 @@ _notice = {"seen": False}  # printed once per process: after that, nothing is fi
 _notice_lock = threading.Lock()
 
 
+def _holding_file() -> IO[bytes]:
+    """A file in memory (memfd, Linux) where there is one, so a full or read-only disk cannot lose what it holds."""
+    if hasattr(os, "memfd_create"):
+        return os.fdopen(os.memfd_create("crackd-stderr"), "w+b")
+    return tempfile.TemporaryFile()
+
+
 @contextmanager
 def _without_notice(notice: bytes = XNNPACK_NOTICE) -> Iterator[None]:
     """Hold what is written to fd 2 meanwhile, then pass it on without `notice` (errors and warnings get through).
@@ -49,11 +56,16 @@ def _without_notice(notice: bytes = XNNPACK_NOTICE) -> Iterator[None]:
             return
         sys.stderr.flush()
         try:
-            saved = os.dup(2)
-        except OSError:  # no stderr to filter
+            held = _holding_file()
+        except OSError:  # nowhere to hold it: the notice is printed, nothing is lost
             yield
             return
-        with tempfile.TemporaryFile() as held:
+        with held:
+            try:
+                saved = os.dup(2)
+            except OSError:  # no stderr to filter
+                yield
+                return
             os.dup2(held.fileno(), 2)
             try:
                 yield

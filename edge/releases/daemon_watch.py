@@ -9,25 +9,16 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from edge.daemon_status import DaemonStatus, StatusReading
 from edge.layout import StateLayout
+from edge.releases.answers import DaemonSignal, Health
 from edge.releases.inventory import link_version
 from edge.timestamps import parse_iso
 
 # status.json is rewritten about every second; older than this means the daemon is not reporting.
 STATUS_FRESH_S = 10.0
-
-
-@dataclass(frozen=True)
-class Health:
-    ok: bool
-    message: str
-
-    def as_dict(self) -> dict:
-        return {"ok": self.ok, "message": self.message}
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,15 +70,11 @@ def serving(current: str | None, daemon: StatusReading | None) -> bool:
     )
 
 
-def describe_daemon(status: dict, version: str | None) -> str:
-    """One phrase on why the daemon does not count as serving
-    `version` healthily (from `Releases.status()`, maybe as JSON)."""
-    if not status.get("daemon"):
+def describe_daemon(reading: StatusReading | None, version: str | None) -> str:
+    """One phrase on why the daemon does not count as serving `version` healthily (the `daemon` of
+    `Releases.status()`, here or read back from `crackd models status --json`)."""
+    if reading is None:
         return "daemon not running (no status.json)"
-    try:
-        reading = StatusReading.from_json(status["daemon"])
-    except ValueError as exc:
-        return f"daemon status unreadable ({exc})"
     d = reading.status
     if not reading.pid_alive:
         return f"daemon not running (pid {d.pid} is gone)"
@@ -115,40 +102,40 @@ def _looks_like_crackd(pid: int) -> bool:
     return b"crackd" in cmdline or b"edge.cli" in cmdline
 
 
-def signal_daemon(layout: StateLayout) -> dict:
+def signal_daemon(layout: StateLayout) -> DaemonSignal:
     """SIGHUP the daemon named by STATE/crackd.pid so it reloads; says what happened instead of failing."""
     try:
         pid = int(layout.pid_file.read_text().split()[0])
     except (FileNotFoundError, ValueError, IndexError):
-        return {
-            "pid": None,
-            "signalled": False,
-            "message": "daemon not running (no crackd.pid); it serves the new release when it starts",
-        }
+        return DaemonSignal(
+            pid=None,
+            signalled=False,
+            message="daemon not running (no crackd.pid); it serves the new release when it starts",
+        )
     if not pid_alive(pid) or not _looks_like_crackd(pid):
-        return {
-            "pid": pid,
-            "signalled": False,
-            "message": f"daemon not running (stale crackd.pid {pid}); it serves the new release when it starts",
-        }
+        return DaemonSignal(
+            pid=pid,
+            signalled=False,
+            message=f"daemon not running (stale crackd.pid {pid}); it serves the new release when it starts",
+        )
     try:
         os.kill(pid, signal.SIGHUP)
     except PermissionError:
-        return {
-            "pid": pid,
-            "signalled": False,
-            "message": (
+        return DaemonSignal(
+            pid=pid,
+            signalled=False,
+            message=(
                 f"no permission to signal daemon pid {pid}; run as root or the crackd user, "
                 "or `systemctl reload crackd`"
             ),
-        }
+        )
     except ProcessLookupError:
-        return {
-            "pid": pid,
-            "signalled": False,
-            "message": f"daemon pid {pid} exited; it serves the new release when it starts",
-        }
-    return {"pid": pid, "signalled": True, "message": f"sent SIGHUP to daemon pid {pid}"}
+        return DaemonSignal(
+            pid=pid,
+            signalled=False,
+            message=f"daemon pid {pid} exited; it serves the new release when it starts",
+        )
+    return DaemonSignal(pid=pid, signalled=True, message=f"sent SIGHUP to daemon pid {pid}")
 
 
 def wait_serving(
@@ -168,7 +155,6 @@ def wait_serving(
     last = "no status yet"
     while True:
         current, daemon = link_version(layout.current), daemon_status(layout)
-        st = {"current": current, "daemon": daemon.to_json() if daemon else None}
         reload = daemon.status.last_reload if daemon else None
         reload_ts = parse_iso(reload.time) if reload else None
         if reload and reload.ok is False and reload_ts is not None and reload_ts >= since:
@@ -189,7 +175,7 @@ def wait_serving(
             last = f"serving {version}, settling"
         else:
             healthy_since = None
-            last = describe_daemon(st, version)
+            last = describe_daemon(daemon, version)
         if now >= deadline:
             break
         time.sleep(poll_s)

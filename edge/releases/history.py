@@ -8,6 +8,7 @@ import os
 import time
 
 from edge.layout import StateLayout
+from edge.releases.answers import DeploymentRecord
 from edge.timestamps import iso_utc
 
 
@@ -15,25 +16,19 @@ class DeploymentHistory:
     def __init__(self, layout: StateLayout):
         self.layout = layout
 
-    def record(self, action: str, version: str | None, outcome: str, who: str, **extra) -> dict:
-        """Append one line (time, action, version, who, outcome, ...), on disk before this returns."""
-        entry = {
-            "time": iso_utc(time.time(), "seconds"),
-            "action": action,
-            "version": version,
-            "who": who,
-            "outcome": outcome,
-        }
-        entry.update({k: v for k, v in extra.items() if v is not None})
+    def record(self, action: str, version: str | None, outcome: str, who: str, **extra) -> DeploymentRecord:
+        """Append one line (time, action, version, who, outcome, and the `extra` fields of DeploymentRecord that
+        are set), on disk before this returns."""
+        entry = DeploymentRecord(iso_utc(time.time(), "seconds"), action, version, who, outcome, **extra)
         self.layout.models.mkdir(parents=True, exist_ok=True)
         with open(self.layout.history, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+            fh.write(json.dumps(entry.to_json()) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         return entry
 
-    def read(self, limit: int | None = None) -> list[dict]:
-        """The last `limit` records (all when None), oldest first; a torn last line is skipped."""
+    def read(self, limit: int | None = None) -> list[DeploymentRecord]:
+        """The last `limit` records (all when None), oldest first; a torn or foreign line is skipped."""
         try:
             lines = self.layout.history.read_text().splitlines()
         except FileNotFoundError:
@@ -41,5 +36,5 @@ class DeploymentHistory:
         records = []
         for line in lines[-limit:] if limit else lines:
             with contextlib.suppress(ValueError):
-                records.append(json.loads(line))
+                records.append(DeploymentRecord.from_json(json.loads(line)))
         return records

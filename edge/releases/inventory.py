@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge.engine.bundle import SIGNATURE, BundleError, manifest_sha256, read_manifest
 from edge.layout import StateLayout
+from edge.releases.answers import InstalledRelease
 from edge.releases.errors import ReleaseError
 from edge.timestamps import iso_utc
 
@@ -57,22 +58,26 @@ def release_dirs(layout: StateLayout) -> list[Path]:
     return [p for p in layout.releases.iterdir() if is_release_dir(p)]
 
 
-def installed(layout: StateLayout) -> list[dict]:
+def installed(layout: StateLayout) -> list[InstalledRelease]:
     """Installed releases, newest first, with which is current/previous."""
     current, previous = link_version(layout.current), link_version(layout.previous)
     out = []
     for path in release_dirs(layout):
-        entry = {
-            "version": path.name,
-            "current": path.name == current,
-            "previous": path.name == previous,
-            "installed_at": iso_utc(path.stat().st_mtime, "seconds"),
-        }
+        version, installed_at = path.name, iso_utc(path.stat().st_mtime, "seconds")
+        is_current, is_previous = version == current, version == previous
         try:
             manifest = read_manifest(path)
-            entry.update(created=manifest.created, sha256=manifest_sha256(path), signed=(path / SIGNATURE).is_file())
+            entry = InstalledRelease(
+                version,
+                is_current,
+                is_previous,
+                installed_at,
+                created=manifest.created,
+                sha256=manifest_sha256(path),
+                signed=(path / SIGNATURE).is_file(),
+            )
         except BundleError as exc:
-            entry.update(error=str(exc))
+            entry = InstalledRelease(version, is_current, is_previous, installed_at, error=str(exc))
         out.append(entry)
-    out.sort(key=lambda e: (e["installed_at"], e["version"]), reverse=True)
+    out.sort(key=lambda e: (e.installed_at, e.version), reverse=True)
     return out

@@ -33,12 +33,23 @@ import os
 import pwd
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from edge.daemon_status import StatusReading
 from edge.engine.bundle import BundleError, read_manifest, verify_files
 from edge.layout import StateLayout
-from edge.releases.daemon_watch import Health, daemon_status, serving, signal_daemon, wait_serving
+from edge.releases.answers import (
+    DaemonSignal,
+    DeploymentRecord,
+    Health,
+    InstalledRelease,
+    LockHolder,
+    ModelsStatus,
+    StageReport,
+    SwitchResult,
+)
+from edge.releases.daemon_watch import daemon_status, serving, signal_daemon, wait_serving
 from edge.releases.errors import ReleaseError
 from edge.releases.faults import kill_point
 from edge.releases.history import DeploymentHistory
@@ -46,15 +57,8 @@ from edge.releases.inventory import InvalidVersion, check_version, installed, li
 from edge.releases.lock import DeviceLock
 from edge.releases.policy import ReleasePolicy
 from edge.releases.retention import prune
-from edge.releases.staging import (
-    LatencyTooHigh,
-    StageReport,
-    VersionConflict,
-    check_trust,
-    remove_leftovers,
-    stage_locked,
-)
-from edge.releases.switching import SwitchIntent, SwitchResult, switch, undo_interrupted
+from edge.releases.staging import LatencyTooHigh, VersionConflict, check_trust, remove_leftovers, stage_locked
+from edge.releases.switching import SwitchIntent, switch, undo_interrupted
 
 # The names callers import from here (the command line, crack-deploy, tests).
 __all__ = [
@@ -91,10 +95,6 @@ class NotHealthy(ReleaseError):
         super().__init__(message)
         self.result = result
 
-    @property
-    def payload(self) -> dict:
-        return {"switch": self.result.as_dict()}
-
 
 def default_who() -> str:
     """Who is acting: the sudo/login user, and the SSH client address when remote."""
@@ -125,18 +125,18 @@ class Releases:
     def previous_version(self) -> str | None:
         return link_version(self.layout.previous)
 
-    def installed(self) -> list[dict]:
+    def installed(self) -> list[InstalledRelease]:
         """Installed releases, newest first, with which is current/previous."""
         return installed(self.layout)
 
-    def history(self, limit: int | None = None) -> list[dict]:
+    def history(self, limit: int | None = None) -> list[DeploymentRecord]:
         return self.deployments.read(limit)
 
-    def record(self, action: str, version: str | None, outcome: str, who: str, **extra) -> dict:
+    def record(self, action: str, version: str | None, outcome: str, who: str, **extra) -> DeploymentRecord:
         """Append one line to deployments.jsonl (time, action, version, who, outcome, ...)."""
         return self.deployments.record(action, version, outcome, who, **extra)
 
-    def status(self) -> dict:
+    def status(self) -> ModelsStatus:
         """Everything the deploy tool needs to decide whether the current release is serving and healthy."""
         current = self.current_version()
         daemon = daemon_status(self.layout)
@@ -146,20 +146,19 @@ class Releases:
             interrupted = SwitchIntent.read(self.layout.switch_intent)
         except ReleaseError:
             interrupted = None
-        return {
-            "state_dir": str(self.layout.state_dir),
-            "current": current,
-            "previous": self.previous_version(),
-            "releases": [r["version"] for r in self.installed()],
-            "daemon": daemon.to_json() if daemon else None,
-            "serving_current": serving(current, daemon),
-            "busy": (lock.holder() or {"who": "?"}) if lock.is_held() else None,
-            "last": history[-1] if history else None,
+        held = lock.is_held()
+        return ModelsStatus(
+            state_dir=str(self.layout.state_dir),
+            current=current,
+            previous=self.previous_version(),
+            releases=[r.version for r in self.installed()],
+            daemon=daemon,
+            serving_current=serving(current, daemon),
+            busy=LockHolder.from_json(lock.holder() or {}) if held else None,
+            last=history[-1] if history else None,
             # a switch whose command was killed (and whose lock is gone): the next command undoes it
-            "interrupted": interrupted.action + " " + interrupted.version
-            if interrupted and not lock.is_held()
-            else None,
-        }
+            interrupted=f"{interrupted.action} {interrupted.version}" if interrupted and not held else None,
+        )
 
     def wait_serving(
         self, version: str, since_iso: str, timeout_s: float, settle_s: float = 3.0, poll_s: float = 0.25
@@ -171,7 +170,7 @@ class Releases:
         """STATE/status.json as the daemon last wrote it; None if absent or unreadable."""
         return daemon_status(self.layout)
 
-    def signal_daemon(self) -> dict:
+    def signal_daemon(self) -> DaemonSignal:
         return signal_daemon(self.layout)
 
     # ------------------------------------------------------------------ operations
@@ -218,8 +217,8 @@ class Releases:
                 who,
                 source=origin or str(source),
                 sha256=report.sha256,
-                signer=(report.signer or {}).get("principal"),
-                latency_ms=report.latency_ms.get("total_ms_p50"),
+                signer=report.signer.principal if report.signer else None,
+                latency_ms=report.latency_ms.total_ms_p50 if report.latency_ms else None,
             )
             return report
 
@@ -243,7 +242,7 @@ class Releases:
         with self._locked(who, f"activate {version}", wait_s, token):
             target = self.layout.release(version)
             if not target.is_dir():
-                staged = ", ".join(r["version"] for r in self.installed()) or "none"
+                staged = ", ".join(r.version for r in self.installed()) or "none"
                 raise ReleaseNotFound(
                     f"release {version} is not staged on this device (staged: "
                     f"{staged}); run `crackd models stage BUNDLE_DIR` first"
@@ -255,18 +254,19 @@ class Releases:
                 self.record("activate", version, "rejected", who, error=str(exc))
                 raise
             result = switch(self.layout, self.deployments, "activate", version, who, reason)
-            result.removed = prune(self.layout, self.policy.keep)
+            result = replace(result, removed=prune(self.layout, self.policy.keep))
             if wait_healthy_s is not None:
-                self._await_health(result, who, wait_healthy_s, settle_s)
+                result = self._await_health(result, who, wait_healthy_s, settle_s)
             return result
 
-    def _await_health(self, result: SwitchResult, who: str, timeout_s: float, settle_s: float) -> None:
+    def _await_health(self, result: SwitchResult, who: str, timeout_s: float, settle_s: float) -> SwitchResult:
         health = self.wait_serving(result.version, result.at, timeout_s, settle_s)
-        result.health = health.as_dict()
+        result = replace(result, health=health)
         if not health.ok:
             self.record("health", result.version, "unhealthy", who, message=health.message)
             raise NotHealthy(health.message, result)
         self.record("confirm", result.version, "healthy", who, message=health.message)
+        return result
 
     def rollback(
         self,
@@ -287,12 +287,12 @@ class Releases:
                 )
             result = switch(self.layout, self.deployments, "rollback", prev, who, reason)
             if wait_healthy_s is not None:
-                self._await_health(result, who, wait_healthy_s, settle_s)
+                result = self._await_health(result, who, wait_healthy_s, settle_s)
             return result
 
     def confirm(
         self, version: str, who: str | None = None, token: str | None = None, message: str | None = None
-    ) -> dict:
+    ) -> DeploymentRecord:
         """Record that `version` was seen serving and healthy after a deployment."""
         who = who or default_who()
         with self._locked(who, f"confirm {version}", 0.0, token):

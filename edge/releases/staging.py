@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from edge.atomic_write import fsync_dir
@@ -33,6 +33,7 @@ from edge.engine.bundle import (
     verify_files,
 )
 from edge.layout import StateLayout
+from edge.releases.answers import Latency, StageReport
 from edge.releases.errors import ReleaseError
 from edge.releases.inventory import STAGING_SUFFIX, InvalidVersion
 from edge.releases.policy import ReleasePolicy
@@ -47,24 +48,6 @@ class VersionConflict(ReleaseError):
 
 class LatencyTooHigh(BundleError):
     pass
-
-
-@dataclass
-class StageReport:
-    version: str
-    path: str
-    sha256: str
-    signer: dict | None
-    golden: dict
-    latency_ms: dict
-    already_staged: bool = False
-    runtime: str = ""
-    trust: str = (
-        ""  # why it may be served: "signer NAME", "shipped with this crackd", "unsigned (signature not required)"
-    )
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def check_trust(bundle_dir: Path, policy: ReleasePolicy) -> Trust:
@@ -122,9 +105,9 @@ def stage_locked(layout: StateLayout, policy: ReleasePolicy, source: Path, versi
             version,
             str(target),
             manifest_sha256(target),
-            trust.signer.as_dict() if trust.signer else None,
+            trust.signer,
             {},
-            {},
+            None,
             already_staged=True,
             trust=trust.describe(),
         )
@@ -154,16 +137,14 @@ def stage_locked(layout: StateLayout, policy: ReleasePolicy, source: Path, versi
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    report.path = str(target)
     log.info("staged release %s (%s)", version, report.sha256[:12])
-    return report
+    return replace(report, path=str(target))
 
 
 def _verify(policy: ReleasePolicy, staging: Path, version: str, manifest: Manifest, trust: Trust) -> StageReport:
     """Load both models with this device's runtime, reproduce the golden samples, measure latency."""
     from edge.engine.selftest import measure_bundle_latency, run_cascade, run_golden  # OpenCV: only needed here
 
-    signer = trust.signer
     loaded = load_verified(manifest, runtime=policy.runtime, threads=policy.threads)
     golden = run_golden(loaded)
     golden.raise_for_failures()
@@ -179,9 +160,9 @@ def _verify(policy: ReleasePolicy, staging: Path, version: str, manifest: Manife
         version,
         str(staging),
         loaded.sha256,
-        signer.as_dict() if signer else None,
+        trust.signer,
         golden.as_dict(),
-        latency.as_dict(),
+        Latency(**latency.as_dict()),
         runtime=loaded.classifier.runtime,
         trust=trust.describe(),
     )

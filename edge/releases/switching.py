@@ -24,11 +24,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge.atomic_write import fsync_dir, replace_symlink, temporary_links, write_json_atomic
 from edge.layout import StateLayout
+from edge.releases.answers import DaemonSignal, SwitchResult
 from edge.releases.daemon_watch import signal_daemon
 from edge.releases.errors import ReleaseError
 from edge.releases.faults import kill_point
@@ -37,20 +38,6 @@ from edge.releases.inventory import link_version
 from edge.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SwitchResult:
-    action: str  # activate | rollback
-    version: str
-    from_version: str | None
-    at: str = ""  # device clock, ISO 8601 UTC: a daemon reload after this belongs to this switch
-    daemon: dict = field(default_factory=dict)  # {pid, signalled, message}
-    removed: list[str] = field(default_factory=list)  # releases pruned
-    health: dict | None = None  # {ok, message} when asked to wait until the daemon serves the release
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -104,9 +91,9 @@ def switch(
         daemon = signal_daemon(layout)
         kill_point("daemon-signalled")
     else:
-        daemon = {"signalled": False, "message": f"{version} is already current"}
+        daemon = DaemonSignal(signalled=False, message=f"{version} is already current")
     outcome = "activated" if action == "activate" else "rolled back"
-    history.record(action, version, outcome, who, from_version=old, reason=reason, daemon=daemon.get("message"))
+    history.record(action, version, outcome, who, from_version=old, reason=reason, daemon=daemon.message)
     kill_point("recorded")
     if switching:
         layout.switch_intent.unlink()
@@ -149,7 +136,7 @@ def undo_interrupted(layout: StateLayout, history: DeploymentHistory) -> SwitchI
         intent.who,
         from_version=intent.from_version,
         message=message,
-        daemon=daemon and daemon.get("message"),
+        daemon=daemon.message if daemon else None,
     )
     layout.switch_intent.unlink()
     fsync_dir(layout.models)

@@ -27,6 +27,7 @@ from edge.daemon_status import DaemonStatus
 from edge.releases.manager import ReleasePolicy, Releases
 from tests.helpers import REPO, read_status, wait_until
 from tests.helpers.bundles import copy_default_bundle, swap_golden_segmenter_outputs
+from tests.helpers.releases import version_of
 from tests.helpers.sshd import HOST, SSHD
 
 REMOTE_CRACKD = f"env PYTHONPATH={REPO} {sys.executable} -m edge.cli"
@@ -193,15 +194,11 @@ def deploy_cli(sshd, device: Device, command: str, *args: str):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
-def version_of(bundle: Path) -> str:
-    return json.loads((bundle / "manifest.json").read_text())["bundle_version"]
-
-
 def assert_untouched(device: Device, result) -> None:
     """Never activated: current is still the initial release and the daemon still serves it."""
     assert result.returncode == 1, result.stdout + result.stderr
     assert device.releases().current_version() == device.initial
-    assert not [h for h in device.history() if h["action"] == "activate" and h["version"] != device.initial]
+    assert not [h for h in device.history() if h.action == "activate" and h.version != device.initial]
     device.wait_serving(device.initial, timeout=5)
 
 
@@ -219,11 +216,11 @@ def test_push_deploys_a_signed_bundle_that_then_serves_healthily(sshd, device, m
     assert status.last_reload.ok is True
     rel = device.releases()
     assert rel.current_version() == new and rel.previous_version() == device.initial
-    assert {r["version"] for r in rel.installed()} >= {new, device.initial}  # the previous release is kept for rollback
-    actions = [(h["action"], h["version"], h["outcome"]) for h in device.history()][-3:]
+    assert {r.version for r in rel.installed()} >= {new, device.initial}  # the previous release is kept for rollback
+    actions = [(h.action, h.version, h.outcome) for h in device.history()][-3:]
     assert actions == [("stage", new, "staged"), ("activate", new, "activated"), ("confirm", new, "healthy")]
-    assert all(h["who"] == "tester@bench" for h in device.history()[-3:])
-    assert device.history()[-2]["from_version"] == device.initial
+    assert all(h.who == "tester@bench" for h in device.history()[-3:])
+    assert device.history()[-2].from_version == device.initial
     # the summary table names host, old and new version and the outcome
     row = next(ln for ln in r.stdout.splitlines() if ln.startswith(HOST))
     assert device.initial in row and new in row and "deployed" in row
@@ -236,8 +233,8 @@ def test_push_deploys_a_signed_bundle_that_then_serves_healthily(sshd, device, m
     assert back.returncode == 0, back.stdout + back.stderr
     assert "restored" in back.stdout
     device.wait_serving(device.initial, timeout=5)
-    rollback = [h for h in device.history() if h["action"] == "rollback"][-1]
-    assert rollback["version"] == device.initial and rollback["reason"] == "manual rollback (crack-deploy)"
+    rollback = [h for h in device.history() if h.action == "rollback"][-1]
+    assert rollback.version == device.initial and rollback.reason == "manual rollback (crack-deploy)"
 
 
 # --------------------------------------------------------------------------- never activated
@@ -254,7 +251,7 @@ def test_a_bundle_with_a_wrong_checksum_is_refused_before_anything_is_copied(
 
     assert_untouched(steady_device, r)
     assert "segmenter.tflite" in r.stderr and "not deployed anywhere" in r.stderr
-    assert not [h for h in steady_device.history() if h["version"] == version_of(bundle)]  # it never reached the device
+    assert not [h for h in steady_device.history() if h.version == version_of(bundle)]  # it never reached the device
 
 
 def test_a_copy_damaged_on_the_way_is_refused_by_the_device(sshd, steady_device, make_bundle, signer_keys, tmp_path):
@@ -272,7 +269,7 @@ def test_a_copy_damaged_on_the_way_is_refused_by_the_device(sshd, steady_device,
     assert_untouched(steady_device, r)
     assert "device refused the bundle" in r.stderr + r.stdout and "does not match the manifest" in r.stdout
     last = steady_device.history()[-1]
-    assert (last["action"], last["version"], last["outcome"]) == ("stage", version_of(bundle), "rejected")
+    assert (last.action, last.version, last.outcome) == ("stage", version_of(bundle), "rejected")
 
 
 def test_an_unsigned_bundle_is_refused(sshd, steady_device, make_bundle):
@@ -335,7 +332,7 @@ def test_the_pusher_cannot_switch_off_the_devices_signature_policy(
 
     assert_untouched(steady_device, r)
     assert "may only make it stricter" in r.stdout
-    assert not [h for h in steady_device.history() if h["version"] == version_of(flipped)]
+    assert not [h for h in steady_device.history() if h.version == version_of(flipped)]
 
     stranger_signers = tmp_path / "stranger_signers"
     stranger_signers.write_text(
@@ -379,17 +376,15 @@ def test_a_bundle_the_running_daemon_refuses_at_reload_is_rolled_back(
     rel = device.releases()
     assert rel.current_version() == device.initial
     actions = [
-        (h["action"], h["version"], h["outcome"])
-        for h in device.history()
-        if h["action"] in ("stage", "activate", "rollback")
+        (h.action, h.version, h.outcome) for h in device.history() if h.action in ("stage", "activate", "rollback")
     ][-3:]
     assert actions == [
         ("stage", version_of(bundle), "staged"),
         ("activate", version_of(bundle), "activated"),
         ("rollback", device.initial, "rolled back"),
     ]
-    rollback = [h for h in device.history() if h["action"] == "rollback"][-1]
-    assert "refused" in rollback["reason"] and rollback["who"] == "tester@bench"
+    rollback = [h for h in device.history() if h.action == "rollback"][-1]
+    assert "refused" in rollback.reason and rollback.who == "tester@bench"
     device.wait_serving(device.initial, timeout=5)
 
 
@@ -403,7 +398,7 @@ def test_a_daemon_that_stops_processing_during_the_deploy_is_rolled_back(sshd, d
     def freeze_once_staged():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not frozen.is_set():
-            if any(h["action"] == "stage" and h["version"] == version_of(bundle) for h in device.history()):
+            if any(h.action == "stage" and h.version == version_of(bundle) for h in device.history()):
                 device.proc.send_signal(signal.SIGSTOP)
                 frozen.set()
                 return
@@ -422,7 +417,7 @@ def test_a_daemon_that_stops_processing_during_the_deploy_is_rolled_back(sshd, d
     assert "not serving" in r.stdout and "rolled back" in r.stdout
     assert "frames_processed stayed at" in r.stdout or "daemon status is" in r.stdout  # says what was measured
     assert device.releases().current_version() == device.initial
-    assert [h["action"] for h in device.history()][-4:] == [
+    assert [h.action for h in device.history()][-4:] == [
         "activate",
         "health",
         "rollback",
@@ -485,9 +480,9 @@ def test_one_deploy_at_a_time_per_device_others_fail_clearly_or_wait(sshd, devic
     assert first.returncode == 0, first_out + first_err
     assert busy.returncode == 1
     assert "busy" in busy.stdout and "deploy by tester@bench" in busy.stdout  # names who holds the device
-    assert not [h for h in device.history() if h["version"] == version_of(busy_bundle)]  # it changed nothing
+    assert not [h for h in device.history() if h.version == version_of(busy_bundle)]  # it changed nothing
     assert waiting.returncode == 0, waiting_out + waiting_err  # --lock-wait: deployed after the first one finished
-    confirmed = [h["version"] for h in device.history() if h["action"] == "confirm"]
+    confirmed = [h.version for h in device.history() if h.action == "confirm"]
     assert confirmed == [version_of(first_bundle), version_of(waiting_bundle)]
     device.wait_serving(version_of(waiting_bundle), timeout=5)
 

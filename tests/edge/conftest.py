@@ -24,6 +24,14 @@ def darkness_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def state(tmp_path) -> Path:
+    """An empty device state directory."""
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
 def bundle_copy(tmp_path) -> Path:
     """A private copy of the shipped default bundle that a test may damage."""
     dst = tmp_path / "bundle"

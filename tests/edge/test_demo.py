@@ -80,6 +80,7 @@ def test_demo_starts_a_private_broker_prints_how_to_watch_it_and_stops_it(tmp_pa
         out = _Lines(demo)
         watch = _printed_command(out.until("demo: watch it"))
         save = _printed_command(out.until("demo: save the latest snapshot"))
+        assert out.until("demo: and the daemon's own view").endswith(f"--state-dir {tmp_path / 'state'}")
         port = int(watch[watch.index("-p") + 1])
         assert port != nothing_there and _answers(port)
 

@@ -141,3 +141,13 @@ def test_specks_shorter_than_the_minimum_length_are_not_counted():
     m = measure_mask(mask, min_length_px=12)
     assert m.count == 1
     assert m.total_area_px == measure_mask(band(200, 6, size=(240, 320))).total_area_px
+
+
+def test_a_mask_with_more_pieces_than_16_bit_labels_hold_is_measured_right():
+    mask = np.zeros((600, 600), np.uint8)
+    mask[::2, ::2] = 255  # 90,000 separate specks
+    mask[300:306, 100:500] = 255  # and one crack over them
+    m = measure_mask(mask, min_area_px=12)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    assert m.count == 1
+    assert m.components[0].area_px == stats[labels[302, 300], cv2.CC_STAT_AREA]  # the crack and the specks it touches

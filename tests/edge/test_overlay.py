@@ -43,3 +43,12 @@ def test_overlay_of_many_cracks_at_320x240_draws():
     result = FrameResult(crack=True, score=0.9, segmented=True, measurements=m, _mask=mask)
     img = draw_overlay(np.full((240, 320, 3), 128, np.uint8), result)
     assert img.shape == (240, 320, 3) and (img != 128).any()
+
+
+def test_the_header_shortens_to_fit_a_small_frame():
+    mask = np.zeros((120, 160), np.uint8)
+    mask[60:63, 20:140] = 1
+    result = FrameResult(crack=True, score=0.9, segmented=True, measurements=measure_mask(mask), _mask=mask)
+    img = draw_overlay(np.full((120, 160, 3), 128, np.uint8), result)
+    # The header's black box ends inside the frame: the right-most column of the top rows stays untouched.
+    assert (img[2:8, -1] == 128).all()

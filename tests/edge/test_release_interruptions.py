@@ -158,8 +158,8 @@ def test_activate_killed_at_each_step_leaves_one_verified_release_and_completes_
     assert (device.rel.current_version(), device.rel.previous_version()) == (device.b, device.a)
     device.wait_serving(device.b)
     assert sorted(p.name for p in device.rel.layout.releases.iterdir()) == sorted([device.a, device.b])
-    undone = [r for r in device.rel.history()[before:] if r["outcome"] == "interrupted"]
-    assert [r["version"] for r in undone] == ([device.b] if step in UNDONE_STEPS else [])
+    undone = [r for r in device.rel.history()[before:] if r.outcome == "interrupted"]
+    assert [r.version for r in undone] == ([device.b] if step in UNDONE_STEPS else [])
 
 
 @pytest.mark.parametrize("step", SWITCH_STEPS)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge.test_releases import crackd_models, device_config, version_of
+from tests.helpers.releases import crackd_models, device_config, version_of
 
 SERVICE_UID = SERVICE_GID = 54_321
 

@@ -24,13 +24,7 @@ from edge.releases.manager import NothingToRollBack, ReleaseNotFound, ReleasePol
 from edge.releases.signing import SignatureMissing, UnknownSigner
 from tests.helpers import REPO, wait_until
 from tests.helpers.cli import crackd
-
-
-@pytest.fixture
-def state(tmp_path):
-    d = tmp_path / "state"
-    d.mkdir()
-    return d
+from tests.helpers.releases import crackd_models, device_config, version_of
 
 
 @pytest.fixture
@@ -41,16 +35,8 @@ def releases(state, signer_keys):
     )
 
 
-def crackd_models(*args, check=False, timeout=120):
-    return crackd("models", *args, check=check, timeout=timeout)
-
-
-def version_of(bundle):
-    return json.loads((bundle / "manifest.json").read_text())["bundle_version"]
-
-
 def outcomes(rel):
-    return [(r["action"], r["version"], r["outcome"]) for r in rel.history()]
+    return [(r.action, r.version, r.outcome) for r in rel.history()]
 
 
 # --------------------------------------------------------------------------- stage
@@ -63,16 +49,16 @@ def test_stage_installs_a_fully_checked_release_and_records_it(releases, make_bu
 
     v = version_of(bundle)
     assert report.version == v and not report.already_staged
-    assert report.signer["principal"] == "trusted@test"
+    assert report.signer.principal == "trusted@test"
     assert report.golden["ok"] and len(report.golden["samples"]) == len(
         json.loads((bundle / "manifest.json").read_text())["golden"]["samples"]
     )
-    assert report.latency_ms["total_ms_p50"] > 0
+    assert report.latency_ms.total_ms_p50 > 0
     assert (releases.layout.release(v) / "manifest.json").is_file()
     assert not list(releases.layout.releases.glob("*.staging"))
     assert releases.current_version() is None  # staging never changes what is served
     assert outcomes(releases) == [("stage", v, "staged")]
-    assert releases.history()[-1]["who"] == "alice@laptop"
+    assert releases.history()[-1].who == "alice@laptop"
 
 
 def test_staging_the_same_bundle_twice_is_harmless(releases, make_bundle, signer_keys):
@@ -105,7 +91,7 @@ def test_a_model_that_does_not_match_its_checksum_is_never_installed(releases, m
     assert releases.installed() == []
     assert not list(releases.layout.releases.glob("*"))
     assert outcomes(releases)[-1][2] == "rejected"
-    assert "classifier.tflite" in releases.history()[-1]["error"]
+    assert "classifier.tflite" in releases.history()[-1].error
 
 
 def test_a_model_the_runtime_cannot_load_is_refused(releases, make_bundle, signer_keys):
@@ -176,7 +162,7 @@ def test_activate_switches_current_and_keeps_the_previous_for_rollback(releases,
     assert first.from_version is None and second.from_version == version_of(a)
     assert os.readlink(releases.layout.current) == f"releases/{version_of(b)}"
     assert releases.current_version() == version_of(b) and releases.previous_version() == version_of(a)
-    assert "no crackd.pid" in second.daemon["message"]
+    assert "no crackd.pid" in second.daemon.message
 
     back = releases.rollback(who="tech", reason="testing")
     assert back.version == version_of(a) and back.from_version == version_of(b)
@@ -186,7 +172,7 @@ def test_activate_switches_current_and_keeps_the_previous_for_rollback(releases,
         ("activate", version_of(b), "activated"),
         ("rollback", version_of(a), "rolled back"),
     ]
-    assert releases.history()[-1]["reason"] == "testing"
+    assert releases.history()[-1].reason == "testing"
 
 
 def test_only_staged_releases_can_be_activated(releases):
@@ -223,7 +209,7 @@ def test_old_releases_beyond_keep_are_removed_but_current_and_previous_stay(stat
         versions.append(version_of(bundle))
         time.sleep(0.01)  # distinct install times
 
-    installed = {r["version"] for r in releases.installed()}
+    installed = {r.version for r in releases.installed()}
     assert installed == set(versions[-3:])  # current + keep=2 (the previous among them)
     assert releases.current_version() == versions[-1] and releases.previous_version() == versions[-2]
 
@@ -350,16 +336,6 @@ def test_the_self_test_runs_under_memory_deny_write_execute(state, make_bundle, 
 
 
 # -------------------------------------------------------- hostile bundles (staging copies only what the manifest lists)
-
-
-def device_config(tmp_path, require_signature=True, allowed_signers=None, name="crackd.yaml"):
-    """A device config file (root-owned like /etc/crackd/crackd.yaml) holding the release policy."""
-    path = tmp_path / name
-    lines = ["releases:", f"  require_signature: {str(require_signature).lower()}"]
-    if allowed_signers is not None:
-        lines.append(f"  allowed_signers: {allowed_signers}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def listed_names(bundle):
@@ -630,7 +606,7 @@ def test_a_stage_stopped_by_sigterm_removes_its_staging_copy_and_says_so(state, 
     assert proc.returncode == 1, out + err
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
     assert not list((state / "models" / "releases").glob("*"))
-    assert Releases(state).history()[-1]["outcome"] == "rejected"
+    assert Releases(state).history()[-1].outcome == "rejected"
 
 
 def test_another_config_cannot_lower_the_installed_devices_policy(

@@ -13,6 +13,7 @@
     bundle_factory  the "darkness" Keras models behind tests/data/darkness-bundle (needs TensorFlow)
     daemon          daemon_dict, write_config, InProcess (a Supervisor in a thread), BLOCK
     cli             crackd, run_module (a command as a child process, output captured)
+    releases        version_of (a bundle's), device_config (the release policy), crackd_models
     sources         wedging_source (a camera whose driver call hangs)
 
 Only the light, dependency-free names are re-exported here; import the others from their module.

@@ -127,3 +127,18 @@ def test_labelled_event_export_is_training_data(tmp_path):
     ds = load_classification(export, size=16)
     assert ds.labels.tolist() == [1, 0]
     assert ds.paths == [str(snaps / "a.jpg"), str(snaps / "b.jpg")]
+
+
+def test_unusable_pairs_are_skipped_with_the_reason_or_stop_a_strict_load(tmp_path):
+    for name in ("good", "tiny", "cut", "wrongmask"):
+        write_img(tmp_path / "images" / f"{name}.jpg", size=(1, 1) if name == "tiny" else (64, 64))
+        write_img(tmp_path / "masks" / f"{name}.png", size=(32, 48) if name == "wrongmask" else (64, 64))
+    cut = tmp_path / "images" / "cut.jpg"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    ds = load_segmentation(tmp_path, size=32)
+    assert ds.paths == [str(tmp_path / "images" / "good.jpg")]
+    summary = ds.report.summary()
+    assert "3 skipped" in summary and "tiny.jpg: 1x1 pixels" in summary and "cut.jpg: truncated JPEG" in summary
+    assert "wrongmask.png: mask is 48x32 but its image is 64x64" in summary
+    with pytest.raises(DatasetError, match=r"cut\.jpg: truncated JPEG"):
+        load_segmentation(tmp_path, size=32, strict=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from trainer.cli.checks import InputError, check_keras_file, check_output_dir, finetune_base
+
 log = logging.getLogger("crack-train")
 # What `pip install crackd[train]` adds to a device install (pyproject.toml); a missing one is named, not a traceback.
 TRAINING_MODULES = frozenset({"tensorflow", "keras", "tf_keras", "tensorboard", "matplotlib", "tqdm"})
@@ -74,11 +77,9 @@ def _write_run_meta(run_dir: Path, kind: str, spec, cfg, splits, args) -> None:
 
 def cmd_classifier(args) -> int:
     from trainer.data.assemble import classifier_splits
-    from trainer.models.architectures import ClassifierSpec, build_classifier
-    from trainer.training.train import train_classifier
 
-    spec = ClassifierSpec(alpha=args.alpha, size=args.size, weights=args.weights)
-    cfg = _train_config(args)
+    check_output_dir(Path(args.out), "--out")
+    # The data first: a bad folder or image is found before TensorFlow is imported and anything is built.
     splits = classifier_splits(
         args.data,
         args.size,
@@ -89,7 +90,13 @@ def cmd_classifier(args) -> int:
         patches_per_image=args.patches_per_image,
         progress=_progress,
         n_domain=args.domain,
+        strict=args.strict_data,
     )
+    from trainer.models.architectures import ClassifierSpec, build_classifier
+    from trainer.training.train import train_classifier
+
+    spec = ClassifierSpec(alpha=args.alpha, size=args.size, weights=args.weights)
+    cfg = _train_config(args)
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "classifier", spec, cfg, splits, args)
     model = build_classifier(spec)
@@ -100,12 +107,13 @@ def cmd_classifier(args) -> int:
 
 def cmd_segmenter(args) -> int:
     from trainer.data.assemble import segmenter_splits
-    from trainer.models.architectures import SEGMENTER_SIZES, SegmenterSpec, build_segmenter
-    from trainer.training.train import train_segmenter
 
-    base = SEGMENTER_SIZES[args.model_size]
-    spec = SegmenterSpec(size=args.size, base=base.base, depth=base.depth, stem_stride=base.stem_stride)
-    cfg = _train_config(args)
+    check_output_dir(Path(args.out), "--out")
+    if args.weights and args.weights.endswith(".keras"):
+        check_keras_file(Path(args.weights), "--weights")
+    elif args.weights and not Path(args.weights).is_file():
+        raise InputError(f"--weights {args.weights}: no such file")
+    # The data first: a bad folder or image is found before TensorFlow is imported and anything is built.
     splits = segmenter_splits(
         args.data,
         args.size,
@@ -115,7 +123,14 @@ def cmd_segmenter(args) -> int:
         progress=_progress,
         holdout=args.holdout,
         n_domain=args.domain,
+        strict=args.strict_data,
     )
+    from trainer.models.architectures import SEGMENTER_SIZES, SegmenterSpec, build_segmenter
+    from trainer.training.train import train_segmenter
+
+    base = SEGMENTER_SIZES[args.model_size]
+    spec = SegmenterSpec(size=args.size, base=base.base, depth=base.depth, stem_stride=base.stem_stride)
+    cfg = _train_config(args)
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "segmenter", spec, cfg, splits, args)
     # Crops need a size-free model for training; the exported one has the device's fixed input size.
@@ -151,16 +166,8 @@ def cmd_crossval(args) -> int:
 def cmd_adapt(args) -> int:
     """Fine-tune a shipped model on a few labelled images of one
     site (a preset of `segmenter`/`classifier --weights`)."""
-    import json
-
     base = Path(args.base)
-    meta_path = base.with_suffix(".json")
-    if not base.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(
-            f"--base {base}: expected a fine-tuning checkpoint (NAME.keras) with its NAME.json beside it, "
-            "as published in models/finetune/"
-        )
-    meta = json.loads(meta_path.read_text())
+    meta = finetune_base(base)  # before the data and TensorFlow: a bad checkpoint costs a second, not a training
     spec = meta["spec"]
     common = [
         "--data",
@@ -181,6 +188,7 @@ def cmd_adapt(args) -> int:
         str(args.domain),
         "--batch-size",
         str(args.batch_size),
+        "--strict-data",  # a site's few labelled images: each one matters, none is skipped quietly
     ]
     if args.steps_per_epoch:
         common += ["--steps-per-epoch", str(args.steps_per_epoch)]
@@ -199,7 +207,7 @@ def cmd_adapt(args) -> int:
         ]
     else:
         argv = ["classifier", *common, "--alpha", str(spec["alpha"]), "--size", str(spec["size"])]
-    print("crack-train " + " ".join(argv))
+    print("crack-train " + shlex.join(argv))
     sub = build_parser().parse_args(argv)
     return sub.func(sub)
 
@@ -238,6 +246,11 @@ def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
         default=[],
         metavar="NAME",
         help="data folders kept entirely out of training: the cross-surface (leave-one-dataset-out) test",
+    )
+    p.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="stop at the first image or mask that cannot be used (default: skip it and list it in the summary)",
     )
     p.add_argument(
         "--domain",
@@ -371,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from edge.cli.common import EXIT_USAGE, fail
+    from edge.engine.bundle import BundleError
     from trainer.data.datasets import DatasetError
     from trainer.export.convert import ExportError
 
@@ -386,5 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             EXIT_USAGE,
             prog,
         )
-    except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, ExportError, InputError, BundleError, ValueError) as exc:
         return fail(f"error: {exc}", EXIT_USAGE, prog)
+    except OSError as exc:  # a file that cannot be read or written: name it, without the errno noise
+        where = f"{exc.filename}: " if exc.filename else ""
+        return fail(f"error: {where}{exc.strerror or exc}", EXIT_USAGE, prog)

@@ -7,23 +7,54 @@ from pathlib import Path
 
 
 def cmd_export(args) -> int:
-    from trainer.export.convert import ExportConfig, export_bundle
+    from trainer.cli.checks import (
+        InputError,
+        check_bundle,
+        check_output_dir,
+        check_run_dir,
+        check_threshold,
+        read_json,
+    )
 
-    version = args.version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M%S")
-    cfg = ExportConfig(calibration_images=args.calibration_images, tolerance=args.tolerance, golden_samples=args.golden)
+    # Every input is checked before the export imports TensorFlow and converts anything.
+    runs = {role: getattr(args, role) for role in ("classifier", "segmenter")}
+    for role, run in runs.items():
+        if run:
+            check_run_dir(Path(run), f"--{role}")
+    kept = [role for role, run in runs.items() if not run]
+    if kept and args.keep_from:
+        check_bundle(Path(args.keep_from), kept)
+    elif kept:
+        raise InputError(
+            f"no {kept[0]} run given: name its run directory (--{kept[0]}), or keep the {kept[0]} of a bundle "
+            "with --keep-from"
+        )
+    check_output_dir(Path(args.out), "--out")
+    if args.finetune_dir:
+        check_output_dir(Path(args.finetune_dir), "--finetune-dir")
+    if args.sign and not Path(args.sign).is_file():
+        raise InputError(f"--sign {args.sign}: no such key file (an OpenSSH ed25519 private key)")
     thresholds, source = {}, None
     if args.crossval:
-        import json
-
-        cv = json.loads(Path(args.crossval).read_text())
+        cv = read_json(Path(args.crossval), "the crossval.json of crack-train crossval")
+        if not isinstance(cv, dict):
+            raise InputError(f"{args.crossval}: expected a JSON object (crack-train crossval's crossval.json)")
         thresholds = {
-            role: cv[f"{role}_threshold"] for role in ("classifier", "segmenter") if f"{role}_threshold" in cv
+            role: check_threshold(cv[f"{role}_threshold"], f"{args.crossval}: {role}_threshold")
+            for role in ("classifier", "segmenter")
+            if isinstance(cv.get(f"{role}_threshold"), (int, float))
         }
         source = f"leave-one-dataset-out validation ({Path(args.crossval).name})"
     for role in ("classifier", "segmenter"):
         value = getattr(args, f"{role}_threshold")
         if value is not None:
-            thresholds[role], source = value, source or "given on the command line"
+            thresholds[role] = check_threshold(value, f"--{role}-threshold")
+            source = source or "given on the command line"
+
+    from trainer.export.convert import ExportConfig, export_bundle
+
+    version = args.version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M%S")
+    cfg = ExportConfig(calibration_images=args.calibration_images, tolerance=args.tolerance, golden_samples=args.golden)
     out = export_bundle(
         Path(args.classifier) if args.classifier else None,
         Path(args.segmenter) if args.segmenter else None,

@@ -95,6 +95,7 @@ def classifier_splits(
     patches_per_image: int = 8,
     progress=None,
     n_domain: int = 0,
+    strict: bool = False,
 ) -> Splits:
     """Classification sets; segmentation folders contribute crack/no-crack patches.
 
@@ -105,7 +106,7 @@ def classifier_splits(
         name = Path(root).name
         parts = {}
         if dataset_kind(root) == "segmentation":
-            seg = load_segmentation(root, 448, progress=progress)
+            seg = load_segmentation(root, 448, progress=progress, strict=strict)
             sp.reports.append(seg.report)
             # Patches teach the close-up scale; whole images teach the scale of a camera frame, where the
             # classifier gates the segmenter (a model trained on patches alone misses thin cracks in full frames).
@@ -114,7 +115,9 @@ def classifier_splits(
             )
             parts[f"{name}_whole"] = whole_images(seg, size)
         else:
-            parts[name] = load_classification(root, size, limit_per_class=limit_per_class, seed=seed, progress=progress)
+            parts[name] = load_classification(
+                root, size, limit_per_class=limit_per_class, seed=seed, progress=progress, strict=strict
+            )
             sp.reports.append(parts[name].report)
         for part_name, cs in parts.items():
             if root in holdout or name in holdout:
@@ -138,6 +141,7 @@ def classifier_splits(
         sp.reports.append(s.report)
     if not sp.train:
         raise DatasetError("no training data: give at least one --data folder that is not held out, or --synth N")
+    _require_training_images(sp)
     if n_domain:
         # A crack of >= 0.25 % of the frame is "crack" (the whole-image rule of segmentation folders is 0.1 %).
         _add_domain_samples(sp, n_domain, size, seed, progress, label_min_pixels=max(4, int(0.0025 * size * size)))
@@ -155,6 +159,7 @@ def segmenter_splits(
     progress=None,
     holdout: Collection[str] = (),
     n_domain: int = 0,
+    strict: bool = False,
 ) -> Splits:
     """Segmentation sets; a classification folder contributes its crack-free images as empty masks.
 
@@ -170,17 +175,19 @@ def segmenter_splits(
                 raise DatasetError(
                     f"--holdout {name}: only a segmentation folder can be held out of segmenter training"
                 )
-            seg = load_segmentation(root, size, progress=progress)
+            seg = load_segmentation(root, size, progress=progress, strict=strict)
             sp.reports.append(seg.report)
             sp.test[name] = (seg.images, seg.masks)
             sp.files[name] = {"test": list(seg.paths)}
             continue
         if dataset_kind(root) == "segmentation":
-            seg = load_segmentation(root, size, progress=progress)
+            seg = load_segmentation(root, size, progress=progress, strict=strict)
             images, masks, paths = seg.images, seg.masks, seg.paths
             sp.reports.append(seg.report)
         else:
-            cs = load_classification(root, size, limit_per_class=negatives_per_set, seed=seed, progress=progress)
+            cs = load_classification(
+                root, size, limit_per_class=negatives_per_set, seed=seed, progress=progress, strict=strict
+            )
             keep = cs.labels == 0
             images = cs.images[keep]
             masks = np.zeros(images.shape[:3], np.uint8)
@@ -201,9 +208,22 @@ def segmenter_splits(
         sp.reports.append(s.report)
     if not sp.train:
         raise DatasetError("no training data: give at least one --data folder or --synth N")
+    _require_training_images(sp)
     if n_domain:
         _add_domain_samples(sp, n_domain, size, seed, progress, label_min_pixels=None)
     return sp
+
+
+def _require_training_images(sp: Splits) -> None:
+    """Training and validation both need images before anything is trained (the split of a folder keeps one image
+    for testing and one for validation before training gets any, so a folder of one or two images gives none)."""
+    n_train, n_val = (sum(len(chunk[1]) for chunk in getattr(sp, part)) for part in ("train", "val"))
+    if n_train == 0 or n_val == 0:
+        loaded = ", ".join(f"{r.source}: {r.loaded}" for r in sp.reports) or "none"
+        raise DatasetError(
+            f"too few images to train on: {n_train} for training and {n_val} for validation after the split "
+            f"(usable images per folder: {loaded}); a folder needs at least 3, or add --synth N"
+        )
 
 
 def training_pool(sp: Splits):

@@ -6,8 +6,10 @@ surfaces, or a `labels.csv` (`file,label`) as written by `crack-train synth`, or
 the CSV of `crackd events export` (operators' labels on event snapshots). Segmentation: `images/` and
 `masks/` matched by file stem.
 
-Unreadable images are skipped, counted and listed (`LoadReport`); structural
-problems (a mask without its image, an empty folder) raise `DatasetError`.
+Files that cannot be used (unreadable, truncated, too small, a mask that does not fit its image) are
+skipped, counted and listed with the reason (`LoadReport`), or with `strict` stop the run naming the file
+(`crack-train adapt`: each of a site's few labelled images matters). Structural problems (a mask without its
+image, an empty folder) raise `DatasetError`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,67 @@ import cv2
 import numpy as np
 
 from edge.engine.preprocess import mask_to_binary, model_input, resize_mask
-from edge.sources.images import IMAGE_SUFFIXES, image_files, read_rgb
+from edge.sources.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, check_size, image_files, read_rgb
 
 POSITIVE_DIRS = {"positive", "crack", "cracks", "1"}
 NEGATIVE_DIRS = {"negative", "no_crack", "nocrack", "no-crack", "non_crack", "0"}
 LABEL_WORDS = {"crack": 1, "positive": 1, "1": 1, "no_crack": 0, "no-crack": 0, "negative": 0, "0": 0}
+# Smaller images hold nothing to learn from once scaled to the model's input (224 px): a 1x1 file is a mistake.
+MIN_IMAGE_SIDE = 32
+# A mask may be stored at another resolution than its image, but not another shape: that is the wrong file.
+MASK_ASPECT_TOLERANCE = 0.02
 
 
 class DatasetError(ValueError):
     """A dataset folder that cannot be used as given; the message says what to fix."""
+
+
+class UnusableFile(DatasetError):
+    """One image or mask that cannot be training data; the message names the file and why."""
+
+
+def _is_truncated_jpeg(path: Path) -> bool:
+    """A JPEG without its end-of-image marker (libjpeg decodes what is there and fills the rest with grey)."""
+    with path.open("rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 4096))
+        return b"\xff\xd9" not in f.read()  # some cameras write a few bytes after the marker
+
+
+def read_training_image(path: Path) -> np.ndarray:
+    """The RGB pixels of one training image; UnusableFile naming it when it cannot be training data."""
+    if not path.is_file():
+        raise UnusableFile(f"{path}: missing or not a file")
+    if path.stat().st_size == 0:
+        raise UnusableFile(f"{path}: empty file")
+    if _is_truncated_jpeg(path):  # checked first: some OpenCV builds decode the part that is there
+        raise UnusableFile(f"{path}: truncated JPEG (no end-of-image marker; the file was cut short)")
+    rgb = read_rgb(path)  # ImageTooLarge (a DatasetError's sibling ValueError) names the file and its size
+    if rgb is None:
+        raise UnusableFile(f"{path}: not an image, or corrupt")
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise UnusableFile(f"{path}: {w}x{h} pixels, smaller than {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+    return rgb
+
+
+def read_training_mask(path: Path, image_hw: tuple[int, int]) -> np.ndarray:
+    """A mask (0/255 or 0/1, any size with its image's shape) as 0/1; UnusableFile naming it otherwise."""
+    if not path.is_file() or path.stat().st_size == 0:
+        raise UnusableFile(f"{path}: missing or empty mask")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    check_size(data, DEFAULT_MAX_PIXELS, str(path))
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise UnusableFile(f"{path}: not an image, or corrupt")
+    (mh, mw), (ih, iw) = raw.shape[:2], image_hw
+    if abs(mw / mh - iw / ih) > MASK_ASPECT_TOLERANCE * (iw / ih):
+        raise UnusableFile(
+            f"{path}: mask is {mw}x{mh} but its image is {iw}x{ih} (not the same shape: the wrong mask?)"
+        )
+    return mask_to_binary(raw)
 
 
 @dataclass
@@ -43,7 +97,7 @@ class LoadReport:
         text = f"{self.source}: {self.loaded} loaded, {len(self.skipped)} skipped"
         if self.skipped:
             shown = ", ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
-            text += f" (unreadable: {shown})"
+            text += f" (skipped: {shown})"
         return text
 
 
@@ -130,9 +184,16 @@ def classification_files(root: str | Path) -> list[tuple[Path, int]]:
 
 
 def load_classification(
-    root: str | Path, size: int, limit_per_class: int | None = None, seed: int = 0, progress=None
+    root: str | Path,
+    size: int,
+    limit_per_class: int | None = None,
+    seed: int = 0,
+    progress=None,
+    strict: bool = False,
 ) -> ClassificationSet:
-    """Read a classification folder, resized to `size` through the device preprocessing."""
+    """Read a classification folder, resized to `size` through the device preprocessing.
+
+    An unusable file is skipped and listed, or with `strict` raised (UnusableFile)."""
     pairs = classification_files(root)
     if limit_per_class:
         rng = np.random.default_rng(seed)
@@ -145,16 +206,19 @@ def load_classification(
     report = LoadReport(str(root))
     images, labels, paths = [], [], []
     for path, label in pairs if progress is None else progress(pairs, desc=f"reading {Path(root).name}"):
-        rgb = read_rgb(path)
-        if rgb is None:
-            report.skipped.append(str(path))
+        try:
+            rgb = read_training_image(Path(path))
+        except UnusableFile as exc:
+            if strict:
+                raise
+            report.skipped.append(str(exc))
             continue
         images.append(model_input(rgb, size, size))
         labels.append(label)
         paths.append(str(path))
     report.loaded = len(images)
     if not images:
-        raise DatasetError(f"{root}: none of the {len(pairs)} images could be read")
+        raise DatasetError(f"{root}: none of the {len(pairs)} images could be used: " + "; ".join(report.skipped[:3]))
     return ClassificationSet(np.stack(images), np.array(labels, np.int32), paths, report)
 
 
@@ -184,23 +248,30 @@ def segmentation_pairs(root: str | Path) -> list[tuple[Path, Path]]:
     return [(images[s], masks[s]) for s in sorted(images)]
 
 
-def load_segmentation(root: str | Path, size: int, progress=None) -> SegmentationSet:
-    """Read image/mask pairs resized to `size`; masks may be 0/255 or 0/1 and of any size."""
+def load_segmentation(root: str | Path, size: int, progress=None, strict: bool = False) -> SegmentationSet:
+    """Read image/mask pairs resized to `size`; masks may be 0/255 or 0/1 and of any size with the image's shape.
+
+    An unusable pair is skipped and listed, or with `strict` raised (UnusableFile)."""
     pairs = segmentation_pairs(root)
     report = LoadReport(str(root))
     images, masks, paths = [], [], []
     for img_path, mask_path in pairs if progress is None else progress(pairs, desc=f"reading {Path(root).name}"):
-        rgb = read_rgb(img_path)
-        raw_mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED) if mask_path.stat().st_size else None
-        if rgb is None or raw_mask is None:
-            report.skipped.append(str(img_path if rgb is None else mask_path))
+        try:
+            rgb = read_training_image(img_path)
+            mask = read_training_mask(mask_path, rgb.shape[:2])
+        except UnusableFile as exc:
+            if strict:
+                raise
+            report.skipped.append(str(exc))
             continue
         images.append(model_input(rgb, size, size))
-        masks.append(resize_mask(mask_to_binary(raw_mask), size, size))
+        masks.append(resize_mask(mask, size, size))
         paths.append(str(img_path))
     report.loaded = len(images)
     if not images:
-        raise DatasetError(f"{root}: none of the {len(pairs)} image/mask pairs could be read")
+        raise DatasetError(
+            f"{root}: none of the {len(pairs)} image/mask pairs could be used: " + "; ".join(report.skipped[:3])
+        )
     return SegmentationSet(np.stack(images), np.stack(masks), paths, report)
 
 

@@ -12,12 +12,14 @@ from edge.events.journal.rows import OutboxRow
 
 
 class OutboxQueue(JournalConnection):
-    def outbox_fetch(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
+    """Each output (edge.outputs) reads and acknowledges only its own rows (`output`)."""
+
+    def outbox_fetch(self, after_id: int = 0, limit: int = 100, output: str = "mqtt") -> list[OutboxRow]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, topic, payload, qos, retain, created_at, "
-                "event_uuid FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
+                "SELECT id, topic, payload, qos, retain, created_at, event_uuid, output "
+                "FROM outbox WHERE output = ? AND id > ? ORDER BY id LIMIT ?",
+                (output, after_id, limit),
             ).fetchall()
         return [OutboxRow.from_row(r) for r in rows]
 
@@ -33,9 +35,12 @@ class OutboxQueue(JournalConnection):
                 n += c.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk).rowcount
         return n
 
-    def outbox_depth(self) -> int:
+    def outbox_depth(self, output: str | None = None) -> int:
+        """Rows waiting: of one output, or of all (None)."""
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            if output is None:
+                return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            return int(self._conn.execute("SELECT COUNT(*) FROM outbox WHERE output = ?", (output,)).fetchone()[0])
 
     def outbox_bytes(self) -> int:
         with self._lock:

@@ -43,7 +43,8 @@ class EventWrite:
 class OutboxMessage:
     """`payload`: a dict (sent as JSON with seq/replayed added) or bytes (sent as they are: pictures).
 
-    `replace_pending`: delete any unsent row on the same topic first (only the newest picture waits)."""
+    `replace_pending`: delete any unsent row of the same output on the same topic first (only the newest
+    picture waits). `output`: the output (edge.outputs) that delivers it and alone consumes the row."""
 
     topic: str
     payload: dict | bytes
@@ -51,6 +52,7 @@ class OutboxMessage:
     retain: bool = False
     event_uuid: str | None = None
     replace_pending: bool = False
+    output: str = "mqtt"
 
 
 # ---------------------------------------------------------------------------------------------- read
@@ -65,10 +67,20 @@ class OutboxRow:
     retain: bool
     created_at: float
     event_uuid: str | None
+    output: str = "mqtt"
 
     @classmethod
     def from_row(cls, r: sqlite3.Row) -> OutboxRow:
-        return cls(r["id"], r["topic"], r["payload"], r["qos"], bool(r["retain"]), r["created_at"], r["event_uuid"])
+        return cls(
+            r["id"],
+            r["topic"],
+            r["payload"],
+            r["qos"],
+            bool(r["retain"]),
+            r["created_at"],
+            r["event_uuid"],
+            r["output"],
+        )
 
 
 @dataclass(frozen=True)

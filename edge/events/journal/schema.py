@@ -67,6 +67,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX outbox_event ON outbox(event_uuid)",
         "CREATE INDEX frames_event ON frames(event_uuid)",
     ],
+    [
+        # One row per output (edge.outputs): each consumes its own rows at its own pace, so a slow
+        # output never holds back another and a row goes only once ITS output delivered it.
+        "ALTER TABLE outbox ADD COLUMN output TEXT NOT NULL DEFAULT 'mqtt'",
+        "CREATE INDEX outbox_output ON outbox(output, id)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -73,11 +73,12 @@ class EventWrites(JournalConnection):
                 now = time.time()
                 for m in messages:
                     if m.replace_pending:
-                        c.execute("DELETE FROM outbox WHERE topic = ?", (m.topic,))
+                        c.execute("DELETE FROM outbox WHERE topic = ? AND output = ?", (m.topic, m.output))
                     data = m.payload if isinstance(m.payload, bytes) else json.dumps(m.payload, separators=(",", ":"))
                     cur = c.execute(
-                        "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid) VALUES (?,?,?,?,?,?)",
-                        (m.topic, data, m.qos, int(m.retain), now, m.event_uuid),
+                        "INSERT INTO outbox (topic, payload, qos, retain, created_at, event_uuid, output) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (m.topic, data, m.qos, int(m.retain), now, m.event_uuid, m.output),
                     )
                     ids.append(cur.lastrowid)  # type: ignore[arg-type]  # an INSERT always sets it
         finally:

@@ -1,0 +1,52 @@
+"""The `mqtt` output: each event's messages for the broker (its picture on `snapshot`, then the `event`).
+
+Delivery is edge.outputs.publisher's (one MQTT connection, JSON or Sparkplug B, which Home
+Assistant discovery also uses): it drains this output's outbox rows in order and deletes each
+on its PUBACK. The picture goes first, so the retained picture is there when the event names it.
+"""
+
+from __future__ import annotations
+
+from edge.config import Config
+from edge.events.decision import END
+from edge.events.journal import OutboxMessage
+from edge.outputs import snapshots_mqtt
+from edge.outputs.base import EventOut, EventOutput, OutputContext, register
+from edge.outputs.payloads import PublishedPicture, event_payload
+from edge.outputs.publisher import OUTPUT, Publisher
+
+
+class MqttEvents(EventOutput):
+    name = OUTPUT
+
+    def __init__(self, cfg: Config, publisher: Publisher | None):
+        self.cfg = cfg
+        self.publisher = publisher
+        # Per open event: the picture last queued for it, named again by its later messages (an `end`).
+        self._published: dict[str, PublishedPicture | None] = {}
+
+    def messages(self, event: EventOut) -> list[OutboxMessage]:
+        cfg, r = self.cfg, event.record
+        out = []
+        if event.new_pictures and event.pictures is not None:
+            picture = snapshots_mqtt.snapshot_message(cfg, r, cfg.state_dir / event.pictures.overlay)
+            self._published[r.uuid] = None if picture is None else PublishedPicture(picture.topic, r.uuid, r.revision)
+            if picture is not None:
+                out.append(picture)
+        payload = event_payload(event, self._published.get(r.uuid) if event.pictures is not None else None)
+        out.append(OutboxMessage(cfg.topic("event"), payload, cfg.mqtt.qos, False, r.uuid))
+        if r.kind == END:
+            self._published.pop(r.uuid, None)
+        return out
+
+    def notify(self) -> None:
+        if self.publisher is not None:
+            self.publisher.notify()
+
+    def flush(self, timeout: float) -> bool:
+        return self.publisher.flush(timeout) if self.publisher is not None else True
+
+
+@register(OUTPUT)
+def _factory(context: OutputContext) -> MqttEvents | None:
+    return MqttEvents(context.cfg, context.publisher) if context.cfg.mqtt.enabled else None

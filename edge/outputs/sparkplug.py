@@ -76,6 +76,7 @@ HEALTH_METRICS = {
     "Health/CPU Temperature C": FLOAT,
     "Health/Camera State": STRING,
     "Health/Bundle Version": STRING,
+    "Health/Keeping Detections": BOOLEAN,  # false while no frame is taken: a detection could not be kept (disk full)
 }
 DEVICE_METRICS = {**EVENT_METRICS, **HEALTH_METRICS}
 
@@ -150,6 +151,7 @@ def health_values(stats: dict) -> dict:
         "Health/CPU Temperature C": stats.get("cpu_temp_c"),
         "Health/Camera State": stats.get("camera_state"),
         "Health/Bundle Version": stats.get("bundle_version"),
+        "Health/Keeping Detections": not stats.get("detections_paused"),
     }
 
 
@@ -300,6 +302,8 @@ class SparkplugPublisher(Publisher):
         self.identity.update(fields)
         if "bundle_version" in fields:
             self._ddata({"Health/Bundle Version": fields["bundle_version"]})
+        if "detections_paused" in fields:  # at once, not only with the next stats
+            self._ddata({"Health/Keeping Detections": not fields["detections_paused"]})
 
     def stop(self, reason: str = "shutdown", timeout: float = 2.0) -> None:
         """A clean disconnect suppresses the will: publish NDEATH ourselves first."""

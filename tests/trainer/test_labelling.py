@@ -336,3 +336,18 @@ def test_a_site_without_images_is_refused_before_anything_is_written(tmp_path):
         crack_train("label", "export", "--format", "cvat", tmp_path / "nowhere", "--out", out), "no images/ folder"
     )
     assert not out.exists()
+
+
+def test_label_studio_images_can_be_served_from_another_root_or_a_web_server(site, tmp_path):
+    out = tmp_path / "tasks.json"
+    ok(crack_train("label", "export", "--format", "labelstudio", site, "--out", out, "--document-root", site))
+    assert json.loads(out.read_text())[0]["data"]["image"] == "/data/local-files/?d=images/a.jpg"
+    prefix = "http://bench:8081/line3/"
+    ok(crack_train("label", "export", "--format", "labelstudio", site, "--out", out, "--image-url-prefix", prefix))
+    assert json.loads(out.read_text())[1]["data"]["image"] == prefix + "b.jpg"
+    one_line_error(
+        crack_train(
+            "label", "export", "--format", "labelstudio", site, "--out", out, "--document-root", tmp_path / "x"
+        ),
+        "is not inside it",
+    )

@@ -22,6 +22,8 @@ def cmd_label_export(args) -> int:
     site, out = Path(args.site), Path(args.out)
     if out.is_dir():
         raise InputError(f"--out {out}: is a directory; name the file to write (e.g. {out / 'task.zip'})")
+    if args.format == "labelstudio" and out.suffix.lower() == ".xml":
+        raise InputError(f"--out {out}: the labelling config is written to OUT.xml; name the tasks file OUT.json")
     frames = site_frames(site, Path(args.predicted) if args.predicted else None)
     counts = {kind: sum(f.drawn and f.source == kind for f in frames) for kind in ("predicted", "masks")}
     drawn = f"{counts['predicted']} with crackd's predicted masks, {counts['masks']} with the site's labels"

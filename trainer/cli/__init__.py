@@ -166,7 +166,7 @@ def cmd_crossval(args) -> int:
         from trainer.reports.suites import render as render_suites
 
         out = Path(args.out)
-        report["suites"] = json_safe(suites_section(Path(args.bundle), out, args.suite_frames, args.compare_with))
+        report["suites"] = json_safe(suites_section(args, Path(args.bundle), out))
         (out / "crossval.json").write_text(dumps(report))
         with (out / "CROSSVAL.md").open("a") as md:
             md.write("\n" + render_suites(report["suites"], heading="##") + "\n")

@@ -190,3 +190,18 @@ def test_evaluate_puts_the_suites_into_report_md(tmp_path):
     assert set(report["suites"]["suites"]) == set(SUITES)
     md = report_md.write(tmp_path / "out", report).read_text()
     assert "## Procedural test suites (bundle 1.0.0-test)" in md
+
+
+def test_crossval_gets_the_suites_beside_its_leave_one_out_figures(tmp_path):
+    from trainer.evaluation.crossval import render as render_crossval
+    from trainer.evaluation.suites import SuiteConfig, run_suites
+    from trainer.reports.suites import add_to_crossval
+
+    crossval = {"segmenter": [], "classifier": [], "plots": {}}  # what run_crossval wrote
+    (tmp_path / "crossval.json").write_text(json.dumps(crossval))
+    (tmp_path / "CROSSVAL.md").write_text(render_crossval(crossval))
+    add_to_crossval(tmp_path, run_suites(TEST_BUNDLE, tmp_path, SuiteConfig(frames=2, suites=("hairlines",))))
+    saved = json.loads((tmp_path / "crossval.json").read_text())
+    assert set(saved["suites"]["suites"]) == {"hairlines"} and saved["segmenter"] == []
+    md = (tmp_path / "CROSSVAL.md").read_text()
+    assert md.startswith("# Cross-surface validation") and "## Procedural test suites (bundle 1.0.0-test)" in md

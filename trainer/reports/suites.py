@@ -94,6 +94,20 @@ def render(section: dict, heading: str = "#") -> str:
     return "\n".join(lines)
 
 
+def add_to_crossval(out_dir: Path, section: dict) -> None:
+    """Put the suites section into the crossval.json and CROSSVAL.md that `crack-train crossval` wrote in `out_dir`."""
+    import json
+
+    from trainer.evaluation.json_safe import dumps, json_safe
+
+    section = json_safe(section)
+    report = json.loads((out_dir / "crossval.json").read_text())
+    report["suites"] = section
+    (out_dir / "crossval.json").write_text(dumps(report))
+    with (out_dir / "CROSSVAL.md").open("a") as md:
+        md.write("\n" + render(section, heading="##") + "\n")
+
+
 def write(out_dir: Path, section: dict) -> Path:
     """SUITES.md in `out_dir`."""
     path = Path(out_dir) / "SUITES.md"

@@ -129,6 +129,7 @@ class DaemonStatus:
             "bundle_version": self.bundle_version,
             "journal_error": self.journal_error,
             "journal_writes_dropped": self.journal_writes_dropped,
+            "detections_paused": self.detections_paused,
         }
 
     # ------------------------------------------------------------------ the one reader

@@ -528,6 +528,7 @@ class Supervisor:
             mqtt_delivered=pub.published if pub else 0,
             mqtt_replayed=pub.replayed if pub else 0,
             mqtt_snapshot_error=self._snapshot_check.problem() if self._snapshot_check else None,
+            outputs=[output.status() for output in self._outputs],
             pending_writes=writer.held,
             journal_error=writer.problem(),
             journal_writes_dropped=writer.writes_dropped,

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from edge.daemon_status import OutputStatus
 from edge.events.journal import OutboxMessage
 from edge.outputs.payloads import EventOut, Pictures
 
@@ -68,6 +69,21 @@ class EventOutput(ABC):
     def flush(self, timeout: float) -> bool:
         """Wait until its outbox rows are delivered (True) or `timeout` passes (False)."""
         return True
+
+    @abstractmethod
+    def status(self) -> OutputStatus:
+        """Its delivery now (status.json `outputs`, `crackd status`)."""
+
+    _waiting = 0
+
+    def waiting(self, journal: Journal) -> int:
+        """Its outbox rows not delivered yet; while the journal cannot be read (being reopened after a full disk)
+        the last figure stands, since the status writer must not fail over a figure."""
+        try:
+            self._waiting = journal.outbox_depth(self.name)
+        except Exception:
+            pass
+        return self._waiting
 
     def stop(self, timeout: float) -> None:
         """Stop delivering; undelivered rows stay in the outbox for the next start."""

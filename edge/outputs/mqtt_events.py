@@ -8,8 +8,9 @@ on its PUBACK. The picture goes first, so the retained picture is there when the
 from __future__ import annotations
 
 from edge.config import Config
+from edge.daemon_status import OutputStatus
 from edge.events.decision import END
-from edge.events.journal import OutboxMessage
+from edge.events.journal import Journal, OutboxMessage
 from edge.outputs import snapshots_mqtt
 from edge.outputs.base import EventOut, EventOutput, OutputContext, register
 from edge.outputs.payloads import PublishedPicture, event_payload
@@ -19,8 +20,9 @@ from edge.outputs.publisher import OUTPUT, Publisher
 class MqttEvents(EventOutput):
     name = OUTPUT
 
-    def __init__(self, cfg: Config, publisher: Publisher | None):
+    def __init__(self, cfg: Config, journal: Journal, publisher: Publisher | None) -> None:
         self.cfg = cfg
+        self.journal = journal
         self.publisher = publisher
         # Per open event: the picture last queued for it, named again by its later messages (an `end`).
         self._published: dict[str, PublishedPicture | None] = {}
@@ -43,10 +45,15 @@ class MqttEvents(EventOutput):
         if self.publisher is not None:
             self.publisher.notify()
 
+    def status(self) -> OutputStatus:
+        pub = self.publisher
+        error = None if pub is None or pub.connected else pub.last_error or "not connected"
+        return OutputStatus(self.name, self.waiting(self.journal), pub.published if pub else 0, error)
+
     def flush(self, timeout: float) -> bool:
         return self.publisher.flush(timeout) if self.publisher is not None else True
 
 
 @register(OUTPUT)
 def _factory(context: OutputContext) -> MqttEvents | None:
-    return MqttEvents(context.cfg, context.publisher) if context.cfg.mqtt.enabled else None
+    return MqttEvents(context.cfg, context.journal, context.publisher) if context.cfg.mqtt.enabled else None

@@ -302,15 +302,20 @@ def test_status_says_healthy_but_not_publishing_while_the_broker_is_away(tmp_pat
     from datetime import datetime
 
     from edge.cli import main
-    from edge.daemon_status import DaemonStatus
+    from edge.daemon_status import DaemonStatus, OutputStatus
 
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     away = DaemonStatus(pid=os.getpid(), state="running", healthy=True, updated_at=now, mqtt_enabled=True)
-    away = dataclasses.replace(away, broker_error="cannot reach broker 127.0.0.1:1883")
+    away = dataclasses.replace(
+        away,
+        broker_error="cannot reach broker 127.0.0.1:1883",
+        outputs=[OutputStatus("mqtt", 4, 0, "cannot reach broker"), OutputStatus("webhook", 2, 5, "HTTP 500")],
+    )
     away.write(tmp_path / "status.json")
     assert main(["status", "--state-dir", str(tmp_path)]) == 0  # frames flow and the journal keeps everything
     out = capsys.readouterr().out
     assert "healthy, not publishing" in out.splitlines()[0] and "cannot reach broker" in out
+    assert "  webhook      2 waiting, 5 delivered; NOT DELIVERING: HTTP 500" in out.splitlines()
     dataclasses.replace(away, broker_connected=True).write(tmp_path / "status.json")
     assert main(["status", "--state-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(", healthy")

@@ -92,6 +92,8 @@ def test_every_event_arrives_once_in_order_and_signed_through_errors_timeouts_re
             queue(journal, hook, [event(U2, START, 0), event(U2, END, 1)])
             assert wait(lambda: hook.failures >= 6) and journal.outbox_depth("webhook") == 2
             assert "Connection refused" in (hook.last_error or "")
+            waiting = hook.status()
+            assert (waiting.name, waiting.waiting, waiting.delivered) == ("webhook", 2, 3) and waiting.error
             receiver.start()
             assert wait(lambda: len(receiver.received) == 5 and journal.outbox_depth("webhook") == 0)
         finally:

@@ -87,7 +87,7 @@ def _row(path: Path, result) -> str:
             f"area {100 * m.area_fraction:.2f}%"
         )
     elif result.segmented:
-        meas = "segmented: no crack pixels"
+        meas = "segmented: no crack measured"
     return f"{str(path)[-48:]:<48} {'CRACK' if result.crack else 'ok':<6} {result.score:6.3f}  {meas}"
 
 
@@ -293,9 +293,15 @@ def _add_model_args(p, segment_default: str) -> None:
         "--segment",
         choices=SEGMENT_MODES,
         default=segment_default,
-        help=f"when to run the segmenter (default {segment_default})",
+        help=f"when to run the segmenter (default {segment_default}); a segmented image is a crack only when a crack "
+        "is measured, with 'never' the classifier's score alone decides",
     )
-    p.add_argument("--threshold", type=float, default=None, help="crack score threshold (default: the bundle's)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="classifier gate: the score at which the segmenter runs (default: the bundle's)",
+    )
     p.add_argument("--mm-per-pixel", type=float, default=None, help="scale for millimetre measurements")
     defaults = CrackGrouping()
     p.add_argument(

@@ -165,7 +165,9 @@ class Metrics:
             registry=self.registry,
         )
         self.crack_frames = Counter(
-            "crackd_crack_frames", "Frames the classifier called a crack", registry=self.registry
+            "crackd_crack_frames",
+            "Frames counted as a crack (past the classifier's gate, confirmed by the segmenter)",
+            registry=self.registry,
         )
         self._stages = {s: self.stage_seconds.labels(stage=s) for s in STAGES}
         self.registry.register(_SupervisorCollector(supervisor))

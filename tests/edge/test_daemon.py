@@ -101,6 +101,27 @@ def test_events_status_camera_stats_and_frames_match_their_schemas(
     assert not (state / "crackd.pid").exists()
 
 
+@pytest.mark.parametrize(
+    ("pattern", "events"),
+    [("GGGG....", 0), ("SSSS....", 0), ("CCCC....", 1)],
+    ids=["empty-mask", "only-a-speck", "confirmed-crack"],
+)
+def test_only_frames_the_segmenter_confirms_start_an_event(tmp_path, darkness_bundle, pattern, events):
+    """Every frame here passes the classifier's gate; only a crack of the minimum length (here 16 px) is an event."""
+    frames = tmp_path / "frames"
+    write_frames(frames, pattern)
+    InProcess(
+        config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, model__cracks={"min_length": 0.2}))
+    ).wait_finished()
+    state = tmp_path / "state"
+    recorded = journal_events(state)
+    assert len(recorded) == events
+    assert all(e.peak_measurements and e.peak_measurements["count"] >= 1 for e in recorded)
+    with Journal(state / "crackd.db") as j:
+        gated = j._conn.execute("SELECT crack, segmented FROM frames WHERE score >= 0.5").fetchall()
+    assert [tuple(map(bool, row)) for row in gated] == [(events == 1, True)] * 4
+
+
 def test_broker_outage_during_hundreds_of_crack_frames_loses_nothing(
     tmp_path, darkness_bundle, mosquitto, subscriber_factory
 ):

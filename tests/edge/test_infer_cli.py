@@ -56,6 +56,20 @@ def test_json_contract_fields_and_types(image_folder, darkness_bundle):
         assert r["timings_ms"]["total"] > 0
 
 
+def test_crack_is_false_when_the_segmenter_finds_nothing_and_the_classifier_alone_decides_with_it_off(
+    tmp_path, darkness_bundle
+):
+    grey = tmp_path / "grey.png"  # dark enough for the darkness classifier, too light for its segmenter
+    cv2.imwrite(str(grey), np.full((48, 64, 3), 130, np.uint8))
+    (gated,) = map(
+        json.loads, crackd("infer", "--bundle", str(darkness_bundle), "--json", str(grey)).stdout.splitlines()
+    )
+    assert gated["score"] >= 0.5 and gated["segmented"] and gated["measurements"]["count"] == 0
+    assert gated["crack"] is False
+    off = crackd("infer", "--bundle", str(darkness_bundle), "--segment", "never", "--json", str(grey))
+    assert json.loads(off.stdout)["crack"] is True
+
+
 def test_unreadable_image_is_reported_and_the_run_continues(image_folder, darkness_bundle):
     out = crackd("infer", "--bundle", str(darkness_bundle), "--json", str(image_folder))
     rows = [json.loads(line) for line in out.stdout.splitlines()]

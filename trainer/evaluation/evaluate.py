@@ -57,6 +57,8 @@ class EvalConfig:
     cross_surface: str = "sut_seg"  # data set of the cross-surface target
     overlay_samples: int = 4
     runtime: str = "auto"
+    suite_frames: int = 0  # frames per procedural test suite (trainer.evaluation.suites); 0: no suites
+    compare_with: str | None = None  # a previous bundle scored on the same suite frames, for a table of deltas
 
 
 @dataclass
@@ -323,7 +325,8 @@ def evaluate_bundle(
     read_manifest(bundle_dir)  # a clear BundleError before anything heavy happens
     if not data and not heldout_runs:
         raise DatasetError(
-            "nothing to evaluate: give --data DIR (dataset folders) and/or --heldout-from RUN_DIR (training runs)"
+            "nothing to evaluate: give --data DIR (dataset folders) and/or --heldout-from RUN_DIR (training runs); "
+            "the procedural test suites alone: crack-train suites BUNDLE"
         )
     manifest, roles, notes = load_models(bundle_dir, cfg.runtime)
     out_dir = Path(out_dir) if out_dir is not None else bundle_dir
@@ -398,6 +401,11 @@ def evaluate_bundle(
         role: {variant: timed[f"{role}/{variant}"].as_dict() for variant in roles[role].models} for role in ROLES
     }
     report["machine"] = machine_description()
+    if cfg.suite_frames:
+        from trainer.evaluation.suites import SuiteConfig, run_suites
+
+        suite_cfg = SuiteConfig(frames=cfg.suite_frames, runtime=cfg.runtime)
+        report["suites"] = run_suites(bundle_dir, out_dir, suite_cfg, cfg.compare_with, progress)
     crossval = bundle_dir / "crossval.json"
     if crossval.is_file():  # written by `crack-train crossval` into the bundle directory
         report["crossval"] = json.loads(crossval.read_text())

@@ -14,6 +14,7 @@ finds a crack component; its full-frame mask gives the pixel figures). Per suite
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 from edge.engine.bundle import load_bundle
 from edge.engine.cascade import Cascade
-from trainer.evaluation.suite_frames import SUITES, SuiteFrame, suite_frames
+from trainer.evaluation.suite_frames import CRACKS, SUITES, SuiteFrame, suite_frames
 from trainer.export.metrics import tolerant_counts, tolerant_from_counts
 
 TOLERANCE_PX = 2
@@ -37,6 +38,8 @@ TARGETS = (
 )
 # The metrics of a suite that the report and the comparison show, with how to read them.
 METRICS = {
+    "gate_false_open_rate": "crack-free frames the classifier gate passes",
+    "gate_recall": "cracked frames the classifier gate passes",
     "cascade_false_crack_rate": "crack-free frames called crack (default cascade)",
     "segmenter_false_crack_rate": "crack-free frames called crack (segmenter alone)",
     "border_false_share": "false crack pixels in the outer 3 % band",
@@ -69,12 +72,15 @@ class SuiteConfig:
 class FrameScore:
     index: int
     cracked: bool
+    gate_open: bool  # the classifier's score passed its threshold (the segmenter runs)
     cascade_crack: bool
     segmenter_crack: bool
     false_px: int  # predicted (segmenter alone) farther than the tolerance from any true crack pixel
     border_false_px: int
     segmenter_counts: tuple[int, int, int, int]  # trainer.export.metrics.tolerant_counts
     cascade_counts: tuple[int, int, int, int]
+    crack_width: int | None = None  # the frame's cracks (suite_frames.SuiteFrame)
+    crack_contrast: float | None = None
 
     @property
     def tolerant_f1(self) -> float:
@@ -102,12 +108,15 @@ def score_frame(
     score = FrameScore(
         index=frame.index,
         cracked=frame.cracked,
+        gate_open=bool(device.score >= default.threshold),
         cascade_crack=bool(device.crack),
         segmenter_crack=bool(full.measurements is not None and full.measurements.count > 0),
         false_px=int(false.sum()),
         border_false_px=int((false & band).sum()),
         segmenter_counts=tolerant_counts(frame.mask, pred, TOLERANCE_PX),
         cascade_counts=tolerant_counts(frame.mask, device_pred, TOLERANCE_PX),
+        crack_width=frame.crack_width,
+        crack_contrast=frame.crack_contrast,
     )
     return score, pred
 
@@ -122,6 +131,8 @@ def suite_metrics(scores: list[FrameScore], band_area_share: float) -> dict[str,
         "cracked_frames": len(cracked),
         "cascade_false_crack_frames": sum(s.cascade_crack for s in free),
         "segmenter_false_crack_frames": sum(s.segmenter_crack for s in free),
+        "gate_false_open_rate": float(np.mean([s.gate_open for s in free])) if free else None,
+        "gate_recall": float(np.mean([s.gate_open for s in cracked])) if cracked else None,
         "cascade_false_crack_rate": float(np.mean([s.cascade_crack for s in free])) if free else None,
         "segmenter_false_crack_rate": float(np.mean([s.segmenter_crack for s in free])) if free else None,
         "false_px": false_px,
@@ -134,6 +145,28 @@ def suite_metrics(scores: list[FrameScore], band_area_share: float) -> dict[str,
         for key, value in tolerant_from_counts(counts).items():
             out[f"{variant}_{key}"] = value if cracked else None
     return out
+
+
+def recall_breakdown(scores: list[FrameScore], contrast_range: tuple[float, float]) -> list[dict[str, Any]]:
+    """Tolerant recall of the cracked frames by crack width and by contrast (three equal bins of the suite's range):
+    which cracks a bundle misses, not only how many."""
+    cracked = [s for s in scores if s.cracked and s.crack_width is not None]
+    widths = sorted({s.crack_width for s in cracked if s.crack_width is not None})
+    edges = np.linspace(contrast_range[0], contrast_range[1], 4)
+    groups = [(f"{w} px wide", [s for s in cracked if s.crack_width == w]) for w in widths]
+    for a, b in itertools.pairwise(edges):
+        chosen = [s for s in cracked if s.crack_contrast is not None and a <= s.crack_contrast <= b]
+        groups.append((f"{a:.0f}-{b:.0f} grey levels darker", chosen))
+    rows = []
+    for name, chosen in groups:
+        if not chosen:
+            continue
+        row: dict[str, Any] = {"cracks": name, "frames": len(chosen)}
+        for variant in ("segmenter", "cascade"):
+            counts = np.array([getattr(s, f"{variant}_counts") for s in chosen], np.int64)
+            row[f"{variant}_tolerant_recall"] = tolerant_from_counts(counts)["tolerant_recall"]
+        rows.append(row)
+    return rows
 
 
 def _worst_overlays(suite: str, kept: dict, scores: list[FrameScore], cfg: SuiteConfig, plots: Path) -> dict:
@@ -209,8 +242,9 @@ def run_suite(
     bundle_dir: Path, suite: str, cfg: SuiteConfig, plots: Path | None, progress: Callable | None = None
 ) -> dict[str, Any]:
     """One suite on one bundle: metrics and (with `plots`) the overlay files."""
-    result = score_frames(bundle_dir, suite, suite_frames(suite, cfg.frames), cfg, plots, progress)
+    result, scores = score_frames(bundle_dir, suite, suite_frames(suite, cfg.frames), cfg, plots, progress)
     result["description"] = SUITE_WORDS[suite]
+    result["recall_by_crack"] = recall_breakdown(scores, CRACKS[suite][2])
     return result
 
 
@@ -218,9 +252,8 @@ def run_negatives(
     bundle_dir: Path, folder: Path, cfg: SuiteConfig, plots: Path | None, progress: Callable | None = None
 ) -> dict[str, Any]:
     """Real crack-free photographs as one more crack-free set (METU negatives: the false-positive check)."""
-    result = score_frames(
-        bundle_dir, f"negatives_{folder.name}", negative_frames(folder, cfg.frames), cfg, plots, progress
-    )
+    frames = negative_frames(folder, cfg.frames)
+    result, _ = score_frames(bundle_dir, f"negatives_{folder.name}", frames, cfg, plots, progress)
     result["description"] = f"crack-free photographs of {folder}"
     return result
 
@@ -232,8 +265,9 @@ def score_frames(
     cfg: SuiteConfig,
     plots: Path | None,
     progress: Callable | None = None,
-) -> dict[str, Any]:
-    """Frames through one bundle's cascade: metrics, and (with `plots`) the overlays of the worst frames."""
+) -> tuple[dict[str, Any], list[FrameScore]]:
+    """Frames through one bundle's cascade: (metrics and, with `plots`, the overlays of the worst frames; the
+    per-frame scores)."""
     bundle = load_bundle(bundle_dir, runtime=cfg.runtime, threads=1)
     default = Cascade(bundle)
     segmenter = Cascade(bundle, segment="always")
@@ -256,7 +290,7 @@ def score_frames(
     if plots is not None:
         files = _worst_overlays(name, kept, scores, cfg, plots)
         result["plots"] = {k: str(p.relative_to(plots.parent)) for k, p in files.items()}
-    return result
+    return result, scores
 
 
 def check_suite_targets(suites: dict[str, Any]) -> list[dict[str, Any]]:

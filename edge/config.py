@@ -687,6 +687,9 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
         fail(f"source.{s.type}.{key}" if key else f"source.{s.type}", message)
     if s.retry_max_s < s.retry_initial_s:
         fail("source.retry_max_s", f"must be >= source.retry_initial_s ({s.retry_initial_s:g})")
+    problem = cfg.model.cracks.unit_problem(cfg.model.mm_per_pixel)
+    if problem:
+        fail(f"model.cracks.{problem[0]}", problem[1])
     d = cfg.decision
     if d.start_k > d.start_n:
         fail("decision.start_k", f"k ({d.start_k}) cannot exceed n ({d.start_n})")

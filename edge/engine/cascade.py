@@ -117,6 +117,7 @@ class Cascade:
         self.tiling = tiling
         self.min_area_px = min_area_px
         self.cracks = cracks or CrackGrouping()
+        self.cracks.check_units(mm_per_pixel)
         out = bundle.classifier.output
         self._cls_scale, self._cls_zp = out.scale, out.zero_point
         seg_out = bundle.segmenter.output
@@ -151,7 +152,7 @@ class Cascade:
         return np.where(prob_q >= self._seg_q_threshold, np.uint8(255), np.uint8(0))
 
     def _measure(self, mask: np.ndarray, frame_size: tuple[int, int]) -> CrackMeasurements:
-        merge_gap_px, min_length_px = self.cracks.in_frame_px(*frame_size)
+        merge_gap_px, min_length_px = self.cracks.in_frame_px(*frame_size, self.mm_per_pixel)
         return measure_mask(mask, self.mm_per_pixel, self.min_area_px, frame_size, merge_gap_px, min_length_px)
 
     def process(self, frame: np.ndarray) -> FrameResult:

@@ -12,8 +12,8 @@ output needs from the daemon comes in `OutputContext`. Payloads are built from t
 (`EventOut`, `Pictures`) in one place per output, never by mutating a dict on the way.
 
 Event outputs: `mqtt` (edge.outputs.mqtt_events: JSON or Sparkplug B, delivered by
-edge.outputs.publisher, which Home Assistant discovery also rides on) and `webhook`
-(edge.outputs.webhook). Prometheus (edge.outputs.metrics) is scraped, not pushed: it reads the
+edge.outputs.publisher, which Home Assistant discovery also rides on; the output owns that
+connection) and `webhook` (edge.outputs.webhook). Prometheus (edge.outputs.metrics) is scraped, not pushed: it reads the
 daemon's status and frame figures and has no outbox rows.
 """
 
@@ -33,7 +33,6 @@ from edge.outputs.payloads import EventOut, Pictures
 if TYPE_CHECKING:
     from edge.config import Config
     from edge.events.journal import Journal
-    from edge.outputs.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class OutputContext:
 
     cfg: Config
     journal: Journal
-    publisher: Publisher | None  # the MQTT connection (None: mqtt.enabled is false)
+    identity: dict  # who is speaking: version, bundle_version, bundle_sha256, started_at (the MQTT birth)
 
 
 class EventOutput(ABC):

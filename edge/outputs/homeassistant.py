@@ -233,7 +233,13 @@ def discovery_messages(cfg: Config, sw_version: str = __version__) -> list[tuple
 
 
 def removal_messages(cfg: Config) -> list[tuple[str, bytes]]:
+    """Empty retained configs on every topic crackd may have used (HA deletes the entities)."""
     return [(config_topic(cfg, component, object_id), b"") for component, object_id in ALL_OBJECTS]
+
+
+def clear_crack_state(client: mqtt.Client, cfg: Config) -> mqtt.MQTTMessageInfo:
+    """Remove the retained crack sensor state (it is published for Home Assistant alone)."""
+    return client.publish(cfg.topic(CRACK_TOPIC), b"", qos=1, retain=True)
 
 
 def crack_state(event: dict) -> str:
@@ -302,6 +308,8 @@ class Discovery:
         messages = discovery_messages(self.cfg, self.publisher.identity.get("version") or __version__)
         for topic, payload in messages:
             client.publish(topic, payload, qos=1, retain=True)
+        if self.cfg.homeassistant.remove:
+            clear_crack_state(client, self.cfg)
         self.published += 1
         log.info(
             "Home Assistant discovery: %s %d configs under %s/",
@@ -363,6 +371,7 @@ def remove_now(cfg: Config, password: str | None, timeout: float = 10.0) -> int:
         if connack["reason"].is_failure:
             raise ConnectionError(f"broker {m.host}:{m.port} refused the connection: {connack['reason']}")
         infos = [client.publish(topic, payload, qos=1, retain=True) for topic, payload in removal_messages(cfg)]
+        clear_crack_state(client, cfg)
         done = 0
         for info in infos:
             try:

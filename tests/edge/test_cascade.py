@@ -69,6 +69,17 @@ def test_a_frame_whose_only_crack_is_shorter_than_the_minimum_is_no_crack(bundle
     assert short.score >= 0.5 and short.segmented and not short.crack and short.measurements.count == 0
 
 
+def test_the_minimum_length_may_be_set_in_pixels_or_in_millimetres(bundle):
+    frame = crack_frame(p0=(300, 240), p1=(350, 240), width=10)  # measures about 40 px long
+    assert not Cascade(bundle, cracks=CrackGrouping(min_length_px=60)).process(frame).crack
+    assert Cascade(bundle, cracks=CrackGrouping(min_length_px=20)).process(frame).crack
+    at_tenth_mm = dict(mm_per_pixel=0.1)  # 6 mm = 60 px, 2 mm = 20 px
+    assert not Cascade(bundle, cracks=CrackGrouping(min_length_mm=6), **at_tenth_mm).process(frame).crack
+    assert Cascade(bundle, cracks=CrackGrouping(min_length_mm=2), **at_tenth_mm).process(frame).crack
+    with pytest.raises(ValueError, match=r"cracks\.min_length_mm: a length in millimetres needs the camera's scale"):
+        Cascade(bundle, cracks=CrackGrouping(min_length_mm=2))
+
+
 def test_with_the_segmenter_off_the_classifier_alone_decides(bundle):
     r = Cascade(bundle, segment="never").process(GREY)
     assert r.crack and r.confirmed is None

@@ -141,16 +141,21 @@ def test_crack_train_suites_reports_every_suite_worst_frames_and_deltas_against_
     from trainer.cli import main
 
     out = tmp_path / "suites"
-    args = ["suites", str(DEFAULT_BUNDLE), "--out", str(out), "--suite-frames", "4", "--compare-with", str(TEST_BUNDLE)]
-    assert main(args) == 0
+    negatives = _classification_folder(tmp_path / "metu", 3)
+    args = ["suites", str(DEFAULT_BUNDLE), "--out", str(out), "--suite-frames", "4"]
+    assert main([*args, "--compare-with", str(TEST_BUNDLE), "--negatives", str(negatives)]) == 0
     section = json.loads((out / "suites.json").read_text())
-    assert set(section["suites"]) == set(SUITES)
-    for entry in section["suites"].values():
+    assert set(section["suites"]) == {*SUITES, "negatives_metu"}
+    for suite in SUITES:
+        entry = section["suites"][suite]
         assert entry["metrics"]["crack_free_frames"] == 2 and entry["metrics"]["cracked_frames"] == 2
         for path in entry["plots"].values():
             assert (out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The real crack-free photographs: the negative class only, all of them (fewer than --suite-frames).
+    assert section["suites"]["negatives_metu"]["metrics"]["crack_free_frames"] == 3
+    assert section["suites"]["negatives_metu"]["metrics"]["cracked_frames"] == 0
     assert section["compare_with"]["version"] == "1.0.0-test"
-    assert set(section["compare_with"]["deltas"]) == set(SUITES)
+    assert set(section["compare_with"]["deltas"]) == {*SUITES, "negatives_metu"}
     md = (out / "SUITES.md").read_text()
     assert "Procedural test suites (bundle 1.1.0)" in md and "Against bundle 1.0.0-test" in md
     assert md.count("✅ met") + md.count("❌ not met") + md.count("— not measured") == 4
@@ -165,18 +170,38 @@ def test_crack_train_suites_names_a_missing_previous_bundle(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def _classification_folder(root, n: int):
+    rng = np.random.default_rng(5)
+    for label, p in (("positive", 1.0), ("negative", 0.0)):
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            image = synth.generate(rng, 64, 64, crack_probability=p).image
+            cv2.imwrite(str(root / label / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return root
+
+
 def test_evaluate_puts_the_suites_into_report_md(tmp_path):
     from trainer.evaluation.evaluate import EvalConfig, evaluate_bundle
     from trainer.reports import markdown as report_md
 
-    rng = np.random.default_rng(5)
-    for label, p in (("positive", 1.0), ("negative", 0.0)):
-        (tmp_path / "cls" / label).mkdir(parents=True)
-        for i in range(2):
-            image = synth.generate(rng, 64, 64, crack_probability=p).image
-            cv2.imwrite(str(tmp_path / "cls" / label / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    cls = _classification_folder(tmp_path / "cls", 2)
     cfg = EvalConfig(latency_runs=2, latency_warmup=1, latency_rounds=1, suite_frames=2)
-    report = evaluate_bundle(TEST_BUNDLE, [tmp_path / "cls"], [], tmp_path / "out", cfg)
+    report = evaluate_bundle(TEST_BUNDLE, [cls], [], tmp_path / "out", cfg)
     assert set(report["suites"]["suites"]) == set(SUITES)
     md = report_md.write(tmp_path / "out", report).read_text()
     assert "## Procedural test suites (bundle 1.0.0-test)" in md
+
+
+def test_crossval_gets_the_suites_beside_its_leave_one_out_figures(tmp_path):
+    from trainer.evaluation.crossval import render as render_crossval
+    from trainer.evaluation.suites import SuiteConfig, run_suites
+    from trainer.reports.suites import add_to_crossval
+
+    crossval = {"segmenter": [], "classifier": [], "plots": {}}  # what run_crossval wrote
+    (tmp_path / "crossval.json").write_text(json.dumps(crossval))
+    (tmp_path / "CROSSVAL.md").write_text(render_crossval(crossval))
+    add_to_crossval(tmp_path, run_suites(TEST_BUNDLE, tmp_path, SuiteConfig(frames=2, suites=("hairlines",))))
+    saved = json.loads((tmp_path / "crossval.json").read_text())
+    assert set(saved["suites"]["suites"]) == {"hairlines"} and saved["segmenter"] == []
+    md = (tmp_path / "CROSSVAL.md").read_text()
+    assert md.startswith("# Cross-surface validation") and "## Procedural test suites (bundle 1.0.0-test)" in md

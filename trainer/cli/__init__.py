@@ -162,14 +162,9 @@ def cmd_crossval(args) -> int:
     )
     if args.bundle and args.suite_frames:  # beside leave-one-out: the bundle on the procedural test suites
         from trainer.cli.evaluate import suites_section
-        from trainer.evaluation.json_safe import dumps, json_safe
-        from trainer.reports.suites import render as render_suites
+        from trainer.reports.suites import add_to_crossval
 
-        out = Path(args.out)
-        report["suites"] = json_safe(suites_section(Path(args.bundle), out, args.suite_frames, args.compare_with))
-        (out / "crossval.json").write_text(dumps(report))
-        with (out / "CROSSVAL.md").open("a") as md:
-            md.write("\n" + render_suites(report["suites"], heading="##") + "\n")
+        add_to_crossval(Path(args.out), suites_section(args, Path(args.bundle), Path(args.out)))
     print((Path(args.out) / "CROSSVAL.md").read_text())
     return 0 if report else 1
 

@@ -58,6 +58,7 @@ def cmd_evaluate(args) -> int:
         runtime=args.runtime,
         suite_frames=args.suite_frames,
         compare_with=args.compare_with,
+        suite_negatives=tuple(args.negatives),
     )
     out = Path(args.out) if args.out else Path(args.bundle)
     try:
@@ -88,17 +89,28 @@ def add_suite_args(p, frames: int) -> None:
         metavar="BUNDLE",
         help="a previous bundle scored on the same suite frames: the report gets a table of deltas",
     )
+    p.add_argument(
+        "--negatives",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="real crack-free photographs scored beside the suites, up to --suite-frames of each (a classification "
+        "folder's negative class, e.g. metu_cls, or a folder of images): the false-positive check on real surfaces",
+    )
 
 
-def suites_section(bundle: Path, out: Path, frames: int, compare_with: str | None, runtime: str = "auto") -> dict:
+def suites_section(args, bundle: Path, out: Path) -> dict:
     """The suites section of a report (after checking the bundles named on the command line)."""
     from edge.engine.bundle import read_manifest
     from trainer.evaluation.suites import SuiteConfig, run_suites
 
     read_manifest(bundle)
-    if compare_with:
-        read_manifest(Path(compare_with))
-    return run_suites(bundle, out, SuiteConfig(frames=frames, runtime=runtime), compare_with, _progress)
+    if args.compare_with:
+        read_manifest(Path(args.compare_with))
+    cfg = SuiteConfig(
+        frames=args.suite_frames, runtime=getattr(args, "runtime", "auto"), negatives=tuple(args.negatives)
+    )
+    return run_suites(bundle, out, cfg, args.compare_with, _progress)
 
 
 def cmd_suites(args) -> int:
@@ -110,7 +122,7 @@ def cmd_suites(args) -> int:
     out = Path(args.out) if args.out else Path(args.bundle)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        section = json_safe(suites_section(Path(args.bundle), out, args.suite_frames, args.compare_with, args.runtime))
+        section = json_safe(suites_section(args, Path(args.bundle), out))
     except (BundleError, RuntimeUnavailable) as exc:
         return _one_line_error("suites", exc)
     (out / "suites.json").write_text(dumps(section))

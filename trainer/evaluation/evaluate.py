@@ -59,6 +59,7 @@ class EvalConfig:
     runtime: str = "auto"
     suite_frames: int = 0  # frames per procedural test suite (trainer.evaluation.suites); 0: no suites
     compare_with: str | None = None  # a previous bundle scored on the same suite frames, for a table of deltas
+    suite_negatives: tuple[str, ...] = ()  # folders of real crack-free photographs scored beside the suites
 
 
 @dataclass
@@ -404,7 +405,7 @@ def evaluate_bundle(
     if cfg.suite_frames:
         from trainer.evaluation.suites import SuiteConfig, run_suites
 
-        suite_cfg = SuiteConfig(frames=cfg.suite_frames, runtime=cfg.runtime)
+        suite_cfg = SuiteConfig(frames=cfg.suite_frames, runtime=cfg.runtime, negatives=cfg.suite_negatives)
         report["suites"] = run_suites(bundle_dir, out_dir, suite_cfg, cfg.compare_with, progress)
     crossval = bundle_dir / "crossval.json"
     if crossval.is_file():  # written by `crack-train crossval` into the bundle directory

@@ -31,7 +31,9 @@ from trainer.data import domain
 
 SUITES = ("part_edges", "hairlines", "markings")
 SUITE_ENTROPY = 0x5017E5_C7AC  # the root of every suite seed; training seeds are small ints with no spawn key
-FRAME_SIZES = {"part_edges": (360, 480), "hairlines": (360, 480), "markings": (360, 640)}  # (h, w), never square
+# (h, w), never square, and near the segmenter's input (224 px), so that a crack's width in the frame is its width
+# as the model sees it: "1-3 px" hairlines are 1-3 px to the model, not half a pixel after the resize.
+FRAME_SIZES = {"part_edges": (240, 320), "hairlines": (192, 256), "markings": (225, 400)}
 HAIRLINE_WIDTHS = (1, 2, 3)  # px
 HAIRLINE_CONTRAST = (5.0, 20.0)  # grey levels darker than the surface
 HAIRLINE_MIN_SURFACE = 75.0  # surfaces are brightened to this mean, so 20 levels stay a shallow crack
@@ -48,10 +50,7 @@ class SuiteFrame:
     image: np.ndarray
     mask: np.ndarray
     scene: str  # in words, for overlays: "plate, textured background, border cut"
-
-    @property
-    def cracked(self) -> bool:
-        return bool(self.index % 2)
+    cracked: bool  # False: a crack-free frame (its mask is all zero)
 
 
 def frame_seed(suite: str, pair: int, part: int) -> np.random.SeedSequence:
@@ -111,10 +110,10 @@ def _part_regions(rng: np.random.Generator, h: int, w: int) -> tuple[list[np.nda
         rw, rh = rng.uniform(0.2, 0.45) * w, rng.uniform(0.2, 0.45) * h
         polys = [_chamfered_rect(rng, cx, cy, rw, rh)]
         for _ in range(int(rng.integers(0, 4))):
-            holes.append((cx + rng.uniform(-0.6, 0.6) * rw, cy + rng.uniform(-0.6, 0.6) * rh, rng.uniform(4, 18)))
+            holes.append((cx + rng.uniform(-0.6, 0.6) * rw, cy + rng.uniform(-0.6, 0.6) * rh, rng.uniform(3, 12)))
     elif kind == "tiles":  # a row or grid of tiles: their borders are gaps showing the background
         cols, rows = int(rng.integers(2, 5)), int(rng.integers(1, 4))
-        gap = rng.uniform(2, 9)
+        gap = rng.uniform(2, 7)
         tw, th = rng.uniform(0.12, 0.3) * w, rng.uniform(0.15, 0.35) * h
         x0, y0 = cx - cols * (tw + gap) / 2, cy - rows * (th + gap) / 2
         polys = [
@@ -146,7 +145,7 @@ def _part_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
     polys, holes, part = _part_regions(rng, h, w)
     body = np.zeros((h, w), np.float32)
     bevel = np.zeros((h, w), np.float32)
-    chamfer = int(rng.integers(2, 7))
+    chamfer = int(rng.integers(2, 6))
     for shape in polys:
         _fill(body, shape, 1.0)
         _fill(bevel, shape, 1.0, chamfer)
@@ -169,7 +168,7 @@ def _part_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
     img = img * (1 - hole_layer[..., None]) + rng.uniform(5, 50) * hole_layer[..., None]
     border = ""
     if rng.random() < 0.3:  # a fixture or rail along one image side
-        side, band = int(rng.integers(0, 4)), int(rng.integers(3, 15))
+        side, band = int(rng.integers(0, 4)), int(rng.integers(3, 12))
         value = rng.uniform(0, 40) if rng.random() < 0.5 else rng.uniform(200, 250)
         view = (img[:band], img[-band:], img[:, :band], img[:, -band:])[side]
         view[:] = value
@@ -225,7 +224,7 @@ def _marking_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray
     vp = (w / 2 + rng.uniform(-0.3, 0.3) * w, rng.uniform(-0.3, 0.2) * h)
     paint = np.zeros((h, w), np.float32)
     for x_bottom in rng.uniform(-0.1, 1.1, size=int(rng.integers(1, 4))) * w:
-        band = _perspective_band(h, w, vp, x_bottom, rng.uniform(10, 28)).round().astype(np.int32)
+        band = _perspective_band(h, w, vp, x_bottom, rng.uniform(6, 18)).round().astype(np.int32)
         cv2.fillPoly(paint, [band], 1.0, cv2.LINE_AA)
         if rng.random() < 0.5:  # dashed: gaps across the band
             period, duty = rng.uniform(0.12, 0.3) * h, rng.uniform(0.4, 0.7)
@@ -245,7 +244,7 @@ def _marking_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray
         layer[:] = 0
         start = np.array([rng.uniform(0, w), rng.uniform(0.3, 1.0) * h], np.float32)
         path = synth._crack_path(rng, start, rng.uniform(0, 2 * math.pi), rng.uniform(0.4, 1.0) * w, 6.0)
-        cv2.polylines(layer, [path.round().astype(np.int32)], False, 1.0, int(rng.integers(6, 16)), cv2.LINE_AA)
+        cv2.polylines(layer, [path.round().astype(np.int32)], False, 1.0, int(rng.integers(4, 11)), cv2.LINE_AA)
         layer = cv2.GaussianBlur(layer, (0, 0), 1.5)
         img = img * (1 - layer[..., None]) + rng.uniform(15, 40) * layer[..., None]
         drawn.append("sealed crack")
@@ -253,11 +252,11 @@ def _marking_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray
         layer[:] = 0
         if rng.random() < 0.5:
             x0, x1 = rng.uniform(0, w, size=2)
-            cv2.line(layer, (round(x0), h), (round(x1), 0), 1.0, int(rng.integers(8, 30)))
+            cv2.line(layer, (round(x0), h), (round(x1), 0), 1.0, int(rng.integers(5, 20)))
         else:
             for _ in range(int(rng.integers(3, 10))):
                 c = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-                cv2.ellipse(layer, c, (int(rng.integers(10, 60)), int(rng.integers(5, 30))), 0, 0, 360, 1.0, -1)
+                cv2.ellipse(layer, c, (int(rng.integers(6, 40)), int(rng.integers(3, 20))), 0, 0, 360, 1.0, -1)
         layer = cv2.GaussianBlur(layer, (0, 0), rng.uniform(2, 6))
         img *= (1 - layer * rng.uniform(0.3, 0.55))[..., None]
         drawn.append("shadow")
@@ -275,7 +274,7 @@ SCENES = {"part_edges": _part_scene, "hairlines": _hairline_scene, "markings": _
 CRACKS = {
     "part_edges": ((1, 2), (1, 2, 3), (25.0, 80.0)),
     "hairlines": ((1, 2), HAIRLINE_WIDTHS, HAIRLINE_CONTRAST),
-    "markings": ((1, 3), (1, 2, 3, 4, 5), (25.0, 70.0)),
+    "markings": ((1, 3), (1, 2, 3, 4), (25.0, 70.0)),
 }
 
 
@@ -319,8 +318,8 @@ def suite_pair(suite: str, pair: int) -> tuple[SuiteFrame, SuiteFrame]:
     free_image = _finish(scene, _rng(suite, pair, 2))
     cracked_image = _finish(cracked, _rng(suite, pair, 2))
     mask &= (cracked_image != free_image).any(axis=2).astype(np.uint8)  # a pixel the noise hid is no crack pixel
-    free = SuiteFrame(suite, 2 * pair, free_image, np.zeros((h, w), np.uint8), what)
-    return free, SuiteFrame(suite, 2 * pair + 1, cracked_image, mask, what + ", cracked")
+    free = SuiteFrame(suite, 2 * pair, free_image, np.zeros((h, w), np.uint8), what, cracked=False)
+    return free, SuiteFrame(suite, 2 * pair + 1, cracked_image, mask, what + ", cracked", cracked=True)
 
 
 def suite_frames(suite: str, n: int) -> Iterator[SuiteFrame]:

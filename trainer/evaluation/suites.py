@@ -14,7 +14,7 @@ finds a crack component; its full-frame mask gives the pixel figures). Per suite
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,11 @@ METRICS = {
     "segmenter_tolerant_f1": "tolerant F1, cracked frames (segmenter alone)",
     "cascade_crack_frame_recall": "cracked frames called crack (default cascade)",
 }
+SUITE_WORDS = {
+    "part_edges": "manufactured parts (edges, chamfers, holes, tile borders, the image border)",
+    "hairlines": "cracks 1-3 px wide, 5-20 grey levels darker than road, asphalt and concrete",
+    "markings": "road scenes with lane paint, joints, sealed cracks and shadows",
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class SuiteConfig:
     border_band: float = 0.03  # the outer band, as a share of each side
     worst: int = 4  # frames per overlay figure
     runtime: str = "auto"
+    negatives: tuple[str, ...] = ()  # folders of real crack-free photographs (METU negatives), `frames` of each
 
 
 @dataclass(frozen=True)
@@ -157,20 +163,63 @@ def _worst_overlays(suite: str, kept: dict, scores: list[FrameScore], cfg: Suite
     return files
 
 
+def negative_frames(folder: Path, n: int) -> Iterator[SuiteFrame]:
+    """Up to `n` crack-free photographs of `folder` (a classification folder's negative class, or a folder of
+    images), spread evenly over the sorted file list, as crack-free frames with all-zero masks."""
+    from edge.sources.images import image_files, read_rgb
+    from trainer.data.datasets import DatasetError, classification_files
+
+    try:
+        files = [p for p, label in classification_files(folder) if label == 0]
+    except DatasetError:
+        files = image_files(folder) if folder.is_dir() else []
+    if not files:
+        raise DatasetError(f"{folder}: no crack-free images (expected a negative/ class folder or a folder of images)")
+    picks = np.unique(np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int))
+    for i in picks:
+        rgb = read_rgb(files[i])
+        if rgb is None:
+            raise DatasetError(f"{files[i]}: not a readable image")
+        yield SuiteFrame(folder.name, int(i), rgb, np.zeros(rgb.shape[:2], np.uint8), files[i].name, cracked=False)
+
+
 def run_suite(
     bundle_dir: Path, suite: str, cfg: SuiteConfig, plots: Path | None, progress: Callable | None = None
 ) -> dict[str, Any]:
-    """One suite on one bundle: metrics, the per-frame scores and (with `plots`) the overlay files."""
+    """One suite on one bundle: metrics and (with `plots`) the overlay files."""
+    result = score_frames(bundle_dir, suite, suite_frames(suite, cfg.frames), cfg, plots, progress)
+    result["description"] = SUITE_WORDS[suite]
+    return result
+
+
+def run_negatives(
+    bundle_dir: Path, folder: Path, cfg: SuiteConfig, plots: Path | None, progress: Callable | None = None
+) -> dict[str, Any]:
+    """Real crack-free photographs as one more crack-free set (METU negatives: the false-positive check)."""
+    result = score_frames(
+        bundle_dir, f"negatives_{folder.name}", negative_frames(folder, cfg.frames), cfg, plots, progress
+    )
+    result["description"] = f"crack-free photographs of {folder}"
+    return result
+
+
+def score_frames(
+    bundle_dir: Path,
+    name: str,
+    frames: Iterable[SuiteFrame],
+    cfg: SuiteConfig,
+    plots: Path | None,
+    progress: Callable | None = None,
+) -> dict[str, Any]:
+    """Frames through one bundle's cascade: metrics, and (with `plots`) the overlays of the worst frames."""
     bundle = load_bundle(bundle_dir, runtime=cfg.runtime, threads=1)
     default = Cascade(bundle)
     segmenter = Cascade(bundle, segment="always")
     scores: list[FrameScore] = []
     kept: dict[int, tuple[SuiteFrame, np.ndarray]] = {}  # the candidates for the worst-case overlays
-    band: np.ndarray | None = None
-    frames = suite_frames(suite, cfg.frames)
-    for frame in progress(frames, desc=f"suite {suite}") if progress else frames:
-        if band is None:
-            band = border_band(frame.mask.shape[0], frame.mask.shape[1], cfg.border_band)
+    for frame in progress(frames, desc=name) if progress else frames:
+        h, w = frame.mask.shape
+        band = border_band(h, w, cfg.border_band)
         score, pred = score_frame(frame, default, segmenter, band)
         scores.append(score)
         kept[frame.index] = (frame, pred)
@@ -179,10 +228,11 @@ def run_suite(
             worst_cracked = sorted((s for s in scores if s.cracked), key=lambda s: s.tolerant_f1)[: cfg.worst]
             keep = {s.index for s in worst_free + worst_cracked}
             kept = {i: v for i, v in kept.items() if i in keep}
-    assert band is not None
+    if not scores:
+        raise ValueError(f"{name}: no frames to score")
     result: dict[str, Any] = {"metrics": suite_metrics(scores, float(band.mean()))}
     if plots is not None:
-        files = _worst_overlays(suite, kept, scores, cfg, plots)
+        files = _worst_overlays(name, kept, scores, cfg, plots)
         result["plots"] = {k: str(p.relative_to(plots.parent)) for k, p in files.items()}
     return result
 
@@ -236,10 +286,14 @@ def run_suites(
         "bundle": {"path": str(bundle_dir), "version": read_manifest(bundle_dir).bundle_version},
         "suites": {s: run_suite(bundle_dir, s, cfg, plots, progress) for s in cfg.suites},
     }
+    for folder in map(Path, cfg.negatives):
+        report["suites"][f"negatives_{folder.name}"] = run_negatives(bundle_dir, folder, cfg, plots, progress)
     report["targets"] = check_suite_targets(report["suites"])
     if compare_with is not None:
         previous_dir = Path(compare_with)
         previous = {s: run_suite(previous_dir, s, cfg, None, progress) for s in cfg.suites}
+        for folder in map(Path, cfg.negatives):
+            previous[f"negatives_{folder.name}"] = run_negatives(previous_dir, folder, cfg, None, progress)
         report["compare_with"] = {
             "path": str(previous_dir),
             "version": read_manifest(previous_dir).bundle_version,

@@ -8,11 +8,6 @@ from typing import Any
 from trainer.evaluation.suites import METRICS
 
 RATES = {"cascade_false_crack_rate", "segmenter_false_crack_rate", "border_false_share", "cascade_crack_frame_recall"}
-SUITE_WORDS = {
-    "part_edges": "manufactured parts (edges, chamfers, holes, tile borders, the image border)",
-    "hairlines": "cracks 1-3 px wide, 5-20 grey levels darker than road, asphalt and concrete",
-    "markings": "road scenes with lane paint, joints, sealed cracks and shadows",
-}
 
 
 def _value(metric: str, value: Any) -> str:
@@ -46,7 +41,7 @@ def render(section: dict, heading: str = "#") -> str:
         "| suite | what it shows | frames |",
         "|---|---|---|",
     ]
-    lines += [f"| {s} | {SUITE_WORDS[s]} | {e['metrics']['frames']} |" for s, e in suites.items()]
+    lines += [f"| {s} | {e['description']} | {e['metrics']['frames']} |" for s, e in suites.items()]
     lines += [
         "",
         f"{sub} Targets (bundle 1.2.0)",
@@ -97,6 +92,20 @@ def render(section: dict, heading: str = "#") -> str:
         lines += [f"![{s} {k.replace('_', ' ')}]({p})" for s, k, p in overlays]
         lines.append("")
     return "\n".join(lines)
+
+
+def add_to_crossval(out_dir: Path, section: dict) -> None:
+    """Put the suites section into the crossval.json and CROSSVAL.md that `crack-train crossval` wrote in `out_dir`."""
+    import json
+
+    from trainer.evaluation.json_safe import dumps, json_safe
+
+    section = json_safe(section)
+    report = json.loads((out_dir / "crossval.json").read_text())
+    report["suites"] = section
+    (out_dir / "crossval.json").write_text(dumps(report))
+    with (out_dir / "CROSSVAL.md").open("a") as md:
+        md.write("\n" + render(section, heading="##") + "\n")
 
 
 def write(out_dir: Path, section: dict) -> Path:

@@ -12,7 +12,10 @@ label` works on (trainer/labelling/site.py), named HOST-UUID so two devices neve
 A device's answer is not trusted with paths: a uuid that is not a uuid is refused (nothing is taken from that device)
 and the tar is read member by member, taking only the names the list announced, never extracted as it is. Every file
 is written to a temporary name and renamed, and an event's manifest line is appended after its files, so an
-interrupted pull leaves no half-written file and the next one fetches that event again, to the same names.
+interrupted pull leaves no half-written file and the next one fetches that event again, to the same names (a
+manifest line cut short is dropped). An event whose verdict changed on the device since it was pulled is pulled
+again: a no-crack verdict gains its all-zero mask, and one turned into a crack loses it (only when it is still the
+file this tool wrote: a person's mask is never touched).
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class HostileAnswer(RemoteError):
 class PullResult:
     host: str
     outcome: str = FAILED
-    new: int = 0  # events added to the site by this pull
+    new: int = 0  # events added to the site (or whose new verdict was applied) by this pull
+    relabelled: int = 0  # of them, events already in the site whose verdict changed on the device
     known: int = 0  # labelled events the site already had
     skipped: list[str] = field(default_factory=list)  # events whose frame is no longer on the device
     seconds: float = 0.0
@@ -70,6 +74,7 @@ class PullResult:
             "ok": self.ok,
             "outcome": self.outcome,
             "new": self.new,
+            "relabelled": self.relabelled,
             "known": self.known,
             "skipped": self.skipped,
             "seconds": round(self.seconds, 1),
@@ -88,32 +93,39 @@ def stem_of(host: str, uuid: str) -> str:
 
 
 class SiteManifest:
-    """SITE/pulled.jsonl: what came from where. Appends are serialised (several devices pull at once)."""
+    """SITE/pulled.jsonl: what came from where, the last line of an event winning (a later verdict appends one).
+    Appends are serialised (several devices pull at once)."""
 
     def __init__(self, site: Path):
         self.path = site / MANIFEST
         self._lock = threading.Lock()
-        self._known: set[tuple[str, str]] = set()
+        self._entries: dict[tuple[str, str], dict] = {}
+        self._whole: int | None = None  # bytes up to the last newline, when an append was cut short after it
         if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                if not line.strip():
-                    continue
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                self._whole = data.rfind(b"\n") + 1
+            for line in data.decode(errors="replace").splitlines():
                 try:
                     entry = json.loads(line)
-                    self._known.add((entry["host"], entry["uuid"]))
+                    self._entries[(entry["host"], entry["uuid"])] = entry
                 except (ValueError, KeyError, TypeError):
                     # A line cut short by an interrupted pull: that event is simply fetched again.
                     continue
 
-    def has(self, host: str, uuid: str) -> bool:
-        return (host, uuid) in self._known
+    def entry(self, host: str, uuid: str) -> dict | None:
+        return self._entries.get((host, uuid))
 
     def add(self, entry: dict) -> None:
-        line = json.dumps(entry, sort_keys=False) + "\n"
-        with self._lock, open(self.path, "a") as out:
-            out.write(line)
-            out.flush()
-        self._known.add((entry["host"], entry["uuid"]))
+        line = json.dumps(entry) + "\n"
+        with self._lock:
+            if self._whole is not None:  # drop the cut line (its event is being fetched again)
+                with open(self.path, "r+b") as cut:
+                    cut.truncate(self._whole)
+                self._whole = None
+            with open(self.path, "a") as out:
+                out.write(line)
+            self._entries[(entry["host"], entry["uuid"])] = entry
 
 
 def _checked(answer: EventsForPull, host: str) -> list[PullableEvent]:
@@ -167,6 +179,12 @@ def _store(site: Path, host: str, event: PullableEvent, files: dict[str, bytes],
         _decoded(mask, f"mask of event {event.uuid}", host)
         written[f"predicted/{stem}.png"] = mask
     label_path = f"masks/{stem}.png"
+    earlier = manifest.entry(host, event.uuid)
+    if event.label != "no-crack" and earlier and (site / label_path).is_file():
+        # Once a false alarm, now a crack: the all-zero mask this pull wrote is wrong; a person's mask stays.
+        written_then = earlier.get("files", {}).get(label_path)
+        if written_then == hashlib.sha256((site / label_path).read_bytes()).hexdigest():
+            (site / label_path).unlink()
     if event.label == "no-crack" and not (site / label_path).exists():  # a person's mask is never replaced
         ok, empty = cv2.imencode(".png", np.zeros(picture.shape[:2], np.uint8))
         if ok:
@@ -205,7 +223,9 @@ def pull_host(
             EventsForPull, remote.run_json(dev.events("pull-list"), 120), host, "crackd events pull-list"
         )
         events = _checked(answer, host)
-        new = [e for e in events if not manifest.has(host, e.uuid)]
+        # New events, and events whose verdict changed on the device since they were pulled.
+        new = [e for e in events if (manifest.entry(host, e.uuid) or {}).get("label") != e.label]
+        result.relabelled = sum(manifest.entry(host, e.uuid) is not None for e in new)
         result.known = len(events) - len(new)
         no_frame = [e for e in new if e.frame is None]
         result.skipped += [e.uuid for e in no_frame]
@@ -221,7 +241,8 @@ def pull_host(
                 else:
                     result.skipped.append(event.uuid)
         result.outcome = PULLED if result.new else UP_TO_DATE
-        result.message = f"{result.new} new, {result.known} already in the site" + (
+        relabelled = f" ({result.relabelled} with a changed verdict)" if result.relabelled else ""
+        result.message = f"{result.new} new{relabelled}, {result.known} already in the site" + (
             f", {len(result.skipped)} without a frame on the device (snapshot budget)" if result.skipped else ""
         )
     except SSHUnreachable as exc:

@@ -212,3 +212,45 @@ def test_a_tar_with_unannounced_names_gives_only_the_announced_frame(devices, tm
         "lab/site/pulled.jsonl",
     ]
     assert not Path("/tmp/escaped-absolute.jpg").exists()
+
+
+def test_a_changed_verdict_is_pulled_again_and_a_cut_manifest_line_is_fetched_again(devices, tmp_path):
+    states, config = devices
+    (event, *_) = events_of(states["cam-b"])
+    stem = f"cam-b-{event.uuid}"
+    site = tmp_path / "site"
+    label(states["cam-b"], event.uuid, "no-crack")
+    assert crack_deploy_pull(config, site, "cam-b").returncode == 0
+    assert (site / "masks" / f"{stem}.png").is_file()
+
+    label(states["cam-b"], event.uuid, "crack")  # the operator changed their mind: it is a crack after all
+    again = crack_deploy_pull(config, site, "cam-b")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 with a changed verdict" in again.stdout
+    assert not (site / "masks" / f"{stem}.png").exists()  # the all-zero label this tool wrote is gone
+    ours = [e for e in manifest(site) if e["uuid"] == event.uuid]
+    assert [e["label"] for e in ours] == ["no-crack", "crack"]
+
+    # A pull killed while appending its last line: that event is fetched again, the cut line dropped.
+    text = (site / "pulled.jsonl").read_text()
+    (site / "pulled.jsonl").write_text(text[: len(text) - 40])
+    third = crack_deploy_pull(config, site, "cam-b")
+    assert third.returncode == 0, third.stdout + third.stderr
+    lines = (site / "pulled.jsonl").read_text().splitlines()
+    assert [json.loads(line)["label"] for line in lines if event.uuid in line] == ["no-crack", "crack"]
+    assert len(lines) == len({(e["host"], e["uuid"], e["label"]) for e in map(json.loads, lines)})
+
+
+def test_a_person_s_mask_is_kept_when_a_false_alarm_becomes_a_crack(devices, tmp_path):
+    states, config = devices
+    (*_, event) = events_of(states["cam-b"])
+    site = tmp_path / "site"
+    label(states["cam-b"], event.uuid, "no-crack")
+    assert crack_deploy_pull(config, site, "cam-b").returncode == 0
+    drawn = site / "masks" / f"cam-b-{event.uuid}.png"
+    painted = np.zeros(cv2.imread(str(drawn), cv2.IMREAD_UNCHANGED).shape, np.uint8)
+    painted[2:5, 2:9] = 255
+    cv2.imwrite(str(drawn), painted)  # a person labelled it in the meantime
+    label(states["cam-b"], event.uuid, "crack")
+    assert crack_deploy_pull(config, site, "cam-b").returncode == 0
+    assert (cv2.imread(str(drawn), cv2.IMREAD_UNCHANGED) == painted).all()

@@ -44,6 +44,8 @@ def _build_cascade(args):
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # also refuses nan
         raise ValueError(f"--threshold: expected a crack score from 0 to 1, got {args.threshold:g}")
+    if not 0.0 <= args.merge_gap <= 1.0:  # --min-crack-length is checked by min_length_option
+        raise ValueError(f"--merge-gap: expected a fraction of the frame diagonal from 0 to 1, got {args.merge_gap:g}")
     bundle = load_bundle(args.bundle or default_bundle(), runtime=args.runtime, threads=args.threads)
     tiling = TilingConfig(tile=args.tile) if getattr(args, "tile", None) else None
     cracks = CrackGrouping(merge_gap=args.merge_gap, **min_length_option(args.min_crack_length))

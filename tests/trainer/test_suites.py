@@ -205,3 +205,30 @@ def test_crossval_gets_the_suites_beside_its_leave_one_out_figures(tmp_path):
     assert set(saved["suites"]["suites"]) == {"hairlines"} and saved["segmenter"] == []
     md = (tmp_path / "CROSSVAL.md").read_text()
     assert md.startswith("# Cross-surface validation") and "## Procedural test suites (bundle 1.0.0-test)" in md
+
+
+def test_a_bad_suite_option_is_refused_before_the_evaluation_runs(tmp_path, capsys):
+    from trainer.cli import main
+
+    cls = _classification_folder(tmp_path / "cls", 1)
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    assert main(["evaluate", str(TEST_BUNDLE), "--data", str(cls), "--out", str(out), "--suite-frames", "1"]) == 2
+    assert "--suite-frames: expected at least 2" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "evaluate",
+                str(TEST_BUNDLE),
+                "--data",
+                str(cls),
+                "--out",
+                str(out),
+                "--negatives",
+                str(tmp_path / "empty"),
+            ]
+        )
+        == 2
+    )
+    assert f"{tmp_path / 'empty'}: no crack-free images" in capsys.readouterr().err
+    assert not (out / "report.json").exists()

@@ -154,6 +154,10 @@ def cmd_crossval(args) -> int:
             "nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout); "
             "a bundle alone on the procedural test suites: crack-train suites BUNDLE"
         )
+    if args.bundle and args.suite_frames:  # a bad suite option costs a second, not a cross-validation
+        from trainer.cli.evaluate import suite_config
+
+        suite_config(args, Path(args.bundle))
     report = run_crossval(
         [Path(r) for r in args.segmenter_runs],
         [Path(r) for r in args.classifier_runs],

@@ -73,7 +73,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def add_suite_args(p, frames: int) -> None:
+def add_suite_args(p, frames: int, can_skip: bool = True) -> None:
     """The options of the procedural test suites, shared by `evaluate`, `crossval` and `suites`."""
     p.add_argument(
         "--suite-frames",
@@ -81,7 +81,7 @@ def add_suite_args(p, frames: int) -> None:
         default=frames,
         metavar="N",
         help=f"frames per procedural test suite (part edges, hairlines, markings; half crack-free), scored with the "
-        f"device's cascade (default {frames}; 0: no suites)",
+        f"device's cascade (default {frames}{'; 0: no suites' if can_skip else ''})",
     )
     p.add_argument(
         "--compare-with",
@@ -99,10 +99,10 @@ def add_suite_args(p, frames: int) -> None:
     )
 
 
-def suites_section(args, bundle: Path, out: Path) -> dict:
-    """The suites section of a report (after checking the bundles named on the command line)."""
+def suite_config(args, bundle: Path):
+    """The suites' settings from the command line, checked with the bundles it names (before any long work)."""
     from edge.engine.bundle import read_manifest
-    from trainer.evaluation.suites import SuiteConfig, run_suites
+    from trainer.evaluation.suites import SuiteConfig, check_config
 
     read_manifest(bundle)
     if args.compare_with:
@@ -110,7 +110,15 @@ def suites_section(args, bundle: Path, out: Path) -> dict:
     cfg = SuiteConfig(
         frames=args.suite_frames, runtime=getattr(args, "runtime", "auto"), negatives=tuple(args.negatives)
     )
-    return run_suites(bundle, out, cfg, args.compare_with, _progress)
+    check_config(cfg)
+    return cfg
+
+
+def suites_section(args, bundle: Path, out: Path) -> dict:
+    """The suites section of a report."""
+    from trainer.evaluation.suites import run_suites
+
+    return run_suites(bundle, out, suite_config(args, bundle), args.compare_with, _progress)
 
 
 def cmd_suites(args) -> int:
@@ -227,13 +235,13 @@ def register(sub) -> None:
         help="score a bundle on the procedural test suites (part edges, hairlines, markings); write SUITES.md",
         description="Generates the suites' frames (deterministic, from seeds no training uses) and runs each through "
         "the device's cascade: false-crack frame rates on crack-free frames, the share of false crack pixels in the "
-        "outer 3 %% band, tolerant recall/precision/F1 (2 px) on cracked frames, overlays of the worst frames.",
+        "outer 3 % band, tolerant recall/precision/F1 (2 px) on cracked frames, overlays of the worst frames.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help="model bundle directory")
     p.add_argument(
         "--out", default=None, metavar="DIR", help="where suites.json, SUITES.md and plots/ go (default: the bundle)"
     )
-    add_suite_args(p, 300)
+    add_suite_args(p, 300, can_skip=False)
     p.add_argument(
         "--runtime", default="auto", choices=RUNTIME_CHOICES, help=f"TFLite runtime: {' | '.join(RUNTIME_CHOICES)}"
     )

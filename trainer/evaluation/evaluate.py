@@ -329,6 +329,14 @@ def evaluate_bundle(
             "nothing to evaluate: give --data DIR (dataset folders) and/or --heldout-from RUN_DIR (training runs); "
             "the procedural test suites alone: crack-train suites BUNDLE"
         )
+    suite_cfg = None
+    if cfg.suite_frames:  # checked now, scored after the data sets: a bad option costs a second, not an evaluation
+        from trainer.evaluation.suites import SuiteConfig, check_config
+
+        suite_cfg = SuiteConfig(frames=cfg.suite_frames, runtime=cfg.runtime, negatives=cfg.suite_negatives)
+        check_config(suite_cfg)
+        if cfg.compare_with:
+            read_manifest(Path(cfg.compare_with))
     manifest, roles, notes = load_models(bundle_dir, cfg.runtime)
     out_dir = Path(out_dir) if out_dir is not None else bundle_dir
     plots = out_dir / PLOTS_DIR
@@ -402,10 +410,9 @@ def evaluate_bundle(
         role: {variant: timed[f"{role}/{variant}"].as_dict() for variant in roles[role].models} for role in ROLES
     }
     report["machine"] = machine_description()
-    if cfg.suite_frames:
-        from trainer.evaluation.suites import SuiteConfig, run_suites
+    if suite_cfg is not None:
+        from trainer.evaluation.suites import run_suites
 
-        suite_cfg = SuiteConfig(frames=cfg.suite_frames, runtime=cfg.runtime, negatives=cfg.suite_negatives)
         report["suites"] = run_suites(bundle_dir, out_dir, suite_cfg, cfg.compare_with, progress)
     crossval = bundle_dir / "crossval.json"
     if crossval.is_file():  # written by `crack-train crossval` into the bundle directory

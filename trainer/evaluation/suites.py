@@ -163,10 +163,9 @@ def _worst_overlays(suite: str, kept: dict, scores: list[FrameScore], cfg: Suite
     return files
 
 
-def negative_frames(folder: Path, n: int) -> Iterator[SuiteFrame]:
-    """Up to `n` crack-free photographs of `folder` (a classification folder's negative class, or a folder of
-    images), spread evenly over the sorted file list, as crack-free frames with all-zero masks."""
-    from edge.sources.images import image_files, read_rgb
+def negative_files(folder: Path) -> list[Path]:
+    """The crack-free images of `folder`: its negative class, or every image when it has no class folders."""
+    from edge.sources.images import image_files
     from trainer.data.datasets import DatasetError, classification_files
 
     try:
@@ -175,6 +174,29 @@ def negative_frames(folder: Path, n: int) -> Iterator[SuiteFrame]:
         files = image_files(folder) if folder.is_dir() else []
     if not files:
         raise DatasetError(f"{folder}: no crack-free images (expected a negative/ class folder or a folder of images)")
+    return files
+
+
+def check_config(cfg: SuiteConfig) -> None:
+    """Refuse, before any long work, what the suites cannot run: an unknown suite, too few frames, an empty folder."""
+    unknown = [s for s in cfg.suites if s not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite {unknown[0]!r}; expected one of {', '.join(SUITES)}")
+    if cfg.frames < 2:
+        raise ValueError(
+            f"--suite-frames: expected at least 2 (a crack-free frame and its cracked twin), got {cfg.frames}"
+        )
+    for folder in cfg.negatives:
+        negative_files(Path(folder))
+
+
+def negative_frames(folder: Path, n: int) -> Iterator[SuiteFrame]:
+    """Up to `n` crack-free photographs of `folder` (a classification folder's negative class, or a folder of
+    images), spread evenly over the sorted file list, as crack-free frames with all-zero masks."""
+    from edge.sources.images import read_rgb
+    from trainer.data.datasets import DatasetError
+
+    files = negative_files(folder)
     picks = np.unique(np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int))
     for i in picks:
         rgb = read_rgb(files[i])
@@ -274,13 +296,7 @@ def run_suites(
 
     bundle_dir = Path(bundle_dir)
     plots = Path(out_dir) / "plots"
-    unknown = [s for s in cfg.suites if s not in SUITES]
-    if unknown:
-        raise ValueError(f"unknown suite {unknown[0]!r}; expected one of {', '.join(SUITES)}")
-    if cfg.frames < 2:
-        raise ValueError(
-            f"suite frames: expected at least 2 (a crack-free frame and its cracked twin), got {cfg.frames}"
-        )
+    check_config(cfg)
     report: dict[str, Any] = {
         "config": asdict(cfg),
         "bundle": {"path": str(bundle_dir), "version": read_manifest(bundle_dir).bundle_version},

@@ -30,6 +30,7 @@ from edge.config import config_from_dict
 from edge.daemon.notify import Notifier
 from edge.daemon.supervisor import Supervisor
 from edge.events.journal import EventRow, Journal, integrity_check
+from edge.layout import StateLayout
 from tests.helpers import read_status, wait_until, write_frames
 from tests.helpers.cli import crackd
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict, start_daemon, stop_process, write_config
@@ -536,13 +537,16 @@ def test_snapshots_stay_within_their_disk_budget_oldest_first_and_only_crack_fra
     )
     InProcess(config_from_dict(config)).wait_finished()
     state = tmp_path / "state"
-    files = [p for p in (state / "snapshots").rglob("*.jpg")]
+    files = [p for p in (state / "snapshots").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 0.02 * 1024 * 1024
     events = journal_events(state)
     assert len(events) == 6
     kept = [e for e in events if e.snapshot]
     assert kept and kept[-1].uuid == events[-1].uuid  # the newest survive, the oldest went first
     assert all((state / e.snapshot).is_file() for e in kept)
+    # Each predicted mask goes with its frame: kept while the frame is, deleted with it.
+    masks = {str(p.relative_to(state)) for p in files if p.name.endswith(".mask.png")}
+    assert masks == {StateLayout.snapshot_mask(e.snapshot) for e in kept}
     assert events[0].snapshot is None
     with Journal(state / "crackd.db") as j:
         recorded = j._conn.execute("SELECT crack, event_uuid FROM frames").fetchall()

@@ -110,6 +110,7 @@ def overlay_grid(
     title: str,
     path: Path,
     score_label: str = "Dice",
+    score_format: str = ".2f",
 ) -> Path:
     """Rows of samples: image | true mask (green) | each variant's
     predicted mask (red), a per-image score (`score_label`, Dice by default) in the titles."""
@@ -120,7 +121,10 @@ def overlay_grid(
         panels = [(images[i], "image"), (_tint(images[i], true_masks[i], (0, 200, 0)), "true mask")]
         for variant, preds in predictions.items():
             panels.append(
-                (_tint(images[i], preds[i], (230, 0, 0)), f"{variant.upper()} {score_label} {dice[variant][i]:.2f}")
+                (
+                    _tint(images[i], preds[i], (230, 0, 0)),
+                    f"{variant.upper()} {score_label} {dice[variant][i]:{score_format}}",
+                )
             )
         for ax, (panel, label) in zip(axes[i], panels):
             ax.imshow(panel)

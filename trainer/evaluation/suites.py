@@ -176,9 +176,9 @@ def _worst_overlays(suite: str, kept: dict, scores: list[FrameScore], cfg: Suite
     files = {}
     free = sorted((s for s in scores if not s.cracked and s.false_px), key=lambda s: -s.false_px)[: cfg.worst]
     cracked = sorted((s for s in scores if s.cracked), key=lambda s: s.tolerant_f1)[: cfg.worst]
-    for name, chosen, label, value in (
-        ("false_cracks", free, "false px", lambda s: float(s.false_px)),
-        ("missed_cracks", cracked, "tolerant F1", lambda s: s.tolerant_f1),
+    for name, chosen, label, fmt, value in (
+        ("false_cracks", free, "false px", ".0f", lambda s: float(s.false_px)),
+        ("missed_cracks", cracked, "tolerant F1", ".2f", lambda s: s.tolerant_f1),
     ):
         if not chosen:
             continue
@@ -191,6 +191,7 @@ def _worst_overlays(suite: str, kept: dict, scores: list[FrameScore], cfg: Suite
             f"{suite}: worst {name.replace('_', ' ')} | image | true mask | segmenter",
             plots / f"suite_{suite}_{name}.png",
             score_label=label,
+            score_format=fmt,
         )
         files[name] = path
     return files

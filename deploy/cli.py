@@ -5,6 +5,7 @@
     crack-deploy push models/2024-06-01 cam-01 cam-02 cam-03 --canary 1
     crack-deploy status cam-01 cam-02
     crack-deploy rollback cam-02
+    crack-deploy pull sites/line-3 cam-01 cam-02          # labelled events' frames + predicted masks, to label
 
 Hosts are anything ssh accepts (aliases from ~/.ssh/config, user@host,
 ssh://user@host:port). Exit code 0 only when every host succeeded.
@@ -24,9 +25,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from deploy.pull import PullResult, pull
 from deploy.push import (
     FAILED,
     INSTALLED,
@@ -240,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_install)
 
+    p = sub.add_parser(
+        "pull",
+        help="fetch labelled events' frames and predicted masks from devices into a site dataset folder",
+        description=(
+            "Fetch the events operators labelled (`crackd events label`) from each device: the event's frame into "
+            "SITE/images/, the device's predicted mask into SITE/predicted/ (the pre-annotation `crack-train label "
+            "export` starts from), and an all-zero mask into SITE/masks/ for a no-crack verdict (a false alarm is a "
+            "crack-free example). Files are named HOST-UUID; SITE/pulled.jsonl records where each came from "
+            "(host, uuid, verdict, times, sha256). Incremental: a second pull fetches only events the site lacks. "
+            "Exit code 0 only when every host was pulled."
+        ),
+    )
+    p.add_argument("site", type=Path, metavar="SITE", help="site dataset folder (created if missing)")
+    _common(p)
+    p.set_defaults(func=cmd_pull)
+
     p = sub.add_parser("sign", help="sign a bundle's manifest with an OpenSSH ed25519 key (ssh-keygen -Y sign)")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     p.add_argument(
@@ -360,7 +379,7 @@ def _who(args) -> str:
     return getattr(args, "who", None) or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-def _finish(results: list[HostResult], args, table: str) -> int:
+def _finish(results: Sequence[HostResult | PullResult], args, table: str) -> int:
     if args.json:
         print_json({"ok": all(r.ok for r in results), "hosts": [r.as_dict() for r in results]}, indent=1)
     else:
@@ -507,6 +526,20 @@ def cmd_rollback(args) -> int:
         [r.host, r.old_version or "-", r.new_version or "-", r.outcome, f"{r.seconds:.1f}", r.message] for r in results
     ]
     return _finish(results, args, format_table(rows, ["HOST", "FROM", "TO", "OUTCOME", "SECONDS", "MESSAGE"]))
+
+
+def cmd_pull(args) -> int:
+    hosts = _hosts(args)
+    if args.site.exists() and not args.site.is_dir():
+        raise UsageError(f"{args.site}: not a folder (the site dataset folder to pull into)")
+    progress = make_progress(sys.stderr)
+    with RemoteFactory(_ssh(args), not args.no_multiplex) as remotes:
+        results = pull(hosts, args.site, _device(args), remotes, progress, parallel=args.parallel)
+    rows = [[r.host, r.outcome, str(r.new), str(r.known), f"{r.seconds:.1f}", r.message] for r in results]
+    for r in results:
+        if not r.ok:  # one line per failed host, after the progress lines, whatever the output format
+            print(f"crack-deploy pull: {r.message}", file=sys.stderr)
+    return _finish(results, args, format_table(rows, ["HOST", "OUTCOME", "NEW", "KNOWN", "SECONDS", "MESSAGE"]))
 
 
 def cmd_install(args) -> int:

@@ -63,12 +63,18 @@ class DeviceSettings:
     device_options: tuple[str, ...] = ()  # extra flags for `models stage`/`activate`, e.g. --max-latency-ms=80
     tmp_dir: str = "/tmp"  # where uploads land before staging
 
-    def models(self, action: str, *args: str, policy: bool = False) -> str:
-        where = (["--config", self.config] if self.config else []) + (
+    def _where(self) -> list[str]:
+        return (["--config", self.config] if self.config else []) + (
             ["--state-dir", self.state_dir] if self.state_dir else []
         )
+
+    def models(self, action: str, *args: str, policy: bool = False) -> str:
         extra = list(self.device_options) if policy else []
-        return remote_join(self.crackd, ["models", action, *args, *where, "--json", *extra])
+        return remote_join(self.crackd, ["models", action, *args, *self._where(), "--json", *extra])
+
+    def events(self, action: str, *args: str, json: bool = True) -> str:
+        """A `crackd events` command line (crack-deploy pull)."""
+        return remote_join(self.crackd, ["events", action, *self._where(), *(["--json"] if json else []), *args])
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,22 @@ class Remote:
             raise RemoteError(self.destination, str(payload.get("error") or _last_line(result.stderr)), payload)
         return payload
 
+    def read_bytes(self, remote_cmd: str, timeout_s: float) -> bytes:
+        """Run a command that writes binary data (a tar) on stdout; RemoteError on ssh failure or a non-zero exit."""
+        log.debug("%s$ %s", self.destination, remote_cmd)
+        try:
+            result = subprocess.run(self.command(remote_cmd), input=b"", capture_output=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(self.destination, f"no answer within {timeout_s:.0f} s running: {remote_cmd}") from None
+        except FileNotFoundError:
+            raise RemoteError(self.destination, "ssh not found; install the OpenSSH client") from None
+        stderr = result.stderr.decode(errors="replace")
+        if result.returncode == 255:
+            raise SSHUnreachable(self.destination, f"ssh failed: {_last_line(stderr) or 'exit 255'}")
+        if result.returncode != 0:
+            raise RemoteError(self.destination, f"`{remote_cmd}` exited {result.returncode}: {_last_line(stderr)}")
+        return result.stdout
+
     def open(self, remote_cmd: str) -> subprocess.Popen:
         """Start a long-running remote command with pipes (the deployment lock session)."""
         return subprocess.Popen(

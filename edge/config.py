@@ -89,7 +89,9 @@ class ModelConfig:
     )
     runtime: RuntimeChoice = _opt("auto", "TFLite runtime")
     threads: int = _opt(1, "interpreter threads per model", min=1, max=16)
-    segment: SegmentMode = _opt("on-crack", "when to run the segmenter")
+    segment: SegmentMode = _opt(
+        "on-crack", "when to run the segmenter (never: the classifier's score alone decides what is a crack)"
+    )
     tiling: TilingOptions = _section(TilingOptions, "segmenter tiling")
     mm_per_pixel: float | None = _opt(None, "scale of the camera view; when set, measurements also carry *_mm", gt=0)
     cracks: CrackGrouping = _section(CrackGrouping, "what counts as one crack in the measurements")
@@ -99,7 +101,8 @@ class ModelConfig:
 class DecisionConfig:
     threshold: float | None = _opt(
         None,
-        "score at or above which a frame counts as a crack (null = the bundle's classifier threshold)",
+        "classifier gate: frames scoring at least this are segmented, and are cracks when the segmenter measures one"
+        " (null = the bundle's gate_threshold, else its classifier threshold)",
         min=0,
         max=1,
     )
@@ -684,6 +687,9 @@ def _cross_checks(cfg: Config, root, filename: str) -> None:
         fail(f"source.{s.type}.{key}" if key else f"source.{s.type}", message)
     if s.retry_max_s < s.retry_initial_s:
         fail("source.retry_max_s", f"must be >= source.retry_initial_s ({s.retry_initial_s:g})")
+    problem = cfg.model.cracks.unit_problem(cfg.model.mm_per_pixel)
+    if problem:
+        fail(f"model.cracks.{problem[0]}", problem[1])
     d = cfg.decision
     if d.start_k > d.start_n:
         fail("decision.start_k", f"k ({d.start_k}) cannot exceed n ({d.start_n})")

@@ -47,6 +47,16 @@ class CameraStatus:
 
 
 @dataclass(frozen=True)
+class OutputStatus:
+    """One event output's delivery (edge.outputs): its own outbox rows, consumed at its own pace."""
+
+    name: str  # mqtt | webhook
+    waiting: int = 0  # its outbox rows not delivered yet
+    delivered: int = 0  # delivered since the start
+    error: str | None = None  # why it is not delivering now; None when it is (or has nothing to do)
+
+
+@dataclass(frozen=True)
 class LastReload:
     """The outcome of the last SIGHUP reload."""
 
@@ -88,6 +98,7 @@ class DaemonStatus:
     mqtt_delivered: int = 0
     mqtt_replayed: int = 0
     mqtt_snapshot_error: str | None = None  # the broker dropped the latest snapshot (too large for it)
+    outputs: list[OutputStatus] = field(default_factory=list)
     pending_writes: int = 0
     journal_error: str | None = None
     journal_writes_dropped: int = 0
@@ -129,6 +140,7 @@ class DaemonStatus:
             "bundle_version": self.bundle_version,
             "journal_error": self.journal_error,
             "journal_writes_dropped": self.journal_writes_dropped,
+            "detections_paused": self.detections_paused,
         }
 
     # ------------------------------------------------------------------ the one reader

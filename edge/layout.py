@@ -12,7 +12,8 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
     held-writes.reserve             space kept for journal writes held while the disk is full
     journal-open.reserve            space kept for opening the journal on a full disk (SQLite's -shm and -wal)
     sparkplug_bdseq                 the Sparkplug B birth/death sequence across restarts
-    snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (and <uuid>.overlay.jpg)
+    snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (and <uuid>.overlay.jpg, and <uuid>.mask.png: the
+                                    predicted mask, 0/255, when the segmenter ran; `crack-deploy pull` fetches it)
     models/releases/<version>/      installed bundles, each verified when staged
     models/current, models/previous symlinks into releases/, switched atomically
     models/deployments.jsonl        who deployed, activated or rolled back what, when
@@ -75,6 +76,13 @@ class StateLayout:
     def snapshot_pictures(self, day: str, uuid: str) -> tuple[str, str]:
         """The frame and overlay pictures of one event, relative to the state directory (as the journal stores them)."""
         return f"snapshots/{day}/{uuid}.jpg", f"snapshots/{day}/{uuid}.overlay.jpg"
+
+    @staticmethod
+    def snapshot_mask(frame: str) -> str:
+        """The predicted mask kept beside an event's frame picture (`snapshots/D/U.jpg` -> `snapshots/D/U.mask.png`).
+
+        Named after the frame rather than recorded in the journal: it is written, fetched and deleted with it."""
+        return frame.rsplit(".", 1)[0] + ".mask.png"
 
     @property
     def models(self) -> Path:

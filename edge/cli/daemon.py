@@ -205,6 +205,12 @@ def cmd_status(args) -> int:
         + ("off" if not d.mqtt_enabled else ("connected" if d.broker_connected else f"DISCONNECTED ({d.broker_error})"))
         + f", outbox {d.outbox_depth} waiting",
     ]
+    for output in d.outputs:
+        if output.name != "mqtt":  # the mqtt line above says the same
+            lines.append(
+                f"  {output.name:<12} {output.waiting} waiting, {output.delivered} delivered"
+                + (f"; NOT DELIVERING: {output.error}" if output.error else "")
+            )
     if d.mqtt_snapshot_error:
         lines.append(f"  snapshots    NOT ARRIVING: {d.mqtt_snapshot_error}")
     if d.journal_error:

@@ -1,4 +1,7 @@
-"""`crackd events list | show | export | label | delete`: the recorded events in the daemon's journal.
+"""`crackd events list | show | export | label | delete | pull-list | pack`: the recorded events in the journal.
+
+`pull-list --json` and `pack UUID...` are what `crack-deploy pull` runs over SSH: the labelled events with the paths
+of their pictures (a typed answer, edge/events/pull_answer.py), then those pictures as a tar on stdout.
 
 Exit codes: 0 ok; 1 an export could not be written; 2 bad usage, an unknown event
 or an unreadable journal (one line on stderr, no traceback). A reader that closes
@@ -8,15 +11,18 @@ the pipe early (`| head`) ends the command quietly (exit 141, see edge.cli.main)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import sys
+import tarfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.cli.common import UsageError, add_db_arg, add_json_arg, add_location_args, fail, locate, print_json
+from edge.layout import StateLayout
 from edge.timestamps import iso_utc
 from edge.vocabulary import LABELS
 
@@ -231,15 +237,71 @@ def _ev_delete(args, journal, state_dir) -> int:
     targets = [_find(journal, ref) for ref in args.ids]
     for event in targets:
         for rel in journal.delete_event(event.uuid):
-            try:
-                (state_dir / rel).unlink()
-            except OSError:
-                pass
+            for path in (rel, StateLayout.snapshot_mask(rel)):  # the predicted mask goes with its frame
+                try:
+                    (state_dir / path).unlink()
+                except OSError:
+                    pass
         print(f"deleted event {event.id} ({event.uuid})")
     return 0
 
 
-EVENT_COMMANDS = {"list": _ev_list, "show": _ev_show, "export": _ev_export, "label": _ev_label, "delete": _ev_delete}
+def _pullable_events(journal, state_dir: Path) -> list:
+    """The labelled events, oldest first, each with the pictures still on disk (edge.events.pull_answer)."""
+    from edge.events.pull_answer import pullable
+
+    out = []
+    for event in journal.list_events(newest_first=False):
+        if event.label is None:
+            continue
+        if event.snapshot and not (state_dir / event.snapshot).is_file():
+            event = dataclasses.replace(event, snapshot=None)
+        mask = StateLayout.snapshot_mask(event.snapshot) if event.snapshot else None
+        out.append(pullable(event, mask if mask and (state_dir / mask).is_file() else None))
+    return out
+
+
+def _ev_pull_list(args, journal, state_dir) -> int:
+    from edge import __version__
+    from edge.events.pull_answer import EventsForPull
+
+    events = _pullable_events(journal, state_dir)
+    device_id = events[-1].device_id if events else ""
+    answer = EventsForPull(device_id=device_id, crackd_version=__version__, events=events)
+    print_json({"ok": True, **answer.to_json()})
+    return 0
+
+
+def _ev_pack(args, journal, state_dir) -> int:
+    """The frame and mask of the events named, as an uncompressed tar streamed to stdout (JPEG and PNG are
+    compressed already). An event deleted since `pull-list` (retention, the snapshot budget) is left out, not an
+    error: the bench reports it as having no frame."""
+    wanted = set()
+    for ref in args.ids:
+        event = journal.find_event(ref)
+        if event is None:
+            print(f"events pack: no event {ref!r} (deleted since it was listed?); left out", file=sys.stderr)
+        else:
+            wanted.add(event.uuid)
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+        for pictures in _pullable_events(journal, state_dir):
+            if pictures.uuid in wanted:
+                for rel in (pictures.frame, pictures.mask):
+                    if rel:
+                        tar.add(state_dir / rel, arcname=rel, recursive=False)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+EVENT_COMMANDS = {
+    "pull-list": _ev_pull_list,
+    "pack": _ev_pack,
+    "list": _ev_list,
+    "show": _ev_show,
+    "export": _ev_export,
+    "label": _ev_label,
+    "delete": _ev_delete,
+}
 
 
 def _filter_args(p) -> None:
@@ -260,7 +322,7 @@ def _records_parser(esub, name: str, help_text: str):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("events", help="recorded events: list, show, export, label, delete")
+    p = sub.add_parser("events", help="recorded events: list, show, export, label, delete, pull-list, pack")
     esub = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
     e = _records_parser(esub, "list", "list events (newest first)")
     _filter_args(e)
@@ -281,4 +343,10 @@ def register(sub) -> None:
     e.add_argument("--note", default=None)
     e = _records_parser(esub, "delete", "delete events with their frames, label and snapshots")
     e.add_argument("ids", nargs="+", metavar="ID")
+    e = _records_parser(
+        esub, "pull-list", "the labelled events and their pictures, for `crack-deploy pull` (JSON, oldest first)"
+    )
+    add_json_arg(e, help="accepted for symmetry: the answer is always JSON")
+    e = _records_parser(esub, "pack", "the frame and predicted mask of events as a tar on stdout (crack-deploy pull)")
+    e.add_argument("ids", nargs="+", metavar="ID", help="event ids or uuids")
     p.set_defaults(func=cmd_events)

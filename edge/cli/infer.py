@@ -44,9 +44,11 @@ def _build_cascade(args):
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # also refuses nan
         raise ValueError(f"--threshold: expected a crack score from 0 to 1, got {args.threshold:g}")
+    if not 0.0 <= args.merge_gap <= 1.0:  # --min-crack-length is checked by min_length_option
+        raise ValueError(f"--merge-gap: expected a fraction of the frame diagonal from 0 to 1, got {args.merge_gap:g}")
     bundle = load_bundle(args.bundle or default_bundle(), runtime=args.runtime, threads=args.threads)
     tiling = TilingConfig(tile=args.tile) if getattr(args, "tile", None) else None
-    cracks = CrackGrouping(merge_gap=args.merge_gap, min_length=args.min_crack_length)
+    cracks = CrackGrouping(merge_gap=args.merge_gap, **min_length_option(args.min_crack_length))
     return Cascade(
         bundle,
         segment=args.segment,
@@ -55,6 +57,25 @@ def _build_cascade(args):
         tiling=tiling,
         cracks=cracks,
     )
+
+
+def min_length_option(text: str) -> dict[str, float]:
+    """`--min-crack-length`: a fraction of the frame diagonal (0.025), frame pixels (20px) or millimetres (2mm),
+    as the CrackGrouping key that holds it."""
+    value, key = text.strip().lower(), "min_length"
+    for suffix, unit_key in (("px", "min_length_px"), ("mm", "min_length_mm")):
+        if value.endswith(suffix):
+            value, key = value[: -len(suffix)].strip(), unit_key
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number >= 0 or (key == "min_length" and number > 1):  # also refuses nan
+        raise ValueError(
+            f"--min-crack-length {text!r}: expected a fraction of the frame diagonal from 0 to 1 (0.025), "
+            "a length in pixels (20px) or in millimetres (2mm, with --mm-per-pixel)"
+        )
+    return {key: number}
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
@@ -87,7 +108,7 @@ def _row(path: Path, result) -> str:
             f"area {100 * m.area_fraction:.2f}%"
         )
     elif result.segmented:
-        meas = "segmented: no crack pixels"
+        meas = "segmented: no crack measured"
     return f"{str(path)[-48:]:<48} {'CRACK' if result.crack else 'ok':<6} {result.score:6.3f}  {meas}"
 
 
@@ -293,9 +314,15 @@ def _add_model_args(p, segment_default: str) -> None:
         "--segment",
         choices=SEGMENT_MODES,
         default=segment_default,
-        help=f"when to run the segmenter (default {segment_default})",
+        help=f"when to run the segmenter (default {segment_default}); a segmented image is a crack only when a crack "
+        "is measured, with 'never' the classifier's score alone decides",
     )
-    p.add_argument("--threshold", type=float, default=None, help="crack score threshold (default: the bundle's)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="classifier gate: the score at which the segmenter runs (default: the bundle's)",
+    )
     p.add_argument("--mm-per-pixel", type=float, default=None, help="scale for millimetre measurements")
     defaults = CrackGrouping()
     p.add_argument(
@@ -308,10 +335,10 @@ def _add_model_args(p, segment_default: str) -> None:
     )
     p.add_argument(
         "--min-crack-length",
-        type=float,
-        default=defaults.min_length,
-        metavar="FRACTION",
-        help=f"cracks shorter than this fraction of the frame diagonal are not counted (default {defaults.min_length})",
+        default=str(defaults.min_length),
+        metavar="LENGTH",
+        help="cracks shorter than this are not counted, and an image holding none is no crack: a fraction of the "
+        f"frame diagonal (default {defaults.min_length}), pixels (20px) or millimetres (2mm, with --mm-per-pixel)",
     )
     p.add_argument(
         "--tile", type=int, default=None, metavar="PX", help="tiling mode for large frames: tile size in pixels"

@@ -61,6 +61,7 @@ def build_engine(cfg: Config, bundle_dir: Path | None = None, verify_golden: boo
 
 
 def decision_params(cfg: Config, engine: Engine) -> DecisionParams:
-    """Debounce settings; the crack threshold is the cascade's, so a frame's `crack` flag and the events agree."""
+    """Debounce settings; the gate threshold is the cascade's, so a frame's `crack` flag and the events agree
+    (both apply edge.engine.verdict)."""
     d = cfg.decision
     return DecisionParams(engine.cascade.threshold, d.hysteresis, d.start_k, d.start_n, d.end_m, d.update_interval_s)

@@ -136,7 +136,9 @@ class FramePipeline:
             self._fail_log(logging.ERROR, "frame %d could not be processed: %s: %s", frame.seq, type(exc).__name__, exc)
             return
         measurements = result.measurements.to_dict() if result.measurements is not None else None
-        obs = FrameObservation(seq=frame.seq, t=frame.t, score=float(result.score), measurements=measurements)
+        obs = FrameObservation(
+            seq=frame.seq, t=frame.t, score=float(result.score), measurements=measurements, confirmed=result.confirmed
+        )
         records = self.decision.observe(obs)
         if self.decision.active and self.decision.peak_frame_seq == frame.seq:
             self.snapshots.note_peak(frame, result)

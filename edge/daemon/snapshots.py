@@ -1,5 +1,10 @@
 """Event pictures: the frame and its overlay as JPEGs under STATE/snapshots, within their disk budget.
 
+Beside them, when the segmenter ran on that frame, its predicted mask as a 0/255 PNG at frame size (small: a mask
+is mostly zeros), so that `crack-deploy pull` brings a device's own prediction to the bench as the pre-annotation of
+the frame. The journal names the two JPEGs; the mask is named after the frame (StateLayout.snapshot_mask) and goes
+with it.
+
 An event's pictures are taken at its start and retaken whenever a later frame becomes its peak, so
 the files show the worst moment seen. Pictures come after events: none is taken while the journal
 cannot be written or the disk is nearly full, and the oldest are deleted (orphans first) once
@@ -106,6 +111,7 @@ class SnapshotStore:
         day = time.strftime("%Y%m%d", time.gmtime(record.started_at))
         layout = self.cfg.layout
         rel_frame, rel_overlay = layout.snapshot_pictures(day, record.uuid)
+        rel_mask = layout.snapshot_mask(rel_frame)
         try:
             from edge.engine.overlay import draw_overlay
 
@@ -118,22 +124,35 @@ class SnapshotStore:
                 if not ok:
                     raise OSError("JPEG encoding failed")
                 write_bytes_atomic(self.state_dir / rel, data.tobytes())  # no half-written picture left behind
+            self._write_mask(rel_mask, result)
         except Exception as exc:
             self._log(logging.ERROR, "snapshot for event %s failed: %s", record.uuid, exc)
             return None
         self._snap_seq = frame.seq
         pictures = Pictures(rel_frame, rel_overlay, frame.seq)
         self._last[record.uuid] = pictures
-        self._enforce_budget(keep={rel_frame, rel_overlay})
+        self._enforce_budget(keep={rel_frame, rel_overlay, rel_mask})
         return pictures
 
+    def _write_mask(self, rel_mask: str, result: FrameResult) -> None:
+        """The frame's predicted mask beside it; a mask of an earlier peak is removed when this frame has none."""
+        mask = result.mask
+        if mask is None:
+            (self.state_dir / rel_mask).unlink(missing_ok=True)
+            return
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(np.where(mask > 0, 255, 0).astype(np.uint8)))
+        if not ok:
+            raise OSError("PNG encoding failed")
+        write_bytes_atomic(self.state_dir / rel_mask, data.tobytes())
+
     def delete(self, relpaths: list[str]) -> None:
-        """Remove pictures the journal no longer names (retention); missing files are fine."""
+        """Remove pictures the journal no longer names (retention), a frame's mask with it; missing files are fine."""
         for rel in relpaths:
-            try:
-                (self.state_dir / rel).unlink()
-            except OSError:
-                pass
+            for path in (rel, self.cfg.layout.snapshot_mask(rel)) if rel.endswith(".jpg") else (rel,):
+                try:
+                    (self.state_dir / path).unlink()
+                except OSError:
+                    pass
 
     def _enforce_budget(self, keep: set[str]) -> None:
         root = self.cfg.layout.snapshots
@@ -150,8 +169,10 @@ class SnapshotStore:
         if total <= budget:
             return
         known = self.journal.snapshot_order()
-        known_set = set(known)
-        orphans = sorted((r for r in files if r not in known_set), key=lambda r: files[r].st_mtime)
+        mask_of = self.cfg.layout.snapshot_mask
+        # A frame's mask is not in the journal but belongs to the frame: deleted with it, not as an orphan.
+        owned = set(known) | {mask_of(rel) for rel in known}
+        orphans = sorted((r for r in files if r not in owned), key=lambda r: files[r].st_mtime)
         for rel in orphans + known:
             if total <= budget:
                 break
@@ -164,3 +185,10 @@ class SnapshotStore:
             total -= files[rel].st_size
             self.journal.forget_snapshot(rel)
             log.info("snapshot budget: deleted %s", rel)
+            mask = mask_of(rel)
+            if mask in files and mask not in keep:
+                try:
+                    (self.state_dir / mask).unlink()
+                    total -= files[mask].st_size
+                except OSError:
+                    pass

@@ -7,10 +7,11 @@ Parts (each one job, in its own module of edge/daemon/):
   detection_gate.DetectionGate  no frame taken while a detection could not be kept (a full disk), resumes by itself
   snapshots.SnapshotStore       event pictures and their disk budget
   capture.Capture               thread `capture`: the source -> FrameSlot (newest frame wins for live cameras)
-  pipeline.FramePipeline        the main thread: frame -> Cascade -> Decision -> journal (+ outbox) -> publisher
+  pipeline.FramePipeline        the main thread: frame -> Cascade -> Decision -> journal (+ each output's outbox rows)
   housekeeping.Housekeeper      thread `housekeeping`: status.json every second, watchdog, stats, retention
   status.DaemonStatus           what STATE/status.json holds (built by `Supervisor.status`)
-  edge.outputs.publisher        threads `outbox` and paho's: the outbox to MQTT
+  edge.outputs (build_outputs)  the event outputs the config switches on, each delivering its own outbox rows:
+                                mqtt (threads `outbox` and paho's, edge.outputs.publisher), webhook (thread `webhook`)
 Threads of its own: the main loop (`run`), which acts on signals between frames so the frame in
 hand is always finished, and `reload` (SIGHUP), which loads and verifies the new config and bundle
 beside the running ones; the main loop swaps them in between two frames (no frame's result dropped).
@@ -47,10 +48,11 @@ from edge.daemon_status import CameraStatus, DaemonStatus, LastReload, Percentil
 from edge.engine.bundle import BundleError
 from edge.engine.runtime import RuntimeUnavailable
 from edge.events.journal import JournalError
-from edge.outputs import homeassistant, snapshots_mqtt
+from edge.outputs import snapshots_mqtt
 from edge.outputs.base import EventOutput, OutputContext, build_outputs
 from edge.outputs.metrics import Metrics
 from edge.outputs.metrics import start_for as start_metrics
+from edge.outputs.mqtt_events import MqttEvents
 from edge.outputs.publisher import Publisher, cpu_temperature_c, disk_free_mb, rss_mb
 from edge.sources import FrameSource, adapter_for, make_source
 from edge.timestamps import iso_utc
@@ -214,11 +216,13 @@ class Supervisor:
         except (JournalError, OSError, sqlite3.Error) as exc:
             raise StartupError(str(exc)) from None
         snapshots = SnapshotStore(cfg, writer.journal)
-        publisher = self._publisher = self._start_publisher(writer) if cfg.mqtt.enabled else None
         try:
-            outputs = self._outputs = build_outputs(OutputContext(cfg, writer.journal, publisher))
-        except ConfigError as exc:  # a secret named in the config is missing
+            outputs = self._outputs = build_outputs(OutputContext(cfg, writer.journal, self._identity()))
+        except (ConfigError, RuntimeError) as exc:  # a password or secret that is missing; an optional library
             raise StartupError(str(exc)) from None
+        mqtt = next((o for o in outputs if isinstance(o, MqttEvents)), None)
+        publisher = self._publisher = mqtt.publisher if mqtt is not None else None
+        self._snapshot_check = mqtt.snapshot_check if mqtt is not None else None
         close_interrupted_events(writer, outputs)
         for output in outputs:
             output.start()
@@ -242,28 +246,6 @@ class Supervisor:
         )
         gate = DetectionGate(writer, on_change=self._on_keeping_changed)
         return Parts(writer, gate, snapshots, publisher, capture, pipeline, housekeeper, metrics)
-
-    def _start_publisher(self, writer: JournalWriter) -> Publisher:
-        cfg = self.cfg
-        try:
-            password = cfg.mqtt_password()
-        except ConfigError as exc:
-            raise StartupError(str(exc)) from None
-        publisher_class: type[Publisher] = Publisher
-        if cfg.mqtt.format == "sparkplug_b":
-            from edge.outputs.sparkplug import SparkplugPublisher
-
-            publisher_class = SparkplugPublisher
-        try:
-            publisher = publisher_class(cfg, writer.journal, self._identity(), password)
-        except RuntimeError as exc:  # a missing optional library
-            raise StartupError(str(exc)) from None
-        homeassistant.attach(cfg, publisher)
-        if cfg.mqtt.snapshots:
-            self._snapshot_check = snapshots_mqtt.DeliveryCheck(cfg, publisher)
-        publisher.publish_camera("starting", {})
-        publisher.start()
-        return publisher
 
     def _wake_outputs(self) -> None:
         for output in self._outputs:
@@ -361,9 +343,7 @@ class Supervisor:
                     depth,
                     output.name,
                 )
-            output.stop(timeout=1.0)
-        if parts.publisher is not None:
-            parts.publisher.stop("shutdown", timeout=1.0)
+            output.stop(timeout=1.0)  # the mqtt output publishes `offline` and disconnects
         parts.capture.close()
         self.write_status(state="stopped")
         if parts.metrics is not None:
@@ -528,6 +508,7 @@ class Supervisor:
             mqtt_delivered=pub.published if pub else 0,
             mqtt_replayed=pub.replayed if pub else 0,
             mqtt_snapshot_error=self._snapshot_check.problem() if self._snapshot_check else None,
+            outputs=[output.status() for output in self._outputs],
             pending_writes=writer.held,
             journal_error=writer.problem(),
             journal_writes_dropped=writer.writes_dropped,

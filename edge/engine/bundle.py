@@ -281,6 +281,14 @@ class Manifest:
     def segmenter(self) -> ModelEntry:
         return self.models["segmenter"]
 
+    @property
+    def gate_threshold(self) -> float:
+        """The classifier score at which a frame is segmented (and can be a crack, once the segmenter confirms):
+        the classifier's `gate_threshold`, a high-recall threshold bundles may set apart from the one chosen for
+        the classifier alone; bundles without one (1.0.0, 1.1.0) gate at their classifier `threshold`."""
+        gate = self.classifier.raw.get("gate_threshold")
+        return self.classifier.threshold if gate is None else float(gate)
+
 
 def _require(d: dict, key: str, where: str, kind=None):
     if key not in d:
@@ -346,6 +354,9 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
             not isinstance(entry["bytes"], int) or isinstance(entry["bytes"], bool) or entry["bytes"] < 0
         ):
             raise ManifestInvalid(f"{where}.bytes: expected a size in bytes, got {entry['bytes']!r}")
+        gate = entry.get("gate_threshold")
+        if gate is not None and (not isinstance(gate, (int, float)) or isinstance(gate, bool) or not 0 <= gate <= 1):
+            raise ManifestInvalid(f"{where}.gate_threshold: expected a score from 0 to 1 (or absent), got {gate!r}")
         models[role] = ModelEntry(
             role=role,
             file=str(_require(entry, "file", where, str)),

@@ -4,6 +4,9 @@ preprocess (shared, resize straight into the input tensor) -> classifier ->
 [segmenter -> full-frame mask] -> measure. An optional tiling mode splits large
 frames into overlapping tiles, classifies each, segments the crack tiles and
 stitches one full-frame mask.
+
+The classifier is a gate: a frame whose score passes the threshold is segmented, and it is a crack only
+if the segmenter then measures a crack (edge.engine.verdict).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from edge.engine.bundle import LoadedBundle
 from edge.engine.grouping import CrackGrouping
 from edge.engine.measure import CrackMeasurements, measure_mask
 from edge.engine.preprocess import ensure_rgb_uint8, resize_into
+from edge.engine.verdict import counts_as_crack
 from edge.vocabulary import SEGMENT_MODES, SegmentMode
 
 
@@ -54,7 +58,7 @@ def tile_grid(height: int, width: int, cfg: TilingConfig) -> list[tuple[int, int
 
 @dataclass
 class FrameResult:
-    crack: bool
+    crack: bool  # counts_as_crack(score, threshold, confirmed)
     score: float  # classifier P(crack), 0-1 (max over tiles in tiling mode)
     segmented: bool
     measurements: CrackMeasurements | None = None
@@ -64,6 +68,11 @@ class FrameResult:
     # The full-frame mask is built only when someone asks (overlays, snapshots, --mask-dir): most frames never need it.
     _mask_builder: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _mask: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def confirmed(self) -> bool | None:
+        """Whether the segmenter measured a crack (one at least the minimum length); None when it did not run."""
+        return None if self.measurements is None else self.measurements.count > 0
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -103,11 +112,12 @@ class Cascade:
             raise ValueError(f"segment mode {segment!r}: expected one of {', '.join(SEGMENT_MODES)}")
         self.bundle = bundle
         self.segment = segment
-        self.threshold = bundle.manifest.classifier.threshold if threshold is None else float(threshold)
+        self.threshold = bundle.manifest.gate_threshold if threshold is None else float(threshold)
         self.mm_per_pixel = mm_per_pixel
         self.tiling = tiling
         self.min_area_px = min_area_px
         self.cracks = cracks or CrackGrouping()
+        self.cracks.check_units(mm_per_pixel)
         out = bundle.classifier.output
         self._cls_scale, self._cls_zp = out.scale, out.zero_point
         seg_out = bundle.segmenter.output
@@ -142,7 +152,7 @@ class Cascade:
         return np.where(prob_q >= self._seg_q_threshold, np.uint8(255), np.uint8(0))
 
     def _measure(self, mask: np.ndarray, frame_size: tuple[int, int]) -> CrackMeasurements:
-        merge_gap_px, min_length_px = self.cracks.in_frame_px(*frame_size)
+        merge_gap_px, min_length_px = self.cracks.in_frame_px(*frame_size, self.mm_per_pixel)
         return measure_mask(mask, self.mm_per_pixel, self.min_area_px, frame_size, merge_gap_px, min_length_px)
 
     def process(self, frame: np.ndarray) -> FrameResult:
@@ -157,7 +167,7 @@ class Cascade:
         raw, pre_ms, cls_ms = self._run(self.bundle.classifier, rgb, halvings)
         score = self._score(raw)
         timings = {"preprocess": pre_ms, "classify": cls_ms}
-        result = FrameResult(crack=score >= self.threshold, score=score, segmented=False, timings_ms=timings)
+        result = FrameResult(crack=False, score=score, segmented=False, timings_ms=timings)
         if self._wants_segment(score):
             raw, pre_ms, seg_ms = self._run(self.bundle.segmenter, rgb, halvings)
             prob_q = raw[..., 0]
@@ -171,6 +181,7 @@ class Cascade:
             timings["measure"] = (time.perf_counter() - t0) * 1000.0
             result.segmented = True
             result._mask_builder = lambda: self._prob_to_mask(prob_q, h, w)
+        result.crack = counts_as_crack(score, self.threshold, result.confirmed)
         return result
 
     def _process_tiled(self, rgb: np.ndarray, tiling: TilingConfig) -> FrameResult:
@@ -198,7 +209,7 @@ class Cascade:
                 timings["segment"] += seg_ms
                 segmented = True
         result = FrameResult(
-            crack=best >= self.threshold,
+            crack=False,
             score=best,
             segmented=segmented,
             timings_ms=timings,
@@ -210,4 +221,5 @@ class Cascade:
             result._mask = np.where(prob >= self._seg_q_threshold, np.uint8(255), np.uint8(0))
             result.measurements = self._measure(result._mask, (w, h))
             timings["measure"] = (time.perf_counter() - t0) * 1000.0
+        result.crack = counts_as_crack(best, self.threshold, result.confirmed)
         return result

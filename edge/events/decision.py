@@ -3,10 +3,13 @@
 A pure state machine (no clock, no I/O): the caller feeds each frame's score,
 time and measurements; it returns the `EventRecord`s to journal and publish.
 
-- idle -> open: a frame counts as a crack when `score >= threshold`; an event
-  starts when k of the last n frames counted.
-- open: a frame still counts while `score >= threshold - hysteresis`, so a score
-  wobbling around the threshold does not split one crack into several events.
+- idle -> open: a frame counts as a crack when `score >= threshold` and the
+  segmenter, if it ran on the frame, measured a crack (edge.engine.verdict: the
+  classifier is a gate, the segmenter confirms); an event starts when k of the
+  last n frames counted.
+- open: a frame still counts while `score >= threshold - hysteresis` (and the
+  segmenter, if it ran, measured a crack), so a score wobbling around the
+  threshold does not split one crack into several events.
   The largest measurements seen are kept (peak); an `update` is emitted when the
   peak improved, at most every `update_interval_s`.
 - open -> idle: after m consecutive clear frames, `end`.
@@ -18,6 +21,8 @@ import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from edge.engine.verdict import counts_as_crack
 
 START, UPDATE, END = "start", "update", "end"
 
@@ -50,6 +55,7 @@ class FrameObservation:
     t: float  # wall-clock seconds (time.time())
     score: float
     measurements: dict | None = None  # CrackMeasurements.to_dict() when the frame was segmented
+    confirmed: bool | None = None  # the segmenter measured a crack (FrameResult.confirmed); None: it did not run
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ class Decision:
     def observe(self, obs: FrameObservation) -> list[EventRecord]:
         p = self.params
         if self._open is None:
-            self._window.append(obs if obs.score >= p.threshold else None)
+            self._window.append(obs if counts_as_crack(obs.score, p.threshold, obs.confirmed) else None)
             hits = [o for o in self._window if o is not None]
             if len(hits) < p.start_k:
                 return []
@@ -143,7 +149,7 @@ class Decision:
             self._window.clear()
             return [self._record(ev, START, obs.t)]
         ev = self._open
-        if obs.score >= p.threshold_off:
+        if counts_as_crack(obs.score, p.threshold_off, obs.confirmed):
             ev.clear_run = 0
             self._absorb(ev, obs)
             if ev.dirty and obs.t - ev.last_record_t >= p.update_interval_s:

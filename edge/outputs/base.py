@@ -12,8 +12,8 @@ output needs from the daemon comes in `OutputContext`. Payloads are built from t
 (`EventOut`, `Pictures`) in one place per output, never by mutating a dict on the way.
 
 Event outputs: `mqtt` (edge.outputs.mqtt_events: JSON or Sparkplug B, delivered by
-edge.outputs.publisher, which Home Assistant discovery also rides on) and `webhook`
-(edge.outputs.webhook). Prometheus (edge.outputs.metrics) is scraped, not pushed: it reads the
+edge.outputs.publisher, which Home Assistant discovery also rides on; the output owns that
+connection) and `webhook` (edge.outputs.webhook). Prometheus (edge.outputs.metrics) is scraped, not pushed: it reads the
 daemon's status and frame figures and has no outbox rows.
 """
 
@@ -26,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from edge.daemon_status import OutputStatus
 from edge.events.journal import OutboxMessage
 from edge.outputs.payloads import EventOut, Pictures
 
 if TYPE_CHECKING:
     from edge.config import Config
     from edge.events.journal import Journal
-    from edge.outputs.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class OutputContext:
 
     cfg: Config
     journal: Journal
-    publisher: Publisher | None  # the MQTT connection (None: mqtt.enabled is false)
+    identity: dict  # who is speaking: version, bundle_version, bundle_sha256, started_at (the MQTT birth)
 
 
 class EventOutput(ABC):
@@ -68,6 +68,21 @@ class EventOutput(ABC):
     def flush(self, timeout: float) -> bool:
         """Wait until its outbox rows are delivered (True) or `timeout` passes (False)."""
         return True
+
+    @abstractmethod
+    def status(self) -> OutputStatus:
+        """Its delivery now (status.json `outputs`, `crackd status`)."""
+
+    _waiting = 0
+
+    def waiting(self, journal: Journal) -> int:
+        """Its outbox rows not delivered yet; while the journal cannot be read (being reopened after a full disk)
+        the last figure stands, since the status writer must not fail over a figure."""
+        try:
+            self._waiting = journal.outbox_depth(self.name)
+        except Exception:
+            pass
+        return self._waiting
 
     def stop(self, timeout: float) -> None:
         """Stop delivering; undelivered rows stay in the outbox for the next start."""

@@ -33,8 +33,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from edge import __version__
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from edge.config import Config
+    from edge.outputs.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,7 @@ def node_id(device_id: str) -> str:
     return "crackd_" + re.sub(r"[^A-Za-z0-9_-]", "_", device_id)
 
 
-def config_topic(cfg, component: str, object_id: str) -> str:
+def config_topic(cfg: Config, component: str, object_id: str) -> str:
     return f"{cfg.homeassistant.discovery_prefix}/{component}/{node_id(cfg.device_id)}/{object_id}/config"
 
 
@@ -68,7 +75,7 @@ def _numeric(expr: str) -> str:
     return "{% set v = " + expr + " %}{{ v if v is defined and v is not none else 'null' }}"
 
 
-def entities(cfg, sw_version: str = __version__) -> list[Entity]:
+def entities(cfg: Config, sw_version: str = __version__) -> list[Entity]:
     """Every entity config for this device (what `announce` publishes)."""
     ident = node_id(cfg.device_id)
     status, event, stats = cfg.topic("status"), cfg.topic("event"), cfg.topic("stats")
@@ -91,7 +98,7 @@ def entities(cfg, sw_version: str = __version__) -> list[Entity]:
         "device": device,
     }
 
-    def entity(component: str, object_id: str, name: str, **fields) -> Entity:
+    def entity(component: str, object_id: str, name: str, **fields: Any) -> Entity:
         qos = {} if component == "image" else {"qos": 1}  # HA's image platform has no qos option
         return Entity(
             component, object_id, {"name": name, "unique_id": f"{ident}_{object_id}", **common, **qos, **fields}
@@ -215,7 +222,7 @@ ALL_OBJECTS = (
 )
 
 
-def discovery_messages(cfg, sw_version: str = __version__) -> list[tuple[str, bytes]]:
+def discovery_messages(cfg: Config, sw_version: str = __version__) -> list[tuple[str, bytes]]:
     """(topic, payload) to announce the device; with `homeassistant.remove` the empty configs instead."""
     if cfg.homeassistant.remove:
         return removal_messages(cfg)
@@ -225,8 +232,14 @@ def discovery_messages(cfg, sw_version: str = __version__) -> list[tuple[str, by
     ]
 
 
-def removal_messages(cfg) -> list[tuple[str, bytes]]:
+def removal_messages(cfg: Config) -> list[tuple[str, bytes]]:
+    """Empty retained configs on every topic crackd may have used (HA deletes the entities)."""
     return [(config_topic(cfg, component, object_id), b"") for component, object_id in ALL_OBJECTS]
+
+
+def clear_crack_state(client: mqtt.Client, cfg: Config) -> mqtt.MQTTMessageInfo:
+    """Remove the retained crack sensor state (it is published for Home Assistant alone)."""
+    return client.publish(cfg.topic(CRACK_TOPIC), b"", qos=1, retain=True)
 
 
 def crack_state(event: dict) -> str:
@@ -238,7 +251,7 @@ class Discovery:
     """Publishes the configs on every connection of a Publisher and when Home Assistant comes online,
     and keeps the crack sensor's retained state in step with the event messages sent."""
 
-    def __init__(self, cfg, publisher, reannounce_min_s: float = REANNOUNCE_MIN_S):
+    def __init__(self, cfg: Config, publisher: Publisher, reannounce_min_s: float = REANNOUNCE_MIN_S) -> None:
         self.cfg = cfg
         self.publisher = publisher
         self.reannounce_min_s = reannounce_min_s
@@ -254,12 +267,12 @@ class Discovery:
         publisher.on_connect_hooks.append(self._on_connect)
         publisher.on_sent_hooks.append(self._on_sent)
 
-    def _on_connect(self, client) -> None:
+    def _on_connect(self, client: mqtt.Client) -> None:
         self._crack_sent = None
         client.subscribe(self.ha_status_topic, qos=1)
         self.publish(client)
 
-    def _on_ha_status(self, client, userdata, message) -> None:
+    def _on_ha_status(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.payload != b"online":
             return
         # HA restarted: it may have lost the configs. Called on paho's network thread: never block it.
@@ -274,7 +287,7 @@ class Discovery:
                 return
         self.publish(client)
 
-    def _deferred_publish(self, client) -> None:
+    def _deferred_publish(self, client: mqtt.Client) -> None:
         with self._lock:
             self._deferred = None
         if self.publisher.connected:  # otherwise the next connection announces anyway
@@ -289,12 +302,14 @@ class Discovery:
             self._crack_sent = state
             self.publisher.client.publish(self.cfg.topic(CRACK_TOPIC), state, qos=1, retain=True)
 
-    def publish(self, client) -> None:
+    def publish(self, client: mqtt.Client) -> None:
         with self._lock:
             self._last_announce = time.monotonic()
         messages = discovery_messages(self.cfg, self.publisher.identity.get("version") or __version__)
         for topic, payload in messages:
             client.publish(topic, payload, qos=1, retain=True)
+        if self.cfg.homeassistant.remove:
+            clear_crack_state(client, self.cfg)
         self.published += 1
         log.info(
             "Home Assistant discovery: %s %d configs under %s/",
@@ -310,7 +325,7 @@ class Discovery:
                 self._deferred = None
 
 
-def attach(cfg, publisher) -> Discovery | None:
+def attach(cfg: Config, publisher: Publisher) -> Discovery | None:
     """Wire discovery into the daemon's publisher (None when switched off, or for Sparkplug B output)."""
     ha = cfg.homeassistant
     if not (ha.discovery or ha.remove) or getattr(cfg.mqtt, "format", "json") != "json":
@@ -318,7 +333,7 @@ def attach(cfg, publisher) -> Discovery | None:
     return Discovery(cfg, publisher)
 
 
-def remove_now(cfg, password: str | None, timeout: float = 10.0) -> int:
+def remove_now(cfg: Config, password: str | None, timeout: float = 10.0) -> int:
     """Connect once (own client id) and publish the empty retained configs; returns how many were acknowledged.
 
     Raises ConnectionError with one line when the broker cannot be reached or refuses."""
@@ -340,7 +355,7 @@ def remove_now(cfg, password: str | None, timeout: float = 10.0) -> int:
     connack: dict = {}
     answered = threading.Event()
 
-    def on_connect(client, userdata, flags, reason_code, properties):
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         connack["reason"] = reason_code
         answered.set()
 
@@ -356,6 +371,7 @@ def remove_now(cfg, password: str | None, timeout: float = 10.0) -> int:
         if connack["reason"].is_failure:
             raise ConnectionError(f"broker {m.host}:{m.port} refused the connection: {connack['reason']}")
         infos = [client.publish(topic, payload, qos=1, retain=True) for topic, payload in removal_messages(cfg)]
+        clear_crack_state(client, cfg)
         done = 0
         for info in infos:
             try:

@@ -22,11 +22,37 @@ import dataclasses
 import ipaddress
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.config import ConfigError
 from edge.outputs.metrics_http import BasicAuth, MetricsServer, resolve, tls_context
 from edge.vocabulary import CAMERA_STATES
+
+if TYPE_CHECKING:
+    from edge.config import Config, MetricsConfig
+    from edge.daemon_status import DaemonStatus
+    from edge.engine.cascade import FrameResult
+
+
+class JournalFailures(Protocol):
+    write_failures: int
+
+
+class FigureSource(Protocol):
+    """What the metrics read from the daemon (edge.daemon.supervisor.Supervisor), at scrape time."""
+
+    cfg: Config
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def journal_writer(self) -> JournalFailures: ...
+
+    def status(self, state: str = "running") -> DaemonStatus: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +66,10 @@ class _SupervisorCollector:
     """Reads the daemon's figures at scrape time: its status
     (edge.daemon_status.DaemonStatus) and the journal's failures."""
 
-    def __init__(self, supervisor):
-        self.sup = supervisor  # edge.daemon.supervisor.Supervisor
+    def __init__(self, supervisor: FigureSource) -> None:
+        self.sup = supervisor
 
-    def collect(self):
+    def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
         from edge.outputs.publisher import cpu_temperature_c
@@ -53,12 +79,12 @@ class _SupervisorCollector:
         st = self.sup.status()
         writer = self.sup.journal_writer
 
-        def counter(name, doc, value, labels=None):
+        def counter(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Any:
             family = CounterMetricFamily(name, doc, labels=list(labels or {}))
             family.add_metric(list((labels or {}).values()), value)
             return family
 
-        def gauge(name, doc, value):
+        def gauge(name: str, doc: str, value: float) -> Any:
             family = GaugeMetricFamily(name, doc)
             family.add_metric([], value)
             return family
@@ -120,7 +146,7 @@ class _SupervisorCollector:
 class Metrics:
     """The registry, the per-frame histograms, and the HTTP server / textfile writer that expose them."""
 
-    def __init__(self, options, supervisor):
+    def __init__(self, options: MetricsConfig, supervisor: FigureSource) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.options = options
@@ -139,7 +165,9 @@ class Metrics:
             registry=self.registry,
         )
         self.crack_frames = Counter(
-            "crackd_crack_frames", "Frames the classifier called a crack", registry=self.registry
+            "crackd_crack_frames",
+            "Frames counted as a crack (past the classifier's gate, confirmed by the segmenter)",
+            registry=self.registry,
         )
         self._stages = {s: self.stage_seconds.labels(stage=s) for s in STAGES}
         self.registry.register(_SupervisorCollector(supervisor))
@@ -147,7 +175,7 @@ class Metrics:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
 
-    def observe_frame(self, result, latency_s: float) -> None:
+    def observe_frame(self, result: FrameResult, latency_s: float) -> None:
         """One processed frame (edge.engine.cascade.FrameResult): stage times, latency, crack count."""
         for stage, ms in result.timings_ms.items():
             child = self._stages.get(stage)
@@ -219,7 +247,7 @@ class Metrics:
             self._server = None
 
 
-def start_for(supervisor) -> Metrics | None:
+def start_for(supervisor: FigureSource) -> Metrics | None:
     """Metrics for a started Supervisor per `config.metrics`; None when off or prometheus_client is missing."""
     options = supervisor.cfg.metrics
     if not (options.http or options.textfile):
@@ -241,7 +269,7 @@ def start_for(supervisor) -> Metrics | None:
     return metrics
 
 
-def endpoint_url(options) -> str:
+def endpoint_url(options: MetricsConfig) -> str:
     """Where the HTTP endpoint (`metrics` config) listens and how it is guarded, for people to read."""
     host = f"[{options.host}]" if ":" in options.host else options.host
     guards = [
@@ -251,7 +279,7 @@ def endpoint_url(options) -> str:
     return url + (f" with {' and '.join(guards)}" if guards else "")
 
 
-def exposure_warning(options) -> str | None:
+def exposure_warning(options: MetricsConfig) -> str | None:
     """What is wrong with who can reach the HTTP endpoint (`metrics` config), or None: it listens on loopback only,
     or beyond it with both basic auth and TLS. Said by check-config and logged at WARNING when the daemon starts."""
     if not options.http:

@@ -251,7 +251,7 @@ class MetricsServer:
     def _call_app(self, environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
         started: list = []
 
-        def start_response(status, headers, exc_info=None):
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
             started[:] = [status, headers]
 
         try:

@@ -31,12 +31,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from edge.events.journal import Journal, OutboxRow
 from edge.outputs.payloads import PAYLOAD_SCHEMA_VERSION
 from edge.timestamps import iso_utc
+
+if TYPE_CHECKING:
+    from edge.config import Config, MQTTConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,7 @@ def rss_mb() -> float | None:
     return None
 
 
-def authenticate(client: mqtt.Client, m, password: str | None) -> None:
+def authenticate(client: mqtt.Client, m: MQTTConfig, password: str | None) -> None:
     """Username/password and TLS from the `mqtt` config section, for every client crackd opens."""
     if m.username:
         client.username_pw_set(m.username, password)
@@ -134,7 +139,7 @@ class WatchedClient(mqtt.Client):
 class Publisher:
     """One MQTT connection (paho loop thread) plus the outbox drain thread."""
 
-    def __init__(self, config, journal, identity: dict, password: str | None = None):
+    def __init__(self, config: Config, journal: Journal, identity: dict, password: str | None = None) -> None:
         """`config`: edge.config.Config; `identity`: version, bundle_version, bundle_sha256, started_at (ISO)."""
         self.cfg = config
         self.m = config.mqtt
@@ -196,7 +201,7 @@ class Publisher:
             p["reason"] = reason or "connection lost"
         return p
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> WatchedClient:
         m = self.m
         client = WatchedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -222,7 +227,7 @@ class Publisher:
         self._thread = threading.Thread(target=self._drain_loop, name="outbox", daemon=True)
         self._thread.start()
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self.connected = False
             self.last_error = f"broker refused the connection: {reason_code}"
@@ -248,18 +253,18 @@ class Publisher:
         if mid is not None:
             self._subscriptions[mid] = topic
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         hook = self.on_suback_hooks.get(self._subscriptions.pop(mid, ""))
         if hook is not None:
             hook(all(not rc.is_failure for rc in reason_codes))
 
-    def _announce(self, client) -> None:
+    def _announce(self, client: mqtt.Client) -> None:
         """What every new connection starts with: the retained birth and camera state (Sparkplug: NBIRTH/DBIRTH)."""
         self._publish_retained("status", self._status_payload("online"))
         if self._camera is not None:
             self._publish_retained("camera", self._camera)
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.last_error = f"cannot reach broker {self.m.host}:{self.m.port}"
         if not self._logged_unreachable:
             log.warning(
@@ -267,7 +272,7 @@ class Publisher:
             )
             self._logged_unreachable = True
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was = self.connected
         self.connected = False
         if isinstance(client, WatchedClient):
@@ -315,7 +320,7 @@ class Publisher:
                 self.cfg.device_id,
             )
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # Called by paho's network thread with its message lock held: only hand the mid over.
         self._acks.append(mid)
         self._wake.set()
@@ -436,7 +441,7 @@ class Publisher:
             log.error("MQTT: %s", self.oversize_error)
             self.journal.outbox_ack([row])
 
-    def _send_row(self, row, replayed: bool):
+    def _send_row(self, row: OutboxRow, replayed: bool) -> mqtt.MQTTMessageInfo | None:
         """Publish one outbox row; returns paho's MQTTMessageInfo (None: not now, retry later)."""
         data: bytes | str
         payload: dict | bytes
@@ -521,11 +526,11 @@ class Publisher:
 
     # ------------------------------------------------------------------ direct (non-outbox) messages
 
-    def _publish_retained(self, subtopic: str, payload: dict):
+    def _publish_retained(self, subtopic: str, payload: dict) -> mqtt.MQTTMessageInfo:
         """A retained QoS 1 state message (status, camera): the broker hands the latest to late subscribers."""
         return self.client.publish(self.topic(subtopic), json.dumps(payload), qos=1, retain=True)
 
-    def update_identity(self, **fields) -> None:
+    def update_identity(self, **fields: Any) -> None:
         """Bundle swapped or reload attempted: republish the retained birth."""
         self.identity.update(fields)
         if self.connected:

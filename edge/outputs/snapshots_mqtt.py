@@ -34,11 +34,19 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from edge.events.journal import OutboxMessage
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from edge.config import Config
+    from edge.events.decision import EventRecord
+    from edge.outputs.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +120,7 @@ def read_tag(jpeg: bytes) -> dict | None:
     return None
 
 
-def snapshot_message(cfg, record, overlay_path: Path) -> OutboxMessage | None:
+def snapshot_message(cfg: Config, record: EventRecord, overlay_path: Path) -> OutboxMessage | None:
     """The outbox message carrying an event's overlay (None when switched off or unreadable).
 
     `cfg`: edge.config.Config; `record`: edge.events.decision.EventRecord whose snapshot was just (re)written.
@@ -142,7 +150,7 @@ class DeliveryCheck:
     Attached to a Publisher (hooks on connect and on each outbox message sent); `problem()` is
     polled by the daemon's status writer about every second."""
 
-    def __init__(self, cfg, publisher, timeout_s: float = ECHO_TIMEOUT_S):
+    def __init__(self, cfg: Config, publisher: Publisher, timeout_s: float = ECHO_TIMEOUT_S) -> None:
         self.cfg = cfg
         self.publisher = publisher
         self.timeout_s = timeout_s
@@ -159,7 +167,7 @@ class DeliveryCheck:
         publisher.on_sent_hooks.append(self._on_sent)
         publisher.on_suback_hooks[self.topic] = self._on_suback
 
-    def _on_connect(self, client) -> None:
+    def _on_connect(self, client: mqtt.Client) -> None:
         with self._lock:
             self._sent.clear()  # what was in flight on the last connection: unknown, not a drop
             self._subscribed = False
@@ -186,8 +194,8 @@ class DeliveryCheck:
                 if key not in self._echoed:  # the echo can beat this hook, which runs after publish() returned
                     self._sent[key] = _Sent(len(payload), info)
 
-    def _on_echo(self, client, userdata, message) -> None:  # paho's network thread
-        tag = read_tag(message.payload)
+    def _on_echo(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:  # paho's thread
+        tag = read_tag(bytes(message.payload))
         if not tag:
             return
         key = (tag.get("uuid"), tag.get("revision"))

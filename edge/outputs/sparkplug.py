@@ -28,10 +28,18 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
 
 from edge import __version__
 from edge.atomic_write import write_bytes_atomic
-from edge.outputs.publisher import Publisher
+from edge.events.journal import Journal, OutboxRow
+from edge.outputs.publisher import Publisher, WatchedClient
+
+if TYPE_CHECKING:
+    from edge.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +76,12 @@ HEALTH_METRICS = {
     "Health/CPU Temperature C": FLOAT,
     "Health/Camera State": STRING,
     "Health/Bundle Version": STRING,
+    "Health/Keeping Detections": BOOLEAN,  # false while no frame is taken: a detection could not be kept (disk full)
 }
 DEVICE_METRICS = {**EVENT_METRICS, **HEALTH_METRICS}
 
 
-def _pb():
+def _pb() -> Any:  # the generated protobuf module (imported late: protobuf is optional)
     from edge.outputs import sparkplug_b_pb2
 
     return sparkplug_b_pb2
@@ -82,7 +91,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def add_metric(payload, name: str, datatype: int, value, timestamp: int, historical: bool = False) -> None:
+def add_metric(payload: Any, name: str, datatype: int, value: Any, timestamp: int, historical: bool = False) -> None:
     """Append a metric; None becomes is_null (Sparkplug's explicit null)."""
     m = payload.metrics.add()
     m.name = name
@@ -142,13 +151,14 @@ def health_values(stats: dict) -> dict:
         "Health/CPU Temperature C": stats.get("cpu_temp_c"),
         "Health/Camera State": stats.get("camera_state"),
         "Health/Bundle Version": stats.get("bundle_version"),
+        "Health/Keeping Detections": not stats.get("detections_paused"),
     }
 
 
 class SparkplugPublisher(Publisher):
     """The daemon's Publisher speaking Sparkplug B (same outbox, same connection handling)."""
 
-    def __init__(self, config, journal, identity: dict, password: str | None = None):
+    def __init__(self, config: Config, journal: Journal, identity: dict, password: str | None = None) -> None:
         try:
             _pb()
         except ImportError as exc:
@@ -195,7 +205,7 @@ class SparkplugPublisher(Publisher):
         add_metric(p, "bdSeq", UINT64, self.bdseq, p.timestamp)
         return p.SerializeToString()
 
-    def _publish(self, topic: str, payload, qos: int = 0):
+    def _publish(self, topic: str, payload: Any, qos: int = 0) -> mqtt.MQTTMessageInfo:
         """Stamp `seq` (0..255, wrapping) and publish, under one lock so seq order is send order."""
         with self._seq_lock:
             payload.seq = self._seq
@@ -204,19 +214,19 @@ class SparkplugPublisher(Publisher):
 
     # ------------------------------------------------------------------ connection (overrides)
 
-    def _make_client(self):
+    def _make_client(self) -> WatchedClient:
         client = super()._make_client()
         client.will_set(self.sp_topic("NDEATH"), self._death_payload(), qos=1, retain=False)
         return client
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._born = False
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
         if not self._stop.is_set():  # the next session gets a new bdSeq, in its will and its NBIRTH
             self.bdseq = self._next_bdseq()
             client.will_set(self.sp_topic("NDEATH"), self._death_payload(), qos=1, retain=False)
 
-    def _announce(self, client) -> None:
+    def _announce(self, client: mqtt.Client) -> None:
         client.subscribe(self.sp_topic("NCMD"), qos=1)
         self._births()
 
@@ -238,7 +248,7 @@ class SparkplugPublisher(Publisher):
         self._born = True
         log.info("sparkplug: NBIRTH/DBIRTH as %s/%s/%s (bdSeq %d)", self.group, self.node, self.device, self.bdseq)
 
-    def _on_ncmd(self, client, userdata, message) -> None:
+    def _on_ncmd(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             payload = _pb().Payload.FromString(message.payload)
         except Exception as exc:  # a malformed command must not take the node down
@@ -250,7 +260,7 @@ class SparkplugPublisher(Publisher):
                 self._births()
                 self._wake.set()
 
-    def _send_row(self, row, replayed: bool):
+    def _send_row(self, row: OutboxRow, replayed: bool) -> mqtt.MQTTMessageInfo | None:
         if isinstance(row.payload, bytes) or row.topic != self.cfg.topic("event"):
             return super()._send_row(row, replayed)
         if not self._born:
@@ -285,13 +295,15 @@ class SparkplugPublisher(Publisher):
     def publish_camera(self, state: str, info: dict) -> None:
         self._ddata({"Health/Camera State": state})
 
-    def publish_frame(self, build_payload) -> bool:
+    def publish_frame(self, build_payload: Callable[[], dict]) -> bool:
         return False  # per-frame results stay off the Sparkplug namespace (events and health are its data)
 
-    def update_identity(self, **fields) -> None:
+    def update_identity(self, **fields: Any) -> None:
         self.identity.update(fields)
         if "bundle_version" in fields:
             self._ddata({"Health/Bundle Version": fields["bundle_version"]})
+        if "detections_paused" in fields:  # at once, not only with the next stats
+            self._ddata({"Health/Keeping Detections": not fields["detections_paused"]})
 
     def stop(self, reason: str = "shutdown", timeout: float = 2.0) -> None:
         """A clean disconnect suppresses the will: publish NDEATH ourselves first."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from edge import __version__
 from edge.config import Config
+from edge.daemon_status import OutputStatus
 from edge.events.journal import Journal, OutboxMessage, OutboxRow
 from edge.outputs.base import EventOut, EventOutput, OutputContext, register
 from edge.outputs.payloads import PAYLOAD_SCHEMA_VERSION, event_payload
@@ -125,6 +126,9 @@ class Webhook(EventOutput):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def status(self) -> OutputStatus:
+        return OutputStatus(self.name, self.waiting(self.journal), self.delivered, self.last_error)
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

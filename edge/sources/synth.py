@@ -17,6 +17,7 @@ import numpy as np
 
 SURFACES = ("concrete", "asphalt", "painted", "brick")
 DISTRACTORS = ("joint", "stain", "shadow", "edge", "scratch")
+CRACK_CONTRAST = (0.35, 0.8)  # share of the surface's brightness a crack's core takes away
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def generate(
     for kind in kinds:
         _distractor(rng, kind, img)
     if n_cracks:
-        contrast = rng.uniform(0.35, 0.8)
+        contrast = rng.uniform(*CRACK_CONTRAST)
         img *= 1.0 - np.clip(darkness, 0, 1)[..., None] * contrast
     # Camera: slight blur and sensor noise, then global brightness.
     img = np.asarray(cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 0.9)), np.float32)  # float32 in, float32 out

@@ -111,6 +111,21 @@ def test_manifest_missing_a_key_names_it(bundle_copy):
         B.load_bundle(bundle_copy)
 
 
+def test_the_classifier_gates_at_its_threshold_unless_the_bundle_sets_a_gate_threshold(bundle_copy):
+    threshold = B.read_manifest(bundle_copy).classifier.threshold
+    assert B.read_manifest(bundle_copy).gate_threshold == threshold  # bundles 1.0.0 and 1.1.0 set none
+    edit_manifest(bundle_copy, lambda m: m["models"]["classifier"].update(gate_threshold=0.15))
+    manifest = B.read_manifest(bundle_copy)
+    assert manifest.gate_threshold == 0.15 and manifest.classifier.threshold == threshold
+
+
+@pytest.mark.parametrize("gate", [1.5, "0.2", True])
+def test_a_gate_threshold_that_is_no_score_is_refused_by_name(bundle_copy, gate):
+    edit_manifest(bundle_copy, lambda m: m["models"]["classifier"].update(gate_threshold=gate))
+    with pytest.raises(B.ManifestInvalid, match=r"models\.classifier\.gate_threshold: expected a score from 0 to 1"):
+        B.read_manifest(bundle_copy)
+
+
 def test_missing_golden_file(bundle_copy):
     shutil.rmtree(bundle_copy / "golden")
     with pytest.raises(B.ModelFileMissing, match="golden sample"):

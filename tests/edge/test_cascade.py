@@ -1,5 +1,8 @@
 """The classifier -> segmenter cascade on real INT8 models with known behaviour (dark pixels = crack)."""
 
+import json
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -48,6 +51,62 @@ def test_never_mode_skips_segmenter(bundle):
 def test_always_mode_segments_clean_frames_too(bundle):
     r = Cascade(bundle, segment="always").process(CLEAN)
     assert r.segmented and not r.crack and r.measurements.count == 0 and not r.mask.any()
+
+
+GREY = np.full((480, 640, 3), 130, np.uint8)  # dark enough for the classifier, too light for the segmenter
+
+
+def test_a_frame_the_classifier_flags_but_the_segmenter_finds_empty_is_no_crack(bundle):
+    r = Cascade(bundle, segment="on-crack").process(GREY)
+    assert r.score >= 0.5 and r.segmented and r.measurements.count == 0
+    assert not r.crack and r.confirmed is False
+
+
+def test_a_frame_whose_only_crack_is_shorter_than_the_minimum_is_no_crack(bundle):
+    frame = crack_frame(p0=(300, 240), p1=(350, 240), width=10)  # measures about 40 px long
+    assert Cascade(bundle).process(frame).crack
+    short = Cascade(bundle, cracks=CrackGrouping(min_length=0.1)).process(frame)  # 80 px at 640x480
+    assert short.score >= 0.5 and short.segmented and not short.crack and short.measurements.count == 0
+
+
+def test_the_minimum_length_may_be_set_in_pixels_or_in_millimetres(bundle):
+    frame = crack_frame(p0=(300, 240), p1=(350, 240), width=10)  # measures about 40 px long
+    assert not Cascade(bundle, cracks=CrackGrouping(min_length_px=60)).process(frame).crack
+    assert Cascade(bundle, cracks=CrackGrouping(min_length_px=20)).process(frame).crack
+    at_tenth_mm = dict(mm_per_pixel=0.1)  # 6 mm = 60 px, 2 mm = 20 px
+    assert not Cascade(bundle, cracks=CrackGrouping(min_length_mm=6), **at_tenth_mm).process(frame).crack
+    assert Cascade(bundle, cracks=CrackGrouping(min_length_mm=2), **at_tenth_mm).process(frame).crack
+    with pytest.raises(ValueError, match=r"cracks\.min_length_mm: a length in millimetres needs the camera's scale"):
+        Cascade(bundle, cracks=CrackGrouping(min_length_mm=2))
+
+
+def test_with_the_segmenter_off_the_classifier_alone_decides(bundle):
+    r = Cascade(bundle, segment="never").process(GREY)
+    assert r.crack and r.confirmed is None
+
+
+def test_always_mode_still_needs_the_classifier_gate(bundle):
+    frame = crack_frame()
+    score = Cascade(bundle).process(frame).score
+    r = Cascade(bundle, segment="always", threshold=min(1.0, score + 0.01)).process(frame)
+    assert r.confirmed and not r.crack
+
+
+def test_a_tiled_frame_is_a_crack_only_when_its_stitched_mask_holds_one(bundle):
+    grey = np.full((1200, 1600, 3), 130, np.uint8)
+    r = Cascade(bundle, tiling=TilingConfig(tile=320, overlap=0.2)).process(grey)
+    assert r.crack_tiles == r.tiles and r.segmented and not r.crack
+
+
+def test_the_gate_is_the_bundles_gate_threshold_when_it_sets_one(darkness_bundle, tmp_path):
+    gated = tmp_path / "gated"
+    shutil.copytree(darkness_bundle, gated)
+    manifest = json.loads((gated / "manifest.json").read_text())
+    manifest["models"]["classifier"]["gate_threshold"] = 0.99
+    (gated / "manifest.json").write_text(json.dumps(manifest))
+    cascade = Cascade(load_bundle(gated))
+    assert cascade.threshold == 0.99 and not cascade.process(GREY).segmented
+    assert Cascade(load_bundle(gated), threshold=0.5).process(GREY).segmented  # decision.threshold still wins
 
 
 def test_threshold_override(bundle):

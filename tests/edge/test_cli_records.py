@@ -176,6 +176,13 @@ def test_infer_refuses_a_threshold_outside_zero_to_one():
         assert r.returncode == 2 and "--threshold" in one_line(r) and "from 0 to 1" in one_line(r)
 
 
+def test_infer_refuses_crack_grouping_fractions_outside_zero_to_one():
+    image = DEFAULT_BUNDLE / "golden" / "00.png"
+    for flag in ("--merge-gap", "--min-crack-length"):
+        r = crackd("infer", flag, "1.5", str(image))
+        assert r.returncode == 2 and flag in one_line(r) and "from 0 to 1" in one_line(r)
+
+
 def test_models_history_without_deployments_says_so(tmp_path):
     (tmp_path / "state").mkdir()
     config = tmp_path / "crackd.yaml"

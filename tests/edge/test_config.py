@@ -104,6 +104,14 @@ def test_invalid_yaml_names_the_line():
             "source.opencv: set exactly one of url or index",
         ),
         ("decision:\n  start_k: 4\n  start_n: 3\n", "decision.start_k: k (4) cannot exceed n (3)"),
+        (
+            "model:\n  cracks:\n    min_length_mm: 2\n",
+            "model.cracks.min_length_mm: a length in millimetres needs the camera's scale: set model.mm_per_pixel",
+        ),
+        (
+            "model:\n  mm_per_pixel: 0.1\n  cracks:\n    min_length_px: 20\n    min_length_mm: 2\n",
+            "model.cracks.min_length_mm: set the minimum length in pixels or in millimetres, not both",
+        ),
         ("mqtt:\n  password_env: X\n", "mqtt.username: a password is configured but no username"),
         (
             "mqtt:\n  tls:\n    enabled: true\n    ca: /nonexistent/ca.crt\n",

@@ -7,12 +7,15 @@ import pytest
 from edge.events.decision import END, START, UPDATE, Decision, DecisionParams, FrameObservation
 
 
-def feed(decision: Decision, scores, t0: float = 1000.0, dt: float = 0.1, measurements=None):
-    """Observe one frame per score; returns all records with the index of the frame that produced them."""
+def feed(decision: Decision, scores, t0: float = 1000.0, dt: float = 0.1, measurements=None, confirmed=None):
+    """Observe one frame per score; returns all records with the index of the frame that produced them.
+
+    `confirmed`: per frame, whether the segmenter measured a crack (None: it did not run)."""
     out = []
     for i, score in enumerate(scores):
         m = measurements(i) if measurements else None
-        for r in decision.observe(FrameObservation(seq=i + 1, t=t0 + i * dt, score=score, measurements=m)):
+        c = confirmed[i] if confirmed else None
+        for r in decision.observe(FrameObservation(seq=i + 1, t=t0 + i * dt, score=score, measurements=m, confirmed=c)):
             out.append((i, r))
     return out
 
@@ -41,6 +44,24 @@ def test_hysteresis_keeps_a_wobbling_score_in_one_event():
     assert [r.kind for _, r in records if r.kind != UPDATE] == [START, END]
     end = records[-1][1]
     assert end.frames == 7 and end.end_reason == "clear"
+
+
+def test_frames_the_segmenter_found_no_crack_in_start_no_event():
+    assert feed(Decision(params()), [0.9] * 6, confirmed=[False] * 6) == []
+
+
+def test_an_event_starts_on_the_frames_the_segmenter_confirmed():
+    records = feed(Decision(params()), [0.9] * 5, confirmed=[False, False, True, False, True])
+    (start,) = [r for _, r in records]
+    assert start.kind == START and start.first_frame_seq == 3 and start.frames == 2
+
+
+def test_while_open_a_frame_the_segmenter_finds_empty_counts_as_clear():
+    # frames in the hysteresis band the segmenter did not look at (None) keep the event open; refuted ones do not
+    confirmed = [True, True, None, False, False, False]
+    records = feed(Decision(params()), [0.9, 0.9, 0.45, 0.9, 0.9, 0.9], confirmed=confirmed)
+    assert [(i, r.kind) for i, r in records] == [(1, START), (5, END)]
+    assert records[-1][1].frames == 3
 
 
 def test_an_event_ends_after_m_consecutive_clear_frames():

@@ -120,6 +120,7 @@ def test_with_no_room_to_keep_a_detection_the_pipeline_waits_says_so_and_resumes
     frames = tmp_path / "frames"
     write_frames(frames, BLOCK * 3, size=(160, 120))
     status_sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/status")
+    stats_sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/stats")
     config = config_from_dict(
         daemon_dict(
             tmp_path,
@@ -144,6 +145,9 @@ def test_with_no_room_to_keep_a_detection_the_pipeline_waits_says_so_and_resumes
         status_sub.wait_for(
             lambda s: any(p.get("detections_paused") for p in s.on("status") if p["state"] == "online"),
             what="the MQTT status saying detections are paused",
+        )
+        stats_sub.wait_for(
+            lambda s: any(p.get("detections_paused") == reason for p in s.on("stats")), what="stats saying so too"
         )
         filler.unlink()
         d.wait_finished(timeout=60)  # resumed by itself, then the folder ran out

@@ -256,6 +256,7 @@ def test_the_daemon_announces_retained_configs_and_crackd_homeassistant_remove_c
     assert run.returncode == 0, run.stderr
     assert "removed: 10" in run.stdout
     assert Retained(mosquitto.port, "homeassistant/#").messages == {}
+    assert Retained(mosquitto.port, "crackd/cam1/crack").messages == {}  # the sensor's retained state goes too
 
 
 def test_remove_says_in_one_line_when_the_broker_is_not_there(tmp_path):

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.cli.infer import min_length_option
 from edge.engine.runtime import XNNPACK_NOTICE, TFLiteModel
 from edge.sources.synth import generate
 from tests.helpers import REPO
@@ -54,6 +55,34 @@ def test_json_contract_fields_and_types(image_folder, darkness_bundle):
         ):
             assert key in m
         assert r["timings_ms"]["total"] > 0
+
+
+def test_crack_is_false_when_the_segmenter_finds_nothing_and_the_classifier_alone_decides_with_it_off(
+    tmp_path, darkness_bundle
+):
+    grey = tmp_path / "grey.png"  # dark enough for the darkness classifier, too light for its segmenter
+    cv2.imwrite(str(grey), np.full((48, 64, 3), 130, np.uint8))
+    (gated,) = map(
+        json.loads, crackd("infer", "--bundle", str(darkness_bundle), "--json", str(grey)).stdout.splitlines()
+    )
+    assert gated["score"] >= 0.5 and gated["segmented"] and gated["measurements"]["count"] == 0
+    assert gated["crack"] is False
+    off = crackd("infer", "--bundle", str(darkness_bundle), "--segment", "never", "--json", str(grey))
+    assert json.loads(off.stdout)["crack"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "option"),
+    [("0.05", {"min_length": 0.05}), ("20px", {"min_length_px": 20.0}), (" 2.5 MM", {"min_length_mm": 2.5})],
+)
+def test_min_crack_length_takes_a_diagonal_fraction_pixels_or_millimetres(text, option):
+    assert min_length_option(text) == option
+
+
+@pytest.mark.parametrize("text", ["1.5", "-3px", "twomm", "nan", "5 cm"])
+def test_a_min_crack_length_that_is_no_length_is_refused_naming_the_forms(text):
+    with pytest.raises(ValueError, match=r"--min-crack-length .*: expected a fraction .* \(20px\) .* \(2mm"):
+        min_length_option(text)
 
 
 def test_unreadable_image_is_reported_and_the_run_continues(image_folder, darkness_bundle):

@@ -93,19 +93,19 @@ def test_switched_off_there_is_no_message_and_the_event_names_no_picture(tmp_pat
         write = EventWrite(record(revision=revision), "1.0", "ab" * 32, "cam1", "f.jpg", "o.jpg")
         return EventOut(write, Pictures("f.jpg", "o.jpg", 3), new_pictures=new_pictures)
 
-    off = MqttEvents(
-        config_from_dict({"device_id": "cam1", "storage": {"state_dir": str(tmp_path)}, "mqtt": {"snapshots": False}}),
-        None,
-    )
+    journal = Journal(tmp_path / "crackd.db")
+    off_cfg = {"device_id": "cam1", "storage": {"state_dir": str(tmp_path)}, "mqtt": {"snapshots": False}}
+    off = MqttEvents(config_from_dict(off_cfg), journal, None)
     (only,) = off.messages(event(0))
     assert only.topic == "crackd/cam1/event" and "mqtt" not in only.payload["snapshot"]
-    on = MqttEvents(config_from_dict({"device_id": "cam1", "storage": {"state_dir": str(tmp_path)}}), None)
+    on = MqttEvents(config_from_dict({"device_id": "cam1", "storage": {"state_dir": str(tmp_path)}}), journal, None)
     picture, message = on.messages(event(2))
     assert picture.topic == "crackd/cam1/snapshot" and picture.retain and picture.qos == 1
     named = {"topic": "crackd/cam1/snapshot", "uuid": record().uuid, "revision": 2}
     assert message.payload["snapshot"]["mqtt"] == named
     (later,) = on.messages(event(3, new_pictures=False))  # a message without a new picture names the last one
     assert later.payload["snapshot"]["mqtt"] == named
+    journal.close()
 
 
 def test_the_daemon_publishes_each_events_overlay_retained_bounded_and_named_by_the_event(

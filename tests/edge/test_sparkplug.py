@@ -308,3 +308,24 @@ def test_births_come_before_any_data_after_a_rebirth_request(tmp_path, mosquitto
         rebirth = decoded(sub, Payload, "NBIRTH")[1]
         assert rebirth.seq == 0 and metrics(rebirth)["bdSeq"] == pub.bdseq  # same session: same bdSeq
         pub.stop()
+
+
+def test_keeping_detections_is_a_health_metric_sent_as_soon_as_it_changes(
+    tmp_path, mosquitto, subscriber_factory, Payload
+):
+    """The supervisor hands a pause (disk full: no detection could be kept) to the publisher as identity; in
+    Sparkplug mode it becomes `Health/Keeping Detections`, false at once, true again when frames are taken."""
+    sub = subscriber_factory(mosquitto.port, topic="spBv1.0/#")
+    cfg = config(mosquitto.port, tmp_path / "state")
+    with Journal(tmp_path / "crackd.db") as journal:
+        pub = SparkplugPublisher(cfg, journal, IDENTITY)
+        pub.start()
+        sub.wait_for(lambda s: decoded(s, Payload, "DBIRTH"), what="births")
+        (dbirth,) = decoded(sub, Payload, "DBIRTH")
+        assert metrics(dbirth)["Health/Keeping Detections"] is None  # not known before the first stats
+        pub.update_identity(detections_paused="not keeping detections: the disk is full")
+        pub.update_identity(detections_paused=None)
+        sub.wait_for(lambda s: len(decoded(s, Payload, "DDATA")) >= 2, what="the two changes")
+        pub.stop()
+    values = [metrics(p)["Health/Keeping Detections"] for p in decoded(sub, Payload, "DDATA")]
+    assert values == [False, True]

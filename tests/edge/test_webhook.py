@@ -17,7 +17,6 @@ from edge.config import ConfigError, config_from_dict, parse_config
 from edge.events.decision import END, START, EventRecord
 from edge.events.journal import EventWrite, Journal, OutboxMessage
 from edge.outputs.base import EventOut, OutputContext, Pictures, build_outputs
-from edge.outputs.publisher import Publisher
 from edge.outputs.webhook import Webhook
 from tests.helpers import wait_until, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
@@ -26,6 +25,7 @@ from tests.helpers.paths import SCHEMAS
 
 wait = partial(wait_until, timeout=15.0)
 SECRET = "hook-s3cret"
+IDENTITY = {"version": "0.1.0", "bundle_version": "1.1.0", "bundle_sha256": "ab" * 32, "started_at": None}
 U1, U2 = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
 
 
@@ -82,7 +82,7 @@ def test_every_event_arrives_once_in_order_and_signed_through_errors_timeouts_re
     receiver.plan = [500, "hang", 302, 503]  # the first four POSTs fail, each differently
     cfg = webhook_config(tmp_path, receiver.url, timeout_s=0.5, secret_env="CRACKD_TEST_HOOK_SECRET")
     with Journal(tmp_path / "crackd.db") as journal:
-        (hook,) = build_outputs(OutputContext(cfg, journal, None))
+        (hook,) = build_outputs(OutputContext(cfg, journal, IDENTITY))
         assert isinstance(hook, Webhook)
         hook.start()
         try:
@@ -92,6 +92,8 @@ def test_every_event_arrives_once_in_order_and_signed_through_errors_timeouts_re
             queue(journal, hook, [event(U2, START, 0), event(U2, END, 1)])
             assert wait(lambda: hook.failures >= 6) and journal.outbox_depth("webhook") == 2
             assert "Connection refused" in (hook.last_error or "")
+            waiting = hook.status()
+            assert (waiting.name, waiting.waiting, waiting.delivered) == ("webhook", 2, 3) and waiting.error
             receiver.start()
             assert wait(lambda: len(receiver.received) == 5 and journal.outbox_depth("webhook") == 0)
         finally:
@@ -132,12 +134,10 @@ def test_a_receiver_that_is_down_holds_back_no_mqtt_message(tmp_path, mosquitto,
     )
     sub = subscriber_factory(mosquitto.port, topic="crackd/cam1/event")
     with Journal(tmp_path / "crackd.db") as journal:
-        pub = Publisher(cfg, journal, {"version": "0.1.0"})
-        outputs = build_outputs(OutputContext(cfg, journal, pub))
+        outputs = build_outputs(OutputContext(cfg, journal, IDENTITY))
         assert [o.name for o in outputs] == ["mqtt", "webhook"]
-        pub.start()
         for o in outputs:
-            o.start()
+            o.start()  # the mqtt output connects
         for e in (event(U1, START, 0), event(U1, END, 1)):
             journal.record(None, [e.write], [m for o in outputs for m in o.messages(e)])
         for o in outputs:
@@ -149,7 +149,6 @@ def test_a_receiver_that_is_down_holds_back_no_mqtt_message(tmp_path, mosquitto,
         assert wait(lambda: journal.outbox_depth("webhook") == 0)
         for o in outputs:
             o.stop(timeout=5)
-        pub.stop()
         receiver.stop()
     assert [b["event"]["type"] for b in receiver.bodies()] == ["start", "end"]
     assert [p["uuid"] for p in sub.on("event")] == [U1, U1]

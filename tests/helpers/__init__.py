@@ -4,7 +4,8 @@
     ports           free_port
     waiting         wait_until
     status          read_status (a daemon's status.json)
-    frames          write_frames (folder-camera frames from a pattern: 'C' crack, '.' clear, 'X' corrupt),
+    frames          write_frames (folder-camera frames from a pattern: 'C' crack, '.' clear, 'X' corrupt,
+                    'G' grey and 'S' speck: classifier-positive, no crack),
                     huge_header_jpeg, damaged_video (files a source must refuse)
     disk            tmpfs mount, remount ro/rw, fill_disk (real ENOSPC / EROFS)
     mqtt            Broker (real mosquitto), Subscriber, make_test_ca

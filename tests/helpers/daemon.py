@@ -6,6 +6,10 @@ Folder frames come from a pattern (tests/helpers/frames.py); BLOCK is one event'
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import yaml
 
 from edge.daemon.notify import Notifier
 from edge.daemon.supervisor import Supervisor
+from tests.helpers.paths import REPO
 
 # 3 crack frames then 5 clear ones: with k=2 of n=3 and m=3 every block is exactly one event.
 BLOCK = "CCC....."
@@ -85,3 +90,21 @@ class InProcess:
     def wait_finished(self, timeout=30):
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "daemon did not finish"
+
+
+def start_daemon(config: dict, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """`crackd run` on `config` as a real child process (signals, SIGKILL); its stderr goes to tmp_path/daemon.log."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(write_config(tmp_path, config))],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "daemon.log", "ab"),
+    )
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=20):
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        proc.wait(timeout)
+    return proc.returncode

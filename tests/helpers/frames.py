@@ -9,7 +9,10 @@ from pathlib import Path
 
 def write_frames(folder: Path, pattern: str, size=(64, 48), start: int = 0) -> list[Path]:
     """Image files named in replay order from a pattern: 'C' = a dark
-    crack line, '.' = blank light surface, 'X' = corrupt file."""
+    crack line, '.' = blank light surface, 'X' = corrupt file, and two frames the
+    darkness classifier calls crack that hold no crack: 'G' = an even grey surface
+    (dark enough for the classifier, too light for the segmenter: an empty mask),
+    'S' = a 5 px dark speck (one component, about 5 px long)."""
     import cv2
     import numpy as np
 
@@ -21,9 +24,11 @@ def write_frames(folder: Path, pattern: str, size=(64, 48), start: int = 0) -> l
         if ch == "X":
             path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
         else:
-            img = np.full((h, w, 3), 215, np.uint8)
+            img = np.full((h, w, 3), 130 if ch == "G" else 215, np.uint8)
             if ch == "C":
                 cv2.line(img, (4, 6 + i % 5), (w - 6, h - 8), (15, 15, 15), 3)
+            elif ch == "S":
+                cv2.rectangle(img, (w // 2, h // 2), (w // 2 + 4, h // 2 + 4), (15, 15, 15), -1)
             cv2.imwrite(str(path), img)
         paths.append(path)
     return paths

@@ -36,8 +36,11 @@ class Sshd:
         self.log.close()
 
 
-def start_sshd(d: Path) -> Sshd:
-    """Start sshd on 127.0.0.1:<free port> with its keys and configs in `d`; returns once it accepts connections."""
+def start_sshd(d: Path, extra_config: str = "") -> Sshd:
+    """Start sshd on 127.0.0.1:<free port> with its keys and configs in `d`; returns once it accepts connections.
+
+    `extra_config`: more sshd_config lines (e.g. `SetEnv CRACKD_STATE_DIR=...`: a second "device" with its own state).
+    """
     for name in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
     shutil.copy(d / "user_key.pub", d / "authorized_keys")
@@ -47,6 +50,7 @@ def start_sshd(d: Path) -> Sshd:
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin yes\nPubkeyAuthentication yes\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         "Subsystem sftp internal-sftp\nMaxStartups 50:30:100\nMaxSessions 50\nLogLevel ERROR\nPrintMotd no\n"
+        + extra_config
     )
     (d / "ssh_config").write_text(
         f"Host {HOST} pi-twin\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d / 'user_key'}\n"

@@ -229,6 +229,7 @@ def fake_run(run_dir: Path) -> Path:
         ("--crossval missing", "{t}/nothing.json: no such file"),
         ("--crossval not JSON", "{t}/cv.json: not valid JSON"),
         ("--segmenter-threshold 7", "--segmenter-threshold 7.0: expected a probability between 0 and 1"),
+        ("--classifier-gate-threshold 0", "--classifier-gate-threshold 0.0: expected a probability between 0 and 1"),
         ("--sign key missing", "--sign {t}/nothing: no such key file"),
         ("--out a file", "--out {t}/cv.json: exists and is not a directory"),
     ],
@@ -247,6 +248,7 @@ def test_export_names_what_it_cannot_use_before_converting_anything(tmp_path, ho
         "--crossval missing": ["--crossval", str(t / "nothing.json")],
         "--crossval not JSON": ["--crossval", str(t / "cv.json")],
         "--segmenter-threshold 7": ["--segmenter-threshold", "7"],
+        "--classifier-gate-threshold 0": ["--classifier-gate-threshold", "0"],
         "--sign key missing": ["--sign", str(t / "nothing")],
         "--out a file": ["--out", str(t / "cv.json")],
     }[how]

@@ -98,6 +98,8 @@ def toy_bundle(toy_runs):
         str(toy_runs / "finetune"),
         "--classifier-threshold",
         "0.4",
+        "--classifier-gate-threshold",
+        "0.2",
         "--segmenter-threshold",
         "0.3",
     )
@@ -115,6 +117,9 @@ def test_export_writes_a_bundle_the_device_accepts(toy_runs, toy_bundle):
         assert (bundle / entry["reference"]["file"]).is_file()
         assert set(manifest["quantization"][role]) >= {"tolerance"}
     assert len(manifest["golden"]["samples"]) == 4
+    classifier = manifest["models"]["classifier"]
+    assert classifier["threshold"] == 0.4 and classifier["gate_threshold"] == 0.2
+    assert "gate_threshold" not in manifest["models"]["segmenter"]
     out = run(
         "-m",
         "edge.cli",
@@ -239,7 +244,9 @@ def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(t
     assert site_m["data"]["base"]["bundle_version"] == "0.0.1-e2e"
     assert site_m["data"]["base"]["manifest_sha256"] == sha256_file(bundle / "manifest.json")
     assert site_m["models"]["classifier"]["sha256"] == base_m["models"]["classifier"]["sha256"]  # kept, byte for byte
-    assert site_m["models"]["classifier"]["threshold"] == 0.4
+    assert (
+        site_m["models"]["classifier"]["threshold"] == 0.4 and site_m["models"]["classifier"]["gate_threshold"] == 0.2
+    )
     assert site_m["models"]["segmenter"]["sha256"] != base_m["models"]["segmenter"]["sha256"]
     assert site_m["models"]["segmenter"]["threshold"] == report["threshold"]  # chosen on the held-out site images
     compared = site_m["models"]["segmenter"]["metrics"]["site_heldout"]

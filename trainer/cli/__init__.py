@@ -152,14 +152,24 @@ def cmd_crossval(args) -> int:
 
     if not args.segmenter_runs and not args.classifier_runs:
         raise ValueError(
-            "nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout)"
+            "nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout); "
+            "a bundle alone on the procedural test suites: crack-train suites BUNDLE"
         )
+    if args.bundle and args.suite_frames:  # a bad suite option costs a second, not a cross-validation
+        from trainer.cli.evaluate import suite_config
+
+        suite_config(args, Path(args.bundle))
     report = run_crossval(
         [Path(r) for r in args.segmenter_runs],
         [Path(r) for r in args.classifier_runs],
         Path(args.out),
         classifier_tflite=Path(args.classifier_tflite) if args.classifier_tflite else None,
     )
+    if args.bundle and args.suite_frames:  # beside leave-one-out: the bundle on the procedural test suites
+        from trainer.cli.evaluate import suites_section
+        from trainer.reports.suites import add_to_crossval
+
+        add_to_crossval(Path(args.out), suites_section(args, Path(args.bundle), Path(args.out)))
     print((Path(args.out) / "CROSSVAL.md").read_text())
     return 0 if report else 1
 
@@ -382,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sets instead of their checkpoints (a model trained with the same held-out source and seed)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="where to write (e.g. the bundle directory)")
+    p.add_argument(
+        "--bundle",
+        default=None,
+        metavar="BUNDLE",
+        help="also score this bundle on the procedural test suites (part edges, hairlines, markings)",
+    )
+    from trainer.cli.evaluate import add_suite_args
+
+    add_suite_args(p, 120)
     p.set_defaults(func=cmd_crossval)
 
     p = sub.add_parser("reference-model", help="write the INT8 MobileNetV2 that `crackd bench --reference` times")
@@ -394,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from trainer.cli import evaluate as evaluate_cli
     from trainer.cli import export as cli_export
+    from trainer.cli import label as label_cli
 
     cli_export.register(sub)
     evaluate_cli.register(sub)
+    label_cli.register(sub)
     return parser
 
 

@@ -56,6 +56,9 @@ def cmd_evaluate(args) -> int:
         cross_surface=args.cross_surface,
         overlay_samples=args.overlay_samples,
         runtime=args.runtime,
+        suite_frames=args.suite_frames,
+        compare_with=args.compare_with,
+        suite_negatives=tuple(args.negatives),
     )
     out = Path(args.out) if args.out else Path(args.bundle)
     try:
@@ -67,6 +70,73 @@ def cmd_evaluate(args) -> int:
     for check in report["targets"]:
         print(f"{result[check['met']]:>12}  {check['name']}: {check['measured']}")
     print(f"report: {out / 'REPORT.md'} (data: {out / 'report.json'})")
+    return 0
+
+
+def add_suite_args(p, frames: int, can_skip: bool = True) -> None:
+    """The options of the procedural test suites, shared by `evaluate`, `crossval` and `suites`."""
+    p.add_argument(
+        "--suite-frames",
+        type=int,
+        default=frames,
+        metavar="N",
+        help=f"frames per procedural test suite (part edges, hairlines, markings; half crack-free), scored with the "
+        f"device's cascade (default {frames}{'; 0: no suites' if can_skip else ''})",
+    )
+    p.add_argument(
+        "--compare-with",
+        default=None,
+        metavar="BUNDLE",
+        help="a previous bundle scored on the same suite frames: the report gets a table of deltas",
+    )
+    p.add_argument(
+        "--negatives",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="real crack-free photographs scored beside the suites, up to --suite-frames of each (a classification "
+        "folder's negative class, e.g. metu_cls, or a folder of images): the false-positive check on real surfaces",
+    )
+
+
+def suite_config(args, bundle: Path):
+    """The suites' settings from the command line, checked with the bundles it names (before any long work)."""
+    from edge.engine.bundle import read_manifest
+    from trainer.evaluation.suites import SuiteConfig, check_config
+
+    read_manifest(bundle)
+    if args.compare_with:
+        read_manifest(Path(args.compare_with))
+    cfg = SuiteConfig(
+        frames=args.suite_frames, runtime=getattr(args, "runtime", "auto"), negatives=tuple(args.negatives)
+    )
+    check_config(cfg)
+    return cfg
+
+
+def suites_section(args, bundle: Path, out: Path) -> dict:
+    """The suites section of a report."""
+    from trainer.evaluation.suites import run_suites
+
+    return run_suites(bundle, out, suite_config(args, bundle), args.compare_with, _progress)
+
+
+def cmd_suites(args) -> int:
+    from edge.engine.bundle import BundleError
+    from edge.engine.runtime import RuntimeUnavailable
+    from trainer.evaluation.json_safe import dumps, json_safe
+    from trainer.reports import suites as suites_report
+
+    out = Path(args.out) if args.out else Path(args.bundle)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        section = json_safe(suites_section(args, Path(args.bundle), out))
+    except (BundleError, RuntimeUnavailable) as exc:
+        return _one_line_error("suites", exc)
+    (out / "suites.json").write_text(dumps(section))
+    path = suites_report.write(out, section)
+    print(path.read_text())
+    print(f"suites: {path} (data: {out / 'suites.json'})")
     return 0
 
 
@@ -157,7 +227,25 @@ def register(sub) -> None:
         "--runtime", default="auto", choices=RUNTIME_CHOICES, help=f"TFLite runtime: {' | '.join(RUNTIME_CHOICES)}"
     )
     p.add_argument("--seed", type=int, default=0)
+    add_suite_args(p, 120)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "suites",
+        help="score a bundle on the procedural test suites (part edges, hairlines, markings); write SUITES.md",
+        description="Generates the suites' frames (deterministic, from seeds no training uses) and runs each through "
+        "the device's cascade: false-crack frame rates on crack-free frames, the share of false crack pixels in the "
+        "outer 3 % band, tolerant recall/precision/F1 (2 px) on cracked frames, overlays of the worst frames.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="model bundle directory")
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="where suites.json, SUITES.md and plots/ go (default: the bundle)"
+    )
+    add_suite_args(p, 300, can_skip=False)
+    p.add_argument(
+        "--runtime", default="auto", choices=RUNTIME_CHOICES, help=f"TFLite runtime: {' | '.join(RUNTIME_CHOICES)}"
+    )
+    p.set_defaults(func=cmd_suites)
 
     d = SweepConfig()
     p = sub.add_parser(

@@ -50,6 +50,9 @@ def cmd_export(args) -> int:
         if value is not None:
             thresholds[role] = check_threshold(value, f"--{role}-threshold")
             source = source or "given on the command line"
+    gate = args.classifier_gate_threshold
+    if gate is not None:
+        check_threshold(gate, "--classifier-gate-threshold")
 
     from trainer.export.convert import ExportConfig, export_bundle
 
@@ -65,6 +68,7 @@ def cmd_export(args) -> int:
         thresholds=thresholds,
         threshold_source=source,
         finetune_dir=Path(args.finetune_dir) if args.finetune_dir else None,
+        gate_threshold=gate,
         force=args.force,
     )
     if args.sign:
@@ -101,6 +105,13 @@ def register(sub) -> None:
     )
     p.add_argument("--crossval", metavar="CROSSVAL_JSON", help="record the thresholds chosen by `crack-train crossval`")
     p.add_argument("--classifier-threshold", type=float, default=None, help="P(crack) threshold of the frame decision")
+    p.add_argument(
+        "--classifier-gate-threshold",
+        type=float,
+        default=None,
+        help="the classifier's high-recall gate: frames scoring at least this are segmented, and are cracks when the "
+        "segmenter confirms one (default: none; the device gates at --classifier-threshold)",
+    )
     p.add_argument("--segmenter-threshold", type=float, default=None, help="per-pixel P(crack) threshold of the mask")
     p.add_argument(
         "--force",

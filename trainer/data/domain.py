@@ -33,6 +33,7 @@ from edge.sources.images import read_rgb
 
 HARD_NEGATIVES = ("joint", "grout", "marking", "cable", "shadow", "stain", "leaf", "scratch")
 SURFACES = ("aggregate", "tiles", *synth.SURFACES)
+CRACK_DEPTH = (0.35, 0.9)  # share of the surface's brightness a rendered crack takes away
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def render_crack(
         darkness = np.where(mask > 0, 0.35 + 0.65 * profile, 0).astype(np.float32)
     else:
         darkness = cv2.GaussianBlur(darkness, (0, 0), 0.5)
-    depth = rng.uniform(0.35, 0.9)
+    depth = rng.uniform(*CRACK_DEPTH)
     shade = 1.0 - darkness[..., None] * depth
     img *= shade
     if rng.random() < 0.5:  # the far edge catches light

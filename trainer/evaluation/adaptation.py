@@ -96,7 +96,7 @@ def adaptation_report(run_dir: Path, base_checkpoint: Path, site_name: str) -> d
         },
         f"{site_name}: held-out images, base vs adapted",
         run_dir / OVERLAYS,
-        score_name="tol. F1",
+        score_label="tol. F1",
     )
     (run_dir / ADAPT_REPORT).write_text(json.dumps(report, indent=1))
     (run_dir / REPORT_MD).write_text(render(report))

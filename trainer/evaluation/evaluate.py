@@ -57,6 +57,9 @@ class EvalConfig:
     cross_surface: str = "sut_seg"  # data set of the cross-surface target
     overlay_samples: int = 4
     runtime: str = "auto"
+    suite_frames: int = 0  # frames per procedural test suite (trainer.evaluation.suites); 0: no suites
+    compare_with: str | None = None  # a previous bundle scored on the same suite frames, for a table of deltas
+    suite_negatives: tuple[str, ...] = ()  # folders of real crack-free photographs scored beside the suites
 
 
 @dataclass
@@ -323,8 +326,17 @@ def evaluate_bundle(
     read_manifest(bundle_dir)  # a clear BundleError before anything heavy happens
     if not data and not heldout_runs:
         raise DatasetError(
-            "nothing to evaluate: give --data DIR (dataset folders) and/or --heldout-from RUN_DIR (training runs)"
+            "nothing to evaluate: give --data DIR (dataset folders) and/or --heldout-from RUN_DIR (training runs); "
+            "the procedural test suites alone: crack-train suites BUNDLE"
         )
+    suite_cfg = None
+    if cfg.suite_frames:  # checked now, scored after the data sets: a bad option costs a second, not an evaluation
+        from trainer.evaluation.suites import SuiteConfig, check_config
+
+        suite_cfg = SuiteConfig(frames=cfg.suite_frames, runtime=cfg.runtime, negatives=cfg.suite_negatives)
+        check_config(suite_cfg)
+        if cfg.compare_with:
+            read_manifest(Path(cfg.compare_with))
     manifest, roles, notes = load_models(bundle_dir, cfg.runtime)
     out_dir = Path(out_dir) if out_dir is not None else bundle_dir
     plots = out_dir / PLOTS_DIR
@@ -398,6 +410,10 @@ def evaluate_bundle(
         role: {variant: timed[f"{role}/{variant}"].as_dict() for variant in roles[role].models} for role in ROLES
     }
     report["machine"] = machine_description()
+    if suite_cfg is not None:
+        from trainer.evaluation.suites import run_suites
+
+        report["suites"] = run_suites(bundle_dir, out_dir, suite_cfg, cfg.compare_with, progress)
     crossval = bundle_dir / "crossval.json"
     if crossval.is_file():  # written by `crack-train crossval` into the bundle directory
         report["crossval"] = json.loads(crossval.read_text())

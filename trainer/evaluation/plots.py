@@ -109,10 +109,11 @@ def overlay_grid(
     dice: dict[str, list[float]],
     title: str,
     path: Path,
-    score_name: str = "Dice",
+    score_label: str = "Dice",
+    score_format: str = ".2f",
 ) -> Path:
     """Rows of samples: image | true mask (green) | each variant's
-    predicted mask (red), its per-image score (`dice`, named `score_name`) in the titles."""
+    predicted mask (red), a per-image score (`score_label`, Dice by default) in the titles."""
     n = len(images)
     cols = 2 + len(predictions)
     fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.3 * n), squeeze=False)
@@ -120,7 +121,10 @@ def overlay_grid(
         panels = [(images[i], "image"), (_tint(images[i], true_masks[i], (0, 200, 0)), "true mask")]
         for variant, preds in predictions.items():
             panels.append(
-                (_tint(images[i], preds[i], (230, 0, 0)), f"{variant.upper()} {score_name} {dice[variant][i]:.2f}")
+                (
+                    _tint(images[i], preds[i], (230, 0, 0)),
+                    f"{variant.upper()} {score_label} {dice[variant][i]:{score_format}}",
+                )
             )
         for ax, (panel, label) in zip(axes[i], panels):
             ax.imshow(panel)

@@ -201,6 +201,8 @@ class RoleExport:
     metrics: dict
     quantization: dict
     threshold: float = 0.5
+    # The classifier's high-recall gate (edge.engine.bundle.Manifest.gate_threshold), when it differs from `threshold`.
+    gate_threshold: float | None = None
 
 
 def validate_role(
@@ -276,6 +278,7 @@ def kept_role(bundle_dir: Path, role: str) -> RoleExport:
         metrics=entry["metrics"],
         quantization=manifest.get("quantization", {}).get(role, {}),
         threshold=float(entry.get("threshold", 0.5)),
+        gate_threshold=entry.get("gate_threshold"),
     )
 
 
@@ -300,6 +303,7 @@ def export_bundle(
     thresholds: dict[str, float] | None = None,
     threshold_source: str | None = None,
     finetune_dir: Path | None = None,
+    gate_threshold: float | None = None,
     force: bool = False,
 ) -> Path:
     """Convert both trained runs (or one, keeping the other model of `keep_from`), validate INT8 against FP32,
@@ -339,6 +343,10 @@ def export_bundle(
             raise ExportError(f"{role} threshold {value}: expected a probability between 0 and 1 (exclusive)")
         roles[role].threshold = float(value)
         roles[role].metrics = {**roles[role].metrics, "threshold_source": threshold_source}
+    if gate_threshold is not None:
+        if not 0.0 < gate_threshold < 1.0:
+            raise ExportError(f"classifier gate threshold {gate_threshold}: expected a probability between 0 and 1")
+        roles["classifier"].gate_threshold = float(gate_threshold)
     adapted = site.adapt_report(segmenter_run) if segmenter_run is not None else None
     base = kept_base(keep_from)
     for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
@@ -440,6 +448,7 @@ def write_bundle(
             "preprocessing": PREPROCESSING,
             "labels": ["no_crack", "crack"],
             "threshold": r.threshold,
+            **({"gate_threshold": r.gate_threshold} if r.gate_threshold is not None else {}),
             "metrics": r.metrics,
             "reference": {
                 "file": f"reference/{role}.fp32.tflite",

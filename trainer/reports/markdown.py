@@ -303,6 +303,10 @@ def render(report: dict) -> str:
         # Beside the in-domain figures: the same recipe scored on sources it never saw (chosen on these, not on
         # in-domain).
         lines += render_crossval(report["crossval"], heading="##").split("\n")
+    if report.get("suites"):
+        from trainer.reports.suites import render as render_suites
+
+        lines += render_suites(report["suites"], heading="##").split("\n")
     lines += _how_to_read(report)
     lines += ["## INT8 against FP32, per data set", "", "### Classifier", ""] + _summary_table(report, "classifier")
     lines += ["### Segmenter", ""] + _summary_table(report, "segmenter")

@@ -103,15 +103,7 @@ class SnapshotStore:
                 record.uuid,
             )
             return None
-        free = _free_bytes(self.state_dir)
-        if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
-            self._log(
-                logging.WARNING,
-                "snapshot for event %s skipped: only %.1f MB free in %s (events before pictures)",
-                record.uuid,
-                free / 1024 / 1024,
-                self.state_dir,
-            )
+        if not self._room_for(f"snapshot for event {record.uuid}"):
             return None
         frame, result = source
         day = time.strftime("%Y%m%d", time.gmtime(record.started_at))
@@ -141,11 +133,7 @@ class SnapshotStore:
         st = self.cfg.storage
         if not st.snapshots or st.snapshot_budget_mb <= 0:
             return None
-        free = _free_bytes(self.state_dir)
-        if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
-            self._log(
-                logging.WARNING, "frame to label skipped: only %.1f MB free in %s", free / 1024 / 1024, self.state_dir
-            )
+        if not self._room_for(f"frame to label {uuid}"):
             return None
         day = time.strftime("%Y%m%d", time.gmtime(frame.t))
         rel_frame = self.cfg.layout.snapshot_pictures(day, uuid, self._frame_suffix())[0]
@@ -159,6 +147,20 @@ class SnapshotStore:
             return None
         self._enforce_budget(keep={rel_frame, rel_mask})
         return rel_frame
+
+    def _room_for(self, what: str) -> bool:
+        """False (and a warning) when the disk is nearly full: pictures are shed so that events keep their room."""
+        free = _free_bytes(self.state_dir)
+        if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
+            self._log(
+                logging.WARNING,
+                "%s skipped: only %.1f MB free in %s (events before pictures)",
+                what,
+                free / 1024 / 1024,
+                self.state_dir,
+            )
+            return False
+        return True
 
     def _frame_suffix(self) -> str:
         return ".png" if self.cfg.storage.frame_format == "png" else ".jpg"

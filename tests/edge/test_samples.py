@@ -51,7 +51,7 @@ def test_crack_free_frames_are_kept_at_the_configured_rate(tmp_path, darkness_bu
 
 
 def test_crack_free_frames_share_the_snapshot_budget_oldest_going_first(tmp_path, darkness_bundle):
-    # Every frame with no crack and no event is kept; the budget (about 3 small PNGs) deletes the oldest.
+    # Every frame with no crack and no event is kept; the budget (a few small PNGs) deletes the oldest, picture and row.
     budget_mb = 2000 / 1024 / 1024
     with run_once(
         tmp_path,
@@ -62,9 +62,9 @@ def test_crack_free_frames_share_the_snapshot_budget_oldest_going_first(tmp_path
         storage__snapshot_budget_mb=budget_mb,
     ) as journal:
         samples = journal.list_events(kind="crack-free", newest_first=False)
-    assert len(samples) == 12
-    on_disk = [s for s in samples if s.snapshot]
-    assert 0 < len(on_disk) < 12 and on_disk == samples[-len(on_disk) :]  # the newest kept
+    kept = [int(s.first_frame_seq) for s in samples]
+    assert 0 < len(kept) < 12 and kept == list(range(13 - len(kept), 13))  # the newest kept; the others' rows gone
+    assert all(s.snapshot and (tmp_path / "state" / s.snapshot).is_file() for s in samples)
     used = sum(p.stat().st_size for p in (tmp_path / "state" / "snapshots").rglob("*") if p.is_file())
     assert used <= budget_mb * 1024 * 1024
 

@@ -17,8 +17,7 @@ from edge.events.pull_answer import EventsForPull
 from edge.layout import StateLayout
 from edge.vocabulary import RECORD_KINDS
 from tests.helpers import SCHEMAS, write_frames
-from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
-from tests.helpers.waiting import wait_until
+from tests.helpers.daemon import BLOCK, InProcess, daemon_dict, flag_missed_after_a_run
 
 SCHEMA = json.loads((SCHEMAS / "events" / "pull.schema.json").read_text())
 
@@ -70,35 +69,9 @@ def test_crack_free_frames_share_the_snapshot_budget_oldest_going_first(tmp_path
 
 
 def test_flag_missed_keeps_the_held_frames_and_pull_brings_them_as_cracks(tmp_path, darkness_bundle, capsys):
-    frames = tmp_path / "frames"
-    write_frames(frames, BLOCK)
-    cfg = config_from_dict(
-        daemon_dict(
-            tmp_path,
-            darkness_bundle,
-            frames,
-            None,
-            source__folder__loop=True,
-            source__folder__fps=50,
-            storage__missed_buffer_s=0.3,
-            storage__missed_buffer_frames=3,
-        )
-    )
-    daemon = InProcess(cfg)
+    answer = flag_missed_after_a_run(tmp_path, darkness_bundle, held=3, note="belt 2")
     state = tmp_path / "state"
-    try:
-        held = daemon.sup.parts.pipeline.samples.missed
-        wait_until(lambda: len(held.frames) == 3, what="three frames held")
-        wait_until(lambda: daemon.sup.parts.pipeline.frames_processed > 40, what="frames go by")
-        assert len(held.frames) == 3 and held.nbytes == 3 * 48 * 64 * 3  # bounded: never more than 3 frames
-        capsys.readouterr()
-        assert (
-            main(["events", "flag-missed", "--state-dir", str(state), "--seconds", "60", "--note", "belt 2", "--json"])
-            == 0
-        )
-        answer = json.loads(capsys.readouterr().out)
-    finally:
-        daemon.stop()
+    assert answer["held_bytes"] == 3 * 48 * 64 * 3  # bounded: never more than its 3 frames, however many went by
     assert answer["held"] == 3 and len(answer["stored"]) == 3
     assert main(["events", "pull-list", "--state-dir", str(state), "--json"]) == 0
     offered = json.loads(capsys.readouterr().out)

@@ -139,7 +139,7 @@ class StorageConfig:
     frame_format: Literal["jpeg", "png"] = _opt(
         "jpeg",
         "an event's frame picture: jpeg (snapshot_quality, the camera's main stream when it has one) or png"
-        " (lossless, exactly the frame the model saw, about 5-10x larger; best for labelling)",
+        " (lossless, exactly the frame the model saw, about 10x larger; best for labelling)",
     )
     sample_crack_free_every_s: float = _opt(
         0.0,

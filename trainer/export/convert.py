@@ -267,13 +267,14 @@ def _golden_image(bundle_dir: Path, sample: dict) -> np.ndarray:
     return rgb
 
 
-def kept_role(bundle_dir: Path, role: str) -> RoleExport:
-    """One model of an existing bundle, unchanged (export a bundle where only the other model was retrained)."""
+def kept_role(bundle_dir: Path, role: str, reference: bool = True) -> RoleExport:
+    """One model of an existing bundle, unchanged (export a bundle where only the other model was retrained);
+    without `reference`, its FP32 reference is not read (a base only compared with, not kept)."""
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
     entry = manifest["models"][role]
     return RoleExport(
         int8=(bundle_dir / entry["file"]).read_bytes(),
-        fp32=(bundle_dir / entry["reference"]["file"]).read_bytes(),
+        fp32=(bundle_dir / entry["reference"]["file"]).read_bytes() if reference else b"",
         architecture=entry["architecture"],
         metrics=entry["metrics"],
         quantization=manifest.get("quantization", {}).get(role, {}),
@@ -283,13 +284,12 @@ def kept_role(bundle_dir: Path, role: str) -> RoleExport:
 
 
 def kept_base(keep_from: Path | None) -> dict[str, RoleExport]:
-    """Both models of the base bundle (`--keep-from`), or none without one."""
+    """Both models of the base bundle (`--keep-from`; INT8 and threshold: what is compared), or none without one."""
     if keep_from is None:
         return {}
     manifest = json.loads((Path(keep_from) / MANIFEST).read_text())
-    return {
-        role: kept_role(Path(keep_from), role) for role in ("classifier", "segmenter") if role in manifest["models"]
-    }
+    roles = [role for role in ("classifier", "segmenter") if role in manifest["models"]]
+    return {role: kept_role(Path(keep_from), role, reference=False) for role in roles}
 
 
 def export_bundle(

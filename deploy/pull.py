@@ -199,6 +199,7 @@ def _store(site: Path, host: str, event: PullableEvent, files: dict[str, bytes],
             "stem": stem,
             "device_id": event.device_id,
             "label": event.label,
+            "kind": event.kind,  # an event, or a frame the device kept to be labelled (missed: a crack it missed)
             "label_note": event.label_note,
             "labelled_at": event.labelled_at,
             "started_at": event.started_at,

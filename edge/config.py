@@ -136,6 +136,35 @@ class StorageConfig:
     snapshots: bool = _opt(True, "write a frame + overlay JPEG per event")
     snapshot_budget_mb: float = _opt(512.0, "disk budget of STATE/snapshots; oldest deleted first", min=0)
     snapshot_quality: int = _opt(85, "JPEG quality", min=10, max=100)
+    frame_format: Literal["jpeg", "png"] = _opt(
+        "jpeg",
+        "an event's frame picture: jpeg (snapshot_quality, the camera's main stream when it has one) or png"
+        " (lossless, exactly the frame the model saw, about 10x larger; best for labelling)",
+    )
+    sample_crack_free_every_s: float = _opt(
+        0.0,
+        "keep a crack-free frame (no open event) at most this often, to be labelled (`crackd events list --kind"
+        " crack-free`); counted in snapshot_budget_mb; 0 = off",
+        min=0,
+    )
+    sample_uncertain_band: float = _opt(
+        0.0,
+        "keep frames whose classifier score is within this of the gate threshold (the model's uncertain cases),"
+        " to be labelled; 0 = off",
+        min=0,
+        max=1,
+    )
+    sample_uncertain_every_s: float = _opt(60.0, "keep an uncertain frame at most this often", min=0)
+    missed_buffer_s: float = _opt(
+        10.0, "seconds of recent frames held in memory for `crackd events flag-missed`; 0 = off", min=0, max=600
+    )
+    missed_buffer_frames: int = _opt(
+        20,
+        "at most this many frames in that memory (spread over missed_buffer_s): it holds about"
+        " frames x width x height x 3 bytes (20 x 640x480: 18 MB)",
+        min=1,
+        max=1000,
+    )
     outbox_warn_levels: list[float] = _opt(
         [0.5, 0.8, 0.95], "warn loudly when undelivered MQTT messages fill these fractions of max_db_mb", min=0, max=1
     )

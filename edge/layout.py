@@ -12,8 +12,12 @@ State directory (`storage.state_dir`, /var/lib/crackd on a device, ./crackd-stat
     held-writes.reserve             space kept for journal writes held while the disk is full
     journal-open.reserve            space kept for opening the journal on a full disk (SQLite's -shm and -wal)
     sparkplug_bdseq                 the Sparkplug B birth/death sequence across restarts
-    snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (and <uuid>.overlay.jpg, and <uuid>.mask.png: the
-                                    predicted mask, 0/255, when the segmenter ran; `crack-deploy pull` fetches it)
+    snapshots/<YYYYMMDD>/<uuid>.jpg       the event's frame (<uuid>.png with storage.frame_format: png), and
+                                    <uuid>.overlay.jpg, and <uuid>.mask.png: the predicted mask, 0/255, when the
+                                    segmenter ran; `crack-deploy pull` fetches it. Frames kept to be labelled
+                                    (edge.daemon.samples) lie there too, without an overlay.
+    flag-missed.request.json        only while `crackd events flag-missed` waits for the daemon
+    flag-missed.answer.json         the daemon's answer to it
     models/releases/<version>/      installed bundles, each verified when staged
     models/current, models/previous symlinks into releases/, switched atomically
     models/deployments.jsonl        who deployed, activated or rolled back what, when
@@ -73,9 +77,21 @@ class StateLayout:
     def snapshots(self) -> Path:
         return self.state_dir / "snapshots"
 
-    def snapshot_pictures(self, day: str, uuid: str) -> tuple[str, str]:
-        """The frame and overlay pictures of one event, relative to the state directory (as the journal stores them)."""
-        return f"snapshots/{day}/{uuid}.jpg", f"snapshots/{day}/{uuid}.overlay.jpg"
+    def snapshot_pictures(self, day: str, uuid: str, frame_suffix: str = ".jpg") -> tuple[str, str]:
+        """The frame and overlay pictures of one event, relative to the state directory (as the journal stores them).
+
+        `frame_suffix`: .jpg, or .png for a lossless frame (storage.frame_format); the overlay is always a JPEG."""
+        return f"snapshots/{day}/{uuid}{frame_suffix}", f"snapshots/{day}/{uuid}.overlay.jpg"
+
+    @property
+    def flag_missed_request(self) -> Path:
+        """Written by `crackd events flag-missed`, taken by the running daemon (edge.daemon.samples)."""
+        return self.state_dir / "flag-missed.request.json"
+
+    @property
+    def flag_missed_answer(self) -> Path:
+        """The daemon's answer to that request: what it stored."""
+        return self.state_dir / "flag-missed.answer.json"
 
     @staticmethod
     def snapshot_mask(frame: str) -> str:

@@ -24,6 +24,13 @@ RUNTIME_CHOICES: tuple[RuntimeChoice, ...] = get_args(RuntimeChoice)
 Label = Literal["crack", "no-crack"]
 LABELS: tuple[Label, ...] = get_args(Label)
 
+# What a row of the journal's events table is (its `kind` column): an event the daemon decided, or a frame it kept
+# to be labelled (edge.daemon.samples): a sampled crack-free frame, one near the gate threshold, or one of the last
+# seconds before an operator's `crackd events flag-missed` (a crack the model missed: labelled crack).
+RecordKind = Literal["event", "crack-free", "uncertain", "missed"]
+RECORD_KINDS: tuple[RecordKind, ...] = get_args(RecordKind)
+SAMPLE_KINDS: tuple[RecordKind, ...] = RECORD_KINDS[1:]
+
 # The camera's state (edge.sources.resilient, edge.daemon.capture): status.json, the MQTT camera and stats
 # messages (docs/schemas/camera.schema.json), the Prometheus gauge crackd_camera_state.
 CameraState = Literal["starting", "ok", "stalled", "reconnecting", "failed", "finished"]

@@ -1,4 +1,8 @@
-"""`crackd events list | show | export | label | delete | pull-list | pack`: the recorded events in the journal.
+"""`crackd events list | show | export | label | delete | pull-list | pack | flag-missed`: the recorded events in the
+journal, and the frames the daemon keeps to be labelled (edge.daemon.samples: `--kind`).
+
+`flag-missed` asks the running daemon to keep the frames of the last seconds as a crack the model missed, through a
+request file in the state directory (StateLayout.flag_missed_request), and prints its answer.
 
 `pull-list --json` and `pack UUID...` are what `crack-deploy pull` runs over SSH: the labelled events with the paths
 of their pictures (a typed answer, edge/events/pull_answer.py), then those pictures as a tar on stdout.
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 from edge.cli.common import UsageError, add_db_arg, add_json_arg, add_location_args, fail, locate, print_json
 from edge.layout import StateLayout
 from edge.timestamps import iso_utc
-from edge.vocabulary import LABELS
+from edge.vocabulary import LABELS, RECORD_KINDS
 
 if TYPE_CHECKING:
     from edge.events.journal import EventRow
@@ -128,6 +132,7 @@ def _filters(args) -> dict:
         "state": args.state,
         "min_score": args.min_score,
         "label": args.label,
+        "kind": args.kind,
     }
 
 
@@ -138,13 +143,13 @@ def _ev_list(args, journal, state_dir) -> int:
         return 0
     print(
         f"{'id':>5}  {'uuid':<8}  {'started (UTC)':<20}  {'state':<6}  "
-        f"{'frames':>6}  {'score':>5}  {'length px':>9}  label"
+        f"{'frames':>6}  {'score':>5}  {'length px':>9}  {'kind':<10}  label"
     )
     for e in events:
         m = e.peak_measurements or {}
         print(
             f"{e.id:>5}  {e.uuid[:8]}  {iso_utc(e.started_at, 'seconds'):<20}  {e.state:<6}  "
-            f"{e.frames:>6}  {e.peak_score:5.2f}  {m.get('length_px', '-')!s:>9}  {e.label or ''}"
+            f"{e.frames:>6}  {e.peak_score:5.2f}  {m.get('length_px', '-')!s:>9}  {e.kind:<10}  {e.label or ''}"
         )
     print(f"{len(events)} event(s)")
     return 0
@@ -293,6 +298,39 @@ def _ev_pack(args, journal, state_dir) -> int:
     return 0
 
 
+def _ev_flag_missed(args, journal, state_dir) -> int:
+    """Ask the running daemon to keep its last seconds of frames as a missed crack; print what it kept."""
+    import uuid
+
+    from edge.atomic_write import write_bytes_atomic
+
+    if args.seconds <= 0:
+        raise UsageError(f"events flag-missed: --seconds: expected more than 0, got {args.seconds}")
+    layout = StateLayout(state_dir)
+    if not layout.pid_file.exists():
+        raise UsageError(f"events flag-missed: no daemon runs on {state_dir} (no {layout.pid_file.name})")
+    request_id = str(uuid.uuid4())
+    layout.flag_missed_answer.unlink(missing_ok=True)
+    request = {"id": request_id, "seconds": args.seconds, "note": args.note}
+    write_bytes_atomic(layout.flag_missed_request, json.dumps(request).encode())
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        try:
+            answer = json.loads(layout.flag_missed_answer.read_text())
+        except (FileNotFoundError, ValueError):
+            answer = None
+        if answer is not None and answer.get("id") == request_id:
+            stored = answer.get("stored", [])
+            if args.json:
+                print_json({"ok": True, **answer})
+            else:
+                print(f"kept {len(stored)} frame(s) of the last {args.seconds:g} s as a missed crack (label crack)")
+            return 0 if stored else 1
+        time.sleep(0.1)
+    layout.flag_missed_request.unlink(missing_ok=True)
+    return fail(f"events flag-missed: the daemon on {state_dir} did not answer within {args.wait:g} s", 1)
+
+
 EVENT_COMMANDS = {
     "pull-list": _ev_pull_list,
     "pack": _ev_pack,
@@ -301,6 +339,7 @@ EVENT_COMMANDS = {
     "export": _ev_export,
     "label": _ev_label,
     "delete": _ev_delete,
+    "flag-missed": _ev_flag_missed,
 }
 
 
@@ -311,6 +350,7 @@ def _filter_args(p) -> None:
     p.add_argument("--min-score", type=float, default=None)
     p.add_argument("--label", choices=[*LABELS, "none"], help="by operator label (none = unlabelled)")
     p.add_argument("--limit", type=int, default=None, help="at most this many (at least 1; default all)")
+    p.add_argument("--kind", choices=RECORD_KINDS, help="events only (event), or one kind of frame kept to be labelled")
 
 
 def _records_parser(esub, name: str, help_text: str):
@@ -322,7 +362,9 @@ def _records_parser(esub, name: str, help_text: str):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("events", help="recorded events: list, show, export, label, delete, pull-list, pack")
+    p = sub.add_parser(
+        "events", help="recorded events: list, show, export, label, delete, pull-list, pack, flag-missed"
+    )
     esub = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
     e = _records_parser(esub, "list", "list events (newest first)")
     _filter_args(e)
@@ -349,4 +391,15 @@ def register(sub) -> None:
     add_json_arg(e, help="accepted for symmetry: the answer is always JSON")
     e = _records_parser(esub, "pack", "the frame and predicted mask of events as a tar on stdout (crack-deploy pull)")
     e.add_argument("ids", nargs="+", metavar="ID", help="event ids or uuids")
+    e = _records_parser(
+        esub,
+        "flag-missed",
+        "the running daemon keeps its last seconds of frames as a crack it missed (label crack), for pull",
+    )
+    e.add_argument(
+        "--seconds", type=float, default=10.0, help="how far back (default 10; at most storage.missed_buffer_s)"
+    )
+    e.add_argument("--note", default=None, help="kept with the label, e.g. where the crack was")
+    e.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the daemon's answer (default 10)")
+    add_json_arg(e)
     p.set_defaults(func=cmd_events)

@@ -1,4 +1,5 @@
-"""One frame's path through the daemon: cascade -> decision -> event pictures -> journal (+ outbox) -> publisher.
+"""One frame's path through the daemon: cascade -> decision -> event pictures -> journal (+ outbox) -> publisher,
+and frames worth labelling (edge.daemon.samples).
 
 Runs on the main thread, one frame at a time, so the frame in hand is always finished before a
 stop or a reload swaps anything. Events and their MQTT messages are handed to the journal writer
@@ -18,6 +19,7 @@ from edge.config import Config
 from edge.daemon.engine import Engine, decision_params
 from edge.daemon.journal_writer import JournalWriter
 from edge.daemon.rate_limited_log import RateLimitedLog
+from edge.daemon.samples import SampleKeeper
 from edge.daemon.snapshots import SnapshotStore
 from edge.events.decision import END, START, Decision, EventRecord, FrameObservation
 from edge.events.journal import EventWrite, FrameRow, OutboxMessage
@@ -89,6 +91,7 @@ class FramePipeline:
         self.decision = Decision(decision_params(cfg, engine))
         self.writer = writer
         self.snapshots = snapshots
+        self.samples = SampleKeeper(cfg, writer.journal, snapshots)  # frames kept to be labelled
         self.outputs = outputs
         self.publisher = publisher
         self.metrics = metrics
@@ -107,6 +110,7 @@ class FramePipeline:
         self.cfg = cfg
         self.engine = engine
         self.decision.set_params(decision_params(cfg, engine))
+        self.samples.use_config(cfg)
 
     # ------------------------------------------------------------------ figures
 
@@ -160,6 +164,10 @@ class FramePipeline:
             )
         self.writer.retry_held()
         self.record(records, frame_row, (frame, result))
+        if not self.writer.blocked:
+            self.samples.observe(
+                frame, result, engine.cascade.threshold, self.decision.active is not None, engine.bundle
+            )
         self.frames_processed += 1
         now = time.monotonic()
         self.last_frame_mono = now

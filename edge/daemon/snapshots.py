@@ -1,4 +1,5 @@
-"""Event pictures: the frame and its overlay as JPEGs under STATE/snapshots, within their disk budget.
+"""Event pictures: the frame (JPEG, or lossless PNG: storage.frame_format) and its overlay JPEG under STATE/snapshots,
+within their disk budget, which frames kept to be labelled (edge.daemon.samples, `keep_sample`) share.
 
 Beside them, when the segmenter ran on that frame, its predicted mask as a 0/255 PNG at frame size (small: a mask
 is mostly zeros), so that `crack-deploy pull` brings a device's own prediction to the bench as the pre-annotation of
@@ -44,6 +45,11 @@ def _free_bytes(path: Path) -> int | None:
         return shutil.disk_usage(path).free
     except OSError:
         return None
+
+
+def _not_a_frame(rel: str) -> bool:
+    """An overlay or a mask (whose own mask there is none), rather than a frame picture (.jpg or .png)."""
+    return rel.endswith((".overlay.jpg", ".mask.png"))
 
 
 class SnapshotStore:
@@ -97,33 +103,19 @@ class SnapshotStore:
                 record.uuid,
             )
             return None
-        free = _free_bytes(self.state_dir)
-        if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
-            self._log(
-                logging.WARNING,
-                "snapshot for event %s skipped: only %.1f MB free in %s (events before pictures)",
-                record.uuid,
-                free / 1024 / 1024,
-                self.state_dir,
-            )
+        if not self._room_for(f"snapshot for event {record.uuid}"):
             return None
         frame, result = source
         day = time.strftime("%Y%m%d", time.gmtime(record.started_at))
         layout = self.cfg.layout
-        rel_frame, rel_overlay = layout.snapshot_pictures(day, record.uuid)
+        rel_frame, rel_overlay = layout.snapshot_pictures(day, record.uuid, self._frame_suffix())
         rel_mask = layout.snapshot_mask(rel_frame)
         try:
             from edge.engine.overlay import draw_overlay
 
-            (layout.snapshots / day).mkdir(parents=True, exist_ok=True)
-            q = [cv2.IMWRITE_JPEG_QUALITY, st.snapshot_quality]
-            picture = frame.main_bgr if frame.main_bgr is not None else cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
+            self._write_frame(rel_frame, frame)
             overlay = cv2.cvtColor(draw_overlay(frame.rgb, result), cv2.COLOR_RGB2BGR)
-            for rel, bgr in ((rel_frame, picture), (rel_overlay, overlay)):
-                ok, data = cv2.imencode(".jpg", np.ascontiguousarray(bgr), q)
-                if not ok:
-                    raise OSError("JPEG encoding failed")
-                write_bytes_atomic(self.state_dir / rel, data.tobytes())  # no half-written picture left behind
+            self._write_jpeg(rel_overlay, overlay)
             self._write_mask(rel_mask, result)
         except Exception as exc:
             self._log(logging.ERROR, "snapshot for event %s failed: %s", record.uuid, exc)
@@ -133,6 +125,65 @@ class SnapshotStore:
         self._last[record.uuid] = pictures
         self._enforce_budget(keep={rel_frame, rel_overlay, rel_mask})
         return pictures
+
+    def keep_sample(self, uuid: str, frame: Frame, result: FrameResult | None) -> str | None:
+        """A frame kept to be labelled (edge.daemon.samples): its picture (and predicted mask) within the budget.
+
+        Returns the frame's path relative to the state directory; None when pictures are off or cannot be taken."""
+        st = self.cfg.storage
+        if not st.snapshots or st.snapshot_budget_mb <= 0:
+            return None
+        if not self._room_for(f"frame to label {uuid}"):
+            return None
+        day = time.strftime("%Y%m%d", time.gmtime(frame.t))
+        rel_frame = self.cfg.layout.snapshot_pictures(day, uuid, self._frame_suffix())[0]
+        rel_mask = self.cfg.layout.snapshot_mask(rel_frame)
+        try:
+            self._write_frame(rel_frame, frame)
+            if result is not None:
+                self._write_mask(rel_mask, result)
+        except Exception as exc:
+            self._log(logging.ERROR, "frame to label %s could not be written: %s", uuid, exc)
+            return None
+        self._enforce_budget(keep={rel_frame, rel_mask})
+        return rel_frame
+
+    def _room_for(self, what: str) -> bool:
+        """False (and a warning) when the disk is nearly full: pictures are shed so that events keep their room."""
+        free = _free_bytes(self.state_dir)
+        if free is not None and free < SNAPSHOT_MIN_FREE_BYTES:
+            self._log(
+                logging.WARNING,
+                "%s skipped: only %.1f MB free in %s (events before pictures)",
+                what,
+                free / 1024 / 1024,
+                self.state_dir,
+            )
+            return False
+        return True
+
+    def _frame_suffix(self) -> str:
+        return ".png" if self.cfg.storage.frame_format == "png" else ".jpg"
+
+    def _write_frame(self, rel: str, frame: Frame) -> None:
+        """PNG: exactly the frame the model saw (lossless, the predicted mask's size); JPEG: as events always had."""
+        (self.state_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".png"):
+            ok, data = cv2.imencode(".png", np.ascontiguousarray(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)))
+            if not ok:
+                raise OSError("PNG encoding failed")
+            write_bytes_atomic(self.state_dir / rel, data.tobytes())
+            return
+        picture = frame.main_bgr if frame.main_bgr is not None else cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
+        self._write_jpeg(rel, picture)
+
+    def _write_jpeg(self, rel: str, bgr: np.ndarray) -> None:
+        ok, data = cv2.imencode(
+            ".jpg", np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, self.cfg.storage.snapshot_quality]
+        )
+        if not ok:
+            raise OSError("JPEG encoding failed")
+        write_bytes_atomic(self.state_dir / rel, data.tobytes())  # no half-written picture left behind
 
     def _write_mask(self, rel_mask: str, result: FrameResult) -> None:
         """The frame's predicted mask beside it; a mask of an earlier peak is removed when this frame has none."""
@@ -148,7 +199,7 @@ class SnapshotStore:
     def delete(self, relpaths: list[str]) -> None:
         """Remove pictures the journal no longer names (retention), a frame's mask with it; missing files are fine."""
         for rel in relpaths:
-            for path in (rel, self.cfg.layout.snapshot_mask(rel)) if rel.endswith(".jpg") else (rel,):
+            for path in (rel,) if _not_a_frame(rel) else (rel, self.cfg.layout.snapshot_mask(rel)):
                 try:
                     (self.state_dir / path).unlink()
                 except OSError:

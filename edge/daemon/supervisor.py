@@ -298,6 +298,7 @@ class Supervisor:
         while not self.stop_event.is_set():
             self._loop_mono = time.monotonic()
             self._maybe_reload()
+            parts.pipeline.samples.poll(self.engine.bundle)  # `crackd events flag-missed`, if one waits
             max_fps = self.cfg.max_fps
             if max_fps:
                 delay = next_t - time.monotonic()

@@ -30,6 +30,9 @@ class PullableEvent(JsonContract):
     device_id: str
     frame: str | None  # the frame picture, relative to the state directory; None when the budget removed it
     mask: str | None  # the predicted mask (0/255 PNG) beside it; None when the segmenter did not run on that frame
+    # edge.vocabulary.RECORD_KINDS: an event, or a frame kept to be labelled (`missed`: a crack the model missed).
+    # Last and defaulted: a bench older than it reads the answer as before.
+    kind: str = "event"
 
 
 @dataclass(frozen=True)
@@ -57,4 +60,5 @@ def pullable(event: EventRow, mask: str | None) -> PullableEvent:
         device_id=event.device_id,
         frame=event.snapshot,
         mask=mask,
+        kind=event.kind,
     )

@@ -12,7 +12,9 @@ one *device* (`mqtt.sparkplug.device_id`, default `camera`) in group `mqtt.spark
 Payloads are Sparkplug B protobuf (edge/outputs/proto/sparkplug_b.proto, module edge/outputs/sparkplug_b_pb2).
 `seq` runs 0..255 and wraps, per session: NBIRTH is 0, then every DBIRTH/DDATA counts on.
 `bdSeq` (0..255) increases with each connection attempt's last will and is kept in
-STATE/sparkplug_bdseq across restarts, so a host can pair an NDEATH with its NBIRTH.
+STATE/sparkplug_bdseq across restarts, so a host can pair an NDEATH with its NBIRTH. On a full
+disk the file is overwritten in place (its block is already there); where even that fails the
+process goes on counting in memory and logs an error: the next start may then reuse a bdSeq.
 
 Store and forward carries over from the JSON output: event messages wait in the journal's
 outbox while the broker is away and are sent, in order, after the births, with each metric
@@ -20,15 +22,26 @@ outbox while the broker is away and are sent, in order, after the births, with e
 `mqtt.qos` (1 by default) so the broker's PUBACK releases the outbox row; Sparkplug 3.0 asks
 for QoS 0 on DDATA, which `mqtt.qos: 0` gives (rows are then released once written to the
 socket). The raw snapshot JPEG, when on, is still published on `{prefix}/{device_id}/snapshot`.
+
+Every message that carries a `seq` (NBIRTH, DBIRTH, DDATA of events and of health) goes out at
+that one QoS, `mqtt.qos`: a broker sends a subscriber at most its in-flight limit of QoS 1/2
+messages (mosquitto `max_inflight_messages`, 20 by default) and queues the rest in order, but
+sends a QoS 0 message at once, ahead of the queued ones (paho does the same with its own
+in-flight window). Mixed QoS would let a health DDATA or the next session's NBIRTH overtake the
+events of a replay, and a host would see seq out of order and ask for a rebirth. At one QoS both
+queues are first in, first out, whatever their limits; the host still receives at the QoS it
+subscribed with (the lower of the two).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -79,6 +92,18 @@ HEALTH_METRICS = {
     "Health/Keeping Detections": BOOLEAN,  # false while no frame is taken: a detection could not be kept (disk full)
 }
 DEVICE_METRICS = {**EVENT_METRICS, **HEALTH_METRICS}
+
+
+def overwrite_in_place(path: Path, data: bytes) -> None:
+    """Write `data` over the start of the existing file `path` and cut it there, then fsync: unlike a
+    write to a new file, this needs no free block for a few bytes (the file's own block takes them)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _pb() -> Any:  # the generated protobuf module (imported late: protobuf is optional)
@@ -169,10 +194,12 @@ class SparkplugPublisher(Publisher):
         self.group = sp.group_id
         self.node = sp.edge_node_id or config.device_id
         self.device = sp.device_id
-        self._seq_lock = threading.Lock()
+        self._seq_lock = threading.RLock()  # held across the births too: no data between NBIRTH and DBIRTH
         self._seq = 0
+        self.qos = config.mqtt.qos  # of every message with a seq: one QoS keeps them in one ordered queue
         self._born = False
         self._bdseq_file = config.layout.sparkplug_bdseq
+        self.bdseq = -1  # none used yet: the first is read from the file
         self.bdseq = self._next_bdseq()
         self._values: dict = {name: None for name in DEVICE_METRICS}  # last known, for (re)births
         self._values["Crack/Active"] = False
@@ -187,16 +214,35 @@ class SparkplugPublisher(Publisher):
 
     def _next_bdseq(self) -> int:
         """bdSeq for the next connection: one more than the last used (kept across restarts), 0..255."""
-        try:
-            last = int(self._bdseq_file.read_text().strip())
-        except (OSError, ValueError):
-            last = -1
+        last = self.bdseq  # this process's own count: right even when the file could not be written
+        if last < 0:
+            try:
+                last = int(self._bdseq_file.read_text().strip())
+            except (OSError, ValueError):
+                last = -1
         value = (last + 1) % 256
+        data = f"{value}\n".encode()
         try:
             self._bdseq_file.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(self._bdseq_file, f"{value}\n".encode())
+            write_bytes_atomic(self._bdseq_file, data)
         except OSError as exc:
-            log.warning("sparkplug: cannot keep bdSeq in %s (%s)", self._bdseq_file, exc.strerror)
+            try:  # a full disk has no block for the temporary: overwrite the file's own (no new block needed)
+                overwrite_in_place(self._bdseq_file, data)
+                log.warning(
+                    "sparkplug: %s rewritten in place (bdSeq %d): no room for a new copy (%s)",
+                    self._bdseq_file,
+                    value,
+                    exc.strerror,
+                )
+            except OSError as exc2:
+                log.error(
+                    "sparkplug: cannot keep bdSeq %d in %s (%s): the next start of crackd may use bdSeq %d "
+                    "again, and a host may pair this session's NDEATH with that one's NBIRTH",
+                    value,
+                    self._bdseq_file,
+                    exc2.strerror,
+                    value,
+                )
         return value
 
     def _death_payload(self) -> bytes:
@@ -205,8 +251,9 @@ class SparkplugPublisher(Publisher):
         add_metric(p, "bdSeq", UINT64, self.bdseq, p.timestamp)
         return p.SerializeToString()
 
-    def _publish(self, topic: str, payload: Any, qos: int = 0) -> mqtt.MQTTMessageInfo:
-        """Stamp `seq` (0..255, wrapping) and publish, under one lock so seq order is send order."""
+    def _publish(self, topic: str, payload: Any, qos: int) -> mqtt.MQTTMessageInfo:
+        """Stamp `seq` (0..255, wrapping) and publish, under one lock so seq order is send order (and, with one
+        QoS for all, the order in which paho and the broker pass them on: see the module's docstring)."""
         with self._seq_lock:
             payload.seq = self._seq
             self._seq = (self._seq + 1) % 256
@@ -227,25 +274,30 @@ class SparkplugPublisher(Publisher):
             client.will_set(self.sp_topic("NDEATH"), self._death_payload(), qos=1, retain=False)
 
     def _announce(self, client: mqtt.Client) -> None:
+        # paho resends what the lost connection left unacknowledged after this callback, behind the new births: a
+        # DDATA handed to paho as the connection went down carries the old session's seq (the drain sends its row
+        # again anyway).
+        if isinstance(client, WatchedClient):
+            client.forget_unacknowledged()
         client.subscribe(self.sp_topic("NCMD"), qos=1)
         self._births()
 
     def _births(self) -> None:
         pb = _pb()
         t = now_ms()
-        with self._seq_lock:
-            self._seq = 0  # NBIRTH always starts the session's sequence
         node = pb.Payload(timestamp=t)
         add_metric(node, "bdSeq", UINT64, self.bdseq, t)
         add_metric(node, REBIRTH, BOOLEAN, False, t)
         add_metric(node, "Properties/crackd Version", STRING, self.identity.get("version") or __version__, t)
         add_metric(node, "Properties/Device ID", STRING, self.cfg.device_id, t)
-        self._publish(self.sp_topic("NBIRTH"), node)
-        device = pb.Payload(timestamp=t)
-        for name, datatype in DEVICE_METRICS.items():
-            add_metric(device, name, datatype, self._values.get(name), t)
-        self._publish(self.sp_topic("DBIRTH", device=True), device)
-        self._born = True
+        with self._seq_lock:  # a rebirth runs beside the drain and the health: none of their data between the two
+            self._seq = 0  # NBIRTH always starts the session's sequence
+            self._publish(self.sp_topic("NBIRTH"), node, self.qos)
+            device = pb.Payload(timestamp=t)
+            for name, datatype in DEVICE_METRICS.items():
+                add_metric(device, name, datatype, self._values.get(name), t)
+            self._publish(self.sp_topic("DBIRTH", device=True), device, self.qos)
+            self._born = True
         log.info("sparkplug: NBIRTH/DBIRTH as %s/%s/%s (bdSeq %d)", self.group, self.node, self.device, self.bdseq)
 
     def _on_ncmd(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -279,7 +331,7 @@ class SparkplugPublisher(Publisher):
         return self._publish(self.sp_topic("DDATA", device=True), p, qos=row.qos)
 
     def _ddata(self, values: dict) -> bool:
-        """Live device data (QoS 0, not stored): health and camera state."""
+        """Live device data (not stored; at the session's QoS, so never ahead of queued events): health, camera."""
         self._values.update(values)
         if not (self.connected and self._born):
             return False
@@ -287,7 +339,7 @@ class SparkplugPublisher(Publisher):
         p = _pb().Payload(timestamp=t)
         for name, value in values.items():
             add_metric(p, name, DEVICE_METRICS[name], value, t)
-        return self._publish(self.sp_topic("DDATA", device=True), p).rc == 0
+        return self._publish(self.sp_topic("DDATA", device=True), p, self.qos).rc == 0
 
     def publish_stats(self, stats: dict) -> bool:
         return self._ddata(health_values(stats))

@@ -23,8 +23,8 @@ from edge.config import config_from_dict
 from edge.events.journal import Journal
 from edge.layout import StateLayout
 from tests.helpers import REPO, TEST_BUNDLE, free_port, write_frames
-from tests.helpers.daemon import BLOCK, InProcess, daemon_dict
-from tests.helpers.sshd import SSHD, start_sshd
+from tests.helpers.daemon import BLOCK, InProcess, daemon_dict, flag_missed_after_a_run
+from tests.helpers.sshd import HOST, SSHD, start_sshd
 
 REMOTE_CRACKD = f"env PYTHONPATH={REPO} {sys.executable} -m edge.cli"
 
@@ -254,3 +254,30 @@ def test_a_person_s_mask_is_kept_when_a_false_alarm_becomes_a_crack(devices, tmp
     label(states["cam-b"], event.uuid, "crack")
     assert crack_deploy_pull(config, site, "cam-b").returncode == 0
     assert (cv2.imread(str(drawn), cv2.IMREAD_UNCHANGED) == painted).all()
+
+
+def test_frames_of_a_missed_crack_come_lossless_as_crack_examples_without_a_guess(tmp_path):
+    """`crackd events flag-missed` on a daemon keeping PNG frames: pull brings them as images with verdict crack, no
+    predicted mask (the model saw nothing) and no all-zero mask (a person paints the crack), their kind recorded."""
+    root = tmp_path / "device"
+    root.mkdir()
+    bundle = root / "bundle"
+    shutil.copytree(TEST_BUNDLE, bundle)
+    answer = flag_missed_after_a_run(root, bundle, held=2, note="belt 2", storage__frame_format="png")
+    state = root / "state"
+    (tmp_path / "sshd").mkdir()
+    server = start_sshd(tmp_path / "sshd", f"SetEnv CRACKD_STATE_DIR={state}\n")
+    try:
+        site = tmp_path / "site"
+        pulled = crack_deploy_pull(server.config, site, HOST)
+    finally:
+        server.stop()
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    missed = {e["uuid"]: e for e in manifest(site) if e["kind"] == "missed"}
+    assert sorted(missed) == sorted(answer["stored"]) and len(missed) == 2
+    for uuid, entry in missed.items():
+        (row,) = (e for e in events_of(state) if e.uuid == uuid)
+        stem = f"{HOST}-{uuid}"
+        assert (entry["label"], entry["label_note"]) == ("crack", "belt 2")
+        assert (site / "images" / f"{stem}.png").read_bytes() == (state / row.snapshot).read_bytes()
+        assert not (site / "predicted" / f"{stem}.png").exists() and not (site / "masks" / f"{stem}.png").exists()

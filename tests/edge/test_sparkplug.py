@@ -220,9 +220,7 @@ def test_an_outage_replays_events_as_historical_after_new_births(tmp_path, mosqu
         pub = SparkplugPublisher(cfg, journal, IDENTITY)
         pub.start()
         sub.wait_for(lambda s: decoded(s, Payload, "DBIRTH"), what="first births")
-        mosquitto.stop()
-        # Births are QoS 0 (the spec's): let the broker keep them for the test's offline session too.
-        mosquitto.conf.write_text(mosquitto.conf.read_text() + "queue_qos0_messages true\n")
+        mosquitto.stop()  # (births go at mqtt.qos 1 like the events: the broker keeps them for an offline host too)
         assert wait(lambda: not pub.connected)
         queue(journal, cfg, [event(i, t=f"2026-11-21T09:13:3{i}.000Z") for i in range(3)])
         pub.notify()
@@ -329,3 +327,101 @@ def test_keeping_detections_is_a_health_metric_sent_as_soon_as_it_changes(
         pub.stop()
     values = [metrics(p)["Health/Keeping Detections"] for p in decoded(sub, Payload, "DDATA")]
     assert values == [False, True]
+
+
+class SlowHost:
+    """A Sparkplug host that holds its PUBACKs back until `release()`: the broker then sends it at most its
+    `max_inflight_messages` (mosquitto's default 20) QoS 1 messages and queues the rest, as for a busy host
+    during a replay."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import threading
+        import uuid
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, bytes]] = []
+        self._held: list[tuple[int, int]] = []
+        self._released = False
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"host-{uuid.uuid4().hex[:8]}", manual_ack=True
+        )
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError("the test host could not subscribe")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload))
+            if self._released:
+                client.ack(msg.mid, msg.qos)
+            else:
+                self._held.append((msg.mid, msg.qos))
+
+    def release(self) -> None:
+        with self._lock:
+            self._released = True
+            for mid, qos in self._held:
+                self.client.ack(mid, qos)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_seq_stays_in_order_when_the_broker_queues_data_for_a_slow_host(tmp_path, mosquitto, Payload):
+    """A replay fills the host's in-flight window at the broker (mosquitto's default max_inflight_messages 20); the
+    broker queues the rest of the node's messages for it, and a message it may send ahead of them (a QoS 0 one)
+    would reach the host with a seq from the future: every message of the session must arrive in seq order."""
+    host = SlowHost(mosquitto.port, "spBv1.0/#")
+    cfg = config(mosquitto.port, tmp_path / "state")
+    try:
+        with Journal(tmp_path / "crackd.db") as journal:
+            queue(journal, cfg, [event(i) for i in range(30)])
+            pub = SparkplugPublisher(cfg, journal, IDENTITY)
+            pub.start()
+            assert wait(lambda: journal.outbox_depth() == 0)  # the broker has all 30 events (20 sent to the host)
+            assert pub.publish_stats({"fps": 5.0, "outbox_depth": 0})  # health while the host's window is full
+            # The broker reads a connection in order: once this PUBACK is back, it has routed the health DDATA too.
+            pub.client.publish("test/sync", b"", qos=1).wait_for_publish(10)
+            host.release()
+            wait(lambda: len(host.messages) >= 2 + 30 + 1, what="births, 30 events and the health DDATA")
+            pub.stop()
+    finally:
+        host.close()
+    session = [(t.split("/")[2], Payload.FromString(p)) for t, p in host.messages if "/NDEATH/" not in t]
+    assert [kind for kind, _ in session[:2]] == ["NBIRTH", "DBIRTH"]
+    assert [p.seq for _, p in session] == list(range(33)), [p.seq for _, p in session]
+    assert "Health/FPS" in metrics(session[-1][1])  # the health DDATA came last, as it was sent
+
+
+def test_a_full_disk_does_not_make_the_next_start_reuse_bdseq(tmp_path, small_fs, caplog):
+    """STATE/sparkplug_bdseq is replaced through a new temporary file, which a full disk has no block for: it is
+    then overwritten in place; where even that fails, the process counts on in memory and says what may repeat."""
+    from tests.helpers.disk import fill_disk, remount
+
+    cfg = config(1, small_fs / "state")
+    with Journal(tmp_path / "crackd.db") as journal:
+        first = SparkplugPublisher(cfg, journal, IDENTITY).bdseq
+        filler = fill_disk(small_fs)
+        restarted = SparkplugPublisher(cfg, journal, IDENTITY)  # a new process on the full disk
+        assert restarted.bdseq == first + 1
+        assert SparkplugPublisher(cfg, journal, IDENTITY).bdseq == first + 2  # kept: the next start counts on
+        assert int(cfg.layout.sparkplug_bdseq.read_text()) == first + 2
+        filler.unlink()
+        remount(small_fs, "ro")
+        try:
+            stuck = SparkplugPublisher(cfg, journal, IDENTITY)
+            assert stuck.bdseq == first + 3
+            assert stuck._next_bdseq() == first + 4  # the next connection of the same process: a new one still
+        finally:
+            remount(small_fs, "rw")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and f"the next start of crackd may use bdSeq {first + 3} again" in errors[0]

@@ -108,3 +108,34 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=20):
         proc.send_signal(sig)
         proc.wait(timeout)
     return proc.returncode
+
+
+def flag_missed_after_a_run(tmp_path: Path, bundle: Path, held: int = 3, note: str | None = None, **over) -> dict:
+    """A daemon looping over one BLOCK of folder frames, holding at most `held` frames for flag-missed, asked
+    (`crackd events flag-missed --json`) to keep them all; returns its answer, with `held_bytes`: what it held."""
+    import contextlib
+    import io
+    import json
+
+    from edge.cli import main
+    from edge.config import config_from_dict
+    from tests.helpers.frames import write_frames
+    from tests.helpers.waiting import wait_until
+
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK)
+    settings = dict(source__folder__loop=True, source__folder__fps=50)
+    settings.update(storage__missed_buffer_s=0.1 * held, storage__missed_buffer_frames=held)
+    daemon = InProcess(config_from_dict(daemon_dict(tmp_path, bundle, frames, None, **settings, **over)))
+    try:
+        buffer = daemon.sup.parts.pipeline.samples.missed
+        wait_until(lambda: len(buffer.frames) == held, what=f"{held} frames held")
+        wait_until(lambda: daemon.sup.parts.pipeline.frames_processed > 8 * held, what="more frames go by")
+        held_bytes = buffer.nbytes
+        out = io.StringIO()
+        command = ["events", "flag-missed", "--state-dir", str(tmp_path / "state"), "--seconds", "60", "--json"]
+        with contextlib.redirect_stdout(out):
+            assert main([*command, *(["--note", note] if note else [])]) == 0
+    finally:
+        daemon.stop()
+    return {**json.loads(out.getvalue()), "held_bytes": held_bytes}

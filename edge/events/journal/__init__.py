@@ -34,6 +34,7 @@ from edge.events.journal.rows import (
     OutboxRow,
     PruneReport,
     RecordedFrame,
+    SampleWrite,
 )
 from edge.events.journal.schema import MIGRATIONS, SCHEMA_VERSION
 from edge.events.journal.writes import EventWrites
@@ -59,5 +60,6 @@ __all__ = [
     "OutboxRow",
     "PruneReport",
     "RecordedFrame",
+    "SampleWrite",
     "integrity_check",
 ]

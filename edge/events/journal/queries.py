@@ -28,7 +28,9 @@ class EventQueries(JournalConnection):
         label: str | None = None,
         limit: int | None = None,
         newest_first: bool = True,
+        kind: str | None = None,
     ) -> list[EventRow]:
+        """`kind`: only events (`event`) or only one kind of frame kept to be labelled (edge.vocabulary)."""
         where: list[str] = []
         params: list[float | str] = []
         if since is not None:
@@ -43,6 +45,9 @@ class EventQueries(JournalConnection):
         if min_score is not None:
             where.append("e.peak_score >= ?")
             params.append(min_score)
+        if kind:
+            where.append("e.kind = ?")
+            params.append(kind)
         if label == "none":
             where.append("l.label IS NULL")
         elif label:

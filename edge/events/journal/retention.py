@@ -58,10 +58,14 @@ class Retention(JournalConnection):
         return report
 
     def forget_snapshot(self, relpath: str) -> None:
-        """A snapshot file was deleted for the disk budget: clear the event's reference."""
-        with self._lock:
-            self._conn.execute("UPDATE events SET snapshot=NULL WHERE snapshot=?", (relpath,))
-            self._conn.execute("UPDATE events SET overlay=NULL WHERE overlay=?", (relpath,))
+        """A snapshot file was deleted for the disk budget: clear the event's reference. A frame kept to be labelled
+        (edge.daemon.samples) is nothing without its picture: its row goes, with its label."""
+        with self._lock, self._transaction() as c:
+            gone = "SELECT uuid FROM events WHERE snapshot=? AND kind != 'event'"
+            c.execute(f"DELETE FROM labels WHERE event_uuid IN ({gone})", (relpath,))
+            c.execute("DELETE FROM events WHERE snapshot=? AND kind != 'event'", (relpath,))
+            c.execute("UPDATE events SET snapshot=NULL WHERE snapshot=?", (relpath,))
+            c.execute("UPDATE events SET overlay=NULL WHERE overlay=?", (relpath,))
 
     def snapshot_order(self) -> list[str]:
         """Snapshot paths in the order they may be deleted: unlabelled before labelled, oldest first."""

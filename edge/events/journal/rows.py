@@ -40,6 +40,25 @@ class EventWrite:
 
 
 @dataclass(frozen=True)
+class SampleWrite:
+    """A frame kept to be labelled (edge.daemon.samples): one ended row of `events` with its picture, never announced.
+
+    `label`: the verdict it comes with (a `missed` frame is a crack the operator says the model missed), else None."""
+
+    uuid: str
+    kind: str  # edge.vocabulary.SAMPLE_KINDS
+    t: float
+    seq: int
+    score: float
+    bundle_version: str
+    bundle_sha256: str
+    device_id: str
+    snapshot: str | None
+    label: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class OutboxMessage:
     """`payload`: a dict (sent as JSON with seq/replayed added) or bytes (sent as they are: pictures).
 
@@ -110,6 +129,7 @@ class EventRow:
     label: str | None = None  # 'crack' | 'no-crack' | None (unlabelled)
     label_note: str | None = None
     labelled_at: float | None = None
+    kind: str = "event"  # edge.vocabulary.RECORD_KINDS: an event, or a frame kept to be labelled
 
     @classmethod
     def from_row(cls, r: sqlite3.Row) -> EventRow:

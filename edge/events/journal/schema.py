@@ -73,6 +73,12 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE outbox ADD COLUMN output TEXT NOT NULL DEFAULT 'mqtt'",
         "CREATE INDEX outbox_output ON outbox(output, id)",
     ],
+    [
+        # Frames kept to be labelled (edge.daemon.samples) are rows of `events` too, so that labelling, listing,
+        # retention, the snapshot budget and `crackd events pull-list` treat them as they treat events; they are
+        # written without outbox messages (never announced). Older rows are events.
+        "ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'event'",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

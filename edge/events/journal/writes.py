@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 
 from edge.events.journal.connection import JournalConnection
-from edge.events.journal.rows import EventWrite, FrameRow, OutboxMessage, to_json
+from edge.events.journal.rows import EventWrite, FrameRow, OutboxMessage, SampleWrite, to_json
 
 
 class EventWrites(JournalConnection):
@@ -36,6 +36,46 @@ class EventWrites(JournalConnection):
                 raise
             self.write_error = None
         return ids
+
+    def record_samples(self, samples: Iterable[SampleWrite]) -> None:
+        """Frames kept to be labelled, with their verdict if they come with one, in ONE transaction (no outbox)."""
+        rows = list(samples)
+        with self._lock:
+            if self._reopen:
+                self._reopen_connection()
+            try:
+                with self._transaction() as c:
+                    for s in rows:
+                        c.execute(
+                            "INSERT INTO events (uuid, state, started_at, updated_at, ended_at, end_reason, revision, "
+                            "frames, peak_score, peak_frame_seq, first_frame_seq, last_frame_seq, bundle_version, "
+                            "bundle_sha256, device_id, snapshot, kind) "
+                            "VALUES (?, 'ended', ?, ?, ?, 'sample', 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                s.uuid,
+                                s.t,
+                                s.t,
+                                s.t,
+                                s.score,
+                                s.seq,
+                                s.seq,
+                                s.seq,
+                                s.bundle_version,
+                                s.bundle_sha256,
+                                s.device_id,
+                                s.snapshot,
+                                s.kind,
+                            ),
+                        )
+                        if s.label is not None:
+                            c.execute(
+                                "INSERT INTO labels (event_uuid, label, note, labelled_at) VALUES (?,?,?,?)",
+                                (s.uuid, s.label, s.note, time.time()),
+                            )
+            except sqlite3.Error as exc:
+                self._failed_write(exc)
+                raise
+            self.write_error = None
 
     def _record(
         self, frames: list[FrameRow], events: list[EventWrite], messages: list[OutboxMessage], durable: bool

@@ -390,6 +390,16 @@ def _cmd_status(rel: Releases, args) -> ModelsStatus | None:
         if reload:
             print(f"reload:   {reload.time} {'ok' if reload.ok else 'FAILED: ' + str(reload.error)}")
     print(f"serving current release: {'yes' if st.serving_current else 'NO'}")
+    origin = st.origin or {}
+    if "base" in origin:
+        base = origin["base"]
+        print(f"base:     {base.get('bundle_version')} (manifest sha256 {str(base.get('manifest_sha256'))[:12]})")
+    if "site" in origin:
+        site = origin["site"]
+        print(
+            f"site:     {site.get('name')}, adapted on {site.get('images')} labelled images "
+            f"(sha256 {str(site.get('sha256'))[:12]}), pixel threshold {site.get('threshold')}"
+        )
     if st.busy:
         print(f"busy:     {st.busy.action} by {st.busy.who} since {st.busy.since}")
     if st.interrupted:

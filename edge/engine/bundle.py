@@ -301,6 +301,19 @@ def _require(d: dict, key: str, where: str, kind=None):
     return value
 
 
+def bundle_origin(raw: dict) -> dict | None:
+    """Where a site bundle came from: `base` (bundle_version, manifest_sha256) and `site` (name, image count,
+    SHA-256 of its labelled images, threshold), as `crack-train export --keep-from` records them for a segmenter
+    adapted with `crack-train adapt`; None for bundles without them (generic and older ones)."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return None
+    origin = {key: data[key] for key in ("base", "site") if isinstance(data.get(key), dict)}
+    if "site" in origin:  # the per-image digests stay in the manifest; the whole-set digest says enough here
+        origin["site"] = {k: v for k, v in origin["site"].items() if k != "files"}
+    return origin or None
+
+
 def read_manifest(bundle_dir: str | Path) -> Manifest:
     """Parse and structurally validate `manifest.json` (no file checks)."""
     bundle_dir = Path(bundle_dir)

@@ -140,6 +140,7 @@ class ModelsStatus(JsonContract):
     busy: LockHolder | None = None
     last: DeploymentRecord | None = None
     interrupted: str | None = None  # "ACTION VERSION" of a switch killed half-way; the next command undoes it
+    origin: dict | None = None  # the current bundle's base and site (edge.engine.bundle.bundle_origin); None: generic
 
 
 @dataclass(frozen=True)

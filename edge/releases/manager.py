@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge.daemon_status import StatusReading
-from edge.engine.bundle import BundleError, read_manifest, verify_files
+from edge.engine.bundle import BundleError, bundle_origin, read_manifest, verify_files
 from edge.layout import StateLayout
 from edge.releases.answers import (
     DaemonSignal,
@@ -158,7 +158,17 @@ class Releases:
             last=history[-1] if history else None,
             # a switch whose command was killed (and whose lock is gone): the next command undoes it
             interrupted=f"{interrupted.action} {interrupted.version}" if interrupted and not held else None,
+            origin=self._origin(current),
         )
+
+    def _origin(self, version: str | None) -> dict | None:
+        """The base and site recorded in a release's manifest; None for a generic bundle or one that does not read."""
+        if version is None:
+            return None
+        try:
+            return bundle_origin(read_manifest(self.layout.releases / version).raw)
+        except BundleError:
+            return None
 
     def wait_serving(
         self, version: str, since_iso: str, timeout_s: float, settle_s: float = 3.0, poll_s: float = 0.25

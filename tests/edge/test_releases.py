@@ -306,6 +306,29 @@ def test_crackd_models_cli_stage_activate_status_list(state, make_bundle, tmp_pa
     assert [r["version"] for r in listing["releases"] if r["current"]] == [v]
 
 
+def test_crackd_models_status_shows_the_base_and_site_of_a_site_bundle(state, make_bundle, tmp_path):
+    """A bundle exported from `crack-train adapt` records its base bundle and site; status shows both (text and
+    --json); a generic bundle has no origin (null), so older bundles stay valid."""
+    base = {"bundle_version": "1.1.0", "manifest_sha256": "ab" * 32}
+    site = {"name": "line-7", "images": 20, "sha256": "cd" * 32, "threshold": 0.35}
+    site["files"] = {"line-7/a.png": "ef" * 32}
+
+    def as_site_bundle(manifest, _dir):
+        manifest["data"] = {**manifest.get("data", {}), "base": base, "site": site}
+
+    config = str(device_config(tmp_path, False))
+    for bundle in (make_bundle("generic"), make_bundle("site", edit=as_site_bundle)):
+        assert crackd_models("stage", str(bundle), "--state-dir", str(state), "--config", config).returncode == 0
+        v = version_of(bundle)
+        assert crackd_models("activate", v, "--state-dir", str(state), "--config", config).returncode == 0
+        status = json.loads(crackd_models("status", "--state-dir", str(state), "--json").stdout)
+        text = crackd_models("status", "--state-dir", str(state)).stdout
+        if v.endswith("-generic"):
+            assert status["origin"] is None and "site:" not in text
+    assert status["origin"] == {"base": base, "site": {k: v for k, v in site.items() if k != "files"}}
+    assert "base:     1.1.0" in text and "site:     line-7, adapted on 20 labelled images" in text
+
+
 def test_crackd_models_cli_usage_errors_exit_2(tmp_path):
     r = crackd_models("status", "--state-dir", str(tmp_path / "missing"))
     assert r.returncode == 2 and "does not exist" in r.stderr

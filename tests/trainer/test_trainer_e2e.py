@@ -2,12 +2,14 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from edge.engine.bundle import sha256_file
 from tests.helpers import REPO
 
 pytest.importorskip("tensorflow")  # the trainer: absent on a device-only install (pip install .[edge])
@@ -184,14 +186,15 @@ def test_cli_error_for_an_empty_dataset_is_one_line(tmp_path, capsys):
     assert "error:" in err and "empty" in err.strip().splitlines()[-1]
 
 
-def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(toy_runs, toy_bundle):
-    """The few-shot path: fine-tuning checkpoints published at export, adapt on
-    a site's labelled images, export with the other model kept."""
+def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(toy_runs, toy_bundle, capfd):
+    """The few-shot path: fine-tuning checkpoints published at export, adapt on a site's labelled images (held-out
+    share, threshold, report), export with the other model kept, the base's threshold and provenance recorded."""
     bundle, finetune = toy_bundle, toy_runs / "finetune"
     meta = json.loads((finetune / "segmenter.json").read_text())
     assert meta["kind"] == "segmenter" and meta["model_size"] == "fast"
-    site = toy_runs / "site"
+    site = toy_runs / "line-7"
     crack_train("synth", "--out", str(site), "--n", "20", "--size", "64", "--seed", "9")
+    capfd.readouterr()
     crack_train(
         "adapt",
         "--base",
@@ -201,7 +204,7 @@ def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(t
         "--out",
         str(toy_runs / "adapted"),
         "--epochs",
-        "1",
+        "2",
         "--steps-per-epoch",
         "2",
         "--batch-size",
@@ -211,31 +214,60 @@ def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(t
         "--crop",
         "32",
     )
+    said = capfd.readouterr().out
+    report = json.loads((toy_runs / "adapted" / "adapt.json").read_text())
+    assert report["images"]["trained_on"] + report["images"]["held_out"] == 20 == report["site"]["images"]
+    assert f"trained on {report['images']['trained_on']}" in said and f"held out {report['images']['held_out']}" in said
+    assert f"ran all 2 epochs; kept epoch {report['kept_epoch']}" in said
+    before, after = report["before"]["tolerant_f1"], report["after"]["tolerant_f1"]
+    assert f"tolerant F1 {before:.3f} -> {after:.3f}" in said and "pixel threshold" in said
+    assert (toy_runs / "adapted" / "ADAPT.md").is_file() and (toy_runs / "adapted" / "adapt_overlays.png").is_file()
     run_meta = json.loads((toy_runs / "adapted" / "run.json").read_text())
     assert run_meta["initial_weights"] == str(finetune / "segmenter.keras")
+
+    def export(run: str, out: str, *extra: str) -> int:
+        from trainer.cli import main
+
+        args = ["export", "--segmenter", str(toy_runs / run), "--keep-from", str(bundle), "--out", str(toy_runs / out)]
+        return main([*args, "--version", out, "--tolerance", "1.0", "--calibration-images", "8", *extra])
+
+    assert export("adapted", "bundle-site", "--force") == 0
+    printed = capfd.readouterr().out
+    assert f"segmenter: threshold {report['threshold']:.2f}" in printed and "TensorSpec" not in printed
+    assert len(printed.splitlines()) < 15
     adapted = toy_runs / "bundle-site"
-    crack_train(
-        "export",
-        "--segmenter",
-        str(toy_runs / "adapted"),
-        "--keep-from",
-        str(bundle),
-        "--out",
-        str(adapted),
-        "--version",
-        "0.0.2-site",
-        "--tolerance",
-        "1.0",
-        "--calibration-images",
-        "8",
-    )
-    base_m, site_m = (json.loads((b / "manifest.json").read_text()) for b in (bundle, adapted))
+    text = (adapted / "manifest.json").read_text()
+    base_m, site_m = json.loads((bundle / "manifest.json").read_text()), json.loads(text)
+    assert str(toy_runs) not in text  # no path of the training host goes to the devices
+    assert site_m["data"]["site"]["name"] == "line-7" and site_m["data"]["site"]["images"] == 20
+    assert len(site_m["data"]["site"]["sha256"]) == 64
+    assert site_m["data"]["base"]["bundle_version"] == "0.0.1-e2e"
+    assert site_m["data"]["base"]["manifest_sha256"] == sha256_file(bundle / "manifest.json")
     assert site_m["models"]["classifier"]["sha256"] == base_m["models"]["classifier"]["sha256"]  # kept, byte for byte
     assert (
         site_m["models"]["classifier"]["threshold"] == 0.4 and site_m["models"]["classifier"]["gate_threshold"] == 0.2
     )
     assert site_m["models"]["segmenter"]["sha256"] != base_m["models"]["segmenter"]["sha256"]
+    assert site_m["models"]["segmenter"]["threshold"] == report["threshold"]  # chosen on the held-out site images
+    compared = site_m["models"]["segmenter"]["metrics"]["site_heldout"]
+    assert compared["images"] == report["images"]["held_out"] and compared["scored_in"] == "INT8"
     out = run(
         "-m", "edge.cli", "infer", "--bundle", str(adapted), "--segment", "always", "--json", str(site / "images")
     )
     assert len(out.stdout.splitlines()) == 20
+
+    # A run without a threshold of its own takes the base bundle's (0.3 here), not 0.5.
+    assert export("seg", "bundle-retrained") == 0
+    retrained = json.loads((toy_runs / "bundle-retrained" / "manifest.json").read_text())
+    assert retrained["models"]["segmenter"]["threshold"] == 0.3
+
+    # Worse than the base on the held-out site images: refused without --force. The base marks every pixel
+    # (threshold 0.01: some crack pixels found), the site bundle none (0.99: a toy model is never that sure).
+    shutil.copytree(bundle, toy_runs / "bundle-eager")
+    eager = json.loads((bundle / "manifest.json").read_text())
+    eager["models"]["segmenter"]["threshold"] = 0.01
+    (toy_runs / "bundle-eager" / "manifest.json").write_text(json.dumps(eager))
+    bundle = toy_runs / "bundle-eager"
+    capfd.readouterr()
+    assert export("adapted", "bundle-refused", "--segmenter-threshold", "0.99") == 2
+    assert "worse than its base" in capfd.readouterr().err and not (toy_runs / "bundle-refused").exists()

@@ -69,6 +69,7 @@ def cmd_export(args) -> int:
         threshold_source=source,
         finetune_dir=Path(args.finetune_dir) if args.finetune_dir else None,
         gate_threshold=gate,
+        force=args.force,
     )
     if args.sign:
         from edge.releases.signing import sign_bundle
@@ -91,7 +92,10 @@ def register(sub) -> None:
         help="run directory of `crack-train segmenter` (or keep a bundle's: --keep-from)",
     )
     p.add_argument(
-        "--keep-from", metavar="BUNDLE_DIR", help="take the model without a run directory from this bundle, unchanged"
+        "--keep-from",
+        metavar="BUNDLE_DIR",
+        help="take the model without a run directory from this bundle, unchanged; it is also the base a site "
+        "bundle records, whose thresholds it carries over and which it must beat on the site's held-out images",
     )
     p.add_argument(
         "--finetune-dir",
@@ -109,6 +113,12 @@ def register(sub) -> None:
         "segmenter confirms one (default: none; the device gates at --classifier-threshold)",
     )
     p.add_argument("--segmenter-threshold", type=float, default=None, help="per-pixel P(crack) threshold of the mask")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write a segmenter adapted with `crack-train adapt` even when it scores below the --keep-from bundle's "
+        "on the site's held-out images (refused by default)",
+    )
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR")
     p.add_argument("--version", default=None, help="bundle version (default: UTC date-time)")
     p.add_argument("--calibration-images", type=int, default=200, help="real training images used to calibrate INT8")

@@ -50,7 +50,7 @@ class EvalSet:
 class TrainingData:
     """The data folders a bundle's model of one role was trained on (from the manifest's provenance)."""
 
-    folders: frozenset[str]  # resolved paths
+    folders: frozenset[str]  # resolved paths and folder names
     holdout: frozenset[str]  # folder names or paths kept out of training
     runs: frozenset[str]  # run directory names
     known: bool  # False when the manifest records no run of this role
@@ -62,7 +62,8 @@ class TrainingData:
         path = str(Path(folder).resolve())
         if Path(folder).name in self.holdout or path in self.holdout or str(folder) in self.holdout:
             return False
-        return path in self.folders
+        # Manifests since site bundles record folders by name only (no training-host paths): match names too.
+        return path in self.folders or Path(folder).name in self.folders
 
 
 def training_data(manifest_raw: dict, role: str) -> TrainingData:
@@ -73,7 +74,8 @@ def training_data(manifest_raw: dict, role: str) -> TrainingData:
         if run.get("kind") != role:
             continue
         runs.add(name)
-        folders.update(str(Path(d).resolve()) for d in run.get("data", []))
+        for d in run.get("data", []):
+            folders.update((str(Path(d).resolve()), Path(d).name))
         holdout.update(run.get("holdout", []) or [])
     return TrainingData(frozenset(folders), frozenset(holdout), frozenset(runs), bool(runs))
 

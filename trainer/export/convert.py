@@ -10,9 +10,15 @@ the FP32 one on the validation split within a tolerance, or export fails.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
+import os
 import shutil
+import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +71,39 @@ def load_checkpoint(run_dir: Path):
     return model
 
 
+@contextlib.contextmanager
+def quiet_converter():
+    """Hide what TensorFlow's converter prints (hundreds of lines: the SavedModel signature, MLIR passes, absl
+    warnings) on stdout and stderr, at the file-descriptor level where the C++ side writes. A conversion that fails
+    raises with its own message (convert_int8 reports its first error line), so nothing needed is hidden."""
+    import absl.logging
+    import tensorflow as tf
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tf.get_logger().setLevel("ERROR")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with (
+        tempfile.TemporaryFile() as sink,
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),  # Python-level prints (Keras's "Saved artifact ...")
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def convert_int8(model, calibration: np.ndarray) -> bytes:
     """Full-integer INT8 conversion with uint8 input/output; raises ExportError on float-only ops."""
     import tensorflow as tf
@@ -80,7 +119,8 @@ def convert_int8(model, calibration: np.ndarray) -> bytes:
     converter.inference_input_type = tf.uint8
     converter.inference_output_type = tf.uint8
     try:
-        content = converter.convert()
+        with quiet_converter():
+            content = converter.convert()
     except Exception as exc:  # the converter raises ConverterError / RuntimeError / ValueError with long MLIR text
         first = next(
             (line for line in str(exc).splitlines() if "error" in line.lower()),
@@ -101,7 +141,8 @@ def convert_int8(model, calibration: np.ndarray) -> bytes:
 def convert_fp32(model) -> bytes:
     import tensorflow as tf
 
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with quiet_converter():
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
 def calibration_set(run_dir: Path, size: int, n: int, seed: int) -> np.ndarray:
@@ -241,6 +282,16 @@ def kept_role(bundle_dir: Path, role: str) -> RoleExport:
     )
 
 
+def kept_base(keep_from: Path | None) -> dict[str, RoleExport]:
+    """Both models of the base bundle (`--keep-from`), or none without one."""
+    if keep_from is None:
+        return {}
+    manifest = json.loads((Path(keep_from) / MANIFEST).read_text())
+    return {
+        role: kept_role(Path(keep_from), role) for role in ("classifier", "segmenter") if role in manifest["models"]
+    }
+
+
 def export_bundle(
     classifier_run: Path | None,
     segmenter_run: Path | None,
@@ -253,10 +304,15 @@ def export_bundle(
     threshold_source: str | None = None,
     finetune_dir: Path | None = None,
     gate_threshold: float | None = None,
+    force: bool = False,
 ) -> Path:
     """Convert both trained runs (or one, keeping the other model of `keep_from`), validate INT8 against FP32,
-    and write a verified bundle. `thresholds` (role -> value) are recorded in the manifest with `threshold_source`."""
+    and write a verified bundle. `thresholds` (role -> value) are recorded in the manifest with `threshold_source`;
+    a role without one takes the threshold `crack-train adapt` chose for its run, else the one of the same model in
+    `keep_from` (the base bundle), else 0.5. A segmenter adapted to a site is scored against the base's on the
+    site's held-out images and refused when worse, unless `force`."""
     from trainer.data.assemble import load_arrays
+    from trainer.export import site
 
     roles, validation, runs = {}, {}, []
     for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
@@ -291,6 +347,47 @@ def export_bundle(
         if not 0.0 < gate_threshold < 1.0:
             raise ExportError(f"classifier gate threshold {gate_threshold}: expected a probability between 0 and 1")
         roles["classifier"].gate_threshold = float(gate_threshold)
+    adapted = site.adapt_report(segmenter_run) if segmenter_run is not None else None
+    base = kept_base(keep_from)
+    for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
+        if run_dir is None or role in (thresholds or {}):
+            continue
+        if role == "segmenter" and adapted is not None:
+            value, why = (
+                adapted["threshold"],
+                f"chosen by crack-train adapt on {adapted['images']['held_out']} held-out site images",
+            )
+        elif role in base:
+            base_version = site.base_provenance(Path(str(keep_from)))["bundle_version"]
+            value, why = base[role].threshold, f"carried over from the base bundle {base_version}"
+        else:
+            continue
+        roles[role].threshold = float(value)
+        roles[role].metrics = {**roles[role].metrics, "threshold_source": why}
+    for role, r in roles.items():
+        progress(f"{role}: threshold {r.threshold:.2f} ({r.metrics.get('threshold_source') or 'default'})")
+    provenance_extra: dict = {}
+    if adapted is not None and "segmenter" in base:
+        assert segmenter_run is not None
+        comparison = site.compare_on_site(
+            segmenter_run,
+            base["segmenter"].int8,
+            base["segmenter"].threshold,
+            roles["segmenter"].int8,
+            roles["segmenter"].threshold,
+        )
+        b, n = comparison["base"], comparison["site"]
+        progress(
+            f"segmenter on {comparison['images']} held-out site images (INT8): tolerant F1 base "
+            f"{b['tolerant_f1']:.3f} -> site {n['tolerant_f1']:.3f}, precision {b['tolerant_precision']:.3f} -> "
+            f"{n['tolerant_precision']:.3f}, recall {b['tolerant_recall']:.3f} -> {n['tolerant_recall']:.3f}"
+        )
+        site.refuse_if_worse(comparison, force)
+        roles["segmenter"].metrics = {**roles["segmenter"].metrics, "site_heldout": comparison}
+    if adapted is not None:
+        provenance_extra["site"] = site.site_provenance(adapted)
+    if keep_from is not None:
+        provenance_extra["base"] = site.base_provenance(Path(keep_from))
     if "segmenter" in validation:
         golden = golden_choice(*validation["segmenter"], cfg.golden_samples)
     else:
@@ -306,6 +403,8 @@ def export_bundle(
             for role, run in (("classifier", classifier_run), ("segmenter", segmenter_run))
             if run is not None
         }
+    # Devices receive the manifest: it says where the data came from by name and hash, not by training-host path.
+    provenance = site.without_host_paths({**provenance, **provenance_extra})
     out = write_bundle(Path(out_dir), version, roles, golden, provenance)
     progress(f"bundle {version} written to {out}")
     return out

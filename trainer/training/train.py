@@ -29,6 +29,7 @@ class TrainConfig:
         None  # segmenter: train on random square crops of this size (fully convolutional; ~3x cheaper at 128)
     )
     verbose: int = 1  # Keras progress bar
+    progress_bar: bool = False  # one bar over the whole run (tqdm) instead of Keras's output per epoch
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +135,37 @@ def _callbacks(run_dir: Path, cfg: TrainConfig, monitor: str, mode: str) -> list
     ]
 
 
+class RunProgress(keras.callbacks.Callback):
+    """One tqdm bar over every step of the run, with the last epoch's validation score beside it."""
+
+    def __init__(self, epochs: int, steps: int, monitor: str):
+        super().__init__()
+        self.total, self.steps, self.monitor = epochs * steps, steps, monitor
+        self.bar = None
+
+    def on_train_begin(self, logs=None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc="training", unit="step", disable=None)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.bar is not None:  # a resumed run starts at its last finished epoch
+            self.bar.n = epoch * self.steps
+            self.bar.refresh()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None and logs and self.monitor in logs:
+            self.bar.set_postfix_str(f"epoch {epoch + 1}, {self.monitor} {float(logs[self.monitor]):.3f}")
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _schedule(cfg: TrainConfig, steps_per_epoch: int):
     return keras.optimizers.schedules.CosineDecay(
         cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02
@@ -143,13 +175,14 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int):
 def _fit(
     model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, steps: int, monitor: str, mode: str, extra_callbacks=()
 ):
+    bar = [RunProgress(cfg.epochs, steps, monitor)] if cfg.progress_bar else []
     history = model.fit(
         train_ds.repeat() if cfg.steps_per_epoch else train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
         steps_per_epoch=cfg.steps_per_epoch,
-        callbacks=_callbacks(run_dir, cfg, monitor, mode) + list(extra_callbacks),
-        verbose=cfg.verbose,
+        callbacks=_callbacks(run_dir, cfg, monitor, mode) + bar + list(extra_callbacks),
+        verbose=0 if cfg.progress_bar else cfg.verbose,
     )
     best = run_dir / "best.keras"
     if best.exists():

@@ -219,21 +219,13 @@ def gather_labelled(site: Path, name: str) -> Path:
 
 
 def _adapt_report(run: Path) -> list[str]:
-    """adapt's before/after on the held-out site images, when the run wrote them (adapt.json)."""
-    path = run / "adapt.json"
-    if not path.is_file():
+    """adapt's own summary (before/after on the held-out site images, the kept epoch, the threshold), from the
+    report the run wrote."""
+    from trainer.evaluation.adaptation import ADAPT_REPORT, REPORT_MD, summary_lines
+
+    if not (run / ADAPT_REPORT).is_file():
         return []
-    r = json.loads(path.read_text())
-    lines = []
-    if isinstance(r.get("before"), dict) and isinstance(r.get("after"), dict):
-        b, a = r["before"], r["after"]
-        lines.append(
-            f"held-out site images: tolerant F1 base {b.get('tolerant_f1', float('nan')):.3f} -> adapted "
-            f"{a.get('tolerant_f1', float('nan')):.3f} (threshold {b.get('threshold')} -> {a.get('threshold')})"
-        )
-    if (run / "ADAPT.md").is_file():
-        lines.append(f"report: {run / 'ADAPT.md'}")
-    return lines
+    return [*summary_lines(json.loads((run / ADAPT_REPORT).read_text())), f"report: {run / REPORT_MD}"]
 
 
 def cmd_adapt(args) -> int:
@@ -252,6 +244,7 @@ def cmd_adapt(args) -> int:
     header(f"site {args.name}: adapt {base.name} ({base_version}) on {counts['labelled']} labelled frames")
     data = gather_labelled(site, args.name)
     argv = [*CRACK_TRAIN, "adapt", "--base", str(args.finetune), "--data", str(data), "--out", str(run)]
+    argv += ["--site", args.name]
     for flag in ("epochs", "steps_per_epoch", "batch_size", "domain", "crop"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]

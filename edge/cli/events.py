@@ -323,8 +323,15 @@ def _ev_flag_missed(args, journal, state_dir) -> int:
             stored = answer.get("stored", [])
             if args.json:
                 print_json({"ok": True, **answer})
-            else:
+            elif stored:
                 print(f"kept {len(stored)} frame(s) of the last {args.seconds:g} s as a missed crack (label crack)")
+            if not stored:
+                why = (
+                    "it held none from then (storage.missed_buffer_s is 0, or no frame came)"
+                    if not answer.get("held")
+                    else "their pictures could not be written (storage.snapshots off, or the disk full: see its log)"
+                )
+                print(f"events flag-missed: the daemon kept no frame: {why}", file=sys.stderr)
             return 0 if stored else 1
         time.sleep(0.1)
     layout.flag_missed_request.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from edge.layout import StateLayout
 from edge.vocabulary import RECORD_KINDS
 from tests.helpers import SCHEMAS, write_frames
 from tests.helpers.daemon import BLOCK, InProcess, daemon_dict, flag_missed_after_a_run
+from tests.helpers.waiting import wait_until
 
 SCHEMA = json.loads((SCHEMAS / "events" / "pull.schema.json").read_text())
 
@@ -104,3 +105,17 @@ def test_frames_near_the_gate_are_kept_as_uncertain_beside_the_event(tmp_path, d
 
 def test_the_pull_schema_lists_the_kinds_of_the_vocabulary():
     assert tuple(SCHEMA["$defs"]["pullable_event"]["properties"]["kind"]["enum"]) == RECORD_KINDS
+
+
+def test_flag_missed_with_the_buffer_off_says_why_nothing_was_kept(tmp_path, darkness_bundle, capsys):
+    frames = tmp_path / "frames"
+    write_frames(frames, BLOCK)
+    over = dict(source__folder__loop=True, source__folder__fps=50, storage__missed_buffer_s=0)
+    daemon = InProcess(config_from_dict(daemon_dict(tmp_path, darkness_bundle, frames, None, **over)))
+    try:
+        wait_until(lambda: daemon.sup.parts.pipeline.frames_processed > 3, what="frames go by")
+        assert main(["events", "flag-missed", "--state-dir", str(tmp_path / "state")]) == 1
+    finally:
+        daemon.stop()
+    assert "missed_buffer_s is 0" in capsys.readouterr().err
+    assert not daemon.sup.parts.pipeline.samples.missed.frames

@@ -265,7 +265,10 @@ def cmd_adapt(args) -> int:
     for line in _adapt_report(run):
         print(line)
     if not exported:
-        print(f"no site bundle: the export refused or failed (run kept in {run})")
+        print(
+            f"no site bundle: the export refused or failed, see above (the run is kept in {run}). A bundle worse "
+            "than its base on the held-out frames is refused: label more frames and adapt again, or --force"
+        )
         return 1
     manifest = read_manifest(bundle)
     seg = manifest.models["segmenter"]

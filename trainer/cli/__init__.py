@@ -414,10 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.cli import evaluate as evaluate_cli
     from trainer.cli import export as cli_export
     from trainer.cli import label as label_cli
+    from trainer.cli import site as site_cli
 
     cli_export.register(sub)
     evaluate_cli.register(sub)
     label_cli.register(sub)
+    site_cli.register(sub)
     return parser
 
 

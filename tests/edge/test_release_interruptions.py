@@ -29,6 +29,7 @@ from edge.releases.manager import ReleasePolicy, Releases
 from tests.helpers import REPO, read_status, wait_until
 from tests.helpers.bundles import copy_default_bundle
 from tests.helpers.cli import crackd
+from tests.helpers.daemon import terminate
 
 
 class Device:
@@ -107,13 +108,7 @@ class Device:
         return crackd("models", *args, "--state-dir", str(self.state), "--config", str(self.config), env=env)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.log.close()
         self.notify_sock.close()
 

@@ -110,6 +110,19 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=20):
     return proc.returncode
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a daemon a test may have paused (SIGSTOP): continue it, SIGTERM, SIGKILL if not gone by `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def flag_missed_after_a_run(tmp_path: Path, bundle: Path, held: int = 3, note: str | None = None, **over) -> dict:
     """A daemon looping over one BLOCK of folder frames, holding at most `held` frames for flag-missed, asked
     (`crackd events flag-missed --json`) to keep them all; returns its answer, with `held_bytes`: what it held."""

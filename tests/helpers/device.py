@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from edge.daemon_status import DaemonStatus
 from edge.releases.manager import ReleasePolicy, Releases
+from tests.helpers.daemon import terminate
 from tests.helpers.paths import REPO
 from tests.helpers.status import read_status
 from tests.helpers.waiting import wait_until
@@ -76,13 +76,7 @@ class Device:
         return self.releases().history()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc)
         if self.log:
             self.log.close()

@@ -213,9 +213,21 @@ def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(t
         "8",
         "--crop",
         "32",
+        "--forgetting-set",
+        str(site),  # stands in for a leave-one-out source: the scoring, table and summary line are what is tested
+        "--forgetting-images",
+        "3",
     )
     said = capfd.readouterr().out
     report = json.loads((toy_runs / "adapted" / "adapt.json").read_text())
+    (forgot,) = report["forgetting"]["sets"]
+    assert forgot["name"] == "line-7" and forgot["images"] == 3 and report["forgetting"]["limit"] == 0.02
+    assert forgot["before"]["threshold"] == report["before"]["threshold"]
+    assert forgot["after"]["threshold"] == report["after"]["threshold"]
+    f1s = forgot["before"]["tolerant_f1"], forgot["after"]["tolerant_f1"]
+    assert f"forgetting (tolerant F1 on other data, each model at its threshold): line-7 {f1s[0]:.3f} -> " in said
+    assert forgot["forgot"] == (forgot["delta"] < -0.02) == ("drop over 0.02" in said)
+    assert "| line-7 | 3 |" in (toy_runs / "adapted" / "ADAPT.md").read_text()
     assert report["images"]["trained_on"] + report["images"]["held_out"] == 20 == report["site"]["images"]
     assert f"trained on {report['images']['trained_on']}" in said and f"held out {report['images']['held_out']}" in said
     assert f"ran all 2 epochs; kept epoch {report['kept_epoch']}" in said

@@ -179,6 +179,13 @@ def cmd_adapt(args) -> int:
     site (a preset of `segmenter`/`classifier --weights`)."""
     base = Path(args.base)
     meta = finetune_base(base)  # before the data and TensorFlow: a bad checkpoint costs a second, not a training
+    if args.forgetting_images < 1:
+        raise InputError(f"--forgetting-images {args.forgetting_images}: expected a whole number of images, 1 or more")
+    if args.forgetting_set:
+        from trainer.data.datasets import segmentation_pairs
+
+        for folder in args.forgetting_set:  # likewise: a mistyped folder is named before the training
+            segmentation_pairs(folder)
     spec = meta["spec"]
     common = [
         "--data",
@@ -226,7 +233,13 @@ def cmd_adapt(args) -> int:
         return status
     from trainer.evaluation.adaptation import REPORT_MD, adaptation_report, summary_lines
 
-    report = adaptation_report(Path(args.out), base, args.site or Path(args.data[0]).resolve().name)
+    report = adaptation_report(
+        Path(args.out),
+        base,
+        args.site or Path(args.data[0]).resolve().name,
+        [Path(p) for p in args.forgetting_set],
+        args.forgetting_images,
+    )
     for line in summary_lines(report):
         print(line)
     print(f"report: {Path(args.out) / REPORT_MD}")
@@ -374,6 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--crop", type=int, default=128, help="segmenter training crop")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--forgetting-set",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="labelled images (images/ + masks/) the site never saw, e.g. a leave-one-out source: base and adapted "
+        "segmenter are scored on them too, a tolerant-F1 drop over 0.02 is flagged (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--forgetting-images",
+        type=int,
+        default=40,
+        metavar="N",
+        help="images per forgetting set, evenly spaced over its sorted files (default: 40)",
+    )
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser(

@@ -4,12 +4,16 @@ The base checkpoint and the adapted one are scored on the site's held-out images
 (Keras, the checkpoints as trained; export repeats the comparison in INT8 against the base bundle). The pixel
 threshold of the site is the one with the best tolerant F1 of the adapted model on those images; the base is
 scored at its own best threshold there, so neither side is handicapped by a threshold chosen for the other.
+
+Forgetting: on optional labelled sets the site never saw (e.g. the leave-one-out sources) both models are scored
+the same way, each at the threshold above, so a gain on the site bought with a loss elsewhere shows.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from trainer.evaluation.crossval import per_image_tolerant_f1, segmenter_scores
 REPORT_MD = "ADAPT.md"
 OVERLAYS = "adapt_overlays.png"
 MONITOR = "val_dice_coefficient"  # what train_segmenter keeps the best epoch by
+FORGETTING_LIMIT = 0.02  # the largest tolerant-F1 drop on other data that adapting may cost (issue 19)
 
 
 def _epochs(run_dir: Path) -> list[float]:
@@ -36,8 +41,41 @@ def _best(curve: list[dict]) -> dict:
     return max(curve, key=lambda r: r["tolerant_f1"])
 
 
-def adaptation_report(run_dir: Path, base_checkpoint: Path, site_name: str) -> dict:
-    """Score base and adapted segmenter on the held-out site images, choose the threshold, write the report files."""
+def _at(curve: list[dict], threshold: float) -> dict:
+    """The curve's row at a threshold chosen on another image set (every curve has the same thresholds)."""
+    return min(curve, key=lambda r: abs(r["threshold"] - threshold))
+
+
+def forgetting_sample(folder: Path, n: int) -> list[str]:
+    """N images of an images/ + masks/ folder, evenly spaced over its sorted files: the same ones on every run."""
+    from trainer.data.datasets import segmentation_pairs
+
+    pairs = segmentation_pairs(folder)
+    picked = sorted({int(i) for i in np.linspace(0, len(pairs) - 1, min(n, len(pairs))).round()})
+    return [str(pairs[i][0]) for i in picked]
+
+
+def forgetting_row(name: str, images: int, before: dict, after: dict) -> dict:
+    delta = after["tolerant_f1"] - before["tolerant_f1"]
+    return {
+        "name": name,
+        "images": images,
+        "before": before,
+        "after": after,
+        "delta": delta,
+        "forgot": delta < -FORGETTING_LIMIT,
+    }
+
+
+def adaptation_report(
+    run_dir: Path,
+    base_checkpoint: Path,
+    site_name: str,
+    forgetting_sets: Sequence[Path] = (),
+    forgetting_images: int = 40,
+) -> dict:
+    """Score base and adapted segmenter on the held-out site images, choose the threshold, score both on the
+    forgetting sets at their thresholds, write the report files."""
     import keras
 
     from trainer.data.site import load_pairs
@@ -49,12 +87,24 @@ def adaptation_report(run_dir: Path, base_checkpoint: Path, site_name: str) -> d
     split = site_split(run_dir)
     size = int(meta["spec"]["size"])
     images, masks = load_pairs(split.heldout, size)
-    base_probs = _probs(keras.models.load_model(base_checkpoint, compile=False), images)
-    site_probs = _probs(load_checkpoint(run_dir), images)
+    base_model, site_model = keras.models.load_model(base_checkpoint, compile=False), load_checkpoint(run_dir)
+    base_probs = _probs(base_model, images)
+    site_probs = _probs(site_model, images)
     before, after = (
         _best(segmenter_scores(base_probs, masks)["curve"]),
         _best(segmenter_scores(site_probs, masks)["curve"]),
     )
+    forgetting = []
+    for folder in forgetting_sets:
+        other, other_masks = load_pairs(forgetting_sample(Path(folder), forgetting_images), size)
+        forgetting.append(
+            forgetting_row(
+                Path(folder).resolve().name,  # the folder's name only: no host paths in the report
+                len(other),
+                _at(segmenter_scores(_probs(base_model, other), other_masks)["curve"], before["threshold"]),
+                _at(segmenter_scores(_probs(site_model, other), other_masks)["curve"], after["threshold"]),
+            )
+        )
     scores = _epochs(run_dir)
     planned = int(meta["train"]["epochs"])
     base_meta_path = Path(base_checkpoint).with_suffix(".json")
@@ -84,6 +134,7 @@ def adaptation_report(run_dir: Path, base_checkpoint: Path, site_name: str) -> d
         "scored_in": "float (Keras checkpoints)",
         "before": before,
         "after": after,
+        "forgetting": {"limit": FORGETTING_LIMIT, "sets": forgetting},
     }
     n = min(6, len(images))
     plots.overlay_grid(
@@ -112,7 +163,7 @@ def summary_lines(r: dict) -> list[str]:
         if r["stopped_early"]
         else f"ran all {r['epochs_run']} epochs"
     )
-    return [
+    lines = [
         f"site {r['site']['name']}: {r['site']['images']} labelled images; trained on {im['trained_on']} "
         f"(+ {im['generated']} generated from them), held out {im['held_out']} "
         f"({im['held_out_val']} of them also chose the kept epoch)",
@@ -123,6 +174,15 @@ def summary_lines(r: dict) -> list[str]:
         f"pixel threshold {a['threshold']:.2f} chosen on them (base at its best, {b['threshold']:.2f}); "
         "`crack-train export` writes it into the bundle",
     ]
+    sets = r.get("forgetting", {}).get("sets", [])  # absent in reports of older runs
+    if sets:
+        parts = [
+            f"{s['name']} {s['before']['tolerant_f1']:.3f} -> {s['after']['tolerant_f1']:.3f} ({s['delta']:+.3f}"
+            + (f", drop over {r['forgetting']['limit']:.2f})" if s["forgot"] else ")")
+            for s in sets
+        ]
+        lines.append("forgetting (tolerant F1 on other data, each model at its threshold): " + "; ".join(parts))
+    return lines
 
 
 def render(r: dict) -> str:
@@ -132,6 +192,7 @@ def render(r: dict) -> str:
         for name, key in (("base", "before"), ("adapted", "after"))
     )
     lines = "\n".join(f"- {line}" for line in summary_lines(r))
+    forgetting = render_forgetting(r)
     return f"""# Adaptation to site {r["site"]["name"]}
 
 {lines}
@@ -145,8 +206,29 @@ Held-out site images ({r["images"]["held_out"]}; {r["scored_in"]}, each model at
 With so few held-out images the numbers move by several points from one image to the next; the threshold and the
 kept epoch were chosen on the same images, so the adapted score is an optimistic estimate. `crack-train export
 --keep-from BASE_BUNDLE` repeats the comparison in INT8 and refuses a bundle worse than its base (`--force`).
-
+{forgetting}
 Schedule: {r["schedule"]}. Data: {r["site"]["images"]} images, SHA-256 {r["site"]["sha256"][:16]}...
 
 ![held-out images: base vs adapted]({OVERLAYS})
+"""
+
+
+def render_forgetting(r: dict) -> str:
+    """The Forgetting table of ADAPT.md ('' when adapt was given no --forgetting-set)."""
+    f = r.get("forgetting", {})
+    if not f.get("sets"):
+        return ""
+    rows = "\n".join(
+        f"| {s['name']} | {s['images']} | {s['before']['tolerant_f1']:.3f} | {s['after']['tolerant_f1']:.3f} | "
+        f"{s['delta']:+.3f} | {'**drop over ' + format(f['limit'], '.2f') + '**' if s['forgot'] else 'ok'} |"
+        for s in f["sets"]
+    )
+    return f"""
+Forgetting: labelled sets the site never saw, scored the same way, each model at its threshold above (base
+{r["before"]["threshold"]:.2f}, adapted {r["after"]["threshold"]:.2f}); a tolerant-F1 drop over {f["limit"]:.2f} \
+is more than adapting may cost.
+
+| set | images | base tolerant F1 | adapted | delta | |
+|---|---|---|---|---|---|
+{rows}
 """

@@ -155,6 +155,8 @@ def cmd_crossval(args) -> int:
             "nothing to score: give --segmenter-runs and/or --classifier-runs (runs trained with --holdout); "
             "a bundle alone on the procedural test suites: crack-train suites BUNDLE"
         )
+    if not 0.0 < args.gate_recall <= 1.0:
+        raise ValueError(f"--gate-recall {args.gate_recall}: expected a share of cracked samples between 0 and 1")
     if args.bundle and args.suite_frames:  # a bad suite option costs a second, not a cross-validation
         from trainer.cli.evaluate import suite_config
 
@@ -164,6 +166,7 @@ def cmd_crossval(args) -> int:
         [Path(r) for r in args.classifier_runs],
         Path(args.out),
         classifier_tflite=Path(args.classifier_tflite) if args.classifier_tflite else None,
+        gate_recall=args.gate_recall,
     )
     if args.bundle and args.suite_frames:  # beside leave-one-out: the bundle on the procedural test suites
         from trainer.cli.evaluate import suites_section
@@ -418,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL.tflite",
         help="score this INT8 classifier on the classifier runs' held-out "
         "sets instead of their checkpoints (a model trained with the same held-out source and seed)",
+    )
+    p.add_argument(
+        "--gate-recall",
+        type=float,
+        default=0.98,
+        help="the classifier gate threshold is the highest that passes at least this share of the cracked samples "
+        "of every held-out source (crossval.json's classifier_gate_threshold, read by export --crossval)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="where to write (e.g. the bundle directory)")
     p.add_argument(

@@ -3,7 +3,50 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass
+class ChosenThresholds:
+    """The thresholds export writes into the manifest, and where each came from."""
+
+    thresholds: dict[str, float] = field(default_factory=dict)  # role -> value
+    source: str | None = None
+    gate: float | None = None  # the classifier's high-recall gate
+    gate_source: str | None = None
+
+
+def chosen_thresholds(args) -> ChosenThresholds:
+    """The thresholds of `--crossval` (crack-train crossval's crossval.json), each replaced by its command-line
+    option when given."""
+    from trainer.cli.checks import InputError, check_threshold, read_json
+
+    chosen = ChosenThresholds()
+    if args.crossval:
+        cv = read_json(Path(args.crossval), "the crossval.json of crack-train crossval")
+        if not isinstance(cv, dict):
+            raise InputError(f"{args.crossval}: expected a JSON object (crack-train crossval's crossval.json)")
+        chosen.thresholds = {
+            role: check_threshold(cv[f"{role}_threshold"], f"{args.crossval}: {role}_threshold")
+            for role in ("classifier", "segmenter")
+            if isinstance(cv.get(f"{role}_threshold"), (int, float))
+        }
+        chosen.source = f"leave-one-dataset-out validation ({Path(args.crossval).name})"
+        if isinstance(cv.get("classifier_gate_threshold"), (int, float)):
+            chosen.gate = check_threshold(
+                cv["classifier_gate_threshold"], f"{args.crossval}: classifier_gate_threshold"
+            )
+            chosen.gate_source = chosen.source
+    for role in ("classifier", "segmenter"):
+        value = getattr(args, f"{role}_threshold")
+        if value is not None:
+            chosen.thresholds[role] = check_threshold(value, f"--{role}-threshold")
+            chosen.source = chosen.source or "given on the command line"
+    if args.classifier_gate_threshold is not None:
+        chosen.gate = check_threshold(args.classifier_gate_threshold, "--classifier-gate-threshold")
+        chosen.gate_source = "given on the command line"
+    return chosen
 
 
 def cmd_export(args) -> int:
@@ -12,8 +55,6 @@ def cmd_export(args) -> int:
         check_bundle,
         check_output_dir,
         check_run_dir,
-        check_threshold,
-        read_json,
     )
 
     # Every input is checked before the export imports TensorFlow and converts anything.
@@ -34,25 +75,7 @@ def cmd_export(args) -> int:
         check_output_dir(Path(args.finetune_dir), "--finetune-dir")
     if args.sign and not Path(args.sign).is_file():
         raise InputError(f"--sign {args.sign}: no such key file (an OpenSSH ed25519 private key)")
-    thresholds, source = {}, None
-    if args.crossval:
-        cv = read_json(Path(args.crossval), "the crossval.json of crack-train crossval")
-        if not isinstance(cv, dict):
-            raise InputError(f"{args.crossval}: expected a JSON object (crack-train crossval's crossval.json)")
-        thresholds = {
-            role: check_threshold(cv[f"{role}_threshold"], f"{args.crossval}: {role}_threshold")
-            for role in ("classifier", "segmenter")
-            if isinstance(cv.get(f"{role}_threshold"), (int, float))
-        }
-        source = f"leave-one-dataset-out validation ({Path(args.crossval).name})"
-    for role in ("classifier", "segmenter"):
-        value = getattr(args, f"{role}_threshold")
-        if value is not None:
-            thresholds[role] = check_threshold(value, f"--{role}-threshold")
-            source = source or "given on the command line"
-    gate = args.classifier_gate_threshold
-    if gate is not None:
-        check_threshold(gate, "--classifier-gate-threshold")
+    chosen = chosen_thresholds(args)
 
     from trainer.export.convert import ExportConfig, export_bundle
 
@@ -65,10 +88,11 @@ def cmd_export(args) -> int:
         version,
         cfg,
         keep_from=Path(args.keep_from) if args.keep_from else None,
-        thresholds=thresholds,
-        threshold_source=source,
+        thresholds=chosen.thresholds,
+        threshold_source=chosen.source,
         finetune_dir=Path(args.finetune_dir) if args.finetune_dir else None,
-        gate_threshold=gate,
+        gate_threshold=chosen.gate,
+        gate_threshold_source=chosen.gate_source,
         force=args.force,
     )
     if args.sign:
@@ -103,7 +127,11 @@ def register(sub) -> None:
         help="also publish the Keras checkpoints `crack-train adapt` starts from "
         "(e.g. models/finetune; kept out of the bundle, which devices do not need)",
     )
-    p.add_argument("--crossval", metavar="CROSSVAL_JSON", help="record the thresholds chosen by `crack-train crossval`")
+    p.add_argument(
+        "--crossval",
+        metavar="CROSSVAL_JSON",
+        help="record the thresholds chosen by `crack-train crossval` (classifier, its gate, segmenter)",
+    )
     p.add_argument("--classifier-threshold", type=float, default=None, help="P(crack) threshold of the frame decision")
     p.add_argument(
         "--classifier-gate-threshold",

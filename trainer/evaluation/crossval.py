@@ -8,7 +8,8 @@ training files) and scores it on every image of the held-out source:
 - segmenter: tolerant F1 (2 px) and Dice at pixel thresholds 0.10-0.97, at the
   model's scale and at half scale (the frame shown as a 2x2 mosaic, as a camera
   further away would see it), and the max of both (two-scale inference, twice the cost);
-- classifier: F1 and balanced accuracy at thresholds 0.05-0.95.
+- classifier: F1 and balanced accuracy at thresholds 0.05-0.95, and the high-recall gate: the
+  highest threshold that passes at least GATE_RECALL of each held-out source's cracked samples.
 
 The thresholds of a bundle are chosen here, on surfaces the models never saw.
 """
@@ -29,6 +30,7 @@ from trainer.export.predict import predict
 
 SEG_THRESHOLDS = np.round(np.append(np.arange(0.10, 0.96, 0.05), 0.97), 2)
 CLS_THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+GATE_RECALL = 0.98  # the device segments what the gate passes: a crack it drops is never seen again
 SCALES = ("model scale", "half scale", "two scales (max)")
 
 
@@ -126,13 +128,62 @@ def evaluate_classifier_run(run_dir: Path, progress=print, tflite: Path | None =
         "heldout": ho.source,
         "sets": {},
     }
+    all_scores, all_labels = [], []
     for name, (x, y) in ho.sets.items():
         scores = predict(model, x).reshape(len(x), -1)[:, 0]
         rows = []
         for t in CLS_THRESHOLDS:
             rows.append(binary_metrics(y, scores, float(t)))
         result["sets"][name] = {"images": int(len(x)), "cracks": int(np.sum(y)), "curve": rows}
+        all_scores.append(scores)
+        all_labels.append(np.asarray(y).reshape(-1))
+    # The gate is chosen per source (all its sets pooled): each source counts once, however many sets it has.
+    result["gate_curve"] = gate_curve(np.concatenate(all_scores), np.concatenate(all_labels))
     return result
+
+
+def gate_curve(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray = CLS_THRESHOLDS) -> list[dict]:
+    """At each threshold: the share of cracked samples the gate passes (recall) and of crack-free ones
+    (what the segmenter will run on without need)."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    rows = []
+    for t in thresholds:
+        passed = s >= t
+        rows.append(
+            {
+                "threshold": float(t),
+                "recall": float(np.mean(passed[y])) if y.any() else None,
+                "crack_free_passing": float(np.mean(passed[~y])) if (~y).any() else None,
+            }
+        )
+    return rows
+
+
+def choose_gate(curves: dict[str, list[dict]], recall: float = GATE_RECALL) -> dict:
+    """The classifier gate threshold: the highest one whose recall is at least `recall` on EVERY source
+    (the minimum over sources of each one's highest qualifying threshold). A source where no threshold
+    qualifies gets the lowest threshold of its curve and is reported as a miss (`met` false)."""
+    sources: dict[str, dict] = {}
+    for source, curve in curves.items():
+        scored = [r for r in curve if r["recall"] is not None]
+        if not scored:
+            continue  # a source without cracked samples says nothing about recall
+        qualifying = [r for r in scored if r["recall"] >= recall]
+        met = bool(qualifying)
+        best = max(qualifying, key=lambda r: r["threshold"]) if met else min(scored, key=lambda r: r["threshold"])
+        sources[source] = {**best, "met": met}
+    if not sources:
+        return {"recall_target": recall, "threshold": None, "met": False, "sources": {}}
+    threshold = min(s["threshold"] for s in sources.values())
+    for source, s in sources.items():
+        s["at_gate"] = {k: v for k, v in at(curves[source], threshold).items() if k != "threshold"}
+    return {
+        "recall_target": recall,
+        "threshold": threshold,
+        "met": all(s["met"] for s in sources.values()),
+        "sources": sources,
+    }
 
 
 def at(curve: list[dict], threshold: float) -> dict:
@@ -197,6 +248,7 @@ def run_crossval(
     out_dir: Path,
     progress=print,
     classifier_tflite: Path | None = None,
+    gate_recall: float = GATE_RECALL,
 ) -> dict:
     """Score every leave-one-out run; write crossval.json, CROSSVAL.md and plots into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,6 +277,10 @@ def run_crossval(
     if cls:
         curves = [s["curve"] for r in cls for s in r["sets"].values()]
         report["classifier_threshold"] = choose_threshold(curves, "balanced_accuracy")
+        gate = choose_gate({r["heldout"]: r["gate_curve"] for r in cls if "gate_curve" in r}, gate_recall)
+        report["classifier_gate"] = gate
+        if gate["threshold"] is not None:
+            report["classifier_gate_threshold"] = gate["threshold"]  # what `crack-train export --crossval` reads
     (out_dir / "crossval.json").write_text(json.dumps(report, indent=1))
     (out_dir / "CROSSVAL.md").write_text(render(report))
     return report
@@ -293,4 +349,39 @@ def render(report: dict, heading: str = "#") -> str:
                         f"{row['balanced_accuracy']:.3f} | {row['recall']:.3f} | {row['precision']:.3f} |"
                     )
         lines.append("")
+        if report.get("classifier_gate"):
+            lines += render_gate(report["classifier_gate"], sub)
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_gate(gate: dict, sub: str) -> list[str]:
+    """The classifier gate: per source its highest threshold with the target recall, and the chosen one."""
+    target = gate["recall_target"]
+    if gate["threshold"] is None:
+        return [f"{sub} Classifier gate", "", "No held-out source has cracked samples: no gate threshold chosen.", ""]
+    t = gate["threshold"]
+    lines = [
+        f"{sub} Classifier gate",
+        "",
+        f"Gate threshold chosen on these held-out sources: **{t:.2f}**, the highest that passes at least "
+        f"{target:.2f} of the cracked samples of every source"
+        + ("." if gate["met"] else f" (**missed**: some source reaches {target:.2f} at no threshold).")
+        + " The segmenter runs on every frame the gate passes; crack-free passing is its share of the "
+        "crack-free samples.",
+        "",
+        "| held-out source | highest threshold (recall ≥ target) | recall | crack-free passing | "
+        f"recall at {t:.2f} | crack-free passing at {t:.2f} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source, s in gate["sources"].items():
+        own = f"{s['threshold']:.2f}" if s["met"] else f"none (miss; lowest {s['threshold']:.2f})"
+        lines.append(
+            f"| {source} | {own} | {_share(s['recall'])} | {_share(s['crack_free_passing'])} | "
+            f"{_share(s['at_gate']['recall'])} | {_share(s['at_gate']['crack_free_passing'])} |"
+        )
+    lines.append("")
+    return lines

@@ -305,6 +305,7 @@ def export_bundle(
     finetune_dir: Path | None = None,
     gate_threshold: float | None = None,
     force: bool = False,
+    gate_threshold_source: str | None = None,
 ) -> Path:
     """Convert both trained runs (or one, keeping the other model of `keep_from`), validate INT8 against FP32,
     and write a verified bundle. `thresholds` (role -> value) are recorded in the manifest with `threshold_source`;
@@ -347,6 +348,11 @@ def export_bundle(
         if not 0.0 < gate_threshold < 1.0:
             raise ExportError(f"classifier gate threshold {gate_threshold}: expected a probability between 0 and 1")
         roles["classifier"].gate_threshold = float(gate_threshold)
+        if gate_threshold_source:
+            roles["classifier"].metrics = {
+                **roles["classifier"].metrics,
+                "gate_threshold_source": gate_threshold_source,
+            }
     adapted = site.adapt_report(segmenter_run) if segmenter_run is not None else None
     base = kept_base(keep_from)
     for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):

@@ -38,10 +38,9 @@ import numpy as np
 from deploy.push import DeviceSettings, Progress, read_answer
 from deploy.ssh import Remote, RemoteError, SSHUnreachable
 from edge.atomic_write import write_bytes_atomic
-from edge.events.pull_answer import EventsForPull, PullableEvent
+from edge.events.pull_answer import PULLED_MANIFEST, EventsForPull, PullableEvent, read_pulled
 from edge.timestamps import iso_utc
 
-MANIFEST = "pulled.jsonl"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PICTURE_SUFFIXES = (".jpg", ".png")  # what a frame picture may be; the mask is always a PNG
 PACK_BATCH = 50  # events per `crackd events pack` call: a bounded tar in the device's memory
@@ -97,21 +96,10 @@ class SiteManifest:
     Appends are serialised (several devices pull at once)."""
 
     def __init__(self, site: Path):
-        self.path = site / MANIFEST
+        self.path = site / PULLED_MANIFEST
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], dict] = {}
-        self._whole: int | None = None  # bytes up to the last newline, when an append was cut short after it
-        if self.path.is_file():
-            data = self.path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                self._whole = data.rfind(b"\n") + 1
-            for line in data.decode(errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self._entries[(entry["host"], entry["uuid"])] = entry
-                except (ValueError, KeyError, TypeError):
-                    # A line cut short by an interrupted pull: that event is simply fetched again.
-                    continue
+        # _whole: bytes up to the last newline, when an append was cut short after it
+        self._entries, self._whole = read_pulled(self.path)
 
     def entry(self, host: str, uuid: str) -> dict | None:
         return self._entries.get((host, uuid))

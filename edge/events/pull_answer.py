@@ -8,7 +8,9 @@ Schema: docs/schemas/events/pull.schema.json (one definition per class, the same
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edge.events.journal.rows import EventRow
 from edge.json_contract import JsonContract
@@ -62,3 +64,24 @@ def pullable(event: EventRow, mask: str | None) -> PullableEvent:
         mask=mask,
         kind=event.kind,
     )
+
+
+PULLED_MANIFEST = "pulled.jsonl"  # SITE/pulled.jsonl: one line per event pulled (written by crack-deploy pull)
+
+
+def read_pulled(path: Path) -> tuple[dict[tuple[str, str], dict], int | None]:
+    """The bench's record of pulled events, by (host, uuid), the last line of an event winning (a later verdict
+    appends one); and, when the file ends in a line cut short by an interrupted pull, the length of its whole lines
+    (that event is simply fetched again). Read by crack-deploy pull and crack-train site."""
+    entries: dict[tuple[str, str], dict] = {}
+    if not path.is_file():
+        return entries, None
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1 if data and not data.endswith(b"\n") else None
+    for line in data.decode(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            entries[(entry["host"], entry["uuid"])] = entry
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by an interrupted pull
+    return entries, whole

@@ -23,6 +23,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from edge.events.pull_answer import PULLED_MANIFEST, read_pulled
 from trainer.cli.checks import InputError
 
 SITE_FILE = "site.json"
@@ -113,8 +114,8 @@ def labels_line(site: Path) -> str:
 
 
 def pulled(site: Path) -> list[dict]:
-    path = site / "pulled.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """The events pulled into the site, once each (crack-deploy pull's record, read as it reads it)."""
+    return list(read_pulled(site / PULLED_MANIFEST)[0].values())
 
 
 # --- the steps -------------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_suite_parameters_lie_outside_the_training_generators(pairs):
         == synth.generate(np.random.default_rng(0)).image.shape[1]
     )
     # Training cracks take away at least 35 % of the surface's brightness; hairlines take away less.
-    shallowest = min(synth.CRACK_CONTRAST[0], domain.CRACK_DEPTH[0])
+    shallowest = min(synth.CRACK_CONTRAST[0], domain.CRACK_DEPTH[0], domain.HAIRLINE_DEPTH[0])
     assert shallowest > HAIRLINE_MAX_DEPTH
     for free, cracked in pairs["hairlines"]:
         m = cracked.mask.astype(bool)

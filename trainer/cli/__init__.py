@@ -54,6 +54,8 @@ def _train_config(args):
         verbose=1 if sys.stdout.isatty() else 2,
         crop=getattr(args, "crop", None),
         progress_bar=getattr(args, "progress_bar", False),
+        workers=getattr(args, "workers", 1),
+        time_budget_min=getattr(args, "time_budget", None),
     )
 
 
@@ -100,6 +102,9 @@ def cmd_classifier(args) -> int:
     cfg = _train_config(args)
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "classifier", spec, cfg, splits, args)
+    if args.prepare_only:
+        print(f"prepared {run_dir} (no training: --prepare-only)")
+        return 0
     model = build_classifier(spec)
     train_classifier(model, splits.stacked("train"), splits.stacked("val"), cfg, run_dir)
     print(f"classifier trained: {run_dir / 'best.keras'}")
@@ -130,10 +135,15 @@ def cmd_segmenter(args) -> int:
     from trainer.training.train import train_segmenter
 
     base = SEGMENTER_SIZES[args.model_size]
-    spec = SegmenterSpec(size=args.size, base=base.base, depth=base.depth, stem_stride=base.stem_stride)
+    spec = SegmenterSpec(
+        size=args.size, base=base.base, depth=base.depth, stem_stride=base.stem_stride, fine_head=base.fine_head
+    )
     cfg = _train_config(args)
     run_dir = Path(args.out)
     _write_run_meta(run_dir, "segmenter", spec, cfg, splits, args)
+    if args.prepare_only:
+        print(f"prepared {run_dir} (no training: --prepare-only)")
+        return 0
     # Crops need a size-free model for training; the exported one has the device's fixed input size.
     model = build_segmenter(spec, size=None if cfg.crop else spec.size)
     if args.weights:
@@ -296,6 +306,26 @@ def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
         metavar="N",
         help="add N domain-randomised samples made from the training files: rescaled photographs, procedural "
         "cracks 1-30 px wide on real crack-free backgrounds, procedural surfaces, hard negatives (default 0)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="threads preparing training batches (default 1; 2-4 keep an accelerator busy)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="stop after the epoch that would end later than MIN minutes after the start (the best epoch is kept)",
+    )
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="load and split the data and write run.json, splits.json and heldout.npz, then stop: checks the data "
+        "before a long run, and recreates those files beside a checkpoint trained on another host (same options)",
     )
 
 

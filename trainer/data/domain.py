@@ -31,9 +31,13 @@ import numpy as np
 from edge.sources import synth
 from edge.sources.images import read_rgb
 
-HARD_NEGATIVES = ("joint", "grout", "marking", "cable", "shadow", "stain", "leaf", "scratch")
+HARD_NEGATIVES = ("joint", "grout", "marking", "cable", "shadow", "stain", "leaf", "scratch", "sealed")
 SURFACES = ("aggregate", "tiles", *synth.SURFACES)
 CRACK_DEPTH = (0.35, 0.9)  # share of the surface's brightness a rendered crack takes away
+# Hairlines: 1-3 px and shallower than other cracks (bundle 1.1 missed thin low-contrast cracks). Still deeper than
+# the hairline test suite's cracks (trainer.evaluation.suite_frames), which stay outside what training renders.
+HAIRLINE_WIDTH = (1.0, 3.0)
+HAIRLINE_DEPTH = (0.28, 0.5)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class DomainConfig:
     rendered: float = 0.35  # share of procedural cracks on real backgrounds (the rest: procedural surfaces)
     crack_probability: float = 0.7  # rendered / procedural samples holding a crack
     hard_negative_probability: float = 0.6
+    hairline_probability: float = 0.3  # a rendered crack is a shallow 1-3 px hairline
+    part_probability: float = 0.3  # a procedural sample is a manufactured part (edges, holes, the image border)
 
 
 @dataclass
@@ -215,7 +221,12 @@ def draw_crack(rng: np.random.Generator, size: int, width: float) -> tuple[np.nd
 
 
 def render_crack(
-    img: np.ndarray, darkness: np.ndarray, mask: np.ndarray, width: float, rng: np.random.Generator
+    img: np.ndarray,
+    darkness: np.ndarray,
+    mask: np.ndarray,
+    width: float,
+    rng: np.random.Generator,
+    depth_range: tuple[float, float] = CRACK_DEPTH,
 ) -> None:
     """Darken `img` (float32, in place) inside the crack: a darker core, texture kept, a lit rim on one side."""
     if width > 3:
@@ -224,7 +235,7 @@ def render_crack(
         darkness = np.where(mask > 0, 0.35 + 0.65 * profile, 0).astype(np.float32)
     else:
         darkness = cv2.GaussianBlur(darkness, (0, 0), 0.5)
-    depth = rng.uniform(*CRACK_DEPTH)
+    depth = rng.uniform(*depth_range)
     shade = 1.0 - darkness[..., None] * depth
     img *= shade
     if rng.random() < 0.5:  # the far edge catches light
@@ -274,6 +285,11 @@ def hard_negative(rng: np.random.Generator, img: np.ndarray, kind: str) -> None:
         hl = np.zeros_like(layer)
         cv2.polylines(hl, [curve + int(max(1, w // 4))], False, 1.0, max(1, w // 4), cv2.LINE_AA)
         img += (hl * layer)[..., None] * rng.uniform(20, 60)
+    elif kind == "sealed":  # a crack filled with sealant: a smooth dark band of even width over a crack's path
+        path = synth._crack_path(rng, rng.uniform(0, size, 2), rng.uniform(0, 2 * math.pi), size * 1.2, size / 40)
+        cv2.polylines(layer, [path.astype(np.int32)], False, 1.0, int(rng.integers(5, 16)), cv2.LINE_AA)
+        seal = cv2.GaussianBlur(layer, (0, 0), 1.0)[..., None]
+        img[:] = img * (1 - seal) + rng.uniform(15, 60) * seal
     elif kind == "leaf":
         for _ in range(int(rng.integers(1, 4))):
             center = (int(rng.integers(0, size)), int(rng.integers(0, size)))
@@ -308,9 +324,13 @@ def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
 def rendered_sample(
     pool: Pool | None, size: int, rng: np.random.Generator, cfg: DomainConfig, real_background: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A real or procedural surface, maybe with 1-3 rendered cracks, maybe with hard negatives."""
+    """A real or procedural surface or a manufactured part, maybe with 1-3 rendered cracks, maybe with hard
+    negatives."""
+    region = None  # where a crack may run (a part's body); None: anywhere
     if real_background and pool is not None:
         img = _background(pool, size, rng).astype(np.float32)
+    elif rng.random() < cfg.part_probability:
+        img, region = manufactured_part(rng, size)
     else:
         img = procedural_surface(rng, str(rng.choice(SURFACES)), size)
         if rng.random() < 0.3:
@@ -318,14 +338,77 @@ def rendered_sample(
     mask = np.zeros((size, size), np.uint8)
     if rng.random() < cfg.crack_probability:
         for _ in range(int(rng.integers(1, 3))):
-            width = log_uniform(rng, *cfg.crack_width)
+            hairline = rng.random() < cfg.hairline_probability
+            width = rng.uniform(*HAIRLINE_WIDTH) if hairline else log_uniform(rng, *cfg.crack_width)
             darkness, m = draw_crack(rng, size, width)
-            render_crack(img, darkness, m, width, rng)
+            if region is not None:
+                m &= region
+                darkness *= region
+            render_crack(img, darkness, m, width, rng, HAIRLINE_DEPTH if hairline else CRACK_DEPTH)
             mask |= m
-    if rng.random() < cfg.hard_negative_probability:
+    if region is None and rng.random() < cfg.hard_negative_probability:
         for kind in rng.choice(HARD_NEGATIVES, size=int(rng.integers(1, 3)), replace=False):
             hard_negative(rng, img, str(kind))
     return camera(img, rng), mask
+
+
+def manufactured_part(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A part on a fixture or belt: (float32 RGB, uint8 0/1 body where a crack may run).
+
+    Teaches that a part's outline, its bevels and holes, a fixture along the image border and the border itself
+    are not cracks (bundle 1.1 drew them as cracks on production-line parts). Its own shapes and parameters:
+    the part-edge test suite (trainer.evaluation.suite_frames) draws its parts differently.
+    """
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = rng.uniform(5, 120) if rng.random() < 0.7 else rng.uniform(150, 240)
+    img += synth._smooth_noise(rng, size, size, int(rng.integers(8, 64)))[..., None] * rng.uniform(2, 15)
+    body = np.zeros((size, size), np.uint8)
+    outline = np.zeros((size, size), np.float32)
+    holes = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        center = rng.uniform(-0.1, 1.1, 2) * size  # often cut by the image border
+        radius = rng.uniform(0.2, 0.7) * size
+        n = int(rng.integers(4, 10))
+        angles = np.sort(rng.uniform(0, 2 * math.pi, n))
+        radii = radius * rng.uniform(0.7, 1.0, n)
+        pts = (center + np.stack([np.cos(angles) * radii, np.sin(angles) * radii], 1)).astype(np.int32)
+        if rng.random() < 0.3:
+            cv2.ellipse(
+                body,
+                tuple(int(v) for v in center),
+                (int(radius), int(radius * rng.uniform(0.5, 1.0))),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                1,
+                -1,
+            )
+        else:
+            cv2.fillPoly(body, [pts], 1)
+        for _ in range(int(rng.integers(0, 3))):
+            c = tuple(int(v) for v in center + rng.uniform(-0.5, 0.5, 2) * radius)
+            cv2.circle(holes, c, int(rng.uniform(3, 0.15 * size)), 1, -1)
+    body &= 1 - holes
+    level = rng.uniform(60, 230)
+    part = np.empty((size, size, 3), np.float32)
+    part[:] = level + rng.uniform(-15, 15, 3)
+    streaks = synth._smooth_noise(rng, 1, size, int(rng.integers(2, 10)))  # machining marks along one direction
+    part += np.repeat(streaks, size, axis=0)[..., None] * rng.uniform(1, 8)
+    soft = cv2.GaussianBlur(body.astype(np.float32), (0, 0), rng.uniform(0.5, 2.0))  # rounded or sharp edges
+    img = img * (1 - soft[..., None]) + part * soft[..., None]
+    contours, _ = cv2.findContours(body, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(outline, contours, -1, 1.0, int(rng.integers(1, 5)))
+    img += outline[..., None] * rng.choice([-1, 1]) * rng.uniform(15, 70)  # a bevel that catches light or shade
+    if rng.random() < 0.5:  # a fixture, rail or the dark inside of the enclosure along the image border
+        band = int(rng.integers(2, max(3, size // 12)))
+        side = int(rng.integers(0, 4))
+        view = (img[:band], img[-band:], img[:, :band], img[:, -band:])[side]
+        view[:] = rng.uniform(0, 50)
+    if rng.random() < 0.5:  # vignetting
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+        img *= (1 - rng.uniform(0.1, 0.5) * np.clip((xx**2 + yy**2) * 2, 0, 1))[..., None]
+    region = cv2.erode(body, np.ones((5, 5), np.uint8))
+    return img, region
 
 
 def generate(

@@ -49,6 +49,7 @@ SEGMENTER_NAMES = (
     "medium",
     "fast",
     "fast-wide",
+    "fast-fine",
 )  # the keys of trainer.models.architectures.SEGMENTER_SIZES (kept here: no Keras import at CLI start)
 
 

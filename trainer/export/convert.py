@@ -246,7 +246,8 @@ def publish_finetune(run_dir: Path, role: str, out_dir: Path) -> dict:
             (
                 name
                 for name, s in SEGMENTER_SIZES.items()
-                if (s.base, s.depth, s.stem_stride) == (spec["base"], spec["depth"], spec.get("stem_stride", 1))
+                if (s.base, s.depth, s.stem_stride, s.fine_head)
+                == (spec["base"], spec["depth"], spec.get("stem_stride", 1), spec.get("fine_head", 0))
             ),
             None,
         )

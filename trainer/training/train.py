@@ -9,12 +9,13 @@ and `history.json`.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 
 @dataclass(frozen=True)
@@ -30,94 +31,141 @@ class TrainConfig:
     )
     verbose: int = 1  # Keras progress bar
     progress_bar: bool = False  # one bar over the whole run (tqdm) instead of Keras's output per epoch
+    workers: int = 1  # threads preparing batches (augmentation); more on a many-core accelerator host
+    time_budget_min: float | None = None  # stop after the epoch that would overrun it (the best epoch is kept)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Photometric augmentation on float pixels in [0, 255]."""
-    s = tf.random.experimental.stateless_split(seed, 2)
-    image = tf.image.stateless_random_brightness(image, 30.0, s[0])
-    image = tf.image.stateless_random_contrast(image, 0.7, 1.3, s[1])
-    return tf.clip_by_value(image, 0.0, 255.0)
+def _photometric(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per image: brightness +-30 and contrast 0.7-1.3 about its mean; float pixels in [0, 255] (N x H x W x C)."""
+    n = len(images)
+    brightness = rng.uniform(-30.0, 30.0, (n, 1, 1, 1)).astype(np.float32)
+    contrast = rng.uniform(0.7, 1.3, (n, 1, 1, 1)).astype(np.float32)
+    mean = images.mean(axis=(1, 2, 3), keepdims=True) + brightness
+    return np.clip((images + brightness - mean) * contrast + mean, 0.0, 255.0)
 
 
-def _geometric(image: tf.Tensor, mask: tf.Tensor | None, seed: tf.Tensor):
+def _geometric(image: np.ndarray, target: np.ndarray | None, rng: np.random.Generator):
     """The same random flip / 90-degree rotation for an image and (optionally) its mask."""
-    s = tf.random.experimental.stateless_split(seed, 3)
-    k = tf.random.stateless_uniform([], s[0], 0, 4, dtype=tf.int32)
-    flip = tf.random.stateless_uniform([], s[1], 0, 2, dtype=tf.int32)
-    image = tf.image.rot90(image, k)
-    image = tf.cond(flip > 0, lambda: tf.image.flip_left_right(image), lambda: image)
-    if mask is not None:
-        mask = tf.image.rot90(mask, k)
-        mask = tf.cond(flip > 0, lambda: tf.image.flip_left_right(mask), lambda: mask)
-    return image, mask, s[2]
+    k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+    image = np.rot90(image, k)
+    image = image[:, ::-1] if flip else image
+    if target is not None:
+        target = np.rot90(target, k)
+        target = target[:, ::-1] if flip else target
+    return image, target
 
 
-def _random_crop(image: tf.Tensor, mask: tf.Tensor, size: int, seed: tf.Tensor):
+def _random_crop(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator):
     """The same random `size` x `size` window of an image and its mask."""
-    both = tf.concat([image, tf.cast(mask, image.dtype)], axis=-1)
-    both = tf.image.stateless_random_crop(both, [size, size, 4], seed)
-    return both[..., :3], tf.cast(both[..., 3:], mask.dtype)
+    y = int(rng.integers(0, image.shape[0] - size + 1))
+    x = int(rng.integers(0, image.shape[1] - size + 1))
+    return image[y : y + size, x : x + size], mask[y : y + size, x : x + size]
 
 
-def make_dataset(
-    images: np.ndarray, targets: np.ndarray, batch: int, seed: int, training: bool, masks: bool, crop: int | None = None
-) -> tf.data.Dataset:
-    """Batches of (float pixels, float targets); in training shuffled and augmented.
+class Batches(keras.utils.PyDataset):
+    """Batches of (float pixels, float targets[, sample weights]); in training shuffled and augmented.
 
-    `masks`: the targets are HxW masks that must follow the image's flips and rotations
-    (segmenter); otherwise they are per-image labels (classifier).
+    Pure numpy, so the same pipeline feeds every Keras backend (TensorFlow here, JAX or PyTorch on an
+    accelerator host). `masks`: the targets are HxW masks that follow the image's flips, rotations and crops
+    (segmenter); otherwise they are per-image labels (classifier). Augmentation is a function of
+    (seed, epoch, batch), so a run is reproducible.
+    `class_weights`: {label: weight}, returned as sample weights (the classifier's class balance).
     """
-    targets = targets[..., None].astype(np.float32) if masks else targets.astype(np.float32)[:, None]
-    ds = tf.data.Dataset.from_tensor_slices((images, targets))
-    if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), seed]))
-        ds = tf.data.Dataset.zip((ds, counter))
 
-        def augment(pair, sample_seed):
-            image, target = pair
-            image, moved, photometric_seed = _geometric(
-                tf.cast(image, tf.float32), target if masks else None, sample_seed
-            )
-            if crop:
-                image, moved = _random_crop(image, moved, crop, photometric_seed)
-            return _augment_image(image, photometric_seed), moved if masks else target
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        batch: int,
+        seed: int,
+        training: bool,
+        masks: bool,
+        crop: int | None = None,
+        steps: int | None = None,
+        class_weights: dict[int, float] | None = None,
+        workers: int = 1,
+    ):
+        # Threads, not processes: the augmentation is numpy, which releases the GIL in its inner loops.
+        super().__init__(workers=workers, use_multiprocessing=False)
+        self.images = images
+        self.targets = targets[..., None].astype(np.float32) if masks else targets.astype(np.float32)[:, None]
+        self.batch, self.seed, self.training, self.masks, self.crop = batch, seed, training, masks, crop
+        self.class_weights = class_weights
+        self.passes = int(np.ceil(len(images) / batch))
+        self.steps = steps or self.passes
+        self.epoch = 0
+        self._order = self._shuffled(0)
 
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda image, target: (tf.cast(image, tf.float32), target))
-    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+    def _shuffled(self, epoch: int) -> np.ndarray:
+        if not self.training:
+            return np.arange(len(self.images))
+        # Enough shuffled passes for a fixed number of steps per epoch (an "epoch" may be shorter than one pass).
+        rng = np.random.default_rng([self.seed, epoch])
+        n_pass = int(np.ceil(self.steps * self.batch / len(self.images)))
+        return np.concatenate([rng.permutation(len(self.images)) for _ in range(n_pass)])
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._order = self._shuffled(self.epoch)
+
+    def __getitem__(self, index: int):
+        picked = self._order[index * self.batch : (index + 1) * self.batch]
+        if not self.training:
+            return self._with_weights(self.images[picked].astype(np.float32), self.targets[picked])
+        # One generator per batch, drawn from (seed, epoch, batch): reproducible, and cheap to make.
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        xs, ys = [], []
+        for i in picked:  # flips, rotations and crops are views of the uint8 pixels: copied once, by the stack
+            image, target = self.images[i], self.targets[i]
+            image, moved = _geometric(image, target if self.masks else None, rng)
+            if self.masks:
+                target = moved
+                if self.crop:
+                    image, target = _random_crop(image, target, self.crop, rng)
+            xs.append(image)
+            ys.append(target)
+        return self._with_weights(_photometric(np.stack(xs).astype(np.float32), rng), np.stack(ys))
+
+    def _with_weights(self, x: np.ndarray, y: np.ndarray):
+        if self.class_weights is None:
+            return x, y
+        w = np.where(y[:, 0] > 0.5, self.class_weights[1], self.class_weights[0]).astype(np.float32)
+        return x, y, w
+
+
+def _flat(t):
+    return ops.reshape(t, (ops.shape(t)[0], -1))
 
 
 @keras.saving.register_keras_serializable(package="crackd")
 def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
-    y_true = tf.reshape(y_true, [tf.shape(y_true)[0], -1])
-    y_pred = tf.reshape(y_pred, [tf.shape(y_pred)[0], -1])
-    inter = tf.reduce_sum(y_true * y_pred, axis=1)
-    return tf.reduce_mean((2.0 * inter + smooth) / (tf.reduce_sum(y_true, 1) + tf.reduce_sum(y_pred, 1) + smooth))
+    y_true, y_pred = _flat(y_true), _flat(y_pred)
+    inter = ops.sum(y_true * y_pred, axis=1)
+    return ops.mean((2.0 * inter + smooth) / (ops.sum(y_true, 1) + ops.sum(y_pred, 1) + smooth))
 
 
 @keras.saving.register_keras_serializable(package="crackd")
 def bce_dice_loss(y_true, y_pred):
     """Binary cross-entropy (pixel-wise calibration) + soft Dice (robust to 1-5 % crack pixels)."""
     bce = keras.losses.binary_crossentropy(y_true, y_pred)
-    return tf.reduce_mean(bce) + (1.0 - dice_coefficient(y_true, y_pred))
+    return ops.mean(bce) + (1.0 - dice_coefficient(y_true, y_pred))
 
 
 @keras.saving.register_keras_serializable(package="crackd")
 def bce_tversky_loss(y_true, y_pred, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0):
     """BCE + Tversky: false negatives weigh `beta`, false positives `alpha` (recall-leaning for thin structures)."""
-    t = tf.reshape(y_true, [tf.shape(y_true)[0], -1])
-    p = tf.reshape(y_pred, [tf.shape(y_pred)[0], -1])
-    tp = tf.reduce_sum(t * p, 1)
-    fn = tf.reduce_sum(t * (1 - p), 1)
-    fp = tf.reduce_sum((1 - t) * p, 1)
+    t, p = _flat(y_true), _flat(y_pred)
+    tp = ops.sum(t * p, 1)
+    fn = ops.sum(t * (1 - p), 1)
+    fp = ops.sum((1 - t) * p, 1)
     tversky = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
-    return tf.reduce_mean(keras.losses.binary_crossentropy(y_true, y_pred)) + (1.0 - tf.reduce_mean(tversky))
+    return ops.mean(keras.losses.binary_crossentropy(y_true, y_pred)) + (1.0 - ops.mean(tversky))
 
 
 SEGMENTER_LOSSES = {"bce_dice": bce_dice_loss, "bce_tversky": bce_tversky_loss}
@@ -131,8 +179,43 @@ def _callbacks(run_dir: Path, cfg: TrainConfig, monitor: str, mode: str) -> list
         keras.callbacks.ModelCheckpoint(str(run_dir / "last.keras")),
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience, restore_best_weights=False),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0),
+        *_tensorboard(run_dir),
     ]
+
+
+def _tensorboard(run_dir: Path) -> list:
+    """TensorBoard logs where TensorFlow is installed (Keras writes them with tf.summary); on a JAX or PyTorch
+    training host log.csv and history.json hold the same curves."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return []
+    return [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training, cleanly after an epoch, when another epoch would not end within `minutes` of the start."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.start = self.epoch_start = 0.0
+        self.stopped_after: int | None = None
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        # The first epoch's length includes compiling the model, so it does not predict the next one's.
+        next_epoch = now - self.epoch_start if epoch > 0 else 0.0
+        if now - self.start + next_epoch > self.seconds:
+            self.stopped_after = epoch + 1
+            self.model.stop_training = True
+            print(f"time budget of {self.seconds / 60:.0f} min: stopped after epoch {epoch + 1}", flush=True)
 
 
 class RunProgress(keras.callbacks.Callback):
@@ -176,11 +259,12 @@ def _fit(
     model, train_ds, val_ds, cfg: TrainConfig, run_dir: Path, steps: int, monitor: str, mode: str, extra_callbacks=()
 ):
     bar = [RunProgress(cfg.epochs, steps, monitor)] if cfg.progress_bar else []
+    if cfg.time_budget_min:
+        bar.append(TimeBudget(cfg.time_budget_min))
     history = model.fit(
-        train_ds.repeat() if cfg.steps_per_epoch else train_ds,
+        train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
-        steps_per_epoch=cfg.steps_per_epoch,
         callbacks=_callbacks(run_dir, cfg, monitor, mode) + bar + list(extra_callbacks),
         verbose=0 if cfg.progress_bar else cfg.verbose,
     )
@@ -191,6 +275,13 @@ def _fit(
         json.dumps({k: [float(v) for v in vals] for k, vals in history.history.items()}, indent=1)
     )
     return model
+
+
+def _batches(images, targets, cfg: TrainConfig, training: bool, masks: bool, **kwargs) -> Batches:
+    steps = cfg.steps_per_epoch if training else None
+    return Batches(
+        images, targets, cfg.batch_size, cfg.seed, training, masks, steps=steps, workers=cfg.workers, **kwargs
+    )
 
 
 def train_classifier(
@@ -212,11 +303,10 @@ def train_classifier(
         loss="binary_crossentropy",
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )
-    train_ds = make_dataset(x, y, cfg.batch_size, cfg.seed, training=True, masks=False)
-    val_ds = make_dataset(*val, cfg.batch_size, cfg.seed, training=False, masks=False)
-    # Keras `class_weight` does not combine with repeated datasets of unknown length, so weight via the loss:
+    # Keras `class_weight` does not reach a PyDataset's batches, so the balance travels as sample weights:
     weights = {0: len(y) / (2.0 * neg), 1: len(y) / (2.0 * pos)}
-    train_ds = train_ds.map(lambda img, lab: (img, lab, tf.where(lab[:, 0] > 0.5, weights[1], weights[0])))
+    train_ds = _batches(x, y, cfg, training=True, masks=False, class_weights=weights)
+    val_ds = _batches(*val, cfg, training=False, masks=False)
     return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_loss", "min", extra_callbacks)
 
 
@@ -236,6 +326,6 @@ def train_segmenter(
     model.compile(
         optimizer=keras.optimizers.Adam(_schedule(cfg, steps)), loss=SEGMENTER_LOSSES[loss], metrics=[dice_coefficient]
     )
-    train_ds = make_dataset(x, m, cfg.batch_size, cfg.seed, training=True, masks=True, crop=cfg.crop)
-    val_ds = make_dataset(*val, cfg.batch_size, cfg.seed, training=False, masks=True)
+    train_ds = _batches(x, m, cfg, training=True, masks=True, crop=cfg.crop)
+    val_ds = _batches(*val, cfg, training=False, masks=True)
     return _fit(model, train_ds, val_ds, cfg, run_dir, steps, "val_dice_coefficient", "max", extra_callbacks)

@@ -184,14 +184,17 @@ def _timed_loop(cascade, frames: list[np.ndarray], n: int, warmup: int) -> tuple
     return stages, segmented, time.perf_counter() - t_start
 
 
-def _reference_report(reference, before, after, stages_ms: dict, no_crack_ms: dict) -> dict:
-    """The reference's medians and every stage / frame median as a multiple of it (before and after runs pooled)."""
+def _reference_report(reference, before, after, stages_ms: dict, no_crack_ms: dict, stream: dict | None = None) -> dict:
+    """The reference's medians and every stage / frame median as a multiple of it (before and after runs pooled);
+    a stream of real frames by its mean (a stream's cost is its average frame)."""
     from edge.engine.reference_timing import ReferenceTiming, relative_to
 
     pooled = ReferenceTiming(before.times_ms + after.times_ms)
     medians = {k: v["median"] for k, v in stages_ms.items()}
     medians["crack_frame"] = stages_ms["total"]["median"]
     medians["no_crack_frame"] = no_crack_ms["median"]
+    if stream is not None:
+        medians["stream_mean"] = stream["mean_ms"]
     return {
         "reference": {
             "path": str(reference.path),
@@ -203,6 +206,48 @@ def _reference_report(reference, before, after, stages_ms: dict, no_crack_ms: di
             "after": after.as_dict(),
         },
         "relative_to_reference": relative_to(pooled.median_ms, medians),
+    }
+
+
+def _stream_frames(folder: Path, width: int, height: int, limit: int = 100) -> list[np.ndarray]:
+    """Up to `limit` photographs of a folder (sorted, evenly spaced), each resized to the bench's frame size."""
+    import cv2
+
+    files = image_files(folder)
+    if not files:
+        raise ValueError(f"--stream {folder}: no images there (expected a folder of .jpg/.png photographs)")
+    picked = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(limit, len(files))).round()]
+    frames = []
+    for path in picked:
+        rgb = read_rgb(path)
+        if rgb is not None:
+            frames.append(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR))
+    if not frames:
+        raise ValueError(f"--stream {folder}: none of its images could be read")
+    return frames
+
+
+def _stream_report(cascade, folder: Path, frames: list[np.ndarray], n: int, warmup: int) -> dict:
+    """Real frames through the bundle's own decision (segmenter on a classifier crack only): what a stream costs."""
+    from edge.engine.cascade import Cascade
+
+    gated = Cascade(
+        cascade.bundle,
+        segment="on-crack",
+        threshold=cascade.threshold,
+        mm_per_pixel=cascade.mm_per_pixel,
+        tiling=cascade.tiling,
+        cracks=cascade.cracks,
+    )
+    stages, segmented, _wall = _timed_loop(gated, frames, n, min(warmup, 5))
+    total = stages["total"]
+    return {
+        "folder": str(folder),
+        "distinct_frames": len(frames),
+        "frames": n,
+        "segmented_share": segmented / n,
+        "mean_ms": float(np.mean(total)),
+        **_percentiles(total),
     }
 
 
@@ -221,6 +266,10 @@ def cmd_bench(args) -> int:
         return fail(f"error: --warmup {args.warmup} / --reference-runs {args.reference_runs}: expected >= 0 / >= 1")
     if args.reference and not Path(args.reference).is_file():
         return fail(f"error: {args.reference}: no such reference model file")
+    try:
+        streamed = _stream_frames(Path(args.stream), width, height) if args.stream else None
+    except (OSError, ValueError) as exc:
+        return fail(f"error: {exc}")
     rng = np.random.default_rng(args.seed)
     first = generate(rng, height, width, crack_probability=1.0).image
     try:
@@ -242,6 +291,7 @@ def cmd_bench(args) -> int:
     # A frame without a crack: the same frames with the segmenter off (preprocess + classifier).
     no_crack = Cascade(cascade.bundle, segment="never", threshold=cascade.threshold)
     no_crack_stages, _, _ = _timed_loop(no_crack, frames, args.frames, min(args.warmup, 5))
+    stream = _stream_report(cascade, Path(args.stream), streamed, args.frames, args.warmup) if streamed else None
     ref_after = reference.time(args.reference_runs) if reference else None
     model_ms = sum(stages["classify"]) + sum(stages["segment"])
     report = {
@@ -259,9 +309,13 @@ def cmd_bench(args) -> int:
         "peak_rss_mb": peak_rss_mb(),
         "cold_start_s": cold_start,
     }
+    if stream is not None:
+        report["stream"] = stream
     if reference:
         report.update(
-            _reference_report(reference, ref_before, ref_after, report["stages_ms"], report["no_crack_frame_ms"])
+            _reference_report(
+                reference, ref_before, ref_after, report["stages_ms"], report["no_crack_frame_ms"], stream
+            )
         )
     if args.json:
         print_json(report, indent=1)
@@ -294,6 +348,13 @@ def _print_bench(report: dict, threads: int) -> None:
         print(
             f"crack frame          {ratios['crack_frame']:.3f} x "
             f"reference   no-crack frame {ratios['no_crack_frame']:.3f} x reference"
+        )
+    if "stream" in report:
+        stream = report["stream"]
+        ratio = f", {ratios['stream_mean']:.3f} x reference" if ratios else ""
+        print(
+            f"stream of {stream['distinct_frames']} real frames ({Path(stream['folder']).name}): mean "
+            f"{stream['mean_ms']:.3f} ms{ratio}, {stream['segmented_share']:.1%} segmented (the bundle's gate)"
         )
     print(f"throughput           {report['fps']:.1f} frames/s")
     print(f"pipeline efficiency  {report['pipeline_efficiency']:.3f}  (time inside the models / end-to-end)")
@@ -370,6 +431,13 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
     p.add_argument("--size", default="640x480", metavar="WxH", help="frame size (default 640x480)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic cracked frames (default 0)")
+    p.add_argument(
+        "--stream",
+        metavar="DIR",
+        default=None,
+        help="also time a stream of real photographs from DIR (e.g. crack-free surfaces), resized to --size, through "
+        "the bundle's own decision (segmenter only on a classifier crack): its mean frame cost and segmented share",
+    )
     p.add_argument(
         "--reference",
         metavar="MODEL.tflite",

@@ -251,3 +251,28 @@ def test_native_stderr_written_during_a_model_load_gets_through_without_the_noti
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert out.stderr == "ERROR: a real problem\nWARNING: another\n" + XNNPACK_NOTICE.decode()
+
+
+def test_bench_times_a_stream_of_real_frames_through_the_bundles_gate(tmp_path):
+    folder = tmp_path / "surfaces"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(3):  # two crack-free surfaces and one cracked frame, at other sizes than the bench's
+        frame = generate(rng, 90 + 10 * i, 120, crack_probability=1.0 if i == 2 else 0.0).image
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("not an image")
+    out = crackd(
+        "bench", "--frames", "6", "--warmup", "0", "--size", "160x120", "--stream", str(folder),
+        "--reference", str(SMALL_REFERENCE), "--reference-runs", "2", "--json", check=True,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    stream = report["stream"]
+    assert stream["distinct_frames"] == 3 and stream["frames"] == 6 and 0.0 <= stream["segmented_share"] <= 1.0
+    assert report["relative_to_reference"]["stream_mean"] == pytest.approx(
+        stream["mean_ms"] / report["reference"]["median_ms"], rel=1e-9
+    )
+
+
+def test_bench_stream_of_an_empty_folder_is_one_line_and_exit_2(tmp_path):
+    out = crackd("bench", "--frames", "2", "--stream", str(tmp_path))
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "no images there" in out.stderr

@@ -4,6 +4,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 
 from trainer.cli.export import chosen_thresholds
 from trainer.evaluation.crossval import choose_gate, gate_curve, render
@@ -89,3 +90,22 @@ def test_export_takes_the_gate_threshold_from_crossval_with_its_source(tmp_path)
     # A crossval.json from before the gate: no gate, as before.
     cv.write_text(json.dumps({"classifier_threshold": 0.4}))
     assert chosen_thresholds(_export_args(crossval=str(cv))).gate is None
+
+
+def test_crossval_against_a_previous_bundle_tabulates_deltas_at_each_ones_threshold():
+    from trainer.evaluation.crossval import loo_deltas, render_deltas
+
+    def seg(f1_at_04: float, f1_at_06: float) -> dict:
+        curve = [
+            {"threshold": t, "tolerant_f1": f, "tolerant_precision": f, "tolerant_recall": f, "dice": f}
+            for t, f in ((0.4, f1_at_04), (0.6, f1_at_06))
+        ]
+        return {"heldout": "sut_seg", "scales": {"model scale": {"curve": curve}}}
+
+    now = {"segmenter": [seg(0.80, 0.70)], "segmenter_threshold": 0.4}
+    before = {"segmenter": [seg(0.50, 0.75)], "segmenter_threshold": 0.6}  # its own threshold: 0.75
+    deltas = loo_deltas(now, before, "bundle 1.1.0")
+    f1 = next(r for r in deltas["rows"] if r["metric"] == "tolerant_f1")
+    assert (f1["this"], f1["previous"]) == (0.80, 0.75) and f1["delta"] == pytest.approx(0.05)
+    table = "\n".join(render_deltas(deltas, "##"))
+    assert "Against bundle 1.1.0" in table and "| segmenter | sut_seg | tolerant f1 | 0.800 | 0.750 | +0.050 |" in table

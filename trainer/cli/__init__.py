@@ -177,6 +177,7 @@ def cmd_crossval(args) -> int:
         Path(args.out),
         classifier_tflite=Path(args.classifier_tflite) if args.classifier_tflite else None,
         gate_recall=args.gate_recall,
+        previous=Path(args.compare_with) if args.compare_with else None,
     )
     if args.bundle and args.suite_frames:  # beside leave-one-out: the bundle on the procedural test suites
         from trainer.cli.evaluate import suites_section

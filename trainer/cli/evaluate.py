@@ -87,7 +87,8 @@ def add_suite_args(p, frames: int, can_skip: bool = True) -> None:
         "--compare-with",
         default=None,
         metavar="BUNDLE",
-        help="a previous bundle scored on the same suite frames: the report gets a table of deltas",
+        help="a previous bundle scored on the same suite frames (crossval: also its crossval.json's leave-one-out "
+        "figures against these): the report gets tables of deltas",
     )
     p.add_argument(
         "--negatives",

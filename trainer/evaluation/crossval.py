@@ -242,6 +242,42 @@ def curve_plot(results: list[dict], threshold: float, path: Path) -> Path:
     return report_plots._save(fig, path)
 
 
+def loo_deltas(report: dict, previous: dict, previous_name: str) -> dict:
+    """This cross-validation against a previous bundle's (its crossval.json), per held-out source present in both:
+    the segmenter's tolerant F1, precision and recall at each report's own chosen threshold (model scale), and the
+    classifier's F1 and balanced accuracy at each one's threshold, per held-out set."""
+    rows: list[dict] = []
+
+    def segmenter_rows(r: dict) -> dict:
+        t = r["segmenter_threshold"]
+        return {s["heldout"]: at(s["scales"]["model scale"]["curve"], t) for s in r.get("segmenter", [])}
+
+    def classifier_rows(r: dict) -> dict:
+        t = r["classifier_threshold"]
+        return {name: at(s["curve"], t) for c in r.get("classifier", []) for name, s in c["sets"].items()}
+
+    for model, rows_of, metrics in (
+        ("segmenter", segmenter_rows, ("tolerant_f1", "tolerant_precision", "tolerant_recall")),
+        ("classifier", classifier_rows, ("f1", "balanced_accuracy", "recall")),
+    ):
+        if not report.get(model) or not previous.get(model):
+            continue
+        now, before = rows_of(report), rows_of(previous)
+        for source in sorted(set(now) & set(before)):
+            for metric in metrics:
+                rows.append(
+                    {
+                        "model": model,
+                        "heldout": source,
+                        "metric": metric,
+                        "this": now[source][metric],
+                        "previous": before[source][metric],
+                        "delta": now[source][metric] - before[source][metric],
+                    }
+                )
+    return {"previous": previous_name, "rows": rows}
+
+
 def run_crossval(
     segmenter_runs: list[Path],
     classifier_runs: list[Path],
@@ -249,6 +285,7 @@ def run_crossval(
     progress=print,
     classifier_tflite: Path | None = None,
     gate_recall: float = GATE_RECALL,
+    previous: Path | None = None,
 ) -> dict:
     """Score every leave-one-out run; write crossval.json, CROSSVAL.md and plots into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +318,9 @@ def run_crossval(
         report["classifier_gate"] = gate
         if gate["threshold"] is not None:
             report["classifier_gate_threshold"] = gate["threshold"]  # what `crack-train export --crossval` reads
+    if previous is not None and (previous / "crossval.json").is_file():
+        earlier = json.loads((previous / "crossval.json").read_text())
+        report["compare_with"] = loo_deltas(report, earlier, _bundle_name(previous))
     (out_dir / "crossval.json").write_text(json.dumps(report, indent=1))
     (out_dir / "CROSSVAL.md").write_text(render(report))
     return report
@@ -351,7 +391,34 @@ def render(report: dict, heading: str = "#") -> str:
         lines.append("")
         if report.get("classifier_gate"):
             lines += render_gate(report["classifier_gate"], sub)
+    if report.get("compare_with"):
+        lines += render_deltas(report["compare_with"], sub)
     return "\n".join(lines)
+
+
+def _bundle_name(bundle: Path) -> str:
+    try:
+        return "bundle " + json.loads((bundle / "manifest.json").read_text())["bundle_version"]
+    except (OSError, ValueError, KeyError):
+        return str(bundle)
+
+
+def render_deltas(deltas: dict, sub: str) -> list[str]:
+    """The table of deltas against a previous bundle's cross-validation (positive = better, for every metric)."""
+    lines = [
+        f"{sub} Against {deltas['previous']}",
+        "",
+        "The same held-out sources, each model at its own chosen threshold (model scale).",
+        "",
+        "| model | held-out | figure | this | previous | delta |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['heldout']} | {r['metric'].replace('_', ' ')} | {r['this']:.3f} | "
+        f"{r['previous']:.3f} | {r['delta']:+.3f} |"
+        for r in deltas["rows"]
+    ]
+    return [*lines, ""]
 
 
 def _share(value: float | None) -> str:

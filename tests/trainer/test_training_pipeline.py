@@ -3,6 +3,7 @@ manufactured parts as negatives, and `--prepare-only`."""
 
 import json
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -86,11 +87,23 @@ def test_manufactured_parts_keep_cracks_on_the_part_and_edges_out_of_the_mask():
         assert not (mask & (1 - region)).any(), "a crack pixel outside the part's body"
 
 
-def test_hairlines_are_rendered_but_stay_deeper_than_the_test_suites_hairlines():
-    from trainer.evaluation.suite_frames import HAIRLINE_MAX_DEPTH
+def test_hairline_samples_are_thin_shallow_cracks_with_exact_masks():
+    cfg = domain.DomainConfig(part_probability=0.0, crack_probability=1.0, hard_negative_probability=0.0,
+                              hairline_probability=1.0)  # fmt: skip
+    widths = []
+    for seed in range(8):
+        _image, mask = domain.rendered_sample(None, 96, np.random.default_rng(seed), cfg, real_background=False)
+        assert mask.any()
+        # A hairline mask is thin: eroding it by a 3x3 cross leaves almost nothing of a 1-3 px line.
+        widths.append(cv2.erode(mask, np.ones((3, 3), np.uint8)).sum() / mask.sum())
+    assert np.mean(widths) < 0.35
 
-    assert domain.HAIRLINE_DEPTH[0] > HAIRLINE_MAX_DEPTH
-    assert domain.HAIRLINE_WIDTH == (1.0, 3.0)
+
+def test_the_hard_preset_weighs_parts_hairlines_and_look_alikes_more():
+    hard, default = domain.DOMAIN_PRESETS["hard"], domain.DOMAIN_PRESETS["default"]
+    assert hard.part_probability > default.part_probability
+    assert hard.hairline_probability > default.hairline_probability
+    assert hard.hard_negative_probability > default.hard_negative_probability
 
 
 @pytest.mark.parametrize("kind", ["segmenter", "classifier"])

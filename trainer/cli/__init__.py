@@ -94,6 +94,7 @@ def cmd_classifier(args) -> int:
         progress=_progress,
         n_domain=args.domain,
         strict=args.strict_data,
+        domain_preset=args.domain_preset,
     )
     from trainer.models.architectures import ClassifierSpec, build_classifier
     from trainer.training.train import train_classifier
@@ -130,6 +131,7 @@ def cmd_segmenter(args) -> int:
         holdout=args.holdout,
         n_domain=args.domain,
         strict=args.strict_data,
+        domain_preset=args.domain_preset,
     )
     from trainer.models.architectures import SEGMENTER_SIZES, SegmenterSpec, build_segmenter
     from trainer.training.train import train_segmenter
@@ -307,6 +309,13 @@ def _add_training_args(p, epochs: int, batch: int, lr: float) -> None:
         metavar="N",
         help="add N domain-randomised samples made from the training files: rescaled photographs, procedural "
         "cracks 1-30 px wide on real crack-free backgrounds, procedural surfaces, hard negatives (default 0)",
+    )
+    p.add_argument(
+        "--domain-preset",
+        choices=("default", "hard"),
+        default="default",
+        help="the mix of --domain samples: default (bundle 1.1's), or hard: more manufactured parts and tile gaps, "
+        "hairlines and look-alikes (markings, joints, sealed cracks), for a fine-tuning pass",
     )
     p.add_argument(
         "--workers",

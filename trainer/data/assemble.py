@@ -96,6 +96,7 @@ def classifier_splits(
     progress=None,
     n_domain: int = 0,
     strict: bool = False,
+    domain_preset: str = "default",
 ) -> Splits:
     """Classification sets; segmentation folders contribute crack/no-crack patches.
 
@@ -144,7 +145,7 @@ def classifier_splits(
     _require_training_images(sp)
     if n_domain:
         # A crack of >= 0.25 % of the frame is "crack" (the whole-image rule of segmentation folders is 0.1 %).
-        _add_domain_samples(sp, n_domain, size, seed, progress, label_min_pixels=max(4, int(0.0025 * size * size)))
+        _add_domain_samples(sp, n_domain, size, seed, progress, max(4, int(0.0025 * size * size)), domain_preset)
     return sp
 
 
@@ -160,6 +161,7 @@ def segmenter_splits(
     holdout: Collection[str] = (),
     n_domain: int = 0,
     strict: bool = False,
+    domain_preset: str = "default",
 ) -> Splits:
     """Segmentation sets; a classification folder contributes its crack-free images as empty masks.
 
@@ -210,7 +212,7 @@ def segmenter_splits(
         raise DatasetError("no training data: give at least one --data folder or --synth N")
     _require_training_images(sp)
     if n_domain:
-        _add_domain_samples(sp, n_domain, size, seed, progress, label_min_pixels=None)
+        _add_domain_samples(sp, n_domain, size, seed, progress, None, domain_preset)
     return sp
 
 
@@ -242,12 +244,14 @@ def training_pool(sp: Splits):
     return domain.load_pool(sorted(pairs), sorted(set(sp.crack_free)))
 
 
-def _add_domain_samples(sp: Splits, n: int, size: int, seed: int, progress, label_min_pixels: int | None) -> None:
+def _add_domain_samples(
+    sp: Splits, n: int, size: int, seed: int, progress, label_min_pixels: int | None, preset: str = "default"
+) -> None:
     """Append `n` domain-randomised samples (90 % train, 10 % val): masks, or labels when `label_min_pixels` is set."""
     from trainer.data import domain
 
     pool = training_pool(sp)
-    images, masks = domain.generate(pool, n, size, seed + 3000, progress=progress)
+    images, masks = domain.generate(pool, n, size, seed + 3000, domain.DOMAIN_PRESETS[preset], progress=progress)
     targets = (
         masks if label_min_pixels is None else (masks.reshape(n, -1).sum(axis=1) >= label_min_pixels).astype(np.int32)
     )
@@ -256,7 +260,9 @@ def _add_domain_samples(sp: Splits, n: int, size: int, seed: int, progress, labe
     sp.val.append((images[va], targets[va]))
     sp.reports.append(
         LoadReport(
-            f"domain randomisation ({len(pool.images)} photographs, {len(pool.backgrounds)} backgrounds)", loaded=n
+            f"domain randomisation{'' if preset == 'default' else f' ({preset} preset)'} "
+            f"({len(pool.images)} photographs, {len(pool.backgrounds)} backgrounds)",
+            loaded=n,
         )
     )
 

@@ -11,9 +11,10 @@ Three suites, each a sequence of *pairs*: frame 2k is crack-free, frame 2k+1 is 
 
 Disjoint from training by construction: every frame draws from ``SeedSequence(SUITE_ENTROPY, spawn_key=(suite,
 pair, part))``, while the training generators (``edge.sources.synth``, ``trainer.data.domain``) draw from
-``default_rng(int)`` (an empty spawn key), and the suites' frames are not square (training samples are) and their
-hairlines are shallower than any crack training renders (`HAIRLINE_MAX_DEPTH`). Masks are exact: a crack darkens
-exactly the pixels its mask marks, after the scene's blur and with the twin's sensor noise.
+``default_rng(int)`` (an empty spawn key); the suites' frames are not square (training samples are), their scenes
+come from this module's own generators, and their hairlines are shallower than any training crack except training's
+own hairlines (`HAIRLINE_MAX_DEPTH`; bundle 1.2 trains on shallow hairlines drawn by trainer.data.domain). Masks are
+exact: a crack darkens exactly the pixels its mask marks, after the scene's blur and with the twin's sensor noise.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ FRAME_SIZES = {"part_edges": (240, 320), "hairlines": (192, 256), "markings": (2
 HAIRLINE_WIDTHS = (1, 2, 3)  # px
 HAIRLINE_CONTRAST = (5.0, 20.0)  # grey levels darker than the surface
 HAIRLINE_MIN_SURFACE = 75.0  # surfaces are brightened to this mean, so 20 levels stay a shallow crack
-HAIRLINE_MAX_DEPTH = HAIRLINE_CONTRAST[1] / HAIRLINE_MIN_SURFACE  # relative darkening, below training's minimum
+HAIRLINE_MAX_DEPTH = HAIRLINE_CONTRAST[1] / HAIRLINE_MIN_SURFACE  # relative darkening, below other cracks' minimum
 MIN_CRACK_PIXELS = 40  # a cracked twin whose crack ends up smaller is drawn again
 
 

@@ -107,6 +107,15 @@ def test_a_site_is_pulled_labelled_adapted_and_pushed_and_the_device_serves_it(s
         version = version_of(bundle)
         assert version.startswith(f"0.0.1-base-{name}-") and f"site bundle: {bundle}" in out
         assert "trained on 6 labelled frames" in out
+        # The base published classifier.keras beside segmenter.keras: adapted too, its gate chosen and exported.
+        (cls_run,) = (site / "runs").glob("adapt-*/classifier")
+        cls_report = json.loads((cls_run / "adapt.json").read_text())
+        gate = cls_report["classifier"]["gate_threshold"]
+        assert f"classifier on {cls_report['images']['held_out']} held-out site images" in out
+        assert f"classifier gate {gate}," in out
+        site_classifier = json.loads((bundle / "manifest.json").read_text())["models"]["classifier"]
+        base_classifier = json.loads((base / "manifest.json").read_text())["models"]["classifier"]
+        assert site_classifier["gate_threshold"] == gate and site_classifier["sha256"] != base_classifier["sha256"]
 
         out = site_step("push", name, *where, "--timeout", "30", "--settle", "1", "--who", "tester@bench")
         assert f"bundle {version} ({bundle}) to {HOST}: every device serves it" in out

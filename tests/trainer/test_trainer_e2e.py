@@ -283,3 +283,52 @@ def test_a_site_adapts_the_segmenter_and_exports_it_beside_the_kept_classifier(t
     capfd.readouterr()
     assert export("adapted", "bundle-refused", "--segmenter-threshold", "0.99") == 2
     assert "worse than its base" in capfd.readouterr().err and not (toy_runs / "bundle-refused").exists()
+
+
+def test_adapt_chooses_the_classifier_gate_on_the_held_out_site_images_and_export_records_it(
+    toy_runs, toy_bundle, capfd
+):
+    """A classifier adapted to a site holds out the images a segmenter adapted there holds out, chooses its gate on
+    their samples (recall >= 0.98 of the cracked ones, as crossval does) and export writes it as gate_threshold."""
+    import keras
+
+    from trainer.data.assemble import image_parts, source_image
+    from trainer.data.datasets import segmentation_pairs
+    from trainer.evaluation.classifier_adaptation import heldout_samples
+
+    site, run = toy_runs / "line-9", toy_runs / "adapted-cls"
+    crack_train("synth", "--out", str(site), "--n", "20", "--size", "64", "--seed", "11")
+    capfd.readouterr()
+    crack_train(
+        "adapt", "--base", str(toy_runs / "finetune" / "classifier.keras"), "--data", str(site), "--out", str(run),
+        "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--domain", "8",
+    )  # fmt: skip
+    said = capfd.readouterr().out
+    report = json.loads((run / "adapt.json").read_text())
+    c = report["classifier"]
+    images = [str(p) for p, _ in segmentation_pairs(site)]
+    parts = image_parts(images, 0)  # the segmenter's split of the site (adapt's default seed 0)
+    heldout = sorted(p for p in images if parts[p] != "train")
+    assert sorted(f"line-9/{p.split('/')[-1]}" for p in heldout) == sorted(report["images"]["held_out_files"])
+    trained = {source_image(p) for files in json.loads((run / "splits.json").read_text())["files"].values()
+               for p in files.get("train", [])}  # fmt: skip
+    assert trained and not trained & set(heldout)  # no patch of a held-out image was trained on
+    x, y = heldout_samples(heldout, 32, 0, 8)
+    assert c["samples"] == len(y) and c["cracked"] == int(y.sum()) > 0
+    scores = keras.models.load_model(run / "best.keras", compile=False).predict(x.astype("float32"), verbose=0)[:, 0]
+    assert c["after"]["met"] and (scores[y == 1] >= c["gate_threshold"]).mean() >= 0.98
+    assert c["after"]["recall"] >= 0.98 and c["before"]["gate_threshold"] is not None
+    assert f"gate threshold {c['gate_threshold']:.2f} chosen on them" in said and "balanced accuracy" in said
+    assert "## Classifier gate" in (run / "ADAPT.md").read_text()
+
+    from trainer.cli import main
+
+    out = toy_runs / "bundle-site-cls"
+    assert main(["export", "--classifier", str(run), "--keep-from", str(toy_bundle), "--out", str(out),
+                 "--version", "0.0.2-site", "--tolerance", "1.0", "--calibration-images", "8"]) == 0  # fmt: skip
+    classifier = json.loads((out / "manifest.json").read_text())["models"]["classifier"]
+    assert classifier["gate_threshold"] == c["gate_threshold"]  # the base bundle had 0.2
+    assert "held-out labels" in classifier["metrics"]["gate_threshold_source"]
+    assert (
+        f"classifier: gate threshold {c['gate_threshold']:.2f} (chosen by crack-train adapt" in capfd.readouterr().out
+    )

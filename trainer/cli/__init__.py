@@ -94,6 +94,7 @@ def cmd_classifier(args) -> int:
         progress=_progress,
         n_domain=args.domain,
         strict=args.strict_data,
+        site_split=args.site_split,
         domain_preset=args.domain_preset,
     )
     from trainer.models.architectures import ClassifierSpec, build_classifier
@@ -240,23 +241,31 @@ def cmd_adapt(args) -> int:
             str(args.crop),
         ]
     else:
-        argv = ["classifier", *common, "--alpha", str(spec["alpha"]), "--size", str(spec["size"])]
+        # --site-split: the classifier holds out the images a segmenter adapted on the same site holds out
+        argv = ["classifier", *common, "--alpha", str(spec["alpha"]), "--size", str(spec["size"]), "--site-split"]
     print("crack-train " + shlex.join(argv))
     sub = build_parser().parse_args(argv)
     sub.progress_bar = True  # one bar over the run, then the summary below (not Keras's lines per epoch)
     status = sub.func(sub)
-    if status or meta["kind"] != "segmenter":
+    if status:
         return status
     from trainer.evaluation.adaptation import REPORT_MD, adaptation_report, summary_lines
 
-    report = adaptation_report(
-        Path(args.out),
-        base,
-        args.site or Path(args.data[0]).resolve().name,
-        [Path(p) for p in args.forgetting_set],
-        args.forgetting_images,
-    )
-    for line in summary_lines(report):
+    site_name = args.site or Path(args.data[0]).resolve().name
+    if meta["kind"] == "segmenter":
+        report = adaptation_report(
+            Path(args.out), base, site_name, [Path(p) for p in args.forgetting_set], args.forgetting_images
+        )
+        lines = summary_lines(report)
+    else:
+        from trainer.evaluation.classifier_adaptation import classifier_report, classifier_summary_lines
+
+        cls_report = classifier_report(Path(args.out), base, site_name, sub.patches_per_image)
+        if cls_report is None:
+            print("no report: the site has no images/ + masks/ folder to hold images out of (labels only)")
+            return 0
+        lines = classifier_summary_lines(cls_report)
+    for line in lines:
         print(line)
     print(f"report: {Path(args.out) / REPORT_MD}")
     return 0
@@ -365,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="patches cut from each segmentation image (half crack, half clean)",
     )
+    p.add_argument(
+        "--site-split",
+        action="store_true",
+        help="split each images/ + masks/ folder by image as the segmenter does (10 %% validation, 15 %% test), "
+        "every patch with its image (crack-train adapt: classifier and segmenter hold out the same site images)",
+    )
     p.set_defaults(func=cmd_classifier)
 
     p = sub.add_parser("segmenter", help="train the U-Net crack segmenter")
@@ -408,8 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
         "segmenter, labels (positive/negative folders, labels.csv or a `crackd events export` CSV) for "
         "the classifier. A segmenter's site images are split: most train, the rest (at least 2) are held out; "
         "on them the pixel threshold is chosen and base and adapted model are scored (RUN_DIR/ADAPT.md, "
-        "adapt.json, overlays). Export the run with `crack-train export --keep-from BASE_BUNDLE`: it keeps the "
-        "other model, writes the site's threshold and refuses a bundle worse than the base on the held-out images.",
+        "adapt.json, overlays). A classifier adapted on images/ + masks/ holds out the same images (same --seed) and "
+        "chooses its gate threshold on their samples (recall >= 0.98 of the cracked ones, as crossval does), which "
+        "export writes as the bundle's gate_threshold. Export the run with `crack-train export --keep-from "
+        "BASE_BUNDLE`: it keeps the other model, writes the site's threshold and refuses a bundle worse than the "
+        "base on the held-out images.",
     )
     p.add_argument("--base", required=True, metavar="CHECKPOINT", help="e.g. models/finetune/segmenter.keras")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="the site's labelled images")

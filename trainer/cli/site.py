@@ -8,6 +8,7 @@ Everything a site has lives in its folder (default sites/NAME, or --site-dir):
     SITE/labelling/                              the labelling task (CVAT zip or Label Studio JSON)
     SITE/adapt/NAME/images, masks                the labelled pairs adapt trained on (the folder name is the site's)
     SITE/runs/adapt-STAMP/                       each adapt run (ADAPT.md, adapt.json, checkpoints)
+    SITE/runs/adapt-STAMP/classifier/            its classifier's, when the base published classifier.keras
     SITE/bundles/VERSION/                        each site bundle exported from a run
     SITE/site.json                               the devices (hosts, ssh options), the last bundle, the pushes
 """
@@ -37,6 +38,7 @@ DEVICE_FLAGS = {
 }
 CRACK_DEPLOY = [sys.executable, "-m", "deploy.cli"]
 CRACK_TRAIN = [sys.executable, "-m", "trainer.cli"]
+CLASSIFIER_RUN = "classifier"  # the classifier's adapt run, inside the segmenter's run directory
 
 
 def site_dir(args) -> Path:
@@ -220,13 +222,26 @@ def gather_labelled(site: Path, name: str) -> Path:
 
 
 def _adapt_report(run: Path) -> list[str]:
-    """adapt's own summary (before/after on the held-out site images, the kept epoch, the threshold), from the
-    report the run wrote."""
+    """adapt's own summary (before/after on the held-out site images, the kept epoch, the threshold; the
+    classifier's gate when it was adapted too), from the reports the runs wrote."""
     from trainer.evaluation.adaptation import ADAPT_REPORT, REPORT_MD, summary_lines
+    from trainer.evaluation.classifier_adaptation import classifier_summary_lines
 
     if not (run / ADAPT_REPORT).is_file():
         return []
-    return [*summary_lines(json.loads((run / ADAPT_REPORT).read_text())), f"report: {run / REPORT_MD}"]
+    lines = [*summary_lines(json.loads((run / ADAPT_REPORT).read_text())), f"report: {run / REPORT_MD}"]
+    cls = run / CLASSIFIER_RUN
+    if (cls / ADAPT_REPORT).is_file():
+        lines += [*classifier_summary_lines(json.loads((cls / ADAPT_REPORT).read_text())), f"report: {cls / REPORT_MD}"]
+    return lines
+
+
+def _adapt_argv(args, base: Path, data: Path, out: Path, flags: tuple[str, ...]) -> list[str]:
+    argv = [*CRACK_TRAIN, "adapt", "--base", str(base), "--data", str(data), "--out", str(out), "--site", args.name]
+    for flag in flags:
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return argv
 
 
 def cmd_adapt(args) -> int:
@@ -242,18 +257,23 @@ def cmd_adapt(args) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     version = args.version or f"{base_version}-{args.name}-{stamp}"
     run = site / "runs" / f"adapt-{stamp}"
+    # The base's classifier checkpoint, published beside the segmenter's (export --finetune-dir), is adapted too.
+    classifier_base = Path(args.finetune).parent / "classifier.keras"
+    classifier_run = run / CLASSIFIER_RUN if classifier_base.is_file() and not args.no_classifier else None
     header(f"site {args.name}: adapt {base.name} ({base_version}) on {counts['labelled']} labelled frames")
     data = gather_labelled(site, args.name)
-    argv = [*CRACK_TRAIN, "adapt", "--base", str(args.finetune), "--data", str(data), "--out", str(run)]
-    argv += ["--site", args.name]
-    for flag in ("epochs", "steps_per_epoch", "batch_size", "domain", "crop"):
-        if getattr(args, flag) is not None:
-            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    if run_step(argv, "adapt"):
+    flags = ("epochs", "steps_per_epoch", "batch_size", "domain")
+    if run_step(_adapt_argv(args, Path(args.finetune), data, run, (*flags, "crop")), "adapt"):
         return 1
+    if classifier_run is not None:
+        header(f"site {args.name}: adapt the classifier ({classifier_base})")
+        if run_step(_adapt_argv(args, classifier_base, data, classifier_run, flags), "adapt of the classifier"):
+            return 1
     header(f"site {args.name}: export the site bundle {version}")
     bundle = site / "bundles" / version
     argv = [*CRACK_TRAIN, "export", "--segmenter", str(run), "--keep-from", str(base), "--out", str(bundle)]
+    if classifier_run is not None:
+        argv += ["--classifier", str(classifier_run)]
     argv += ["--version", version]
     for flag in ("calibration_images", "tolerance", "sign"):
         if getattr(args, flag) is not None:
@@ -273,7 +293,8 @@ def cmd_adapt(args) -> int:
         return 1
     manifest = read_manifest(bundle)
     seg = manifest.models["segmenter"]
-    print(f"site bundle: {bundle} (version {version}, pixel threshold {seg.threshold}, base {base_version})")
+    gate = f", classifier gate {manifest.gate_threshold}" if classifier_run is not None else ""
+    print(f"site bundle: {bundle} (version {version}, pixel threshold {seg.threshold}{gate}, base {base_version})")
     write_state(site, {**state, "name": args.name, "bundle": str(bundle.resolve()), "base_bundle": str(base)})
     print(f"next: crack-train site push {args.name}{_dir_flag(args)} [--canary N]")
     return 0
@@ -386,8 +407,9 @@ def register(sub) -> None:
 
     s = step(
         "adapt",
-        "fine-tune the base model's segmenter on the site's labelled frames (crack-train adapt) and export a "
-        "site bundle beside the base's classifier (crack-train export --keep-from)",
+        "fine-tune the base model's segmenter, and its classifier when the base published classifier.keras beside "
+        "segmenter.keras, on the site's labelled frames (crack-train adapt) and export a site bundle "
+        "(crack-train export --keep-from: a model not adapted is kept from the base)",
         cmd_adapt,
     )
     s.add_argument("--base-bundle", default="models/default", metavar="DIR", help="default models/default")
@@ -395,7 +417,13 @@ def register(sub) -> None:
         "--finetune",
         default="models/finetune/segmenter.keras",
         metavar="CHECKPOINT",
-        help="the base's fine-tuning checkpoint (default models/finetune/segmenter.keras)",
+        help="the base's fine-tuning checkpoint (default models/finetune/segmenter.keras); a classifier.keras "
+        "beside it is adapted too",
+    )
+    s.add_argument(
+        "--no-classifier",
+        action="store_true",
+        help="adapt the segmenter only and keep the base's classifier (and its gate threshold)",
     )
     for flag in ("--epochs", "--steps-per-epoch", "--batch-size", "--domain", "--crop", "--calibration-images"):
         s.add_argument(flag, type=int, default=None, help="passed to crack-train adapt/export (default: theirs)")

@@ -9,6 +9,7 @@ bundle's provenance can name them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,29 @@ def whole_images(seg: SegmentationSet, size: int, min_crack_fraction: float = 0.
     )
 
 
+# A segmentation folder is read at this size for the classifier and patches of PATCH_PX are cut from it.
+SEGMENTATION_READ_PX = 448
+PATCH_PX = 128
+
+
+def classification_samples(seg: SegmentationSet, size: int, seed: int, patches_per_image: int) -> dict:
+    """What a segmentation folder gives the classifier: crack / no-crack patches (key "") and each whole image
+    (key "_whole"), keyed by the suffix of their set's name.
+
+    Patches teach the close-up scale; whole images teach the scale of a camera frame, where the classifier gates
+    the segmenter (a model trained on patches alone misses thin cracks in full frames).
+    """
+    return {
+        "": patches_from_segmentation(seg, patch=PATCH_PX, out_size=size, seed=seed, per_image=patches_per_image),
+        "_whole": whole_images(seg, size),
+    }
+
+
+def source_image(path: str) -> str:
+    """The image a sample was taken from (a patch's path is IMAGE@X,Y, patches_from_segmentation)."""
+    return re.sub(r"@\d+,\d+$", "", path)
+
+
 def classifier_splits(
     data: list[str],
     size: int,
@@ -96,26 +120,27 @@ def classifier_splits(
     progress=None,
     n_domain: int = 0,
     strict: bool = False,
+    site_split: bool = False,
     domain_preset: str = "default",
 ) -> Splits:
     """Classification sets; segmentation folders contribute crack/no-crack patches.
 
-    Folders named in `holdout` are kept entirely out of training (cross-surface test).
+    Folders named in `holdout` are kept entirely out of training (cross-surface test). With `site_split` a
+    segmentation folder's images are split as segmenter_splits splits them (same seed, same fractions) and every
+    patch goes with its image: a classifier and a segmenter adapted on one site hold out the same images.
     """
     sp = Splits()
     for root in data:
         name = Path(root).name
         parts = {}
         if dataset_kind(root) == "segmentation":
-            seg = load_segmentation(root, 448, progress=progress, strict=strict)
+            seg = load_segmentation(root, SEGMENTATION_READ_PX, progress=progress, strict=strict)
             sp.reports.append(seg.report)
-            # Patches teach the close-up scale; whole images teach the scale of a camera frame, where the
-            # classifier gates the segmenter (a model trained on patches alone misses thin cracks in full frames).
-            parts[name] = patches_from_segmentation(
-                seg, patch=128, out_size=size, seed=seed, per_image=patches_per_image
-            )
-            parts[f"{name}_whole"] = whole_images(seg, size)
+            for suffix, cs in classification_samples(seg, size, seed, patches_per_image).items():
+                parts[f"{name}{suffix}"] = cs
+            image_part = image_parts(seg.paths, seed) if site_split else None
         else:
+            image_part = None
             parts[name] = load_classification(
                 root, size, limit_per_class=limit_per_class, seed=seed, progress=progress, strict=strict
             )
@@ -125,7 +150,13 @@ def classifier_splits(
                 sp.test[part_name] = (cs.images, cs.labels)
                 sp.files[part_name] = {"test": cs.paths}
                 continue
-            tr, va, te = _three_way(len(cs.labels), val_fraction, test_fraction, seed)
+            if image_part is not None:  # every sample in the part of the image it was taken from
+                tr, va, te = (
+                    np.array([i for i, p in enumerate(cs.paths) if image_part[source_image(p)] == part], np.int64)
+                    for part in ("train", "val", "test")
+                )
+            else:
+                tr, va, te = _three_way(len(cs.labels), val_fraction, test_fraction, seed)
             sp.train.append((cs.images[tr], cs.labels[tr]))
             sp.val.append((cs.images[va], cs.labels[va]))
             sp.test[part_name] = (cs.images[te], cs.labels[te])
@@ -149,13 +180,24 @@ def classifier_splits(
     return sp
 
 
+# The segmenter's split of a folder; `classifier --site-split` splits a folder's images the same way.
+SEGMENTER_VAL_FRACTION = 0.1
+SEGMENTER_TEST_FRACTION = 0.15
+
+
+def image_parts(paths: list[str], seed: int) -> dict[str, str]:
+    """Image path -> "train" / "val" / "test", as segmenter_splits splits a folder of these images."""
+    parts = _three_way(len(paths), SEGMENTER_VAL_FRACTION, SEGMENTER_TEST_FRACTION, seed)
+    return {paths[i]: part for part, idx in zip(("train", "val", "test"), parts) for i in idx}
+
+
 def segmenter_splits(
     data: list[str],
     size: int,
     n_synth: int,
     seed: int,
-    val_fraction=0.1,
-    test_fraction=0.15,
+    val_fraction=SEGMENTER_VAL_FRACTION,
+    test_fraction=SEGMENTER_TEST_FRACTION,
     negatives_per_set: int = 200,
     progress=None,
     holdout: Collection[str] = (),

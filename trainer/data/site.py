@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.engine.preprocess import model_input, resize_mask
-from trainer.data.assemble import dataset_kind
+from trainer.data.assemble import dataset_kind, source_image
 from trainer.data.datasets import mask_path_for, read_training_image, read_training_mask, segmentation_pairs
 
 ADAPT_REPORT = "adapt.json"  # written by `crack-train adapt` into its run directory; read by `crack-train export`
@@ -36,12 +36,13 @@ class SiteSplit:
 
 
 def site_split(run_dir: Path) -> SiteSplit:
-    """The split of the run's real data folders (synthetic and domain-randomised samples are not site images)."""
+    """The split of the run's real data folders, by image (synthetic and domain-randomised samples are not site
+    images; a classifier run's patches are in the part of their image, which its whole-image set names)."""
     files = json.loads((Path(run_dir) / "splits.json").read_text())["files"]
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for folder in files.values():
         for part, paths in parts.items():
-            paths.extend(p for p in folder.get(part, []) if not p.startswith("synth:"))
+            paths.extend(p for p in folder.get(part, []) if not p.startswith("synth:") and source_image(p) == p)
     return SiteSplit(**parts)
 
 

@@ -27,10 +27,10 @@ MONITOR = "val_dice_coefficient"  # what train_segmenter keeps the best epoch by
 FORGETTING_LIMIT = 0.02  # the largest tolerant-F1 drop on other data that adapting may cost (issue 19)
 
 
-def _epochs(run_dir: Path) -> list[float]:
+def run_epochs(run_dir: Path, monitor: str = MONITOR) -> list[float]:
     """The validation score of every finished epoch (log.csv spans a resumed run; history.json does not)."""
     with open(run_dir / "log.csv", newline="") as f:
-        return [float(row[MONITOR]) for row in csv.DictReader(f) if row.get(MONITOR) not in (None, "")]
+        return [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor) not in (None, "")]
 
 
 def _probs(model, images: np.ndarray) -> np.ndarray:
@@ -105,7 +105,7 @@ def adaptation_report(
                 _at(segmenter_scores(_probs(site_model, other), other_masks)["curve"], after["threshold"]),
             )
         )
-    scores = _epochs(run_dir)
+    scores = run_epochs(run_dir)
     planned = int(meta["train"]["epochs"])
     base_meta_path = Path(base_checkpoint).with_suffix(".json")
     base_meta = json.loads(base_meta_path.read_text()) if base_meta_path.is_file() else {}

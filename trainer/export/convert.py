@@ -311,8 +311,9 @@ def export_bundle(
     """Convert both trained runs (or one, keeping the other model of `keep_from`), validate INT8 against FP32,
     and write a verified bundle. `thresholds` (role -> value) are recorded in the manifest with `threshold_source`;
     a role without one takes the threshold `crack-train adapt` chose for its run, else the one of the same model in
-    `keep_from` (the base bundle), else 0.5. A segmenter adapted to a site is scored against the base's on the
-    site's held-out images and refused when worse, unless `force`."""
+    `keep_from` (the base bundle), else 0.5; a classifier adapted by `crack-train adapt` takes the gate threshold
+    adapt chose on the site's held-out labels unless `gate_threshold` is given. A segmenter adapted to a site is
+    scored against the base's on the site's held-out images and refused when worse, unless `force`."""
     from trainer.data.assemble import load_arrays
     from trainer.export import site
 
@@ -354,6 +355,10 @@ def export_bundle(
                 **roles["classifier"].metrics,
                 "gate_threshold_source": gate_threshold_source,
             }
+    adapted_gate = site.adapted_gate(classifier_run) if classifier_run is not None else None
+    if gate_threshold is None and adapted_gate is not None:
+        roles["classifier"].gate_threshold, why = adapted_gate
+        roles["classifier"].metrics = {**roles["classifier"].metrics, "gate_threshold_source": why}
     adapted = site.adapt_report(segmenter_run) if segmenter_run is not None else None
     base = kept_base(keep_from)
     for role, run_dir in (("classifier", classifier_run), ("segmenter", segmenter_run)):
@@ -373,6 +378,8 @@ def export_bundle(
         roles[role].metrics = {**roles[role].metrics, "threshold_source": why}
     for role, r in roles.items():
         progress(f"{role}: threshold {r.threshold:.2f} ({r.metrics.get('threshold_source') or 'default'})")
+        if r.gate_threshold is not None and r.metrics.get("gate_threshold_source"):
+            progress(f"{role}: gate threshold {r.gate_threshold:.2f} ({r.metrics['gate_threshold_source']})")
     provenance_extra: dict = {}
     if adapted is not None and "segmenter" in base:
         assert segmenter_run is not None

@@ -44,6 +44,19 @@ def adapt_report(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def adapted_gate(run_dir: Path) -> tuple[float, str] | None:
+    """The gate threshold `crack-train adapt` chose for a classifier run and why (the manifest's
+    gate_threshold_source); None for another run, or when no cracked sample was held out to choose it on."""
+    report = adapt_report(run_dir)
+    c = (report or {}).get("classifier")
+    if report is None or c is None or c["gate_threshold"] is None:
+        return None
+    return float(c["gate_threshold"]), (
+        f"chosen by crack-train adapt on the site's held-out labels ({report['images']['held_out']} images, "
+        f"{c['cracked']} of {c['samples']} samples cracked; recall >= {c['recall_target']:.2f})"
+    )
+
+
 def base_provenance(bundle_dir: Path) -> dict:
     manifest = json.loads((Path(bundle_dir) / MANIFEST).read_text())
     return {

@@ -43,6 +43,7 @@ NAMESPACE = "crackd-bundle"
 SHIPPED_MANIFESTS = {
     "417ce99aa7528112889142753aea9cf8a275d9dbcb19a9826906512d3b861257": "1.0.0",
     "96a98ff86114597bda7f064e8da3625a572f922b386cd85a00a94a0ab159855b": "1.1.0",
+    "849a429979d90574b2853d17693a777ca353f0aba5b589052b73b8bfb5677f50": "1.2.0",
 }
 # Key types accepted for bundle signatures: ed25519, in software or on a FIDO token.
 ACCEPTED_KEY_TYPES = ("ED25519", "ED25519-SK")

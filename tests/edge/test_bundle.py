@@ -113,7 +113,8 @@ def test_manifest_missing_a_key_names_it(bundle_copy):
 
 def test_the_classifier_gates_at_its_threshold_unless_the_bundle_sets_a_gate_threshold(bundle_copy):
     threshold = B.read_manifest(bundle_copy).classifier.threshold
-    assert B.read_manifest(bundle_copy).gate_threshold == threshold  # bundles 1.0.0 and 1.1.0 set none
+    edit_manifest(bundle_copy, lambda m: m["models"]["classifier"].pop("gate_threshold", None))
+    assert B.read_manifest(bundle_copy).gate_threshold == threshold  # as bundles 1.0.0 and 1.1.0: none set
     edit_manifest(bundle_copy, lambda m: m["models"]["classifier"].update(gate_threshold=0.15))
     manifest = B.read_manifest(bundle_copy)
     assert manifest.gate_threshold == 0.15 and manifest.classifier.threshold == threshold

@@ -27,9 +27,11 @@ def _output_bias_offset(model_file) -> int:
     interpreter = TFLiteModel(model_file)._interpreter
     for t in interpreter.get_tensor_details():
         if np.dtype(t["dtype"]) == np.int32 and list(t["shape"]) == [1]:
-            raw = interpreter.get_tensor(t["index"]).tobytes()
+            # A flatbuffer buffer's bytes follow their 4-byte length: with it the bias is found even where its four
+            # bytes also occur elsewhere in the file.
+            raw = (4).to_bytes(4, "little") + interpreter.get_tensor(t["index"]).tobytes()
             if content.count(raw) == 1:
-                return content.index(raw)
+                return content.index(raw) + 4
     raise AssertionError(f"{model_file}: no output bias found")
 
 

@@ -162,7 +162,8 @@ def test_crack_train_suites_reports_every_suite_worst_frames_and_deltas_against_
     assert section["compare_with"]["version"] == "1.0.0-test"
     assert set(section["compare_with"]["deltas"]) == {*SUITES, "negatives_metu"}
     md = (out / "SUITES.md").read_text()
-    assert "Procedural test suites (bundle 1.1.0)" in md and "Against bundle 1.0.0-test" in md
+    shipped = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["bundle_version"]
+    assert f"Procedural test suites (bundle {shipped})" in md and "Against bundle 1.0.0-test" in md
     hairlines = section["suites"]["hairlines"]["recall_by_crack"]
     assert sum(r["frames"] for r in hairlines if r["cracks"].endswith("px wide")) == 2
     assert sum(r["frames"] for r in hairlines if r["cracks"].endswith("grey levels darker")) == 2

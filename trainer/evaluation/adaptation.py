@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.site import ADAPT_REPORT, site_digest, site_split
-from trainer.evaluation.crossval import per_image_tolerant_f1, segmenter_scores
+from trainer.evaluation.crossval import at, per_image_tolerant_f1, segmenter_scores
 
 REPORT_MD = "ADAPT.md"
 OVERLAYS = "adapt_overlays.png"
@@ -33,17 +33,34 @@ def run_epochs(run_dir: Path, monitor: str = MONITOR) -> list[float]:
         return [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor) not in (None, "")]
 
 
+def base_provenance(base_checkpoint: Path) -> dict:
+    """The checkpoint adapt started from, as its published ROLE.json beside it names it (no host paths)."""
+    meta_path = Path(base_checkpoint).with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return {"checkpoint": Path(base_checkpoint).name, "sha256": meta.get("sha256"), "run": meta.get("run")}
+
+
+def site_file_names(paths: list[str]) -> list[str]:
+    """FOLDER/IMAGE for each site image path (ROOT/FOLDER/images/IMAGE): the report names files, not host paths."""
+    return [f"{Path(p).parent.parent.name}/{Path(p).name}" for p in paths]
+
+
+def epochs_run(values: list[float], planned: int, kept: int | None) -> dict:
+    """How the run went: epochs run of those planned, whether it stopped early, which (0-based `kept`) it kept."""
+    return {
+        "epochs_run": len(values),
+        "epochs_planned": planned,
+        "stopped_early": len(values) < planned,
+        "kept_epoch": kept + 1 if kept is not None else None,
+    }
+
+
 def _probs(model, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images.astype(np.float32), verbose=0))[..., 0]
 
 
 def _best(curve: list[dict]) -> dict:
     return max(curve, key=lambda r: r["tolerant_f1"])
-
-
-def _at(curve: list[dict], threshold: float) -> dict:
-    """The curve's row at a threshold chosen on another image set (every curve has the same thresholds)."""
-    return min(curve, key=lambda r: abs(r["threshold"] - threshold))
 
 
 def forgetting_sample(folder: Path, n: int) -> list[str]:
@@ -101,34 +118,24 @@ def adaptation_report(
             forgetting_row(
                 Path(folder).resolve().name,  # the folder's name only: no host paths in the report
                 len(other),
-                _at(segmenter_scores(_probs(base_model, other), other_masks)["curve"], before["threshold"]),
-                _at(segmenter_scores(_probs(site_model, other), other_masks)["curve"], after["threshold"]),
+                at(segmenter_scores(_probs(base_model, other), other_masks)["curve"], before["threshold"]),
+                at(segmenter_scores(_probs(site_model, other), other_masks)["curve"], after["threshold"]),
             )
         )
     scores = run_epochs(run_dir)
-    planned = int(meta["train"]["epochs"])
-    base_meta_path = Path(base_checkpoint).with_suffix(".json")
-    base_meta = json.loads(base_meta_path.read_text()) if base_meta_path.is_file() else {}
     report = {
         "site": {"name": site_name, **site_digest(meta["data"])},
-        "base": {
-            "checkpoint": Path(base_checkpoint).name,
-            "sha256": base_meta.get("sha256"),
-            "run": base_meta.get("run"),
-        },
+        "base": base_provenance(base_checkpoint),
         "images": {
             "trained_on": len(split.train),
             "held_out": len(split.heldout),
             "held_out_val": len(split.val),
             "held_out_test": len(split.test),
             "generated": int(meta["counts"]["train"]) - len(split.train),
-            "held_out_files": [f"{Path(p).parent.parent.name}/{Path(p).name}" for p in split.heldout],
+            "held_out_files": site_file_names(split.heldout),
         },
         "schedule": {k: meta["train"][k] for k in ("epochs", "steps_per_epoch", "patience", "learning_rate", "crop")},
-        "epochs_run": len(scores),
-        "epochs_planned": planned,
-        "stopped_early": len(scores) < planned,
-        "kept_epoch": int(np.argmax(scores)) + 1 if scores else None,
+        **epochs_run(scores, int(meta["train"]["epochs"]), kept=int(np.argmax(scores)) if scores else None),
         "kept_val_dice": max(scores) if scores else None,
         "threshold": after["threshold"],
         "scored_in": "float (Keras checkpoints)",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.site import ADAPT_REPORT, site_digest, site_split
-from trainer.evaluation.adaptation import REPORT_MD, run_epochs
+from trainer.evaluation.adaptation import REPORT_MD, base_provenance, epochs_run, run_epochs, site_file_names
 from trainer.evaluation.crossval import GATE_RECALL, at, choose_gate, gate_curve
 from trainer.export.metrics import binary_metrics
 
@@ -77,26 +77,16 @@ def classifier_report(run_dir: Path, base_checkpoint: Path, site_name: str, patc
         scored(_scores(load_checkpoint(run_dir), images), labels),
     )
     losses = run_epochs(run_dir, MONITOR)
-    planned = int(meta["train"]["epochs"])
-    base_meta_path = Path(base_checkpoint).with_suffix(".json")
-    base_meta = json.loads(base_meta_path.read_text()) if base_meta_path.is_file() else {}
     report = {
         "site": {"name": site_name, **site_digest(meta["data"])},
-        "base": {
-            "checkpoint": Path(base_checkpoint).name,
-            "sha256": base_meta.get("sha256"),
-            "run": base_meta.get("run"),
-        },
+        "base": base_provenance(base_checkpoint),
         "images": {
             "trained_on": len([p for p in split.train if _has_mask(p)]),
             "held_out": len(heldout),
-            "held_out_files": [f"{Path(p).parent.parent.name}/{Path(p).name}" for p in heldout],
+            "held_out_files": site_file_names(heldout),
         },
         "schedule": {k: meta["train"][k] for k in ("epochs", "steps_per_epoch", "patience", "learning_rate")},
-        "epochs_run": len(losses),
-        "epochs_planned": planned,
-        "stopped_early": len(losses) < planned,
-        "kept_epoch": int(np.argmin(losses)) + 1 if losses else None,
+        **epochs_run(losses, int(meta["train"]["epochs"]), kept=int(np.argmin(losses)) if losses else None),
         "scored_in": "float (Keras checkpoints)",
         "classifier": {
             "samples": int(len(labels)),

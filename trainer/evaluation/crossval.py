@@ -187,6 +187,7 @@ def choose_gate(curves: dict[str, list[dict]], recall: float = GATE_RECALL) -> d
 
 
 def at(curve: list[dict], threshold: float) -> dict:
+    """The curve's row nearest `threshold` (e.g. one chosen on another image set; curves share their thresholds)."""
     return min(curve, key=lambda r: abs(r["threshold"] - threshold))
 
 
